@@ -1,0 +1,1 @@
+//! Host-side integration tests for pvkit. The tests live in `tests/tests/`.
