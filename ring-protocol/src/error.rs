@@ -1,0 +1,112 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in `ring-protocol`.
+///
+/// Errors caused by a peer (`*Overrun`) halt the ring they were found on: that ring returns the same
+/// error from every later call, and the rest of the program keeps running. The other variants report a
+/// mistake by the caller, or a resource limit, and leave the ring usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The memory handed to a ring constructor is not aligned enough for the shared indices.
+    #[error("ring memory at address {addr:#x} is not {align}-byte aligned")]
+    Misaligned {
+        /// Address of the memory.
+        addr: usize,
+        /// Alignment required.
+        align: usize,
+    },
+    /// The memory handed to a ring constructor cannot hold the 64-byte header and one slot.
+    #[error("ring memory of {len} bytes is too small: it needs at least {needed} bytes")]
+    TooSmall {
+        /// Length given, in bytes.
+        len: usize,
+        /// Minimum length, in bytes.
+        needed: usize,
+    },
+    /// A frontend tried to queue a request while every slot is in use.
+    #[error("shared ring is full: all {size} slots are in use")]
+    RingFull {
+        /// Number of slots in the ring.
+        size: u32,
+    },
+    /// A backend tried to write a response without an unanswered request it had read.
+    #[error(
+        "no request left to answer: response producer {rsp_prod_pvt} has caught up with request consumer {req_cons}"
+    )]
+    NoRequestToAnswer {
+        /// The backend's private response producer index.
+        rsp_prod_pvt: u32,
+        /// The backend's request consumer index.
+        req_cons: u32,
+    },
+    /// The frontend published a request producer index that claims more requests than the ring can
+    /// hold (or one that went backwards). The ring is halted.
+    #[error(
+        "peer's request producer index {req_prod} is {ahead} entries past our consumer index {req_cons}, but only {room} can be outstanding in a ring of {size}; ring halted"
+    )]
+    RequestOverrun {
+        /// The request producer index read from shared memory.
+        req_prod: u32,
+        /// Our request consumer index.
+        req_cons: u32,
+        /// `req_prod - req_cons`, wrapping.
+        ahead: u32,
+        /// How many more requests could legitimately be pending.
+        room: u32,
+        /// Number of slots in the ring.
+        size: u32,
+    },
+    /// The backend published a response producer index that claims more responses than requests were
+    /// sent (or one that went backwards). The ring is halted.
+    #[error(
+        "peer's response producer index {rsp_prod} is {ahead} entries past our consumer index {rsp_cons}, but only {outstanding} requests are outstanding; ring halted"
+    )]
+    ResponseOverrun {
+        /// The response producer index read from shared memory.
+        rsp_prod: u32,
+        /// Our response consumer index.
+        rsp_cons: u32,
+        /// `rsp_prod - rsp_cons`, wrapping.
+        ahead: u32,
+        /// Requests published and not yet answered.
+        outstanding: u32,
+    },
+    /// A byte ring's indices claim more unread bytes than the ring holds. The byte ring is halted.
+    #[error(
+        "byte ring indices are inconsistent: producer {prod} minus consumer {cons} is {used} bytes, more than the ring's {size}; ring halted"
+    )]
+    ByteRingOverrun {
+        /// Producer index.
+        prod: u32,
+        /// Consumer index.
+        cons: u32,
+        /// `prod - cons`, wrapping.
+        used: u32,
+        /// Ring size in bytes.
+        size: u32,
+    },
+    /// A peer returned an id that is not below the id table's capacity.
+    #[error("id {id} is out of range: only ids below {capacity} are ever handed out")]
+    IdOutOfRange {
+        /// The id the peer returned.
+        id: u64,
+        /// Number of ids in the table.
+        capacity: usize,
+    },
+    /// A peer returned an id that is in range but not currently in flight (never issued, or already
+    /// completed).
+    #[error("id {id} is not in flight (never issued, or already completed)")]
+    IdNotInFlight {
+        /// The id the peer returned.
+        id: u64,
+    },
+    /// Every id is in flight.
+    #[error("all {capacity} ids are in flight")]
+    IdsExhausted {
+        /// Number of ids in the table.
+        capacity: usize,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;
