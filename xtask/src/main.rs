@@ -1,1 +1,159 @@
-fn main() {}
+//! `cargo xtask`: build, run, test and bench pvkit (the cargo-xtask pattern).
+
+mod console;
+mod process;
+mod provision;
+mod qemu;
+mod run;
+mod scenario;
+mod table;
+mod test;
+mod workspace;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::qemu::{Accel, Device};
+use crate::scenario::Scenario;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and bench pvkit", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the guest kernel ELF (release, x86_64-unknown-none) and the host tools.
+    Build {
+        /// Build the host tools with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// The main job: boot the guest in QEMU, stream its console and show its test results.
+    Run(RunArgs),
+    /// Run every test (what CI runs): fmt, clippy, host tests, loom, Miri, QEMU scenarios.
+    Test(TestArgs),
+    /// Run the benchmarks (`cargo bench -p ring-protocol`); extra arguments go to cargo bench.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what `run` and `test` need (QEMU >= 10, libxen-dev, nightly Miri); idempotent.
+    Provision {
+        /// Only print what would be installed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Boot the guest in QEMU.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// In-kernel tests to run, in order (`tests=` on the kernel command line). Default: the guest's safe
+    /// self-tests (boot, hello, cpuid, heap, timer, pci). Unknown names make the guest fail the run.
+    #[arg(long, value_delimiter = ',')]
+    pub tests: Vec<String>,
+    /// Extra kernel command-line words (e.g. "timer.hz=250 timer.ms=500").
+    #[arg(long, default_value = "")]
+    pub append: String,
+    /// Extra PCI devices for the guest. `pci.expect=` is derived from this list.
+    #[arg(long, value_delimiter = ',', default_value = "edu,virtio-rng")]
+    pub devices: Vec<Device>,
+    /// CPU accelerator. TCG (`-accel tcg -cpu max`) is the default because on this machine kind
+    /// /dev/kvm is kvm_pvm, a paravirtual KVM without VT: it runs guests in a slow instruction emulator
+    /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host`) is opt-in.
+    #[arg(long, value_enum, default_value = "tcg")]
+    pub accel: Accel,
+    /// Kill QEMU if the guest has not exited after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Kill QEMU if the guest printed nothing within this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub first_output_timeout: f64,
+    /// Boot this ELF instead of building the guest kernel.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Do not try to install QEMU.
+    #[arg(long)]
+    pub no_provision: bool,
+    /// Only show test progress and results, not the raw console.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// What `test` runs; by default everything.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Run only these groups (for local iteration; CI runs all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<test::Group>,
+    /// Skip these groups (for local iteration; CI runs all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub skip: Vec<test::Group>,
+    /// Skip Miri (same as --skip miri; for local iteration only, CI runs Miri).
+    #[arg(long)]
+    pub no_miri: bool,
+    /// Run only these QEMU scenarios.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<Scenario>,
+    /// Stream each stage's output instead of keeping it in the log only.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+fn main() {
+    process::install_interrupt_handler();
+    let cli = Cli::parse();
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(if process::interrupted() && code != 0 {
+        130
+    } else {
+        code
+    });
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Build { release } => {
+            workspace::build_guest()?;
+            let mut cmd = workspace::cargo();
+            cmd.args(["build", "--workspace", "--exclude", workspace::GUEST_PACKAGE]);
+            if release {
+                cmd.arg("--release");
+            }
+            workspace::run_visible(&mut cmd)?;
+            eprintln!("guest ELF: {}", workspace::guest_elf().display());
+            Ok(0)
+        }
+        Cmd::Run(args) => run::run(&args),
+        Cmd::Test(args) => test::test(&args),
+        Cmd::Bench { args } => {
+            let mut cmd = workspace::cargo();
+            cmd.args(["bench", "-p", "ring-protocol"]).args(args);
+            workspace::run_visible(&mut cmd)?;
+            Ok(0)
+        }
+        Cmd::Provision { dry_run } => {
+            provision::ensure(
+                provision::Needs {
+                    qemu: true,
+                    xen_headers: true,
+                },
+                dry_run,
+            )?;
+            provision::ensure_miri(dry_run)?;
+            eprintln!("provision: done");
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! Booting the guest in QEMU: the device matrix, the command line, and a runner that streams the
+//! console, enforces timeouts and always kills and reaps QEMU.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+use crate::console::{Record, Transcript, is_pci_id};
+use crate::process;
+use crate::workspace::display_command;
+
+/// The QEMU binary xtask uses unless `PVKIT_QEMU` names another.
+pub const QEMU: &str = "qemu-system-x86_64";
+/// The qboot firmware, which boots a PVH `-kernel` much faster than SeaBIOS.
+pub const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// Guest RAM.
+pub const MEMORY_MIB: u32 = 128;
+
+/// PCI functions a q35 machine has even with `-nodefaults` (checked with QEMU 10's `info pci`): host
+/// bridge, ICH9 LPC/ISA bridge, ICH9 AHCI, ICH9 SMBus.
+pub const Q35_BUILTIN_PCI: &[&str] = &["8086:29c0", "8086:2918", "8086:2922", "8086:2930"];
+
+/// Devices xtask can give the guest (`--devices`), each with the PCI id it shows up as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Device {
+    /// QEMU's educational PCI device (1234:11e8).
+    Edu,
+    /// virtio entropy source, transitional virtio-pci (1af4:1005).
+    VirtioRng,
+    /// QEMU's PCI test device (1b36:0005).
+    PciTestdev,
+}
+
+impl Device {
+    /// Arguments that add the device to QEMU's command line.
+    pub fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Device::Edu => &["-device", "edu"],
+            Device::VirtioRng => &["-device", "virtio-rng-pci"],
+            Device::PciTestdev => &["-device", "pci-testdev"],
+        }
+    }
+
+    /// The `vendor:device` ids of the PCI functions the device adds.
+    pub fn pci_ids(self) -> &'static [&'static str] {
+        match self {
+            Device::Edu => &["1234:11e8"],
+            // On q35's root bus a virtio-pci device keeps its legacy interface: transitional id.
+            Device::VirtioRng => &["1af4:1005"],
+            Device::PciTestdev => &["1b36:0005"],
+        }
+    }
+}
+
+/// The PCI ids the guest must find with `devices` attached: q35's own functions plus one entry per
+/// function of each device (a multiset, sorted).
+pub fn expected_pci(devices: &[Device]) -> Vec<String> {
+    let mut ids: Vec<String> = Q35_BUILTIN_PCI.iter().map(|s| (*s).to_owned()).collect();
+    ids.extend(
+        devices
+            .iter()
+            .flat_map(|d| d.pci_ids().iter().map(|s| (*s).to_owned())),
+    );
+    ids.sort();
+    ids
+}
+
+/// How the guest CPU is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Accel {
+    /// QEMU's TCG emulator with `-cpu max` (default: correct and predictable on this machine kind).
+    Tcg,
+    /// KVM with `-cpu host`. On this machine kind /dev/kvm is kvm_pvm, a paravirtual KVM without VT:
+    /// the guest runs in a slow instruction emulator and interrupts get dropped or mis-delivered.
+    Kvm,
+}
+
+/// Everything that defines one QEMU run.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub accel: Accel,
+    pub devices: Vec<Device>,
+    /// The kernel command line (`-append`).
+    pub append: String,
+    /// Kill QEMU if it has not exited after this long.
+    pub timeout: Duration,
+    /// Kill QEMU if the guest printed no console line within this long.
+    pub first_output_timeout: Duration,
+}
+
+impl QemuConfig {
+    /// The QEMU binary: `$PVKIT_QEMU` or `qemu-system-x86_64` from `PATH`.
+    pub fn default_qemu() -> PathBuf {
+        std::env::var_os("PVKIT_QEMU").map_or_else(|| PathBuf::from(QEMU), PathBuf::from)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(["-machine", "q35"]);
+        match self.accel {
+            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+        };
+        cmd.args(["-m", &format!("{MEMORY_MIB}M"), "-smp", "1", "-bios", QBOOT]);
+        cmd.args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio"]);
+        cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        cmd.arg("-kernel").arg(&self.kernel);
+        cmd.args(["-append", &self.append]);
+        for d in &self.devices {
+            cmd.args(d.qemu_args());
+        }
+        cmd
+    }
+}
+
+/// Finds `program` the way `execvp` would; a path with a `/` is taken as is.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// How a QEMU run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// isa-debug-exit with 0: QEMU status 1.
+    Pass,
+    /// isa-debug-exit with 1: QEMU status 3.
+    Fail,
+    /// Any other exit (triple fault with -no-reboot gives 0, QEMU errors, signals).
+    Crash(String),
+    /// The guest printed nothing within the first-output timeout.
+    Silent(Duration),
+    /// The guest did not exit within the timeout.
+    Timeout(Duration),
+    /// QEMU could not be started.
+    LaunchFailed(String),
+    /// xtask got Ctrl-C / SIGTERM.
+    Interrupted,
+}
+
+impl Outcome {
+    /// Maps QEMU's exit status: `(value << 1) | 1` for isa-debug-exit, so 1 = pass and 3 = fail.
+    pub fn from_exit(code: Option<i32>, signal: Option<i32>) -> Outcome {
+        match (code, signal) {
+            (Some(1), _) => Outcome::Pass,
+            (Some(3), _) => Outcome::Fail,
+            (Some(0), _) => Outcome::Crash(
+                "QEMU exited with 0: the guest reset (triple fault?) or powered off \
+                                            without isa-debug-exit"
+                    .to_owned(),
+            ),
+            (Some(c), _) => Outcome::Crash(format!(
+                "QEMU exited with status {c} (not an isa-debug-exit code)"
+            )),
+            (None, Some(s)) => Outcome::Crash(format!("QEMU killed by signal {s}")),
+            (None, None) => Outcome::Crash("QEMU ended with an unknown status".to_owned()),
+        }
+    }
+
+    fn from_status(status: ExitStatus) -> Outcome {
+        use std::os::unix::process::ExitStatusExt;
+        Outcome::from_exit(status.code(), status.signal())
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Pass => f.write_str("guest exited with pass (QEMU status 1)"),
+            Outcome::Fail => f.write_str("guest exited with fail (QEMU status 3)"),
+            Outcome::Crash(why) => write!(f, "crash: {why}"),
+            Outcome::Silent(d) => write!(
+                f,
+                "guest printed nothing within {} s; QEMU killed",
+                d.as_secs_f64()
+            ),
+            Outcome::Timeout(d) => write!(f, "guest did not exit within {} s; QEMU killed", d.as_secs_f64()),
+            Outcome::LaunchFailed(why) => write!(f, "QEMU could not be started: {why}"),
+            Outcome::Interrupted => f.write_str("interrupted by signal; QEMU killed"),
+        }
+    }
+}
+
+/// The result of one QEMU run.
+#[derive(Debug)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    pub transcript: Transcript,
+    /// From just before spawning QEMU to the moment its exit was reaped.
+    pub wall: Duration,
+    pub log: PathBuf,
+    pub command: String,
+    /// QEMU's own stderr lines (errors about options, devices, the kernel image).
+    pub stderr: Vec<String>,
+    /// Host-observed time from each test's START to its verdict.
+    pub test_times: BTreeMap<String, Duration>,
+    /// QEMU's pid, which is also its process group id (None if it never started).
+    pub pgid: Option<u32>,
+}
+
+enum Event {
+    Stdout(String),
+    Stderr(String),
+    StdoutClosed,
+    Exited(std::io::Result<ExitStatus>, Instant),
+}
+
+/// What a line of console output turned out to be, for live display.
+pub enum Seen<'a> {
+    Console(&'a str, Option<&'a Record>),
+    Stderr(&'a str),
+}
+
+/// Boots QEMU with `cfg`, writes the command line and the whole console to `log`, calls `on_line` for
+/// every line as it arrives, and returns once QEMU has exited and been reaped. QEMU runs in its own
+/// process group, which is killed on timeout, silence and Ctrl-C.
+pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> Result<RunResult> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+    }
+    let mut logf = File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
+    let mut cmd = cfg.command();
+    let command = display_command(&cmd);
+    writeln!(logf, "# command: {command}")?;
+    writeln!(
+        logf,
+        "# timeout: {} s, first-output timeout: {} s",
+        cfg.timeout.as_secs_f64(),
+        cfg.first_output_timeout.as_secs_f64()
+    )?;
+
+    let mut result = RunResult {
+        outcome: Outcome::Interrupted,
+        transcript: Transcript::default(),
+        wall: Duration::ZERO,
+        log: log.to_owned(),
+        command,
+        stderr: Vec::new(),
+        test_times: BTreeMap::new(),
+        pgid: None,
+    };
+
+    let finish = |mut logf: File, result: RunResult| -> Result<RunResult> {
+        writeln!(logf, "# outcome: {}", result.outcome)?;
+        writeln!(
+            logf,
+            "# wall time (launch to exit): {:.1} ms",
+            result.wall.as_secs_f64() * 1e3
+        )?;
+        Ok(result)
+    };
+
+    if find_program(&cfg.qemu).is_none() {
+        result.outcome = Outcome::LaunchFailed(format!(
+            "{} not found (PATH or PVKIT_QEMU); `cargo xtask provision` installs it on Debian 12",
+            cfg.qemu.display()
+        ));
+        return finish(logf, result);
+    }
+    for (what, path) in [
+        ("guest kernel", cfg.kernel.as_path()),
+        ("qboot firmware", Path::new(QBOOT)),
+    ] {
+        if !path.is_file() {
+            result.outcome = Outcome::LaunchFailed(format!("{what} {} does not exist", path.display()));
+            return finish(logf, result);
+        }
+    }
+
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    process::isolate(&mut cmd);
+    let started = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            result.outcome = Outcome::LaunchFailed(format!("{}: {e}", cfg.qemu.display()));
+            return finish(logf, result);
+        }
+    };
+    let pgid = child.id();
+    result.pgid = Some(pgid);
+    let (tx, rx) = mpsc::channel::<Event>();
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let stderr = child.stderr.take().expect("stderr was piped");
+    let tx_out = tx.clone();
+    thread::spawn(move || {
+        read_lines(stdout, |l| tx_out.send(Event::Stdout(l)).is_ok());
+        let _ = tx_out.send(Event::StdoutClosed);
+    });
+    let tx_err = tx.clone();
+    thread::spawn(move || read_lines(stderr, |l| tx_err.send(Event::Stderr(l)).is_ok()));
+    thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(Event::Exited(status, Instant::now()));
+    });
+
+    let tick = Duration::from_millis(50);
+    let mut killed: Option<Outcome> = None;
+    let mut exited: Option<(std::io::Result<ExitStatus>, Instant)> = None;
+    let mut stdout_closed = false;
+    let mut exit_seen_at: Option<Instant> = None;
+    let mut started_tests: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        // Done once QEMU is reaped and its console fully read (or the pipe is held open by a stray
+        // grandchild for more than a moment).
+        if let Some(at) = exit_seen_at
+            && (stdout_closed || at.elapsed() > Duration::from_millis(500))
+        {
+            break;
+        }
+        match rx.recv_timeout(tick) {
+            Ok(Event::Stdout(line)) => {
+                writeln!(logf, "{line}")?;
+                let rec = result.transcript.push_line(&line).cloned();
+                match &rec {
+                    Some(Record::TestStart { name }) => {
+                        started_tests.insert(name.clone(), Instant::now());
+                    }
+                    Some(Record::TestPass { name, .. } | Record::TestFail { name, .. }) => {
+                        if let Some(t0) = started_tests.get(name) {
+                            result.test_times.insert(name.clone(), t0.elapsed());
+                        }
+                    }
+                    _ => {}
+                }
+                on_line(Seen::Console(&line, rec.as_ref()));
+            }
+            Ok(Event::Stderr(line)) => {
+                writeln!(logf, "[qemu stderr] {line}")?;
+                on_line(Seen::Stderr(&line));
+                result.stderr.push(line);
+            }
+            Ok(Event::StdoutClosed) => stdout_closed = true,
+            Ok(Event::Exited(status, at)) => {
+                exited = Some((status, at));
+                exit_seen_at = Some(Instant::now());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if exited.is_none() && killed.is_none() {
+            let elapsed = started.elapsed();
+            let reason = if process::interrupted() {
+                Some(Outcome::Interrupted)
+            } else if result.transcript.lines == 0 && elapsed >= cfg.first_output_timeout {
+                Some(Outcome::Silent(cfg.first_output_timeout))
+            } else if elapsed >= cfg.timeout {
+                Some(Outcome::Timeout(cfg.timeout))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                process::kill_group(pgid);
+                killed = Some(reason);
+            }
+        }
+    }
+    // Anything QEMU started in its group (it starts nothing today) goes too.
+    if process::group_exists(pgid) {
+        process::kill_group(pgid);
+    }
+
+    let (status, exited_at) = exited.expect("loop ends only after the exit event");
+    result.wall = exited_at.duration_since(started);
+    result.outcome = match (killed, status) {
+        (Some(reason), _) => reason,
+        (None, Ok(status)) => Outcome::from_status(status),
+        (None, Err(e)) => Outcome::Crash(format!("waiting for QEMU failed: {e}")),
+    };
+    finish(logf, result)
+}
+
+/// Reads `r` line by line (lossy UTF-8, `\r` stripped) until EOF or until `sink` returns false.
+fn read_lines(r: impl Read, mut sink: impl FnMut(String) -> bool) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']).replace('\r', "");
+                if !sink(line) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Asks QEMU itself which PCI functions a q35 machine with `devices` has (`info pci` on the monitor of a
+/// machine that never starts its CPU). Used to check the device table against the real QEMU.
+pub fn info_pci(qemu: &Path, devices: &[Device], log: &mut impl Write) -> Result<Vec<String>> {
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+        "-monitor",
+        "stdio",
+    ]);
+    for d in devices {
+        cmd.args(d.qemu_args());
+    }
+    writeln!(log, "# info pci via: {}", display_command(&cmd))?;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    process::isolate(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", qemu.display()))?;
+    let pgid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    stdin.write_all(b"info pci\nquit\n")?;
+    drop(stdin);
+    let mut stdout = child.stdout.take().expect("stdout was piped");
+    let mut stderr = child.stderr.take().expect("stderr was piped");
+    let reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() > deadline || process::interrupted() {
+            process::kill_group(pgid);
+            child.wait()?;
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().unwrap_or_default();
+    writeln!(
+        log,
+        "{}",
+        text.lines()
+            .map(|l| format!("# | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )?;
+    match status {
+        None => bail!("QEMU's monitor did not answer `info pci` within 20 s"),
+        Some(st) if !st.success() => bail!("QEMU for `info pci` exited with {st}"),
+        Some(_) => {}
+    }
+    let mut ids: Vec<String> = parse_info_pci(&text);
+    ids.sort();
+    Ok(ids)
+}
+
+/// Extracts `vvvv:dddd` from the `PCI device vvvv:dddd` lines of `info pci`.
+pub fn parse_info_pci(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once("PCI device ").map(|(_, rest)| rest.trim()))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter(|w| is_pci_id(w))
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The `pci.expect=` token for `devices`.
+pub fn pci_expect_arg(devices: &[Device]) -> String {
+    format!("pci.expect={}", expected_pci(devices).join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn exit_status_mapping() {
+        assert_eq!(Outcome::from_exit(Some(1), None), Outcome::Pass);
+        assert_eq!(Outcome::from_exit(Some(3), None), Outcome::Fail);
+        assert!(matches!(Outcome::from_exit(Some(0), None), Outcome::Crash(m) if m.contains("triple fault")));
+        assert!(matches!(Outcome::from_exit(Some(2), None), Outcome::Crash(m) if m.contains("status 2")));
+        assert!(matches!(Outcome::from_exit(Some(5), None), Outcome::Crash(_)));
+        assert!(matches!(Outcome::from_exit(None, Some(9)), Outcome::Crash(m) if m.contains("signal 9")));
+    }
+
+    #[test]
+    fn expected_pci_is_a_multiset_from_the_device_list() {
+        assert_eq!(
+            expected_pci(&[]),
+            vec!["8086:2918", "8086:2922", "8086:2930", "8086:29c0"]
+        );
+        let two_edu = expected_pci(&[Device::Edu, Device::VirtioRng, Device::Edu]);
+        assert_eq!(two_edu.iter().filter(|i| *i == "1234:11e8").count(), 2);
+        assert_eq!(two_edu.len(), 7);
+        assert!(pci_expect_arg(&[Device::PciTestdev]).starts_with("pci.expect="));
+        assert!(pci_expect_arg(&[Device::PciTestdev]).contains("1b36:0005"));
+    }
+
+    #[test]
+    fn info_pci_parsing() {
+        let text = "  Bus  0, device   0, function 0:\n    Host bridge: PCI device 8086:29c0\n      PCI subsystem \
+                    1af4:1100\n  Bus  0, device   1, function 0:\n    Class 0255: PCI device 1234:11E8\n";
+        assert_eq!(parse_info_pci(text), vec!["8086:29c0", "1234:11e8"]);
+    }
+
+    #[test]
+    fn command_line_has_defaults_devices_and_append() {
+        let cfg = QemuConfig {
+            qemu: QEMU.into(),
+            kernel: "/k".into(),
+            accel: Accel::Tcg,
+            devices: vec![Device::Edu],
+            append: "tests=hello".into(),
+            timeout: Duration::from_secs(1),
+            first_output_timeout: Duration::from_secs(1),
+        };
+        let shown = display_command(&cfg.command());
+        for want in [
+            "-machine q35",
+            "-accel tcg -cpu max",
+            QBOOT,
+            "-nodefaults",
+            "-no-reboot",
+            "-kernel /k",
+        ] {
+            assert!(shown.contains(want), "{want:?} missing from {shown}");
+        }
+        assert!(shown.contains("isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(shown.ends_with("-append tests=hello -device edu"), "{shown}");
+        let kvm = QemuConfig {
+            accel: Accel::Kvm,
+            ..cfg
+        };
+        assert!(display_command(&kvm.command()).contains("-accel kvm -cpu host"));
+    }
+
+    /// A stand-in for QEMU: a shell script that ignores its arguments.
+    fn fake_qemu(dir: &Path, name: &str, body: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn fake_run(name: &str, body: &str, timeout_ms: u64, silent_ms: u64) -> RunResult {
+        let dir = std::env::temp_dir().join(format!("pvkit-xtask-test-{}", std::process::id()));
+        let qemu = fake_qemu(&dir, name, body);
+        // Any existing file will do as the "kernel": the fake ignores it.
+        let cfg = QemuConfig {
+            qemu,
+            kernel: std::env::current_exe().unwrap(),
+            accel: Accel::Tcg,
+            devices: vec![],
+            append: String::new(),
+            timeout: Duration::from_millis(timeout_ms),
+            first_output_timeout: Duration::from_millis(silent_ms),
+        };
+        let r = run(&cfg, &dir.join(format!("{name}.log")), |_| {}).unwrap();
+        // Whatever happened, nothing of QEMU's process group is left.
+        assert!(
+            !process::group_exists(r.pgid.expect("fake QEMU started")),
+            "{name}: process group survived"
+        );
+        r
+    }
+
+    // These need qboot's path to exist for the pre-launch check; it is installed with QEMU.
+    fn have_qboot() -> bool {
+        assert!(
+            Path::new(QBOOT).is_file(),
+            "{QBOOT} missing: install qemu-system-x86 (cargo xtask provision)"
+        );
+        true
+    }
+
+    #[test]
+    fn runner_maps_exit_codes_and_parses_console() {
+        have_qboot();
+        let r = fake_run(
+            "pass",
+            "echo 'PVKIT BOOT platform=pvh'; echo 'PVKIT TEST hello START'; echo 'PVKIT TEST hello PASS'; \
+             printf 'PVKIT SUMMARY passed=1 failed=0\\r\\n'; exit 1",
+            10_000,
+            5_000,
+        );
+        assert_eq!(r.outcome, Outcome::Pass);
+        assert!(r.transcript.passed("hello"));
+        assert_eq!(r.transcript.summary(), Some((1, 0)));
+        assert!(r.test_times.contains_key("hello"));
+        let log = std::fs::read_to_string(&r.log).unwrap();
+        assert!(log.starts_with("# command: "), "{log}");
+        assert!(log.contains("PVKIT TEST hello PASS"));
+        assert_eq!(
+            fake_run("fail", "echo x; exit 3", 10_000, 5_000).outcome,
+            Outcome::Fail
+        );
+        assert!(matches!(
+            fake_run("crash", "echo x; exit 0", 10_000, 5_000).outcome,
+            Outcome::Crash(_)
+        ));
+        assert!(
+            matches!(fake_run("killed", "echo x; kill -9 $$", 10_000, 5_000).outcome, Outcome::Crash(m) if m.contains("signal 9"))
+        );
+    }
+
+    #[test]
+    fn silent_and_hanging_guests_are_killed_and_reaped() {
+        have_qboot();
+        let t0 = Instant::now();
+        let silent = fake_run("silent", "exec sleep 30", 20_000, 300);
+        assert_eq!(silent.outcome, Outcome::Silent(Duration::from_millis(300)));
+        let hang = fake_run("hang", "echo 'PVKIT BOOT'; exec sleep 30", 600, 300);
+        assert_eq!(hang.outcome, Outcome::Timeout(Duration::from_millis(600)));
+        assert!(hang.transcript.boot().is_some());
+        // Both were killed, not waited out.
+        assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+        let log = std::fs::read_to_string(&hang.log).unwrap();
+        assert!(log.contains("# outcome: guest did not exit"), "{log}");
+    }
+
+    #[test]
+    fn missing_qemu_is_a_launch_failure() {
+        let cfg = QemuConfig {
+            qemu: "/nonexistent/qemu-system-x86_64".into(),
+            kernel: "/nonexistent/kernel".into(),
+            accel: Accel::Tcg,
+            devices: vec![],
+            append: String::new(),
+            timeout: Duration::from_secs(1),
+            first_output_timeout: Duration::from_secs(1),
+        };
+        let dir = std::env::temp_dir().join(format!("pvkit-xtask-test-{}", std::process::id()));
+        let r = run(&cfg, &dir.join("missing.log"), |_| {}).unwrap();
+        assert!(
+            matches!(&r.outcome, Outcome::LaunchFailed(m) if m.contains("not found")),
+            "{:?}",
+            r.outcome
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The QEMU scenarios of `cargo xtask test`: what each boots and what its console and exit must show.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::console::Transcript;
+use crate::qemu::{Device, Outcome, RunResult, expected_pci, pci_expect_arg};
+
+/// The address the guest's `fault-pagefault` test touches (unmapped); the exception report must
+/// name it in `cr2`.
+pub const PAGEFAULT_ADDRESS: u64 = 0xdead_0000_0000;
+/// The message of the guest's `fault-panic` test.
+pub const PANIC_MESSAGE: &str = "deliberate panic from fault-panic test";
+/// Page fault vector.
+const VECTOR_PF: u64 = 14;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Boot and hello: PVKIT BOOT, hello passes, exit status pass.
+    Hello,
+    /// A deliberate page fault: the exception handler must report vector 14 and the faulting address.
+    FaultPagefault,
+    /// Heap stress: allocations of many sizes, contents verified.
+    Heap,
+    /// The timer interrupt fires at the expected rate.
+    Timer,
+    /// PCI enumeration finds exactly the devices QEMU was given.
+    Pci,
+    /// A deliberate panic: the run fails with the panic message.
+    FaultPanic,
+}
+
+impl Scenario {
+    pub fn all() -> &'static [Scenario] {
+        Scenario::value_variants()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Hello => "hello",
+            Scenario::FaultPagefault => "fault-pagefault",
+            Scenario::Heap => "heap",
+            Scenario::Timer => "timer",
+            Scenario::Pci => "pci",
+            Scenario::FaultPanic => "fault-panic",
+        }
+    }
+
+    /// The in-kernel test it runs (the scenarios are named after them).
+    pub fn guest_test(self) -> &'static str {
+        self.name()
+    }
+
+    /// Extra devices for QEMU (on top of q35's own).
+    pub fn devices(self) -> &'static [Device] {
+        match self {
+            // Two of one kind make the expectation a multiset, not a set.
+            Scenario::Pci => &[Device::Edu, Device::VirtioRng, Device::PciTestdev, Device::Edu],
+            _ => &[],
+        }
+    }
+
+    /// The kernel command line.
+    pub fn append(self) -> String {
+        let mut words = vec![format!("tests={}", self.guest_test())];
+        if self == Scenario::Pci {
+            words.push(pci_expect_arg(self.devices()));
+        }
+        words.join(" ")
+    }
+
+    /// Wall-clock limit for the QEMU run (TCG on 2 shared cores; the expected runs take well under 1 s,
+    /// the timer test about its measurement window).
+    pub fn timeout(self) -> Duration {
+        match self {
+            Scenario::Timer => Duration::from_secs(60),
+            _ => Duration::from_secs(30),
+        }
+    }
+
+    /// Whether the guest is meant to end the run with a failure.
+    pub fn expects_failure(self) -> bool {
+        matches!(self, Scenario::FaultPagefault | Scenario::FaultPanic)
+    }
+
+    /// Checks a finished run. Returns what is wrong; empty means the scenario passed.
+    pub fn check(self, run: &RunResult) -> Vec<String> {
+        let t = &run.transcript;
+        let mut problems = Vec::new();
+        let test = self.guest_test();
+        if t.boot().is_none() {
+            problems.push("no `PVKIT BOOT` line".to_owned());
+        }
+        for e in t.errors() {
+            problems.push(format!("guest reported: {e}"));
+        }
+        if self.expects_failure() {
+            if run.outcome != Outcome::Fail {
+                problems.push(format!(
+                    "expected the guest to exit with fail (status 3), got: {}",
+                    run.outcome
+                ));
+            }
+            if t.passed(test) {
+                problems.push(format!("test {test} claims PASS although it must fail"));
+            }
+            match self {
+                Scenario::FaultPagefault => check_pagefault(t, &mut problems),
+                Scenario::FaultPanic => check_panic(t, &mut problems),
+                _ => unreachable!("only the fault scenarios expect failure"),
+            }
+            return problems;
+        }
+
+        if run.outcome != Outcome::Pass {
+            problems.push(format!("expected pass exit: {}", run.outcome));
+        }
+        match t.verdict(test) {
+            None => problems.push(format!("test {test} reported no verdict")),
+            Some(crate::console::Record::TestFail { reason, .. }) => {
+                problems.push(format!("test {test} FAIL: {reason}"))
+            }
+            Some(_) => {}
+        }
+        for (name, reason) in t.failures().filter(|(n, _)| *n != test) {
+            problems.push(format!("test {name} FAIL: {reason}"));
+        }
+        for (loc, msg) in t.panics() {
+            problems.push(format!("guest panicked at {loc}: {msg}"));
+        }
+        for e in t.exceptions() {
+            problems.push(format!("guest exception: {e}"));
+        }
+        match t.summary() {
+            Some((_, 0)) => {}
+            Some((p, f)) => problems.push(format!("summary says passed={p} failed={f}")),
+            None => problems.push("no `PVKIT SUMMARY` line".to_owned()),
+        }
+        if self == Scenario::Pci {
+            // Independent of the guest's own comparison: the ids it listed must be exactly those of the
+            // machine xtask configured.
+            let mut seen = t.pci_ids();
+            seen.sort();
+            let want = expected_pci(self.devices());
+            if seen != want {
+                problems.push(format!("guest listed PCI ids {seen:?}, QEMU was given {want:?}"));
+            }
+        }
+        problems
+    }
+}
+
+fn check_pagefault(t: &Transcript, problems: &mut Vec<String>) {
+    let pf = t.exceptions().find(|e| e.get_u64("vector") == Some(VECTOR_PF));
+    match pf {
+        None => problems.push(format!(
+            "no `PVKIT EXCEPTION vector={VECTOR_PF}` line (exceptions seen: {})",
+            t.exceptions()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )),
+        Some(e) => match e.get_u64("cr2") {
+            Some(cr2) if cr2 == PAGEFAULT_ADDRESS => {}
+            Some(cr2) => problems.push(format!(
+                "page fault at cr2={cr2:#x}, expected {PAGEFAULT_ADDRESS:#x}"
+            )),
+            None => problems.push(format!("page fault report has no cr2: {e}")),
+        },
+    }
+    for (loc, msg) in t.panics() {
+        problems.push(format!(
+            "guest panicked at {loc}: {msg} (the fault handler should report, not panic)"
+        ));
+    }
+}
+
+fn check_panic(t: &Transcript, problems: &mut Vec<String>) {
+    let panics: Vec<_> = t.panics().collect();
+    if !panics.iter().any(|(_, m)| m.contains(PANIC_MESSAGE)) {
+        problems.push(format!(
+            "no `PVKIT PANIC` with message {PANIC_MESSAGE:?} (panics seen: {panics:?})"
+        ));
+    }
+    if let Some((loc, _)) = panics.iter().find(|(_, m)| m.contains(PANIC_MESSAGE))
+        && !loc.contains(".rs:")
+    {
+        problems.push(format!(
+            "panic location {loc:?} does not name a source file and line"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn result(outcome: Outcome, lines: &[&str]) -> RunResult {
+        let mut transcript = Transcript::default();
+        for l in lines {
+            transcript.push_line(l);
+        }
+        RunResult {
+            outcome,
+            transcript,
+            wall: Duration::from_millis(30),
+            log: PathBuf::from("/dev/null"),
+            command: String::new(),
+            stderr: vec![],
+            test_times: BTreeMap::new(),
+            pgid: None,
+        }
+    }
+
+    const BOOT: &str = "PVKIT BOOT platform=pvh hypervisor=none mem_mib=127 cmdline=\"tests=hello\"";
+
+    #[test]
+    fn hello_needs_boot_pass_summary_and_exit() {
+        let good = [
+            BOOT,
+            "PVKIT TEST hello START",
+            "PVKIT TEST hello PASS",
+            "PVKIT SUMMARY passed=1 failed=0",
+        ];
+        assert!(Scenario::Hello.check(&result(Outcome::Pass, &good)).is_empty());
+        assert!(!Scenario::Hello.check(&result(Outcome::Fail, &good)).is_empty());
+        assert!(
+            !Scenario::Hello
+                .check(&result(Outcome::Pass, &good[1..]))
+                .is_empty(),
+            "no BOOT line"
+        );
+        assert!(
+            !Scenario::Hello
+                .check(&result(Outcome::Pass, &good[..3]))
+                .is_empty(),
+            "no SUMMARY"
+        );
+        let failed = [
+            BOOT,
+            "PVKIT TEST hello FAIL nope",
+            "PVKIT SUMMARY passed=0 failed=1",
+        ];
+        assert!(!Scenario::Hello.check(&result(Outcome::Pass, &failed)).is_empty());
+        assert!(
+            !Scenario::Hello
+                .check(&result(Outcome::Timeout(Duration::from_secs(1)), &good))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn pagefault_needs_fail_exit_and_the_right_report() {
+        let exc = format!(
+            "PVKIT EXCEPTION vector=14 name=Page fault error=0x2 rip=0x100000 cr2={PAGEFAULT_ADDRESS:#x}"
+        );
+        let good = [
+            BOOT,
+            "PVKIT TEST fault-pagefault START",
+            &exc,
+            "PVKIT SUMMARY passed=0 failed=1",
+            "PVKIT EXIT 1",
+        ];
+        assert_eq!(
+            Scenario::FaultPagefault.check(&result(Outcome::Fail, &good)),
+            Vec::<String>::new()
+        );
+        // A failing exit without the handler's report is not enough.
+        let no_report = [
+            BOOT,
+            "PVKIT TEST fault-pagefault START",
+            "PVKIT SUMMARY passed=0 failed=1",
+        ];
+        assert!(
+            !Scenario::FaultPagefault
+                .check(&result(Outcome::Fail, &no_report))
+                .is_empty()
+        );
+        let wrong_addr = [BOOT, "PVKIT EXCEPTION vector=14 cr2=0x1000"];
+        assert!(
+            !Scenario::FaultPagefault
+                .check(&result(Outcome::Fail, &wrong_addr))
+                .is_empty()
+        );
+        let wrong_vec = [BOOT, "PVKIT EXCEPTION vector=13 cr2=0xdead00000000"];
+        assert!(
+            !Scenario::FaultPagefault
+                .check(&result(Outcome::Fail, &wrong_vec))
+                .is_empty()
+        );
+        assert!(
+            !Scenario::FaultPagefault
+                .check(&result(Outcome::Crash("x".into()), &good))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn panic_needs_the_message() {
+        let msg = format!("PVKIT PANIC at guest-kernel/src/selftest/mod.rs:10:5: {PANIC_MESSAGE}");
+        let good = [
+            BOOT,
+            "PVKIT TEST fault-panic START",
+            &msg,
+            "PVKIT SUMMARY passed=0 failed=1",
+        ];
+        assert!(
+            Scenario::FaultPanic
+                .check(&result(Outcome::Fail, &good))
+                .is_empty()
+        );
+        let other = [BOOT, "PVKIT PANIC at a.rs:1:1: index out of bounds"];
+        assert!(
+            !Scenario::FaultPanic
+                .check(&result(Outcome::Fail, &other))
+                .is_empty()
+        );
+        assert!(
+            !Scenario::FaultPanic
+                .check(&result(Outcome::Pass, &good))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn pci_compares_listed_ids_with_the_configured_machine() {
+        let devices = Scenario::Pci.devices();
+        let mut lines: Vec<String> = vec![BOOT.into(), "PVKIT TEST pci START".into()];
+        for (i, id) in expected_pci(devices).iter().enumerate() {
+            lines.push(format!("PVKIT INFO pci 00:{i:02x}.0 {id} class=0x000000"));
+        }
+        lines.push("PVKIT TEST pci PASS devices=8".into());
+        lines.push("PVKIT SUMMARY passed=1 failed=0".into());
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert_eq!(
+            Scenario::Pci.check(&result(Outcome::Pass, &refs)),
+            Vec::<String>::new()
+        );
+        // One edu fewer than QEMU was given: the scenario fails even though the guest said PASS.
+        let edu = refs.iter().position(|l| l.contains("1234:11e8")).unwrap();
+        let mut short = refs.clone();
+        short.remove(edu);
+        assert!(!Scenario::Pci.check(&result(Outcome::Pass, &short)).is_empty());
+        assert!(Scenario::Pci.append().contains("pci.expect="));
+        assert_eq!(Scenario::Pci.append().matches("1234:11e8").count(), 2);
+    }
+}
