@@ -106,6 +106,60 @@ pub enum Error {
         /// Number of ids in the table.
         capacity: usize,
     },
+    /// The platform could not notify the peer (for instance a closed event channel).
+    #[error("notifying the peer failed with status {status}")]
+    NotifyFailed {
+        /// The platform's status code (a negative Xen errno for an event channel send).
+        status: i32,
+    },
+    /// No free grant reference is left to share a page with.
+    #[error("grant table is full: all {capacity} references are in use or reserved")]
+    GrantTableFull {
+        /// Number of references in the table.
+        capacity: usize,
+    },
+    /// A grant reference that is not an active grant (never granted, already revoked, or beyond the
+    /// table).
+    #[error("grant reference {gref} is not an active grant")]
+    BadGrantRef {
+        /// The reference.
+        gref: u32,
+    },
+    /// Revoking a grant the peer still has mapped or is copying: the grant stays in place and the page
+    /// must not be reused yet.
+    #[error("grant reference {gref} is still in use by the peer (flags {flags:#06x}); not revoked")]
+    GrantInUse {
+        /// The reference.
+        gref: u32,
+        /// The entry's `GTF_*` flags, with `GTF_reading` and/or `GTF_writing` set.
+        flags: u16,
+    },
+    /// A domain tried to use a grant it was not given, or to write through a read-only grant.
+    #[error("domain {domid} may not {} grant reference {gref}", if *write { "write" } else { "read" })]
+    GrantAccessDenied {
+        /// The reference.
+        gref: u32,
+        /// The domain that tried.
+        domid: u16,
+        /// Whether it asked for write access.
+        write: bool,
+    },
+    /// A grant copy whose byte range leaves the 4 KiB page.
+    #[error("grant copy of {len} bytes at offset {offset} of grant {gref} crosses the page end")]
+    GrantCopyOutOfPage {
+        /// The reference.
+        gref: u32,
+        /// Offset in the page.
+        offset: usize,
+        /// Bytes to copy.
+        len: usize,
+    },
+    /// A frame number too large for a version-1 grant entry's 32-bit `frame` field.
+    #[error("frame {frame:#x} does not fit a version-1 grant entry's 32-bit frame field")]
+    FrameTooLarge {
+        /// The frame number.
+        frame: u64,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

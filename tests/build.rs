@@ -1,0 +1,28 @@
+//! Compiles the C side of the differential tests against the system's Xen public headers.
+//!
+//! The headers come from Debian's `libxen-dev` (`/usr/include/xen`), never from a copy in this
+//! repository: the point of these tests is to compare pvkit with Xen's own definitions.
+
+use std::path::Path;
+
+/// The header every C file here needs; its absence means libxen-dev is not installed.
+const RING_H: &str = "/usr/include/xen/io/ring.h";
+
+const C_FILES: &[&str] = &["c/abi_layout.c"];
+
+fn main() {
+    println!("cargo:rerun-if-changed={RING_H}");
+    if !Path::new(RING_H).is_file() {
+        panic!(
+            "{RING_H} is missing: the differential tests compile against Xen's public C headers. \
+             Install them with `apt-get install libxen-dev` (Debian/Ubuntu), then rebuild."
+        );
+    }
+    let mut build = cc::Build::new();
+    build.std("gnu11").warnings_into_errors(true);
+    for file in C_FILES {
+        println!("cargo:rerun-if-changed={file}");
+        build.file(file);
+    }
+    build.compile("pvkit_xen_c");
+}

@@ -1,0 +1,559 @@
+//! Cross-check of `ring_protocol::abi` against Xen's C headers as installed on this machine.
+//!
+//! `tests/c/abi_layout.c` is compiled against `/usr/include/xen` and lists, for every ABI type pvkit
+//! defines, its size, alignment, and each field's offset, size and signedness, plus the value of every
+//! constant. This test builds the same list from the Rust definitions and requires the two to match
+//! entry for entry: a fact missing on either side fails too, so neither list can silently shrink.
+
+use std::collections::BTreeMap;
+use std::mem::{align_of, offset_of, size_of};
+
+use pvkit_tests::xen_c::layout;
+use ring_protocol::abi::blkif::{self, *};
+use ring_protocol::abi::console::*;
+use ring_protocol::abi::errno;
+use ring_protocol::abi::event_channel::*;
+use ring_protocol::abi::grant_table::*;
+use ring_protocol::abi::netif::*;
+use ring_protocol::abi::xen::*;
+use ring_protocol::abi::xenstore::*;
+
+/// Integer types, and whether they are signed.
+trait Int: Copy {
+    const SIGNED: bool;
+    fn fact(self) -> i64;
+}
+
+macro_rules! impl_int {
+    ($($t:ty => $signed:literal),*) => {$(
+        impl Int for $t {
+            const SIGNED: bool = $signed;
+            fn fact(self) -> i64 {
+                i64::try_from(self).expect("constant fits in i64")
+            }
+        }
+    )*};
+}
+impl_int!(u8 => false, u16 => false, u32 => false, u64 => false, usize => false,
+          i8 => true, i16 => true, i32 => true, i64 => true);
+
+fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    size_of::<F>()
+}
+
+fn field_signed<T, F: Int>(_: fn(&T) -> &F) -> bool {
+    F::SIGNED
+}
+
+#[derive(Default)]
+struct Facts(BTreeMap<String, i64>);
+
+impl Facts {
+    fn add(&mut self, name: &str, value: i64) {
+        let old = self.0.insert(name.to_owned(), value);
+        assert!(old.is_none(), "Rust fact {name} listed twice");
+    }
+}
+
+/// `ty!(facts, c_name, RustType)`: size and alignment.
+macro_rules! ty {
+    ($f:ident, $c:ident, $t:ty) => {
+        $f.add(concat!("sizeof(", stringify!($c), ")"), size_of::<$t>() as i64);
+        $f.add(concat!("alignof(", stringify!($c), ")"), align_of::<$t>() as i64);
+    };
+}
+
+/// `field!(facts, c_type.c_field => RustType.rust_field)`: offset and size.
+macro_rules! field {
+    ($f:ident, $c:ident . $cf:tt => $t:ty, $rf:ident) => {
+        $f.add(
+            concat!("offsetof(", stringify!($c), ".", stringify!($cf), ")"),
+            offset_of!($t, $rf) as i64,
+        );
+        $f.add(
+            concat!("sizeof(", stringify!($c), ".", stringify!($cf), ")"),
+            field_size(|s: &$t| &s.$rf) as i64,
+        );
+    };
+}
+
+/// `int!(...)`: as `field!`, plus signedness.
+macro_rules! int {
+    ($f:ident, $c:ident . $cf:tt => $t:ty, $rf:ident) => {
+        field!($f, $c.$cf => $t, $rf);
+        $f.add(
+            concat!("signed(", stringify!($c), ".", stringify!($cf), ")"),
+            field_signed(|s: &$t| &s.$rf) as i64,
+        );
+    };
+}
+
+/// `k!(facts, C_NAME => rust_value)`.
+macro_rules! k {
+    ($f:ident, $c:ident => $v:expr) => {
+        $f.add(stringify!($c), Int::fact($v));
+    };
+}
+
+fn rust_facts() -> Facts {
+    let mut f = Facts::default();
+
+    // xen.h, io/ring.h
+    k!(f, DOMID_FIRST_RESERVED => DOMID_FIRST_RESERVED);
+    k!(f, DOMID_SELF => DOMID_SELF);
+    k!(f, DOMID_IO => DOMID_IO);
+    k!(f, DOMID_XEN => DOMID_XEN);
+    k!(f, DOMID_COW => DOMID_COW);
+    k!(f, DOMID_INVALID => DOMID_INVALID);
+    k!(f, DOMID_IDLE => DOMID_IDLE);
+    f.add("sizeof(domid_t)", size_of::<DomId>() as i64);
+    f.add("sizeof(xen_pfn_t)", size_of::<XenPfn>() as i64);
+    k!(f, XEN_PAGE_SHIFT => XEN_PAGE_SHIFT);
+    k!(f, __HYPERVISOR_console_io => HYPERVISOR_CONSOLE_IO);
+    k!(f, __HYPERVISOR_grant_table_op => HYPERVISOR_GRANT_TABLE_OP);
+    k!(f, __HYPERVISOR_sched_op => HYPERVISOR_SCHED_OP);
+    k!(f, __HYPERVISOR_event_channel_op => HYPERVISOR_EVENT_CHANNEL_OP);
+    k!(f, __HYPERVISOR_hvm_op => HYPERVISOR_HVM_OP);
+    k!(f, VIRQ_TIMER => VIRQ_TIMER);
+    k!(f, VIRQ_DEBUG => VIRQ_DEBUG);
+    k!(f, VIRQ_CONSOLE => VIRQ_CONSOLE);
+
+    // errno.h
+    k!(f, XEN_EPERM => errno::EPERM);
+    k!(f, XEN_ENOENT => errno::ENOENT);
+    k!(f, XEN_ESRCH => errno::ESRCH);
+    k!(f, XEN_EIO => errno::EIO);
+    k!(f, XEN_E2BIG => errno::E2BIG);
+    k!(f, XEN_EAGAIN => errno::EAGAIN);
+    k!(f, XEN_ENOMEM => errno::ENOMEM);
+    k!(f, XEN_EACCES => errno::EACCES);
+    k!(f, XEN_EFAULT => errno::EFAULT);
+    k!(f, XEN_EBUSY => errno::EBUSY);
+    k!(f, XEN_EEXIST => errno::EEXIST);
+    k!(f, XEN_EISDIR => errno::EISDIR);
+    k!(f, XEN_EINVAL => errno::EINVAL);
+    k!(f, XEN_ENOSPC => errno::ENOSPC);
+    k!(f, XEN_EROFS => errno::EROFS);
+    k!(f, XEN_ENOSYS => errno::ENOSYS);
+    k!(f, XEN_ENOTEMPTY => errno::ENOTEMPTY);
+    k!(f, XEN_EOPNOTSUPP => errno::EOPNOTSUPP);
+    k!(f, XEN_EISCONN => errno::EISCONN);
+
+    // grant_table.h
+    f.add("sizeof(grant_ref_t)", size_of::<GrantRef>() as i64);
+    f.add("sizeof(grant_handle_t)", size_of::<GrantHandle>() as i64);
+    k!(f, GNTTAB_NR_RESERVED_ENTRIES => GNTTAB_NR_RESERVED_ENTRIES);
+    k!(f, GNTTAB_RESERVED_CONSOLE => GNTTAB_RESERVED_CONSOLE);
+    k!(f, GNTTAB_RESERVED_XENSTORE => GNTTAB_RESERVED_XENSTORE);
+    k!(f, GTF_invalid => GTF_INVALID);
+    k!(f, GTF_permit_access => GTF_PERMIT_ACCESS);
+    k!(f, GTF_accept_transfer => GTF_ACCEPT_TRANSFER);
+    k!(f, GTF_transitive => GTF_TRANSITIVE);
+    k!(f, GTF_type_mask => GTF_TYPE_MASK);
+    k!(f, GTF_readonly => GTF_READONLY);
+    k!(f, GTF_reading => GTF_READING);
+    k!(f, GTF_writing => GTF_WRITING);
+    k!(f, GTF_PWT => GTF_PWT);
+    k!(f, GTF_PCD => GTF_PCD);
+    k!(f, GTF_PAT => GTF_PAT);
+    k!(f, GTF_sub_page => GTF_SUB_PAGE);
+    k!(f, GTF_transfer_committed => GTF_TRANSFER_COMMITTED);
+    k!(f, GTF_transfer_completed => GTF_TRANSFER_COMPLETED);
+    ty!(f, grant_entry_v1, GrantEntryV1);
+    int!(f, grant_entry_v1.flags => GrantEntryV1, flags);
+    int!(f, grant_entry_v1.domid => GrantEntryV1, domid);
+    int!(f, grant_entry_v1.frame => GrantEntryV1, frame);
+    k!(f, GNTTABOP_map_grant_ref => GNTTABOP_MAP_GRANT_REF);
+    k!(f, GNTTABOP_unmap_grant_ref => GNTTABOP_UNMAP_GRANT_REF);
+    k!(f, GNTTABOP_setup_table => GNTTABOP_SETUP_TABLE);
+    k!(f, GNTTABOP_dump_table => GNTTABOP_DUMP_TABLE);
+    k!(f, GNTTABOP_transfer => GNTTABOP_TRANSFER);
+    k!(f, GNTTABOP_copy => GNTTABOP_COPY);
+    k!(f, GNTTABOP_query_size => GNTTABOP_QUERY_SIZE);
+    k!(f, GNTTABOP_unmap_and_replace => GNTTABOP_UNMAP_AND_REPLACE);
+    k!(f, GNTTABOP_set_version => GNTTABOP_SET_VERSION);
+    k!(f, GNTTABOP_get_version => GNTTABOP_GET_VERSION);
+    ty!(f, gnttab_setup_table, GnttabSetupTable);
+    int!(f, gnttab_setup_table.dom => GnttabSetupTable, dom);
+    int!(f, gnttab_setup_table.nr_frames => GnttabSetupTable, nr_frames);
+    int!(f, gnttab_setup_table.status => GnttabSetupTable, status);
+    field!(f, gnttab_setup_table.frame_list => GnttabSetupTable, frame_list);
+    k!(f, GNTMAP_device_map => GNTMAP_DEVICE_MAP);
+    k!(f, GNTMAP_host_map => GNTMAP_HOST_MAP);
+    k!(f, GNTMAP_readonly => GNTMAP_READONLY);
+    k!(f, GNTMAP_application_map => GNTMAP_APPLICATION_MAP);
+    k!(f, GNTMAP_contains_pte => GNTMAP_CONTAINS_PTE);
+    k!(f, GNTMAP_guest_avail_mask => GNTMAP_GUEST_AVAIL_MASK);
+    ty!(f, gnttab_map_grant_ref, GnttabMapGrantRef);
+    int!(f, gnttab_map_grant_ref.host_addr => GnttabMapGrantRef, host_addr);
+    int!(f, gnttab_map_grant_ref.flags => GnttabMapGrantRef, flags);
+    int!(f, gnttab_map_grant_ref.ref => GnttabMapGrantRef, ref_);
+    int!(f, gnttab_map_grant_ref.dom => GnttabMapGrantRef, dom);
+    int!(f, gnttab_map_grant_ref.status => GnttabMapGrantRef, status);
+    int!(f, gnttab_map_grant_ref.handle => GnttabMapGrantRef, handle);
+    int!(f, gnttab_map_grant_ref.dev_bus_addr => GnttabMapGrantRef, dev_bus_addr);
+    ty!(f, gnttab_unmap_grant_ref, GnttabUnmapGrantRef);
+    int!(f, gnttab_unmap_grant_ref.host_addr => GnttabUnmapGrantRef, host_addr);
+    int!(f, gnttab_unmap_grant_ref.dev_bus_addr => GnttabUnmapGrantRef, dev_bus_addr);
+    int!(f, gnttab_unmap_grant_ref.handle => GnttabUnmapGrantRef, handle);
+    int!(f, gnttab_unmap_grant_ref.status => GnttabUnmapGrantRef, status);
+    k!(f, GNTCOPY_source_gref => GNTCOPY_SOURCE_GREF);
+    k!(f, GNTCOPY_dest_gref => GNTCOPY_DEST_GREF);
+    ty!(f, gnttab_copy_ptr, GnttabCopyPtr);
+    field!(f, gnttab_copy_ptr.u => GnttabCopyPtr, u);
+    // The union `u`: `ref` is the low 32 bits of our u64 (little-endian), `gmfn` all of it.
+    f.add(
+        "offsetof(gnttab_copy_ptr.u.ref)",
+        offset_of!(GnttabCopyPtr, u) as i64,
+    );
+    f.add("sizeof(gnttab_copy_ptr.u.ref)", size_of::<GrantRef>() as i64);
+    f.add("signed(gnttab_copy_ptr.u.ref)", GrantRef::SIGNED as i64);
+    f.add(
+        "offsetof(gnttab_copy_ptr.u.gmfn)",
+        offset_of!(GnttabCopyPtr, u) as i64,
+    );
+    f.add("sizeof(gnttab_copy_ptr.u.gmfn)", size_of::<XenPfn>() as i64);
+    f.add("signed(gnttab_copy_ptr.u.gmfn)", XenPfn::SIGNED as i64);
+    int!(f, gnttab_copy_ptr.domid => GnttabCopyPtr, domid);
+    int!(f, gnttab_copy_ptr.offset => GnttabCopyPtr, offset);
+    ty!(f, gnttab_copy, GnttabCopy);
+    field!(f, gnttab_copy.source => GnttabCopy, source);
+    field!(f, gnttab_copy.dest => GnttabCopy, dest);
+    int!(f, gnttab_copy.len => GnttabCopy, len);
+    int!(f, gnttab_copy.flags => GnttabCopy, flags);
+    int!(f, gnttab_copy.status => GnttabCopy, status);
+    ty!(f, gnttab_query_size, GnttabQuerySize);
+    int!(f, gnttab_query_size.dom => GnttabQuerySize, dom);
+    int!(f, gnttab_query_size.nr_frames => GnttabQuerySize, nr_frames);
+    int!(f, gnttab_query_size.max_nr_frames => GnttabQuerySize, max_nr_frames);
+    int!(f, gnttab_query_size.status => GnttabQuerySize, status);
+    k!(f, GNTST_okay => GNTST_OKAY);
+    k!(f, GNTST_general_error => GNTST_GENERAL_ERROR);
+    k!(f, GNTST_bad_domain => GNTST_BAD_DOMAIN);
+    k!(f, GNTST_bad_gntref => GNTST_BAD_GNTREF);
+    k!(f, GNTST_bad_handle => GNTST_BAD_HANDLE);
+    k!(f, GNTST_bad_virt_addr => GNTST_BAD_VIRT_ADDR);
+    k!(f, GNTST_bad_dev_addr => GNTST_BAD_DEV_ADDR);
+    k!(f, GNTST_no_device_space => GNTST_NO_DEVICE_SPACE);
+    k!(f, GNTST_permission_denied => GNTST_PERMISSION_DENIED);
+    k!(f, GNTST_bad_page => GNTST_BAD_PAGE);
+    k!(f, GNTST_bad_copy_arg => GNTST_BAD_COPY_ARG);
+    k!(f, GNTST_address_too_big => GNTST_ADDRESS_TOO_BIG);
+    k!(f, GNTST_eagain => GNTST_EAGAIN);
+    k!(f, GNTST_no_space => GNTST_NO_SPACE);
+
+    // event_channel.h
+    f.add("sizeof(evtchn_port_t)", size_of::<EvtchnPort>() as i64);
+    k!(f, EVTCHNOP_bind_interdomain => EVTCHNOP_BIND_INTERDOMAIN);
+    k!(f, EVTCHNOP_bind_virq => EVTCHNOP_BIND_VIRQ);
+    k!(f, EVTCHNOP_bind_pirq => EVTCHNOP_BIND_PIRQ);
+    k!(f, EVTCHNOP_close => EVTCHNOP_CLOSE);
+    k!(f, EVTCHNOP_send => EVTCHNOP_SEND);
+    k!(f, EVTCHNOP_status => EVTCHNOP_STATUS);
+    k!(f, EVTCHNOP_alloc_unbound => EVTCHNOP_ALLOC_UNBOUND);
+    k!(f, EVTCHNOP_bind_ipi => EVTCHNOP_BIND_IPI);
+    k!(f, EVTCHNOP_bind_vcpu => EVTCHNOP_BIND_VCPU);
+    k!(f, EVTCHNOP_unmask => EVTCHNOP_UNMASK);
+    ty!(f, evtchn_alloc_unbound, EvtchnAllocUnbound);
+    int!(f, evtchn_alloc_unbound.dom => EvtchnAllocUnbound, dom);
+    int!(f, evtchn_alloc_unbound.remote_dom => EvtchnAllocUnbound, remote_dom);
+    int!(f, evtchn_alloc_unbound.port => EvtchnAllocUnbound, port);
+    ty!(f, evtchn_bind_interdomain, EvtchnBindInterdomain);
+    int!(f, evtchn_bind_interdomain.remote_dom => EvtchnBindInterdomain, remote_dom);
+    int!(f, evtchn_bind_interdomain.remote_port => EvtchnBindInterdomain, remote_port);
+    int!(f, evtchn_bind_interdomain.local_port => EvtchnBindInterdomain, local_port);
+    ty!(f, evtchn_bind_virq, EvtchnBindVirq);
+    int!(f, evtchn_bind_virq.virq => EvtchnBindVirq, virq);
+    int!(f, evtchn_bind_virq.vcpu => EvtchnBindVirq, vcpu);
+    int!(f, evtchn_bind_virq.port => EvtchnBindVirq, port);
+    ty!(f, evtchn_close, EvtchnClose);
+    int!(f, evtchn_close.port => EvtchnClose, port);
+    ty!(f, evtchn_send, EvtchnSend);
+    int!(f, evtchn_send.port => EvtchnSend, port);
+    ty!(f, evtchn_unmask, EvtchnUnmask);
+    int!(f, evtchn_unmask.port => EvtchnUnmask, port);
+
+    // io/blkif.h
+    f.add("sizeof(blkif_vdev_t)", size_of::<BlkifVdev>() as i64);
+    f.add("sizeof(blkif_sector_t)", size_of::<BlkifSector>() as i64);
+    k!(f, BLKIF_OP_READ => BLKIF_OP_READ);
+    k!(f, BLKIF_OP_WRITE => BLKIF_OP_WRITE);
+    k!(f, BLKIF_OP_WRITE_BARRIER => BLKIF_OP_WRITE_BARRIER);
+    k!(f, BLKIF_OP_FLUSH_DISKCACHE => BLKIF_OP_FLUSH_DISKCACHE);
+    k!(f, BLKIF_OP_RESERVED_1 => BLKIF_OP_RESERVED_1);
+    k!(f, BLKIF_OP_DISCARD => BLKIF_OP_DISCARD);
+    k!(f, BLKIF_OP_INDIRECT => BLKIF_OP_INDIRECT);
+    k!(f, BLKIF_MAX_SEGMENTS_PER_REQUEST => BLKIF_MAX_SEGMENTS_PER_REQUEST);
+    k!(f, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST => BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST);
+    k!(f, BLKIF_DISCARD_SECURE => BLKIF_DISCARD_SECURE);
+    k!(f, BLKIF_RSP_EOPNOTSUPP => BLKIF_RSP_EOPNOTSUPP);
+    k!(f, BLKIF_RSP_ERROR => BLKIF_RSP_ERROR);
+    k!(f, BLKIF_RSP_OKAY => BLKIF_RSP_OKAY);
+    k!(f, VDISK_CDROM => VDISK_CDROM);
+    k!(f, VDISK_REMOVABLE => VDISK_REMOVABLE);
+    k!(f, VDISK_READONLY => VDISK_READONLY);
+    ty!(f, blkif_request_segment, BlkifRequestSegment);
+    int!(f, blkif_request_segment.gref => BlkifRequestSegment, gref);
+    int!(f, blkif_request_segment.first_sect => BlkifRequestSegment, first_sect);
+    int!(f, blkif_request_segment.last_sect => BlkifRequestSegment, last_sect);
+    ty!(f, blkif_request, BlkifRequest);
+    int!(f, blkif_request.operation => BlkifRequest, operation);
+    int!(f, blkif_request.nr_segments => BlkifRequest, nr_segments);
+    int!(f, blkif_request.handle => BlkifRequest, handle);
+    int!(f, blkif_request.id => BlkifRequest, id);
+    int!(f, blkif_request.sector_number => BlkifRequest, sector_number);
+    field!(f, blkif_request.seg => BlkifRequest, seg);
+    ty!(f, blkif_request_discard, BlkifRequestDiscard);
+    int!(f, blkif_request_discard.operation => BlkifRequestDiscard, operation);
+    int!(f, blkif_request_discard.flag => BlkifRequestDiscard, flag);
+    int!(f, blkif_request_discard.handle => BlkifRequestDiscard, handle);
+    int!(f, blkif_request_discard.id => BlkifRequestDiscard, id);
+    int!(f, blkif_request_discard.sector_number => BlkifRequestDiscard, sector_number);
+    int!(f, blkif_request_discard.nr_sectors => BlkifRequestDiscard, nr_sectors);
+    ty!(f, blkif_request_indirect, BlkifRequestIndirect);
+    int!(f, blkif_request_indirect.operation => BlkifRequestIndirect, operation);
+    int!(f, blkif_request_indirect.indirect_op => BlkifRequestIndirect, indirect_op);
+    int!(f, blkif_request_indirect.nr_segments => BlkifRequestIndirect, nr_segments);
+    int!(f, blkif_request_indirect.id => BlkifRequestIndirect, id);
+    int!(f, blkif_request_indirect.sector_number => BlkifRequestIndirect, sector_number);
+    int!(f, blkif_request_indirect.handle => BlkifRequestIndirect, handle);
+    field!(f, blkif_request_indirect.indirect_grefs => BlkifRequestIndirect, indirect_grefs);
+    ty!(f, blkif_response, BlkifResponse);
+    int!(f, blkif_response.id => BlkifResponse, id);
+    int!(f, blkif_response.operation => BlkifResponse, operation);
+    int!(f, blkif_response.status => BlkifResponse, status);
+    k!(f, segments_per_indirect_page => blkif::BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
+
+    // io/netif.h
+    k!(f, XEN_NETIF_NR_SLOTS_MIN => XEN_NETIF_NR_SLOTS_MIN);
+    k!(f, XEN_NETIF_MAX_TX_SIZE => XEN_NETIF_MAX_TX_SIZE);
+    k!(f, NETTXF_csum_blank => NETTXF_CSUM_BLANK);
+    k!(f, NETTXF_data_validated => NETTXF_DATA_VALIDATED);
+    k!(f, NETTXF_more_data => NETTXF_MORE_DATA);
+    k!(f, NETTXF_extra_info => NETTXF_EXTRA_INFO);
+    k!(f, NETRXF_data_validated => NETRXF_DATA_VALIDATED);
+    k!(f, NETRXF_csum_blank => NETRXF_CSUM_BLANK);
+    k!(f, NETRXF_more_data => NETRXF_MORE_DATA);
+    k!(f, NETRXF_extra_info => NETRXF_EXTRA_INFO);
+    k!(f, NETRXF_gso_prefix => NETRXF_GSO_PREFIX);
+    k!(f, XEN_NETIF_EXTRA_TYPE_NONE => XEN_NETIF_EXTRA_TYPE_NONE);
+    k!(f, XEN_NETIF_EXTRA_TYPE_GSO => XEN_NETIF_EXTRA_TYPE_GSO);
+    k!(f, XEN_NETIF_EXTRA_TYPE_MCAST_ADD => XEN_NETIF_EXTRA_TYPE_MCAST_ADD);
+    k!(f, XEN_NETIF_EXTRA_TYPE_MCAST_DEL => XEN_NETIF_EXTRA_TYPE_MCAST_DEL);
+    k!(f, XEN_NETIF_EXTRA_TYPE_HASH => XEN_NETIF_EXTRA_TYPE_HASH);
+    k!(f, XEN_NETIF_EXTRA_TYPE_MAX => XEN_NETIF_EXTRA_TYPE_MAX);
+    k!(f, XEN_NETIF_EXTRA_FLAG_MORE => XEN_NETIF_EXTRA_FLAG_MORE);
+    k!(f, XEN_NETIF_GSO_TYPE_NONE => XEN_NETIF_GSO_TYPE_NONE);
+    k!(f, XEN_NETIF_GSO_TYPE_TCPV4 => XEN_NETIF_GSO_TYPE_TCPV4);
+    k!(f, XEN_NETIF_GSO_TYPE_TCPV6 => XEN_NETIF_GSO_TYPE_TCPV6);
+    k!(f, _XEN_NETIF_CTRL_HASH_TYPE_IPV4 => XEN_NETIF_CTRL_HASH_TYPE_IPV4_BIT);
+    k!(f, _XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP => XEN_NETIF_CTRL_HASH_TYPE_IPV4_TCP_BIT);
+    k!(f, _XEN_NETIF_CTRL_HASH_TYPE_IPV6 => XEN_NETIF_CTRL_HASH_TYPE_IPV6_BIT);
+    k!(f, _XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP => XEN_NETIF_CTRL_HASH_TYPE_IPV6_TCP_BIT);
+    k!(f, XEN_NETIF_CTRL_HASH_ALGORITHM_NONE => XEN_NETIF_CTRL_HASH_ALGORITHM_NONE);
+    k!(f, XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ => XEN_NETIF_CTRL_HASH_ALGORITHM_TOEPLITZ);
+    k!(f, NETIF_RSP_DROPPED => NETIF_RSP_DROPPED);
+    k!(f, NETIF_RSP_ERROR => NETIF_RSP_ERROR);
+    k!(f, NETIF_RSP_OKAY => NETIF_RSP_OKAY);
+    k!(f, NETIF_RSP_NULL => NETIF_RSP_NULL);
+    ty!(f, netif_tx_request, NetifTxRequest);
+    int!(f, netif_tx_request.gref => NetifTxRequest, gref);
+    int!(f, netif_tx_request.offset => NetifTxRequest, offset);
+    int!(f, netif_tx_request.flags => NetifTxRequest, flags);
+    int!(f, netif_tx_request.id => NetifTxRequest, id);
+    int!(f, netif_tx_request.size => NetifTxRequest, size);
+    ty!(f, netif_tx_response, NetifTxResponse);
+    int!(f, netif_tx_response.id => NetifTxResponse, id);
+    int!(f, netif_tx_response.status => NetifTxResponse, status);
+    ty!(f, netif_rx_request, NetifRxRequest);
+    int!(f, netif_rx_request.id => NetifRxRequest, id);
+    int!(f, netif_rx_request.pad => NetifRxRequest, pad);
+    int!(f, netif_rx_request.gref => NetifRxRequest, gref);
+    ty!(f, netif_rx_response, NetifRxResponse);
+    int!(f, netif_rx_response.id => NetifRxResponse, id);
+    int!(f, netif_rx_response.offset => NetifRxResponse, offset);
+    int!(f, netif_rx_response.flags => NetifRxResponse, flags);
+    int!(f, netif_rx_response.status => NetifRxResponse, status);
+    ty!(f, netif_extra_info, NetifExtraInfo);
+    int!(f, netif_extra_info.type => NetifExtraInfo, type_);
+    int!(f, netif_extra_info.flags => NetifExtraInfo, flags);
+    field!(f, netif_extra_info.u => NetifExtraInfo, u);
+    // The union variants sit at `u`'s offset.
+    let u = offset_of!(NetifExtraInfo, u);
+    macro_rules! variant {
+        ($cname:literal, $t:ty, $rf:ident, int) => {
+            variant!($cname, $t, $rf);
+            f.add(
+                concat!("signed(netif_extra_info.u.", $cname, ")"),
+                field_signed(|s: &$t| &s.$rf) as i64,
+            );
+        };
+        ($cname:literal, $t:ty, $rf:ident) => {
+            f.add(
+                concat!("offsetof(netif_extra_info.u.", $cname, ")"),
+                (u + offset_of!($t, $rf)) as i64,
+            );
+            f.add(
+                concat!("sizeof(netif_extra_info.u.", $cname, ")"),
+                field_size(|s: &$t| &s.$rf) as i64,
+            );
+        };
+    }
+    variant!("gso.size", NetifExtraInfoGso, size, int);
+    variant!("gso.type", NetifExtraInfoGso, type_, int);
+    variant!("gso.pad", NetifExtraInfoGso, pad, int);
+    variant!("gso.features", NetifExtraInfoGso, features, int);
+    variant!("mcast.addr", NetifExtraInfoMcast, addr);
+    variant!("hash.type", NetifExtraInfoHash, type_, int);
+    variant!("hash.algorithm", NetifExtraInfoHash, algorithm, int);
+    variant!("hash.value", NetifExtraInfoHash, value);
+
+    // io/console.h
+    ty!(f, xencons_interface, XenconsInterface);
+    field!(f, xencons_interface.in => XenconsInterface, in_);
+    field!(f, xencons_interface.out => XenconsInterface, out);
+    int!(f, xencons_interface.in_cons => XenconsInterface, in_cons);
+    int!(f, xencons_interface.in_prod => XenconsInterface, in_prod);
+    int!(f, xencons_interface.out_cons => XenconsInterface, out_cons);
+    int!(f, xencons_interface.out_prod => XenconsInterface, out_prod);
+    // The ring sizes are the arrays' sizes (checked above); the constants must agree with them.
+    assert_eq!(XENCONS_IN_SIZE, field_size(|s: &XenconsInterface| &s.in_));
+    assert_eq!(XENCONS_OUT_SIZE, field_size(|s: &XenconsInterface| &s.out));
+
+    // io/xs_wire.h
+    use XsdSockmsgType as T;
+    k!(f, XS_CONTROL => T::Control as u32);
+    k!(f, XS_DEBUG => T::Control as u32);
+    k!(f, XS_DIRECTORY => T::Directory as u32);
+    k!(f, XS_READ => T::Read as u32);
+    k!(f, XS_GET_PERMS => T::GetPerms as u32);
+    k!(f, XS_WATCH => T::Watch as u32);
+    k!(f, XS_UNWATCH => T::Unwatch as u32);
+    k!(f, XS_TRANSACTION_START => T::TransactionStart as u32);
+    k!(f, XS_TRANSACTION_END => T::TransactionEnd as u32);
+    k!(f, XS_INTRODUCE => T::Introduce as u32);
+    k!(f, XS_RELEASE => T::Release as u32);
+    k!(f, XS_GET_DOMAIN_PATH => T::GetDomainPath as u32);
+    k!(f, XS_WRITE => T::Write as u32);
+    k!(f, XS_MKDIR => T::Mkdir as u32);
+    k!(f, XS_RM => T::Rm as u32);
+    k!(f, XS_SET_PERMS => T::SetPerms as u32);
+    k!(f, XS_WATCH_EVENT => T::WatchEvent as u32);
+    k!(f, XS_ERROR => T::Error as u32);
+    k!(f, XS_IS_DOMAIN_INTRODUCED => T::IsDomainIntroduced as u32);
+    k!(f, XS_RESUME => T::Resume as u32);
+    k!(f, XS_SET_TARGET => T::SetTarget as u32);
+    k!(f, XS_RESET_WATCHES => T::ResetWatches as u32);
+    k!(f, XS_DIRECTORY_PART => T::DirectoryPart as u32);
+    k!(f, XS_TYPE_COUNT => XS_TYPE_COUNT);
+    k!(f, XS_INVALID => XS_INVALID);
+    k!(f, XS_WATCH_PATH => XS_WATCH_PATH);
+    k!(f, XS_WATCH_TOKEN => XS_WATCH_TOKEN);
+    ty!(f, xsd_sockmsg, XsdSockmsg);
+    int!(f, xsd_sockmsg.type => XsdSockmsg, type_);
+    int!(f, xsd_sockmsg.req_id => XsdSockmsg, req_id);
+    int!(f, xsd_sockmsg.tx_id => XsdSockmsg, tx_id);
+    int!(f, xsd_sockmsg.len => XsdSockmsg, len);
+    k!(f, XENSTORE_RING_SIZE => XENSTORE_RING_SIZE);
+    k!(f, XENSTORE_PAYLOAD_MAX => XENSTORE_PAYLOAD_MAX);
+    k!(f, XENSTORE_ABS_PATH_MAX => XENSTORE_ABS_PATH_MAX);
+    k!(f, XENSTORE_REL_PATH_MAX => XENSTORE_REL_PATH_MAX);
+    k!(f, XENSTORE_SERVER_FEATURE_RECONNECTION => XENSTORE_SERVER_FEATURE_RECONNECTION);
+    k!(f, XENSTORE_SERVER_FEATURE_ERROR => XENSTORE_SERVER_FEATURE_ERROR);
+    k!(f, XENSTORE_CONNECTED => XENSTORE_CONNECTED);
+    k!(f, XENSTORE_RECONNECT => XENSTORE_RECONNECT);
+    k!(f, XENSTORE_ERROR_NONE => XENSTORE_ERROR_NONE);
+    k!(f, XENSTORE_ERROR_COMM => XENSTORE_ERROR_COMM);
+    k!(f, XENSTORE_ERROR_RINGIDX => XENSTORE_ERROR_RINGIDX);
+    k!(f, XENSTORE_ERROR_PROTO => XENSTORE_ERROR_PROTO);
+    ty!(f, xenstore_domain_interface, XenstoreDomainInterface);
+    field!(f, xenstore_domain_interface.req => XenstoreDomainInterface, req);
+    field!(f, xenstore_domain_interface.rsp => XenstoreDomainInterface, rsp);
+    int!(f, xenstore_domain_interface.req_cons => XenstoreDomainInterface, req_cons);
+    int!(f, xenstore_domain_interface.req_prod => XenstoreDomainInterface, req_prod);
+    int!(f, xenstore_domain_interface.rsp_cons => XenstoreDomainInterface, rsp_cons);
+    int!(f, xenstore_domain_interface.rsp_prod => XenstoreDomainInterface, rsp_prod);
+    int!(f, xenstore_domain_interface.server_features => XenstoreDomainInterface, server_features);
+    int!(f, xenstore_domain_interface.connection => XenstoreDomainInterface, connection);
+    int!(f, xenstore_domain_interface.error => XenstoreDomainInterface, error);
+
+    f
+}
+
+#[test]
+fn every_size_offset_and_constant_matches_the_system_xen_headers() {
+    let c: Vec<(String, i64)> = layout::facts();
+    let mut c_map = BTreeMap::new();
+    for (name, value) in &c {
+        assert!(
+            c_map.insert(name.clone(), *value).is_none(),
+            "C fact {name} listed twice"
+        );
+    }
+    let rust = rust_facts().0;
+
+    let mut problems = Vec::new();
+    for (name, cv) in &c_map {
+        match rust.get(name) {
+            None => problems.push(format!("{name}: C says {cv}, Rust side does not check it")),
+            Some(rv) if rv != cv => problems.push(format!("{name}: C says {cv}, Rust says {rv}")),
+            Some(_) => {}
+        }
+    }
+    for (name, rv) in &rust {
+        if !c_map.contains_key(name) {
+            problems.push(format!("{name}: Rust says {rv}, C side does not list it"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} ABI mismatches:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+
+    let count = |prefix: &str| c_map.keys().filter(|k| k.starts_with(prefix)).count();
+    let (sizes, aligns, offsets, signs) = (
+        count("sizeof("),
+        count("alignof("),
+        count("offsetof("),
+        count("signed("),
+    );
+    println!(
+        "checked {} facts against /usr/include/xen: {sizes} sizes ({} types + {} fields/typedefs), {aligns} \
+         alignments, {offsets} field offsets, {signs} signedness, {} constants",
+        c_map.len(),
+        aligns,
+        sizes - aligns,
+        c_map.len() - sizes - aligns - offsets - signs,
+    );
+    // The table must really cover the ABI: at least one size per struct pvkit defines.
+    assert!(aligns >= 26, "only {aligns} types checked");
+}
+
+#[test]
+fn string_constants_match_the_system_xen_headers() {
+    let c: BTreeMap<String, String> = layout::str_facts().into_iter().collect();
+    let rust: BTreeMap<String, String> = [
+        ("XS_WRITE_NONE", XS_WRITE_NONE),
+        ("XS_WRITE_CREATE", XS_WRITE_CREATE),
+        ("XS_WRITE_CREATE_EXCL", XS_WRITE_CREATE_EXCL),
+        ("XEN_IO_PROTO_ABI_X86_64", XEN_IO_PROTO_ABI_X86_64),
+        // The layouts in ring_protocol::abi are the x86_64 ones, so that must be the native ABI.
+        ("XEN_IO_PROTO_ABI_NATIVE", XEN_IO_PROTO_ABI_X86_64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(c, rust);
+}
+
+#[test]
+fn xenstore_error_table_matches_xs_wire_h() {
+    let c = layout::xsd_errors();
+    let rust: Vec<(i32, String)> = XSD_ERRORS.iter().map(|e| (e.errnum, e.name.to_owned())).collect();
+    // The C table holds this host's errno values; on Linux they are Xen's (checked against
+    // xen/errno.h in the layout test), so the whole table must be identical, in order.
+    assert_eq!(c, rust);
+    assert_eq!(c.len(), 16);
+}
