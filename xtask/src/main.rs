@@ -47,6 +47,8 @@ enum Cmd {
         /// Only print what would be installed.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        simulate: provision::Simulation,
     },
 }
 
@@ -143,13 +145,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
             workspace::run_visible(&mut cmd)?;
             Ok(0)
         }
-        Cmd::Provision { dry_run } => {
-            provision::ensure(
+        Cmd::Provision { dry_run, simulate } => {
+            provision::ensure_simulated(
                 provision::Needs {
                     qemu: true,
                     xen_headers: true,
                 },
                 dry_run,
+                &simulate,
             )?;
             provision::ensure_miri(dry_run)?;
             eprintln!("provision: done");

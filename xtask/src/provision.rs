@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::qemu::{QBOOT, QemuConfig};
+use crate::qemu::{QBOOT, QEMU};
 use crate::{process, workspace};
 
 /// Oldest QEMU xtask accepts.
@@ -203,7 +203,76 @@ fn missing(facts: &Facts, needs: Needs) -> Vec<String> {
 /// Makes sure `needs` are met: installs them on Debian 12 as root, otherwise fails with the exact
 /// commands to run. With `dry_run`, only prints what it would do.
 pub fn ensure(needs: Needs, dry_run: bool) -> Result<()> {
-    let facts = Facts::detect(&QemuConfig::default_qemu());
+    ensure_simulated(needs, dry_run, &Simulation::default())
+}
+
+/// Pretend facts for exercising the decision paths with `provision --dry-run` on any machine.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Simulation {
+    /// Pretend `qemu-system-x86_64 --version` printed this ("" = QEMU missing). Needs --dry-run.
+    #[arg(long, requires = "dry_run")]
+    pub simulate_qemu_version: Option<String>,
+    /// Pretend /etc/os-release says ID:VERSION_ID (e.g. ubuntu:24.04). Needs --dry-run.
+    #[arg(long, requires = "dry_run")]
+    pub simulate_os: Option<String>,
+    /// Pretend not to be root. Needs --dry-run.
+    #[arg(long, requires = "dry_run")]
+    pub simulate_non_root: bool,
+    /// Pretend libxen-dev's headers and the backports source are absent. Needs --dry-run.
+    #[arg(long, requires = "dry_run")]
+    pub simulate_bare: bool,
+}
+
+impl Simulation {
+    fn apply(&self, facts: &mut Facts) {
+        if let Some(v) = &self.simulate_qemu_version {
+            facts.qemu = match parse_qemu_version(v) {
+                Some(ver) => QemuState::Found(ver),
+                None if v.is_empty() => QemuState::Missing,
+                None => QemuState::Unknown(v.clone()),
+            };
+        }
+        if let Some(os) = &self.simulate_os {
+            let (id, ver) = os.split_once(':').unwrap_or((os, ""));
+            facts.os = (id.to_owned(), ver.to_owned());
+        }
+        if self.simulate_non_root {
+            facts.root = false;
+        }
+        if self.simulate_bare {
+            facts.xen_headers = false;
+            facts.backports_configured = false;
+        }
+    }
+}
+
+/// [`ensure`], with facts altered by `sim` (only used with `dry_run`).
+pub fn ensure_simulated(mut needs: Needs, dry_run: bool, sim: &Simulation) -> Result<()> {
+    if needs.qemu
+        && let Some(custom) = std::env::var_os("PVKIT_QEMU")
+    {
+        // The user chose a QEMU; check it, but installing the system one would not help.
+        let facts = Facts::detect(Path::new(&custom));
+        let problems = missing(
+            &facts,
+            Needs {
+                qemu: true,
+                xen_headers: false,
+            },
+        );
+        if !problems.is_empty() {
+            bail!(
+                "PVKIT_QEMU={}: {}",
+                Path::new(&custom).display(),
+                problems.join("; ")
+            );
+        }
+        needs.qemu = false;
+    }
+    let mut facts = Facts::detect(Path::new(QEMU));
+    if dry_run {
+        sim.apply(&mut facts);
+    }
     let steps = plan(&facts, needs);
     if dry_run {
         eprintln!("provision: {facts:?}");
@@ -219,12 +288,12 @@ pub fn ensure(needs: Needs, dry_run: bool) -> Result<()> {
     if !facts.is_debian12() || !facts.root {
         let (id, ver) = &facts.os;
         let whom = if facts.is_debian12() {
-            "not running as root".to_owned()
+            "xtask is not running as root".to_owned()
         } else {
-            format!("this is not Debian 12 (os-release ID={id:?} VERSION_ID={ver:?})")
+            format!("this machine is not Debian 12 (os-release ID={id:?} VERSION_ID={ver:?})")
         };
         bail!(
-            "{why}.\nxtask installs these itself only on Debian 12 as root, and {whom}. On Debian 12, run as root:\n  \
+            "{why}.\nxtask installs these itself only on Debian 12 as root, but {whom}. On Debian 12, run as root:\n  \
              {}\nElsewhere install QEMU >= {QEMU_MIN_MAJOR} (with qboot.rom) and the Xen public headers with your \
              package manager.",
             script.join("\n  ")
@@ -248,7 +317,7 @@ pub fn ensure(needs: Needs, dry_run: bool) -> Result<()> {
     if dry_run {
         return Ok(());
     }
-    let after = Facts::detect(&QemuConfig::default_qemu());
+    let after = Facts::detect(Path::new(QEMU));
     let still = missing(&after, needs);
     if !still.is_empty() {
         bail!(

@@ -219,6 +219,7 @@ enum Event {
     Stdout(String),
     Stderr(String),
     StdoutClosed,
+    StderrClosed,
     Exited(std::io::Result<ExitStatus>, Instant),
 }
 
@@ -307,7 +308,10 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
         let _ = tx_out.send(Event::StdoutClosed);
     });
     let tx_err = tx.clone();
-    thread::spawn(move || read_lines(stderr, |l| tx_err.send(Event::Stderr(l)).is_ok()));
+    thread::spawn(move || {
+        read_lines(stderr, |l| tx_err.send(Event::Stderr(l)).is_ok());
+        let _ = tx_err.send(Event::StderrClosed);
+    });
     thread::spawn(move || {
         let status = child.wait();
         let _ = tx.send(Event::Exited(status, Instant::now()));
@@ -317,13 +321,14 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
     let mut killed: Option<Outcome> = None;
     let mut exited: Option<(std::io::Result<ExitStatus>, Instant)> = None;
     let mut stdout_closed = false;
+    let mut stderr_closed = false;
     let mut exit_seen_at: Option<Instant> = None;
     let mut started_tests: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
-        // Done once QEMU is reaped and its console fully read (or the pipe is held open by a stray
+        // Done once QEMU is reaped and its output fully read (or the pipe is held open by a stray
         // grandchild for more than a moment).
         if let Some(at) = exit_seen_at
-            && (stdout_closed || at.elapsed() > Duration::from_millis(500))
+            && ((stdout_closed && stderr_closed) || at.elapsed() > Duration::from_millis(500))
         {
             break;
         }
@@ -350,6 +355,7 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
                 result.stderr.push(line);
             }
             Ok(Event::StdoutClosed) => stdout_closed = true,
+            Ok(Event::StderrClosed) => stderr_closed = true,
             Ok(Event::Exited(status, at)) => {
                 exited = Some((status, at));
                 exit_seen_at = Some(Instant::now());
@@ -383,6 +389,18 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
     result.wall = exited_at.duration_since(started);
     result.outcome = match (killed, status) {
         (Some(reason), _) => reason,
+        // QEMU itself exits with 1 on its own startup errors (bad kernel image, unknown option), which
+        // looks like the guest's pass code: without a single console line it cannot be the guest.
+        (None, Ok(status)) if result.transcript.lines == 0 && status.code() == Some(1) => {
+            Outcome::Crash(format!(
+                "QEMU exited with status 1 before the guest printed anything (a QEMU error, not a guest pass){}",
+                result
+                    .stderr
+                    .first()
+                    .map(|l| format!(": {l}"))
+                    .unwrap_or_default()
+            ))
+        }
         (None, Ok(status)) => Outcome::from_status(status),
         (None, Err(e)) => Outcome::Crash(format!("waiting for QEMU failed: {e}")),
     };
@@ -620,6 +638,14 @@ mod tests {
             fake_run("fail", "echo x; exit 3", 10_000, 5_000).outcome,
             Outcome::Fail
         );
+        // QEMU's own startup errors also exit with 1, but the guest never printed anything.
+        let qemu_error = fake_run("qemu-error", "echo 'qemu: bad kernel' >&2; exit 1", 10_000, 5_000);
+        assert!(
+            matches!(&qemu_error.outcome, Outcome::Crash(m) if m.contains("bad kernel")),
+            "{:?}",
+            qemu_error.outcome
+        );
+        assert_eq!(qemu_error.stderr, vec!["qemu: bad kernel"]);
         assert!(matches!(
             fake_run("crash", "echo x; exit 0", 10_000, 5_000).outcome,
             Outcome::Crash(_)

@@ -88,10 +88,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         })
         .collect();
     println!();
-    print!(
-        "{}",
-        table::render(&["test", "result", "time (host)", "details"], &rows)
-    );
+    if rows.is_empty() {
+        println!("(the guest reported no tests)");
+    } else {
+        print!(
+            "{}",
+            table::render(&["test", "result", "time (host)", "details"], &rows)
+        );
+    }
     for e in t.errors() {
         println!("guest error: {e}");
     }
