@@ -19,7 +19,12 @@ use crate::qemu::{Accel, Device};
 use crate::scenario::Scenario;
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Build, run, test and bench pvkit", version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run, test and bench pvkit",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -34,8 +39,17 @@ enum Cmd {
         release: bool,
     },
     /// The main job: boot the guest in QEMU, stream its console and show its test results.
+    ///
+    /// Defaults: q35 with qboot firmware, TCG (`-accel tcg -cpu max`), 128 MiB, devices edu and
+    /// virtio-rng, the guest's safe self-tests. QEMU's exit status 1 means the guest passed, 3 that it
+    /// failed, anything else a crash. The console is kept in <target>/xtask/logs/run.log. Exits 0 only if
+    /// the guest passed and reported every test it started as passed.
     Run(RunArgs),
     /// Run every test (what CI runs): fmt, clippy, host tests, loom, Miri, QEMU scenarios.
+    ///
+    /// Each stage's output goes to <target>/xtask/logs/<stage>.log, each QEMU scenario's console (with
+    /// its QEMU command line) to <target>/xtask/logs/<scenario>.log. Ends with a pass/fail table and
+    /// exits non-zero if anything failed; a scenario whose prerequisite is missing fails.
     Test(TestArgs),
     /// Run the benchmarks (`cargo bench -p ring-protocol`); extra arguments go to cargo bench.
     Bench {

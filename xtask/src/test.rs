@@ -50,11 +50,13 @@ struct Ctx {
 
 impl Ctx {
     fn record(&mut self, name: &str, verdict: Verdict, time: Option<Duration>, log: Option<PathBuf>) {
-        let t = time.map(table::duration).unwrap_or_default();
+        let t = time
+            .map(|d| format!(" ({})", table::duration(d)))
+            .unwrap_or_default();
         match &verdict {
-            Verdict::Pass => eprintln!("    PASS {name} ({t})"),
+            Verdict::Pass => eprintln!("    PASS {name}{t}"),
             Verdict::Fail(why) => {
-                eprintln!("    FAIL {name} ({t}): {why}");
+                eprintln!("    FAIL {name}{t}: {why}");
                 if let Some(log) = &log
                     && !self.verbose
                 {
