@@ -39,13 +39,13 @@ impl<T: FromZeros> Page<T> {
         assert!(off + 4 <= size_of::<T>() && off.is_multiple_of(4));
         // SAFETY: in bounds and aligned (asserted), the page lives as long as `self`, and is accessed
         // only atomically.
-        unsafe { AtomicU32::from_ptr(self.ptr.cast::<u8>().as_ptr().add(off).cast()) }
+        unsafe { AtomicU32::from_ptr(self.ptr.cast::<u8>().as_ptr().wrapping_add(off).cast()) }
     }
 
     fn byte(&self, off: usize) -> &AtomicU8 {
         assert!(off < size_of::<T>());
         // SAFETY: in bounds (asserted), the page lives as long as `self`, accessed only atomically.
-        unsafe { AtomicU8::from_ptr(self.ptr.cast::<u8>().as_ptr().add(off)) }
+        unsafe { AtomicU8::from_ptr(self.ptr.cast::<u8>().as_ptr().wrapping_add(off)) }
     }
 }
 
@@ -63,12 +63,10 @@ const IN_CONS: usize = offset_of!(XenconsInterface, in_cons);
 
 fn console_pair(page: &Page<XenconsInterface>) -> (Duplex, Duplex) {
     // SAFETY: the page outlives both ends in every test and is accessed only atomically.
-    unsafe {
-        (
-            console_guest(page.ptr).unwrap(),
-            console_backend(page.ptr).unwrap(),
-        )
-    }
+    let guest = unsafe { console_guest(page.ptr).unwrap() };
+    // SAFETY: as above.
+    let backend = unsafe { console_backend(page.ptr).unwrap() };
+    (guest, backend)
 }
 
 #[test]
@@ -136,12 +134,9 @@ fn writer_stops_at_full_and_indices_wrap_u32_max() {
 fn xenstore_request_and_reply() {
     let page = Page::<XenstoreDomainInterface>::new();
     // SAFETY: the page outlives both ends and is accessed only atomically.
-    let (mut guest, mut daemon) = unsafe {
-        (
-            xenstore_guest(page.ptr).unwrap(),
-            xenstore_daemon(page.ptr).unwrap(),
-        )
-    };
+    let mut guest = unsafe { xenstore_guest(page.ptr).unwrap() };
+    // SAFETY: as above.
+    let mut daemon = unsafe { xenstore_daemon(page.ptr).unwrap() };
     let msg = b"\x01\0\0\0\x07\0\0\0\0\0\0\0\x0a\0\0\0domid\0\0\0\0\0";
     assert_eq!(guest.tx.write(msg).unwrap().bytes, msg.len());
     assert_eq!(
@@ -223,12 +218,9 @@ fn two_thread_byte_stream_with_checksum() {
     let total: usize = if cfg!(miri) { 5_000 } else { 2_000_000 };
     let page = Arc::new(Page::<XenstoreDomainInterface>::new());
     // SAFETY: the page is kept alive by the Arc until both threads are joined; access is atomic.
-    let (guest, daemon) = unsafe {
-        (
-            xenstore_guest(page.ptr).unwrap(),
-            xenstore_daemon(page.ptr).unwrap(),
-        )
-    };
+    let guest = unsafe { xenstore_guest(page.ptr).unwrap() };
+    // SAFETY: as above.
+    let daemon = unsafe { xenstore_daemon(page.ptr).unwrap() };
     let byte = |i: usize| (mix(i as u64 / 8) >> (i % 8 * 8)) as u8;
     let writer = {
         let page = Arc::clone(&page);

@@ -4,7 +4,6 @@
 mod common;
 
 use std::mem::{ManuallyDrop, size_of};
-use std::ptr::NonNull;
 
 use common::*;
 use ring_protocol::Error;
@@ -22,12 +21,10 @@ where
     Rsp: FromBytes + IntoBytes + Immutable,
 {
     // SAFETY: `mem` outlives the rings in every test, and is only accessed atomically.
-    unsafe {
-        (
-            FrontRing::init(mem.ptr(), mem.len()).unwrap(),
-            BackRing::new(mem.ptr(), mem.len()).unwrap(),
-        )
-    }
+    let front = unsafe { FrontRing::init(mem.ptr(), mem.len()).unwrap() };
+    // SAFETY: as above.
+    let back = unsafe { BackRing::new(mem.ptr(), mem.len()).unwrap() };
+    (front, back)
 }
 
 /// Front and back attached at `index` (as after a reconnect), header producers set to match.
@@ -41,12 +38,10 @@ where
     mem.set(REQ_EVENT, index.wrapping_add(1));
     mem.set(RSP_EVENT, index.wrapping_add(1));
     // SAFETY: as in `pair`.
-    unsafe {
-        (
-            FrontRing::attach(mem.ptr(), mem.len(), index).unwrap(),
-            BackRing::attach(mem.ptr(), mem.len(), index).unwrap(),
-        )
-    }
+    let front = unsafe { FrontRing::attach(mem.ptr(), mem.len(), index).unwrap() };
+    // SAFETY: as in `pair`.
+    let back = unsafe { BackRing::attach(mem.ptr(), mem.len(), index).unwrap() };
+    (front, back)
 }
 
 /// Slot count the way ring.h's `__RD32(avail / sizeof(union))` computes it: halve a power of two from
@@ -109,9 +104,8 @@ fn ring_sizes_match_ring_h_for_blkif_and_netif() {
 #[test]
 fn constructors_reject_bad_memory() {
     let mem = Mem::new(4096);
+    let odd = mem.ptr().map_addr(|a| a.checked_add(2).unwrap());
     // SAFETY: the pointer is inside `mem`; construction fails before any access.
-    let odd = unsafe { NonNull::new_unchecked(mem.ptr().as_ptr().add(2)) };
-    // SAFETY: as above.
     let err = unsafe { FrontRing::<Req64, Rsp64>::new(odd, 4000) }.unwrap_err();
     assert!(matches!(err, Error::Misaligned { align: 4, .. }), "{err}");
     // SAFETY: `mem` is valid for 4096 bytes; 100 is less.
