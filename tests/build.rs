@@ -8,7 +8,7 @@ use std::path::Path;
 /// The header every C file here needs; its absence means libxen-dev is not installed.
 const RING_H: &str = "/usr/include/xen/io/ring.h";
 
-const C_FILES: &[&str] = &["c/abi_layout.c"];
+const C_FILES: &[&str] = &["c/abi_layout.c", "c/ring_peer.c"];
 
 fn main() {
     println!("cargo:rerun-if-changed={RING_H}");

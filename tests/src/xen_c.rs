@@ -94,3 +94,387 @@ pub mod layout {
             .collect()
     }
 }
+
+/// A shared-ring peer built from Xen's `io/ring.h` macros (`tests/c/ring_peer.c`), for the
+/// blkif, netif tx and netif rx ring types.
+///
+/// The C side touches the shared page with plain loads and stores. The tests drive it from one
+/// thread, alternating with the Rust rings, so C and Rust accesses never overlap in time.
+pub mod ring {
+    use std::ffi::{c_int, c_uint, c_void};
+    use std::fmt::Debug;
+    use std::marker::PhantomData;
+    use std::ptr::NonNull;
+
+    use ring_protocol::abi::blkif::{BlkifRequest, BlkifResponse};
+    use ring_protocol::abi::netif::{NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse};
+    use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
+
+    /// `struct pv_ring_ops` in ring_peer.c: the ring.h operations for one ring type.
+    #[repr(C)]
+    #[derive(Debug)]
+    pub struct RingOps {
+        slot_size: unsafe extern "C" fn() -> usize,
+        const_ring_size: unsafe extern "C" fn(bytes: usize) -> c_uint,
+        front_new:
+            unsafe extern "C" fn(page: *mut c_void, len: usize, start: u32, init: c_int) -> *mut c_void,
+        back_new: unsafe extern "C" fn(page: *mut c_void, len: usize, start: u32) -> *mut c_void,
+        front_size: unsafe extern "C" fn(ring: *mut c_void) -> c_uint,
+        back_size: unsafe extern "C" fn(ring: *mut c_void) -> c_uint,
+        front_free: unsafe extern "C" fn(ring: *mut c_void) -> c_uint,
+        front_write: unsafe extern "C" fn(ring: *mut c_void, req: *const c_void) -> c_int,
+        front_push: unsafe extern "C" fn(ring: *mut c_void),
+        front_push_notify: unsafe extern "C" fn(ring: *mut c_void) -> c_int,
+        front_read: unsafe extern "C" fn(ring: *mut c_void, rsp: *mut c_void) -> c_int,
+        front_unconsumed: unsafe extern "C" fn(ring: *mut c_void) -> c_uint,
+        front_final_check: unsafe extern "C" fn(ring: *mut c_void) -> c_int,
+        back_read: unsafe extern "C" fn(ring: *mut c_void, req: *mut c_void) -> c_int,
+        back_unconsumed: unsafe extern "C" fn(ring: *mut c_void) -> c_uint,
+        back_write: unsafe extern "C" fn(ring: *mut c_void, rsp: *const c_void),
+        back_push: unsafe extern "C" fn(ring: *mut c_void),
+        back_push_notify: unsafe extern "C" fn(ring: *mut c_void) -> c_int,
+        back_final_check: unsafe extern "C" fn(ring: *mut c_void) -> c_int,
+    }
+
+    unsafe extern "C" {
+        static pv_blkif_ops: RingOps;
+        static pv_netif_tx_ops: RingOps;
+        static pv_netif_rx_ops: RingOps;
+        fn pv_sring_header_size() -> usize;
+        fn pv_sring_set_indices(page: *mut c_void, prod: u32, event: u32);
+        fn pv_ring_free(ring: *mut c_void);
+    }
+
+    /// A ring type with a C peer: its entry types and the C operations on it.
+    pub trait Proto {
+        /// The request entry.
+        type Req: FromBytes + IntoBytes + Immutable + Copy + Debug + PartialEq;
+        /// The response entry.
+        type Rsp: FromBytes + IntoBytes + Immutable + Copy + Debug + PartialEq;
+        /// The C name tag given to `DEFINE_RING_TYPES`.
+        const NAME: &'static str;
+        /// The C operations.
+        fn ops() -> &'static RingOps;
+    }
+
+    /// `DEFINE_RING_TYPES(blkif, struct blkif_request, struct blkif_response)`.
+    #[derive(Debug)]
+    pub enum Blkif {}
+    /// `DEFINE_RING_TYPES(netif_tx, struct netif_tx_request, struct netif_tx_response)`.
+    #[derive(Debug)]
+    pub enum NetifTx {}
+    /// `DEFINE_RING_TYPES(netif_rx, struct netif_rx_request, struct netif_rx_response)`.
+    #[derive(Debug)]
+    pub enum NetifRx {}
+
+    impl Proto for Blkif {
+        type Req = BlkifRequest;
+        type Rsp = BlkifResponse;
+        const NAME: &'static str = "blkif";
+        fn ops() -> &'static RingOps {
+            // SAFETY: an immutable, initialised static defined in ring_peer.c.
+            unsafe { &pv_blkif_ops }
+        }
+    }
+
+    impl Proto for NetifTx {
+        type Req = NetifTxRequest;
+        type Rsp = NetifTxResponse;
+        const NAME: &'static str = "netif_tx";
+        fn ops() -> &'static RingOps {
+            // SAFETY: an immutable, initialised static defined in ring_peer.c.
+            unsafe { &pv_netif_tx_ops }
+        }
+    }
+
+    impl Proto for NetifRx {
+        type Req = NetifRxRequest;
+        type Rsp = NetifRxResponse;
+        const NAME: &'static str = "netif_rx";
+        fn ops() -> &'static RingOps {
+            // SAFETY: an immutable, initialised static defined in ring_peer.c.
+            unsafe { &pv_netif_rx_ops }
+        }
+    }
+
+    /// `offsetof(struct blkif_sring, ring)`: the shared header's size.
+    pub fn sring_header_size() -> usize {
+        // SAFETY: a pure function without arguments.
+        unsafe { pv_sring_header_size() }
+    }
+
+    /// `sizeof(union P_sring_entry)`.
+    pub fn slot_size<P: Proto>() -> usize {
+        // SAFETY: a pure function without arguments.
+        unsafe { (P::ops().slot_size)() }
+    }
+
+    /// `__CONST_RING_SIZE(P, bytes)`: slots in a ring of `bytes` bytes.
+    pub fn const_ring_size<P: Proto>(bytes: usize) -> u32 {
+        // SAFETY: a pure function of its argument.
+        unsafe { (P::ops().const_ring_size)(bytes) }
+    }
+
+    /// Writes the shared header's four indices: both producers `prod`, both events `event`.
+    ///
+    /// # Safety
+    /// `page` must be valid for writes of the 16-byte header and not accessed concurrently.
+    pub unsafe fn set_indices(page: NonNull<u8>, prod: u32, event: u32) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { pv_sring_set_indices(page.as_ptr().cast(), prod, event) }
+    }
+
+    /// The peer's producer index is impossible (ring.h's `RING_*_PROD_OVERFLOW`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ProdOverflow;
+
+    /// A C front end (`P_front_ring_t`) over memory the caller owns.
+    #[derive(Debug)]
+    pub struct CFront<P: Proto> {
+        ring: NonNull<c_void>,
+        _proto: PhantomData<P>,
+    }
+
+    /// A C back end (`P_back_ring_t`) over memory the caller owns.
+    #[derive(Debug)]
+    pub struct CBack<P: Proto> {
+        ring: NonNull<c_void>,
+        _proto: PhantomData<P>,
+    }
+
+    impl<P: Proto> CFront<P> {
+        /// `FRONT_RING_ATTACH(r, page, start, len)`, preceded by `SHARED_RING_INIT` if `init`.
+        ///
+        /// # Safety
+        /// `page` must be valid for `len` bytes, 8-byte aligned, for the whole life of the ring, and
+        /// nothing may access it while a method of this ring runs.
+        pub unsafe fn new(page: NonNull<u8>, len: usize, start: u32, init: bool) -> Self {
+            // SAFETY: the C function allocates private state and, if asked, writes the header of the
+            // page the caller vouches for.
+            let ring = unsafe { (P::ops().front_new)(page.as_ptr().cast(), len, start, c_int::from(init)) };
+            Self {
+                ring: NonNull::new(ring).expect("calloc failed"),
+                _proto: PhantomData,
+            }
+        }
+
+        fn ptr(&self) -> *mut c_void {
+            self.ring.as_ptr()
+        }
+
+        /// `RING_SIZE`.
+        pub fn size(&self) -> u32 {
+            // SAFETY: `ring` is live private state over a valid page (constructor contract).
+            unsafe { (P::ops().front_size)(self.ptr()) }
+        }
+
+        /// `RING_FREE_REQUESTS`.
+        pub fn free_requests(&self) -> u32 {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().front_free)(self.ptr()) }
+        }
+
+        /// Queues `req` at `req_prod_pvt`; false if `RING_FULL`.
+        pub fn write_request(&mut self, req: &P::Req) -> bool {
+            // SAFETY: as in `size`; `req` points to a whole request the C side copies.
+            unsafe { (P::ops().front_write)(self.ptr(), (req as *const P::Req).cast()) != 0 }
+        }
+
+        /// `RING_PUSH_REQUESTS`.
+        pub fn push_requests(&mut self) {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().front_push)(self.ptr()) }
+        }
+
+        /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`.
+        pub fn push_requests_and_check_notify(&mut self) -> bool {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().front_push_notify)(self.ptr()) != 0 }
+        }
+
+        /// Copies out and consumes the next response, if any.
+        ///
+        /// # Errors
+        /// [`ProdOverflow`] if `RING_RESPONSE_PROD_OVERFLOW` holds for the shared `rsp_prod`.
+        pub fn read_response(&mut self) -> Result<Option<P::Rsp>, ProdOverflow> {
+            let mut rsp = P::Rsp::new_zeroed();
+            // SAFETY: as in `size`; `rsp` is a whole response the C side overwrites.
+            let r = unsafe { (P::ops().front_read)(self.ptr(), (&mut rsp as *mut P::Rsp).cast()) };
+            match r {
+                1 => Ok(Some(rsp)),
+                0 => Ok(None),
+                _ => Err(ProdOverflow),
+            }
+        }
+
+        /// `RING_HAS_UNCONSUMED_RESPONSES`.
+        pub fn unconsumed_responses(&self) -> u32 {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().front_unconsumed)(self.ptr()) }
+        }
+
+        /// `RING_FINAL_CHECK_FOR_RESPONSES`.
+        pub fn final_check_for_responses(&mut self) -> bool {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().front_final_check)(self.ptr()) != 0 }
+        }
+    }
+
+    impl<P: Proto> CBack<P> {
+        /// `BACK_RING_ATTACH(r, page, start, len)`.
+        ///
+        /// # Safety
+        /// As [`CFront::new`].
+        pub unsafe fn new(page: NonNull<u8>, len: usize, start: u32) -> Self {
+            // SAFETY: the C function allocates private state pointing at the page the caller vouches for.
+            let ring = unsafe { (P::ops().back_new)(page.as_ptr().cast(), len, start) };
+            Self {
+                ring: NonNull::new(ring).expect("calloc failed"),
+                _proto: PhantomData,
+            }
+        }
+
+        fn ptr(&self) -> *mut c_void {
+            self.ring.as_ptr()
+        }
+
+        /// `RING_SIZE`.
+        pub fn size(&self) -> u32 {
+            // SAFETY: `ring` is live private state over a valid page (constructor contract).
+            unsafe { (P::ops().back_size)(self.ptr()) }
+        }
+
+        /// Copies out and consumes the next request, if any.
+        ///
+        /// # Errors
+        /// [`ProdOverflow`] if `RING_REQUEST_PROD_OVERFLOW` holds for the shared `req_prod`.
+        pub fn read_request(&mut self) -> Result<Option<P::Req>, ProdOverflow> {
+            let mut req = P::Req::new_zeroed();
+            // SAFETY: as in `size`; `req` is a whole request the C side overwrites.
+            let r = unsafe { (P::ops().back_read)(self.ptr(), (&mut req as *mut P::Req).cast()) };
+            match r {
+                1 => Ok(Some(req)),
+                0 => Ok(None),
+                _ => Err(ProdOverflow),
+            }
+        }
+
+        /// `RING_HAS_UNCONSUMED_REQUESTS`.
+        pub fn unconsumed_requests(&self) -> u32 {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().back_unconsumed)(self.ptr()) }
+        }
+
+        /// Queues `rsp` at `rsp_prod_pvt`. ring.h does no check: the caller answers only requests it read.
+        pub fn write_response(&mut self, rsp: &P::Rsp) {
+            // SAFETY: as in `size`; `rsp` points to a whole response the C side copies.
+            unsafe { (P::ops().back_write)(self.ptr(), (rsp as *const P::Rsp).cast()) }
+        }
+
+        /// `RING_PUSH_RESPONSES`.
+        pub fn push_responses(&mut self) {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().back_push)(self.ptr()) }
+        }
+
+        /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`.
+        pub fn push_responses_and_check_notify(&mut self) -> bool {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().back_push_notify)(self.ptr()) != 0 }
+        }
+
+        /// `RING_FINAL_CHECK_FOR_REQUESTS`.
+        pub fn final_check_for_requests(&mut self) -> bool {
+            // SAFETY: as in `size`.
+            unsafe { (P::ops().back_final_check)(self.ptr()) != 0 }
+        }
+    }
+
+    impl<P: Proto> Drop for CFront<P> {
+        fn drop(&mut self) {
+            // SAFETY: `ring` came from calloc in ring_peer.c and is freed once.
+            unsafe { pv_ring_free(self.ptr()) }
+        }
+    }
+
+    impl<P: Proto> Drop for CBack<P> {
+        fn drop(&mut self) {
+            // SAFETY: `ring` came from calloc in ring_peer.c and is freed once.
+            unsafe { pv_ring_free(self.ptr()) }
+        }
+    }
+}
+
+/// The console byte rings as a C peer writes them from console.h's description
+/// (`tests/c/ring_peer.c`).
+pub mod console {
+    use std::ffi::{c_char, c_long};
+    use std::ptr::NonNull;
+
+    use ring_protocol::abi::console::XenconsInterface;
+
+    unsafe extern "C" {
+        fn pv_cons_guest_write(intf: *mut XenconsInterface, data: *const c_char, len: usize) -> c_long;
+        fn pv_cons_guest_read(intf: *mut XenconsInterface, buf: *mut c_char, len: usize) -> c_long;
+        fn pv_cons_backend_write(intf: *mut XenconsInterface, data: *const c_char, len: usize) -> c_long;
+        fn pv_cons_backend_read(intf: *mut XenconsInterface, buf: *mut c_char, len: usize) -> c_long;
+    }
+
+    /// Which end of the page the C code plays.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum End {
+        /// Writes `out`, reads `in`.
+        Guest,
+        /// Writes `in`, reads `out`.
+        Backend,
+    }
+
+    /// The C side's indices were inconsistent (`prod - cons` larger than the ring).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Overrun;
+
+    /// One end of a console page driven by C.
+    #[derive(Debug)]
+    pub struct CConsole {
+        intf: NonNull<XenconsInterface>,
+        end: End,
+    }
+
+    impl CConsole {
+        /// # Safety
+        /// `intf` must stay valid for the life of the value, and nothing may access it while a
+        /// method runs.
+        pub unsafe fn new(intf: NonNull<XenconsInterface>, end: End) -> Self {
+            Self { intf, end }
+        }
+
+        /// Writes as much of `data` as fits; returns the bytes written.
+        ///
+        /// # Errors
+        /// [`Overrun`] if the page's indices are inconsistent.
+        pub fn write(&mut self, data: &[u8]) -> Result<usize, Overrun> {
+            let f = match self.end {
+                End::Guest => pv_cons_guest_write,
+                End::Backend => pv_cons_backend_write,
+            };
+            // SAFETY: the page is valid and not otherwise accessed (constructor contract); `data` is
+            // readable for its length.
+            let n = unsafe { f(self.intf.as_ptr(), data.as_ptr().cast(), data.len()) };
+            usize::try_from(n).map_err(|_| Overrun)
+        }
+
+        /// Reads up to `buf.len()` bytes; returns the bytes read.
+        ///
+        /// # Errors
+        /// [`Overrun`] if the page's indices are inconsistent.
+        pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Overrun> {
+            let f = match self.end {
+                End::Guest => pv_cons_guest_read,
+                End::Backend => pv_cons_backend_read,
+            };
+            // SAFETY: as in `write`; `buf` is writable for its length.
+            let n = unsafe { f(self.intf.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            usize::try_from(n).map_err(|_| Overrun)
+        }
+    }
+}
