@@ -81,6 +81,18 @@ pub fn cargo() -> Command {
             cmd.env_remove(key);
         }
     }
+    // `cargo run` prepends the running toolchain's and the target directory's library paths; they
+    // must not leak into another toolchain's rustc (cargo +nightly miri).
+    if let Some(paths) = env::var_os("LD_LIBRARY_PATH") {
+        let target = target_dir();
+        let kept: Vec<PathBuf> = env::split_paths(&paths)
+            .filter(|p| !p.starts_with(&target) && !p.components().any(|c| c.as_os_str() == "toolchains"))
+            .collect();
+        match env::join_paths(&kept) {
+            Ok(joined) if !kept.is_empty() => cmd.env("LD_LIBRARY_PATH", joined),
+            _ => cmd.env_remove("LD_LIBRARY_PATH"),
+        };
+    }
     cmd
 }
 
