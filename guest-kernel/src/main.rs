@@ -1,7 +1,49 @@
+//! pvkit guest kernel.
+//!
+//! One ELF, entered either through PVH (`XEN_ELFNOTE_PHYS32_ENTRY`, what QEMU's `-kernel` boots) or,
+//! from issue 4 on, through the classic Xen PV entry. Each entry builds a [`boot::BootInfo`], picks the
+//! [`platform::Platform`] it belongs to and calls [`kernel_main`]. From there on the kernel is the same:
+//! it brings the platform up, parses the command line and runs the named self-tests, reporting
+//! `PVKIT ...` lines on the console (the contract is in `guest-kernel/README.md`).
+//!
+//! Layering: `arch` is the only place with `asm!`; `drivers` hold device logic behind small register
+//! and config-space traits; `platform` ties a boot environment to its devices; `selftest` is the test
+//! runner; `fatal` is the one way a run ends badly (exceptions and panics both land there).
 #![no_std]
 #![no_main]
 
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    loop {}
+extern crate alloc;
+
+#[macro_use]
+mod console;
+
+mod arch;
+mod boot;
+mod cmdline;
+mod drivers;
+mod error;
+mod fatal;
+mod heap;
+mod hypervisor;
+mod platform;
+mod selftest;
+mod time;
+
+use crate::boot::BootInfo;
+
+/// The platform-independent part of boot. Called once by an entry (`arch::x86_64::boot::*`) after it
+/// has filled in [`BootInfo`] and selected the platform (so the console already works).
+pub fn kernel_main(info: &'static BootInfo) -> ! {
+    boot::set_info(info);
+    platform::init(info);
+    let hv = hypervisor::detect();
+    kprintln!(
+        "PVKIT BOOT platform={} hypervisor={} mem_mib={} cmdline=\"{}\"",
+        info.platform.name(),
+        hv,
+        info.memory.ram_bytes().div_ceil(boot::MIB),
+        info.cmdline
+    );
+    let code = selftest::run_from_cmdline(info);
+    platform::exit(code)
 }

@@ -1,0 +1,71 @@
+//! Timer calibration and the periodic local APIC timer.
+//!
+//! One measurement against PIT channel 2 gives both the TSC rate (the kernel's clock, see
+//! `crate::time`) and the local APIC timer rate. It runs on first use, not at boot, so a run that
+//! needs no timer pays nothing for it.
+
+use super::{apic, cpu, interrupts, pit};
+use crate::error::{Error, Result};
+
+/// Length of the calibration window in PIT ticks (10 ms).
+const CALIBRATION_PIT_TICKS: u16 = (pit::PIT_HZ / 100) as u16;
+/// Upper bound on port-B polls before calibration gives up (a stuck PIT must not hang the run).
+const MAX_POLLS: u64 = 50_000_000;
+
+/// Result of a calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calibration {
+    /// TSC ticks per second.
+    pub tsc_hz: u64,
+    /// Local APIC timer ticks per second after the /16 divider.
+    pub lapic_hz: u64,
+    /// Length of the reference window in microseconds.
+    pub window_us: u64,
+}
+
+static CALIBRATION: spin::Once<Result<Calibration>> = spin::Once::new();
+
+/// The calibration, measured on first call.
+pub fn calibration() -> Result<Calibration> {
+    CALIBRATION.call_once(measure).clone()
+}
+
+fn measure() -> Result<Calibration> {
+    cpu::without_interrupts(|| {
+        apic::timer_start(u32::MAX, None);
+        pit::channel2_start(CALIBRATION_PIT_TICKS);
+        let tsc0 = cpu::read_tsc();
+        let apic0 = apic::timer_current();
+        let waited = pit::channel2_wait(MAX_POLLS);
+        let tsc1 = cpu::read_tsc();
+        let apic1 = apic::timer_current();
+        apic::timer_stop();
+        waited?;
+        let window_us = u64::from(CALIBRATION_PIT_TICKS) * 1_000_000 / pit::PIT_HZ;
+        let tsc_hz = (tsc1 - tsc0) * pit::PIT_HZ / u64::from(CALIBRATION_PIT_TICKS);
+        let lapic_hz = u64::from(apic0 - apic1) * pit::PIT_HZ / u64::from(CALIBRATION_PIT_TICKS);
+        if tsc_hz < 1_000_000 {
+            return Err(Error::BadFrequency { what: "TSC", hz: tsc_hz });
+        }
+        if lapic_hz < 10_000 {
+            return Err(Error::BadFrequency { what: "local APIC timer", hz: lapic_hz });
+        }
+        Ok(Calibration { tsc_hz, lapic_hz, window_us })
+    })
+}
+
+/// Starts the local APIC timer raising [`interrupts::TIMER_VECTOR`] at `hz`, calling `handler` on
+/// each tick. Returns the initial count used.
+pub fn start_periodic(hz: u32, handler: interrupts::Handler) -> Result<u32> {
+    let cal = calibration()?;
+    let initial = (cal.lapic_hz / u64::from(hz.max(1))).clamp(1, u64::from(u32::MAX)) as u32;
+    interrupts::register_handler(interrupts::TIMER_VECTOR, handler)?;
+    apic::timer_start(initial, Some(interrupts::TIMER_VECTOR));
+    Ok(initial)
+}
+
+/// Stops the periodic timer and frees its vector.
+pub fn stop_periodic() {
+    apic::timer_stop();
+    interrupts::unregister_handler(interrupts::TIMER_VECTOR);
+}

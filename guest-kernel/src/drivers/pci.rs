@@ -1,0 +1,379 @@
+//! PCI enumeration and resource assignment.
+//!
+//! Walks every bus reachable from bus 0 (numbering bridges' secondary buses itself), records each
+//! function's ids, class and interrupt pin, sizes its BARs and assigns them from a memory window and
+//! an I/O port window (qboot assigns nothing), programs bridge windows to cover what lies behind
+//! them, then enables memory/I/O decoding and bus mastering. 64-bit BARs are placed in the 32-bit
+//! window too, so every BAR is reachable through the identity mapping.
+//!
+//! Config-space access goes through [`ConfigAccess`] (ports 0xcf8/0xcfc on the PC platform, ECAM
+//! later), so this module is pure logic.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+use crate::boot::{MemoryKind, MemoryMap};
+use crate::error::{Error, Result};
+
+/// Bus, device, function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bdf {
+    /// Bus 0..=255.
+    pub bus: u8,
+    /// Device 0..32.
+    pub device: u8,
+    /// Function 0..8.
+    pub function: u8,
+}
+
+impl fmt::Display for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
+}
+
+/// Access to configuration space. Offsets are byte offsets, naturally aligned for the width.
+pub trait ConfigAccess {
+    /// Reads the 32-bit register at `offset` (multiple of 4).
+    fn read32(&self, bdf: Bdf, offset: u8) -> u32;
+    /// Writes the 32-bit register at `offset` (multiple of 4).
+    fn write32(&self, bdf: Bdf, offset: u8, value: u32);
+    /// Reads the 16-bit register at `offset` (multiple of 2).
+    fn read16(&self, bdf: Bdf, offset: u8) -> u16;
+    /// Writes the 16-bit register at `offset` (multiple of 2).
+    fn write16(&self, bdf: Bdf, offset: u8, value: u16);
+}
+
+// Configuration-space offsets and bits.
+const VENDOR_ID: u8 = 0x00;
+const COMMAND: u8 = 0x04;
+const CLASS_REV: u8 = 0x08;
+const HEADER_TYPE_DW: u8 = 0x0c;
+const BAR0: u8 = 0x10;
+const BRIDGE_BUSES: u8 = 0x18;
+const BRIDGE_IO_BASE_LIMIT: u8 = 0x1c;
+const BRIDGE_MEM_BASE: u8 = 0x20;
+const BRIDGE_MEM_LIMIT: u8 = 0x22;
+const BRIDGE_PREF_BASE_LIMIT: u8 = 0x24;
+const BRIDGE_PREF_BASE_UPPER: u8 = 0x28;
+const BRIDGE_PREF_LIMIT_UPPER: u8 = 0x2c;
+const BRIDGE_IO_UPPER: u8 = 0x30;
+const INTERRUPT_DW: u8 = 0x3c;
+
+/// Command register: I/O space decoding.
+pub const CMD_IO: u16 = 1 << 0;
+/// Command register: memory space decoding.
+pub const CMD_MEMORY: u16 = 1 << 1;
+/// Command register: bus mastering (DMA).
+pub const CMD_BUS_MASTER: u16 = 1 << 2;
+
+const HEADER_MULTIFUNCTION: u8 = 0x80;
+const HEADER_ENDPOINT: u8 = 0x00;
+const HEADER_BRIDGE: u8 = 0x01;
+
+/// Start of the PC's PCI memory window we allocate from (q35 puts ECAM at 0xb000_0000..0xc000_0000
+/// and keeps low RAM below 0xb000_0000).
+pub const MEM_WINDOW_START: u64 = 0xc000_0000;
+/// End of that window: the IOAPIC / local APIC / firmware area starts here.
+pub const MEM_WINDOW_END: u64 = 0xfec0_0000;
+/// I/O ports we allocate from (above the ISA and chipset ranges).
+pub const IO_WINDOW: Range<u64> = 0xc000..0x1_0000;
+/// Smallest memory allocation: a page, so BARs never share a page.
+const MEM_MIN_ALIGN: u64 = 0x1000;
+/// Bridge memory windows have 1 MiB granularity, I/O windows 4 KiB.
+const BRIDGE_MEM_ALIGN: u64 = 0x10_0000;
+const BRIDGE_IO_ALIGN: u64 = 0x1000;
+
+/// Kind of a BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    /// 32-bit memory BAR.
+    Memory32,
+    /// 64-bit memory BAR (uses two BAR slots).
+    Memory64,
+    /// I/O port BAR.
+    Io,
+}
+
+impl BarKind {
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory32 => "mem32",
+            Self::Memory64 => "mem64",
+            Self::Io => "io",
+        }
+    }
+}
+
+/// An assigned BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bar {
+    /// BAR index (0..6; a 64-bit BAR also occupies `index + 1`).
+    pub index: u8,
+    /// Kind.
+    pub kind: BarKind,
+    /// Prefetchable memory.
+    pub prefetchable: bool,
+    /// Assigned address (bus address == physical address on the PC).
+    pub addr: u64,
+    /// Size in bytes (a power of two).
+    pub size: u64,
+}
+
+/// One PCI function as found and configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciDevice {
+    /// Where it is.
+    pub bdf: Bdf,
+    /// Vendor id.
+    pub vendor_id: u16,
+    /// Device id.
+    pub device_id: u16,
+    /// Class code: class << 16 | subclass << 8 | prog-if.
+    pub class: u32,
+    /// Revision id.
+    pub revision: u8,
+    /// Header type (without the multifunction bit).
+    pub header_type: u8,
+    /// Assigned BARs.
+    pub bars: Vec<Bar>,
+    /// Interrupt pin (0 = none, 1..=4 = INTA..INTD).
+    pub interrupt_pin: u8,
+    /// Interrupt line register as left by firmware.
+    pub interrupt_line: u8,
+    /// For bridges: the secondary bus number we gave it.
+    pub secondary_bus: Option<u8>,
+}
+
+impl PciDevice {
+    /// The BAR with `index`, if assigned.
+    pub fn bar(&self, index: u8) -> Option<&Bar> {
+        self.bars.iter().find(|b| b.index == index)
+    }
+}
+
+/// The address windows BARs are allocated from.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    mem: Range<u64>,
+    mem_next: u64,
+    io: Range<u64>,
+    io_next: u64,
+}
+
+impl Windows {
+    /// Windows `mem` and `io`.
+    pub fn new(mem: Range<u64>, io: Range<u64>) -> Self {
+        Self { mem_next: mem.start, mem, io_next: io.start, io }
+    }
+
+    /// The PC windows: memory from [`MEM_WINDOW_START`] (or above RAM/ACPI below 4 GiB if that
+    /// reaches higher) to [`MEM_WINDOW_END`]; I/O ports [`IO_WINDOW`].
+    pub fn for_memory_map(map: &MemoryMap) -> Self {
+        let top_low_ram = map
+            .regions()
+            .iter()
+            .filter(|r| matches!(r.kind, MemoryKind::Ram | MemoryKind::Acpi | MemoryKind::Nvs))
+            .filter(|r| r.start < MEM_WINDOW_END)
+            .map(|r| r.end())
+            .max()
+            .unwrap_or(0);
+        let start = MEM_WINDOW_START.max(top_low_ram.next_multiple_of(BRIDGE_MEM_ALIGN));
+        Self::new(start..MEM_WINDOW_END.max(start), IO_WINDOW)
+    }
+
+    /// Memory handed out so far.
+    pub fn mem_used(&self) -> Option<Range<u64>> {
+        (self.mem_next > self.mem.start).then(|| self.mem.start..self.mem_next)
+    }
+
+    fn alloc_mem(&mut self, size: u64) -> Option<u64> {
+        let addr = self.mem_next.checked_next_multiple_of(size.max(MEM_MIN_ALIGN))?;
+        let end = addr.checked_add(size)?;
+        (end <= self.mem.end).then(|| {
+            self.mem_next = end;
+            addr
+        })
+    }
+
+    fn alloc_io(&mut self, size: u64) -> Option<u64> {
+        let addr = self.io_next.checked_next_multiple_of(size.max(4))?;
+        let end = addr.checked_add(size)?;
+        (end <= self.io.end).then(|| {
+            self.io_next = end;
+            addr
+        })
+    }
+
+    fn align(&mut self) {
+        self.mem_next = self.mem_next.next_multiple_of(BRIDGE_MEM_ALIGN).min(self.mem.end);
+        self.io_next = self.io_next.next_multiple_of(BRIDGE_IO_ALIGN).min(self.io.end);
+    }
+}
+
+/// Enumerates all buses reachable from bus 0, assigning BARs and bus numbers.
+pub fn enumerate(cfg: &impl ConfigAccess, windows: &mut Windows) -> Result<Vec<PciDevice>> {
+    let mut walker = Walker { cfg, windows, next_bus: 1, found: Vec::new() };
+    walker.scan_bus(0)?;
+    Ok(walker.found)
+}
+
+struct Walker<'a, C> {
+    cfg: &'a C,
+    windows: &'a mut Windows,
+    next_bus: u16,
+    found: Vec<PciDevice>,
+}
+
+impl<C: ConfigAccess> Walker<'_, C> {
+    fn scan_bus(&mut self, bus: u8) -> Result<()> {
+        for device in 0..32 {
+            let f0 = Bdf { bus, device, function: 0 };
+            if self.cfg.read16(f0, VENDOR_ID) == 0xffff {
+                continue;
+            }
+            let header = (self.cfg.read32(f0, HEADER_TYPE_DW) >> 16) as u8;
+            let functions = if header & HEADER_MULTIFUNCTION != 0 { 8 } else { 1 };
+            for function in 0..functions {
+                let bdf = Bdf { bus, device, function };
+                if self.cfg.read16(bdf, VENDOR_ID) != 0xffff {
+                    self.function(bdf)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn function(&mut self, bdf: Bdf) -> Result<()> {
+        let id = self.cfg.read32(bdf, VENDOR_ID);
+        let class_rev = self.cfg.read32(bdf, CLASS_REV);
+        let header_type = (self.cfg.read32(bdf, HEADER_TYPE_DW) >> 16) as u8 & !HEADER_MULTIFUNCTION;
+        let intr = self.cfg.read32(bdf, INTERRUPT_DW);
+        let mut dev = PciDevice {
+            bdf,
+            vendor_id: id as u16,
+            device_id: (id >> 16) as u16,
+            class: class_rev >> 8,
+            revision: class_rev as u8,
+            header_type,
+            bars: Vec::new(),
+            interrupt_pin: (intr >> 8) as u8,
+            interrupt_line: intr as u8,
+            secondary_bus: None,
+        };
+        let bar_slots = match header_type {
+            HEADER_ENDPOINT => 6,
+            HEADER_BRIDGE => 2,
+            _ => 0, // CardBus: not supported, listed without resources
+        };
+        let command = self.cfg.read16(bdf, COMMAND);
+        self.cfg.write16(bdf, COMMAND, command & !(CMD_IO | CMD_MEMORY));
+        dev.bars = self.assign_bars(bdf, bar_slots)?;
+        let index = self.found.len();
+        self.found.push(dev);
+        let mut enable = CMD_BUS_MASTER;
+        if header_type == HEADER_BRIDGE {
+            let secondary = self.bridge(bdf)?;
+            self.found[index].secondary_bus = Some(secondary);
+            enable |= CMD_IO | CMD_MEMORY;
+        }
+        for bar in &self.found[index].bars {
+            enable |= if bar.kind == BarKind::Io { CMD_IO } else { CMD_MEMORY };
+        }
+        self.cfg.write16(bdf, COMMAND, command | enable);
+        Ok(())
+    }
+
+    fn assign_bars(&mut self, bdf: Bdf, slots: u8) -> Result<Vec<Bar>> {
+        let mut bars = Vec::new();
+        let mut index = 0;
+        while index < slots {
+            let off = BAR0 + 4 * index;
+            let orig = self.cfg.read32(bdf, off);
+            self.cfg.write32(bdf, off, 0xffff_ffff);
+            let probe = self.cfg.read32(bdf, off);
+            if probe == 0 {
+                self.cfg.write32(bdf, off, orig);
+                index += 1;
+                continue;
+            }
+            let bar = if orig & 1 == 1 {
+                let size = u64::from((!((probe & 0xffff_fffc) | 0xffff_0000)).wrapping_add(1));
+                let addr = self.windows.alloc_io(size).ok_or(Error::PciWindowFull {
+                    bdf,
+                    bar: index,
+                    size,
+                    kind: "I/O",
+                    end: self.windows.io.end,
+                })?;
+                self.cfg.write32(bdf, off, addr as u32);
+                Bar { index, kind: BarKind::Io, prefetchable: false, addr, size }
+            } else {
+                let is64 = (orig >> 1) & 3 == 2;
+                let prefetchable = orig & 8 != 0;
+                let mask = if is64 {
+                    self.cfg.write32(bdf, off + 4, 0xffff_ffff);
+                    let hi = self.cfg.read32(bdf, off + 4);
+                    (u64::from(hi) << 32) | u64::from(probe & 0xffff_fff0)
+                } else {
+                    0xffff_ffff_0000_0000 | u64::from(probe & 0xffff_fff0)
+                };
+                let size = (!mask).wrapping_add(1);
+                let addr = self.windows.alloc_mem(size).ok_or(Error::PciWindowFull {
+                    bdf,
+                    bar: index,
+                    size,
+                    kind: "memory",
+                    end: self.windows.mem.end,
+                })?;
+                self.cfg.write32(bdf, off, addr as u32);
+                if is64 {
+                    self.cfg.write32(bdf, off + 4, (addr >> 32) as u32);
+                }
+                let kind = if is64 { BarKind::Memory64 } else { BarKind::Memory32 };
+                Bar { index, kind, prefetchable, addr, size }
+            };
+            bars.push(bar);
+            index += if bar.kind == BarKind::Memory64 { 2 } else { 1 };
+        }
+        Ok(bars)
+    }
+
+    /// Numbers the bridge's secondary bus, scans it and opens windows covering what was assigned
+    /// behind it. Returns the secondary bus number.
+    fn bridge(&mut self, bdf: Bdf) -> Result<u8> {
+        let secondary = u8::try_from(self.next_bus).map_err(|_| Error::PciBusesExhausted(bdf))?;
+        self.next_bus += 1;
+        let latency = self.cfg.read32(bdf, BRIDGE_BUSES) & 0xff00_0000;
+        let buses = |sub: u8| latency | u32::from(sub) << 16 | u32::from(secondary) << 8 | u32::from(bdf.bus);
+        self.cfg.write32(bdf, BRIDGE_BUSES, buses(0xff));
+
+        self.windows.align();
+        let (mem_start, io_start) = (self.windows.mem_next, self.windows.io_next);
+        self.scan_bus(secondary)?;
+        self.windows.align();
+        let (mem_end, io_end) = (self.windows.mem_next, self.windows.io_next);
+
+        let subordinate = u8::try_from(self.next_bus - 1).map_err(|_| Error::PciBusesExhausted(bdf))?;
+        self.cfg.write32(bdf, BRIDGE_BUSES, buses(subordinate));
+
+        // I/O window (base > limit disables it).
+        let (io_base, io_limit) = if io_end > io_start { (io_start, io_end - 1) } else { (0xf000, 0) };
+        let io_lo = ((io_base >> 8) & 0xf0) as u32 | ((((io_limit >> 8) & 0xf0) as u32) << 8);
+        let old = self.cfg.read32(bdf, BRIDGE_IO_BASE_LIMIT) & 0xffff_0000; // keep secondary status
+        self.cfg.write32(bdf, BRIDGE_IO_BASE_LIMIT, old | io_lo);
+        self.cfg.write32(bdf, BRIDGE_IO_UPPER, ((io_limit >> 16) as u32) << 16 | (io_base >> 16) as u32);
+        // Memory window.
+        let (mem_base, mem_limit) =
+            if mem_end > mem_start { (mem_start, mem_end - 1) } else { (0xfff0_0000, 0) };
+        self.cfg.write16(bdf, BRIDGE_MEM_BASE, ((mem_base >> 16) & 0xfff0) as u16);
+        self.cfg.write16(bdf, BRIDGE_MEM_LIMIT, ((mem_limit >> 16) & 0xfff0) as u16);
+        // Prefetchable window unused (everything went into the memory window): disabled.
+        self.cfg.write32(bdf, BRIDGE_PREF_BASE_LIMIT, 0x0000_fff0);
+        self.cfg.write32(bdf, BRIDGE_PREF_BASE_UPPER, 0);
+        self.cfg.write32(bdf, BRIDGE_PREF_LIMIT_UPPER, 0);
+        Ok(secondary)
+    }
+}

@@ -1,0 +1,100 @@
+//! A small driver for the 16550 UART.
+//!
+//! It depends on nothing in the kernel but the [`UartRegisters`] trait, which says how to reach the
+//! eight byte-wide registers (port I/O on the PC's COM1 today; any other transport later, e.g. the
+//! "emulated 16550" console device of a later issue). Output is polled; input can be polled with
+//! [`Uart16550::try_read`] or signalled by the received-data interrupt ([`Uart16550::set_rx_interrupt`]).
+
+/// The 16550's registers, by offset from its base (with DLAB as noted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Register {
+    /// Receive buffer (read) / transmit holding (write); divisor latch low with DLAB=1.
+    Data = 0,
+    /// Interrupt enable; divisor latch high with DLAB=1.
+    InterruptEnable = 1,
+    /// Interrupt identification (read) / FIFO control (write).
+    FifoControl = 2,
+    /// Line control (word length, parity, stop bits, DLAB).
+    LineControl = 3,
+    /// Modem control (DTR, RTS, OUT2 = interrupt line enable, loopback).
+    ModemControl = 4,
+    /// Line status (data ready, transmitter empty, errors).
+    LineStatus = 5,
+    /// Modem status.
+    ModemStatus = 6,
+    /// Scratch.
+    Scratch = 7,
+}
+
+/// How the driver reaches the UART's registers.
+pub trait UartRegisters {
+    /// Reads one register.
+    fn read(&self, reg: Register) -> u8;
+    /// Writes one register.
+    fn write(&self, reg: Register, value: u8);
+}
+
+/// The input clock divided by 16: the baud rate a divisor of 1 gives.
+pub const MAX_BAUD: u32 = 115_200;
+
+const LCR_8N1: u8 = 0x03;
+const LCR_DLAB: u8 = 0x80;
+const FCR_ENABLE_CLEAR_14: u8 = 0xc7;
+const MCR_DTR_RTS_OUT2: u8 = 0x0b;
+const LSR_DATA_READY: u8 = 0x01;
+const LSR_THR_EMPTY: u8 = 0x20;
+const IER_RX_AVAILABLE: u8 = 0x01;
+
+/// A 16550 UART behind some register access.
+#[derive(Debug)]
+pub struct Uart16550<R> {
+    regs: R,
+}
+
+impl<R: UartRegisters> Uart16550<R> {
+    /// Wraps the registers; call [`Self::init`] before use.
+    pub const fn new(regs: R) -> Self {
+        Self { regs }
+    }
+
+    /// Programs 8N1 at `baud` (rounded to a divisor of 115200, at least 1), FIFOs on, interrupts off,
+    /// DTR/RTS/OUT2 set.
+    pub fn init(&self, baud: u32) {
+        let divisor = (MAX_BAUD / baud.clamp(1, MAX_BAUD)).clamp(1, u32::from(u16::MAX)) as u16;
+        let [lo, hi] = divisor.to_le_bytes();
+        self.regs.write(Register::InterruptEnable, 0);
+        self.regs.write(Register::LineControl, LCR_DLAB);
+        self.regs.write(Register::Data, lo);
+        self.regs.write(Register::InterruptEnable, hi);
+        self.regs.write(Register::LineControl, LCR_8N1);
+        self.regs.write(Register::FifoControl, FCR_ENABLE_CLEAR_14);
+        self.regs.write(Register::ModemControl, MCR_DTR_RTS_OUT2);
+    }
+
+    /// Sends one byte, waiting for room in the transmitter.
+    pub fn write_byte(&self, byte: u8) {
+        while self.regs.read(Register::LineStatus) & LSR_THR_EMPTY == 0 {
+            core::hint::spin_loop();
+        }
+        self.regs.write(Register::Data, byte);
+    }
+
+    /// Sends all bytes.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_byte(b);
+        }
+    }
+
+    /// Returns a received byte if one is waiting.
+    pub fn try_read(&self) -> Option<u8> {
+        (self.regs.read(Register::LineStatus) & LSR_DATA_READY != 0)
+            .then(|| self.regs.read(Register::Data))
+    }
+
+    /// Enables or disables the "received data available" interrupt.
+    pub fn set_rx_interrupt(&self, on: bool) {
+        self.regs.write(Register::InterruptEnable, if on { IER_RX_AVAILABLE } else { 0 });
+    }
+}

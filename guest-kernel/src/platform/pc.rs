@@ -1,0 +1,149 @@
+//! The PC platform (QEMU q35, qboot or SeaBIOS, entered through PVH).
+//!
+//! Console: 16550 on COM1 (0x3f8, 115200 8N1). Exit: QEMU's `isa-debug-exit` at port 0xf4.
+//! Interrupts: legacy PIC masked; local APIC + IOAPIC (0xfec00000). Buses: PCI through ports
+//! 0xcf8/0xcfc with BARs assigned by us (qboot assigns none).
+
+use alloc::vec::Vec;
+
+use crate::arch::x86_64::{apic, gdt, idt, paging, pic, port};
+use crate::boot::BootInfo;
+use crate::drivers::pci::{self, Bdf, ConfigAccess, PciDevice};
+use crate::drivers::uart16550::{Register, Uart16550, UartRegisters};
+use crate::error::Result;
+
+/// COM1's I/O base.
+pub const COM1_BASE: u16 = 0x3f8;
+/// QEMU `isa-debug-exit` port (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Baud rate of the console.
+pub const CONSOLE_BAUD: u32 = 115_200;
+
+/// A 16550 reached through port I/O at `base..base + 8`.
+#[derive(Debug, Clone, Copy)]
+pub struct PortUart {
+    base: u16,
+}
+
+impl UartRegisters for PortUart {
+    fn read(&self, reg: Register) -> u8 {
+        // SAFETY: the platform owns the UART at `base` (COM1); register reads only affect it.
+        unsafe { port::inb(self.base + reg as u16) }
+    }
+
+    fn write(&self, reg: Register, value: u8) {
+        // SAFETY: as for `read`.
+        unsafe { port::outb(self.base + reg as u16, value) }
+    }
+}
+
+/// PCI configuration mechanism #1: address to 0xcf8, data through 0xcfc..0xcff.
+#[derive(Debug, Clone, Copy)]
+pub struct PortPciConfig;
+
+const PCI_ADDRESS: u16 = 0xcf8;
+const PCI_DATA: u16 = 0xcfc;
+/// The address/data pair must not be interleaved.
+static PCI_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+impl PortPciConfig {
+    fn select(bdf: Bdf, offset: u8) {
+        let addr = 0x8000_0000
+            | u32::from(bdf.bus) << 16
+            | u32::from(bdf.device & 0x1f) << 11
+            | u32::from(bdf.function & 0x7) << 8
+            | u32::from(offset & 0xfc);
+        // SAFETY: 0xcf8 is the PCI host bridge's config address register, owned by the platform;
+        // writing it only selects a register (callers hold PCI_LOCK).
+        unsafe { port::outl(PCI_ADDRESS, addr) };
+    }
+
+    fn locked<T>(f: impl FnOnce() -> T) -> T {
+        crate::arch::without_interrupts(|| {
+            let _guard = PCI_LOCK.lock();
+            f()
+        })
+    }
+}
+
+impl ConfigAccess for PortPciConfig {
+    fn read32(&self, bdf: Bdf, offset: u8) -> u32 {
+        Self::locked(|| {
+            Self::select(bdf, offset);
+            // SAFETY: config data port; reads the register just selected.
+            unsafe { port::inl(PCI_DATA) }
+        })
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u8, value: u32) {
+        Self::locked(|| {
+            Self::select(bdf, offset);
+            // SAFETY: config data port; writes the register just selected (the caller decides what
+            // the device should see).
+            unsafe { port::outl(PCI_DATA, value) }
+        });
+    }
+
+    fn read16(&self, bdf: Bdf, offset: u8) -> u16 {
+        Self::locked(|| {
+            Self::select(bdf, offset);
+            // SAFETY: as in read32, 16-bit half selected by offset bit 1.
+            unsafe { port::inw(PCI_DATA + u16::from(offset & 2)) }
+        })
+    }
+
+    fn write16(&self, bdf: Bdf, offset: u8, value: u16) {
+        Self::locked(|| {
+            Self::select(bdf, offset);
+            // SAFETY: as in write32, 16-bit half selected by offset bit 1.
+            unsafe { port::outw(PCI_DATA + u16::from(offset & 2), value) }
+        });
+    }
+}
+
+static COM1: Uart16550<PortUart> = Uart16550::new(PortUart { base: COM1_BASE });
+
+/// PCI enumeration result, kept for whoever needs the devices (the `pci` self-test, later drivers).
+static PCI: spin::Once<Result<Vec<PciDevice>>> = spin::Once::new();
+
+/// Console first: everything after it can report.
+pub fn early_init() {
+    COM1.init(CONSOLE_BAUD);
+}
+
+/// Writes bytes to COM1.
+pub fn console_write(bytes: &[u8]) {
+    COM1.write_bytes(bytes);
+}
+
+/// Brings up CPU tables, memory, interrupt controllers and PCI.
+pub fn init(info: &'static BootInfo) {
+    gdt::init();
+    idt::init();
+    paging::init(&info.memory).unwrap_or_else(|e| panic!("page tables: {e}"));
+    crate::heap::init(info);
+    pic::disable();
+    apic::init().unwrap_or_else(|e| panic!("APIC: {e}"));
+    crate::arch::x86_64::cpu::enable_interrupts();
+    PCI.call_once(|| {
+        let mut window = pci::Windows::for_memory_map(&info.memory);
+        let found = pci::enumerate(&PortPciConfig, &mut window)?;
+        if let Some(range) = window.mem_used() {
+            paging::map_mmio(range.start, range.end - range.start)?;
+        }
+        Ok(found)
+    });
+}
+
+/// The PCI devices found (and configured) at boot, or why enumeration failed.
+pub fn pci_devices() -> &'static Result<Vec<PciDevice>> {
+    PCI.get().expect("pci_devices() called before platform init")
+}
+
+/// Powers off through `isa-debug-exit` (QEMU exits with `(code << 1) | 1`). If that device is
+/// absent the write is ignored and the CPU halts for good.
+pub fn exit(code: u8) -> ! {
+    // SAFETY: port 0xf4 is QEMU's isa-debug-exit (or nothing); writing it ends the VM or is ignored.
+    unsafe { port::outl(DEBUG_EXIT_PORT, u32::from(code)) };
+    crate::arch::halt_forever()
+}

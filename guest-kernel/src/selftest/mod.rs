@@ -1,0 +1,180 @@
+//! The in-kernel test runner.
+//!
+//! The command line names the tests (`tests=a,b`; default: every test marked `default`) and their
+//! parameters (`<test>.<param>=<value>`). Each test prints `PVKIT TEST <name> START`, then `PASS
+//! [key=value ...]` or `FAIL <reason>`; the run ends with `PVKIT SUMMARY passed=<n> failed=<m>` and
+//! `PVKIT EXIT <0|1>`. A test that faults or panics is failed by `fatal`, which calls
+//! [`report_abort`] to print its FAIL line and the summary.
+
+mod cpuid;
+mod fault;
+mod heap;
+mod hello;
+mod pci;
+mod timer;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use crate::boot::BootInfo;
+use crate::cmdline;
+
+/// What a test returns.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Passed; the text is appended to the PASS line (`key=value ...`, may be empty).
+    Pass(String),
+    /// Failed, with the reason.
+    Fail(String),
+}
+
+/// Parameters of one test, from the command line.
+#[derive(Debug)]
+pub struct Params<'a> {
+    test: &'static str,
+    items: Vec<(&'a str, &'a str)>,
+}
+
+impl Params<'_> {
+    /// The raw value of `param`, if given.
+    pub fn get(&self, param: &str) -> Option<&str> {
+        self.items.iter().rev().find(|(p, _)| *p == param).map(|(_, v)| *v)
+    }
+
+    /// `param` as a number in `range`, or `default` when absent.
+    pub fn u64_in(&self, param: &str, default: u64, range: core::ops::RangeInclusive<u64>) -> Result<u64, String> {
+        let Some(value) = self.get(param) else { return Ok(default) };
+        let n = cmdline::parse_u64(self.test, param, value)?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(alloc::format!(
+                "{}.{param}={n} is outside {}..={}",
+                self.test,
+                range.start(),
+                range.end()
+            ))
+        }
+    }
+}
+
+/// A named self-test.
+#[derive(Debug)]
+pub struct Test {
+    /// Name on the command line and in the output.
+    pub name: &'static str,
+    /// Runs when no `tests=` is given.
+    pub default: bool,
+    /// Parameters it accepts (`<name>.<param>=`).
+    pub params: &'static [&'static str],
+    /// The test.
+    pub run: fn(&Params<'_>) -> Outcome,
+}
+
+/// Every test, in default order.
+pub static TESTS: &[Test] = &[
+    Test { name: "hello", default: true, params: &["mem_mib"], run: hello::run },
+    Test { name: "cpuid", default: true, params: &["expect"], run: cpuid::run },
+    Test { name: "heap", default: true, params: &["rounds", "seed"], run: heap::run },
+    Test { name: "timer", default: true, params: &["hz", "ms", "tolerance"], run: timer::run },
+    Test { name: "pci", default: true, params: &["expect"], run: pci::run },
+    Test { name: "fault-pagefault", default: false, params: &[], run: fault::pagefault },
+    Test { name: "fault-panic", default: false, params: &[], run: fault::panic },
+];
+
+const NO_TEST: usize = usize::MAX;
+/// Index into [`TESTS`] of the running test.
+static CURRENT: AtomicUsize = AtomicUsize::new(NO_TEST);
+static PASSED: AtomicU32 = AtomicU32::new(0);
+static FAILED: AtomicU32 = AtomicU32::new(0);
+
+fn find(name: &str) -> Option<(usize, &'static Test)> {
+    TESTS.iter().enumerate().find(|(_, t)| t.name == name)
+}
+
+/// Parses the command line, runs the tests, prints the summary. Returns the exit code.
+pub fn run_from_cmdline(info: &BootInfo) -> u8 {
+    let line = cmdline::parse(info.cmdline);
+    let mut errors = line.errors.clone();
+    if info.cmdline_truncated {
+        errors.push(alloc::format!("command line longer than {} bytes or not UTF-8", crate::boot::CMDLINE_MAX));
+    }
+    let selected: Vec<(usize, &'static Test)> = match &line.tests {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| {
+                let found = find(n);
+                if found.is_none() {
+                    errors.push(alloc::format!("unknown test '{n}'"));
+                }
+                found
+            })
+            .collect(),
+        None => TESTS.iter().enumerate().filter(|(_, t)| t.default).collect(),
+    };
+    for &(test, param, value) in &line.params {
+        match find(test) {
+            Some((_, t)) if t.params.contains(&param) => {}
+            Some(_) => errors.push(alloc::format!("unknown option '{test}.{param}={value}'")),
+            None => errors.push(alloc::format!("unknown option '{test}.{param}={value}' (no test '{test}')")),
+        }
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            kprintln!("PVKIT ERROR {e}");
+        }
+        FAILED.store(errors.len() as u32, Ordering::Relaxed);
+        return summary();
+    }
+
+    for (index, test) in selected {
+        let params = Params {
+            test: test.name,
+            items: line.params.iter().filter(|(t, _, _)| *t == test.name).map(|&(_, p, v)| (p, v)).collect(),
+        };
+        CURRENT.store(index, Ordering::Relaxed);
+        kprintln!("PVKIT TEST {} START", test.name);
+        match (test.run)(&params) {
+            Outcome::Pass(kv) if kv.is_empty() => kprintln!("PVKIT TEST {} PASS", test.name),
+            Outcome::Pass(kv) => kprintln!("PVKIT TEST {} PASS {kv}", test.name),
+            Outcome::Fail(reason) => {
+                kprintln!("PVKIT TEST {} FAIL {reason}", test.name);
+                FAILED.fetch_add(1, Ordering::Relaxed);
+                CURRENT.store(NO_TEST, Ordering::Relaxed);
+                continue;
+            }
+        }
+        PASSED.fetch_add(1, Ordering::Relaxed);
+        CURRENT.store(NO_TEST, Ordering::Relaxed);
+    }
+    summary()
+}
+
+fn summary() -> u8 {
+    let passed = PASSED.load(Ordering::Relaxed);
+    let failed = FAILED.load(Ordering::Relaxed);
+    let code = u8::from(failed > 0 || passed == 0);
+    kprintln!("PVKIT SUMMARY passed={passed} failed={failed}");
+    kprintln!("PVKIT EXIT {code}");
+    code
+}
+
+/// Called once by `fatal` after an exception or panic: fails the running test (if any) with
+/// `reason`, prints the summary and `PVKIT EXIT 1`. Uses the lock-free console path.
+pub fn report_abort(reason: fmt::Arguments<'_>) {
+    let current = CURRENT.swap(NO_TEST, Ordering::Relaxed);
+    if let Some(test) = TESTS.get(current) {
+        crate::console::print_unlocked(format_args!("PVKIT TEST {} FAIL {reason}\n", test.name));
+    }
+    let failed = FAILED.fetch_add(1, Ordering::Relaxed) + 1;
+    let passed = PASSED.load(Ordering::Relaxed);
+    crate::console::print_unlocked(format_args!("PVKIT SUMMARY passed={passed} failed={failed}\nPVKIT EXIT 1\n"));
+}
+
+/// Builds an [`Outcome::Fail`] from format arguments.
+macro_rules! fail {
+    ($($arg:tt)*) => { $crate::selftest::Outcome::Fail(alloc::format!($($arg)*)) };
+}
+pub(crate) use fail;

@@ -1,0 +1,29 @@
+//! The kernel clock: the TSC, with its rate from the platform's calibration.
+
+use crate::error::Result;
+
+/// A point in time, in TSC ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// Now.
+    pub fn now() -> Self {
+        Self(crate::arch::read_tsc())
+    }
+
+    /// Ticks from `earlier` to `self` (0 if `earlier` is later).
+    pub fn ticks_since(self, earlier: Instant) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// TSC ticks per second (calibrated on first use).
+pub fn ticks_per_second() -> Result<u64> {
+    crate::platform::tsc_hz()
+}
+
+/// Converts ticks to microseconds at `hz`.
+pub fn ticks_to_us(ticks: u64, hz: u64) -> u64 {
+    (u128::from(ticks) * 1_000_000 / u128::from(hz.max(1))) as u64
+}
