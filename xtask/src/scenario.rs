@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::console::Transcript;
+use crate::console::{Record, Transcript};
 use crate::qemu::{Device, Outcome, RunResult, expected_pci, pci_expect_arg};
 
 /// The address the guest's `fault-pagefault` test touches (unmapped); the exception report must
@@ -14,6 +14,11 @@ pub const PAGEFAULT_ADDRESS: u64 = 0xdead_0000_0000;
 pub const PANIC_MESSAGE: &str = "deliberate panic from fault-panic test";
 /// Page fault vector.
 const VECTOR_PF: u64 = 14;
+/// Timer scenario parameters (the guest's defaults are 1000 Hz and 100 ms).
+const TIMER_HZ: u64 = 250;
+const TIMER_MS: u64 = 200;
+/// Allowed relative error of the tick count.
+const TIMER_TOLERANCE: f64 = 0.10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -64,8 +69,11 @@ impl Scenario {
     /// The kernel command line.
     pub fn append(self) -> String {
         let mut words = vec![format!("tests={}", self.guest_test())];
-        if self == Scenario::Pci {
-            words.push(pci_expect_arg(self.devices()));
+        match self {
+            Scenario::Pci => words.push(pci_expect_arg(self.devices())),
+            // Not the guest's defaults, so the check below also proves the parameters were applied.
+            Scenario::Timer => words.push(format!("timer.hz={TIMER_HZ} timer.ms={TIMER_MS}")),
+            _ => {}
         }
         words.join(" ")
     }
@@ -105,6 +113,9 @@ impl Scenario {
             if t.passed(test) {
                 problems.push(format!("test {test} claims PASS although it must fail"));
             }
+            if t.exit_record() != Some(1) {
+                problems.push(format!("expected `PVKIT EXIT 1`, got {:?}", t.exit_record()));
+            }
             match self {
                 Scenario::FaultPagefault => check_pagefault(t, &mut problems),
                 Scenario::FaultPanic => check_panic(t, &mut problems),
@@ -118,9 +129,7 @@ impl Scenario {
         }
         match t.verdict(test) {
             None => problems.push(format!("test {test} reported no verdict")),
-            Some(crate::console::Record::TestFail { reason, .. }) => {
-                problems.push(format!("test {test} FAIL: {reason}"))
-            }
+            Some(Record::TestFail { reason, .. }) => problems.push(format!("test {test} FAIL: {reason}")),
             Some(_) => {}
         }
         for (name, reason) in t.failures().filter(|(n, _)| *n != test) {
@@ -137,6 +146,14 @@ impl Scenario {
             Some((p, f)) => problems.push(format!("summary says passed={p} failed={f}")),
             None => problems.push("no `PVKIT SUMMARY` line".to_owned()),
         }
+        match t.exit_record() {
+            Some(0) => {}
+            Some(c) => problems.push(format!("guest printed `PVKIT EXIT {c}`, expected 0")),
+            None => problems.push("no `PVKIT EXIT` line".to_owned()),
+        }
+        if self == Scenario::Timer {
+            check_timer(run, &mut problems);
+        }
         if self == Scenario::Pci {
             // Independent of the guest's own comparison: the ids it listed must be exactly those of the
             // machine xtask configured.
@@ -148,6 +165,44 @@ impl Scenario {
             }
         }
         problems
+    }
+}
+
+/// Re-checks the guest's timer figures, and its measurement window against the host's clock.
+fn check_timer(run: &RunResult, problems: &mut Vec<String>) {
+    let Some(Record::TestPass { fields, .. }) = run.transcript.verdict("timer") else {
+        return; // Already reported as a missing or failed verdict.
+    };
+    let num = |k: &str| fields.get_u64(k);
+    let (Some(hz), Some(ms), Some(ticks), Some(elapsed_us)) =
+        (num("hz"), num("ms"), num("lapic_ticks"), num("elapsed_us"))
+    else {
+        problems.push(format!("timer PASS lacks hz/ms/lapic_ticks/elapsed_us: {fields}"));
+        return;
+    };
+    if (hz, ms) != (TIMER_HZ, TIMER_MS) {
+        problems.push(format!(
+            "guest used hz={hz} ms={ms}, xtask asked for hz={TIMER_HZ} ms={TIMER_MS}"
+        ));
+    }
+    let expected = hz as f64 * elapsed_us as f64 / 1e6;
+    if (ticks as f64 - expected).abs() > expected * TIMER_TOLERANCE {
+        problems.push(format!(
+            "{ticks} local APIC ticks in {elapsed_us} us at {hz} Hz, expected {expected:.0} +- {:.0}%",
+            TIMER_TOLERANCE * 100.0
+        ));
+    }
+    if (elapsed_us as f64) < ms as f64 * 1e3 * (1.0 - TIMER_TOLERANCE) {
+        problems.push(format!("guest measured {elapsed_us} us for a {ms} ms window"));
+    }
+    // The host's clock is independent of the guest's TSC calibration: the window cannot have been
+    // shorter than asked for (TCG's virtual clock follows the host's).
+    if let Some(host) = run.test_times.get("timer")
+        && host.as_secs_f64() < ms as f64 / 1e3 * (1.0 - TIMER_TOLERANCE)
+    {
+        problems.push(format!(
+            "host saw the timer test take {host:?}, shorter than its {ms} ms window"
+        ));
     }
 }
 
@@ -224,8 +279,15 @@ mod tests {
             "PVKIT TEST hello START",
             "PVKIT TEST hello PASS",
             "PVKIT SUMMARY passed=1 failed=0",
+            "PVKIT EXIT 0",
         ];
         assert!(Scenario::Hello.check(&result(Outcome::Pass, &good)).is_empty());
+        assert!(
+            !Scenario::Hello
+                .check(&result(Outcome::Pass, &good[..4]))
+                .is_empty(),
+            "no EXIT"
+        );
         assert!(!Scenario::Hello.check(&result(Outcome::Fail, &good)).is_empty());
         assert!(
             !Scenario::Hello
@@ -306,6 +368,7 @@ mod tests {
             "PVKIT TEST fault-panic START",
             &msg,
             "PVKIT SUMMARY passed=0 failed=1",
+            "PVKIT EXIT 1",
         ];
         assert!(
             Scenario::FaultPanic
@@ -334,6 +397,7 @@ mod tests {
         }
         lines.push("PVKIT TEST pci PASS devices=8".into());
         lines.push("PVKIT SUMMARY passed=1 failed=0".into());
+        lines.push("PVKIT EXIT 0".into());
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         assert_eq!(
             Scenario::Pci.check(&result(Outcome::Pass, &refs)),
@@ -346,5 +410,36 @@ mod tests {
         assert!(!Scenario::Pci.check(&result(Outcome::Pass, &short)).is_empty());
         assert!(Scenario::Pci.append().contains("pci.expect="));
         assert_eq!(Scenario::Pci.append().matches("1234:11e8").count(), 2);
+    }
+
+    fn timer_run(pass: &str, host_ms: u64) -> RunResult {
+        let lines = [
+            BOOT,
+            "PVKIT TEST timer START",
+            pass,
+            "PVKIT SUMMARY passed=1 failed=0",
+            "PVKIT EXIT 0",
+        ];
+        let mut r = result(Outcome::Pass, &lines);
+        r.test_times
+            .insert("timer".into(), Duration::from_millis(host_ms));
+        r
+    }
+
+    #[test]
+    fn timer_figures_are_rechecked() {
+        assert!(Scenario::Timer.append().contains("timer.hz=250 timer.ms=200"));
+        let good = "PVKIT TEST timer PASS lapic_ticks=50 lapic_expected=50 hz=250 ms=200 elapsed_us=200100";
+        assert_eq!(Scenario::Timer.check(&timer_run(good, 230)), Vec::<String>::new());
+        // The guest ignored the parameters.
+        let defaults = "PVKIT TEST timer PASS lapic_ticks=100 hz=1000 ms=100 elapsed_us=100000";
+        assert!(!Scenario::Timer.check(&timer_run(defaults, 230)).is_empty());
+        // Too few ticks for the time it measured, although it said PASS.
+        let slow = "PVKIT TEST timer PASS lapic_ticks=40 hz=250 ms=200 elapsed_us=200000";
+        assert!(!Scenario::Timer.check(&timer_run(slow, 230)).is_empty());
+        // The host saw a 200 ms window pass in 50 ms: the guest's clock is wrong.
+        assert!(!Scenario::Timer.check(&timer_run(good, 50)).is_empty());
+        let missing = "PVKIT TEST timer PASS";
+        assert!(!Scenario::Timer.check(&timer_run(missing, 230)).is_empty());
     }
 }
