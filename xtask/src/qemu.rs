@@ -478,14 +478,10 @@ pub fn info_pci(qemu: &Path, devices: &[Device], log: &mut impl Write) -> Result
         thread::sleep(Duration::from_millis(20));
     };
     let text = reader.join().unwrap_or_default();
-    writeln!(
-        log,
-        "{}",
-        text.lines()
-            .map(|l| format!("# | {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )?;
+    // The monitor echoes what it reads with terminal escapes; keep only its answer.
+    for l in text.lines().filter(|l| !l.contains('\x1b')) {
+        writeln!(log, "# | {l}")?;
+    }
     match status {
         None => bail!("QEMU's monitor did not answer `info pci` within 20 s"),
         Some(st) if !st.success() => bail!("QEMU for `info pci` exited with {st}"),

@@ -84,7 +84,12 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 .get(*name)
                 .map(|d| table::duration(*d))
                 .unwrap_or_default();
-            vec![(*name).to_owned(), result.to_owned(), time, detail]
+            vec![
+                (*name).to_owned(),
+                result.to_owned(),
+                time,
+                ellipsize(&detail, 90),
+            ]
         })
         .collect();
     println!();
@@ -129,4 +134,13 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     }
     println!("{}", if ok { "RESULT: PASS" } else { "RESULT: FAIL" });
     Ok(if ok { 0 } else { 1 })
+}
+
+/// `s` cut to `max` characters, with an ellipsis if cut (the full text is in the progress lines and log).
+fn ellipsize(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        s.chars().take(max - 1).chain(std::iter::once('…')).collect()
+    }
 }

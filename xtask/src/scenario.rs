@@ -208,6 +208,12 @@ fn check_timer(run: &RunResult, problems: &mut Vec<String>) {
 
 fn check_pagefault(t: &Transcript, problems: &mut Vec<String>) {
     let pf = t.exceptions().find(|e| e.get_u64("vector") == Some(VECTOR_PF));
+    if pf.is_none() && t.exceptions().any(|e| e.get_u64("vector") == Some(13)) {
+        problems.push(format!(
+            "got a general protection fault instead of a page fault: is the address non-canonical? \
+             ({PAGEFAULT_ADDRESS:#x} must have bits 47..63 all equal)"
+        ));
+    }
     match pf {
         None => problems.push(format!(
             "no `PVKIT EXCEPTION vector={VECTOR_PF}` line (exceptions seen: {})",
