@@ -603,3 +603,231 @@ fn rust_and_ring_h_agree_on_every_byte_and_every_notification() {
         total.wrapped_runs
     );
 }
+
+/// Two identical rings after the same well-behaved exchange: one driven by Rust on both ends, one
+/// by ring.h on both ends. Fields drop in order: rings before their memory.
+struct Twins<P: Proto> {
+    rust_front: FrontRing<P::Req, P::Rsp>,
+    rust_back: BackRing<P::Req, P::Rsp>,
+    c_front: CFront<P>,
+    c_back: CBack<P>,
+    rust_mem: SharedPages,
+    c_mem: SharedPages,
+    size: u32,
+    /// Back end: next request to read, next response slot.
+    req_cons: u32,
+    rsp_prod_pvt: u32,
+    /// Front end: requests published, next response to read.
+    req_prod: u32,
+    rsp_cons: u32,
+}
+
+impl<P: Proto> Twins<P> {
+    /// Builds both rings from `seed` (so the same state can be rebuilt for every forged value).
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let len = XEN_PAGE_SIZE << rng.below(2);
+        let start = if rng.below(2) == 0 {
+            u32::MAX - rng.below(64) as u32
+        } else {
+            rng.next() as u32
+        };
+        let (rust_mem, c_mem) = (SharedPages::new(len), SharedPages::new(len));
+        same_garbage(&mut rng, &rust_mem, &c_mem);
+        for m in [&rust_mem, &c_mem] {
+            // SAFETY: `m` is ours and no ring is on it yet.
+            unsafe { c::set_indices(m.as_ptr(), start, start.wrapping_add(1)) };
+        }
+        let (p, cp) = (rust_mem.as_ptr(), c_mem.as_ptr());
+        // SAFETY: the memory lives in the same struct and is dropped after the rings; one thread drives
+        // the rings one operation at a time. The same holds for the three rings below.
+        let mut rust_front =
+            unsafe { FrontRing::<P::Req, P::Rsp>::attach(p, len, start) }.expect("Rust front");
+        // SAFETY: as above.
+        let mut rust_back = unsafe { BackRing::<P::Req, P::Rsp>::attach(p, len, start) }.expect("Rust back");
+        // SAFETY: as above.
+        let mut c_front = unsafe { CFront::<P>::new(cp, len, start, false) };
+        // SAFETY: as above.
+        let mut c_back = unsafe { CBack::<P>::new(cp, len, start) };
+        let size = rust_front.size();
+        // A well-behaved exchange: publish a requests, read them all, answer c <= a, consume all
+        // answers. Each consumer has then used up the producer index it last saw, so its next read
+        // must look at the (forged) shared index; with entries still pending, our rings would rightly
+        // keep using the index they already validated.
+        let a = 1 + rng.below(u64::from(size)) as u32;
+        let b = a;
+        let c = rng.below(u64::from(b) + 1) as u32;
+        let d = c;
+        for _ in 0..a {
+            let req: P::Req = rng.entry();
+            assert!(Front::<P>::write(&mut rust_front, &req) && c_front.write_request(&req));
+        }
+        assert_eq!(
+            Front::<P>::push_notify(&mut rust_front),
+            c_front.push_requests_and_check_notify()
+        );
+        for _ in 0..b {
+            assert_eq!(
+                Back::<P>::read(&mut rust_back),
+                c_back.read_request().expect("C back")
+            );
+        }
+        for _ in 0..c {
+            let rsp: P::Rsp = rng.entry();
+            Back::<P>::write(&mut rust_back, &rsp);
+            c_back.write_response(&rsp);
+        }
+        assert_eq!(
+            Back::<P>::push_notify(&mut rust_back),
+            c_back.push_responses_and_check_notify()
+        );
+        for _ in 0..d {
+            assert_eq!(
+                Front::<P>::read(&mut rust_front),
+                c_front.read_response().expect("C front")
+            );
+        }
+        assert_same_region(&rust_mem, &c_mem, "hostile-test setup");
+        Self {
+            rust_front,
+            rust_back,
+            c_front,
+            c_back,
+            rust_mem,
+            c_mem,
+            size,
+            req_cons: start.wrapping_add(b),
+            rsp_prod_pvt: start.wrapping_add(c),
+            req_prod: start.wrapping_add(a),
+            rsp_cons: start.wrapping_add(d),
+        }
+    }
+
+    /// Writes a forged value into the shared header word at `offset` of both rings.
+    fn forge(&self, offset: usize, value: u32) {
+        for m in [&self.rust_mem, &self.c_mem] {
+            let word = m.as_ptr().as_ptr().wrapping_add(offset).cast::<u32>();
+            // SAFETY: `offset` is 0 (req_prod) or 8 (rsp_prod), inside the header of memory we own and
+            // 4-byte aligned; no ring operation is running.
+            unsafe { word.write(value) };
+        }
+    }
+}
+
+/// Forged values around every boundary that matters for an index `base` in a ring of `size`.
+fn forged_values(rng: &mut Rng, base: u32, size: u32, bound: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = [
+        0,
+        1,
+        2,
+        bound,
+        bound.wrapping_add(1),
+        bound.wrapping_add(2),
+        size,
+        size + 1,
+        1 << 31,
+    ]
+    .into_iter()
+    .chain([bound.wrapping_sub(1), u32::MAX, u32::MAX - 1, u32::MAX - size])
+    .map(|k| base.wrapping_add(k))
+    .collect();
+    v.extend((0..4).map(|_| rng.next() as u32));
+    v.extend((0..4).map(|_| base.wrapping_add(rng.below(u64::from(size) * 2) as u32)));
+    v
+}
+
+/// Forged producer indices (the XSA-39 class): wherever ring.h's own overflow checks
+/// (`RING_REQUEST_PROD_OVERFLOW`, `RING_RESPONSE_PROD_OVERFLOW`) call an index impossible, our rings
+/// must refuse it too. Our rings are stricter in exactly two documented ways, and the test pins
+/// those down: a request index that moved backwards, and a response index claiming answers to
+/// requests never sent. Wherever both accept, both must read the same entry.
+fn hostile<P: Proto>(rng: &mut Rng, trials: usize) -> (u64, u64, u64) {
+    let (mut cases, mut both_reject, mut only_rust) = (0u64, 0u64, 0u64);
+    for trial in 0..trials {
+        let seed = rng.next();
+        let t = Twins::<P>::new(seed);
+        // Backend side: forge req_prod.
+        let unanswered = t.req_cons.wrapping_sub(t.rsp_prod_pvt);
+        let room = t.size - unanswered;
+        for v in forged_values(rng, t.req_cons, t.size, room) {
+            let mut t = Twins::<P>::new(seed);
+            t.forge(0, v);
+            let rust = t.rust_back.read_request();
+            let c = t.c_back.read_request();
+            let label = format!("{} trial {trial} seed {seed:#x}: forged req_prod {v:#x}", P::NAME);
+            let ahead = v.wrapping_sub(t.req_cons);
+            match (&rust, &c) {
+                (Err(Error::RequestOverrun { .. }), Err(_)) => both_reject += 1,
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{label}: both accepted but read different requests"),
+                (Err(Error::RequestOverrun { .. }), Ok(_)) => {
+                    // ring.h accepts an index that went back into the read-but-unanswered window.
+                    assert!(
+                        u64::from(ahead) + u64::from(unanswered) > u64::from(u32::MAX),
+                        "{label}: Rust rejected an index ring.h accepts: {rust:?}"
+                    );
+                    only_rust += 1;
+                }
+                _ => panic!("{label}: ring.h rejects it but Rust said {rust:?}"),
+            }
+            if rust.is_err() {
+                assert_eq!(
+                    t.rust_back.read_request(),
+                    rust,
+                    "{label}: a halted ring must stay halted"
+                );
+            }
+            cases += 1;
+        }
+        // Frontend side: forge rsp_prod.
+        let outstanding = t.req_prod.wrapping_sub(t.rsp_cons);
+        for v in forged_values(rng, t.rsp_cons, t.size, outstanding) {
+            let mut t = Twins::<P>::new(seed);
+            t.forge(8, v);
+            let rust = t.rust_front.read_response();
+            let c = t.c_front.read_response();
+            let label = format!("{} trial {trial} seed {seed:#x}: forged rsp_prod {v:#x}", P::NAME);
+            match (&rust, &c) {
+                (Err(Error::ResponseOverrun { .. }), Err(_)) => both_reject += 1,
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{label}: both accepted but read different responses"),
+                (Err(Error::ResponseOverrun { .. }), Ok(_)) => {
+                    // ring.h accepts up to a ring's worth; only `outstanding` responses can exist.
+                    assert!(
+                        v.wrapping_sub(t.rsp_cons) > outstanding,
+                        "{label}: Rust rejected a possible index"
+                    );
+                    only_rust += 1;
+                }
+                _ => panic!("{label}: ring.h rejects it but Rust said {rust:?}"),
+            }
+            cases += 1;
+        }
+    }
+    (cases, both_reject, only_rust)
+}
+
+#[test]
+fn forged_producer_indices_rejected_wherever_ring_h_rejects_them() {
+    let seed = seed() ^ 0x4053_4139;
+    println!("hostile differential: seed {seed:#x}");
+    let mut rng = Rng(seed);
+    let mut total = (0, 0, 0);
+    for (name, r) in [
+        ("blkif", hostile::<Blkif>(&mut rng, 150)),
+        ("netif_tx", hostile::<NetifTx>(&mut rng, 150)),
+        ("netif_rx", hostile::<NetifRx>(&mut rng, 150)),
+    ] {
+        println!(
+            "hostile differential {name}: {} forged indices, {} rejected by both, {} only by Rust",
+            r.0, r.1, r.2
+        );
+        total = (total.0 + r.0, total.1 + r.1, total.2 + r.2);
+    }
+    assert!(
+        total.1 > 1000,
+        "too few forged indices were impossible: {total:?}"
+    );
+    assert!(
+        total.0 - total.1 - total.2 > 1000,
+        "too few forged indices were plausible: {total:?}"
+    );
+}
