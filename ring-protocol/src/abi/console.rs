@@ -2,6 +2,10 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+/// A console ring index: free-running, a byte's slot is `index & (ring size - 1)`.
+#[doc(alias = "XENCONS_RING_IDX")]
+pub type XenconsRingIdx = u32;
+
 /// Size of the guest-to-console `out` ring, in bytes.
 pub const XENCONS_OUT_SIZE: usize = 2048;
 /// Size of the console-to-guest `in` ring, in bytes.
@@ -19,10 +23,14 @@ pub struct XenconsInterface {
     pub in_: [u8; XENCONS_IN_SIZE],
     /// Console output (guest produces, backend consumes).
     pub out: [u8; XENCONS_OUT_SIZE],
-    pub in_cons: u32,
-    pub in_prod: u32,
-    pub out_cons: u32,
-    pub out_prod: u32,
+    /// Bytes of `in_` the guest has consumed.
+    pub in_cons: XenconsRingIdx,
+    /// Bytes of `in_` the backend has produced.
+    pub in_prod: XenconsRingIdx,
+    /// Bytes of `out` the backend has consumed.
+    pub out_cons: XenconsRingIdx,
+    /// Bytes of `out` the guest has produced.
+    pub out_prod: XenconsRingIdx,
 }
 
 const _: () = {

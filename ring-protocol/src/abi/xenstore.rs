@@ -9,6 +9,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, TryFromBytes};
 
 use super::errno;
 
+/// A XenStore ring index: free-running, a byte's slot is `index & (XENSTORE_RING_SIZE - 1)`.
+#[doc(alias = "XENSTORE_RING_IDX")]
+pub type XenstoreRingIdx = u32;
+
 /// Size of each of the two XenStore byte rings.
 pub const XENSTORE_RING_SIZE: usize = 1024;
 
@@ -167,7 +171,7 @@ pub const XS_WRITE_CREATE_EXCL: &str = "CREATE|EXCL";
 #[doc(alias = "xsd_errors")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XsdError {
-    /// The Xen errno value (see [`errno`](super::errno)).
+    /// The Xen errno value (see [`abi::errno`](crate::abi::errno)).
     pub errnum: i32,
     /// The name sent on the wire, without its NUL.
     pub name: &'static str,
@@ -250,10 +254,14 @@ pub struct XenstoreDomainInterface {
     pub req: [u8; XENSTORE_RING_SIZE],
     /// Replies and asynchronous watch events (daemon produces).
     pub rsp: [u8; XENSTORE_RING_SIZE],
-    pub req_cons: u32,
-    pub req_prod: u32,
-    pub rsp_cons: u32,
-    pub rsp_prod: u32,
+    /// Bytes of `req` the daemon has consumed.
+    pub req_cons: XenstoreRingIdx,
+    /// Bytes of `req` the guest has produced.
+    pub req_prod: XenstoreRingIdx,
+    /// Bytes of `rsp` the guest has consumed.
+    pub rsp_cons: XenstoreRingIdx,
+    /// Bytes of `rsp` the daemon has produced.
+    pub rsp_prod: XenstoreRingIdx,
     /// Bitmap of features the server supports.
     pub server_features: u32,
     /// Connection state, used by the reconnection feature.
