@@ -33,11 +33,6 @@ pub fn print_unlocked(args: fmt::Arguments<'_>) {
     let _ = Sink.write_fmt(args);
 }
 
-/// Prints to the kernel console.
-macro_rules! kprint {
-    ($($arg:tt)*) => { $crate::console::print(format_args!($($arg)*)) };
-}
-
 /// Prints one line (ending in `\n`) to the kernel console.
 macro_rules! kprintln {
     () => { $crate::console::print(format_args!("\n")) };

@@ -14,9 +14,6 @@ pub enum Error {
     /// No free device vector is left.
     #[error("no free interrupt vector left")]
     NoFreeVector,
-    /// A platform service was asked for before a boot entry selected the platform.
-    #[error("no platform selected yet")]
-    NoPlatform,
     /// The local APIC is not at the architectural default address (we map only that one).
     #[error("local APIC at {0:#x}, expected 0xfee00000")]
     LapicMoved(u64),

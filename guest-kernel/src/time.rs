@@ -1,6 +1,5 @@
-//! The kernel clock: the TSC, with its rate from the platform's calibration.
-
-use crate::error::Result;
+//! The kernel clock: the TSC. Its rate comes from the platform's calibration (on the PC platform
+//! `arch::x86_64::timer::calibration`).
 
 /// A point in time, in TSC ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -16,11 +15,6 @@ impl Instant {
     pub fn ticks_since(self, earlier: Instant) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
-}
-
-/// TSC ticks per second (calibrated on first use).
-pub fn ticks_per_second() -> Result<u64> {
-    crate::platform::tsc_hz()
 }
 
 /// Converts ticks to microseconds at `hz`.

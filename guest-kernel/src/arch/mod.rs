@@ -3,6 +3,4 @@
 
 pub mod x86_64;
 
-pub use self::x86_64::cpu::{
-    CpuidResult, cpuid, halt_forever, read_tsc, wait_for_interrupt, without_interrupts,
-};
+pub use self::x86_64::cpu::{cpuid, halt_forever, read_tsc, without_interrupts};

@@ -44,6 +44,8 @@ const FCR_ENABLE_CLEAR_14: u8 = 0xc7;
 const MCR_DTR_RTS_OUT2: u8 = 0x0b;
 const LSR_DATA_READY: u8 = 0x01;
 const LSR_THR_EMPTY: u8 = 0x20;
+const LSR_TX_IDLE: u8 = 0x40;
+const MCR_LOOPBACK: u8 = 0x10;
 const IER_RX_AVAILABLE: u8 = 0x01;
 
 /// A 16550 UART behind some register access.
@@ -91,6 +93,32 @@ impl<R: UartRegisters> Uart16550<R> {
     pub fn try_read(&self) -> Option<u8> {
         (self.regs.read(Register::LineStatus) & LSR_DATA_READY != 0)
             .then(|| self.regs.read(Register::Data))
+    }
+
+    /// Waits until everything written has left the transmitter (holding and shift register empty).
+    pub fn flush(&self) {
+        while self.regs.read(Register::LineStatus) & LSR_TX_IDLE == 0 {
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Switches internal loopback on or off: while on, transmitted bytes come back as received
+    /// bytes and the modem-status inputs mirror the modem-control outputs.
+    pub fn set_loopback(&self, on: bool) {
+        let loopback = if on { MCR_LOOPBACK } else { 0 };
+        self.regs.write(Register::ModemControl, MCR_DTR_RTS_OUT2 | loopback);
+    }
+
+    /// The modem-status register (CTS, DSR, RI, DCD in bits 4-7, their changes in bits 0-3).
+    pub fn modem_status(&self) -> u8 {
+        self.regs.read(Register::ModemStatus)
+    }
+
+    /// Writes `value` to the scratch register and reads it back: a presence check (an absent UART
+    /// reads 0xff).
+    pub fn scratch_roundtrip(&self, value: u8) -> u8 {
+        self.regs.write(Register::Scratch, value);
+        self.regs.read(Register::Scratch)
     }
 
     /// Enables or disables the "received data available" interrupt.

@@ -68,14 +68,6 @@ pub fn console_write(bytes: &[u8]) {
     }
 }
 
-/// The TSC rate in Hz (the PC platform calibrates it against the PIT on first use).
-pub fn tsc_hz() -> crate::error::Result<u64> {
-    match current() {
-        Some(Platform::Pvh) => crate::arch::x86_64::timer::calibration().map(|c| c.tsc_hz),
-        None => Err(crate::error::Error::NoPlatform),
-    }
-}
-
 /// Ends the run: powers off with `code` (0 = pass, 1 = fail) where the platform can, else halts
 /// forever with interrupts off.
 pub fn exit(code: u8) -> ! {

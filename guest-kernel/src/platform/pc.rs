@@ -111,6 +111,11 @@ pub fn early_init() {
     COM1.init(CONSOLE_BAUD);
 }
 
+/// The console UART (COM1), for tests that exercise the driver itself.
+pub fn console_uart() -> &'static Uart16550<PortUart> {
+    &COM1
+}
+
 /// Writes bytes to COM1.
 pub fn console_write(bytes: &[u8]) {
     COM1.write_bytes(bytes);

@@ -12,6 +12,7 @@ mod heap;
 mod hello;
 mod pci;
 mod timer;
+mod uart;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -80,6 +81,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "heap", default: true, params: &["rounds", "seed"], run: heap::run },
     Test { name: "timer", default: true, params: &["hz", "ms", "tolerance"], run: timer::run },
     Test { name: "pci", default: true, params: &["expect"], run: pci::run },
+    Test { name: "uart", default: false, params: &["bytes"], run: uart::run },
     Test { name: "fault-pagefault", default: false, params: &[], run: fault::pagefault },
     Test { name: "fault-panic", default: false, params: &[], run: fault::panic },
 ];

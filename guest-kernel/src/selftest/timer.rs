@@ -90,7 +90,7 @@ pub fn run(params: &Params<'_>) -> Outcome {
 
     let elapsed_us = ticks_to_us(t1.ticks_since(t0), cal.tsc_hz);
     let (lapic, pit_count) = (l1 - l0, p1 - p0);
-    let lapic_expected_milli = hz * elapsed_us; // hz * us / 1e6 * 1000
+    let lapic_expected_milli = hz * elapsed_us / 1000; // hz * us / 1e6, in thousandths
     let pit_expected_milli = pit_millihz * elapsed_us / 1_000_000;
     let summary = alloc::format!(
         "lapic_ticks={lapic} lapic_expected={} pit_ticks={pit_count} pit_expected={} hz={hz} ms={ms} elapsed_us={elapsed_us} \

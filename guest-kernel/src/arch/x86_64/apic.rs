@@ -37,8 +37,6 @@ const LVT_DELIVERY_NMI: u32 = 0b100 << 8;
 const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 /// Divide configuration value for "divide by 16".
 const TIMER_DIVIDE_16: u32 = 0b0011;
-/// The divider the timer helpers use.
-pub const TIMER_DIVIDER: u64 = 16;
 
 // IOAPIC registers (indirect through IOREGSEL/IOWIN).
 const IOREGSEL: u64 = 0x00;
@@ -72,13 +70,6 @@ fn lapic_read(reg: u64) -> u32 {
 
 fn lapic_write(reg: u64, value: u32) {
     mmio_write(LAPIC_BASE.load(Ordering::Relaxed) + reg, value);
-}
-
-/// The local APIC's physical base from IA32_APIC_BASE.
-pub fn lapic_phys_base() -> u64 {
-    // SAFETY: IA32_APIC_BASE exists on every CPU with an APIC (all x86_64 CPUs); reading has no effect.
-    let value = unsafe { Msr::new(IA32_APIC_BASE).read() };
-    value & 0x000f_ffff_ffff_f000
 }
 
 /// Enables the local APIC (all LVTs masked except LINT1 = NMI) and masks every IOAPIC pin.
@@ -123,8 +114,9 @@ pub fn eoi() {
     lapic_write(LAPIC_EOI, 0);
 }
 
-/// Starts the local APIC timer counting down from `initial` (divide by [`TIMER_DIVIDER`]), either
-/// once (masked, for calibration) or periodically raising `vector`.
+/// Starts the local APIC timer counting down from `initial`, either
+/// once (masked, for calibration) or periodically raising `vector`. The timer then counts at the
+/// APIC bus clock / 16.
 pub fn timer_start(initial: u32, periodic_vector: Option<u8>) {
     lapic_write(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_16);
     let lvt = match periodic_vector {

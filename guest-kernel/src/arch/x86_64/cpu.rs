@@ -12,12 +12,6 @@ pub fn enable_interrupts() {
     interrupts::enable();
 }
 
-/// Enables interrupts and halts until the next one arrives (atomically: `sti; hlt`, so an interrupt
-/// that is already pending cannot slip in between and be missed).
-pub fn wait_for_interrupt() {
-    interrupts::enable_and_hlt();
-}
-
 /// Stops this CPU for good: interrupts off, halt in a loop.
 pub fn halt_forever() -> ! {
     loop {
@@ -47,8 +41,7 @@ pub struct CpuidResult {
 
 /// Executes CPUID for `leaf` (sub-leaf 0).
 pub fn cpuid(leaf: u32) -> CpuidResult {
-    // SAFETY: CPUID exists on every x86_64 CPU and only reads identification registers.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, 0) };
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
     CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 
