@@ -81,7 +81,7 @@ pub struct RunArgs {
     pub devices: Vec<Device>,
     /// CPU accelerator. TCG (`-accel tcg -cpu max`) is the default because on this machine kind
     /// /dev/kvm is kvm_pvm, a paravirtual KVM without VT: it runs guests in a slow instruction emulator
-    /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host`) is opt-in.
+    /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host,-arch-capabilities`) is opt-in.
     #[arg(long, value_enum, default_value = "tcg")]
     pub accel: Accel,
     /// Kill QEMU if the guest has not exited after this many seconds.

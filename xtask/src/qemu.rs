@@ -79,7 +79,7 @@ pub fn expected_pci(devices: &[Device]) -> Vec<String> {
 pub enum Accel {
     /// QEMU's TCG emulator with `-cpu max` (default: correct and predictable on this machine kind).
     Tcg,
-    /// KVM with `-cpu host`. On this machine kind /dev/kvm is kvm_pvm, a paravirtual KVM without VT:
+    /// KVM with `-cpu host` (minus arch-capabilities, which kvm_pvm rejects). On this machine kind /dev/kvm is kvm_pvm, a paravirtual KVM without VT:
     /// the guest runs in a slow instruction emulator and interrupts get dropped or mis-delivered.
     Kvm,
 }
@@ -110,7 +110,9 @@ impl QemuConfig {
         cmd.args(["-machine", "q35"]);
         match self.accel {
             Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
-            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+            // kvm_pvm refuses QEMU's write of IA32_ARCH_CAPABILITIES (MSR 0x10a) that plain `-cpu host`
+            // makes, and QEMU aborts; without that feature the guest boots.
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
         };
         cmd.args(["-m", &format!("{MEMORY_MIB}M"), "-smp", "1", "-bios", QBOOT]);
         cmd.args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio"]);
@@ -570,7 +572,7 @@ mod tests {
             accel: Accel::Kvm,
             ..cfg
         };
-        assert!(display_command(&kvm.command()).contains("-accel kvm -cpu host"));
+        assert!(display_command(&kvm.command()).contains("-accel kvm -cpu host,-arch-capabilities"));
     }
 
     /// A stand-in for QEMU: a shell script that ignores its arguments.
