@@ -55,7 +55,11 @@ pub struct MemoryRegion {
 }
 
 impl MemoryRegion {
-    const EMPTY: Self = Self { start: 0, len: 0, kind: MemoryKind::Reserved };
+    const EMPTY: Self = Self {
+        start: 0,
+        len: 0,
+        kind: MemoryKind::Reserved,
+    };
 
     /// One past the last byte (saturating).
     pub fn end(&self) -> u64 {
@@ -74,7 +78,11 @@ pub struct MemoryMap {
 impl MemoryMap {
     /// An empty map.
     pub const fn new() -> Self {
-        Self { regions: [MemoryRegion::EMPTY; MAX_REGIONS], len: 0, dropped: 0 }
+        Self {
+            regions: [MemoryRegion::EMPTY; MAX_REGIONS],
+            len: 0,
+            dropped: 0,
+        }
     }
 
     /// Appends a region; beyond [`MAX_REGIONS`] it is only counted.
@@ -100,7 +108,11 @@ impl MemoryMap {
 
     /// Total bytes of usable RAM.
     pub fn ram_bytes(&self) -> u64 {
-        self.regions().iter().filter(|r| r.kind == MemoryKind::Ram).map(|r| r.len).sum()
+        self.regions()
+            .iter()
+            .filter(|r| r.kind == MemoryKind::Ram)
+            .map(|r| r.len)
+            .sum()
     }
 }
 

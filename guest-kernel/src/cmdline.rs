@@ -27,13 +27,17 @@ pub fn parse(line: &str) -> Cmdline<'_> {
         if key == "tests" {
             let list: Vec<&str> = value.split(',').filter(|s| !s.is_empty()).collect();
             if out.tests.is_some() {
-                out.errors.push(format!("option 'tests=' given twice ('{token}')"));
+                out.errors
+                    .push(format!("option 'tests=' given twice ('{token}')"));
             } else if list.is_empty() {
                 out.errors.push(format!("option '{token}' names no test"));
             } else {
                 out.tests = Some(list);
             }
-        } else if let Some((test, param)) = key.split_once('.').filter(|(t, p)| !t.is_empty() && !p.is_empty()) {
+        } else if let Some((test, param)) = key
+            .split_once('.')
+            .filter(|(t, p)| !t.is_empty() && !p.is_empty())
+        {
             out.params.push((test, param, value));
         } else {
             out.errors.push(format!("unknown option '{token}'"));
@@ -44,5 +48,7 @@ pub fn parse(line: &str) -> Cmdline<'_> {
 
 /// Parses a decimal number, or says which parameter had which bad value.
 pub fn parse_u64(test: &str, param: &str, value: &str) -> Result<u64, String> {
-    value.parse::<u64>().map_err(|_| format!("{test}.{param}='{value}' is not a decimal number"))
+    value
+        .parse::<u64>()
+        .map_err(|_| format!("{test}.{param}='{value}' is not a decimal number"))
 }

@@ -71,7 +71,9 @@ pub fn exception(f: &InterruptFrame) -> ! {
 
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
-    let (file, line, col) = info.location().map_or(("<unknown>", 0, 0), |l| (l.file(), l.line(), l.column()));
+    let (file, line, col) = info
+        .location()
+        .map_or(("<unknown>", 0, 0), |l| (l.file(), l.line(), l.column()));
     fail_run(
         format_args!("PVKIT PANIC at {file}:{line}:{col}: {}", info.message()),
         format_args!("panic: {}", info.message()),

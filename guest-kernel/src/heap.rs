@@ -16,7 +16,10 @@ struct KernelHeap(spin::Mutex<Heap>);
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         crate::arch::without_interrupts(|| {
-            self.0.lock().allocate_first_fit(layout).map_or(null_mut(), NonNull::as_ptr)
+            self.0
+                .lock()
+                .allocate_first_fit(layout)
+                .map_or(null_mut(), NonNull::as_ptr)
         })
     }
 

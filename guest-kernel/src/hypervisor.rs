@@ -105,7 +105,13 @@ pub fn probe() -> Probe {
             other => Hypervisor::Other(*other),
         }
     };
-    Probe { hypervisor_bit, max_leaf, signature, vendor, hypervisor }
+    Probe {
+        hypervisor_bit,
+        max_leaf,
+        signature,
+        vendor,
+        hypervisor,
+    }
 }
 
 /// The hypervisor we run on.

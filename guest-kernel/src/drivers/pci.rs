@@ -166,7 +166,12 @@ pub struct Windows {
 impl Windows {
     /// Windows `mem` and `io`.
     pub fn new(mem: Range<u64>, io: Range<u64>) -> Self {
-        Self { mem_next: mem.start, mem, io_next: io.start, io }
+        Self {
+            mem_next: mem.start,
+            mem,
+            io_next: io.start,
+            io,
+        }
     }
 
     /// The PC windows: memory from [`MEM_WINDOW_START`] (or above RAM/ACPI below 4 GiB if that
@@ -186,7 +191,7 @@ impl Windows {
 
     /// Memory handed out so far.
     pub fn mem_used(&self) -> Option<Range<u64>> {
-        (self.mem_next > self.mem.start).then(|| self.mem.start..self.mem_next)
+        (self.mem_next > self.mem.start).then_some(self.mem.start..self.mem_next)
     }
 
     fn alloc_mem(&mut self, size: u64) -> Option<u64> {
@@ -215,7 +220,12 @@ impl Windows {
 
 /// Enumerates all buses reachable from bus 0, assigning BARs and bus numbers.
 pub fn enumerate(cfg: &impl ConfigAccess, windows: &mut Windows) -> Result<Vec<PciDevice>> {
-    let mut walker = Walker { cfg, windows, next_bus: 1, found: Vec::new() };
+    let mut walker = Walker {
+        cfg,
+        windows,
+        next_bus: 1,
+        found: Vec::new(),
+    };
     walker.scan_bus(0)?;
     Ok(walker.found)
 }
@@ -229,19 +239,40 @@ struct Walker<'a, C> {
 
 impl<C: ConfigAccess> Walker<'_, C> {
     fn scan_bus(&mut self, bus: u8) -> Result<()> {
+        let mut present = Vec::new();
         for device in 0..32 {
-            let f0 = Bdf { bus, device, function: 0 };
+            let f0 = Bdf {
+                bus,
+                device,
+                function: 0,
+            };
             if self.cfg.read16(f0, VENDOR_ID) == 0xffff {
                 continue;
             }
             let header = (self.cfg.read32(f0, HEADER_TYPE_DW) >> 16) as u8;
             let functions = if header & HEADER_MULTIFUNCTION != 0 { 8 } else { 1 };
             for function in 0..functions {
-                let bdf = Bdf { bus, device, function };
+                let bdf = Bdf {
+                    bus,
+                    device,
+                    function,
+                };
                 if self.cfg.read16(bdf, VENDOR_ID) != 0xffff {
-                    self.function(bdf)?;
+                    present.push(bdf);
                 }
             }
+        }
+        // Close every bridge on this bus before numbering any: a bus range left by firmware on a
+        // bridge we have not reached yet could otherwise claim the bus number we give another one.
+        for &bdf in &present {
+            let header = (self.cfg.read32(bdf, HEADER_TYPE_DW) >> 16) as u8 & !HEADER_MULTIFUNCTION;
+            if header == HEADER_BRIDGE {
+                let latency = self.cfg.read32(bdf, BRIDGE_BUSES) & 0xff00_0000;
+                self.cfg.write32(bdf, BRIDGE_BUSES, latency);
+            }
+        }
+        for bdf in present {
+            self.function(bdf)?;
         }
         Ok(())
     }
@@ -280,7 +311,11 @@ impl<C: ConfigAccess> Walker<'_, C> {
             enable |= CMD_IO | CMD_MEMORY;
         }
         for bar in &self.found[index].bars {
-            enable |= if bar.kind == BarKind::Io { CMD_IO } else { CMD_MEMORY };
+            enable |= if bar.kind == BarKind::Io {
+                CMD_IO
+            } else {
+                CMD_MEMORY
+            };
         }
         self.cfg.write16(bdf, COMMAND, command | enable);
         Ok(())
@@ -309,7 +344,13 @@ impl<C: ConfigAccess> Walker<'_, C> {
                     end: self.windows.io.end,
                 })?;
                 self.cfg.write32(bdf, off, addr as u32);
-                Bar { index, kind: BarKind::Io, prefetchable: false, addr, size }
+                Bar {
+                    index,
+                    kind: BarKind::Io,
+                    prefetchable: false,
+                    addr,
+                    size,
+                }
             } else {
                 let is64 = (orig >> 1) & 3 == 2;
                 let prefetchable = orig & 8 != 0;
@@ -332,8 +373,18 @@ impl<C: ConfigAccess> Walker<'_, C> {
                 if is64 {
                     self.cfg.write32(bdf, off + 4, (addr >> 32) as u32);
                 }
-                let kind = if is64 { BarKind::Memory64 } else { BarKind::Memory32 };
-                Bar { index, kind, prefetchable, addr, size }
+                let kind = if is64 {
+                    BarKind::Memory64
+                } else {
+                    BarKind::Memory32
+                };
+                Bar {
+                    index,
+                    kind,
+                    prefetchable,
+                    addr,
+                    size,
+                }
             };
             bars.push(bar);
             index += if bar.kind == BarKind::Memory64 { 2 } else { 1 };
@@ -360,16 +411,29 @@ impl<C: ConfigAccess> Walker<'_, C> {
         self.cfg.write32(bdf, BRIDGE_BUSES, buses(subordinate));
 
         // I/O window (base > limit disables it).
-        let (io_base, io_limit) = if io_end > io_start { (io_start, io_end - 1) } else { (0xf000, 0) };
+        let (io_base, io_limit) = if io_end > io_start {
+            (io_start, io_end - 1)
+        } else {
+            (0xf000, 0)
+        };
         let io_lo = ((io_base >> 8) & 0xf0) as u32 | ((((io_limit >> 8) & 0xf0) as u32) << 8);
         let old = self.cfg.read32(bdf, BRIDGE_IO_BASE_LIMIT) & 0xffff_0000; // keep secondary status
         self.cfg.write32(bdf, BRIDGE_IO_BASE_LIMIT, old | io_lo);
-        self.cfg.write32(bdf, BRIDGE_IO_UPPER, ((io_limit >> 16) as u32) << 16 | (io_base >> 16) as u32);
+        self.cfg.write32(
+            bdf,
+            BRIDGE_IO_UPPER,
+            ((io_limit >> 16) as u32) << 16 | (io_base >> 16) as u32,
+        );
         // Memory window.
-        let (mem_base, mem_limit) =
-            if mem_end > mem_start { (mem_start, mem_end - 1) } else { (0xfff0_0000, 0) };
-        self.cfg.write16(bdf, BRIDGE_MEM_BASE, ((mem_base >> 16) & 0xfff0) as u16);
-        self.cfg.write16(bdf, BRIDGE_MEM_LIMIT, ((mem_limit >> 16) & 0xfff0) as u16);
+        let (mem_base, mem_limit) = if mem_end > mem_start {
+            (mem_start, mem_end - 1)
+        } else {
+            (0xfff0_0000, 0)
+        };
+        self.cfg
+            .write16(bdf, BRIDGE_MEM_BASE, ((mem_base >> 16) & 0xfff0) as u16);
+        self.cfg
+            .write16(bdf, BRIDGE_MEM_LIMIT, ((mem_limit >> 16) & 0xfff0) as u16);
         // Prefetchable window unused (everything went into the memory window): disabled.
         self.cfg.write32(bdf, BRIDGE_PREF_BASE_LIMIT, 0x0000_fff0);
         self.cfg.write32(bdf, BRIDGE_PREF_BASE_UPPER, 0);

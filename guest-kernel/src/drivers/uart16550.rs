@@ -91,8 +91,7 @@ impl<R: UartRegisters> Uart16550<R> {
 
     /// Returns a received byte if one is waiting.
     pub fn try_read(&self) -> Option<u8> {
-        (self.regs.read(Register::LineStatus) & LSR_DATA_READY != 0)
-            .then(|| self.regs.read(Register::Data))
+        (self.regs.read(Register::LineStatus) & LSR_DATA_READY != 0).then(|| self.regs.read(Register::Data))
     }
 
     /// Waits until everything written has left the transmitter (holding and shift register empty).
@@ -106,7 +105,8 @@ impl<R: UartRegisters> Uart16550<R> {
     /// bytes and the modem-status inputs mirror the modem-control outputs.
     pub fn set_loopback(&self, on: bool) {
         let loopback = if on { MCR_LOOPBACK } else { 0 };
-        self.regs.write(Register::ModemControl, MCR_DTR_RTS_OUT2 | loopback);
+        self.regs
+            .write(Register::ModemControl, MCR_DTR_RTS_OUT2 | loopback);
     }
 
     /// The modem-status register (CTS, DSR, RI, DCD in bits 4-7, their changes in bits 0-3).
@@ -123,6 +123,7 @@ impl<R: UartRegisters> Uart16550<R> {
 
     /// Enables or disables the "received data available" interrupt.
     pub fn set_rx_interrupt(&self, on: bool) {
-        self.regs.write(Register::InterruptEnable, if on { IER_RX_AVAILABLE } else { 0 });
+        self.regs
+            .write(Register::InterruptEnable, if on { IER_RX_AVAILABLE } else { 0 });
     }
 }

@@ -6,7 +6,9 @@ use super::{Outcome, Params, fail};
 use crate::hypervisor::{self, HV_BASE_LEAF, Hypervisor};
 
 fn printable(sig: &[u8; 12]) -> alloc::string::String {
-    sig.iter().map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '.' }).collect()
+    sig.iter()
+        .map(|&b| if b.is_ascii_graphic() { char::from(b) } else { '.' })
+        .collect()
 }
 
 pub fn run(params: &Params<'_>) -> Outcome {
@@ -29,7 +31,11 @@ pub fn run(params: &Params<'_>) -> Outcome {
         Hypervisor::Kvm if p.max_leaf == 0 => {}
         Hypervisor::Xen { base } if base != HV_BASE_LEAF => {}
         _ if p.max_leaf < HV_BASE_LEAF || p.max_leaf > HV_BASE_LEAF + 0xff => {
-            return fail!("hypervisor {} reports max leaf {:#x}, outside 0x40000000..=0x400000ff", p.hypervisor, p.max_leaf);
+            return fail!(
+                "hypervisor {} reports max leaf {:#x}, outside 0x40000000..=0x400000ff",
+                p.hypervisor,
+                p.max_leaf
+            );
         }
         Hypervisor::Other(sig) if !sig.iter().all(|b| b.is_ascii_graphic() || *b == 0 || *b == b' ') => {
             return fail!("hypervisor bit set but signature {sig:02x?} is not a vendor string");

@@ -39,7 +39,8 @@ impl Rng {
 
 /// The pattern word `word` of allocation `index`.
 fn pattern(index: u64, word: u64) -> u64 {
-    let x = (index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ word.wrapping_mul(0xbf58_476d_1ce4_e5b9)).rotate_left(29);
+    let x = (index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ word.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .rotate_left(29);
     x ^ (x >> 31)
 }
 
@@ -48,41 +49,47 @@ fn pattern_byte(index: u64, i: usize) -> u8 {
     pattern(index, (i / 8) as u64).to_le_bytes()[i % 8]
 }
 
-fn fill(b: &Block) {
-    let size = b.layout.size();
-    let words = size / 8;
-    for w in 0..words {
-        // SAFETY: `b.ptr` points to `size` bytes we own (live allocation); w*8+8 <= size.
-        unsafe { b.ptr.add(w * 8).cast::<u64>().write_unaligned(pattern(b.index, w as u64)) };
+impl Block {
+    /// The allocation's bytes.
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live allocation of `layout.size()` bytes that only this Block refers to
+        // (slots are exclusive, overlap is checked at allocation); the borrow of `self` keeps it unique.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
-    for i in words * 8..size {
-        // SAFETY: i < size, inside the allocation.
-        unsafe { b.ptr.add(i).write(pattern_byte(b.index, i)) };
+}
+
+fn fill(b: &mut Block) {
+    let (index, size) = (b.index, b.layout.size());
+    let mut words = b.bytes().chunks_exact_mut(8);
+    for (w, chunk) in (&mut words).enumerate() {
+        chunk.copy_from_slice(&pattern(index, w as u64).to_le_bytes());
+    }
+    let tail = words.into_remainder();
+    let base = size - tail.len();
+    for (k, byte) in tail.iter_mut().enumerate() {
+        *byte = pattern_byte(index, base + k);
     }
 }
 
 /// Checks the pattern; returns the first bad offset with expected and found byte.
-fn verify(b: &Block) -> Result<(), (usize, u8, u8)> {
-    let size = b.layout.size();
-    let words = size / 8;
-    for w in 0..words {
-        // SAFETY: as in fill.
-        let got = unsafe { b.ptr.add(w * 8).cast::<u64>().read_unaligned() };
-        let want = pattern(b.index, w as u64);
-        if got != want {
-            let k = (got ^ want).trailing_zeros() as usize / 8;
-            return Err((w * 8 + k, want.to_le_bytes()[k], got.to_le_bytes()[k]));
-        }
+fn verify(b: &mut Block) -> Result<(), (usize, u8, u8)> {
+    let index = b.index;
+    let bytes = b.bytes();
+    let words = bytes.chunks_exact(8);
+    let base = bytes.len() - words.remainder().len();
+    let bad_word = words
+        .enumerate()
+        .position(|(w, chunk)| chunk != pattern(index, w as u64).to_le_bytes());
+    // The first bad byte lies in the first bad word, or else in the tail.
+    let from = bad_word.map_or(base, |w| w * 8);
+    match bytes[from..]
+        .iter()
+        .enumerate()
+        .find(|&(k, &got)| got != pattern_byte(index, from + k))
+    {
+        Some((k, &got)) => Err((from + k, pattern_byte(index, from + k), got)),
+        None => Ok(()),
     }
-    for i in words * 8..size {
-        // SAFETY: as in fill.
-        let got = unsafe { b.ptr.add(i).read() };
-        let want = pattern_byte(b.index, i);
-        if got != want {
-            return Err((i, want, got));
-        }
-    }
-    Ok(())
 }
 
 fn free(b: Block) {
@@ -106,10 +113,14 @@ pub fn run(params: &Params<'_>) -> Outcome {
 
     for round in 0..rounds {
         let slot = rng.below(SLOTS as u64) as usize;
-        if let Some(b) = slots[slot].take() {
-            if let Err((off, want, got)) = verify(&b) {
+        if let Some(mut b) = slots[slot].take() {
+            if let Err((off, want, got)) = verify(&mut b) {
                 free(b);
-                return fail!("allocation #{} ({} bytes): byte {off} is {got:#04x}, expected {want:#04x}", b.index, b.layout.size());
+                return fail!(
+                    "allocation #{} ({} bytes): byte {off} is {got:#04x}, expected {want:#04x}",
+                    b.index,
+                    b.layout.size()
+                );
             }
             checked += b.layout.size() as u64;
             free(b);
@@ -128,9 +139,12 @@ pub fn run(params: &Params<'_>) -> Outcome {
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc::alloc::alloc(layout) };
         if ptr.is_null() {
-            return fail!("round {round}: allocation of {size} bytes (align {align}) failed, {} bytes free", crate::heap::stats().free);
+            return fail!(
+                "round {round}: allocation of {size} bytes (align {align}) failed, {} bytes free",
+                crate::heap::stats().free
+            );
         }
-        if (ptr as usize) % align != 0 {
+        if !(ptr as usize).is_multiple_of(align) {
             return fail!("allocation of {size} bytes at {ptr:p} is not {align}-aligned");
         }
         let (start, end) = (ptr as usize, ptr as usize + size);
@@ -138,18 +152,31 @@ pub fn run(params: &Params<'_>) -> Outcome {
             let (os, oe) = (o.ptr as usize, o.ptr as usize + o.layout.size());
             start < oe && os < end
         }) {
-            return fail!("allocation {start:#x}+{size} overlaps live allocation #{} at {:p}+{}", other.index, other.ptr, other.layout.size());
+            return fail!(
+                "allocation {start:#x}+{size} overlaps live allocation #{} at {:p}+{}",
+                other.index,
+                other.ptr,
+                other.layout.size()
+            );
         }
-        let b = Block { ptr, layout, index: allocs };
-        fill(&b);
+        let mut b = Block {
+            ptr,
+            layout,
+            index: allocs,
+        };
+        fill(&mut b);
         slots[slot] = Some(b);
         allocs += 1;
         largest = largest.max(size);
     }
-    for b in slots.iter_mut().filter_map(Option::take) {
-        if let Err((off, want, got)) = verify(&b) {
+    for mut b in slots.iter_mut().filter_map(Option::take) {
+        if let Err((off, want, got)) = verify(&mut b) {
             free(b);
-            return fail!("allocation #{} ({} bytes): byte {off} is {got:#04x}, expected {want:#04x}", b.index, b.layout.size());
+            return fail!(
+                "allocation #{} ({} bytes): byte {off} is {got:#04x}, expected {want:#04x}",
+                b.index,
+                b.layout.size()
+            );
         }
         checked += b.layout.size() as u64;
         free(b);
@@ -161,22 +188,30 @@ pub fn run(params: &Params<'_>) -> Outcome {
     let Ok(layout) = Layout::from_size_align(big, 4096) else {
         return fail!("bad layout for the large block ({big} bytes)");
     };
-    // SAFETY: non-zero size (the heap has at least some MiB; checked by `big > 0` below).
-    let ptr = if big > 0 { unsafe { alloc::alloc::alloc(layout) } } else { core::ptr::null_mut() };
+    let ptr = if big > 0 {
+        // SAFETY: the layout has a non-zero size.
+        unsafe { alloc::alloc::alloc(layout) }
+    } else {
+        core::ptr::null_mut()
+    };
     if ptr.is_null() {
         return fail!("large allocation of {big} bytes (half the free heap) failed");
     }
+    let mut block = Block {
+        ptr,
+        layout,
+        index: u64::MAX,
+    };
     let pages = big / 4096;
-    for p in 0..pages {
-        // SAFETY: p*4096+8 <= big, inside the block we own.
-        unsafe { ptr.add(p * 4096).cast::<u64>().write(pattern(u64::MAX, p as u64)) };
+    for (p, page) in block.bytes().chunks_exact_mut(4096).enumerate() {
+        page[..8].copy_from_slice(&pattern(u64::MAX, p as u64).to_le_bytes());
     }
-    let bad = (0..pages).find(|&p| {
-        // SAFETY: as above.
-        unsafe { ptr.add(p * 4096).cast::<u64>().read() != pattern(u64::MAX, p as u64) }
-    });
-    // SAFETY: allocated above with `layout`, freed once.
-    unsafe { alloc::alloc::dealloc(ptr, layout) };
+    let bad = block
+        .bytes()
+        .chunks_exact(4096)
+        .enumerate()
+        .position(|(p, page)| page[..8] != pattern(u64::MAX, p as u64).to_le_bytes());
+    free(block);
     if let Some(p) = bad {
         return fail!("large block page {p} of {pages} did not read back");
     }
@@ -184,7 +219,11 @@ pub fn run(params: &Params<'_>) -> Outcome {
 
     let after = crate::heap::stats();
     if after.used != before.used {
-        return fail!("heap used {} bytes before the test and {} after: leak or accounting error", before.used, after.used);
+        return fail!(
+            "heap used {} bytes before the test and {} after: leak or accounting error",
+            before.used,
+            after.used
+        );
     }
     Outcome::Pass(alloc::format!(
         "allocations={allocs} frees={frees} bytes_checked={checked} largest={largest} large_block_mib={} heap_mib={}",

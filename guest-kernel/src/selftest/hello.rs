@@ -51,7 +51,11 @@ pub fn run(params: &Params<'_>) -> Outcome {
         crate::arch::x86_64::interrupts::unhandled_count()
     );
     if info.memory.dropped() > 0 {
-        return fail!("memory map has {} entries more than the {} kept", info.memory.dropped(), boot::MAX_REGIONS);
+        return fail!(
+            "memory map has {} entries more than the {} kept",
+            info.memory.dropped(),
+            boot::MAX_REGIONS
+        );
     }
     if heap.size == 0 {
         return fail!("heap is empty");
@@ -63,7 +67,9 @@ pub fn run(params: &Params<'_>) -> Outcome {
     if expected != 0 {
         let slack = 2 + expected / 64;
         if mem_mib > expected || mem_mib + slack < expected {
-            return fail!("memory map holds {mem_mib} MiB of RAM, expected {expected} MiB (-{slack} allowed)");
+            return fail!(
+                "memory map holds {mem_mib} MiB of RAM, expected {expected} MiB (-{slack} allowed)"
+            );
         }
     }
     Outcome::Pass(alloc::format!(

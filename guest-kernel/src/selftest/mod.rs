@@ -41,12 +41,23 @@ pub struct Params<'a> {
 impl Params<'_> {
     /// The raw value of `param`, if given.
     pub fn get(&self, param: &str) -> Option<&str> {
-        self.items.iter().rev().find(|(p, _)| *p == param).map(|(_, v)| *v)
+        self.items
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == param)
+            .map(|(_, v)| *v)
     }
 
     /// `param` as a number in `range`, or `default` when absent.
-    pub fn u64_in(&self, param: &str, default: u64, range: core::ops::RangeInclusive<u64>) -> Result<u64, String> {
-        let Some(value) = self.get(param) else { return Ok(default) };
+    pub fn u64_in(
+        &self,
+        param: &str,
+        default: u64,
+        range: core::ops::RangeInclusive<u64>,
+    ) -> Result<u64, String> {
+        let Some(value) = self.get(param) else {
+            return Ok(default);
+        };
         let n = cmdline::parse_u64(self.test, param, value)?;
         if range.contains(&n) {
             Ok(n)
@@ -76,14 +87,54 @@ pub struct Test {
 
 /// Every test, in default order.
 pub static TESTS: &[Test] = &[
-    Test { name: "hello", default: true, params: &["mem_mib"], run: hello::run },
-    Test { name: "cpuid", default: true, params: &["expect"], run: cpuid::run },
-    Test { name: "heap", default: true, params: &["rounds", "seed"], run: heap::run },
-    Test { name: "timer", default: true, params: &["hz", "ms", "tolerance"], run: timer::run },
-    Test { name: "pci", default: true, params: &["expect"], run: pci::run },
-    Test { name: "uart", default: false, params: &["bytes"], run: uart::run },
-    Test { name: "fault-pagefault", default: false, params: &[], run: fault::pagefault },
-    Test { name: "fault-panic", default: false, params: &[], run: fault::panic },
+    Test {
+        name: "hello",
+        default: true,
+        params: &["mem_mib"],
+        run: hello::run,
+    },
+    Test {
+        name: "cpuid",
+        default: true,
+        params: &["expect"],
+        run: cpuid::run,
+    },
+    Test {
+        name: "heap",
+        default: true,
+        params: &["rounds", "seed"],
+        run: heap::run,
+    },
+    Test {
+        name: "timer",
+        default: true,
+        params: &["hz", "ms", "tolerance"],
+        run: timer::run,
+    },
+    Test {
+        name: "pci",
+        default: true,
+        params: &["expect"],
+        run: pci::run,
+    },
+    Test {
+        name: "uart",
+        default: false,
+        params: &["bytes"],
+        run: uart::run,
+    },
+    Test {
+        name: "fault-pagefault",
+        default: false,
+        params: &[],
+        run: fault::pagefault,
+    },
+    Test {
+        name: "fault-panic",
+        default: false,
+        params: &[],
+        run: fault::panic,
+    },
 ];
 
 const NO_TEST: usize = usize::MAX;
@@ -101,7 +152,10 @@ pub fn run_from_cmdline(info: &BootInfo) -> u8 {
     let line = cmdline::parse(info.cmdline);
     let mut errors = line.errors.clone();
     if info.cmdline_truncated {
-        errors.push(alloc::format!("command line longer than {} bytes or not UTF-8", crate::boot::CMDLINE_MAX));
+        errors.push(alloc::format!(
+            "command line longer than {} bytes or not UTF-8",
+            crate::boot::CMDLINE_MAX
+        ));
     }
     let selected: Vec<(usize, &'static Test)> = match &line.tests {
         Some(names) => names
@@ -120,7 +174,9 @@ pub fn run_from_cmdline(info: &BootInfo) -> u8 {
         match find(test) {
             Some((_, t)) if t.params.contains(&param) => {}
             Some(_) => errors.push(alloc::format!("unknown option '{test}.{param}={value}'")),
-            None => errors.push(alloc::format!("unknown option '{test}.{param}={value}' (no test '{test}')")),
+            None => errors.push(alloc::format!(
+                "unknown option '{test}.{param}={value}' (no test '{test}')"
+            )),
         }
     }
     if !errors.is_empty() {
@@ -134,7 +190,12 @@ pub fn run_from_cmdline(info: &BootInfo) -> u8 {
     for (index, test) in selected {
         let params = Params {
             test: test.name,
-            items: line.params.iter().filter(|(t, _, _)| *t == test.name).map(|&(_, p, v)| (p, v)).collect(),
+            items: line
+                .params
+                .iter()
+                .filter(|(t, _, _)| *t == test.name)
+                .map(|&(_, p, v)| (p, v))
+                .collect(),
         };
         CURRENT.store(index, Ordering::Relaxed);
         kprintln!("PVKIT TEST {} START", test.name);
@@ -172,7 +233,9 @@ pub fn report_abort(reason: fmt::Arguments<'_>) {
     }
     let failed = FAILED.fetch_add(1, Ordering::Relaxed) + 1;
     let passed = PASSED.load(Ordering::Relaxed);
-    crate::console::print_unlocked(format_args!("PVKIT SUMMARY passed={passed} failed={failed}\nPVKIT EXIT 1\n"));
+    crate::console::print_unlocked(format_args!(
+        "PVKIT SUMMARY passed={passed} failed={failed}\nPVKIT EXIT 1\n"
+    ));
 }
 
 /// Builds an [`Outcome::Fail`] from format arguments.

@@ -50,7 +50,10 @@ fn parse_expect(list: &str) -> Result<Vec<(u16, u16)>, String> {
         .map(|item| {
             let parsed = item.split_once(':').and_then(|(v, d)| {
                 let ok = v.len() == 4 && d.len() == 4;
-                Some((u16::from_str_radix(v, 16).ok().filter(|_| ok)?, u16::from_str_radix(d, 16).ok()?))
+                Some((
+                    u16::from_str_radix(v, 16).ok().filter(|_| ok)?,
+                    u16::from_str_radix(d, 16).ok()?,
+                ))
             });
             parsed.ok_or_else(|| alloc::format!("pci.expect entry '{item}' is not vvvv:dddd (hex)"))
         })
@@ -86,22 +89,50 @@ pub fn run(params: &Params<'_>) -> Outcome {
         for b in &d.bars {
             let off = 0x10 + 4 * b.index;
             let lo = PortPciConfig.read32(d.bdf, off);
-            let hi = if b.kind == BarKind::Memory64 { PortPciConfig.read32(d.bdf, off + 4) } else { 0 };
-            let mask = if b.kind == BarKind::Io { 0xffff_fffc } else { 0xffff_fff0 };
+            let hi = if b.kind == BarKind::Memory64 {
+                PortPciConfig.read32(d.bdf, off + 4)
+            } else {
+                0
+            };
+            let mask = if b.kind == BarKind::Io {
+                0xffff_fffc
+            } else {
+                0xffff_fff0
+            };
             let read = (u64::from(hi) << 32) | u64::from(lo & mask);
             if read != b.addr {
                 return fail!("{} BAR{} reads {read:#x}, assigned {:#x}", d.bdf, b.index, b.addr);
             }
             let need = if b.kind == BarKind::Io { CMD_IO } else { CMD_MEMORY };
             if cmd & need == 0 {
-                return fail!("{} has BAR{} but command register {cmd:#06x} does not decode it", d.bdf, b.index);
+                return fail!(
+                    "{} has BAR{} but command register {cmd:#06x} does not decode it",
+                    d.bdf,
+                    b.index
+                );
             }
-            ranges.push((b.kind == BarKind::Io, b.addr, b.addr + b.size, alloc::format!("{} BAR{}", d.bdf, b.index)));
+            ranges.push((
+                b.kind == BarKind::Io,
+                b.addr,
+                b.addr + b.size,
+                alloc::format!("{} BAR{}", d.bdf, b.index),
+            ));
         }
     }
     for (i, a) in ranges.iter().enumerate() {
-        if let Some(b) = ranges[i + 1..].iter().find(|b| a.0 == b.0 && a.1 < b.2 && b.1 < a.2) {
-            return fail!("{} [{:#x}, {:#x}) overlaps {} [{:#x}, {:#x})", a.3, a.1, a.2, b.3, b.1, b.2);
+        if let Some(b) = ranges[i + 1..]
+            .iter()
+            .find(|b| a.0 == b.0 && a.1 < b.2 && b.1 < a.2)
+        {
+            return fail!(
+                "{} [{:#x}, {:#x}) overlaps {} [{:#x}, {:#x})",
+                a.3,
+                a.1,
+                a.2,
+                b.3,
+                b.1,
+                b.2
+            );
         }
     }
 
@@ -112,13 +143,20 @@ pub fn run(params: &Params<'_>) -> Outcome {
         };
         let ident = mmio_read32(bar.addr + EDU_IDENT);
         if ident & 0xff != 0xed {
-            return fail!("edu {} identification register reads {ident:#010x}, expected 0x??????ed", d.bdf);
+            return fail!(
+                "edu {} identification register reads {ident:#010x}, expected 0x??????ed",
+                d.bdf
+            );
         }
         let probe = 0x5a5a_0000 | u32::from(d.bdf.device);
         mmio_write32(bar.addr + EDU_LIVENESS, probe);
         let back = mmio_read32(bar.addr + EDU_LIVENESS);
         if back != !probe {
-            return fail!("edu {} liveness check: wrote {probe:#010x}, read {back:#010x}, expected {:#010x}", d.bdf, !probe);
+            return fail!(
+                "edu {} liveness check: wrote {probe:#010x}, read {back:#010x}, expected {:#010x}",
+                d.bdf,
+                !probe
+            );
         }
         edu_checked += 1;
     }

@@ -67,14 +67,20 @@ pub fn run(params: &Params<'_>) -> Outcome {
 
     let window = cal.tsc_hz * ms / 1000;
     let t0 = Instant::now();
-    let (l0, p0) = (LAPIC_TICKS.load(Ordering::Relaxed), PIT_TICKS.load(Ordering::Relaxed));
+    let (l0, p0) = (
+        LAPIC_TICKS.load(Ordering::Relaxed),
+        PIT_TICKS.load(Ordering::Relaxed),
+    );
     let mut t1 = t0;
     // Busy-wait rather than `hlt`: if no interrupt ever comes, the test must still end.
     while routed.is_ok() && started.is_ok() && t1.ticks_since(t0) < window {
         core::hint::spin_loop();
         t1 = Instant::now();
     }
-    let (l1, p1) = (LAPIC_TICKS.load(Ordering::Relaxed), PIT_TICKS.load(Ordering::Relaxed));
+    let (l1, p1) = (
+        LAPIC_TICKS.load(Ordering::Relaxed),
+        PIT_TICKS.load(Ordering::Relaxed),
+    );
 
     timer::stop_periodic();
     let _ = interrupts::mask_gsi(pit::PIT_GSI);

@@ -60,7 +60,9 @@ pub fn run(params: &Params<'_>) -> Outcome {
         let mut outcome = if msr == 0xb0 {
             Ok(())
         } else {
-            Err(alloc::format!("loopback modem status {msr:#04x}, expected 0xb0 (DCD, DSR, CTS)"))
+            Err(alloc::format!(
+                "loopback modem status {msr:#04x}, expected 0xb0 (DCD, DSR, CTS)"
+            ))
         };
         let mut sent = 0;
         while outcome.is_ok() && sent < bytes {
@@ -73,7 +75,10 @@ pub fn run(params: &Params<'_>) -> Outcome {
                 match got {
                     Some(b) if b == i as u8 => {}
                     Some(b) => {
-                        outcome = Err(alloc::format!("byte {i}: received {b:#04x}, sent {:#04x}", i as u8));
+                        outcome = Err(alloc::format!(
+                            "byte {i}: received {b:#04x}, sent {:#04x}",
+                            i as u8
+                        ));
                         break;
                     }
                     None => {
@@ -93,7 +98,9 @@ pub fn run(params: &Params<'_>) -> Outcome {
         Err(e) => return fail!("{e}"),
     };
     match by_interrupt(bytes) {
-        Ok(irqs) => Outcome::Pass(alloc::format!("looped_back={polled} by_irq={bytes} rx_irq_batches={irqs}")),
+        Ok(irqs) => Outcome::Pass(alloc::format!(
+            "looped_back={polled} by_irq={bytes} rx_irq_batches={irqs}"
+        )),
         Err(e) => fail!("{e}"),
     }
 }

@@ -161,7 +161,11 @@ fn ioapic_write_entry(pin: u32, entry: u64) {
 
 fn check_gsi(gsi: u32) -> Result<()> {
     let pins = IOAPIC_PINS.load(Ordering::Relaxed);
-    if gsi < pins { Ok(()) } else { Err(Error::BadGsi { gsi, pins }) }
+    if gsi < pins {
+        Ok(())
+    } else {
+        Err(Error::BadGsi { gsi, pins })
+    }
 }
 
 /// Routes IOAPIC input `gsi` to `vector` (fixed delivery, physical destination = this CPU).

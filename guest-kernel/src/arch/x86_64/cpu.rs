@@ -42,7 +42,12 @@ pub struct CpuidResult {
 /// Executes CPUID for `leaf` (sub-leaf 0).
 pub fn cpuid(leaf: u32) -> CpuidResult {
     let r = core::arch::x86_64::__cpuid_count(leaf, 0);
-    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// The faulting linear address of the last page fault (CR2).

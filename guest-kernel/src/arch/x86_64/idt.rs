@@ -173,7 +173,7 @@ pub fn exception_name(vector: u64) -> &'static str {
         28 => "Hypervisor injection exception",
         29 => "VMM communication exception",
         30 => "Security exception",
-        0..32 => "Reserved",
+        15 | 22..=27 | 31 => "Reserved",
         _ => "Interrupt",
     }
 }

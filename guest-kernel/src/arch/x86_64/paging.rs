@@ -13,8 +13,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use ::x86_64::registers::control::{Cr3, Cr3Flags};
 use ::x86_64::structures::paging::mapper::{MapToError, Translate};
 use ::x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags, PhysFrame,
-    Size2MiB, Size4KiB,
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageSize, PageTable, PageTableFlags, PhysFrame, Size2MiB,
+    Size4KiB,
 };
 use ::x86_64::{PhysAddr, VirtAddr};
 
@@ -65,7 +65,9 @@ const MMIO_FLAGS: PageTableFlags = RAM_FLAGS
 /// Builds the final page tables from the memory map and switches CR3 to them.
 pub fn init(memory: &MemoryMap) -> Result<()> {
     let mut frames = PoolFrames;
-    let pml4_frame = frames.allocate_frame().ok_or(Error::OutOfPageTableFrames(POOL_FRAMES))?;
+    let pml4_frame = frames
+        .allocate_frame()
+        .ok_or(Error::OutOfPageTableFrames(POOL_FRAMES))?;
     let pml4_ptr = pml4_frame.start_address().as_u64() as *mut PageTable;
     // SAFETY: the frame is a fresh, zeroed, 4 KiB aligned pool frame that nothing else references; the
     // reference lives as long as the kernel (inside MAPPER).
@@ -80,7 +82,13 @@ pub fn init(memory: &MemoryMap) -> Result<()> {
             map_range(&mut mapper, region.start, region.end(), RAM_FLAGS, &skip)?;
         }
     }
-    map_range(&mut mapper, LAPIC_DEFAULT_BASE, LAPIC_DEFAULT_BASE + PAGE, MMIO_FLAGS, &[])?;
+    map_range(
+        &mut mapper,
+        LAPIC_DEFAULT_BASE,
+        LAPIC_DEFAULT_BASE + PAGE,
+        MMIO_FLAGS,
+        &[],
+    )?;
     map_range(&mut mapper, IOAPIC_BASE, IOAPIC_BASE + PAGE, MMIO_FLAGS, &[])?;
 
     // SAFETY: the new tables identity-map the whole kernel image (it is RAM in the memory map), its
@@ -116,7 +124,7 @@ fn map_range(
             addr += PAGE;
             continue;
         }
-        let huge_ok = addr % HUGE == 0
+        let huge_ok = addr.is_multiple_of(HUGE)
             && addr + HUGE <= end
             && !skip.iter().any(|&s| (addr..addr + HUGE).contains(&s));
         if huge_ok && map_2m(mapper, addr, flags)? {
@@ -170,7 +178,11 @@ fn map_4k(mapper: &mut OffsetPageTable<'static>, addr: u64, flags: PageTableFlag
 fn check_identity(mapper: &OffsetPageTable<'static>, addr: u64) -> Result<()> {
     match mapper.translate_addr(VirtAddr::new(addr)) {
         Some(phys) if phys.as_u64() == addr => Ok(()),
-        Some(phys) => Err(Error::MappingConflict { virt: addr, existing: phys.as_u64(), wanted: addr }),
+        Some(phys) => Err(Error::MappingConflict {
+            virt: addr,
+            existing: phys.as_u64(),
+            wanted: addr,
+        }),
         None => Err(Error::MapFailed(addr)),
     }
 }

@@ -55,12 +55,22 @@ fn window(pit_ticks: u16) -> Result<Calibration> {
     let tsc_hz = (tsc1 - tsc0) * pit::PIT_HZ / u64::from(pit_ticks);
     let lapic_hz = u64::from(apic0 - apic1) * pit::PIT_HZ / u64::from(pit_ticks);
     if tsc_hz < 1_000_000 {
-        return Err(Error::BadFrequency { what: "TSC", hz: tsc_hz });
+        return Err(Error::BadFrequency {
+            what: "TSC",
+            hz: tsc_hz,
+        });
     }
     if lapic_hz < 10_000 {
-        return Err(Error::BadFrequency { what: "local APIC timer", hz: lapic_hz });
+        return Err(Error::BadFrequency {
+            what: "local APIC timer",
+            hz: lapic_hz,
+        });
     }
-    Ok(Calibration { tsc_hz, lapic_hz, window_us })
+    Ok(Calibration {
+        tsc_hz,
+        lapic_hz,
+        window_us,
+    })
 }
 
 /// Starts the local APIC timer raising [`interrupts::TIMER_VECTOR`] at `hz`, calling `handler` on

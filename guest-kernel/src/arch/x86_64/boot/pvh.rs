@@ -215,7 +215,11 @@ fn read_start_info(paddr: u64) -> BootInfo {
         for chunk in bytes.chunks_exact(size_of::<HvmMemmapEntry>()) {
             // SAFETY: `chunk` has exactly size_of::<HvmMemmapEntry>() bytes; integers only.
             let e = unsafe { core::ptr::read_unaligned(chunk.as_ptr().cast::<HvmMemmapEntry>()) };
-            memory.push(MemoryRegion { start: e.addr, len: e.size, kind: MemoryKind::from_e820(e.ty) });
+            memory.push(MemoryRegion {
+                start: e.addr,
+                len: e.size,
+                kind: MemoryKind::from_e820(e.ty),
+            });
         }
     } else {
         panic!(
