@@ -1,6 +1,7 @@
 /*
  * A C peer for pvkit's differential ring tests, built only from Xen's own io/ring.h macros (shared
- * request/response rings) and, for the console, the index arithmetic documented in io/console.h.
+ * request/response rings) and, for the console and XenStore pages, the index arithmetic documented in
+ * io/console.h and io/xs_wire.h.
  * Headers come from the SYSTEM (/usr/include/xen, Debian's libxen-dev).
  *
  * Every function takes the ring's private state (allocated here) or the shared page, so the Rust test
@@ -24,6 +25,7 @@
 #include <xen/io/blkif.h>
 #include <xen/io/netif.h>
 #include <xen/io/console.h>
+#include <xen/io/xs_wire.h>
 
 /* Shared-header helpers, identical for every ring type (the header does not depend on the entries). */
 
@@ -216,42 +218,54 @@ PV_RING_PEER(netif_tx, struct netif_tx_request, struct netif_tx_response)
 PV_RING_PEER(netif_rx, struct netif_rx_request, struct netif_rx_response)
 
 /*
- * Console byte rings, written from console.h's description: free-running XENCONS_RING_IDX indices,
- * byte position MASK_XENCONS_IDX(idx, ring). Each function reads the peer's index once, writes or
- * reads as much as possible, and publishes its own index after a barrier. Returns the number of bytes
+ * Byte rings, written from the headers' descriptions: console.h's xencons_interface and xs_wire.h's
+ * xenstore_domain_interface. Free-running 32-bit indices; a byte's position is the index masked
+ * with MASK_XENCONS_IDX / MASK_XENSTORE_IDX. Each function reads both indices once, writes or reads
+ * as much as possible, and publishes its own index after a barrier. Returns the number of bytes
  * moved, or -1 if the indices claim more bytes than the ring holds.
  */
-#define PV_CONS_WRITE(NAME, RING, PROD, CONS)                                               \
-long NAME(struct xencons_interface *intf, const char *data, size_t len)                     \
+#define PV_BYTE_WRITE(NAME, TYPE, RING, PROD, CONS, MASK)                                   \
+long NAME(TYPE *intf, const char *data, size_t len)                                         \
 {                                                                                           \
-    XENCONS_RING_IDX cons = intf->CONS, prod = intf->PROD;                                  \
+    uint32_t cons = intf->CONS, prod = intf->PROD;                                          \
     size_t n = 0;                                                                           \
     xen_mb(); /* the reader is done with bytes before cons before we overwrite them */     \
     if (prod - cons > sizeof(intf->RING))                                                   \
         return -1;                                                                          \
-    while (n < len && prod - cons < sizeof(intf->RING))                                     \
-        intf->RING[MASK_XENCONS_IDX(prod++, intf->RING)] = data[n++];                       \
+    while (n < len && prod - cons < sizeof(intf->RING)) {                                   \
+        intf->RING[MASK(prod, intf->RING)] = data[n++];                                     \
+        prod++;                                                                             \
+    }                                                                                       \
     xen_wmb(); /* the reader sees the bytes before the new producer index */                \
     intf->PROD = prod;                                                                      \
     return (long)n;                                                                         \
 }
 
-#define PV_CONS_READ(NAME, RING, PROD, CONS)                                                \
-long NAME(struct xencons_interface *intf, char *buf, size_t len)                            \
+#define PV_BYTE_READ(NAME, TYPE, RING, PROD, CONS, MASK)                                    \
+long NAME(TYPE *intf, char *buf, size_t len)                                                \
 {                                                                                           \
-    XENCONS_RING_IDX cons = intf->CONS, prod = intf->PROD;                                  \
+    uint32_t cons = intf->CONS, prod = intf->PROD;                                          \
     size_t n = 0;                                                                           \
     xen_rmb(); /* read bytes only after reading the producer index */                       \
     if (prod - cons > sizeof(intf->RING))                                                   \
         return -1;                                                                          \
-    while (n < len && cons != prod)                                                         \
-        buf[n++] = intf->RING[MASK_XENCONS_IDX(cons++, intf->RING)];                        \
+    while (n < len && cons != prod) {                                                       \
+        buf[n++] = intf->RING[MASK(cons, intf->RING)];                                      \
+        cons++;                                                                             \
+    }                                                                                       \
     xen_mb(); /* finish reading the bytes before the writer may reuse their space */       \
     intf->CONS = cons;                                                                      \
     return (long)n;                                                                         \
 }
 
-PV_CONS_WRITE(pv_cons_guest_write, out, out_prod, out_cons)
-PV_CONS_READ(pv_cons_guest_read, in, in_prod, in_cons)
-PV_CONS_WRITE(pv_cons_backend_write, in, in_prod, in_cons)
-PV_CONS_READ(pv_cons_backend_read, out, out_prod, out_cons)
+#define PV_XS_MASK(idx, ring) MASK_XENSTORE_IDX(idx)
+
+PV_BYTE_WRITE(pv_cons_guest_write, struct xencons_interface, out, out_prod, out_cons, MASK_XENCONS_IDX)
+PV_BYTE_READ(pv_cons_guest_read, struct xencons_interface, in, in_prod, in_cons, MASK_XENCONS_IDX)
+PV_BYTE_WRITE(pv_cons_backend_write, struct xencons_interface, in, in_prod, in_cons, MASK_XENCONS_IDX)
+PV_BYTE_READ(pv_cons_backend_read, struct xencons_interface, out, out_prod, out_cons, MASK_XENCONS_IDX)
+
+PV_BYTE_WRITE(pv_xs_guest_write, struct xenstore_domain_interface, req, req_prod, req_cons, PV_XS_MASK)
+PV_BYTE_READ(pv_xs_guest_read, struct xenstore_domain_interface, rsp, rsp_prod, rsp_cons, PV_XS_MASK)
+PV_BYTE_WRITE(pv_xs_daemon_write, struct xenstore_domain_interface, rsp, rsp_prod, rsp_cons, PV_XS_MASK)
+PV_BYTE_READ(pv_xs_daemon_read, struct xenstore_domain_interface, req, req_prod, req_cons, PV_XS_MASK)

@@ -405,47 +405,70 @@ pub mod ring {
     }
 }
 
-/// The console byte rings as a C peer writes them from console.h's description
-/// (`tests/c/ring_peer.c`).
-pub mod console {
+/// The console and XenStore byte rings as a C peer writes them from console.h's and xs_wire.h's
+/// descriptions (`tests/c/ring_peer.c`).
+pub mod byte_ring {
     use std::ffi::{c_char, c_long};
     use std::ptr::NonNull;
 
     use ring_protocol::abi::console::XenconsInterface;
+    use ring_protocol::abi::xenstore::XenstoreDomainInterface;
 
     unsafe extern "C" {
         fn pv_cons_guest_write(intf: *mut XenconsInterface, data: *const c_char, len: usize) -> c_long;
         fn pv_cons_guest_read(intf: *mut XenconsInterface, buf: *mut c_char, len: usize) -> c_long;
         fn pv_cons_backend_write(intf: *mut XenconsInterface, data: *const c_char, len: usize) -> c_long;
         fn pv_cons_backend_read(intf: *mut XenconsInterface, buf: *mut c_char, len: usize) -> c_long;
+        fn pv_xs_guest_write(intf: *mut XenstoreDomainInterface, data: *const c_char, len: usize) -> c_long;
+        fn pv_xs_guest_read(intf: *mut XenstoreDomainInterface, buf: *mut c_char, len: usize) -> c_long;
+        fn pv_xs_daemon_write(intf: *mut XenstoreDomainInterface, data: *const c_char, len: usize) -> c_long;
+        fn pv_xs_daemon_read(intf: *mut XenstoreDomainInterface, buf: *mut c_char, len: usize) -> c_long;
     }
 
-    /// Which end of the page the C code plays.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum End {
-        /// Writes `out`, reads `in`.
-        Guest,
-        /// Writes `in`, reads `out`.
-        Backend,
+    /// A page type with two byte rings, and the C functions for each of its ends.
+    pub trait BytePage {
+        /// The guest's end: (write, read).
+        const GUEST: (WriteFn<Self>, ReadFn<Self>);
+        /// The other end (console backend, XenStore daemon): (write, read).
+        const PEER: (WriteFn<Self>, ReadFn<Self>);
+    }
+
+    /// A C write function over page `P`.
+    pub type WriteFn<P> = unsafe extern "C" fn(*mut P, *const c_char, usize) -> c_long;
+    /// A C read function over page `P`.
+    pub type ReadFn<P> = unsafe extern "C" fn(*mut P, *mut c_char, usize) -> c_long;
+
+    impl BytePage for XenconsInterface {
+        const GUEST: (WriteFn<Self>, ReadFn<Self>) = (pv_cons_guest_write, pv_cons_guest_read);
+        const PEER: (WriteFn<Self>, ReadFn<Self>) = (pv_cons_backend_write, pv_cons_backend_read);
+    }
+
+    impl BytePage for XenstoreDomainInterface {
+        const GUEST: (WriteFn<Self>, ReadFn<Self>) = (pv_xs_guest_write, pv_xs_guest_read);
+        const PEER: (WriteFn<Self>, ReadFn<Self>) = (pv_xs_daemon_write, pv_xs_daemon_read);
     }
 
     /// The C side's indices were inconsistent (`prod - cons` larger than the ring).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Overrun;
 
-    /// One end of a console page driven by C.
+    /// One end of a byte-ring page driven by C.
     #[derive(Debug)]
-    pub struct CConsole {
-        intf: NonNull<XenconsInterface>,
-        end: End,
+    pub struct CByteEnd<P: BytePage> {
+        page: NonNull<P>,
+        write: WriteFn<P>,
+        read: ReadFn<P>,
     }
 
-    impl CConsole {
+    impl<P: BytePage> CByteEnd<P> {
+        /// The guest's end (`guest == true`) or the other end of `page`.
+        ///
         /// # Safety
-        /// `intf` must stay valid for the life of the value, and nothing may access it while a
+        /// `page` must stay valid for the life of the value, and nothing may access it while a
         /// method runs.
-        pub unsafe fn new(intf: NonNull<XenconsInterface>, end: End) -> Self {
-            Self { intf, end }
+        pub unsafe fn new(page: NonNull<P>, guest: bool) -> Self {
+            let (write, read) = if guest { P::GUEST } else { P::PEER };
+            Self { page, write, read }
         }
 
         /// Writes as much of `data` as fits; returns the bytes written.
@@ -453,13 +476,9 @@ pub mod console {
         /// # Errors
         /// [`Overrun`] if the page's indices are inconsistent.
         pub fn write(&mut self, data: &[u8]) -> Result<usize, Overrun> {
-            let f = match self.end {
-                End::Guest => pv_cons_guest_write,
-                End::Backend => pv_cons_backend_write,
-            };
             // SAFETY: the page is valid and not otherwise accessed (constructor contract); `data` is
             // readable for its length.
-            let n = unsafe { f(self.intf.as_ptr(), data.as_ptr().cast(), data.len()) };
+            let n = unsafe { (self.write)(self.page.as_ptr(), data.as_ptr().cast(), data.len()) };
             usize::try_from(n).map_err(|_| Overrun)
         }
 
@@ -468,12 +487,8 @@ pub mod console {
         /// # Errors
         /// [`Overrun`] if the page's indices are inconsistent.
         pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Overrun> {
-            let f = match self.end {
-                End::Guest => pv_cons_guest_read,
-                End::Backend => pv_cons_backend_read,
-            };
             // SAFETY: as in `write`; `buf` is writable for its length.
-            let n = unsafe { f(self.intf.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe { (self.read)(self.page.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
             usize::try_from(n).map_err(|_| Overrun)
         }
     }
