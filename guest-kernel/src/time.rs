@@ -17,6 +17,20 @@ impl Instant {
     }
 }
 
+/// TSC at the first Rust instruction of the boot entry.
+static BOOT_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Records the boot time stamp. Called first thing by a boot entry.
+pub fn mark_boot() {
+    // Relaxed: single CPU, read later by the same CPU.
+    BOOT_TSC.store(crate::arch::read_tsc(), core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The instant recorded by [`mark_boot`].
+pub fn boot_instant() -> Instant {
+    Instant(BOOT_TSC.load(core::sync::atomic::Ordering::Relaxed))
+}
+
 /// Converts ticks to microseconds at `hz`.
 pub fn ticks_to_us(ticks: u64, hz: u64) -> u64 {
     (u128::from(ticks) * 1_000_000 / u128::from(hz.max(1))) as u64

@@ -38,6 +38,9 @@ pub trait UartRegisters {
 /// The input clock divided by 16: the baud rate a divisor of 1 gives.
 pub const MAX_BAUD: u32 = 115_200;
 
+/// Transmit FIFO depth of the 16550A.
+pub const TX_FIFO_DEPTH: usize = 16;
+
 const LCR_8N1: u8 = 0x03;
 const LCR_DLAB: u8 = 0x80;
 const FCR_ENABLE_CLEAR_14: u8 = 0xc7;
@@ -82,10 +85,17 @@ impl<R: UartRegisters> Uart16550<R> {
         self.regs.write(Register::Data, byte);
     }
 
-    /// Sends all bytes.
+    /// Sends all bytes. With the FIFOs on (as [`Self::init`] sets them), "transmitter holding
+    /// register empty" means the whole 16-byte transmit FIFO is free, so one status read covers up
+    /// to 16 bytes (under emulation every register access is a trap, so this matters).
     pub fn write_bytes(&self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_byte(b);
+        for chunk in bytes.chunks(TX_FIFO_DEPTH) {
+            while self.regs.read(Register::LineStatus) & LSR_THR_EMPTY == 0 {
+                core::hint::spin_loop();
+            }
+            for &b in chunk {
+                self.regs.write(Register::Data, b);
+            }
         }
     }
 

@@ -45,6 +45,10 @@ pub fn run(params: &Params<'_>) -> Outcome {
         heap.free
     );
     kprintln!(
+        "PVKIT INFO boot tsc_ticks_since_entry={}",
+        crate::time::Instant::now().ticks_since(crate::time::boot_instant())
+    );
+    kprintln!(
         "PVKIT INFO apic lapic_id={} ioapic_pins={} unhandled_irqs={}",
         crate::arch::x86_64::apic::lapic_id(),
         crate::arch::x86_64::apic::ioapic_pins(),

@@ -135,6 +135,12 @@ pub static TESTS: &[Test] = &[
         params: &[],
         run: fault::panic,
     },
+    Test {
+        name: "fault-stack",
+        default: false,
+        params: &[],
+        run: fault::stack_overflow,
+    },
 ];
 
 const NO_TEST: usize = usize::MAX;

@@ -184,6 +184,7 @@ pvh_start32:
 /// First Rust code on the PVH path: 64-bit mode, boot page tables (first 1 GiB identity-mapped),
 /// boot stack, interrupts off.
 extern "C" fn pvh_rust_entry(start_info_paddr: u64) -> ! {
+    crate::time::mark_boot();
     platform::select(Platform::Pvh);
     static INFO: spin::Once<BootInfo> = spin::Once::new();
     let info = INFO.call_once(|| read_start_info(start_info_paddr));
