@@ -35,15 +35,18 @@ use crate::boot::BootInfo;
 /// has filled in [`BootInfo`] and selected the platform (so the console already works).
 pub fn kernel_main(info: &'static BootInfo) -> ! {
     boot::set_info(info);
-    platform::init(info);
-    let hv = hypervisor::detect();
+    // The leading empty line keeps firmware text that lacks a line end (SeaBIOS prints "Booting from
+    // ROM..") off the BOOT record. BOOT comes before platform bring-up, so a failure there is seen
+    // as a failure of a kernel that did start.
+    kprintln!();
     kprintln!(
         "PVKIT BOOT platform={} hypervisor={} mem_mib={} cmdline=\"{}\"",
         info.platform.name(),
-        hv,
+        hypervisor::detect(),
         info.memory.ram_bytes().div_ceil(boot::MIB),
         info.cmdline
     );
+    platform::init(info);
     let code = selftest::run_from_cmdline(info);
     platform::exit(code)
 }
