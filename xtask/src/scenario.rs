@@ -5,15 +5,20 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::console::{Record, Transcript};
-use crate::qemu::{Device, Outcome, RunResult, expected_pci, pci_expect_arg};
+use crate::qemu::{Device, MEMORY_MIB, Outcome, RunResult, expected_pci, pci_expect_arg};
 
 /// The address the guest's `fault-pagefault` test touches (unmapped); the exception report must
 /// name it in `cr2`.
-pub const PAGEFAULT_ADDRESS: u64 = 0xdead_0000_0000;
+/// (`0xdead_0000_0000` would not do: bit 47 set makes it non-canonical, a #GP rather than a #PF.)
+pub const PAGEFAULT_ADDRESS: u64 = 0x0dea_d000_0000;
 /// The message of the guest's `fault-panic` test.
 pub const PANIC_MESSAGE: &str = "deliberate panic from fault-panic test";
 /// Page fault vector.
 const VECTOR_PF: u64 = 14;
+/// Double fault vector (the guest's stack-overflow test lands there, on its IST stack).
+const VECTOR_DF: u64 = 8;
+/// Bytes the uart scenario loops back through COM1 (the guest's default is 256).
+const UART_BYTES: u64 = 512;
 /// Timer scenario parameters (the guest's defaults are 1000 Hz and 100 ms).
 const TIMER_HZ: u64 = 250;
 const TIMER_MS: u64 = 200;
@@ -34,6 +39,12 @@ pub enum Scenario {
     Pci,
     /// A deliberate panic: the run fails with the panic message.
     FaultPanic,
+    /// Hypervisor detection through CPUID must say TCG (the scenarios run under TCG).
+    Cpuid,
+    /// COM1 in loopback mode: bytes come back polled and through the receive interrupt.
+    Uart,
+    /// A stack overflow into the guard page is reported as a double fault on the IST stack.
+    FaultStack,
 }
 
 impl Scenario {
@@ -49,6 +60,9 @@ impl Scenario {
             Scenario::Timer => "timer",
             Scenario::Pci => "pci",
             Scenario::FaultPanic => "fault-panic",
+            Scenario::Cpuid => "cpuid",
+            Scenario::Uart => "uart",
+            Scenario::FaultStack => "fault-stack",
         }
     }
 
@@ -73,6 +87,11 @@ impl Scenario {
             Scenario::Pci => words.push(pci_expect_arg(self.devices())),
             // Not the guest's defaults, so the check below also proves the parameters were applied.
             Scenario::Timer => words.push(format!("timer.hz={TIMER_HZ} timer.ms={TIMER_MS}")),
+            // The memory map must match what xtask gave QEMU (-m).
+            Scenario::Hello => words.push(format!("hello.mem_mib={MEMORY_MIB}")),
+            // Scenarios always run under TCG.
+            Scenario::Cpuid => words.push("cpuid.expect=tcg".to_owned()),
+            Scenario::Uart => words.push(format!("uart.bytes={UART_BYTES}")),
             _ => {}
         }
         words.join(" ")
@@ -89,7 +108,10 @@ impl Scenario {
 
     /// Whether the guest is meant to end the run with a failure.
     pub fn expects_failure(self) -> bool {
-        matches!(self, Scenario::FaultPagefault | Scenario::FaultPanic)
+        matches!(
+            self,
+            Scenario::FaultPagefault | Scenario::FaultPanic | Scenario::FaultStack
+        )
     }
 
     /// Checks a finished run. Returns what is wrong; empty means the scenario passed.
@@ -119,6 +141,13 @@ impl Scenario {
             match self {
                 Scenario::FaultPagefault => check_pagefault(t, &mut problems),
                 Scenario::FaultPanic => check_panic(t, &mut problems),
+                Scenario::FaultStack => {
+                    if !t.exceptions().any(|e| e.get_u64("vector") == Some(VECTOR_DF)) {
+                        problems.push(format!(
+                            "no `PVKIT EXCEPTION vector={VECTOR_DF}` (double fault) line"
+                        ));
+                    }
+                }
                 _ => unreachable!("only the fault scenarios expect failure"),
             }
             return problems;
@@ -151,8 +180,33 @@ impl Scenario {
             Some(c) => problems.push(format!("guest printed `PVKIT EXIT {c}`, expected 0")),
             None => problems.push("no `PVKIT EXIT` line".to_owned()),
         }
-        if self == Scenario::Timer {
-            check_timer(run, &mut problems);
+        let pass_field = |k: &str| match t.verdict(test) {
+            Some(Record::TestPass { fields, .. }) => fields.get(k).map(str::to_owned),
+            _ => None,
+        };
+        match self {
+            Scenario::Timer => check_timer(run, &mut problems),
+            Scenario::Hello => {
+                let mib = t.boot().and_then(|b| b.get_u64("mem_mib"));
+                if mib != Some(u64::from(MEMORY_MIB)) {
+                    problems.push(format!("BOOT mem_mib={mib:?}, QEMU was given {MEMORY_MIB} MiB"));
+                }
+            }
+            Scenario::Cpuid if pass_field("hypervisor").as_deref() != Some("tcg") => {
+                problems.push(format!(
+                    "cpuid detected {:?}, the scenario runs under TCG",
+                    pass_field("hypervisor")
+                ));
+            }
+            Scenario::Uart => {
+                let want = UART_BYTES.to_string();
+                for k in ["looped_back", "by_irq"] {
+                    if pass_field(k).as_deref() != Some(want.as_str()) {
+                        problems.push(format!("uart {k}={:?}, expected {UART_BYTES}", pass_field(k)));
+                    }
+                }
+            }
+            _ => {}
         }
         if self == Scenario::Pci {
             // Independent of the guest's own comparison: the ids it listed must be exactly those of the
@@ -276,7 +330,7 @@ mod tests {
         }
     }
 
-    const BOOT: &str = "PVKIT BOOT platform=pvh hypervisor=none mem_mib=127 cmdline=\"tests=hello\"";
+    const BOOT: &str = "PVKIT BOOT platform=pvh hypervisor=none mem_mib=128 cmdline=\"tests=hello\"";
 
     #[test]
     fn hello_needs_boot_pass_summary_and_exit() {
@@ -353,7 +407,7 @@ mod tests {
                 .check(&result(Outcome::Fail, &wrong_addr))
                 .is_empty()
         );
-        let wrong_vec = [BOOT, "PVKIT EXCEPTION vector=13 cr2=0xdead00000000"];
+        let wrong_vec = [BOOT, "PVKIT EXCEPTION vector=13 cr2=0xdead0000000"];
         assert!(
             !Scenario::FaultPagefault
                 .check(&result(Outcome::Fail, &wrong_vec))
@@ -447,5 +501,65 @@ mod tests {
         assert!(!Scenario::Timer.check(&timer_run(good, 50)).is_empty());
         let missing = "PVKIT TEST timer PASS";
         assert!(!Scenario::Timer.check(&timer_run(missing, 230)).is_empty());
+    }
+
+    fn passing(test: &str, pass: &str) -> RunResult {
+        let start = format!("PVKIT TEST {test} START");
+        let lines = [
+            BOOT,
+            &start,
+            pass,
+            "PVKIT SUMMARY passed=1 failed=0",
+            "PVKIT EXIT 0",
+        ];
+        result(Outcome::Pass, &lines)
+    }
+
+    #[test]
+    fn extra_scenarios_check_what_xtask_configured() {
+        assert!(Scenario::Hello.append().contains("hello.mem_mib=128"));
+        let mut wrong_mem = passing("hello", "PVKIT TEST hello PASS");
+        wrong_mem.transcript = Transcript::default();
+        for l in [
+            "PVKIT BOOT mem_mib=64",
+            "PVKIT TEST hello PASS",
+            "PVKIT SUMMARY passed=1 failed=0",
+            "PVKIT EXIT 0",
+        ] {
+            wrong_mem.transcript.push_line(l);
+        }
+        assert!(!Scenario::Hello.check(&wrong_mem).is_empty());
+
+        let tcg = passing("cpuid", "PVKIT TEST cpuid PASS hypervisor=tcg hypervisor_bit=1");
+        assert_eq!(Scenario::Cpuid.check(&tcg), Vec::<String>::new());
+        let kvm = passing("cpuid", "PVKIT TEST cpuid PASS hypervisor=kvm hypervisor_bit=1");
+        assert!(!Scenario::Cpuid.check(&kvm).is_empty());
+
+        let uart = passing(
+            "uart",
+            "PVKIT TEST uart PASS looped_back=512 by_irq=512 rx_irq_batches=64",
+        );
+        assert_eq!(Scenario::Uart.check(&uart), Vec::<String>::new());
+        let short = passing("uart", "PVKIT TEST uart PASS looped_back=512 by_irq=500");
+        assert!(!Scenario::Uart.check(&short).is_empty());
+
+        let df = [
+            BOOT,
+            "PVKIT TEST fault-stack START",
+            "PVKIT EXCEPTION vector=8 name=\"Double fault\" error=0x0 rip=0x1 cr2=0x1a6d48",
+            "PVKIT TEST fault-stack FAIL exception vector=8 (Double fault) at rip=0x1",
+            "PVKIT SUMMARY passed=0 failed=1",
+            "PVKIT EXIT 1",
+        ];
+        assert_eq!(
+            Scenario::FaultStack.check(&result(Outcome::Fail, &df)),
+            Vec::<String>::new()
+        );
+        let triple = &df[..2];
+        assert!(
+            !Scenario::FaultStack
+                .check(&result(Outcome::Crash("0".into()), triple))
+                .is_empty()
+        );
     }
 }
