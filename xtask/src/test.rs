@@ -395,6 +395,17 @@ fn print_table(rows: &[Row], total: Duration) {
         table::duration(total)
     );
     print!("{}", table::render(&["stage", "result", "time", "log"], &cells));
+    if let Some(Row {
+        verdict: Verdict::Pass,
+        time: Some(t),
+        ..
+    }) = rows.iter().find(|r| r.name == "qemu:hello")
+    {
+        println!(
+            "hello budget: QEMU launch to exit {} (goal <= 50 ms with qboot under TCG)",
+            table::duration(*t)
+        );
+    }
     let failures: Vec<&Row> = rows
         .iter()
         .filter(|r| matches!(r.verdict, Verdict::Fail(_)))
