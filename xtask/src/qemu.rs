@@ -321,6 +321,7 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
 
     let tick = Duration::from_millis(50);
     let mut killed: Option<Outcome> = None;
+    let mut killed_at: Option<Instant> = None;
     let mut exited: Option<(std::io::Result<ExitStatus>, Instant)> = None;
     let mut stdout_closed = false;
     let mut stderr_closed = false;
@@ -379,7 +380,18 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
             if let Some(reason) = reason {
                 process::kill_group(pgid);
                 killed = Some(reason);
+                killed_at = Some(Instant::now());
             }
+        }
+        if exited.is_none()
+            && let Some(at) = killed_at
+            && at.elapsed() > Duration::from_secs(10)
+        {
+            writeln!(logf, "# QEMU (pid {pgid}) did not die within 10 s of SIGKILL")?;
+            bail!(
+                "QEMU (pid {pgid}) did not die within 10 s of SIGKILL; log: {}",
+                log.display()
+            );
         }
     }
     // Anything QEMU started in its group (it starts nothing today) goes too.
