@@ -8,6 +8,18 @@
 //!
 //! `no_std`; the `alloc` feature adds heap-backed helpers ([`ring::SharedPages`], [`ring::IdSlabBox`]),
 //! `std` implies `alloc`.
+//!
+//! # Testing
+//!
+//! - `cargo test -p ring-protocol --all-features`: unit tests, a property test against a queue model,
+//!   two-thread stress tests with checksums, hostile-peer tests, byte-ring and id-slab tests.
+//! - `RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --test loom --release`: loom model checks of index
+//!   publication, slot reuse and event re-arm (the crate's atomics come from an internal facade that
+//!   switches to loom's under `cfg(loom)`).
+//! - `cargo +nightly miri test -p ring-protocol --all-features`: the same tests under Miri, with iteration
+//!   counts scaled down (`cfg(miri)`).
+//! - `cargo bench -p ring-protocol`: round trips/s against `rtrb` and `crossbeam-queue`, and notifications
+//!   per 1000 requests.
 #![cfg_attr(not(loom), no_std)]
 
 #[cfg(any(feature = "alloc", loom))]

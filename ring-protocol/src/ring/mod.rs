@@ -28,7 +28,8 @@
 //!   sees it; the API never hands out a reference into the shared pages (XSA-155).
 //! - A producer index that claims more unconsumed entries than can exist (more requests than the ring
 //!   holds, more responses than requests were sent, or an index that went backwards) halts the ring with
-//!   [`Error::RequestOverrun`] / [`Error::ResponseOverrun`]; every later call returns that error (XSA-39).
+//!   [`RequestOverrun`](crate::Error::RequestOverrun) / [`ResponseOverrun`](crate::Error::ResponseOverrun);
+//!   every later call returns that error (XSA-39).
 //! - Entries are written whole from a value whose type has no padding (`zerocopy::IntoBytes`), so no
 //!   uninitialised byte reaches the peer (XSA-216).
 //! - Ids inside entries are the caller's to check; [`IdSlab`] hands out ids and validates returned ones.
