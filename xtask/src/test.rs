@@ -60,7 +60,9 @@ impl Ctx {
                 if let Some(log) = &log
                     && !self.verbose
                 {
-                    print_tail(log, 40);
+                    // CI keeps only the terminal output: show more of a failing stage there.
+                    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+                    print_tail(log, if ci { 200 } else { 40 });
                 }
             }
             Verdict::Skipped(why) => eprintln!("    SKIP {name}: {why}"),
