@@ -145,6 +145,10 @@ pub struct PciDevice {
     pub interrupt_line: u8,
     /// For bridges: the secondary bus number we gave it.
     pub secondary_bus: Option<u8>,
+    /// Where its INTx pin arrives on the root bus after the standard swizzle at every bridge on the
+    /// way up: `(root-bus device number, pin 0..=3 for INTA..INTD)`. `None` without an interrupt pin.
+    /// Which interrupt input that is, is the platform's business (`platform::pc::pci_intx_gsi`).
+    pub intx_root: Option<(u8, u8)>,
 }
 
 impl PciDevice {
@@ -226,8 +230,49 @@ pub fn enumerate(cfg: &impl ConfigAccess, windows: &mut Windows) -> Result<Vec<P
         next_bus: 1,
         found: Vec::new(),
     };
-    walker.scan_bus(0)?;
+    walker.scan_bus(0, IntxRoute::ROOT)?;
     Ok(walker.found)
+}
+
+/// How INTx pins of a bus reach the root bus. A device at `device` with pin `p` (0-based) on this
+/// bus arrives at root slot `slot` with pin `(p + device + rotation) % 4`; the root bus itself maps
+/// each device to its own slot.
+#[derive(Debug, Clone, Copy)]
+struct IntxRoute {
+    /// `None` on the root bus, else the root-bus slot of the bridge chain.
+    slot: Option<u8>,
+    /// Sum of the device numbers of the bridges below the root bridge.
+    rotation: u8,
+}
+
+impl IntxRoute {
+    const ROOT: Self = Self {
+        slot: None,
+        rotation: 0,
+    };
+
+    /// Root slot and pin for INTx `pin` (1..=4) of `device` on this bus.
+    fn resolve(self, device: u8, pin: u8) -> Option<(u8, u8)> {
+        let p = pin.checked_sub(1).filter(|p| *p < 4)?;
+        Some(match self.slot {
+            None => (device, p),
+            Some(slot) => (slot, (p + device + self.rotation) % 4),
+        })
+    }
+
+    /// The route of the bus behind a bridge at `device` on this bus.
+    fn behind(self, device: u8) -> Self {
+        match self.slot {
+            None => Self {
+                slot: Some(device),
+                rotation: 0,
+            },
+            Some(slot) => Self {
+                slot: Some(slot),
+                rotation: (self.rotation + device) % 4,
+            },
+        }
+    }
 }
 
 struct Walker<'a, C> {
@@ -238,7 +283,7 @@ struct Walker<'a, C> {
 }
 
 impl<C: ConfigAccess> Walker<'_, C> {
-    fn scan_bus(&mut self, bus: u8) -> Result<()> {
+    fn scan_bus(&mut self, bus: u8, route: IntxRoute) -> Result<()> {
         let mut present = Vec::new();
         for device in 0..32 {
             let f0 = Bdf {
@@ -272,12 +317,12 @@ impl<C: ConfigAccess> Walker<'_, C> {
             }
         }
         for bdf in present {
-            self.function(bdf)?;
+            self.function(bdf, route)?;
         }
         Ok(())
     }
 
-    fn function(&mut self, bdf: Bdf) -> Result<()> {
+    fn function(&mut self, bdf: Bdf, route: IntxRoute) -> Result<()> {
         let id = self.cfg.read32(bdf, VENDOR_ID);
         let class_rev = self.cfg.read32(bdf, CLASS_REV);
         let header_type = (self.cfg.read32(bdf, HEADER_TYPE_DW) >> 16) as u8 & !HEADER_MULTIFUNCTION;
@@ -293,6 +338,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
             interrupt_pin: (intr >> 8) as u8,
             interrupt_line: intr as u8,
             secondary_bus: None,
+            intx_root: route.resolve(bdf.device, (intr >> 8) as u8),
         };
         let bar_slots = match header_type {
             HEADER_ENDPOINT => 6,
@@ -306,7 +352,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
         self.found.push(dev);
         let mut enable = CMD_BUS_MASTER;
         if header_type == HEADER_BRIDGE {
-            let secondary = self.bridge(bdf)?;
+            let secondary = self.bridge(bdf, route.behind(bdf.device))?;
             self.found[index].secondary_bus = Some(secondary);
             enable |= CMD_IO | CMD_MEMORY;
         }
@@ -394,7 +440,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
 
     /// Numbers the bridge's secondary bus, scans it and opens windows covering what was assigned
     /// behind it. Returns the secondary bus number.
-    fn bridge(&mut self, bdf: Bdf) -> Result<u8> {
+    fn bridge(&mut self, bdf: Bdf, route: IntxRoute) -> Result<u8> {
         let secondary = u8::try_from(self.next_bus).map_err(|_| Error::PciBusesExhausted(bdf))?;
         self.next_bus += 1;
         let latency = self.cfg.read32(bdf, BRIDGE_BUSES) & 0xff00_0000;
@@ -403,7 +449,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
 
         self.windows.align();
         let (mem_start, io_start) = (self.windows.mem_next, self.windows.io_next);
-        self.scan_bus(secondary)?;
+        self.scan_bus(secondary, route)?;
         self.windows.align();
         let (mem_end, io_end) = (self.windows.mem_next, self.windows.io_next);
 

@@ -145,6 +145,18 @@ pub fn pci_devices() -> &'static Result<Vec<PciDevice>> {
     PCI.get().expect("pci_devices() called before platform init")
 }
 
+/// The IOAPIC input a PCI function's INTx arrives on, on QEMU's q35: root-bus slot `s` with pin `p`
+/// (after bridge swizzling) goes to PIRQ E..H as `(s + p) % 4` (QEMU's ICH9 default routing, which
+/// its ACPI `_PRT` describes), and PIRQ A..H are IOAPIC inputs 16..23. Level-triggered; QEMU's tables
+/// call them active-high.
+pub fn pci_intx_gsi(dev: &PciDevice) -> Option<u32> {
+    let (slot, pin) = dev.intx_root?;
+    Some(PIRQ_E_GSI + (u32::from(slot) + u32::from(pin)) % 4)
+}
+
+/// GSI of ICH9's PIRQ E (PIRQ A is GSI 16).
+const PIRQ_E_GSI: u32 = 20;
+
 /// Powers off through `isa-debug-exit` (QEMU exits with `(code << 1) | 1`). If that device is
 /// absent the write is ignored and the CPU halts for good.
 pub fn exit(code: u8) -> ! {

@@ -3,14 +3,19 @@
 //! Prints one `PVKIT INFO pci` line per function. Checks that every BAR register reads back the
 //! address we assigned, that the command register decodes what the BARs need, and that no two BARs
 //! overlap. If QEMU's `edu` device (1234:11e8) is present, reads its identification register and runs
-//! its liveness check through BAR 0, proving the BAR decodes and the MMIO mapping works. With
+//! its liveness check through BAR 0, proving the BAR decodes and the MMIO mapping works; then makes it
+//! interrupt twice through its INTx line (routed by the platform's INTx→GSI map to the IOAPIC and a
+//! registered vector): once raised by hand, once when a factorial it computes completes. The handler
+//! acknowledges each and records its status bits; the factorial must read back 10! = 3628800. With
 //! `pci.expect=vvvv:dddd,...` the multiset of vendor:device ids found must equal the given one.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{Outcome, Params, fail};
+use crate::arch::x86_64::interrupts::{self, Polarity, Trigger};
 use crate::drivers::pci::{BarKind, CMD_IO, CMD_MEMORY, ConfigAccess, PciDevice};
 use crate::platform::pc::{self, PortPciConfig};
 use crate::platform::{self, Platform};
@@ -18,6 +23,89 @@ use crate::platform::{self, Platform};
 const EDU: (u16, u16) = (0x1234, 0x11e8);
 const EDU_IDENT: u64 = 0x00;
 const EDU_LIVENESS: u64 = 0x04;
+const EDU_FACTORIAL: u64 = 0x08;
+const EDU_STATUS: u64 = 0x20;
+const EDU_STATUS_IRQ_ON_FACTORIAL: u32 = 0x80;
+const EDU_IRQ_STATUS: u64 = 0x24;
+const EDU_IRQ_RAISE: u64 = 0x60;
+const EDU_IRQ_ACK: u64 = 0x64;
+/// Interrupt-status bit edu sets when a factorial is done.
+const EDU_IRQ_FACTORIAL: u32 = 0x1;
+/// Bit we raise by hand.
+const EDU_IRQ_MANUAL: u32 = 0x100;
+/// Poll budget while waiting for an interrupt (the host's timeout is the real limit).
+const MAX_POLLS: u64 = 200_000_000;
+
+/// BAR 0 of the edu device under test, for the interrupt handler.
+static EDU_BAR: AtomicU64 = AtomicU64::new(0);
+/// Interrupts the handler saw, and the status bits it acknowledged.
+static EDU_IRQS: AtomicU32 = AtomicU32::new(0);
+static EDU_SEEN: AtomicU32 = AtomicU32::new(0);
+
+fn on_edu(_: u8) {
+    // Relaxed everywhere: single CPU; the test reads these after seeing EDU_IRQS change.
+    let bar = EDU_BAR.load(Ordering::Relaxed);
+    let status = mmio_read32(bar + EDU_IRQ_STATUS);
+    if status != 0 {
+        // Acknowledge first so the level-triggered line drops before the EOI.
+        mmio_write32(bar + EDU_IRQ_ACK, status);
+        EDU_SEEN.fetch_or(status, Ordering::Relaxed);
+        EDU_IRQS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn wait_for_irqs(n: u32) -> bool {
+    (0..MAX_POLLS).any(|_| {
+        core::hint::spin_loop();
+        EDU_IRQS.load(Ordering::Relaxed) >= n
+    })
+}
+
+/// Drives edu's interrupt through the whole path; returns the GSI used.
+fn edu_interrupts(d: &PciDevice, bar: u64) -> Result<u32, String> {
+    let gsi = pc::pci_intx_gsi(d).ok_or_else(|| alloc::format!("edu {} has no INTx pin", d.bdf))?;
+    EDU_BAR.store(bar, Ordering::Relaxed);
+    EDU_IRQS.store(0, Ordering::Relaxed);
+    EDU_SEEN.store(0, Ordering::Relaxed);
+    let vector = interrupts::alloc_vector(on_edu).map_err(|e| alloc::format!("vector: {e}"))?;
+    let result = (|| {
+        interrupts::route_gsi(gsi, vector, Trigger::Level, Polarity::ActiveHigh)
+            .map_err(|e| alloc::format!("routing GSI {gsi}: {e}"))?;
+        mmio_write32(bar + EDU_IRQ_RAISE, EDU_IRQ_MANUAL);
+        if !wait_for_irqs(1) {
+            return Err(alloc::format!(
+                "edu {} raised INTx (GSI {gsi}), no interrupt arrived",
+                d.bdf
+            ));
+        }
+        mmio_write32(bar + EDU_STATUS, EDU_STATUS_IRQ_ON_FACTORIAL);
+        mmio_write32(bar + EDU_FACTORIAL, 10);
+        if !wait_for_irqs(2) {
+            return Err(alloc::format!(
+                "edu {} factorial done interrupt (GSI {gsi}) never arrived",
+                d.bdf
+            ));
+        }
+        let seen = EDU_SEEN.load(Ordering::Relaxed);
+        if seen != EDU_IRQ_MANUAL | EDU_IRQ_FACTORIAL {
+            return Err(alloc::format!(
+                "edu {} interrupt status bits {seen:#x}, expected 0x101",
+                d.bdf
+            ));
+        }
+        let fact = mmio_read32(bar + EDU_FACTORIAL);
+        if fact != 3_628_800 {
+            return Err(alloc::format!(
+                "edu {} computed 10! = {fact}, expected 3628800",
+                d.bdf
+            ));
+        }
+        Ok(gsi)
+    })();
+    let _ = interrupts::mask_gsi(gsi);
+    interrupts::unregister_handler(vector);
+    result
+}
 
 fn describe(d: &PciDevice) -> String {
     let mut s = alloc::format!(
@@ -157,6 +245,10 @@ pub fn run(params: &Params<'_>) -> Outcome {
                 d.bdf,
                 !probe
             );
+        }
+        match edu_interrupts(d, bar.addr) {
+            Ok(gsi) => kprintln!("PVKIT INFO pci {} edu interrupts ok via GSI {gsi}", d.bdf),
+            Err(e) => return fail!("{e}"),
         }
         edu_checked += 1;
     }

@@ -101,8 +101,8 @@ pub fn run(params: &Params<'_>) -> Outcome {
     let summary = alloc::format!(
         "lapic_ticks={lapic} lapic_expected={} pit_ticks={pit_count} pit_expected={} hz={hz} ms={ms} elapsed_us={elapsed_us} \
          tolerance_pct={tol} lapic_initial={initial} tsc_mhz={}",
-        lapic_expected_milli / 1000,
-        pit_expected_milli / 1000,
+        (lapic_expected_milli + 500) / 1000,
+        (pit_expected_milli + 500) / 1000,
         cal.tsc_hz / 1_000_000
     );
     if !within(lapic, lapic_expected_milli, tol) {
