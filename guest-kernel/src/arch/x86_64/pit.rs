@@ -50,16 +50,18 @@ pub fn channel2_wait(max_polls: u64) -> Result<u64> {
     Err(Error::PitStuck(max_polls))
 }
 
-/// Starts channel 0 as a rate generator at about `hz` (divisor rounded); returns the exact rate in
-/// millihertz.
-pub fn channel0_periodic(hz: u32) -> u64 {
-    let divisor = (PIT_HZ + u64::from(hz) / 2) / u64::from(hz.max(1));
-    let divisor = divisor.clamp(2, 0xffff) as u16;
+/// The channel 0 divisor that comes closest to `hz`.
+pub fn channel0_divisor(hz: u32) -> u64 {
+    ((PIT_HZ + u64::from(hz) / 2) / u64::from(hz.max(1))).clamp(2, 0xffff)
+}
+
+/// Starts channel 0 as a rate generator at [`PIT_HZ`] / [`channel0_divisor`]`(hz)`.
+pub fn channel0_periodic(hz: u32) {
+    let divisor = channel0_divisor(hz) as u16;
     out(MODE_CMD, 0b0011_0100); // channel 0, lobyte/hibyte, mode 2, binary
     let [lo, hi] = divisor.to_le_bytes();
     out(CH0_DATA, lo);
     out(CH0_DATA, hi);
-    PIT_HZ * 1000 / u64::from(divisor)
 }
 
 /// Stops channel 0's edges: mode 0 without a count leaves its output low.
