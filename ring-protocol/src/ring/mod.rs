@@ -49,8 +49,8 @@
 //! A frontend and a backend exchanging one request over one page:
 //!
 //! ```
-//! # #[cfg(feature = "alloc")] {
-//! use ring_protocol::ring::{BackRing, FrontRing, SharedPages, XEN_PAGE_SIZE};
+//! use core::ptr::NonNull;
+//! use ring_protocol::ring::{BackRing, FrontRing, XEN_PAGE_SIZE};
 //! use zerocopy::{FromBytes, Immutable, IntoBytes};
 //!
 //! #[derive(FromBytes, IntoBytes, Immutable, Clone, Copy, Debug, PartialEq)]
@@ -60,14 +60,16 @@
 //! #[repr(C)]
 //! struct Rsp { id: u64, status: i64 }
 //!
-//! let pages = SharedPages::new(XEN_PAGE_SIZE);
-//! // SAFETY: `pages` outlives both rings and is only accessed through them.
-//! let (mut front, mut back) = unsafe {
-//!     (
-//!         FrontRing::<Req, Rsp>::init(pages.as_ptr(), pages.len()).unwrap(),
-//!         BackRing::<Req, Rsp>::new(pages.as_ptr(), pages.len()).unwrap(),
-//!     )
-//! };
+//! // One page of memory; in a guest this is a page granted to the backend.
+//! #[repr(C, align(4096))]
+//! struct Page([u8; XEN_PAGE_SIZE]);
+//! let mut page = Page([0; XEN_PAGE_SIZE]);
+//! let mem = NonNull::from(&mut page).cast::<u8>();
+//!
+//! // SAFETY: `page` outlives both rings and is not touched except through them.
+//! let mut front = unsafe { FrontRing::<Req, Rsp>::init(mem, XEN_PAGE_SIZE) }.unwrap();
+//! // SAFETY: as above.
+//! let mut back = unsafe { BackRing::<Req, Rsp>::new(mem, XEN_PAGE_SIZE) }.unwrap();
 //! assert_eq!(front.size(), 128); // (4096 - 64) / 16 = 252, rounded down to a power of two
 //!
 //! front.write_request(&Req { id: 7, sector: 42 }).unwrap();
@@ -83,7 +85,6 @@
 //!
 //! assert_eq!(front.read_response().unwrap(), Some(Rsp { id: 7, status: 0 }));
 //! assert_eq!(front.read_response().unwrap(), None);
-//! # }
 //! ```
 
 mod back;
