@@ -258,11 +258,17 @@ fn event_in_batch(old: u32, new: u32, event: u32) -> bool {
 
 #[test]
 fn push_notifies_exactly_when_the_event_index_is_in_the_new_batch() {
-    let starts = [0u32, 1000, u32::MAX - 40, u32::MAX - 3, u32::MAX];
-    for &start in &starts {
-        for batch in [1u32, 2, 5, 16] {
+    let starts: &[u32] = if cfg!(miri) {
+        &[0, u32::MAX - 3]
+    } else {
+        &[0, 1000, u32::MAX - 40, u32::MAX - 3, u32::MAX]
+    };
+    let batches: &[u32] = if cfg!(miri) { &[1, 5] } else { &[1, 2, 5, 16] };
+    for &start in starts {
+        for &batch in batches {
             for delta in [-3i64, -1, 0, 1, 2, 5, 15, 16, 17, 40] {
-                let mem = Mem::new(XEN_PAGE_SIZE);
+                // 2048 bytes: 31 slots fit, 16 used; enough for every batch here.
+                let mem = Mem::new(2048);
                 let (mut front, mut back) = pair_at::<Req64, Rsp64>(&mem, start);
                 let event = start.wrapping_add(delta as u32);
                 mem.set(REQ_EVENT, event);
