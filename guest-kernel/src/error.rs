@@ -59,8 +59,11 @@ pub enum Error {
     #[error("PCI bus numbers exhausted behind bridge {0}")]
     PciBusesExhausted(crate::drivers::pci::Bdf),
     /// The timer calibration never saw the PIT count down.
-    #[error("PIT channel 2 did not finish counting within {0} polls")]
+    #[error("PIT channel 2 did not count down within {0} polls")]
     PitStuck(u64),
+    /// The PIT ran through its whole range during a calibration (the vCPU stood still > 55 ms).
+    #[error("PIT channel 2 wrapped during calibration (the CPU was stalled for more than 55 ms)")]
+    PitWrapped,
     /// A calibration produced a frequency nobody can use.
     #[error("calibrated {what} frequency {hz} Hz is implausible")]
     BadFrequency {

@@ -107,12 +107,11 @@ pub fn run(params: &Params<'_>) -> Outcome {
         Err(e) => return fail!("calibration: {e}"),
     };
     kprintln!(
-        "PVKIT INFO timer calibration tsc_hz={} lapic_hz={} window_us={} tsc_hz_min={} tsc_hz_max={}",
+        "PVKIT INFO timer calibration tsc_hz={} lapic_hz={} window_us={} bracket_tsc_ticks={}",
         cal.tsc_hz,
         cal.lapic_hz,
         cal.window_us,
-        cal.tsc_hz_range.0,
-        cal.tsc_hz_range.1
+        cal.bracket_ticks
     );
     let pit_vector = match interrupts::alloc_vector(on_pit) {
         Ok(v) => v,

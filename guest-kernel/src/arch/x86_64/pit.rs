@@ -2,7 +2,6 @@
 //! periodic interrupt source (ISA IRQ 0, IOAPIC pin 2 on QEMU's PC machines).
 
 use super::port::{inb, outb};
-use crate::error::{Error, Result};
 
 /// The PIT input clock in Hz.
 pub const PIT_HZ: u64 = 1_193_182;
@@ -40,14 +39,17 @@ pub fn channel2_start(count: u16) {
     out(PORT_B, (b & !PORT_B_SPEAKER) | PORT_B_GATE2);
 }
 
-/// Polls until channel 2's output is high; gives up after `max_polls` reads.
-pub fn channel2_wait(max_polls: u64) -> Result<u64> {
-    for polls in 0..max_polls {
-        if inp(PORT_B) & PORT_B_OUT2 != 0 {
-            return Ok(polls);
-        }
-    }
-    Err(Error::PitStuck(max_polls))
+/// True once channel 2 reached its terminal count (its output went high).
+pub fn channel2_done() -> bool {
+    inp(PORT_B) & PORT_B_OUT2 != 0
+}
+
+/// Latches and reads channel 2's current count.
+pub fn channel2_count() -> u16 {
+    out(MODE_CMD, 0b1000_0000); // latch channel 2
+    let lo = inp(CH2_DATA);
+    let hi = inp(CH2_DATA);
+    u16::from_le_bytes([lo, hi])
 }
 
 /// The channel 0 divisor that comes closest to `hz`.

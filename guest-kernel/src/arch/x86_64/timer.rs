@@ -4,21 +4,22 @@
 //! the local APIC timer rate. It runs on first use, not at boot, so a run that needs no timer pays
 //! nothing for it.
 //!
-//! Under emulation the vCPU can be stalled by the host at any moment; a stall across the end of a
-//! window makes it read long (seen: +17% to +75% on a loaded 2-core host). So after a warm-up window
-//! (one-time costs such as translating the polling loop, which made a cold window read 24% long)
-//! several short windows are measured and the median is kept.
+//! Under emulation the host can stall the vCPU at any moment for milliseconds. A "wait until the PIT
+//! fires" window reads long whenever a stall straddles its end (seen: +17% to +200% on a loaded
+//! 2-core host). So the PIT runs free and is *sampled*: each end point of the 10 ms window reads the
+//! PIT count and the local APIC count between two TSC reads, several times, keeping the read with
+//! the narrowest TSC bracket. A stall then costs nothing unless it hits every try of an end point.
 
 use super::{apic, cpu, interrupts, pit};
 use crate::error::{Error, Result};
 
-/// Length of one calibration window in PIT ticks (2 ms).
-const CALIBRATION_PIT_TICKS: u16 = (pit::PIT_HZ / 500) as u16;
-/// Windows measured; the median is kept.
-const CALIBRATION_WINDOWS: usize = 7;
-/// The untimed warm-up window (1 ms).
-const WARMUP_PIT_TICKS: u16 = (pit::PIT_HZ / 1000) as u16;
-/// Upper bound on port-B polls before calibration gives up (a stuck PIT must not hang the run).
+/// Length of the calibration window in PIT ticks (10 ms).
+const CALIBRATION_PIT_TICKS: u16 = (pit::PIT_HZ / 100) as u16;
+/// Reads per end point; the narrowest bracket wins.
+const SAMPLE_TRIES: usize = 8;
+/// Whole calibrations tried when the PIT wrapped (a stall of more than 55 ms).
+const MAX_ROUNDS: usize = 3;
+/// Upper bound on PIT polls before calibration gives up (a stuck PIT must not hang the run).
 const MAX_POLLS: u64 = 50_000_000;
 
 /// Result of a calibration.
@@ -28,10 +29,10 @@ pub struct Calibration {
     pub tsc_hz: u64,
     /// Local APIC timer ticks per second after the /16 divider.
     pub lapic_hz: u64,
-    /// Length of one reference window in microseconds.
+    /// Length of the reference window in microseconds.
     pub window_us: u64,
-    /// Lowest and highest TSC rate among the windows (the spread shows how noisy the host was).
-    pub tsc_hz_range: (u64, u64),
+    /// Widest TSC bracket of the two end-point samples: the measurement's uncertainty, in TSC ticks.
+    pub bracket_ticks: u64,
 }
 
 static CALIBRATION: spin::Once<Result<Calibration>> = spin::Once::new();
@@ -42,40 +43,71 @@ pub fn calibration() -> Result<Calibration> {
 }
 
 fn measure() -> Result<Calibration> {
-    cpu::without_interrupts(|| {
-        window(WARMUP_PIT_TICKS)?;
-        let mut windows = [Calibration {
-            tsc_hz: 0,
-            lapic_hz: 0,
-            window_us: 0,
-            tsc_hz_range: (0, 0),
-        }; CALIBRATION_WINDOWS];
-        for w in &mut windows {
-            *w = window(CALIBRATION_PIT_TICKS)?;
+    let mut last = Err(Error::PitStuck(0));
+    for _ in 0..MAX_ROUNDS {
+        last = cpu::without_interrupts(window);
+        if !matches!(last, Err(Error::PitWrapped)) {
+            break;
         }
-        windows.sort_unstable_by_key(|w| w.tsc_hz);
-        let range = (windows[0].tsc_hz, windows[CALIBRATION_WINDOWS - 1].tsc_hz);
-        Ok(Calibration {
-            tsc_hz_range: range,
-            ..windows[CALIBRATION_WINDOWS / 2]
-        })
-    })
+    }
+    last
 }
 
-/// One calibration window of `pit_ticks`.
-fn window(pit_ticks: u16) -> Result<Calibration> {
+/// PIT, local APIC and TSC read together.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Middle of the TSC bracket.
+    tsc: u64,
+    /// Width of the TSC bracket.
+    width: u64,
+    pit: u16,
+    lapic: u32,
+}
+
+fn sample() -> Sample {
+    let mut best: Option<Sample> = None;
+    for _ in 0..SAMPLE_TRIES {
+        let a = cpu::read_tsc();
+        let pit = pit::channel2_count();
+        let lapic = apic::timer_current();
+        let b = cpu::read_tsc();
+        let s = Sample {
+            tsc: a + (b - a) / 2,
+            width: b - a,
+            pit,
+            lapic,
+        };
+        if best.is_none_or(|x| s.width < x.width) {
+            best = Some(s);
+        }
+    }
+    best.expect("SAMPLE_TRIES > 0")
+}
+
+/// One calibration: the PIT counts down freely from 0xffff (55 ms); samples at both ends of a 10 ms
+/// stretch of it.
+fn window() -> Result<Calibration> {
     apic::timer_start(u32::MAX, None);
-    pit::channel2_start(pit_ticks);
-    let tsc0 = cpu::read_tsc();
-    let apic0 = apic::timer_current();
-    let waited = pit::channel2_wait(MAX_POLLS);
-    let tsc1 = cpu::read_tsc();
-    let apic1 = apic::timer_current();
+    pit::channel2_start(u16::MAX);
+    let s0 = sample();
+    let mut polls = 0;
+    while s0.pit.wrapping_sub(pit::channel2_count()) < CALIBRATION_PIT_TICKS {
+        polls += 1;
+        if polls > MAX_POLLS {
+            apic::timer_stop();
+            return Err(Error::PitStuck(MAX_POLLS));
+        }
+    }
+    let s1 = sample();
+    let wrapped = pit::channel2_done();
     apic::timer_stop();
-    waited?;
-    let window_us = u64::from(pit_ticks) * 1_000_000 / pit::PIT_HZ;
-    let tsc_hz = (tsc1 - tsc0) * pit::PIT_HZ / u64::from(pit_ticks);
-    let lapic_hz = u64::from(apic0 - apic1) * pit::PIT_HZ / u64::from(pit_ticks);
+    if wrapped {
+        return Err(Error::PitWrapped);
+    }
+    let pit_ticks = u64::from(s0.pit.wrapping_sub(s1.pit));
+    let window_us = pit_ticks * 1_000_000 / pit::PIT_HZ;
+    let tsc_hz = (s1.tsc - s0.tsc) * pit::PIT_HZ / pit_ticks;
+    let lapic_hz = u64::from(s0.lapic - s1.lapic) * pit::PIT_HZ / pit_ticks;
     if tsc_hz < 1_000_000 {
         return Err(Error::BadFrequency {
             what: "TSC",
@@ -92,7 +124,7 @@ fn window(pit_ticks: u16) -> Result<Calibration> {
         tsc_hz,
         lapic_hz,
         window_us,
-        tsc_hz_range: (tsc_hz, tsc_hz),
+        bracket_ticks: s0.width.max(s1.width),
     })
 }
 
