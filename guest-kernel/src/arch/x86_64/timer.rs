@@ -43,14 +43,13 @@ pub fn calibration() -> Result<Calibration> {
 }
 
 fn measure() -> Result<Calibration> {
-    let mut last = Err(Error::PitStuck(0));
-    for _ in 0..MAX_ROUNDS {
-        last = cpu::without_interrupts(window);
-        if !matches!(last, Err(Error::PitWrapped)) {
-            break;
+    let mut round = 1;
+    loop {
+        match cpu::without_interrupts(window) {
+            Err(Error::PitWrapped) if round < MAX_ROUNDS => round += 1,
+            other => return other,
         }
     }
-    last
 }
 
 /// PIT, local APIC and TSC read together.
