@@ -146,3 +146,65 @@ fn no_lost_wakeup_for_responses() {
         }
     });
 }
+
+/// An event channel stand-in for the model: a flag under a mutex with a condition variable. A waiter
+/// that is never rung blocks forever, which loom reports as a deadlock.
+struct Doorbell {
+    rung: loom::sync::Mutex<bool>,
+    cv: loom::sync::Condvar,
+}
+
+impl Doorbell {
+    fn new() -> Self {
+        Self {
+            rung: loom::sync::Mutex::new(false),
+            cv: loom::sync::Condvar::new(),
+        }
+    }
+
+    fn ring(&self) {
+        *self.rung.lock().unwrap() = true;
+        self.cv.notify_one();
+    }
+
+    fn wait(&self) {
+        let mut rung = self.rung.lock().unwrap();
+        while !*rung {
+            rung = self.cv.wait(rung).unwrap();
+        }
+        *rung = false;
+    }
+}
+
+/// The whole sleep/wake protocol: the frontend sends two requests in two batches, ringing the doorbell
+/// only when the push says so; the backend drains, final-checks, and otherwise sleeps until rung. In
+/// every execution the backend must receive both requests; a lost wake-up would leave it blocked
+/// forever, which loom reports as a deadlock.
+#[test]
+fn backend_sleeping_on_the_event_gets_every_request() {
+    loom::model(|| {
+        let (pages, mut front, mut back) = ring();
+        let bell = Arc::new(Doorbell::new());
+        let (keep, bell2) = (Arc::clone(&pages), Arc::clone(&bell));
+        let producer = thread::spawn(move || {
+            let _keep = keep;
+            for i in 0..2 {
+                front.write_request(&Entry { a: i, b: i }).unwrap();
+                if front.push_requests_and_check_notify().unwrap() {
+                    bell2.ring();
+                }
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            while let Some(req) = back.read_request().unwrap() {
+                got.push(req.a);
+            }
+            if got.len() < 2 && !back.final_check_for_requests().unwrap() {
+                bell.wait();
+            }
+        }
+        assert_eq!(got, [0, 1]);
+        producer.join().unwrap();
+    });
+}

@@ -4,6 +4,7 @@
 use core::fmt;
 use core::ptr::NonNull;
 
+#[cfg(not(loom))]
 use super::XEN_PAGE_SIZE;
 
 /// A zeroed, 4096-byte-aligned heap allocation to place a ring in (`alloc` feature).
@@ -49,7 +50,6 @@ impl SharedPages {
         let len = len.next_multiple_of(4);
         assert!(len > 0, "SharedPages::new(0)");
         let words = (0..len / 4).map(|_| crate::sync::AtomicU32::new(0)).collect();
-        let _ = XEN_PAGE_SIZE;
         Self { words, len }
     }
 
