@@ -233,8 +233,10 @@ fn slot_rewritten_during_copy_gives_a_snapshot_of_peer_words() {
     const A: u32 = 0xAAAA_AAAA;
     const B: u32 = 0x5555_5555;
     let mem = Arc::new(Mem::new(XEN_PAGE_SIZE));
-    for w in 16..(XEN_PAGE_SIZE / 4) {
-        mem.set(w, A);
+    // Slots start at byte 64 (dword 8). Req64 slots are copied in u64s, so the peer writes u64s too.
+    let both = |v: u32| u64::from(v) << 32 | u64::from(v);
+    for d in 8..(XEN_PAGE_SIZE / 8) {
+        mem.dword(d).store(both(A), Ordering::Relaxed);
     }
     let mut back = back_over_existing(&mem);
     let stop = Arc::new(AtomicBool::new(false));
@@ -245,8 +247,8 @@ fn slot_rewritten_during_copy_gives_a_snapshot_of_peer_words() {
             let mut rounds = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let v = if flip { A } else { B };
-                for w in 16..(XEN_PAGE_SIZE / 4) {
-                    mem.word(w).store(v, Ordering::Relaxed);
+                for d in 8..(XEN_PAGE_SIZE / 8) {
+                    mem.dword(d).store(both(v), Ordering::Relaxed);
                 }
                 flip = !flip;
                 rounds += 1;

@@ -84,8 +84,11 @@ fn answer(r: Small) -> Small {
     Small { a: r.a, b: !r.b }
 }
 
-fn run(slots: u32, start: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mem = Mem::new(RING_HEADER_SIZE + 8 * slots as usize);
+/// `shift` (0 or 1) places the ring one 32-bit word into the allocation, so that it is only 4-byte
+/// aligned and the rings copy slots in 32-bit words instead of 64-bit ones.
+fn run(slots: u32, start: u32, shift: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let alloc = Mem::new(RING_HEADER_SIZE + 8 * slots as usize + 8);
+    let mem = Shifted { mem: &alloc, shift };
     mem.set(REQ_PROD, start);
     mem.set(RSP_PROD, start);
     mem.set(REQ_EVENT, start.wrapping_add(1));
@@ -228,6 +231,32 @@ fn run(slots: u32, start: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A ring placed `shift` words into a [`Mem`].
+struct Shifted<'a> {
+    mem: &'a Mem,
+    shift: usize,
+}
+
+impl Shifted<'_> {
+    fn ptr(&self) -> std::ptr::NonNull<u8> {
+        self.mem
+            .ptr()
+            .map_addr(|a| a.checked_add(4 * self.shift).unwrap())
+    }
+
+    fn len(&self) -> usize {
+        self.mem.len() - 8
+    }
+
+    fn set(&self, i: usize, v: u32) {
+        self.mem.set(i + self.shift, v);
+    }
+
+    fn get(&self, i: usize) -> u32 {
+        self.mem.get(i + self.shift)
+    }
+}
+
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: if cfg!(miri) { 4 } else { 512 },
@@ -243,8 +272,9 @@ proptest! {
     fn ring_matches_queue_model(
         slots in prop::sample::select(vec![1u32, 2, 4, 8, 16]),
         start in prop_oneof![Just(0u32), (u32::MAX - 64)..=u32::MAX, any::<u32>()],
+        shift in 0usize..=1,
         ops in prop::collection::vec(op(), 1..if cfg!(miri) { 40 } else { 300 }),
     ) {
-        run(slots, start, ops)?;
+        run(slots, start, shift, ops)?;
     }
 }

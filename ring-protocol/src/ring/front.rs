@@ -45,8 +45,9 @@ where
     ///
     /// # Safety
     /// `mem` must point to `len` bytes of memory that stay valid for the whole life of the returned ring,
-    /// and that nobody in this address space accesses other than through 32-bit atomic operations (the
-    /// peer ring, or a peer in another domain). No other `FrontRing` may use the same memory.
+    /// and that nobody in this address space accesses while the ring exists other than through atomic
+    /// operations of the sizes the ring uses (the peer ring object does; a peer in another domain is
+    /// outside the Rust memory model). No other `FrontRing` may use the same memory.
     pub unsafe fn new(mem: NonNull<u8>, len: usize) -> Result<Self> {
         // SAFETY: forwarded from this function's contract.
         unsafe { Self::attach(mem, len, 0) }

@@ -2,43 +2,56 @@
 #![allow(dead_code)]
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// Zeroed ring memory as an array of atomic words, so a test can play a (hostile) peer on the header and
-/// slots without data races.
+/// Zeroed, 8-byte-aligned ring memory made of atomics, so a test can play a (hostile) peer on the header
+/// and slots without data races. Header words are accessed as `u32` (like the rings do); slots of
+/// rings whose stride is a multiple of 8 are copied by the rings in `u64`s, so a test writing such slots
+/// concurrently uses [`Mem::dword`].
 pub struct Mem {
-    words: Box<[AtomicU32]>,
+    dwords: Box<[AtomicU64]>,
+    len: usize,
 }
 
 impl Mem {
     pub fn new(len: usize) -> Self {
         assert!(len.is_multiple_of(4));
         Self {
-            words: (0..len / 4).map(|_| AtomicU32::new(0)).collect(),
+            dwords: (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect(),
+            len,
         }
     }
 
     pub fn ptr(&self) -> NonNull<u8> {
-        NonNull::from(&*self.words).cast()
+        NonNull::from(&*self.dwords).cast()
     }
 
     pub fn len(&self) -> usize {
-        self.words.len() * 4
+        self.len
     }
 
-    /// Word `i` of the memory (header: 0 req_prod, 1 req_event, 2 rsp_prod, 3 rsp_event).
+    /// 32-bit word `i` of the memory (header: 0 req_prod, 1 req_event, 2 rsp_prod, 3 rsp_event).
     pub fn word(&self, i: usize) -> &AtomicU32 {
-        &self.words[i]
+        assert!(i < self.len / 4);
+        let p = self.ptr().as_ptr().cast::<u32>().wrapping_add(i);
+        // SAFETY: `p` is in bounds (asserted) and 4-byte aligned, lives as long as `self`, and is only
+        // accessed atomically; tests never access it concurrently with a different access size.
+        unsafe { AtomicU32::from_ptr(p) }
+    }
+
+    /// 64-bit word `i` (bytes `8 * i ..`).
+    pub fn dword(&self, i: usize) -> &AtomicU64 {
+        &self.dwords[i]
     }
 
     pub fn set(&self, i: usize, v: u32) {
-        self.words[i].store(v, Ordering::SeqCst);
+        self.word(i).store(v, Ordering::SeqCst);
     }
 
     pub fn get(&self, i: usize) -> u32 {
-        self.words[i].load(Ordering::SeqCst)
+        self.word(i).load(Ordering::SeqCst)
     }
 }
 
