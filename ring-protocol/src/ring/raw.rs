@@ -40,7 +40,8 @@ pub(super) struct RawRing<Req, Rsp> {
     size: u32,
     /// Slot stride in words.
     slot_words: usize,
-    /// Whether slots are copied in 64-bit words (see the module docs).
+    /// Whether slots are copied in 64-bit words (see the module docs). Always false under loom.
+    #[cfg_attr(loom, allow(dead_code))]
     wide: bool,
     _types: PhantomData<fn(Req) -> Rsp>,
 }
