@@ -338,31 +338,36 @@ fn apt(args: &[&str]) -> Result<()> {
 
 /// Makes sure the nightly toolchain has Miri and rust-src (Miri's stage needs them; no root needed).
 pub fn ensure_miri(dry_run: bool) -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["+nightly", "component", "list", "--installed"])
-        .output();
+    let rustup = |args: &[&str]| {
+        Command::new("rustup")
+            .args(args)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .output()
+            .map_err(|e| anyhow::anyhow!("rustup not found ({e}); install rustup from https://rustup.rs"))
+    };
+    // Ask for the list first: `rustup +nightly ...` on a machine without nightly could auto-install
+    // it with the default (large) profile.
+    let toolchains = String::from_utf8_lossy(&rustup(&["toolchain", "list"])?.stdout).into_owned();
     let mut cmd = Command::new("rustup");
-    match installed {
-        Err(e) => bail!("rustup not found ({e}); install rustup from https://rustup.rs"),
-        Ok(out) if !out.status.success() => {
-            cmd.args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "-c",
-                "miri,rust-src",
-            ]);
+    cmd.env_remove("RUSTUP_TOOLCHAIN");
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        cmd.args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "-c",
+            "miri,rust-src",
+        ]);
+    } else {
+        let out = rustup(&["+nightly", "component", "list", "--installed"])?;
+        let list = String::from_utf8_lossy(&out.stdout);
+        let has = |c: &str| list.lines().any(|l| l.starts_with(c));
+        if out.status.success() && has("miri") && has("rust-src") {
+            return Ok(());
         }
-        Ok(out) => {
-            let list = String::from_utf8_lossy(&out.stdout);
-            let has = |c: &str| list.lines().any(|l| l.starts_with(c));
-            if has("miri") && has("rust-src") {
-                return Ok(());
-            }
-            cmd.args(["+nightly", "component", "add", "miri", "rust-src"]);
-        }
+        cmd.args(["+nightly", "component", "add", "miri", "rust-src"]);
     }
     if dry_run {
         eprintln!(
