@@ -1,0 +1,286 @@
+//! Memory a device can reach by DMA.
+//!
+//! Drivers never assume that a bus address equals the virtual address they use: under Xen PV the two
+//! differ. They allocate [`DmaBuf`]s, hand [`DmaBuf::bus_addr`] to the device and touch the bytes
+//! through [`DmaBuf::as_slice`] / [`DmaBuf::as_mut_slice`].
+//!
+//! The platform registers one [`DmaAllocator`] at boot with [`set_allocator`]; every [`DmaBuf`] comes
+//! from it and returns its pages on drop. Host tests register [`fake::FakeDma`], whose bus addresses
+//! deliberately differ from the virtual ones.
+
+use core::ptr::NonNull;
+
+use crate::{Error, Result};
+
+/// Size of a DMA page.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A run of physically contiguous pages handed out by a [`DmaAllocator`].
+#[derive(Debug)]
+pub struct DmaRegion {
+    /// Address the device uses.
+    pub bus: u64,
+    /// Address the CPU uses; page-aligned, valid for `pages * PAGE_SIZE` bytes.
+    pub virt: NonNull<u8>,
+    /// Number of pages.
+    pub pages: usize,
+}
+
+/// The platform's source of DMA memory.
+///
+/// # Safety
+/// Implementations guarantee that a region returned by [`alloc_pages`](Self::alloc_pages) is zeroed,
+/// page-aligned, physically contiguous, valid for reads and writes of `pages * PAGE_SIZE` bytes, not
+/// aliased by any other allocation until it is given back to [`free_pages`](Self::free_pages), and
+/// reachable by devices at `bus`; and that [`bus_address`](Self::bus_address) returns the address at
+/// which a device reaches the byte at `virt`.
+pub unsafe trait DmaAllocator: Sync {
+    /// Allocates `pages` (≥ 1) zeroed, contiguous pages, or `None` if memory is short.
+    fn alloc_pages(&self, pages: usize) -> Option<DmaRegion>;
+
+    /// Gives a region back.
+    ///
+    /// # Safety
+    /// `region` came from [`alloc_pages`](Self::alloc_pages) of this allocator, is given back once,
+    /// and nothing (CPU or device) uses its memory any more.
+    unsafe fn free_pages(&self, region: DmaRegion);
+
+    /// The bus address of the byte at `virt` in ordinary kernel memory (heap, statics, stack), for
+    /// drivers that let a device reach memory they did not allocate as [`DmaBuf`]; `None` if the
+    /// device cannot reach it. The caller must not assume the next page is contiguous.
+    fn bus_address(&self, virt: *const u8) -> Option<u64>;
+}
+
+static ALLOCATOR: spin::Once<&'static dyn DmaAllocator> = spin::Once::new();
+
+/// Registers the platform's allocator. Only the first call succeeds.
+pub fn set_allocator(allocator: &'static dyn DmaAllocator) -> Result<()> {
+    let mut fresh = false;
+    ALLOCATOR.call_once(|| {
+        fresh = true;
+        allocator
+    });
+    if fresh {
+        Ok(())
+    } else {
+        Err(Error::DmaAllocatorSet)
+    }
+}
+
+/// The registered allocator.
+pub fn allocator() -> Result<&'static dyn DmaAllocator> {
+    ALLOCATOR.get().copied().ok_or(Error::NoDmaAllocator)
+}
+
+/// An owned, zeroed, physically contiguous, page-aligned buffer of `len` bytes (rounded up to
+/// whole pages underneath). Freed on drop. A zero-length buffer ([`DmaBuf::empty`]) owns no memory.
+#[derive(Debug)]
+pub struct DmaBuf {
+    region: Option<DmaRegion>,
+    len: usize,
+}
+
+// SAFETY: a DmaBuf owns its region exclusively (DmaAllocator's contract), like a Box<[u8]>.
+unsafe impl Send for DmaBuf {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for DmaBuf {}
+
+impl DmaBuf {
+    /// Allocates a zeroed buffer of `len` bytes from the registered allocator.
+    pub fn new(len: usize) -> Result<Self> {
+        if len == 0 {
+            return Ok(Self::empty());
+        }
+        let pages = len.div_ceil(PAGE_SIZE);
+        let region = allocator()?
+            .alloc_pages(pages)
+            .ok_or(Error::DmaExhausted { pages })?;
+        debug_assert!(region.pages >= pages);
+        Ok(Self {
+            region: Some(region),
+            len,
+        })
+    }
+
+    /// A buffer of no bytes (for requests that carry no data, such as a flush).
+    pub const fn empty() -> Self {
+        Self { region: None, len: 0 }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes available in the underlying pages (≥ [`len`](Self::len)).
+    pub fn capacity(&self) -> usize {
+        self.region.as_ref().map_or(0, |r| r.pages * PAGE_SIZE)
+    }
+
+    /// Changes the length within [`capacity`](Self::capacity) (bytes past the old length keep their
+    /// contents). Returns `false`, changing nothing, if `len` exceeds the capacity.
+    pub fn set_len(&mut self, len: usize) -> bool {
+        let ok = len <= self.capacity();
+        if ok {
+            self.len = len;
+        }
+        ok
+    }
+
+    /// The address a device uses for the first byte (0 for an empty buffer).
+    pub fn bus_addr(&self) -> u64 {
+        self.region.as_ref().map_or(0, |r| r.bus)
+    }
+
+    /// Alias of [`bus_addr`](Self::bus_addr), as the plan names it.
+    pub fn phys(&self) -> u64 {
+        self.bus_addr()
+    }
+
+    /// The CPU's view of the first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.region
+            .as_ref()
+            .map_or(NonNull::dangling().as_ptr(), |r| r.virt.as_ptr())
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.region {
+            // SAFETY: the region is valid for pages * PAGE_SIZE ≥ len bytes and owned by self.
+            Some(r) => unsafe { core::slice::from_raw_parts(r.virt.as_ptr(), self.len) },
+            None => &[],
+        }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &mut self.region {
+            // SAFETY: as in as_slice; `&mut self` makes the access exclusive.
+            Some(r) => unsafe { core::slice::from_raw_parts_mut(r.virt.as_ptr(), self.len) },
+            None => &mut [],
+        }
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        if let Some(region) = self.region.take() {
+            // A DmaBuf with a region was made by `new`, so the allocator is registered.
+            if let Ok(a) = allocator() {
+                // SAFETY: the region came from this allocator and is given back once; the buffer
+                // owned it, so nobody else uses it (a driver keeps a request's DmaBuf until the device
+                // is done with it).
+                unsafe { a.free_pages(region) };
+            }
+        }
+    }
+}
+
+/// A test allocator on the host heap.
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake {
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Bus addresses are the virtual address plus this, so a driver that hands the device a virtual
+    /// address is caught by a fake device that checks.
+    pub const BUS_OFFSET: u64 = 0x4000_0000_0000;
+
+    /// Allocates from the global heap; counts live pages.
+    #[derive(Debug, Default)]
+    pub struct FakeDma {
+        live_pages: AtomicUsize,
+    }
+
+    impl FakeDma {
+        /// A new allocator with nothing allocated.
+        pub const fn new() -> Self {
+            Self {
+                live_pages: AtomicUsize::new(0),
+            }
+        }
+
+        /// Pages allocated and not yet freed.
+        pub fn live_pages(&self) -> usize {
+            self.live_pages.load(Ordering::Relaxed)
+        }
+    }
+
+    fn layout(pages: usize) -> core::alloc::Layout {
+        core::alloc::Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("page layout")
+    }
+
+    // SAFETY: alloc_zeroed with a page-aligned layout gives zeroed, aligned, exclusive memory (host
+    // memory is "contiguous" for a fake device); bus addresses are a fixed offset from virtual ones.
+    unsafe impl DmaAllocator for FakeDma {
+        fn alloc_pages(&self, pages: usize) -> Option<DmaRegion> {
+            // SAFETY: the layout has non-zero size (pages ≥ 1 per the trait).
+            let p = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout(pages.max(1))) })?;
+            self.live_pages.fetch_add(pages, Ordering::Relaxed);
+            Some(DmaRegion {
+                bus: p.as_ptr() as u64 + BUS_OFFSET,
+                virt: p,
+                pages,
+            })
+        }
+
+        unsafe fn free_pages(&self, region: DmaRegion) {
+            self.live_pages.fetch_sub(region.pages, Ordering::Relaxed);
+            // SAFETY: the caller returns a region from alloc_pages, so it was allocated with this
+            // layout.
+            unsafe { std::alloc::dealloc(region.virt.as_ptr(), layout(region.pages.max(1))) }
+        }
+
+        fn bus_address(&self, virt: *const u8) -> Option<u64> {
+            Some(virt as u64 + BUS_OFFSET)
+        }
+    }
+
+    /// The fake registered by [`install`].
+    pub static FAKE_DMA: FakeDma = FakeDma::new();
+
+    /// Registers [`FAKE_DMA`] as the allocator (idempotent, for tests running in parallel).
+    pub fn install() {
+        let _ = set_allocator(&FAKE_DMA);
+        assert!(
+            core::ptr::addr_eq(allocator().expect("registered"), &FAKE_DMA),
+            "another allocator was registered first"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_is_zeroed_aligned_and_writable() {
+        fake::install();
+        let mut b = DmaBuf::new(5000).unwrap();
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b.capacity(), 2 * PAGE_SIZE);
+        assert_eq!(b.as_ptr() as usize % PAGE_SIZE, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[4999] = 0xab;
+        assert_eq!(b.as_slice()[4999], 0xab);
+        assert_eq!(b.bus_addr(), b.as_ptr() as u64 + fake::BUS_OFFSET);
+        assert!(b.set_len(8192));
+        assert!(!b.set_len(8193));
+        assert_eq!(b.len(), 8192);
+    }
+
+    #[test]
+    fn empty_buffer_owns_nothing() {
+        let b = DmaBuf::empty();
+        assert!(b.is_empty());
+        assert_eq!(b.bus_addr(), 0);
+        assert_eq!(b.as_slice(), &[] as &[u8]);
+    }
+}
