@@ -260,6 +260,12 @@ pub fn ensure_simulated(mut needs: Needs, dry_run: bool, sim: &Simulation) -> Re
                 xen_headers: false,
             },
         );
+        if facts.qemu == QemuState::Missing {
+            bail!(
+                "PVKIT_QEMU={}: cannot run it (no such executable?)",
+                Path::new(&custom).display()
+            );
+        }
         if !problems.is_empty() {
             bail!(
                 "PVKIT_QEMU={}: {}",
