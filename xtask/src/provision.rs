@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::qemu::{QBOOT, QEMU};
+use crate::qemu::{QBOOT, QEMU, QemuConfig};
 use crate::{process, workspace};
 
 /// Oldest QEMU xtask accepts.
@@ -62,6 +62,8 @@ pub struct Facts {
     /// `ID` and `VERSION_ID` from /etc/os-release.
     pub os: (String, String),
     pub root: bool,
+    /// The QEMU binary that was asked for its version.
+    pub qemu_path: String,
     pub qemu: QemuState,
     pub qboot: bool,
     pub xen_headers: bool,
@@ -79,9 +81,9 @@ impl Facts {
     }
 
     /// Looks at this machine.
-    pub fn detect(qemu: &Path) -> Facts {
+    pub fn detect(qemu_path: &Path) -> Facts {
         let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-        let qemu = match Command::new(qemu).arg("--version").output() {
+        let qemu = match Command::new(qemu_path).arg("--version").output() {
             Err(_) => QemuState::Missing,
             Ok(out) => {
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -94,6 +96,7 @@ impl Facts {
         Facts {
             os: parse_os_release(&os_release),
             root: process::is_root(),
+            qemu_path: qemu_path.display().to_string(),
             qemu,
             qboot: Path::new(QBOOT).is_file(),
             xen_headers: Path::new(XEN_RING_HEADER).is_file(),
@@ -183,7 +186,7 @@ fn missing(facts: &Facts, needs: Needs) -> Vec<String> {
     let mut out = Vec::new();
     if needs.qemu {
         match &facts.qemu {
-            QemuState::Missing => out.push("qemu-system-x86_64 is not installed".to_owned()),
+            QemuState::Missing => out.push(format!("{} is not installed (or does not run)", facts.qemu_path)),
             QemuState::Unknown(l) => out.push(format!("qemu-system-x86_64 --version gave no version: {l:?}")),
             QemuState::Found(v) if v.0 < QEMU_MIN_MAJOR => {
                 out.push(format!("QEMU {v} is older than {QEMU_MIN_MAJOR}"));
@@ -198,6 +201,18 @@ fn missing(facts: &Facts, needs: Needs) -> Vec<String> {
         out.push(format!("{XEN_RING_HEADER} is missing (libxen-dev)"));
     }
     out
+}
+
+/// What is missing for QEMU runs right now, without installing anything (honours `PVKIT_QEMU`).
+pub fn qemu_problems() -> Vec<String> {
+    let facts = Facts::detect(&QemuConfig::default_qemu());
+    missing(
+        &facts,
+        Needs {
+            qemu: true,
+            xen_headers: false,
+        },
+    )
 }
 
 /// Makes sure `needs` are met: installs them on Debian 12 as root, otherwise fails with the exact
@@ -260,12 +275,6 @@ pub fn ensure_simulated(mut needs: Needs, dry_run: bool, sim: &Simulation) -> Re
                 xen_headers: false,
             },
         );
-        if facts.qemu == QemuState::Missing {
-            bail!(
-                "PVKIT_QEMU={}: cannot run it (no such executable?)",
-                Path::new(&custom).display()
-            );
-        }
         if !problems.is_empty() {
             bail!(
                 "PVKIT_QEMU={}: {}",
@@ -439,6 +448,7 @@ mod tests {
         Facts {
             os: ("debian".into(), "12".into()),
             root: true,
+            qemu_path: QEMU.to_owned(),
             qemu,
             qboot: true,
             xen_headers: xen,

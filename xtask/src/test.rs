@@ -145,9 +145,15 @@ pub fn test(args: &TestArgs) -> Result<i32> {
             None
         }
         Err(e) => {
-            let why = format!("{e:#}");
-            ctx.record("provision", Verdict::Fail(why.clone()), Some(t0.elapsed()), None);
-            Some(why)
+            ctx.record(
+                "provision",
+                Verdict::Fail(format!("{e:#}")),
+                Some(t0.elapsed()),
+                None,
+            );
+            // Only a QEMU problem stops the scenarios (not, say, missing Xen headers).
+            let problems = provision::qemu_problems();
+            (!problems.is_empty()).then(|| problems.join("; "))
         }
     };
 
