@@ -1,4 +1,13 @@
 //! `cargo xtask`: build, run, test and bench pvkit (the cargo-xtask pattern).
+//!
+//! - `workspace`: paths, and nested `cargo` with the outer cargo's environment removed;
+//! - `provision`: QEMU >= 10 / libxen-dev / Miri detection and installation (Debian 12 as root);
+//! - `qemu`: the device matrix, the QEMU command line, and the runner (own process group, timeouts,
+//!   console streaming, exit-status mapping);
+//! - `console`: the `PVKIT ...` record parser (the contract is guest-kernel/README.md);
+//! - `scenario`: what each QEMU scenario boots and checks;
+//! - `run`, `test`: the two main subcommands; `table`: result tables;
+//! - `process`: process groups, parent-death signal, Ctrl-C.
 
 mod console;
 mod process;
