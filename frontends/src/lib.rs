@@ -26,6 +26,7 @@ pub mod block;
 pub mod console;
 pub mod counters;
 pub mod dma;
+pub mod emulated;
 pub mod error;
 pub mod net;
 pub mod wait;
