@@ -1,7 +1,6 @@
-//! Device drivers. Each keeps its device logic behind a small access trait (register or config-space
-//! access) so the same driver works over port I/O today and over another transport later: the
-//! 16550 driver is the one the emulated-UART console device will use, the PCI code will also run over
-//! ECAM.
+//! Device drivers. Each keeps its device logic behind a small access trait (config-space access
+//! here) so the same driver works over another transport later: the PCI code will also run over
+//! ECAM. The 16550 driver lives in `pvkit_frontends::emulated::uart16550` with the other drivers
+//! for emulated hardware.
 
 pub mod pci;
-pub mod uart16550;

@@ -9,8 +9,9 @@ use alloc::vec::Vec;
 use crate::arch::x86_64::{apic, gdt, idt, paging, pic, port};
 use crate::boot::BootInfo;
 use crate::drivers::pci::{self, Bdf, ConfigAccess, PciDevice};
-use crate::drivers::uart16550::{Register, Uart16550, UartRegisters};
 use crate::error::Result;
+use pvkit_frontends::emulated::io::PortIo;
+use pvkit_frontends::emulated::uart16550::{PortUart, Uart16550};
 
 /// COM1's I/O base.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -19,23 +20,67 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Baud rate of the console.
 pub const CONSOLE_BAUD: u32 = 115_200;
 
-/// A 16550 reached through port I/O at `base..base + 8`.
+/// Port I/O for the drivers in `pvkit_frontends::emulated` (each gets this with its device's ports).
 #[derive(Debug, Clone, Copy)]
-pub struct PortUart {
-    base: u16,
+pub struct PcPorts {
+    _private: (),
 }
 
-impl UartRegisters for PortUart {
-    fn read(&self, reg: Register) -> u8 {
-        // SAFETY: the platform owns the UART at `base` (COM1); register reads only affect it.
-        unsafe { port::inb(self.base + reg as u16) }
-    }
-
-    fn write(&self, reg: Register, value: u8) {
-        // SAFETY: as for `read`.
-        unsafe { port::outb(self.base + reg as u16, value) }
+impl PcPorts {
+    /// Port access for one driver.
+    ///
+    /// # Safety
+    /// The driver this is given owns the device behind the ports it addresses (it only touches its
+    /// own device's registers), and nothing else drives that device at the same time.
+    pub const unsafe fn new() -> Self {
+        Self { _private: () }
     }
 }
+
+impl PortIo for PcPorts {
+    fn read8(&self, port: u16) -> u8 {
+        // SAFETY: `new`'s contract: the driver owns the device behind `port`.
+        unsafe { port::inb(port) }
+    }
+
+    fn write8(&self, port: u16, value: u8) {
+        // SAFETY: as for read8.
+        unsafe { port::outb(port, value) }
+    }
+
+    fn read16(&self, port: u16) -> u16 {
+        // SAFETY: as for read8.
+        unsafe { port::inw(port) }
+    }
+
+    fn write16(&self, port: u16, value: u16) {
+        // SAFETY: as for read8.
+        unsafe { port::outw(port, value) }
+    }
+
+    fn read32(&self, port: u16) -> u32 {
+        // SAFETY: as for read8.
+        unsafe { port::inl(port) }
+    }
+
+    fn write32(&self, port: u16, value: u32) {
+        // SAFETY: as for read8.
+        unsafe { port::outl(port, value) }
+    }
+
+    fn read16_rep(&self, port: u16, buf: &mut [u8]) {
+        // SAFETY: as for read8; the words land in `buf`.
+        unsafe { port::insw(port, buf) }
+    }
+
+    fn write16_rep(&self, port: u16, buf: &[u8]) {
+        // SAFETY: as for read8.
+        unsafe { port::outsw(port, buf) }
+    }
+}
+
+/// The console UART's register access.
+pub type ConsoleUart = Uart16550<PortUart<PcPorts>>;
 
 /// PCI configuration mechanism #1: address to 0xcf8, data through 0xcfc..0xcff.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +146,8 @@ impl ConfigAccess for PortPciConfig {
     }
 }
 
-static COM1: Uart16550<PortUart> = Uart16550::new(PortUart { base: COM1_BASE });
+// SAFETY: COM1 belongs to the console alone.
+static COM1: ConsoleUart = Uart16550::new(PortUart::new(unsafe { PcPorts::new() }, COM1_BASE));
 
 /// PCI enumeration result, kept for whoever needs the devices (the `pci` self-test, later drivers).
 static PCI: spin::Once<Result<Vec<PciDevice>>> = spin::Once::new();
@@ -112,7 +158,7 @@ pub fn early_init() {
 }
 
 /// The console UART (COM1), for tests that exercise the driver itself.
-pub fn console_uart() -> &'static Uart16550<PortUart> {
+pub fn console_uart() -> &'static ConsoleUart {
     &COM1
 }
 

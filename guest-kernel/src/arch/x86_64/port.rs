@@ -58,3 +58,42 @@ pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u32>::new(port).write(value) }
 }
+
+/// `rep insw`: reads `buf.len() / 2` 16-bit words from `port` into `buf` (a trailing odd byte is
+/// left alone).
+///
+/// # Safety
+/// As for [`inb`]; each read may have the device's side effects (e.g. advance its data FIFO).
+pub unsafe fn insw(port: u16, buf: &mut [u8]) {
+    let words = buf.len() / 2;
+    // SAFETY: `rep insw` stores `words` words at `rdi` ascending (DF is clear per the ABI), all
+    // inside `buf`; x86 needs no alignment for them. The port access is the caller's promise.
+    unsafe {
+        core::arch::asm!(
+            "rep insw",
+            in("dx") port,
+            inout("rdi") buf.as_mut_ptr() => _,
+            inout("rcx") words => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// `rep outsw`: writes `buf.len() / 2` 16-bit words from `buf` to `port`.
+///
+/// # Safety
+/// As for [`outb`].
+pub unsafe fn outsw(port: u16, buf: &[u8]) {
+    let words = buf.len() / 2;
+    // SAFETY: `rep outsw` loads `words` words from `rsi` ascending, all inside `buf`; the port
+    // access is the caller's promise.
+    unsafe {
+        core::arch::asm!(
+            "rep outsw",
+            in("dx") port,
+            inout("rsi") buf.as_ptr() => _,
+            inout("rcx") words => _,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+}
