@@ -4,6 +4,7 @@
 //! also the kernel's own console). Register access goes through [`io::PortIo`] and [`io::Mmio`],
 //! which the guest kernel implements.
 
+pub mod ahci;
 pub mod ata;
 pub mod ide;
 pub mod io;
