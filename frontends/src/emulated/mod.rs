@@ -6,6 +6,7 @@
 
 pub mod ahci;
 pub mod ata;
+pub mod e1000;
 pub mod ide;
 pub mod io;
 pub mod uart16550;
