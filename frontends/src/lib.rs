@@ -29,6 +29,8 @@ pub mod dma;
 pub mod emulated;
 pub mod error;
 pub mod net;
+pub mod virtio;
 pub mod wait;
+pub mod workload;
 
 pub use error::{Error, Result};

@@ -1,0 +1,343 @@
+//! virtio-blk on the crate's split `VirtQueue`, with up to [`MAX_IN_FLIGHT`] requests in flight.
+//!
+//! Each request is a three-descriptor chain (header, data, status; two for a flush) pointing into
+//! [`DmaBuf`]s: the caller's data buffer is handed to the device as is (no copy), the 16-byte
+//! headers and status bytes live in one page owned by the driver, one slot per request.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+
+use bitflags::bitflags;
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::Transport;
+
+use super::VirtioHal;
+use super::transport::VirtioPci;
+use crate::block::{BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected, validate};
+use crate::counters::{AtomicCounters, Counters};
+use crate::dma::DmaBuf;
+use crate::wait::SharedIrqAck;
+use crate::{Error, Result};
+
+const NAME: &str = "virtio-blk";
+/// Descriptors in the queue (QEMU's virtio-blk offers 256).
+pub const QUEUE_SIZE: usize = 128;
+/// Requests in flight at most: three descriptors each.
+pub const MAX_IN_FLIGHT: usize = QUEUE_SIZE / 3;
+/// virtio-blk sectors are always 512 bytes.
+pub const SECTOR_SIZE: usize = 512;
+/// Largest request we issue (one data descriptor).
+const MAX_REQUEST_BYTES: usize = 128 * 1024;
+const HEADER_LEN: usize = 16;
+/// Offset of the status bytes in the metadata page.
+const STATUS_BASE: usize = 2048;
+const NO_SLOT: u16 = u16::MAX;
+
+// Request types and status values (virtio spec 5.2.6).
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_S_OK: u8 = 0;
+/// Written before submission; a device that completes without writing the status is caught.
+const STATUS_UNSET: u8 = 0xff;
+
+// Offsets in struct virtio_blk_config.
+const CONFIG_CAPACITY: usize = 0;
+const CONFIG_SIZE_MAX: usize = 8;
+
+bitflags! {
+    /// virtio-blk feature bits we care about.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Features: u64 {
+        const SIZE_MAX = 1 << 1;
+        const RO = 1 << 5;
+        const FLUSH = 1 << 9;
+        const RING_EVENT_IDX = 1 << 29;
+        const VERSION_1 = 1 << 32;
+    }
+}
+
+const _: () = assert!(STATUS_BASE + MAX_IN_FLIGHT <= crate::dma::PAGE_SIZE);
+const _: () = assert!(MAX_IN_FLIGHT * HEADER_LEN <= STATUS_BASE);
+
+#[derive(Debug)]
+struct Slot {
+    req: BlockRequest,
+    token: u16,
+}
+
+/// A virtio-blk device.
+pub struct VirtioBlk {
+    transport: VirtioPci,
+    queue: VirtQueue<VirtioHal, QUEUE_SIZE>,
+    info: BlockInfo,
+    event_idx: bool,
+    /// Request headers at `slot * 16`, status bytes at `STATUS_BASE + slot`.
+    meta: DmaBuf,
+    slots: Vec<Option<Slot>>,
+    /// Descriptor head (token) → slot.
+    by_token: [u16; QUEUE_SIZE],
+    in_flight: usize,
+    counters: Arc<AtomicCounters>,
+    /// Set when the device broke the protocol; every later call fails with it.
+    broken: Option<Error>,
+}
+
+impl core::fmt::Debug for VirtioBlk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VirtioBlk")
+            .field("info", &self.info)
+            .field("event_idx", &self.event_idx)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtioBlk {
+    /// Initialises the device behind `transport` (reset, feature negotiation, one request queue).
+    pub fn new(mut transport: VirtioPci) -> Result<Self> {
+        let wanted = Features::SIZE_MAX
+            | Features::RO
+            | Features::FLUSH
+            | Features::RING_EVENT_IDX
+            | Features::VERSION_1;
+        let features = transport.begin_init(wanted);
+        if !features.contains(Features::VERSION_1) {
+            return Err(Error::Init {
+                device: NAME,
+                reason: "device does not offer VIRTIO_F_VERSION_1",
+            });
+        }
+        let capacity = transport.read_consistent(|| {
+            let lo: u32 = transport.read_config_space(CONFIG_CAPACITY)?;
+            let hi: u32 = transport.read_config_space(CONFIG_CAPACITY + 4)?;
+            Ok((u64::from(hi) << 32) | u64::from(lo))
+        })?;
+        let mut max_request_bytes = MAX_REQUEST_BYTES;
+        if features.contains(Features::SIZE_MAX) {
+            let size_max: u32 = transport.read_config_space(CONFIG_SIZE_MAX)?;
+            let limit = (size_max as usize) / SECTOR_SIZE * SECTOR_SIZE;
+            if limit >= SECTOR_SIZE {
+                max_request_bytes = max_request_bytes.min(limit);
+            }
+        }
+        let event_idx = features.contains(Features::RING_EVENT_IDX);
+        let queue = VirtQueue::new(&mut transport, 0, false, event_idx)?;
+        transport.finish_init();
+        let counters = transport.counters();
+        Ok(Self {
+            transport,
+            queue,
+            info: BlockInfo {
+                capacity_sectors: capacity,
+                sector_size: SECTOR_SIZE,
+                max_in_flight: MAX_IN_FLIGHT,
+                max_request_bytes,
+                read_only: features.contains(Features::RO),
+                flush: features.contains(Features::FLUSH),
+            },
+            event_idx,
+            meta: DmaBuf::new(crate::dma::PAGE_SIZE)?,
+            slots: (0..MAX_IN_FLIGHT).map(|_| None).collect(),
+            by_token: [NO_SLOT; QUEUE_SIZE],
+            in_flight: 0,
+            counters,
+            broken: None,
+        })
+    }
+
+    /// Whether EVENT_IDX was negotiated.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// The transport (for its notify mode).
+    pub fn transport(&self) -> &VirtioPci {
+        &self.transport
+    }
+
+    /// The request's descriptor buffers: (header, data, status) slices into `meta` and the request
+    /// buffer.
+    ///
+    /// # Safety
+    /// The slices alias memory the device may access while the request is in flight; the caller
+    /// passes them only to `VirtQueue::add` / `pop_used` for this slot and reads nothing through
+    /// them in between.
+    unsafe fn parts<'a>(
+        meta: &DmaBuf,
+        slot: usize,
+        buf: &'a mut DmaBuf,
+    ) -> (&'a [u8], &'a mut [u8], &'a mut [u8]) {
+        let base = meta.as_ptr().cast_mut();
+        let hdr = base.wrapping_add(slot * HEADER_LEN);
+        let status = base.wrapping_add(STATUS_BASE + slot);
+        // SAFETY: slot < MAX_IN_FLIGHT, so the header lies inside the metadata page (const asserts
+        // above), disjoint from other slots'; the caller upholds the aliasing rule.
+        let hdr = unsafe { core::slice::from_raw_parts(hdr, HEADER_LEN) };
+        // SAFETY: as above, for the status byte.
+        let status = unsafe { core::slice::from_raw_parts_mut(status, 1) };
+        (hdr, buf.as_mut_slice(), status)
+    }
+
+    fn fail(&mut self, what: &'static str, value: u64) -> Error {
+        let e = Error::Protocol {
+            device: NAME,
+            what,
+            value,
+        };
+        self.broken = Some(e.clone());
+        e
+    }
+}
+
+impl BlockDevice for VirtioBlk {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn info(&self) -> BlockInfo {
+        self.info
+    }
+
+    fn submit(&mut self, mut req: BlockRequest) -> Result<(), Rejected> {
+        if let Some(error) = self.broken.clone() {
+            return Err(Rejected { req, error });
+        }
+        if let Err(error) = validate(&self.info, &req) {
+            return Err(Rejected { req, error });
+        }
+        if req.op == BlockOp::Flush && !self.info.flush {
+            return Err(Rejected {
+                req,
+                error: Error::Unsupported {
+                    device: NAME,
+                    op: "flush",
+                },
+            });
+        }
+        let Some(slot) = self.slots.iter().position(Option::is_none) else {
+            let in_flight = self.in_flight;
+            return Err(Rejected {
+                req,
+                error: Error::QueueFull {
+                    device: NAME,
+                    in_flight,
+                },
+            });
+        };
+        let kind = match req.op {
+            BlockOp::Read => VIRTIO_BLK_T_IN,
+            BlockOp::Write => VIRTIO_BLK_T_OUT,
+            BlockOp::Flush => VIRTIO_BLK_T_FLUSH,
+        };
+        let sector = if req.op == BlockOp::Flush { 0 } else { req.sector };
+        {
+            let m = self.meta.as_mut_slice();
+            let h = &mut m[slot * HEADER_LEN..(slot + 1) * HEADER_LEN];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[4..8].fill(0);
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            m[STATUS_BASE + slot] = STATUS_UNSET;
+        }
+        let op = req.op;
+        // SAFETY: the header, data and status memory stay untouched by us until pop_used for this
+        // token (the request sits in `slots` and `meta` is only written for free slots).
+        // SAFETY: the slices are only handed to add() below and to pop_used() for this token.
+        let (hdr, data, status) = unsafe { Self::parts(&self.meta, slot, &mut req.buf) };
+        // SAFETY (all three): the header, data and status memory stay untouched by us until pop_used
+        // for this token (the request sits in `slots`, and `meta` is only written for free slots).
+        let added = match op {
+            BlockOp::Read => unsafe { self.queue.add(&[hdr], &mut [data, status]) },
+            BlockOp::Write => unsafe { self.queue.add(&[hdr, data], &mut [status]) },
+            BlockOp::Flush => unsafe { self.queue.add(&[hdr], &mut [status]) },
+        };
+        let token = match added {
+            Ok(t) => t,
+            Err(virtio_drivers::Error::QueueFull) => {
+                let in_flight = self.in_flight;
+                return Err(Rejected {
+                    req,
+                    error: Error::QueueFull {
+                        device: NAME,
+                        in_flight,
+                    },
+                });
+            }
+            Err(e) => return Err(Rejected { req, error: e.into() }),
+        };
+        self.by_token[usize::from(token)] = slot as u16;
+        self.slots[slot] = Some(Slot { req, token });
+        self.in_flight += 1;
+        // SeqCst fence: our store of the new avail index must be visible to the device before we read
+        // its avail_event / used flags in should_notify (store→load order, which Release/Acquire alone
+        // does not give), or a device going idle at that moment would miss the kick.
+        fence(Ordering::SeqCst);
+        if self.queue.should_notify() {
+            self.transport.notify(0);
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<Option<BlockCompletion>> {
+        if let Some(e) = self.broken.clone() {
+            return Err(e);
+        }
+        let Some(token) = self.queue.peek_used() else {
+            return Ok(None);
+        };
+        let slot = match self.by_token.get(usize::from(token)) {
+            Some(&s) if s != NO_SLOT => usize::from(s),
+            _ => return Err(self.fail("used ring names a descriptor with no request", token.into())),
+        };
+        let Some(mut s) = self.slots[slot].take() else {
+            return Err(self.fail("used ring names a free request slot", slot as u64));
+        };
+        debug_assert_eq!(s.token, token);
+        let op = s.req.op;
+        // SAFETY: the same buffers as passed to add() for this token.
+        // SAFETY: the slices go only to pop_used() for the token they were added under.
+        let (hdr, data, status) = unsafe { Self::parts(&self.meta, slot, &mut s.req.buf) };
+        // SAFETY (all three): the same buffers as passed to add() for this token.
+        let popped = match op {
+            BlockOp::Read => unsafe { self.queue.pop_used(token, &[hdr], &mut [data, status]) },
+            BlockOp::Write => unsafe { self.queue.pop_used(token, &[hdr, data], &mut [status]) },
+            BlockOp::Flush => unsafe { self.queue.pop_used(token, &[hdr], &mut [status]) },
+        };
+        self.by_token[usize::from(token)] = NO_SLOT;
+        self.in_flight -= 1;
+        if let Err(e) = popped {
+            let e = Error::Virtio(e);
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        // Copy, then check: one read of the status byte the device wrote.
+        let status = self.meta.as_slice()[STATUS_BASE + slot];
+        let result = match status {
+            VIRTIO_BLK_S_OK => Ok(()),
+            other => Err(Error::DeviceStatus {
+                device: NAME,
+                op: op.name(),
+                status: other.into(),
+            }),
+        };
+        Ok(Some(BlockCompletion {
+            tag: s.req.tag,
+            op,
+            buf: s.req.buf,
+            result,
+        }))
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn irq_ack(&self) -> Option<SharedIrqAck> {
+        Some(self.transport.irq())
+    }
+
+    fn counters(&self) -> Counters {
+        self.counters.snapshot()
+    }
+}
