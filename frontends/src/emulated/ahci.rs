@@ -136,6 +136,10 @@ pub const PRDT_ENTRIES: usize = (TABLE_SIZE - PRDT_OFFSET) / 16;
 pub const PRDT_MAX_BYTES: usize = 4 << 20;
 /// Largest request the driver takes.
 pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+// Command tables are 128-byte aligned and hold the PRDT; the command list (32 headers) and the
+// 256-byte received-FIS area share one page.
+const _: () = assert!(PRDT_OFFSET + PRDT_ENTRIES * 16 == TABLE_SIZE && TABLE_SIZE.is_multiple_of(128));
+const _: () = assert!(FIS_OFFSET >= 32 * HEADER_SIZE && FIS_OFFSET + 256 <= crate::dma::PAGE_SIZE);
 /// H2D register FIS type.
 const FIS_TYPE_REG_H2D: u8 = 0x27;
 /// Command header: FIS length of a register FIS in dwords.
@@ -706,12 +710,5 @@ mod tests {
         assert_eq!(u64::from_le_bytes(h[8..16].try_into().unwrap()), 0x1234_5680);
         let h = command_header(false, 0, 0x100);
         assert_eq!(u32::from_le_bytes(h[0..4].try_into().unwrap()), 5);
-    }
-
-    #[test]
-    fn table_layout_fits_the_slot() {
-        assert_eq!(PRDT_OFFSET + PRDT_ENTRIES * 16, TABLE_SIZE);
-        assert_eq!(TABLE_SIZE % 128, 0, "command tables are 128-byte aligned");
-        assert!(FIS_OFFSET >= 32 * HEADER_SIZE && FIS_OFFSET + 256 <= crate::dma::PAGE_SIZE);
     }
 }

@@ -114,6 +114,10 @@ pub const RING_SIZE: usize = 64;
 pub const DESC_SIZE: usize = 16;
 /// Bytes per packet buffer (RCTL.BSIZE 2048).
 pub const BUF_SIZE: usize = 2048;
+// Ring lengths are multiples of 128 bytes; a frame fits one buffer.
+const _: () = assert!((RING_SIZE * DESC_SIZE).is_multiple_of(128) && RING_SIZE.is_power_of_two());
+const _: () = assert!(ETH_HEADER_LEN + MTU <= BUF_SIZE);
+
 /// Received descriptors handed back per tail write.
 pub const RX_RETURN_BATCH: usize = 8;
 /// Ethernet payload limit.
@@ -344,11 +348,10 @@ impl<M: Mmio + Clone + Send + Sync + 'static> E1000<M> {
 
 /// Reads one byte of DMA memory the device may be writing.
 fn read_volatile_byte(buf: &DmaBuf, offset: usize) -> u8 {
-    let s = buf.as_slice();
-    assert!(offset < s.len());
-    // SAFETY: `offset` is inside the buffer (checked above); a volatile read because the
-    // controller writes this byte by DMA behind the compiler's back.
-    unsafe { core::ptr::read_volatile(s.as_ptr().add(offset)) }
+    let byte: *const u8 = &buf.as_slice()[offset];
+    // SAFETY: `byte` points into the buffer (the index was bounds-checked); a volatile read because
+    // the controller writes this byte by DMA behind the compiler's back.
+    unsafe { core::ptr::read_volatile(byte) }
 }
 
 impl<M: Mmio + Clone + Send + Sync + 'static> NetDevice for E1000<M> {
