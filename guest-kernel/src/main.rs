@@ -20,6 +20,7 @@ mod console;
 mod arch;
 mod boot;
 mod cmdline;
+mod devices;
 mod drivers;
 mod error;
 mod fatal;

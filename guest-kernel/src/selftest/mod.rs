@@ -13,6 +13,7 @@ mod hello;
 mod pci;
 mod timer;
 mod uart;
+pub mod workloads;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -140,6 +141,36 @@ pub static TESTS: &[Test] = &[
         default: false,
         params: &[],
         run: fault::stack_overflow,
+    },
+    Test {
+        name: "blk-integrity@virtio-blk",
+        default: false,
+        params: workloads::VIRTIO_BLK_PARAMS,
+        run: workloads::blk_integrity_virtio,
+    },
+    Test {
+        name: "blk-throughput@virtio-blk",
+        default: false,
+        params: workloads::VIRTIO_BLK_PARAMS,
+        run: workloads::blk_throughput_virtio,
+    },
+    Test {
+        name: "blk-error@virtio-blk",
+        default: false,
+        params: workloads::VIRTIO_BLK_PARAMS,
+        run: workloads::blk_error_virtio,
+    },
+    Test {
+        name: "net-echo@virtio-net",
+        default: false,
+        params: workloads::VIRTIO_NET_PARAMS,
+        run: workloads::net_echo_virtio,
+    },
+    Test {
+        name: "console-echo@virtio-console",
+        default: false,
+        params: workloads::VIRTIO_CONSOLE_PARAMS,
+        run: workloads::console_echo_virtio,
     },
 ];
 

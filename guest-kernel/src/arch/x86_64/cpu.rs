@@ -59,3 +59,9 @@ pub fn read_cr2() -> u64 {
 pub fn disable_interrupts() {
     interrupts::disable();
 }
+
+/// Enables interrupts and halts until the next one, atomically (`sti; hlt`: an interrupt pending at
+/// the `sti` is taken at the `hlt`, so a wake-up checked for with interrupts off is never missed).
+pub fn enable_interrupts_and_halt() {
+    interrupts::enable_and_hlt();
+}

@@ -1,0 +1,102 @@
+//! Openers for the virtio-pci devices: find the function on the PCI bus, build the transport (with
+//! the notify mode asked for) and initialise the driver.
+
+use alloc::format;
+use alloc::string::String;
+
+use pvkit_frontends::Error;
+use pvkit_frontends::virtio::blk::VirtioBlk;
+use pvkit_frontends::virtio::console::VirtioConsole;
+use pvkit_frontends::virtio::net::VirtioNet;
+use pvkit_frontends::virtio::transport::{NotifyMode, VirtioPci};
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+
+use super::IrqLine;
+use crate::drivers::pci::{Bdf, ConfigAccess, PciDevice};
+use crate::platform::pc::{self, PortPciConfig};
+
+/// virtio's PCI vendor id.
+const VIRTIO_VENDOR: u16 = 0x1af4;
+
+/// `virtio-drivers`' config-space access over the platform's port mechanism.
+#[derive(Debug, Clone, Copy)]
+pub struct PortCam;
+
+fn bdf(df: DeviceFunction) -> Bdf {
+    Bdf { bus: df.bus, device: df.device, function: df.function }
+}
+
+impl ConfigurationAccess for PortCam {
+    fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        PortPciConfig.read32(bdf(df), offset)
+    }
+
+    fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        PortPciConfig.write32(bdf(df), offset, data)
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        Self
+    }
+}
+
+/// The kinds of virtio device we drive: (name, transitional id, modern id).
+const BLK: (&str, u16, u16) = ("virtio-blk", 0x1001, 0x1042);
+const NET: (&str, u16, u16) = ("virtio-net", 0x1000, 0x1041);
+const CONSOLE: (&str, u16, u16) = ("virtio-console", 0x1003, 0x1043);
+
+fn find(kind: (&'static str, u16, u16)) -> Result<&'static PciDevice, Error> {
+    let devices = pc::pci_devices().as_ref().map_err(|_| Error::Absent { device: kind.0 })?;
+    devices
+        .iter()
+        .find(|d| d.vendor_id == VIRTIO_VENDOR && (d.device_id == kind.1 || d.device_id == kind.2))
+        .ok_or(Error::Absent { device: kind.0 })
+}
+
+fn transport(kind: (&'static str, u16, u16), mode: NotifyMode) -> Result<(VirtioPci, &'static PciDevice), Error> {
+    super::init_dma();
+    let d = find(kind)?;
+    let df = DeviceFunction { bus: d.bdf.bus, device: d.bdf.device, function: d.bdf.function };
+    Ok((VirtioPci::new(PortCam, df, mode, kind.0)?, d))
+}
+
+/// Parses the `notify=` parameter (default cached).
+pub fn notify_mode(value: Option<&str>) -> Result<NotifyMode, String> {
+    match value {
+        None => Ok(NotifyMode::Cached),
+        Some(v) => NotifyMode::parse(v).ok_or_else(|| format!("notify='{v}' is not stock or cached")),
+    }
+}
+
+/// A virtio device opened for a workload, with its interrupt line and a description for reports.
+#[derive(Debug)]
+pub struct Opened<D> {
+    /// The driver.
+    pub dev: D,
+    /// Its INTx line.
+    pub line: Option<IrqLine>,
+    /// `notify=<mode> event_idx=<0|1> pci=<bdf>`.
+    pub label: String,
+}
+
+/// Opens the first virtio-blk device.
+pub fn open_blk(mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
+    let (t, d) = transport(BLK, mode)?;
+    let dev = VirtioBlk::new(t)?;
+    let label = format!("notify={} event_idx={} pci={}", mode.name(), u8::from(dev.event_idx()), d.bdf);
+    Ok(Opened { dev, line: IrqLine::pci_intx(d), label })
+}
+
+/// Opens the first virtio-net device.
+pub fn open_net(mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
+    let (t, d) = transport(NET, mode)?;
+    let dev = VirtioNet::new(t)?;
+    Ok(Opened { dev, line: IrqLine::pci_intx(d), label: format!("notify={} pci={}", mode.name(), d.bdf) })
+}
+
+/// Opens the first virtio-console device (port 0).
+pub fn open_console(mode: NotifyMode) -> Result<Opened<VirtioConsole>, Error> {
+    let (t, d) = transport(CONSOLE, mode)?;
+    let dev = VirtioConsole::new(t)?;
+    Ok(Opened { dev, line: IrqLine::pci_intx(d), label: format!("notify={} pci={}", mode.name(), d.bdf) })
+}

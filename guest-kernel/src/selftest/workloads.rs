@@ -1,0 +1,245 @@
+//! The device workloads of `pvkit_frontends::workload`, as kernel tests named
+//! `<workload>@<device>`.
+//!
+//! Generic runners ([`blk_integrity`], [`blk_throughput`], [`blk_error`], [`net_echo`],
+//! [`console_echo`]) take an opened driver and its interrupt line; one small function per device
+//! opens it and calls the runner. Common parameters: `mode=irq|poll` (default irq when the driver and
+//! line allow it, else poll), `seed=<n>`; virtio devices also take `notify=stock|cached` (default
+//! cached: one doorbell write per kick instead of the crate's three register accesses).
+//!
+//! Throughput phases are bracketed by a byte written to I/O port 0x402 (QEMU's `isa-debugcon`, if
+//! present): the phase number at the start, 0 at the end, so the host can split its trace counts.
+
+use alloc::string::String;
+
+use pvkit_frontends::block::BlockDevice;
+use pvkit_frontends::console::ConsoleDevice;
+use pvkit_frontends::net::NetDevice;
+use pvkit_frontends::wait::{SharedIrqAck, WaitMode};
+use pvkit_frontends::workload::{self, Observer, Perf, Report};
+
+use super::{Outcome, Params, fail};
+use crate::arch::x86_64::port;
+use crate::devices::{self, IrqBinding, IrqLine, KernelWaiter, virtio};
+
+/// I/O port of QEMU's `isa-debugcon` used for phase markers.
+pub const PHASE_PORT: u16 = 0x402;
+
+/// The waiter and, in interrupt mode, the routed interrupt, for the length of a test.
+struct Session {
+    // Field order: the binding is dropped (line masked) before the waiter stops its tick.
+    _irq: Option<IrqBinding>,
+    waiter: KernelWaiter,
+    mode: WaitMode,
+}
+
+fn session(p: &Params<'_>, ack: Option<SharedIrqAck>, line: Option<IrqLine>) -> Result<Session, String> {
+    let mode = match p.get("mode") {
+        None if ack.is_some() && line.is_some() => WaitMode::Interrupt,
+        None | Some("poll") => WaitMode::Poll,
+        Some("irq") => WaitMode::Interrupt,
+        Some(other) => return Err(alloc::format!("mode='{other}' is not irq or poll")),
+    };
+    let irq = match mode {
+        WaitMode::Poll => None,
+        WaitMode::Interrupt => {
+            let (Some(ack), Some(line)) = (ack, line) else {
+                return Err(String::from("mode=irq but the device has no interrupt line or hook"));
+            };
+            Some(devices::bind_irq(line, ack)?)
+        }
+    };
+    Ok(Session { _irq: irq, waiter: KernelWaiter::new(mode)?, mode })
+}
+
+fn fields(r: &Report) -> String {
+    alloc::format!(
+        "ops={} bytes={} guest_us={} notifies={} irqs={} copied_bytes={}",
+        r.ops,
+        r.bytes,
+        r.guest_us,
+        r.counters.notifications,
+        r.counters.interrupts,
+        r.counters.bytes_copied
+    )
+}
+
+/// Writes phase markers and prints `PVKIT PERF` lines.
+struct PerfPrinter<'a> {
+    dev: &'a str,
+    mode: WaitMode,
+    label: &'a str,
+}
+
+impl Observer for PerfPrinter<'_> {
+    fn phase(&mut self, n: u8) {
+        // SAFETY: port 0x402 is QEMU's isa-debugcon when present (it only logs the byte) and
+        // unclaimed otherwise (the write is dropped).
+        unsafe { port::outb(PHASE_PORT, n) };
+    }
+
+    fn perf(&mut self, perf: &Perf) {
+        kprintln!(
+            "PVKIT PERF dev={} pattern={} qd={} mode={} {} {}",
+            self.dev,
+            perf.pattern,
+            perf.qd,
+            self.mode.name(),
+            fields(&perf.report),
+            self.label
+        );
+    }
+}
+
+fn seed(p: &Params<'_>) -> Result<u64, String> {
+    p.u64_in("seed", 1, 0..=u64::MAX)
+}
+
+/// `blk-integrity`: params `qd` (8), `extents` (64).
+pub fn blk_integrity(p: &Params<'_>, dev: &mut dyn BlockDevice, line: Option<IrqLine>, label: &str) -> Outcome {
+    let mut run = || -> Result<String, String> {
+        let params = workload::blk::IntegrityParams {
+            seed: seed(p)?,
+            nonce: crate::arch::read_tsc(),
+            qd: p.u64_in("qd", 8, 1..=256)? as usize,
+            random_extents: p.u64_in("extents", 64, 1..=4096)? as usize,
+        };
+        let s = session(p, dev.irq_ack(), line)?;
+        let info = dev.info();
+        let r = workload::blk::integrity(dev, &s.waiter, &params).map_err(|e| alloc::format!("{e}"))?;
+        Ok(alloc::format!(
+            "{} mode={} capacity_sectors={} qd={} {label}",
+            fields(&r),
+            s.mode.name(),
+            info.capacity_sectors,
+            params.qd.min(info.max_in_flight)
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// `blk-throughput`: params `ms` per phase (300), `qd` (32).
+pub fn blk_throughput(p: &Params<'_>, dev: &mut dyn BlockDevice, line: Option<IrqLine>, label: &str) -> Outcome {
+    let mut run = || -> Result<String, String> {
+        let params = workload::blk::ThroughputParams {
+            seed: seed(p)?,
+            phase_us: p.u64_in("ms", 300, 1..=600_000)? * 1000,
+            qd: p.u64_in("qd", 32, 1..=256)? as usize,
+        };
+        let s = session(p, dev.irq_ack(), line)?;
+        let mut printer = PerfPrinter { dev: dev.name(), mode: s.mode, label };
+        let perfs = workload::blk::throughput(dev, &s.waiter, &params, &mut printer)
+            .map_err(|e| alloc::format!("{e}"))?;
+        if perfs.is_empty() {
+            return Err(String::from("device too small for any phase"));
+        }
+        let ops: u64 = perfs.iter().map(|p| p.report.ops).sum();
+        Ok(alloc::format!("phases={} ops={ops} mode={} {label}", perfs.len(), s.mode.name()))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// `blk-error`: a write to a read-only disk must surface the device's error.
+pub fn blk_error(p: &Params<'_>, dev: &mut dyn BlockDevice, line: Option<IrqLine>, label: &str) -> Outcome {
+    let mut run = || -> Result<String, String> {
+        let s = session(p, dev.irq_ack(), line)?;
+        let read_only = dev.info().read_only;
+        let e = workload::blk::expect_write_error(dev, &s.waiter).map_err(|e| alloc::format!("{e}"))?;
+        Ok(alloc::format!("error=\"{e}\" read_only_flag={} mode={} {label}", u8::from(read_only), s.mode.name()))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// `net-echo`: params `frames` (200), `window` (8), `ms` for the packet-rate phase (300, 0 = none).
+pub fn net_echo(p: &Params<'_>, dev: &mut dyn NetDevice, line: Option<IrqLine>, label: &str) -> Outcome {
+    let mut run = || -> Result<String, String> {
+        let frames = p.u64_in("frames", 200, 1..=1_000_000)? as u32;
+        let window = p.u64_in("window", 8, 1..=64)? as u32;
+        let ms = p.u64_in("ms", 300, 0..=600_000)?;
+        let seed = seed(p)?;
+        let s = session(p, dev.irq_ack(), line)?;
+        let mac = dev.mac();
+        let r = workload::net::echo(dev, &s.waiter, frames, window, seed).map_err(|e| alloc::format!("{e}"))?;
+        if ms > 0 {
+            let mut printer = PerfPrinter { dev: dev.name(), mode: s.mode, label };
+            workload::net::rate(dev, &s.waiter, ms * 1000, window, seed ^ 0x5a5a, &mut printer)
+                .map_err(|e| alloc::format!("packet rate: {e}"))?;
+        }
+        Ok(alloc::format!(
+            "{} mode={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {label}",
+            fields(&r),
+            s.mode.name(),
+            mac[0],
+            mac[1],
+            mac[2],
+            mac[3],
+            mac[4],
+            mac[5]
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// `console-echo`: param `bytes` (4096).
+pub fn console_echo(p: &Params<'_>, dev: &mut dyn ConsoleDevice, line: Option<IrqLine>, label: &str) -> Outcome {
+    let mut run = || -> Result<String, String> {
+        let bytes = p.u64_in("bytes", 4096, 1..=16 * 1024 * 1024)? as usize;
+        let seed = seed(p)?;
+        let s = session(p, dev.irq_ack(), line)?;
+        let r = workload::console::echo(dev, &s.waiter, bytes, seed).map_err(|e| alloc::format!("{e}"))?;
+        Ok(alloc::format!("{} mode={} {label}", fields(&r), s.mode.name()))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+// ---- virtio ----
+
+/// Parameters of the virtio block tests.
+pub const VIRTIO_BLK_PARAMS: &[&str] = &["mode", "seed", "notify", "qd", "extents", "ms"];
+/// Parameters of the virtio net test.
+pub const VIRTIO_NET_PARAMS: &[&str] = &["mode", "seed", "notify", "frames", "window", "ms"];
+/// Parameters of the virtio console test.
+pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "bytes"];
+
+macro_rules! open_or_fail {
+    ($p:expr, $open:path) => {{
+        let notify = match virtio::notify_mode($p.get("notify")) {
+            Ok(n) => n,
+            Err(e) => return fail!("{e}"),
+        };
+        match $open(notify) {
+            Ok(o) => o,
+            Err(e) => return fail!("{e}"),
+        }
+    }};
+}
+
+/// `blk-integrity@virtio-blk`.
+pub fn blk_integrity_virtio(p: &Params<'_>) -> Outcome {
+    let mut o = open_or_fail!(p, virtio::open_blk);
+    blk_integrity(p, &mut o.dev, o.line, &o.label)
+}
+
+/// `blk-throughput@virtio-blk`.
+pub fn blk_throughput_virtio(p: &Params<'_>) -> Outcome {
+    let mut o = open_or_fail!(p, virtio::open_blk);
+    blk_throughput(p, &mut o.dev, o.line, &o.label)
+}
+
+/// `blk-error@virtio-blk`.
+pub fn blk_error_virtio(p: &Params<'_>) -> Outcome {
+    let mut o = open_or_fail!(p, virtio::open_blk);
+    blk_error(p, &mut o.dev, o.line, &o.label)
+}
+
+/// `net-echo@virtio-net`.
+pub fn net_echo_virtio(p: &Params<'_>) -> Outcome {
+    let mut o = open_or_fail!(p, virtio::open_net);
+    net_echo(p, &mut o.dev, o.line, &o.label)
+}
+
+/// `console-echo@virtio-console`.
+pub fn console_echo_virtio(p: &Params<'_>) -> Outcome {
+    let mut o = open_or_fail!(p, virtio::open_console);
+    console_echo(p, &mut o.dev, o.line, &o.label)
+}
