@@ -313,11 +313,10 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
         mmio.write32(hba::GHC, hba::GHC_AE);
         let cap = mmio.read32(hba::CAP);
         let pi = mmio.read32(hba::PI);
-        let found = (0..32).filter(|p| pi & (1 << p) != 0).find(|&p| {
-            let ssts = mmio.read32(hba::port(p) + port::SSTS);
-            let sig = mmio.read32(hba::port(p) + port::SIG);
-            ssts & 0xf == port::DET_PRESENT && sig == port::SIG_ATA
-        });
+        // A drive whose link is up; its signature is only known once FIS receive runs (below).
+        let found = (0..32)
+            .filter(|p| pi & (1 << p) != 0)
+            .find(|&p| mmio.read32(hba::port(p) + port::SSTS) & 0xf == port::DET_PRESENT);
         let Some(port_no) = found else {
             return Err(Error::Absent { device: NAME });
         };
@@ -362,6 +361,13 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
                 t & u32::from(ata::status::BSY | ata::status::DRQ) == 0
             })
             .ok_or(init("drive stayed busy"))?;
+        // The drive's first register FIS set the signature: ATAPI and port multipliers are not
+        // disks this driver handles.
+        let sig = shared.read(port::SIG);
+        if sig != port::SIG_ATA {
+            shared.write(port::CMD, cmd & !port::CMD_FRE);
+            return Err(Error::Absent { device: NAME });
+        }
         shared.write(port::CMD, cmd | port::CMD_ST);
         mmio.write32(hba::GHC, hba::GHC_AE | hba::GHC_IE);
 

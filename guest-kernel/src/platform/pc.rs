@@ -193,15 +193,23 @@ pub fn pci_devices() -> &'static Result<Vec<PciDevice>> {
 
 /// The IOAPIC input a PCI function's INTx arrives on, on QEMU's q35: root-bus slot `s` with pin `p`
 /// (after bridge swizzling) goes to PIRQ E..H as `(s + p) % 4` (QEMU's ICH9 default routing, which
-/// its ACPI `_PRT` describes), and PIRQ A..H are IOAPIC inputs 16..23. Level-triggered; QEMU's tables
-/// call them active-high.
+/// its ACPI `_PRT` describes), except the chipset's own slots 25..=31 (AHCI and SMBus at 31, ...),
+/// whose D25IR..D31IR registers default to INTA..INTD -> PIRQ A..D. PIRQ A..H are IOAPIC inputs
+/// 16..23. Level-triggered; QEMU's tables call them active-high.
 pub fn pci_intx_gsi(dev: &PciDevice) -> Option<u32> {
     let (slot, pin) = dev.intx_root?;
+    if (ICH9_FIRST_IR_SLOT..=31).contains(&slot) {
+        return Some(PIRQ_A_GSI + u32::from(pin) % 4);
+    }
     Some(PIRQ_E_GSI + (u32::from(slot) + u32::from(pin)) % 4)
 }
 
-/// GSI of ICH9's PIRQ E (PIRQ A is GSI 16).
+/// GSI of ICH9's PIRQ A.
+const PIRQ_A_GSI: u32 = 16;
+/// GSI of ICH9's PIRQ E.
 const PIRQ_E_GSI: u32 = 20;
+/// The lowest root-bus slot with an ICH9 interrupt-route register (D25IR).
+const ICH9_FIRST_IR_SLOT: u8 = 25;
 
 /// Powers off through `isa-debug-exit` (QEMU exits with `(code << 1) | 1`). If that device is
 /// absent the write is ignored and the CPU halts for good.
