@@ -106,6 +106,13 @@ pub trait BlockDevice {
     /// Requests submitted and not yet returned by [`poll`](Self::poll).
     fn in_flight(&self) -> usize;
 
+    /// Opens (`true`) or closes (`false`) a batch of submissions. While a batch is open a driver may
+    /// hold back telling the device about new requests; closing it tells the device about all of them
+    /// at once (one notification instead of one per request). Drivers that cannot batch ignore it.
+    fn set_batching(&mut self, on: bool) {
+        let _ = on;
+    }
+
     /// The interrupt hook, if the device can complete by interrupt. The platform routes the
     /// device's interrupt to a handler that calls it.
     fn irq_ack(&self) -> Option<SharedIrqAck>;

@@ -49,6 +49,14 @@ pub unsafe trait DmaAllocator: Sync {
     /// drivers that let a device reach memory they did not allocate as [`DmaBuf`]; `None` if the
     /// device cannot reach it. The caller must not assume the next page is contiguous.
     fn bus_address(&self, virt: *const u8) -> Option<u64>;
+
+    /// The CPU's address of a byte this allocator handed out at bus address `bus`, if it can tell
+    /// (the default cannot). Drivers use it only to find a structure inside a region they allocated
+    /// through a library that reports bus addresses alone.
+    fn virt_address(&self, bus: u64) -> Option<NonNull<u8>> {
+        let _ = bus;
+        None
+    }
 }
 
 static ALLOCATOR: spin::Once<&'static dyn DmaAllocator> = spin::Once::new();
@@ -240,6 +248,10 @@ pub mod fake {
 
         fn bus_address(&self, virt: *const u8) -> Option<u64> {
             Some(virt as u64 + BUS_OFFSET)
+        }
+
+        fn virt_address(&self, bus: u64) -> Option<NonNull<u8>> {
+            NonNull::new(bus.checked_sub(BUS_OFFSET)? as *mut u8)
         }
     }
 

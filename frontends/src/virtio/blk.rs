@@ -13,7 +13,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
 use super::VirtioHal;
-use super::transport::VirtioPci;
+use super::transport::{VirtioPci, need_event};
 use crate::block::{BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected, validate};
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::DmaBuf;
@@ -79,6 +79,10 @@ pub struct VirtioBlk {
     /// Descriptor head (token) → slot.
     by_token: [u16; QUEUE_SIZE],
     in_flight: usize,
+    /// Our copy of the avail index (the crate's is private): advanced on every add.
+    avail_idx: u16,
+    /// The avail index when the open batch started (see `BlockDevice::set_batching`).
+    batch_start: Option<u16>,
     counters: Arc<AtomicCounters>,
     /// Set when the device broke the protocol; every later call fails with it.
     broken: Option<Error>,
@@ -142,6 +146,8 @@ impl VirtioBlk {
             slots: (0..MAX_IN_FLIGHT).map(|_| None).collect(),
             by_token: [NO_SLOT; QUEUE_SIZE],
             in_flight: 0,
+            avail_idx: 0,
+            batch_start: None,
             counters,
             broken: None,
         })
@@ -178,6 +184,21 @@ impl VirtioBlk {
         // SAFETY: as above, for the status byte.
         let status = unsafe { core::slice::from_raw_parts_mut(status, 1) };
         (hdr, buf.as_mut_slice(), status)
+    }
+
+    /// Kicks the device if it asked to hear about the requests added since avail index `old`.
+    fn kick_since(&mut self, old: u16) {
+        // SeqCst fence: our store of the new avail index must be visible to the device before we read
+        // its avail_event / used flags (store→load order, which Release/Acquire alone does not give),
+        // or a device going idle at that moment would miss the kick.
+        fence(Ordering::SeqCst);
+        let kick = match self.transport.avail_event(0).filter(|_| self.event_idx) {
+            Some(event) => need_event(event, self.avail_idx, old),
+            None => self.queue.should_notify(),
+        };
+        if kick {
+            self.transport.notify(0);
+        }
     }
 
     fn fail(&mut self, what: &'static str, value: u64) -> Error {
@@ -248,9 +269,18 @@ impl BlockDevice for VirtioBlk {
         // SAFETY (all three): the header, data and status memory stay untouched by us until pop_used
         // for this token (the request sits in `slots`, and `meta` is only written for free slots).
         let added = match op {
-            BlockOp::Read => unsafe { self.queue.add(&[hdr], &mut [data, status]) },
-            BlockOp::Write => unsafe { self.queue.add(&[hdr, data], &mut [status]) },
-            BlockOp::Flush => unsafe { self.queue.add(&[hdr], &mut [status]) },
+            BlockOp::Read => {
+                // SAFETY: see above; the chain for this op.
+                unsafe { self.queue.add(&[hdr], &mut [data, status]) }
+            }
+            BlockOp::Write => {
+                // SAFETY: see above; the chain for this op.
+                unsafe { self.queue.add(&[hdr, data], &mut [status]) }
+            }
+            BlockOp::Flush => {
+                // SAFETY: see above; the chain for this op.
+                unsafe { self.queue.add(&[hdr], &mut [status]) }
+            }
         };
         let token = match added {
             Ok(t) => t,
@@ -269,14 +299,26 @@ impl BlockDevice for VirtioBlk {
         self.by_token[usize::from(token)] = slot as u16;
         self.slots[slot] = Some(Slot { req, token });
         self.in_flight += 1;
-        // SeqCst fence: our store of the new avail index must be visible to the device before we read
-        // its avail_event / used flags in should_notify (store→load order, which Release/Acquire alone
-        // does not give), or a device going idle at that moment would miss the kick.
-        fence(Ordering::SeqCst);
-        if self.queue.should_notify() {
-            self.transport.notify(0);
+        let old = self.avail_idx;
+        self.avail_idx = old.wrapping_add(1);
+        match self.batch_start {
+            Some(_) => {}
+            None => self.kick_since(old),
         }
         Ok(())
+    }
+
+    fn set_batching(&mut self, on: bool) {
+        match (on, self.batch_start) {
+            (true, None) => self.batch_start = Some(self.avail_idx),
+            (false, Some(old)) => {
+                self.batch_start = None;
+                if old != self.avail_idx {
+                    self.kick_since(old);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn poll(&mut self) -> Result<Option<BlockCompletion>> {
@@ -300,9 +342,18 @@ impl BlockDevice for VirtioBlk {
         let (hdr, data, status) = unsafe { Self::parts(&self.meta, slot, &mut s.req.buf) };
         // SAFETY (all three): the same buffers as passed to add() for this token.
         let popped = match op {
-            BlockOp::Read => unsafe { self.queue.pop_used(token, &[hdr], &mut [data, status]) },
-            BlockOp::Write => unsafe { self.queue.pop_used(token, &[hdr, data], &mut [status]) },
-            BlockOp::Flush => unsafe { self.queue.pop_used(token, &[hdr], &mut [status]) },
+            BlockOp::Read => {
+                // SAFETY: see above; the chain for this op.
+                unsafe { self.queue.pop_used(token, &[hdr], &mut [data, status]) }
+            }
+            BlockOp::Write => {
+                // SAFETY: see above; the chain for this op.
+                unsafe { self.queue.pop_used(token, &[hdr, data], &mut [status]) }
+            }
+            BlockOp::Flush => {
+                // SAFETY: see above; the chain for this op.
+                unsafe { self.queue.pop_used(token, &[hdr], &mut [status]) }
+            }
         };
         self.by_token[usize::from(token)] = NO_SLOT;
         self.in_flight -= 1;

@@ -13,7 +13,7 @@ use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 
 use super::VirtioHal;
-use super::transport::VirtioPci;
+use super::transport::{VirtioPci, need_event};
 use crate::console::ConsoleDevice;
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::{DmaBuf, PAGE_SIZE};
@@ -55,6 +55,9 @@ pub struct VirtioConsole {
     pending: Option<Pending>,
     /// Transmit buffers with the token they are in flight under.
     tx: Vec<(Option<u16>, DmaBuf)>,
+    /// Our copies of the queues' avail indices (rx, tx).
+    avail_idx: [u16; 2],
+    event_idx: bool,
     counters: Arc<AtomicCounters>,
 }
 
@@ -82,6 +85,8 @@ impl VirtioConsole {
             rx: Vec::new(),
             pending: None,
             tx: Vec::new(),
+            avail_idx: [0; 2],
+            event_idx,
             counters,
         };
         for _ in 0..TX_BUFFERS {
@@ -98,8 +103,16 @@ impl VirtioConsole {
         // SeqCst fence: the new avail index must be visible to the device before we read its
         // avail_event (store→load order), or a device going idle now would miss the kick.
         fence(Ordering::SeqCst);
+        let idx = &mut self.avail_idx[usize::from(queue)];
+        let old = *idx;
+        *idx = old.wrapping_add(1);
+        let new = *idx;
         let q = if queue == RX_QUEUE { &self.rxq } else { &self.txq };
-        if q.should_notify() {
+        let kick = match self.transport.avail_event(queue).filter(|_| self.event_idx) {
+            Some(event) => need_event(event, new, old),
+            None => q.should_notify(),
+        };
+        if kick {
             self.transport.notify(queue);
         }
     }

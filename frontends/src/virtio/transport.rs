@@ -26,21 +26,28 @@ use crate::counters::AtomicCounters;
 use crate::wait::IrqAck;
 use crate::{Error, Result};
 
-/// How queue notifications are written.
+/// How and when queue notifications are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotifyMode {
-    /// The crate's `notify()`: select, read offset, write (3 accesses).
+    /// The crate's `notify()` (select, read offset, write: 3 accesses) and the crate's decision
+    /// whether to kick (`VirtQueue::should_notify`).
     Stock,
-    /// One write to the cached doorbell address.
+    /// One write to the cached doorbell address; the crate's decision whether to kick.
     Cached,
+    /// One write to the cached doorbell address, and with EVENT_IDX the spec's exact decision
+    /// ([`need_event`]) instead of the crate's. The crate kicks whenever the new index is at or past
+    /// `avail_event + 1`, which stays true while the device is busy (it only moves `avail_event`
+    /// when it re-enables notifications), so it kicks on every request at any queue depth.
+    Exact,
 }
 
 impl NotifyMode {
-    /// `stock` or `cached`, as on the kernel command line.
+    /// `stock`, `cached` or `exact`, as on the kernel command line.
     pub fn name(self) -> &'static str {
         match self {
             Self::Stock => "stock",
             Self::Cached => "cached",
+            Self::Exact => "exact",
         }
     }
 
@@ -49,9 +56,17 @@ impl NotifyMode {
         match s {
             "stock" => Some(Self::Stock),
             "cached" => Some(Self::Cached),
+            "exact" => Some(Self::Exact),
             _ => None,
         }
     }
+}
+
+/// The virtio spec's `vring_need_event`: after moving the avail index from `old` to `new`, the
+/// device asked (with `avail_event == event`) to be kicked iff `event` lies in `[old, new)`, all in
+/// wrapping u16 arithmetic.
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 /// PCI vendor-specific capability id.
@@ -132,6 +147,8 @@ pub struct VirtioPci {
     notify_len: usize,
     notify_multiplier: u32,
     doorbells: [Option<NonNull<u16>>; MAX_QUEUES],
+    /// Per queue: the `avail_event` field at the end of the used ring (the CPU's view).
+    avail_events: [Option<NonNull<u16>>; MAX_QUEUES],
     irq: Arc<VirtioIrq>,
     counters: Arc<AtomicCounters>,
 }
@@ -206,6 +223,7 @@ impl VirtioPci {
             notify_len,
             notify_multiplier: multiplier,
             doorbells: [None; MAX_QUEUES],
+            avail_events: [None; MAX_QUEUES],
             irq: Arc::new(VirtioIrq {
                 isr: isr_ptr,
                 counters: counters.clone(),
@@ -227,6 +245,16 @@ impl VirtioPci {
     /// Counters shared with the device driver: kicks are counted here, interrupts by the hook.
     pub fn counters(&self) -> Arc<AtomicCounters> {
         self.counters.clone()
+    }
+
+    /// The device's current `avail_event` for `queue` (meaningful with EVENT_IDX), if known: only in
+    /// [`NotifyMode::Exact`] and when the DMA allocator can map the used ring's bus address back.
+    pub fn avail_event(&self, queue: u16) -> Option<u16> {
+        let p = self.avail_events.get(usize::from(queue)).copied().flatten()?;
+        // SAFETY: p points at the avail_event field inside the used ring the queue's driver
+        // allocated and the device writes; it lives as long as the queue (queues are never unset on
+        // virtio-pci). A volatile read because the device changes it behind our back.
+        Some(unsafe { p.as_ptr().read_volatile() })
     }
 
     /// Reads `queue`'s notify offset (once, at queue setup) and caches its doorbell address.
@@ -276,7 +304,9 @@ impl Transport for VirtioPci {
     fn notify(&mut self, queue: u16) {
         self.counters.notified(1);
         let doorbell = match self.mode {
-            NotifyMode::Cached => self.doorbells.get(usize::from(queue)).copied().flatten(),
+            NotifyMode::Cached | NotifyMode::Exact => {
+                self.doorbells.get(usize::from(queue)).copied().flatten()
+            }
             NotifyMode::Stock => None,
         };
         match doorbell {

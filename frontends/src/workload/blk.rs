@@ -68,59 +68,65 @@ fn pipeline(
             Ok(())
         };
     loop {
-        // Fill the queue.
-        while in_flight < qd {
-            let job = match pending.take() {
-                Some(j) => j,
-                None if exhausted => break,
-                None => match next() {
+        // Fill the queue, telling the device about the new requests once at the end.
+        dev.set_batching(true);
+        let filled: Result<()> = 'fill: {
+            while in_flight < qd {
+                let job = match pending.take() {
                     Some(j) => j,
-                    None => {
-                        exhausted = true;
+                    None if exhausted => break,
+                    None => match next() {
+                        Some(j) => j,
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                    },
+                };
+                let mut buf = if job.op == BlockOp::Flush {
+                    DmaBuf::empty()
+                } else {
+                    let mut b = pool.pop().expect("one buffer per free slot");
+                    assert!(
+                        b.set_len(job.sectors as usize * ss),
+                        "job longer than the pool's buffers"
+                    );
+                    b
+                };
+                if job.op == BlockOp::Write {
+                    prepare(&job, buf.as_mut_slice());
+                }
+                let tag = slots
+                    .iter()
+                    .position(Option::is_none)
+                    .expect("free slot when in_flight < qd");
+                match dev.submit(BlockRequest {
+                    tag: tag as u64,
+                    op: job.op,
+                    sector: job.sector,
+                    buf,
+                }) {
+                    Ok(()) => {
+                        slots[tag] = Some(job);
+                        in_flight += 1;
+                    }
+                    Err(Rejected {
+                        req,
+                        error: Error::QueueFull { .. },
+                    }) if in_flight > 0 => {
+                        if !req.buf.is_empty() || req.buf.capacity() > 0 {
+                            pool.push(req.buf);
+                        }
+                        pending = Some(job);
                         break;
                     }
-                },
-            };
-            let mut buf = if job.op == BlockOp::Flush {
-                DmaBuf::empty()
-            } else {
-                let mut b = pool.pop().expect("one buffer per free slot");
-                assert!(
-                    b.set_len(job.sectors as usize * ss),
-                    "job longer than the pool's buffers"
-                );
-                b
-            };
-            if job.op == BlockOp::Write {
-                prepare(&job, buf.as_mut_slice());
-            }
-            let tag = slots
-                .iter()
-                .position(Option::is_none)
-                .expect("free slot when in_flight < qd");
-            match dev.submit(BlockRequest {
-                tag: tag as u64,
-                op: job.op,
-                sector: job.sector,
-                buf,
-            }) {
-                Ok(()) => {
-                    slots[tag] = Some(job);
-                    in_flight += 1;
+                    Err(r) => break 'fill Err(r.error),
                 }
-                Err(Rejected {
-                    req,
-                    error: Error::QueueFull { .. },
-                }) if in_flight > 0 => {
-                    if !req.buf.is_empty() || req.buf.capacity() > 0 {
-                        pool.push(req.buf);
-                    }
-                    pending = Some(job);
-                    break;
-                }
-                Err(r) => return Err(r.error),
             }
-        }
+            Ok(())
+        };
+        dev.set_batching(false);
+        filled?;
         if in_flight == 0 {
             return Ok(moved);
         }
@@ -317,6 +323,9 @@ pub struct ThroughputParams {
     pub phase_us: u64,
     /// The deep queue depth (the shallow one is 1).
     pub qd: usize,
+    /// Size of the random requests: 4096 (`randread4k`, `randwrite4k`) or 512 (`randread512`,
+    /// `randwrite512`).
+    pub random_bytes: usize,
 }
 
 impl Default for ThroughputParams {
@@ -325,6 +334,7 @@ impl Default for ThroughputParams {
             seed: 1,
             phase_us: 300_000,
             qd: 32,
+            random_bytes: 4096,
         }
     }
 }
@@ -352,6 +362,17 @@ pub fn throughput(
     let mut out = Vec::new();
     let mut rng = Rng::new(p.seed);
     for (n, &(pattern, op, sectors, random, deep)) in PHASES.iter().enumerate() {
+        let (pattern, sectors) = match (random, p.random_bytes) {
+            (true, 512) if ss == 512 => (
+                if op == BlockOp::Read {
+                    "randread512"
+                } else {
+                    "randwrite512"
+                },
+                1,
+            ),
+            _ => (pattern, sectors),
+        };
         let bytes = sectors as usize * ss as usize;
         if bytes > info.max_request_bytes || u64::from(sectors) * 2 > info.capacity_sectors {
             continue;
@@ -563,6 +584,7 @@ mod tests {
             seed: 1,
             phase_us: 2000,
             qd: 32,
+            random_bytes: 4096,
         };
         let perfs = throughput(&mut d, &clock, &p, &mut rec).unwrap();
         assert_eq!(rec.phases, [1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0]);

@@ -38,7 +38,11 @@ unsafe impl DmaAllocator for KernelDma {
     fn alloc_pages(&self, pages: usize) -> Option<DmaRegion> {
         // SAFETY: the layout has non-zero size.
         let virt = NonNull::new(unsafe { alloc::alloc::alloc_zeroed(page_layout(pages)) })?;
-        Some(DmaRegion { bus: virt.as_ptr() as u64, virt, pages })
+        Some(DmaRegion {
+            bus: virt.as_ptr() as u64,
+            virt,
+            pages,
+        })
     }
 
     unsafe fn free_pages(&self, region: DmaRegion) {
@@ -49,6 +53,10 @@ unsafe impl DmaAllocator for KernelDma {
     fn bus_address(&self, virt: *const u8) -> Option<u64> {
         // Everything the kernel can address is identity-mapped.
         Some(virt as u64)
+    }
+
+    fn virt_address(&self, bus: u64) -> Option<NonNull<u8>> {
+        NonNull::new(bus as *mut u8)
     }
 }
 
@@ -83,7 +91,10 @@ impl KernelWaiter {
             let initial = (cal.lapic_hz / WAKE_HZ).clamp(1, u64::from(u32::MAX)) as u32;
             apic::timer_start(initial, Some(interrupts::TIMER_VECTOR));
         }
-        Ok(Self { mode, tsc_hz: cal.tsc_hz })
+        Ok(Self {
+            mode,
+            tsc_hz: cal.tsc_hz,
+        })
     }
 }
 
@@ -144,14 +155,22 @@ pub struct IrqLine {
 impl IrqLine {
     /// A PCI function's INTx line (level-triggered), if it has one.
     pub fn pci_intx(dev: &PciDevice) -> Option<Self> {
-        Some(Self { gsi: pc::pci_intx_gsi(dev)?, trigger: Trigger::Level, polarity: Polarity::ActiveHigh })
+        Some(Self {
+            gsi: pc::pci_intx_gsi(dev)?,
+            trigger: Trigger::Level,
+            polarity: Polarity::ActiveHigh,
+        })
     }
 
     /// An ISA IRQ (edge-triggered, active high; ISA IRQ n is GSI n on q35 except IRQ 0).
     #[allow(dead_code, reason = "for the emulated ISA devices (IDE IRQ 14, COM2 IRQ 3)")]
     pub fn isa(irq: u8) -> Self {
         let gsi = if irq == 0 { 2 } else { u32::from(irq) };
-        Self { gsi, trigger: Trigger::Edge, polarity: Polarity::ActiveHigh }
+        Self {
+            gsi,
+            trigger: Trigger::Edge,
+            polarity: Polarity::ActiveHigh,
+        }
     }
 }
 

@@ -23,7 +23,11 @@ const VIRTIO_VENDOR: u16 = 0x1af4;
 pub struct PortCam;
 
 fn bdf(df: DeviceFunction) -> Bdf {
-    Bdf { bus: df.bus, device: df.device, function: df.function }
+    Bdf {
+        bus: df.bus,
+        device: df.device,
+        function: df.function,
+    }
 }
 
 impl ConfigurationAccess for PortCam {
@@ -46,25 +50,34 @@ const NET: (&str, u16, u16) = ("virtio-net", 0x1000, 0x1041);
 const CONSOLE: (&str, u16, u16) = ("virtio-console", 0x1003, 0x1043);
 
 fn find(kind: (&'static str, u16, u16)) -> Result<&'static PciDevice, Error> {
-    let devices = pc::pci_devices().as_ref().map_err(|_| Error::Absent { device: kind.0 })?;
+    let devices = pc::pci_devices()
+        .as_ref()
+        .map_err(|_| Error::Absent { device: kind.0 })?;
     devices
         .iter()
         .find(|d| d.vendor_id == VIRTIO_VENDOR && (d.device_id == kind.1 || d.device_id == kind.2))
         .ok_or(Error::Absent { device: kind.0 })
 }
 
-fn transport(kind: (&'static str, u16, u16), mode: NotifyMode) -> Result<(VirtioPci, &'static PciDevice), Error> {
+fn transport(
+    kind: (&'static str, u16, u16),
+    mode: NotifyMode,
+) -> Result<(VirtioPci, &'static PciDevice), Error> {
     super::init_dma();
     let d = find(kind)?;
-    let df = DeviceFunction { bus: d.bdf.bus, device: d.bdf.device, function: d.bdf.function };
+    let df = DeviceFunction {
+        bus: d.bdf.bus,
+        device: d.bdf.device,
+        function: d.bdf.function,
+    };
     Ok((VirtioPci::new(PortCam, df, mode, kind.0)?, d))
 }
 
-/// Parses the `notify=` parameter (default cached).
+/// Parses the `notify=` parameter (default exact).
 pub fn notify_mode(value: Option<&str>) -> Result<NotifyMode, String> {
     match value {
-        None => Ok(NotifyMode::Cached),
-        Some(v) => NotifyMode::parse(v).ok_or_else(|| format!("notify='{v}' is not stock or cached")),
+        None => Ok(NotifyMode::Exact),
+        Some(v) => NotifyMode::parse(v).ok_or_else(|| format!("notify='{v}' is not stock, cached or exact")),
     }
 }
 
@@ -83,20 +96,37 @@ pub struct Opened<D> {
 pub fn open_blk(mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
     let (t, d) = transport(BLK, mode)?;
     let dev = VirtioBlk::new(t)?;
-    let label = format!("notify={} event_idx={} pci={}", mode.name(), u8::from(dev.event_idx()), d.bdf);
-    Ok(Opened { dev, line: IrqLine::pci_intx(d), label })
+    let label = format!(
+        "notify={} event_idx={} pci={}",
+        mode.name(),
+        u8::from(dev.event_idx()),
+        d.bdf
+    );
+    Ok(Opened {
+        dev,
+        line: IrqLine::pci_intx(d),
+        label,
+    })
 }
 
 /// Opens the first virtio-net device.
 pub fn open_net(mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
     let (t, d) = transport(NET, mode)?;
     let dev = VirtioNet::new(t)?;
-    Ok(Opened { dev, line: IrqLine::pci_intx(d), label: format!("notify={} pci={}", mode.name(), d.bdf) })
+    Ok(Opened {
+        dev,
+        line: IrqLine::pci_intx(d),
+        label: format!("notify={} pci={}", mode.name(), d.bdf),
+    })
 }
 
 /// Opens the first virtio-console device (port 0).
 pub fn open_console(mode: NotifyMode) -> Result<Opened<VirtioConsole>, Error> {
     let (t, d) = transport(CONSOLE, mode)?;
     let dev = VirtioConsole::new(t)?;
-    Ok(Opened { dev, line: IrqLine::pci_intx(d), label: format!("notify={} pci={}", mode.name(), d.bdf) })
+    Ok(Opened {
+        dev,
+        line: IrqLine::pci_intx(d),
+        label: format!("notify={} pci={}", mode.name(), d.bdf),
+    })
 }
