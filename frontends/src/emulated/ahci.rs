@@ -301,8 +301,9 @@ pub struct AhciDisk<M> {
 impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
     /// Resets and enables the HBA behind `mmio` (its ABAR), takes the first implemented port with
     /// an ATA drive, starts it and identifies the drive. [`Error::Absent`] if no port has a drive.
-    /// Interrupts are enabled at the HBA (GHC.IE and the port's PxIE).
-    pub fn probe(mmio: M) -> Result<Self> {
+    /// Interrupts are enabled at the HBA (GHC.IE and the port's PxIE). With `allow_ncq` false,
+    /// reads and writes are non-queued DMA commands, one at a time, even if NCQ is available.
+    pub fn probe(mmio: M, allow_ncq: bool) -> Result<Self> {
         let init = |reason| Error::Init { device: NAME, reason };
         // An HBA reset leaves every register at its default (and the ports idle).
         mmio.write32(hba::GHC, hba::GHC_AE);
@@ -384,7 +385,8 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
             broken: false,
         };
         disk.identify = disk.identify_device()?;
-        disk.ncq = cap & hba::CAP_SNCQ != 0 && disk.identify.ncq_depth.is_some() && disk.identify.lba48;
+        disk.ncq =
+            allow_ncq && cap & hba::CAP_SNCQ != 0 && disk.identify.ncq_depth.is_some() && disk.identify.lba48;
         let depth = if disk.ncq {
             slots.min(usize::from(disk.identify.ncq_depth.unwrap_or(1)))
         } else {

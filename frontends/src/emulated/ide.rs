@@ -93,12 +93,23 @@ enum Phase {
     Flush(BlockRequest),
 }
 
+/// Width of the data-register accesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PioWidth {
+    /// `rep insw` / `rep outsw`: 256 accesses per sector, what every ATA device takes.
+    Bits16,
+    /// `rep insd` / `rep outsd`: 128 accesses per sector, the "32-bit I/O" that PCI IDE controllers
+    /// (PIIX included) accept on the data port.
+    Bits32,
+}
+
 /// An ATA disk on an IDE channel, PIO.
 #[derive(Debug)]
 pub struct IdeDisk<P> {
     shared: Arc<Shared<P>>,
     identify: Identify,
     phase: Phase,
+    width: PioWidth,
 }
 
 impl<P: PortIo> Shared<P> {
@@ -232,7 +243,13 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
             shared: Arc::new(shared),
             identify,
             phase: Phase::Idle,
+            width: PioWidth::Bits16,
         })
+    }
+
+    /// Chooses the data-register access width for reads and writes (16-bit after `probe`).
+    pub fn set_pio_width(&mut self, width: PioWidth) {
+        self.width = width;
     }
 
     /// The drive's IDENTIFY data.
@@ -282,13 +299,20 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
                     if s & status::DRQ != 0 && done < total {
                         let range = done * ata::SECTOR_SIZE..(done + 1) * ata::SECTOR_SIZE;
                         let port = self.shared.cmd_port(REG_DATA);
-                        match dir {
-                            Direction::Read => {
-                                self.shared
-                                    .io
-                                    .read16_rep(port, &mut req.buf.as_mut_slice()[range]);
+                        let io = &self.shared.io;
+                        match (dir, self.width) {
+                            (Direction::Read, PioWidth::Bits16) => {
+                                io.read16_rep(port, &mut req.buf.as_mut_slice()[range]);
                             }
-                            Direction::Write => self.shared.io.write16_rep(port, &req.buf.as_slice()[range]),
+                            (Direction::Read, PioWidth::Bits32) => {
+                                io.read32_rep(port, &mut req.buf.as_mut_slice()[range]);
+                            }
+                            (Direction::Write, PioWidth::Bits16) => {
+                                io.write16_rep(port, &req.buf.as_slice()[range])
+                            }
+                            (Direction::Write, PioWidth::Bits32) => {
+                                io.write32_rep(port, &req.buf.as_slice()[range])
+                            }
                         }
                         self.shared.counters.copied(ata::SECTOR_SIZE as u64);
                         done += 1;

@@ -26,6 +26,11 @@ pub trait PortIo {
     /// `rep outsw`: writes `buf.len() / 2` 16-bit words from `buf` to `port`. `buf.len()` must
     /// be even.
     fn write16_rep(&self, port: u16, buf: &[u8]);
+    /// `rep insd`: reads `buf.len() / 4` 32-bit words from `port` into `buf`. `buf.len()` must be
+    /// a multiple of 4.
+    fn read32_rep(&self, port: u16, buf: &mut [u8]);
+    /// `rep outsd`: writes `buf.len() / 4` 32-bit words from `buf` to `port`.
+    fn write32_rep(&self, port: u16, buf: &[u8]);
 }
 
 /// A device's memory-mapped register window (a PCI memory BAR), accessed with naturally aligned,
@@ -61,6 +66,12 @@ impl<T: PortIo + ?Sized> PortIo for &T {
     }
     fn write16_rep(&self, port: u16, buf: &[u8]) {
         (**self).write16_rep(port, buf);
+    }
+    fn read32_rep(&self, port: u16, buf: &mut [u8]) {
+        (**self).read32_rep(port, buf);
+    }
+    fn write32_rep(&self, port: u16, buf: &[u8]) {
+        (**self).write32_rep(port, buf);
     }
 }
 

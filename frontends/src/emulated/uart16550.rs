@@ -355,6 +355,12 @@ mod tests {
         fn write16_rep(&self, _: u16, _: &[u8]) {
             unreachable!("byte registers only")
         }
+        fn read32_rep(&self, _: u16, _: &mut [u8]) {
+            unreachable!("byte registers only")
+        }
+        fn write32_rep(&self, _: u16, _: &[u8]) {
+            unreachable!("byte registers only")
+        }
     }
 
     fn chip() -> &'static FakeUart {

@@ -17,7 +17,7 @@ use pvkit_frontends::block::BlockDevice;
 use pvkit_frontends::console::ConsoleDevice;
 use pvkit_frontends::emulated::ahci::AhciDisk;
 use pvkit_frontends::emulated::e1000::E1000;
-use pvkit_frontends::emulated::ide::{IdeChannel, IdeDisk};
+use pvkit_frontends::emulated::ide::{IdeChannel, IdeDisk, PioWidth};
 use pvkit_frontends::emulated::io::Mmio;
 use pvkit_frontends::emulated::uart16550::UartConsole;
 use pvkit_frontends::net::NetDevice;
@@ -27,13 +27,6 @@ use super::IrqLine;
 use crate::drivers::pci::{BarKind, PciDevice};
 use crate::platform::pc::{self, PcPorts};
 use crate::platform::{self, Platform};
-
-/// Block devices this module opens.
-pub const BLOCK: &[&str] = &["ide", "ahci"];
-/// Network devices this module opens.
-pub const NET: &[&str] = &["e1000"];
-/// Console devices this module opens.
-pub const CONSOLE: &[&str] = &["uart"];
 
 /// COM2: the UART offered as a console device (COM1 is the kernel's own console).
 pub const COM2_BASE: u16 = 0x2f8;
@@ -142,16 +135,8 @@ fn io_bar(dev: &PciDevice, index: u8) -> Option<u16> {
         .and_then(|b| u16::try_from(b.addr).ok())
 }
 
-/// Opens the block device `name` (`ide` or `ahci`); `None` if the name is not one of [`BLOCK`].
-pub fn open_block(name: &str) -> Option<Result<Opened<dyn BlockDevice>>> {
-    match name {
-        "ide" => Some(open_ide()),
-        "ahci" => Some(open_ahci()),
-        _ => None,
-    }
-}
-
-fn open_ide() -> Result<Opened<dyn BlockDevice>> {
+/// Opens the ATA disk on the primary IDE channel, moving data `width` bits at a time.
+pub fn open_ide(width: PioWidth) -> Result<Opened<dyn BlockDevice>> {
     let controller = pci_devices()?.iter().find(|d| d.class >> 8 == CLASS_IDE);
     let (channel, line) = match controller {
         Some(d) if d.class & PROGIF_PRIMARY_NATIVE != 0 => {
@@ -173,12 +158,14 @@ fn open_ide() -> Result<Opened<dyn BlockDevice>> {
     };
     super::init_dma();
     // SAFETY: the primary IDE channel's ports belong to this driver alone.
-    let disk = IdeDisk::probe(unsafe { PcPorts::new() }, channel)?;
+    let mut disk = IdeDisk::probe(unsafe { PcPorts::new() }, channel)?;
+    disk.set_pio_width(width);
     let id = disk.identify();
     let label = format!(
-        "ports={:#x}/{:#x} sectors={} lba48={} model=\"{}\"",
+        "ports={:#x}/{:#x} pio={} sectors={} lba48={} model=\"{}\"",
         channel.command_base,
         channel.control_base,
+        if width == PioWidth::Bits32 { 32 } else { 16 },
         id.sectors,
         u8::from(id.lba48),
         id.model.as_str()
@@ -190,14 +177,16 @@ fn open_ide() -> Result<Opened<dyn BlockDevice>> {
     })
 }
 
-fn open_ahci() -> Result<Opened<dyn BlockDevice>> {
+/// Opens the first ATA disk on the AHCI controller; `allow_ncq` false keeps it to one non-queued
+/// command at a time.
+pub fn open_ahci(allow_ncq: bool) -> Result<Opened<dyn BlockDevice>> {
     let absent = Error::Absent { device: "ahci" };
     let d = pci_devices()?
         .iter()
         .find(|d| d.class == CLASS_AHCI)
         .ok_or(absent)?;
     super::init_dma();
-    let disk = AhciDisk::probe(memory_bar(d, 5, "ahci")?)?;
+    let disk = AhciDisk::probe(memory_bar(d, 5, "ahci")?, allow_ncq)?;
     let label = format!(
         "pci={} sectors={} ncq={} qd={} model=\"{}\"",
         d.bdf,
@@ -213,12 +202,8 @@ fn open_ahci() -> Result<Opened<dyn BlockDevice>> {
     })
 }
 
-/// Opens the network device `name` (`e1000`); `None` if the name is not one of [`NET`].
-pub fn open_net(name: &str) -> Option<Result<Opened<dyn NetDevice>>> {
-    (name == "e1000").then(open_e1000)
-}
-
-fn open_e1000() -> Result<Opened<dyn NetDevice>> {
+/// Opens the first 82540EM.
+pub fn open_e1000() -> Result<Opened<dyn NetDevice>> {
     let d = pci_devices()?
         .iter()
         .find(|d| (d.vendor_id, d.device_id) == E1000_ID)
@@ -244,18 +229,16 @@ fn open_e1000() -> Result<Opened<dyn NetDevice>> {
     })
 }
 
-/// Opens the console device `name` (`uart`, COM2); `None` if the name is not one of [`CONSOLE`].
-pub fn open_console(name: &str) -> Option<Result<Opened<dyn ConsoleDevice>>> {
-    (name == "uart").then(|| {
-        if platform::current() != Some(Platform::Pvh) {
-            return Err(Error::Absent { device: "uart" });
-        }
-        // SAFETY: COM2's ports belong to this driver alone (the kernel console is COM1).
-        let uart = UartConsole::new(unsafe { PcPorts::new() }, COM2_BASE)?;
-        Ok(Opened {
-            dev: Box::new(uart) as Box<dyn ConsoleDevice>,
-            line: Some(IrqLine::isa(COM2_IRQ)),
-            label: format!("ports={COM2_BASE:#x}"),
-        })
+/// Opens COM2 as a console device.
+pub fn open_uart() -> Result<Opened<dyn ConsoleDevice>> {
+    if platform::current() != Some(Platform::Pvh) {
+        return Err(Error::Absent { device: "uart" });
+    }
+    // SAFETY: COM2's ports belong to this driver alone (the kernel console is COM1).
+    let uart = UartConsole::new(unsafe { PcPorts::new() }, COM2_BASE)?;
+    Ok(Opened {
+        dev: Box::new(uart),
+        line: Some(IrqLine::isa(COM2_IRQ)),
+        label: format!("ports={COM2_BASE:#x}"),
     })
 }

@@ -8,6 +8,7 @@
 //! - [`bind_irq`]: routes a device's interrupt line to a vector whose handler calls the driver's
 //!   [`IrqAck`](pvkit_frontends::wait::IrqAck).
 
+pub mod emulated;
 pub mod virtio;
 
 use alloc::string::String;

@@ -77,6 +77,16 @@ impl PortIo for PcPorts {
         // SAFETY: as for read8.
         unsafe { port::outsw(port, buf) }
     }
+
+    fn read32_rep(&self, port: u16, buf: &mut [u8]) {
+        // SAFETY: as for read8; the dwords land in `buf`.
+        unsafe { port::insl(port, buf) }
+    }
+
+    fn write32_rep(&self, port: u16, buf: &[u8]) {
+        // SAFETY: as for read8.
+        unsafe { port::outsl(port, buf) }
+    }
 }
 
 /// The console UART's register access.

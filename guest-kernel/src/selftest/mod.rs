@@ -7,6 +7,7 @@
 //! [`report_abort`] to print its FAIL line and the summary.
 
 mod cpuid;
+mod emulated;
 mod fault;
 mod heap;
 mod hello;
@@ -171,6 +172,54 @@ pub static TESTS: &[Test] = &[
         default: false,
         params: workloads::VIRTIO_CONSOLE_PARAMS,
         run: workloads::console_echo_virtio,
+    },
+    Test {
+        name: "blk-integrity@ide",
+        default: false,
+        params: emulated::IDE_PARAMS,
+        run: emulated::blk_integrity_ide,
+    },
+    Test {
+        name: "blk-throughput@ide",
+        default: false,
+        params: emulated::IDE_PARAMS,
+        run: emulated::blk_throughput_ide,
+    },
+    Test {
+        name: "blk-error@ide",
+        default: false,
+        params: emulated::IDE_PARAMS,
+        run: emulated::blk_error_ide,
+    },
+    Test {
+        name: "blk-integrity@ahci",
+        default: false,
+        params: emulated::AHCI_PARAMS,
+        run: emulated::blk_integrity_ahci,
+    },
+    Test {
+        name: "blk-throughput@ahci",
+        default: false,
+        params: emulated::AHCI_PARAMS,
+        run: emulated::blk_throughput_ahci,
+    },
+    Test {
+        name: "blk-error@ahci",
+        default: false,
+        params: emulated::AHCI_PARAMS,
+        run: emulated::blk_error_ahci,
+    },
+    Test {
+        name: "net-echo@e1000",
+        default: false,
+        params: emulated::E1000_PARAMS,
+        run: emulated::net_echo_e1000,
+    },
+    Test {
+        name: "console-echo@uart",
+        default: false,
+        params: emulated::UART_PARAMS,
+        run: emulated::console_echo_uart,
     },
 ];
 

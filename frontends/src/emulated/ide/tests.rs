@@ -39,6 +39,7 @@ struct Drive {
     fail_write_lba: Option<u64>,
     flushes: u32,
     data_reads: u32,
+    dword_reads: u32,
 }
 
 impl Drive {
@@ -235,6 +236,15 @@ impl PortIo for FakePorts {
         panic!("no 32-bit registers")
     }
 
+    fn read32_rep(&self, port: u16, buf: &mut [u8]) {
+        self.0.borrow_mut().dword_reads += 1;
+        self.read16_rep(port, buf);
+    }
+
+    fn write32_rep(&self, port: u16, buf: &[u8]) {
+        self.write16_rep(port, buf);
+    }
+
     fn read16_rep(&self, port: u16, buf: &mut [u8]) {
         assert_eq!(port, BASE + REG_DATA);
         let mut d = self.0.borrow_mut();
@@ -299,6 +309,10 @@ fn absent_channel_floats_high() {
             buf.fill(0xff);
         }
         fn write16_rep(&self, _: u16, _: &[u8]) {}
+        fn read32_rep(&self, _: u16, buf: &mut [u8]) {
+            buf.fill(0xff);
+        }
+        fn write32_rep(&self, _: u16, _: &[u8]) {}
     }
     let e = IdeDisk::probe(Floating, IdeChannel::PRIMARY_MASTER).unwrap_err();
     assert_eq!(e, Error::Absent { device: "ide" });
@@ -403,4 +417,16 @@ fn interrupt_ack_reads_status_and_counts() {
     assert!(!drive.borrow().irq, "reading the status register lowers INTRQ");
     assert_eq!(disk.counters().interrupts, 1);
     assert!(disk.poll().unwrap().is_some());
+}
+
+#[test]
+fn thirty_two_bit_pio_moves_the_same_bytes() {
+    let (mut disk, drive) = disk();
+    disk.set_pio_width(PioWidth::Bits32);
+    let clock = StepClock::new(1);
+    let data: Vec<u8> = (0..1024u32).map(|i| (i ^ (i >> 3)) as u8).collect();
+    write(&mut disk, &clock, 40, &data).unwrap();
+    assert_eq!(&drive.borrow().disk[40 * 512..42 * 512], &data[..]);
+    assert_eq!(read(&mut disk, &clock, 40, 1024).unwrap().as_slice(), &data[..]);
+    assert_eq!(drive.borrow().dword_reads, 2, "one rep insd per sector");
 }

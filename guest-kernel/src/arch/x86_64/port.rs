@@ -97,3 +97,42 @@ pub unsafe fn outsw(port: u16, buf: &[u8]) {
         );
     }
 }
+
+/// `rep insd`: reads `buf.len() / 4` 32-bit words from `port` into `buf` (trailing bytes are left
+/// alone).
+///
+/// # Safety
+/// As for [`insw`].
+pub unsafe fn insl(port: u16, buf: &mut [u8]) {
+    let dwords = buf.len() / 4;
+    // SAFETY: `rep insd` stores `dwords` dwords at `rdi` ascending (DF clear), all inside `buf`;
+    // the port access is the caller's promise.
+    unsafe {
+        core::arch::asm!(
+            "rep insd",
+            in("dx") port,
+            inout("rdi") buf.as_mut_ptr() => _,
+            inout("rcx") dwords => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// `rep outsd`: writes `buf.len() / 4` 32-bit words from `buf` to `port`.
+///
+/// # Safety
+/// As for [`outb`].
+pub unsafe fn outsl(port: u16, buf: &[u8]) {
+    let dwords = buf.len() / 4;
+    // SAFETY: `rep outsd` loads `dwords` dwords from `rsi` ascending, all inside `buf`; the port
+    // access is the caller's promise.
+    unsafe {
+        core::arch::asm!(
+            "rep outsd",
+            in("dx") port,
+            inout("rsi") buf.as_ptr() => _,
+            inout("rcx") dwords => _,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+}
