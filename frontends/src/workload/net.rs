@@ -114,7 +114,8 @@ fn run(
     let mac = dev.mac();
     let mut frame = Vec::new();
     let mut rx = alloc::vec![0u8; ETH_HEADER_LEN + dev.mtu() + 4];
-    let mut seen = alloc::vec![false; count as usize];
+    // Sent and not yet echoed (at most `window`).
+    let mut outstanding: Vec<u32> = Vec::new();
     let (mut next, mut echoed, mut bytes) = (0u32, 0u32, 0u64);
     loop {
         let stop = deadline_us.is_some_and(|d| waiter.now_us() >= d);
@@ -129,6 +130,7 @@ fn run(
                 match dev.transmit(&frame) {
                     Ok(()) => {
                         bytes += frame.len() as u64;
+                        outstanding.push(next);
                         next += 1;
                         moved = true;
                     }
@@ -140,17 +142,15 @@ fn run(
                 let Some(seq) = check_echo(mac, &rx[..n], seed)? else {
                     continue;
                 };
-                match seen.get_mut(seq as usize) {
-                    Some(s) if !*s && seq < next => *s = true,
-                    _ => {
-                        return Err(Error::Mismatch {
-                            what: "echo sequence number (unsent or repeated)",
-                            index: seq.into(),
-                            expected: next.into(),
-                            found: seq.into(),
-                        });
-                    }
-                }
+                let Some(at) = outstanding.iter().position(|&o| o == seq) else {
+                    return Err(Error::Mismatch {
+                        what: "echo sequence number (unsent or repeated)",
+                        index: seq.into(),
+                        expected: next.into(),
+                        found: seq.into(),
+                    });
+                };
+                outstanding.swap_remove(at);
                 echoed += 1;
                 bytes += n as u64;
                 moved = true;

@@ -201,6 +201,15 @@ pub fn bind_irq(line: IrqLine, ack: SharedIrqAck) -> Result<IrqBinding, String> 
         drop(IrqBinding { line, vector });
         return Err(alloc::format!("routing GSI {}: {e}", line.gsi));
     }
+    // A level-triggered line that was already asserted while its IOAPIC entry was still the masked
+    // edge entry of boot time was ignored (an IOAPIC drops edge requests on masked pins), and it will
+    // not rise again until the device is acknowledged: acknowledge once now, so the next assertion is
+    // seen. Nothing is lost: waiting code polls the device before it sleeps.
+    if let Some((_, ack)) =
+        cpu::without_interrupts(|| ACKS.lock().iter().find(|(v, _)| *v == vector).cloned())
+    {
+        ack.ack();
+    }
     Ok(IrqBinding { line, vector })
 }
 
