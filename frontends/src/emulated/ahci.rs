@@ -292,6 +292,9 @@ pub struct AhciDisk<M> {
     /// Slots with a command outstanding, and whether they are queued (NCQ) commands.
     active: u32,
     queued: bool,
+    /// Slots prepared but not yet handed to the HBA (a batch is open).
+    unissued: u32,
+    batching: bool,
     ncq: bool,
     done: VecDeque<BlockCompletion>,
     /// Set when a port restart failed: the port is stopped, every request fails.
@@ -380,6 +383,8 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
             slots: (0..slots).map(|_| None).collect(),
             active: 0,
             queued: false,
+            unissued: 0,
+            batching: false,
             ncq: false,
             done: VecDeque::new(),
             broken: false,
@@ -456,17 +461,30 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
 
     /// Hands slot `slot` to the HBA.
     fn issue(&mut self, slot: usize, queued: bool) {
-        // Release: the command header, table and (for writes) data must be in memory before the HBA
-        // sees the slot's bit and fetches them.
-        fence(Ordering::Release);
         let bit = 1u32 << slot;
-        if queued {
-            self.shared.write(port::SACT, bit);
-        }
-        self.shared.write(port::CI, bit);
-        self.shared.counters.notified(1);
         self.active |= bit;
         self.queued = queued;
+        self.unissued |= bit;
+        if !self.batching {
+            self.ring_doorbell();
+        }
+    }
+
+    /// Hands every prepared slot to the HBA: one PxSACT write (queued commands) and one PxCI write
+    /// for all of them.
+    fn ring_doorbell(&mut self) {
+        if self.unissued == 0 {
+            return;
+        }
+        // Release: the command headers, tables and (for writes) data must be in memory before the
+        // HBA sees the slots' bits and fetches them.
+        fence(Ordering::Release);
+        if self.queued {
+            self.shared.write(port::SACT, self.unissued);
+        }
+        self.shared.write(port::CI, self.unissued);
+        self.shared.counters.notified(1);
+        self.unissued = 0;
     }
 
     /// Stops and restarts the port after an error (AHCI 1.3 §6.2.2): ST off, wait for CR to clear,
@@ -636,6 +654,8 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
     }
 
     fn poll(&mut self) -> Result<Option<BlockCompletion>> {
+        // Whoever polls wants progress: commands held back by an open batch go out now.
+        self.ring_doorbell();
         if self.done.is_empty() {
             self.collect();
         }
@@ -644,6 +664,13 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
 
     fn in_flight(&self) -> usize {
         self.active.count_ones() as usize + self.done.len()
+    }
+
+    fn set_batching(&mut self, on: bool) {
+        self.batching = on;
+        if !on {
+            self.ring_doorbell();
+        }
     }
 
     fn irq_ack(&self) -> Option<SharedIrqAck> {

@@ -7,6 +7,9 @@
 //! to the controller by moving the receive tail every [`RX_RETURN_BATCH`] frames. The MAC comes
 //! from the EEPROM (through EERD) and is programmed into receive address 0. The [`IrqAck`] reads
 //! ICR, which clears the cause bits and lowers the level-triggered INTx line.
+//!
+//! Seen with QEMU 10: its model holds received frames back for one second (virtual time) after
+//! every RCTL write, so the first echo of a fresh device takes about a second; nothing is lost.
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU32, Ordering, fence};
