@@ -158,6 +158,21 @@ impl VirtioBlk {
         self.event_idx
     }
 
+    /// A one-line description of the queue state, for reports after a timeout: requests in flight,
+    /// our avail index, the device's avail_event (if known), free descriptors, whether a completion
+    /// is waiting.
+    pub fn queue_state(&self) -> alloc::string::String {
+        alloc::format!(
+            "in_flight={} avail_idx={} avail_event={:?} free_desc={} used_pending={} batching={}",
+            self.in_flight,
+            self.avail_idx,
+            self.transport.avail_event(0),
+            self.queue.available_desc(),
+            self.queue.can_pop(),
+            self.batch_start.is_some()
+        )
+    }
+
     /// The transport (for its notify mode).
     pub fn transport(&self) -> &VirtioPci {
         &self.transport

@@ -344,6 +344,16 @@ impl Transport for VirtioPci {
         self.inner
             .queue_set(queue, size, descriptors, driver_area, device_area);
         self.cache_doorbell(queue);
+        if self.mode == NotifyMode::Exact
+            && let Some(slot) = self.avail_events.get_mut(usize::from(queue))
+        {
+            // Used ring: flags u16, idx u16, `size` elements of 8 bytes, then avail_event u16.
+            let at = device_area + 4 + 8 * u64::from(size);
+            *slot = crate::dma::allocator()
+                .ok()
+                .and_then(|a| a.virt_address(at))
+                .map(|p| p.cast::<u16>());
+        }
     }
 
     fn queue_unset(&mut self, queue: u16) {

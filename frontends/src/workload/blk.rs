@@ -427,7 +427,7 @@ pub fn expect_write_error(dev: &mut dyn BlockDevice, waiter: &dyn Waiter) -> Res
     let data = alloc::vec![0x5au8; ss];
     match crate::block::write(dev, waiter, 0, &data) {
         Ok(()) => Err(Error::Mismatch {
-            what: "write to a read-only device: status",
+            what: "status of a write the device should refuse (0 = it succeeded)",
             index: 0,
             expected: 1,
             found: 0,

@@ -260,13 +260,21 @@ macro_rules! open_or_fail {
 /// `blk-integrity@virtio-blk`.
 pub fn blk_integrity_virtio(p: &Params<'_>) -> Outcome {
     let mut o = open_or_fail!(p, virtio::open_blk);
-    blk_integrity(p, &mut o.dev, o.line, &o.label)
+    let out = blk_integrity(p, &mut o.dev, o.line, &o.label);
+    if matches!(out, Outcome::Fail(_)) {
+        kprintln!("PVKIT INFO virtio-blk queue {}", o.dev.queue_state());
+    }
+    out
 }
 
 /// `blk-throughput@virtio-blk`.
 pub fn blk_throughput_virtio(p: &Params<'_>) -> Outcome {
     let mut o = open_or_fail!(p, virtio::open_blk);
-    blk_throughput(p, &mut o.dev, o.line, &o.label)
+    let out = blk_throughput(p, &mut o.dev, o.line, &o.label);
+    if matches!(out, Outcome::Fail(_)) {
+        kprintln!("PVKIT INFO virtio-blk queue {}", o.dev.queue_state());
+    }
+    out
 }
 
 /// `blk-error@virtio-blk`.
