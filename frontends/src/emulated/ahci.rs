@@ -683,6 +683,9 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
 }
 
 #[cfg(test)]
+mod hba_model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

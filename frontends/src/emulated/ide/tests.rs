@@ -342,7 +342,7 @@ fn write_then_read_round_trips_and_counts_copies() {
     assert_eq!(d.data_reads, 1 + 8);
     let c = disk.counters();
     assert_eq!(c.bytes_copied, 2 * 4096);
-    // IDENTIFY is not counted; write, read, flush are.
+    // IDENTIFY, write, read and flush each wrote the command register once.
     assert_eq!(c.notifications, 4);
 }
 
