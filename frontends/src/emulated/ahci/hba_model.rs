@@ -157,11 +157,11 @@ impl Hba {
         if self.halted {
             return;
         }
-        if let Some(slot) = self.issued.pop() {
-            if self.execute(slot) {
-                self.ci &= !(1 << slot);
-                self.sact &= !(1 << slot);
-            }
+        if let Some(slot) = self.issued.pop()
+            && self.execute(slot)
+        {
+            self.ci &= !(1 << slot);
+            self.sact &= !(1 << slot);
         }
     }
 }
