@@ -15,6 +15,16 @@ pub mod cmd {
     pub const WRITE_SECTORS: u8 = 0x30;
     /// WRITE SECTORS EXT (PIO, LBA48).
     pub const WRITE_SECTORS_EXT: u8 = 0x34;
+    /// READ MULTIPLE (PIO, one interrupt per block of sectors, LBA28).
+    pub const READ_MULTIPLE: u8 = 0xc4;
+    /// READ MULTIPLE EXT (LBA48).
+    pub const READ_MULTIPLE_EXT: u8 = 0x29;
+    /// WRITE MULTIPLE (LBA28).
+    pub const WRITE_MULTIPLE: u8 = 0xc5;
+    /// WRITE MULTIPLE EXT (LBA48).
+    pub const WRITE_MULTIPLE_EXT: u8 = 0x39;
+    /// SET MULTIPLE MODE: sectors per DRQ block in the count register.
+    pub const SET_MULTIPLE: u8 = 0xc6;
     /// READ DMA (LBA28).
     pub const READ_DMA: u8 = 0xc8;
     /// READ DMA EXT (LBA48).
@@ -75,8 +85,10 @@ pub enum Direction {
 /// How data moves for a read or write command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// Programmed I/O through the data register (IDE).
+    /// Programmed I/O through the data register (IDE), one sector per data block.
     Pio,
+    /// Programmed I/O in blocks of several sectors (after SET MULTIPLE MODE).
+    PioMultiple,
     /// The controller's DMA engine (AHCI, non-queued).
     Dma,
     /// Native command queuing with this tag (0..32).
@@ -162,6 +174,8 @@ impl TaskFile {
             let command = match (dir, protocol) {
                 (Direction::Read, Protocol::Pio) => cmd::READ_SECTORS,
                 (Direction::Write, Protocol::Pio) => cmd::WRITE_SECTORS,
+                (Direction::Read, Protocol::PioMultiple) => cmd::READ_MULTIPLE,
+                (Direction::Write, Protocol::PioMultiple) => cmd::WRITE_MULTIPLE,
                 (Direction::Read, _) => cmd::READ_DMA,
                 (Direction::Write, _) => cmd::WRITE_DMA,
             };
@@ -180,6 +194,8 @@ impl TaskFile {
         let command = match (dir, protocol) {
             (Direction::Read, Protocol::Pio) => cmd::READ_SECTORS_EXT,
             (Direction::Write, Protocol::Pio) => cmd::WRITE_SECTORS_EXT,
+            (Direction::Read, Protocol::PioMultiple) => cmd::READ_MULTIPLE_EXT,
+            (Direction::Write, Protocol::PioMultiple) => cmd::WRITE_MULTIPLE_EXT,
             (Direction::Read, _) => cmd::READ_DMA_EXT,
             (Direction::Write, _) => cmd::WRITE_DMA_EXT,
         };
@@ -204,6 +220,15 @@ impl TaskFile {
             command,
             device: DEVICE_LBA,
             ext,
+            ..Self::default()
+        }
+    }
+
+    /// SET MULTIPLE MODE to `sectors` per data block.
+    pub fn set_multiple(sectors: u8) -> Self {
+        Self {
+            command: cmd::SET_MULTIPLE,
+            count: u16::from(sectors),
             ..Self::default()
         }
     }
@@ -234,6 +259,8 @@ pub struct Identify {
     pub flush: bool,
     /// NCQ supported, with this queue depth (1..=32); `None` without NCQ.
     pub ncq_depth: Option<u8>,
+    /// Most sectors per data block READ/WRITE MULTIPLE can use (word 47); 0 = not supported.
+    pub multiple_max: u8,
     /// Model number (words 27..47), trimmed.
     pub model: Model,
 }
@@ -305,6 +332,8 @@ impl Identify {
         // Word 83 bit 12 (FLUSH CACHE) / bit 13 (FLUSH CACHE EXT); word 82 bit 5 = write cache.
         let flush = w(83) & (1 << 12) != 0 || w(83) & (1 << 13) != 0;
         let ncq_depth = (w(76) != 0xffff && w(76) & (1 << 8) != 0).then(|| (w(75) & 0x1f) as u8 + 1);
+        // Word 47: 0x80 in the high byte, the block limit in the low byte.
+        let multiple_max = if w(47) >> 8 == 0x80 { w(47) as u8 } else { 0 };
         let mut bytes = [0u8; 40];
         for i in 0..20 {
             // Each word holds two characters, the first in the high byte.
@@ -325,6 +354,7 @@ impl Identify {
             lba48,
             flush,
             ncq_depth,
+            multiple_max,
             model: Model { bytes, len },
         })
     }
@@ -415,6 +445,16 @@ mod tests {
     }
 
     #[test]
+    fn multiple_mode_commands() {
+        let t = TaskFile::read_write(Direction::Read, Protocol::PioMultiple, 8, 8, true).unwrap();
+        assert_eq!(t.command, cmd::READ_MULTIPLE);
+        let t = TaskFile::read_write(Direction::Write, Protocol::PioMultiple, LBA28_LIMIT, 8, true).unwrap();
+        assert_eq!(t.command, cmd::WRITE_MULTIPLE_EXT);
+        let t = TaskFile::set_multiple(16);
+        assert_eq!((t.command, t.count), (cmd::SET_MULTIPLE, 16));
+    }
+
+    #[test]
     fn flush_follows_lba48() {
         assert_eq!(TaskFile::flush(true).command, cmd::FLUSH_CACHE_EXT);
         assert_eq!(TaskFile::flush(false).command, cmd::FLUSH_CACHE);
@@ -431,6 +471,7 @@ mod tests {
             (101, 0x0002), // LBA48 count, bits 31:16: 0x2_0000 sectors
             (75, 31),
             (76, 1 << 8),
+            (47, 0x8010),
         ];
         // "QEMU HARDDISK" packed two characters per word, first in the high byte.
         let model = b"QEMU HARDDISK                           ";
@@ -441,6 +482,7 @@ mod tests {
         assert_eq!(id.sectors, 0x2_0000);
         assert!(id.lba48 && id.flush);
         assert_eq!(id.ncq_depth, Some(32));
+        assert_eq!(id.multiple_max, 16);
         assert_eq!(id.model.as_str(), "QEMU HARDDISK");
     }
 
@@ -456,6 +498,7 @@ mod tests {
         assert_eq!(id.sectors, 0x1_8000);
         assert!(!id.lba48 && !id.flush);
         assert_eq!(id.ncq_depth, None);
+        assert_eq!(id.multiple_max, 0);
         assert_eq!(id.model.as_str(), "");
     }
 

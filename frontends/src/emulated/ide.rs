@@ -1,12 +1,15 @@
 //! An ATA disk on an IDE channel, driven by programmed I/O: the CPU moves every data word through
-//! the data register (`rep insw` / `rep outsw`), as on a real PC without bus-master DMA.
+//! the data register (`rep insw` / `rep outsw`, or the 32-bit `rep insd` / `rep outsd`), as on a
+//! real PC without bus-master DMA.
 //!
 //! One command at a time (`max_in_flight` = 1). [`BlockDevice::submit`] writes the taskfile and the
-//! command; [`BlockDevice::poll`] advances the transfer a sector at a time whenever the drive asks for
-//! data (DRQ) and completes the request when the drive is done. The drive raises its interrupt line
-//! (ISA IRQ 14 for the primary channel in compatibility mode) after each sector of a read, after each
-//! but the first sector of a write, and at the end of a flush; the [`IrqAck`] reads the status
-//! register, which is what lowers that line.
+//! command; [`BlockDevice::poll`] moves one data block whenever the drive asks for data (DRQ) and
+//! completes the request when the drive is done. A data block is one sector (READ/WRITE SECTORS),
+//! or up to the block size set with SET MULTIPLE MODE at probe (READ/WRITE MULTIPLE, the default
+//! when the drive offers it). The drive raises its interrupt line (ISA IRQ 14 for the primary
+//! channel in compatibility mode) after each block of a read, after each but the first block of a
+//! write, and at the end of a flush; the [`IrqAck`] reads the status register, which is what lowers
+//! that line.
 
 use alloc::sync::Arc;
 
@@ -110,6 +113,9 @@ pub struct IdeDisk<P> {
     identify: Identify,
     phase: Phase,
     width: PioWidth,
+    /// Sectors per data block set with SET MULTIPLE MODE at probe, and whether reads and writes use it.
+    multiple_block: Option<usize>,
+    use_multiple: bool,
 }
 
 impl<P: PortIo> Shared<P> {
@@ -217,6 +223,17 @@ impl<P: PortIo> Shared<P> {
         self.counters.notified(1);
     }
 
+    /// SET MULTIPLE MODE to `sectors` per data block (interrupts off meanwhile); whether the
+    /// drive accepted it.
+    fn set_multiple_mode(&self, sectors: u8) -> bool {
+        self.set_control(CTRL_NIEN);
+        self.write_taskfile(&TaskFile::set_multiple(sectors));
+        let s = self.spin_until(|s| s & status::BSY == 0);
+        let _ = self.status(); // clears the drive's pending interrupt
+        self.set_control(0);
+        s.is_some_and(|s| s & (status::ERR | status::DF) == 0)
+    }
+
     fn device_error(&self, op: BlockOp, status: u8) -> Error {
         let error = self.io.read8(self.cmd_port(REG_ERROR_FEATURES));
         Error::DeviceStatus {
@@ -239,12 +256,41 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
             counters: AtomicCounters::new(),
         };
         let identify = shared.identify_device()?;
+        // The largest power of two the drive allows per data block, if it does blocks at all.
+        let block = match identify.multiple_max {
+            0 | 1 => None,
+            m => {
+                let n = 1u8 << (7 - m.leading_zeros());
+                shared.set_multiple_mode(n).then_some(usize::from(n))
+            }
+        };
         Ok(Self {
             shared: Arc::new(shared),
             identify,
             phase: Phase::Idle,
             width: PioWidth::Bits16,
+            multiple_block: block,
+            use_multiple: block.is_some(),
         })
+    }
+
+    /// Uses READ/WRITE MULTIPLE (one data block, one status read and one interrupt per
+    /// [`multiple_block`](Self::multiple_block) sectors) if the drive took SET MULTIPLE MODE at
+    /// probe (the default then), or READ/WRITE SECTORS (one per sector).
+    pub fn set_multiple(&mut self, on: bool) {
+        self.use_multiple = on && self.multiple_block.is_some();
+    }
+
+    /// Sectors per data block of READ/WRITE MULTIPLE, if the drive accepted a block size.
+    pub fn multiple_block(&self) -> Option<usize> {
+        self.multiple_block
+    }
+
+    fn block_sectors(&self) -> usize {
+        match (self.use_multiple, self.multiple_block) {
+            (true, Some(n)) => n,
+            _ => 1,
+        }
     }
 
     /// Chooses the data-register access width for reads and writes (16-bit after `probe`).
@@ -297,7 +343,9 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
                         return Some(complete(req, Err(e)));
                     }
                     if s & status::DRQ != 0 && done < total {
-                        let range = done * ata::SECTOR_SIZE..(done + 1) * ata::SECTOR_SIZE;
+                        // One data block: a sector, or up to the multiple-mode block size.
+                        let n = self.block_sectors().min(total - done);
+                        let range = done * ata::SECTOR_SIZE..(done + n) * ata::SECTOR_SIZE;
                         let port = self.shared.cmd_port(REG_DATA);
                         let io = &self.shared.io;
                         match (dir, self.width) {
@@ -314,8 +362,8 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
                                 io.write32_rep(port, &req.buf.as_slice()[range])
                             }
                         }
-                        self.shared.counters.copied(ata::SECTOR_SIZE as u64);
-                        done += 1;
+                        self.shared.counters.copied((n * ata::SECTOR_SIZE) as u64);
+                        done += n;
                         // A read is complete once its last sector is taken; a write once the drive
                         // has stored the last sector (BSY and DRQ clear again).
                         if dir == Direction::Read && done == total {
@@ -411,8 +459,12 @@ impl<P: PortIo + Clone + Send + Sync + 'static> BlockDevice for IdeDisk<P> {
             BlockOp::Write => Direction::Write,
         };
         let total = req.buf.len() / ata::SECTOR_SIZE;
-        let tf = match TaskFile::read_write(dir, Protocol::Pio, req.sector, total as u32, self.identify.lba48)
-        {
+        let protocol = if self.block_sectors() > 1 {
+            Protocol::PioMultiple
+        } else {
+            Protocol::Pio
+        };
+        let tf = match TaskFile::read_write(dir, protocol, req.sector, total as u32, self.identify.lba48) {
             Ok(tf) => tf,
             Err(_) => {
                 let error = Error::OutOfRange {

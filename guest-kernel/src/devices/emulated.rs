@@ -135,8 +135,9 @@ fn io_bar(dev: &PciDevice, index: u8) -> Option<u16> {
         .and_then(|b| u16::try_from(b.addr).ok())
 }
 
-/// Opens the ATA disk on the primary IDE channel, moving data `width` bits at a time.
-pub fn open_ide(width: PioWidth) -> Result<Opened<dyn BlockDevice>> {
+/// Opens the ATA disk on the primary IDE channel, moving data `width` bits at a time, in blocks of
+/// several sectors (READ/WRITE MULTIPLE) if `multiple` and the drive allows it.
+pub fn open_ide(width: PioWidth, multiple: bool) -> Result<Opened<dyn BlockDevice>> {
     let controller = pci_devices()?.iter().find(|d| d.class >> 8 == CLASS_IDE);
     let (channel, line) = match controller {
         Some(d) if d.class & PROGIF_PRIMARY_NATIVE != 0 => {
@@ -160,9 +161,15 @@ pub fn open_ide(width: PioWidth) -> Result<Opened<dyn BlockDevice>> {
     // SAFETY: the primary IDE channel's ports belong to this driver alone.
     let mut disk = IdeDisk::probe(unsafe { PcPorts::new() }, channel)?;
     disk.set_pio_width(width);
+    disk.set_multiple(multiple);
+    let block = if multiple {
+        disk.multiple_block().unwrap_or(1)
+    } else {
+        1
+    };
     let id = disk.identify();
     let label = format!(
-        "ports={:#x}/{:#x} pio={} sectors={} lba48={} model=\"{}\"",
+        "ports={:#x}/{:#x} pio={} sectors_per_block={block} sectors={} lba48={} model=\"{}\"",
         channel.command_base,
         channel.control_base,
         if width == PioWidth::Bits32 { 32 } else { 16 },

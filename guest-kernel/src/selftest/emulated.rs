@@ -3,8 +3,10 @@
 //! [`super::workloads`]; an absent device fails at once with `device <name> absent`.
 //!
 //! Device-specific parameters: `ide` takes `pio=16|32` (data-register access width, default 16:
-//! `rep insw`, what every ATA device accepts), `ahci` takes `ncq=0|1` (default 1: native command
-//! queuing when HBA and drive offer it; 0 keeps one non-queued command in flight).
+//! `rep insw`, what every ATA device accepts) and `multiple=0|1` (default 1: READ/WRITE MULTIPLE,
+//! one data block and interrupt per up to 16 sectors, when the drive offers it; 0: one per sector);
+//! `ahci` takes `ncq=0|1` (default 1: native command queuing when HBA and drive offer it; 0 keeps
+//! one non-queued command in flight).
 
 use pvkit_frontends::emulated::ide::PioWidth;
 
@@ -13,7 +15,7 @@ use super::{Outcome, Params, fail};
 use crate::devices::emulated::{self, Opened};
 
 /// Parameters of the IDE block tests.
-pub const IDE_PARAMS: &[&str] = &["mode", "seed", "qd", "extents", "ms", "bs", "pio"];
+pub const IDE_PARAMS: &[&str] = &["mode", "seed", "qd", "extents", "ms", "bs", "pio", "multiple"];
 /// Parameters of the AHCI block tests.
 pub const AHCI_PARAMS: &[&str] = &["mode", "seed", "qd", "extents", "ms", "bs", "ncq"];
 /// Parameters of the e1000 test.
@@ -27,7 +29,12 @@ fn ide(p: &Params<'_>) -> Result<Opened<dyn pvkit_frontends::block::BlockDevice>
         Some("32") => PioWidth::Bits32,
         Some(other) => return Err(fail!("pio={other}: only 16 or 32")),
     };
-    emulated::open_ide(width).map_err(|e| fail!("{e}"))
+    let multiple = match p.get("multiple") {
+        None | Some("1") => true,
+        Some("0") => false,
+        Some(other) => return Err(fail!("multiple={other}: only 0 or 1")),
+    };
+    emulated::open_ide(width, multiple).map_err(|e| fail!("{e}"))
 }
 
 fn ahci(p: &Params<'_>) -> Result<Opened<dyn pvkit_frontends::block::BlockDevice>, Outcome> {

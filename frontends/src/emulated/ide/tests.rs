@@ -40,6 +40,11 @@ struct Drive {
     flushes: u32,
     data_reads: u32,
     dword_reads: u32,
+    /// Block limit announced in IDENTIFY word 47 (0: no READ/WRITE MULTIPLE), the block size set
+    /// by SET MULTIPLE MODE, and the sectors per data block of the running command.
+    multiple_cap: u8,
+    multiple: usize,
+    per_block: usize,
 }
 
 impl Drive {
@@ -56,8 +61,11 @@ impl Drive {
         reg[0] = v;
     }
 
-    fn identify_block() -> Vec<u8> {
+    fn identify_block(&self) -> Vec<u8> {
         let mut b = vec![0u8; 512];
+        if self.multiple_cap > 0 {
+            b[94..96].copy_from_slice(&(0x8000 | u16::from(self.multiple_cap)).to_le_bytes());
+        }
         let mut w = |i: usize, v: u16| b[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
         w(49, 1 << 9);
         w(60, SECTORS as u16);
@@ -71,8 +79,23 @@ impl Drive {
     fn command(&mut self, op: u8) {
         let ext = matches!(
             op,
-            ata::cmd::READ_SECTORS_EXT | ata::cmd::WRITE_SECTORS_EXT | ata::cmd::FLUSH_CACHE_EXT
+            ata::cmd::READ_SECTORS_EXT
+                | ata::cmd::WRITE_SECTORS_EXT
+                | ata::cmd::READ_MULTIPLE_EXT
+                | ata::cmd::WRITE_MULTIPLE_EXT
+                | ata::cmd::FLUSH_CACHE_EXT
         );
+        let multiple = matches!(
+            op,
+            ata::cmd::READ_MULTIPLE
+                | ata::cmd::READ_MULTIPLE_EXT
+                | ata::cmd::WRITE_MULTIPLE
+                | ata::cmd::WRITE_MULTIPLE_EXT
+        );
+        if multiple && self.multiple == 0 {
+            return self.abort();
+        }
+        self.per_block = if multiple { self.multiple } else { 1 };
         // Register "FIFOs": index 0 = most recent (low byte), 1 = previous (high byte).
         let (lba, count) = if ext {
             let lba = u64::from_le_bytes([
@@ -104,25 +127,40 @@ impl Drive {
         self.commands.push((op, lba, count));
         self.error = 0;
         match op {
+            ata::cmd::SET_MULTIPLE => {
+                let n = self.count[0];
+                if self.multiple_cap == 0 || n > self.multiple_cap || !n.is_power_of_two() {
+                    return self.abort();
+                }
+                self.multiple = usize::from(n);
+                self.status = status::DRDY;
+                self.irq = true;
+            }
             ata::cmd::IDENTIFY => {
-                self.block = Self::identify_block();
+                self.block = self.identify_block();
                 self.pos = 0;
                 self.left = 1;
                 self.writing = false;
                 self.status = status::DRDY | status::DRQ;
                 self.irq = true;
             }
-            ata::cmd::READ_SECTORS | ata::cmd::READ_SECTORS_EXT => {
+            ata::cmd::READ_SECTORS
+            | ata::cmd::READ_SECTORS_EXT
+            | ata::cmd::READ_MULTIPLE
+            | ata::cmd::READ_MULTIPLE_EXT => {
                 self.left = count;
                 self.next_lba = lba;
                 self.writing = false;
                 self.load_next();
             }
-            ata::cmd::WRITE_SECTORS | ata::cmd::WRITE_SECTORS_EXT => {
+            ata::cmd::WRITE_SECTORS
+            | ata::cmd::WRITE_SECTORS_EXT
+            | ata::cmd::WRITE_MULTIPLE
+            | ata::cmd::WRITE_MULTIPLE_EXT => {
                 self.left = count;
                 self.next_lba = lba;
                 self.writing = true;
-                self.block = vec![0; 512];
+                self.block = vec![0; self.block_sectors() * 512];
                 self.pos = 0;
                 // No interrupt before the first block of a PIO write.
                 self.status = status::DRDY | status::DRQ;
@@ -142,24 +180,32 @@ impl Drive {
         self.irq = true;
     }
 
+    fn block_sectors(&self) -> usize {
+        self.per_block.max(1).min(self.left as usize)
+    }
+
     fn load_next(&mut self) {
         let at = self.next_lba as usize * 512;
-        self.block = self.disk[at..at + 512].to_vec();
+        self.block = self.disk[at..at + self.block_sectors() * 512].to_vec();
         self.pos = 0;
         self.status = status::DRDY | status::DRQ;
         self.irq = true;
     }
 
     fn block_done(&mut self) {
-        self.left -= 1;
+        let n = self.block.len() / 512;
         if self.writing {
-            if self.fail_write_lba == Some(self.next_lba) {
-                return self.abort();
+            for i in 0..n as u64 {
+                if self.fail_write_lba == Some(self.next_lba + i) {
+                    return self.abort();
+                }
             }
             let at = self.next_lba as usize * 512;
-            self.disk[at..at + 512].copy_from_slice(&self.block);
-            self.next_lba += 1;
+            self.disk[at..at + n * 512].copy_from_slice(&self.block);
+            self.left -= n as u32;
+            self.next_lba += n as u64;
             self.pos = 0;
+            self.block = vec![0; self.block_sectors() * 512];
             self.status = if self.left > 0 {
                 status::DRDY | status::DRQ
             } else {
@@ -167,7 +213,8 @@ impl Drive {
             };
             self.irq = true;
         } else {
-            self.next_lba += 1;
+            self.left -= n as u32;
+            self.next_lba += n as u64;
             if self.left > 0 {
                 self.load_next();
             } else {
@@ -253,7 +300,7 @@ impl PortIo for FakePorts {
         let pos = d.pos;
         buf.copy_from_slice(&d.block[pos..pos + buf.len()]);
         d.pos += buf.len();
-        if d.pos == 512 {
+        if d.pos == d.block.len() {
             d.block_done();
         }
     }
@@ -265,7 +312,7 @@ impl PortIo for FakePorts {
         let pos = d.pos;
         d.block[pos..pos + buf.len()].copy_from_slice(buf);
         d.pos += buf.len();
-        if d.pos == 512 {
+        if d.pos == d.block.len() {
             d.block_done();
         }
     }
@@ -429,4 +476,43 @@ fn thirty_two_bit_pio_moves_the_same_bytes() {
     assert_eq!(&drive.borrow().disk[40 * 512..42 * 512], &data[..]);
     assert_eq!(read(&mut disk, &clock, 40, 1024).unwrap().as_slice(), &data[..]);
     assert_eq!(drive.borrow().dword_reads, 2, "one rep insd per sector");
+}
+
+#[test]
+fn multiple_mode_moves_a_block_per_interrupt() {
+    dma_fake::install();
+    let drive = Rc::new(RefCell::new(Drive::new()));
+    drive.borrow_mut().multiple_cap = 16;
+    let mut disk = IdeDisk::probe(FakePorts(drive.clone()), IdeChannel::PRIMARY_MASTER).unwrap();
+    assert_eq!(disk.multiple_block(), Some(16));
+    assert_eq!(drive.borrow().commands[1], (ata::cmd::SET_MULTIPLE, 0, 16));
+    let clock = StepClock::new(1);
+    let data: Vec<u8> = (0..20 * 512u32).map(|i| (i * 31 >> 2) as u8).collect();
+    write(&mut disk, &clock, 9, &data).unwrap();
+    assert_eq!(&drive.borrow().disk[9 * 512..29 * 512], &data[..]);
+    let reads_before = drive.borrow().data_reads;
+    assert_eq!(
+        read(&mut disk, &clock, 9, data.len()).unwrap().as_slice(),
+        &data[..]
+    );
+    let d = drive.borrow();
+    assert_eq!(
+        d.data_reads - reads_before,
+        2,
+        "20 sectors = a block of 16 and one of 4"
+    );
+    assert_eq!(
+        d.commands[2..],
+        [
+            (ata::cmd::WRITE_MULTIPLE, 9, 20),
+            (ata::cmd::READ_MULTIPLE, 9, 20)
+        ]
+    );
+    drop(d);
+    disk.set_multiple(false);
+    read(&mut disk, &clock, 9, 1024).unwrap();
+    assert_eq!(
+        drive.borrow().commands.last(),
+        Some(&(ata::cmd::READ_SECTORS, 9, 2))
+    );
 }
