@@ -563,4 +563,15 @@ mod tests {
                 .is_empty()
         );
     }
+
+    #[test]
+    fn pci_scenario_covers_the_whole_device_matrix() {
+        // Its `info pci` cross-check is what keeps each device's PCI ids in xtask's table honest.
+        for d in Device::value_variants() {
+            assert!(
+                Scenario::Pci.devices().contains(d),
+                "{d:?} is not attached in the pci scenario"
+            );
+        }
+    }
 }
