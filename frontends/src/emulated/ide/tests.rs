@@ -487,7 +487,7 @@ fn multiple_mode_moves_a_block_per_interrupt() {
     assert_eq!(disk.multiple_block(), Some(16));
     assert_eq!(drive.borrow().commands[1], (ata::cmd::SET_MULTIPLE, 0, 16));
     let clock = StepClock::new(1);
-    let data: Vec<u8> = (0..20 * 512u32).map(|i| (i * 31 >> 2) as u8).collect();
+    let data: Vec<u8> = (0..20 * 512u32).map(|i| ((i * 31) >> 2) as u8).collect();
     write(&mut disk, &clock, 9, &data).unwrap();
     assert_eq!(&drive.borrow().disk[9 * 512..29 * 512], &data[..]);
     let reads_before = drive.borrow().data_reads;
