@@ -469,6 +469,9 @@ impl<M: Mmio + Clone + Send + Sync + 'static> NetDevice for E1000<M> {
 }
 
 #[cfg(test)]
+mod nic_model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
