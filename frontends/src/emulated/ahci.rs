@@ -283,10 +283,7 @@ impl<M: Mmio + Send + Sync> IrqAck for Shared<M> {
 pub struct AhciDisk<M> {
     shared: Arc<Shared<M>>,
     identify: Identify,
-    /// Command list (1 KiB) and received-FIS area (256 B at 0x400).
-    list: DmaBuf,
-    /// One [`TABLE_SIZE`] command table per slot.
-    tables: DmaBuf,
+    mem: Memory,
     /// The request in each slot (NCQ tag = slot).
     slots: Vec<Option<BlockRequest>>,
     /// Slots with a command outstanding, and whether they are queued (NCQ) commands.
@@ -375,11 +372,12 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
         shared.write(port::CMD, cmd | port::CMD_ST);
         mmio.write32(hba::GHC, hba::GHC_AE | hba::GHC_IE);
 
+        let mut mem = Memory { list, tables };
+        let identify = identify_device(&shared, &mut mem)?;
         let mut disk = Self {
             shared: Arc::new(shared),
-            identify: Identify::parse(&placeholder_identify()).map_err(|_| init("placeholder"))?,
-            list,
-            tables,
+            identify,
+            mem,
             slots: (0..slots).map(|_| None).collect(),
             active: 0,
             queued: false,
@@ -389,7 +387,6 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
             done: VecDeque::new(),
             broken: false,
         };
-        disk.identify = disk.identify_device()?;
         disk.ncq =
             allow_ncq && cap & hba::CAP_SNCQ != 0 && disk.identify.ncq_depth.is_some() && disk.identify.lba48;
         let depth = if disk.ncq {
@@ -409,54 +406,6 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
     /// Whether reads and writes use native command queuing.
     pub fn uses_ncq(&self) -> bool {
         self.ncq
-    }
-
-    fn identify_device(&mut self) -> Result<Identify> {
-        let buf = DmaBuf::new(512)?;
-        self.prepare(0, &TaskFile::identify(), false, Some(&buf))?;
-        self.issue(0, false);
-        let s = &self.shared;
-        let finished = s.spin_until(port::CI, |ci| {
-            ci & 1 == 0 || s.read(port::IS) & port::IS_ERRORS != 0
-        });
-        let status = s.take_status();
-        if finished.is_none() || status & port::IS_ERRORS != 0 || s.read(port::CI) & 1 != 0 {
-            return Err(Error::Init {
-                device: NAME,
-                reason: "IDENTIFY DEVICE failed",
-            });
-        }
-        // Acquire: the HBA's DMA into `buf` completed before it cleared the CI bit we saw.
-        fence(Ordering::Acquire);
-        self.active = 0;
-        Identify::parse(buf.as_slice()).map_err(|_| Error::Init {
-            device: NAME,
-            reason: "IDENTIFY data describes no LBA-addressable 512-byte-sector ATA disk",
-        })
-    }
-
-    /// Writes slot `slot`'s command header and table for `tf` over `data`.
-    fn prepare(&mut self, slot: usize, tf: &TaskFile, write: bool, data: Option<&DmaBuf>) -> Result<()> {
-        let prdt = match data {
-            Some(buf) => build_prdt(buf.bus_addr(), buf.len(), PRDT_ENTRIES).ok_or(Error::BadLength {
-                op: if write { "write" } else { "read" },
-                len: buf.len(),
-                unit: 2,
-                max: PRDT_ENTRIES * PRDT_MAX_BYTES,
-            })?,
-            None => Vec::new(),
-        };
-        let table_bus = self.tables.bus_addr() + (slot * TABLE_SIZE) as u64;
-        let table = &mut self.tables.as_mut_slice()[slot * TABLE_SIZE..(slot + 1) * TABLE_SIZE];
-        table.fill(0);
-        table[..20].copy_from_slice(&h2d_fis(tf));
-        for (i, e) in prdt.iter().enumerate() {
-            let at = PRDT_OFFSET + 16 * i;
-            table[at..at + 16].copy_from_slice(&e.encode());
-        }
-        let header = command_header(write, prdt.len(), table_bus);
-        self.list.as_mut_slice()[slot * HEADER_SIZE..(slot + 1) * HEADER_SIZE].copy_from_slice(&header);
-        Ok(())
     }
 
     /// Hands slot `slot` to the HBA.
@@ -558,11 +507,66 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
     }
 }
 
-/// A minimal IDENTIFY block (LBA bit only) used until the drive's own is read.
-fn placeholder_identify() -> [u8; 512] {
-    let mut b = [0u8; 512];
-    b[98..100].copy_from_slice(&(1u16 << 9).to_le_bytes());
-    b
+/// The command list, received-FIS area and command tables the HBA reads.
+#[derive(Debug)]
+struct Memory {
+    /// Command list (1 KiB) and received-FIS area (256 B at 0x400).
+    list: DmaBuf,
+    /// One [`TABLE_SIZE`] command table per slot.
+    tables: DmaBuf,
+}
+
+impl Memory {
+    /// Writes slot `slot`'s command header and table for `tf` over `data`.
+    fn prepare(&mut self, slot: usize, tf: &TaskFile, write: bool, data: Option<&DmaBuf>) -> Result<()> {
+        let prdt = match data {
+            Some(buf) => build_prdt(buf.bus_addr(), buf.len(), PRDT_ENTRIES).ok_or(Error::BadLength {
+                op: if write { "write" } else { "read" },
+                len: buf.len(),
+                unit: 2,
+                max: PRDT_ENTRIES * PRDT_MAX_BYTES,
+            })?,
+            None => Vec::new(),
+        };
+        let table_bus = self.tables.bus_addr() + (slot * TABLE_SIZE) as u64;
+        let table = &mut self.tables.as_mut_slice()[slot * TABLE_SIZE..(slot + 1) * TABLE_SIZE];
+        table.fill(0);
+        table[..20].copy_from_slice(&h2d_fis(tf));
+        for (i, e) in prdt.iter().enumerate() {
+            let at = PRDT_OFFSET + 16 * i;
+            table[at..at + 16].copy_from_slice(&e.encode());
+        }
+        let header = command_header(write, prdt.len(), table_bus);
+        self.list.as_mut_slice()[slot * HEADER_SIZE..(slot + 1) * HEADER_SIZE].copy_from_slice(&header);
+        Ok(())
+    }
+}
+
+/// Issues IDENTIFY DEVICE in slot 0 of a started port and waits for its data.
+fn identify_device<M: Mmio>(s: &Shared<M>, mem: &mut Memory) -> Result<Identify> {
+    let fail = Error::Init {
+        device: NAME,
+        reason: "IDENTIFY DEVICE failed",
+    };
+    let buf = DmaBuf::new(512)?;
+    mem.prepare(0, &TaskFile::identify(), false, Some(&buf))?;
+    // Release: the command header and table are in memory before the HBA sees the slot's bit.
+    fence(Ordering::Release);
+    s.write(port::CI, 1);
+    s.counters.notified(1);
+    let finished = s.spin_until(port::CI, |ci| {
+        ci & 1 == 0 || s.read(port::IS) & port::IS_ERRORS != 0
+    });
+    let status = s.take_status();
+    if finished.is_none() || status & port::IS_ERRORS != 0 || s.read(port::CI) & 1 != 0 {
+        return Err(fail);
+    }
+    // Acquire: the HBA's DMA into `buf` completed before it cleared the CI bit we saw.
+    fence(Ordering::Acquire);
+    Identify::parse(buf.as_slice()).map_err(|_| Error::Init {
+        device: NAME,
+        reason: "IDENTIFY data describes no LBA-addressable 512-byte-sector ATA disk",
+    })
 }
 
 impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
@@ -645,7 +649,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
             }
         };
         let data = (req.op != BlockOp::Flush).then_some(&req.buf);
-        if let Err(error) = self.prepare(slot, &tf, write, data) {
+        if let Err(error) = self.mem.prepare(slot, &tf, write, data) {
             return Err(Rejected { req, error });
         }
         self.slots[slot] = Some(req);
