@@ -10,10 +10,9 @@ use core::sync::atomic::{Ordering, fence};
 
 use bitflags::bitflags;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::Transport;
 
 use super::VirtioHal;
-use super::transport::{VirtioPci, need_event};
+use super::transport::{VirtioPci, VirtioTransport, need_event};
 use crate::block::{BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected, validate};
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::DmaBuf;
@@ -67,9 +66,9 @@ struct Slot {
     token: u16,
 }
 
-/// A virtio-blk device.
-pub struct VirtioBlk {
-    transport: VirtioPci,
+/// A virtio-blk device (over virtio-pci unless a test gives it a fake transport).
+pub struct VirtioBlk<T: VirtioTransport = VirtioPci> {
+    transport: T,
     queue: VirtQueue<VirtioHal, QUEUE_SIZE>,
     info: BlockInfo,
     event_idx: bool,
@@ -88,7 +87,7 @@ pub struct VirtioBlk {
     broken: Option<Error>,
 }
 
-impl core::fmt::Debug for VirtioBlk {
+impl<T: VirtioTransport> core::fmt::Debug for VirtioBlk<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioBlk")
             .field("info", &self.info)
@@ -98,9 +97,9 @@ impl core::fmt::Debug for VirtioBlk {
     }
 }
 
-impl VirtioBlk {
+impl<T: VirtioTransport> VirtioBlk<T> {
     /// Initialises the device behind `transport` (reset, feature negotiation, one request queue).
-    pub fn new(mut transport: VirtioPci) -> Result<Self> {
+    pub fn new(mut transport: T) -> Result<Self> {
         let wanted = Features::SIZE_MAX
             | Features::RO
             | Features::FLUSH
@@ -174,7 +173,7 @@ impl VirtioBlk {
     }
 
     /// The transport (for its notify mode).
-    pub fn transport(&self) -> &VirtioPci {
+    pub fn transport(&self) -> &T {
         &self.transport
     }
 
@@ -227,7 +226,7 @@ impl VirtioBlk {
     }
 }
 
-impl BlockDevice for VirtioBlk {
+impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -400,7 +399,7 @@ impl BlockDevice for VirtioBlk {
     }
 
     fn irq_ack(&self) -> Option<SharedIrqAck> {
-        Some(self.transport.irq())
+        Some(self.transport.irq_ack())
     }
 
     fn counters(&self) -> Counters {

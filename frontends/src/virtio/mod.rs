@@ -12,6 +12,8 @@
 
 pub mod blk;
 pub mod console;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake;
 pub mod net;
 pub mod transport;
 

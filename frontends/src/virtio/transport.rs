@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::VirtioHal;
 use crate::counters::AtomicCounters;
-use crate::wait::IrqAck;
+use crate::wait::{IrqAck, SharedIrqAck};
 use crate::{Error, Result};
 
 /// How and when queue notifications are written.
@@ -134,6 +134,32 @@ impl IrqAck for VirtioIrq {
             self.counters.interrupted();
         }
         ours
+    }
+}
+
+/// What this crate's virtio drivers need from a transport beyond the crate's `Transport`: the
+/// device's `avail_event` for the exact kick test, the interrupt hook and the shared counters.
+/// Implemented by [`VirtioPci`] and by test fakes.
+pub trait VirtioTransport: Transport {
+    /// The device's current `avail_event` for `queue`, if known (see [`VirtioPci::avail_event`]).
+    fn avail_event(&self, queue: u16) -> Option<u16>;
+    /// The interrupt hook.
+    fn irq_ack(&self) -> SharedIrqAck;
+    /// Counters shared with the driver (kicks are counted by the transport).
+    fn counters(&self) -> Arc<AtomicCounters>;
+}
+
+impl VirtioTransport for VirtioPci {
+    fn avail_event(&self, queue: u16) -> Option<u16> {
+        VirtioPci::avail_event(self, queue)
+    }
+
+    fn irq_ack(&self) -> SharedIrqAck {
+        self.irq()
+    }
+
+    fn counters(&self) -> Arc<AtomicCounters> {
+        VirtioPci::counters(self)
     }
 }
 
