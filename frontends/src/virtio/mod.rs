@@ -4,9 +4,10 @@
 //! - [`transport::VirtioPci`] wraps the crate's `PciTransport` and removes the cost of its `notify()`
 //!   (three register accesses per kick) when asked to ([`transport::NotifyMode::Cached`]).
 //! - [`blk::VirtioBlk`], [`net::VirtioNet`] and [`console::VirtioConsole`] implement this crate's
-//!   device traits. blk and console sit directly on the crate's `VirtQueue` (the crate's own block
-//!   driver has a fixed 16-entry queue, too small for 32 requests in flight, and its console driver
-//!   blocks without a timeout); net uses the crate's `VirtIONetRaw`.
+//!   device traits. All three sit on the crate's split `VirtQueue` and its PCI transport, not on its
+//!   device drivers: its block driver has a fixed 16-entry queue (too small for 32 requests in
+//!   flight), its console driver blocks without a timeout, and all of them decide kicks with
+//!   `VirtQueue::should_notify`, which is not wrap-safe (see [`transport::NotifyMode::Exact`]).
 //!
 //! EVENT_IDX (`VIRTIO_F_RING_EVENT_IDX`) is negotiated by all three when the device offers it.
 

@@ -1,16 +1,22 @@
-//! virtio-net on the crate's `VirtIONetRaw`, with receive and transmit buffers in [`DmaBuf`]s.
+//! virtio-net on the crate's split `VirtQueue` (queue 0 receive, queue 1 transmit), one descriptor
+//! per frame: a [`DmaBuf`] holding `virtio_net_hdr_v1` (12 bytes, all zero: no offloads) and the
+//! frame. Frames are copied once each way between the caller's slice and the DMA buffer (counted in
+//! `bytes_copied`).
 //!
-//! Frames are copied once each way between the caller's slice and a DMA buffer that also holds the
-//! `virtio_net_hdr` (counted in `bytes_copied`).
+//! Kicks follow [`NotifyMode`](super::transport::NotifyMode): with EVENT_IDX and `exact`, reposting a
+//! receive buffer costs no kick while the device still has buffers to fill (QEMU asks to be kicked
+//! only for the index after the last one it took), so an echo costs about one kick (the transmit),
+//! where `virtio-drivers`' `VirtIONetRaw` kicks for both.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
 
-use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::Transport;
+use bitflags::bitflags;
+use virtio_drivers::queue::VirtQueue;
 
 use super::VirtioHal;
-use super::transport::VirtioPci;
+use super::transport::{VirtioPci, VirtioTransport, need_event};
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::DmaBuf;
 use crate::net::{ETH_HEADER_LEN, NetDevice};
@@ -18,76 +24,148 @@ use crate::wait::SharedIrqAck;
 use crate::{Error, Result};
 
 const NAME: &str = "virtio-net";
+const RX_QUEUE: u16 = 0;
+const TX_QUEUE: u16 = 1;
 /// Descriptors per queue.
 const QUEUE_SIZE: usize = 32;
 /// Receive buffers kept posted.
 const RX_BUFFERS: usize = 16;
 /// Transmit buffers in flight at most.
 const TX_BUFFERS: usize = 16;
-/// Size of each buffer: header + 1514-byte frame fits, as the crate requires ≥ 1526.
+/// `virtio_net_hdr_v1` (with `num_buffers`), the header every buffer starts with under VERSION_1.
+const HDR_LEN: usize = 12;
+/// Header + the largest frame (1514 bytes), rounded up.
 const BUF_LEN: usize = 2048;
 const MTU: usize = 1500;
-/// `virtio_net_config.status` offset and its link-up bit; `VIRTIO_NET_F_STATUS`.
+/// `virtio_net_config`: mac at 0, status at 6 (bit 0 = link up).
+const CONFIG_MAC: usize = 0;
 const CONFIG_STATUS: usize = 6;
 const STATUS_LINK_UP: u16 = 1;
-const F_STATUS: u64 = 1 << 16;
 
-/// A virtio-net device.
-pub struct VirtioNet {
-    dev: VirtIONetRaw<VirtioHal, VirtioPci, QUEUE_SIZE>,
-    irq: SharedIrqAck,
-    counters: Arc<AtomicCounters>,
-    link_up: bool,
-    /// Posted receive buffers: (token, buffer).
-    rx: Vec<Option<(u16, DmaBuf)>>,
-    /// Transmit buffers: free ones have no token.
-    tx: Vec<(Option<u16>, DmaBuf)>,
+bitflags! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Features: u64 {
+        const MAC = 1 << 5;
+        const STATUS = 1 << 16;
+        const RING_EVENT_IDX = 1 << 29;
+        const VERSION_1 = 1 << 32;
+    }
 }
 
-impl core::fmt::Debug for VirtioNet {
+const _: () = assert!(HDR_LEN + ETH_HEADER_LEN + MTU <= BUF_LEN);
+const _: () = assert!(RX_BUFFERS <= QUEUE_SIZE && TX_BUFFERS <= QUEUE_SIZE);
+
+/// A virtio-net device.
+pub struct VirtioNet<T: VirtioTransport = VirtioPci> {
+    transport: T,
+    rxq: VirtQueue<VirtioHal, QUEUE_SIZE>,
+    txq: VirtQueue<VirtioHal, QUEUE_SIZE>,
+    mac: [u8; 6],
+    status_feature: bool,
+    /// Receive buffers with the token they are posted under.
+    rx: Vec<(Option<u16>, DmaBuf)>,
+    /// Transmit buffers with the token they are in flight under.
+    tx: Vec<(Option<u16>, DmaBuf)>,
+    /// Our copies of the avail indices (rx, tx); the crate's are private.
+    avail_idx: [u16; 2],
+    event_idx: bool,
+    counters: Arc<AtomicCounters>,
+}
+
+impl<T: VirtioTransport> core::fmt::Debug for VirtioNet<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioNet")
-            .field("mac", &self.dev.mac_address())
+            .field("mac", &self.mac)
+            .field("event_idx", &self.event_idx)
             .finish_non_exhaustive()
     }
 }
 
-impl VirtioNet {
+impl<T: VirtioTransport> VirtioNet<T> {
     /// Initialises the device and posts the receive buffers.
-    pub fn new(mut transport: VirtioPci) -> Result<Self> {
-        // The link state is read before the crate takes the transport (the crate does not expose it);
-        // a device without VIRTIO_NET_F_STATUS is always up.
-        let link_up = if transport.read_device_features() & F_STATUS != 0 {
-            transport.read_config_space::<u16>(CONFIG_STATUS)? & STATUS_LINK_UP != 0
-        } else {
-            true
-        };
-        let irq: SharedIrqAck = transport.irq();
+    pub fn new(mut transport: T) -> Result<Self> {
+        let wanted = Features::MAC | Features::STATUS | Features::RING_EVENT_IDX | Features::VERSION_1;
+        let features = transport.begin_init(wanted);
+        if !features.contains(Features::VERSION_1) {
+            return Err(Error::Init {
+                device: NAME,
+                reason: "device does not offer VIRTIO_F_VERSION_1",
+            });
+        }
+        let mut mac = [0u8; 6];
+        if features.contains(Features::MAC) {
+            for (i, b) in mac.iter_mut().enumerate() {
+                *b = transport.read_config_space::<u8>(CONFIG_MAC + i)?;
+            }
+        }
+        let event_idx = features.contains(Features::RING_EVENT_IDX);
+        let rxq = VirtQueue::new(&mut transport, RX_QUEUE, false, event_idx)?;
+        let txq = VirtQueue::new(&mut transport, TX_QUEUE, false, event_idx)?;
+        transport.finish_init();
         let counters = transport.counters();
-        let dev = VirtIONetRaw::new(transport)?;
         let mut me = Self {
-            dev,
-            irq,
-            counters,
-            link_up,
+            transport,
+            rxq,
+            txq,
+            mac,
+            status_feature: features.contains(Features::STATUS),
             rx: Vec::new(),
             tx: Vec::new(),
+            avail_idx: [0; 2],
+            event_idx,
+            counters,
         };
         for _ in 0..TX_BUFFERS {
             me.tx.push((None, DmaBuf::new(BUF_LEN)?));
         }
-        for _ in 0..RX_BUFFERS {
-            let mut buf = DmaBuf::new(BUF_LEN)?;
-            // SAFETY: the buffer is kept untouched in `rx` until receive_complete with this token.
-            let token = unsafe { me.dev.receive_begin(buf.as_mut_slice()) }?;
-            me.rx.push(Some((token, buf)));
+        for i in 0..RX_BUFFERS {
+            me.rx.push((None, DmaBuf::new(BUF_LEN)?));
+            me.post_rx(i)?;
         }
         Ok(me)
     }
 
-    /// Takes back transmit buffers the device is done with.
+    /// Whether EVENT_IDX was negotiated.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Kicks `queue` if the device asked to hear about the buffer just added.
+    fn kick(&mut self, queue: u16) {
+        // SeqCst fence: the new avail index must be visible to the device before we read its
+        // avail_event (store→load order), or a device going idle now would miss the kick.
+        fence(Ordering::SeqCst);
+        let idx = &mut self.avail_idx[usize::from(queue)];
+        let old = *idx;
+        *idx = old.wrapping_add(1);
+        let new = *idx;
+        let q = if queue == RX_QUEUE { &self.rxq } else { &self.txq };
+        let kick = match self.transport.avail_event(queue).filter(|_| self.event_idx) {
+            Some(event) => need_event(event, new, old),
+            None => q.should_notify(),
+        };
+        if kick {
+            self.transport.notify(queue);
+        }
+    }
+
+    fn post_rx(&mut self, i: usize) -> Result<()> {
+        let buf = &mut self.rx[i].1;
+        assert!(buf.set_len(BUF_LEN));
+        // SAFETY: the buffer stays untouched in `rx` until pop_used with this token.
+        let token = unsafe { self.rxq.add(&[], &mut [buf.as_mut_slice()]) }?;
+        self.rx[i].0 = Some(token);
+        self.kick(RX_QUEUE);
+        Ok(())
+    }
+
     fn reclaim_tx(&mut self) -> Result<()> {
-        while let Some(token) = self.dev.poll_transmit() {
+        while let Some(token) = self.txq.peek_used() {
             let Some(entry) = self.tx.iter_mut().find(|(t, _)| *t == Some(token)) else {
                 return Err(Error::Protocol {
                     device: NAME,
@@ -95,25 +173,30 @@ impl VirtioNet {
                     value: token.into(),
                 });
             };
-            // SAFETY: the same buffer slice that transmit_begin got for this token.
-            unsafe { self.dev.transmit_complete(token, entry.1.as_slice()) }?;
+            // SAFETY: the same buffer slice that was added under this token.
+            unsafe { self.txq.pop_used(token, &[entry.1.as_slice()], &mut []) }?;
             entry.0 = None;
         }
         Ok(())
     }
 }
 
-impl NetDevice for VirtioNet {
+impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
     fn name(&self) -> &'static str {
         NAME
     }
 
     fn mac(&self) -> [u8; 6] {
-        self.dev.mac_address()
+        self.mac
     }
 
     fn link_up(&self) -> bool {
-        self.link_up
+        // Without VIRTIO_NET_F_STATUS the link is always up.
+        !self.status_feature
+            || self
+                .transport
+                .read_config_space::<u16>(CONFIG_STATUS)
+                .is_ok_and(|s| s & STATUS_LINK_UP != 0)
     }
 
     fn mtu(&self) -> usize {
@@ -131,78 +214,68 @@ impl NetDevice for VirtioNet {
             });
         }
         self.reclaim_tx()?;
-        let in_flight = self.tx.iter().filter(|(t, _)| t.is_some()).count();
         let Some(i) = self.tx.iter().position(|(t, _)| t.is_none()) else {
             return Err(Error::QueueFull {
                 device: NAME,
-                in_flight,
+                in_flight: self.tx.len(),
             });
         };
         let buf = &mut self.tx[i].1;
-        assert!(buf.set_len(BUF_LEN));
-        let hdr = self.dev.fill_buffer_header(buf.as_mut_slice())?;
-        buf.as_mut_slice()[hdr..hdr + frame.len()].copy_from_slice(frame);
-        assert!(buf.set_len(hdr + frame.len()));
+        assert!(buf.set_len(HDR_LEN + frame.len()));
+        let bytes = buf.as_mut_slice();
+        bytes[..HDR_LEN].fill(0);
+        bytes[HDR_LEN..].copy_from_slice(frame);
         self.counters.copied(frame.len() as u64);
-        // SAFETY: the buffer stays in `tx` with its token, untouched, until transmit_complete.
-        let token = unsafe { self.dev.transmit_begin(self.tx[i].1.as_slice()) }.map_err(|e| match e {
-            virtio_drivers::Error::QueueFull => Error::QueueFull {
-                device: NAME,
-                in_flight,
-            },
-            other => other.into(),
-        })?;
+        // SAFETY: the buffer stays untouched in `tx` until pop_used with this token.
+        let token = unsafe { self.txq.add(&[self.tx[i].1.as_slice()], &mut []) }?;
         self.tx[i].0 = Some(token);
+        self.kick(TX_QUEUE);
         Ok(())
     }
 
     fn receive(&mut self, out: &mut [u8]) -> Result<Option<usize>> {
         self.reclaim_tx()?;
-        let Some(token) = self.dev.poll_receive() else {
+        let Some(token) = self.rxq.peek_used() else {
             return Ok(None);
         };
-        let Some(i) = self
-            .rx
-            .iter()
-            .position(|e| matches!(e, Some((t, _)) if *t == token))
-        else {
+        let Some(i) = self.rx.iter().position(|(t, _)| *t == Some(token)) else {
             return Err(Error::Protocol {
                 device: NAME,
                 what: "receive completion for unknown descriptor",
                 value: token.into(),
             });
         };
-        let (_, mut buf) = self.rx[i].take().expect("position found it");
-        // SAFETY: the same buffer that receive_begin got for this token.
-        let (hdr, len) = unsafe { self.dev.receive_complete(token, buf.as_mut_slice()) }?;
-        let result = if hdr + len > buf.len() {
+        let buf = &mut self.rx[i].1;
+        // SAFETY: the same buffer that was added under this token.
+        let used = unsafe { self.rxq.pop_used(token, &[], &mut [buf.as_mut_slice()]) }? as usize;
+        self.rx[i].0 = None;
+        // Copy, then check: the length the device claims must fit the buffer and hold a header.
+        let result = if used > BUF_LEN || used < HDR_LEN {
             Err(Error::Protocol {
                 device: NAME,
-                what: "received length past the buffer",
-                value: (hdr + len) as u64,
+                what: "received length outside the buffer",
+                value: used as u64,
             })
-        } else if len > out.len() {
+        } else if used - HDR_LEN > out.len() {
             Err(Error::BadLength {
                 op: "receive",
-                len,
+                len: used - HDR_LEN,
                 unit: 1,
                 max: out.len(),
             })
         } else {
-            out[..len].copy_from_slice(&buf.as_slice()[hdr..hdr + len]);
+            let len = used - HDR_LEN;
+            out[..len].copy_from_slice(&self.rx[i].1.as_slice()[HDR_LEN..used]);
             self.counters.copied(len as u64);
             Ok(Some(len))
         };
         // Re-post the buffer whatever happened to the frame.
-        buf.as_mut_slice().fill(0);
-        // SAFETY: as in new(): kept untouched until its completion.
-        let token = unsafe { self.dev.receive_begin(buf.as_mut_slice()) }?;
-        self.rx[i] = Some((token, buf));
+        self.post_rx(i)?;
         result
     }
 
     fn irq_ack(&self) -> Option<SharedIrqAck> {
-        Some(self.irq.clone())
+        Some(self.transport.irq_ack())
     }
 
     fn counters(&self) -> Counters {

@@ -113,10 +113,16 @@ pub fn open_blk(mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
 pub fn open_net(mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
     let (t, d) = transport(NET, mode)?;
     let dev = VirtioNet::new(t)?;
+    let label = format!(
+        "notify={} event_idx={} pci={}",
+        mode.name(),
+        u8::from(dev.event_idx()),
+        d.bdf
+    );
     Ok(Opened {
         dev,
         line: IrqLine::pci_intx(d),
-        label: format!("notify={} pci={}", mode.name(), d.bdf),
+        label,
     })
 }
 
