@@ -250,7 +250,7 @@ impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
         let used = unsafe { self.rxq.pop_used(token, &[], &mut [buf.as_mut_slice()]) }? as usize;
         self.rx[i].0 = None;
         // Copy, then check: the length the device claims must fit the buffer and hold a header.
-        let result = if used > BUF_LEN || used < HDR_LEN {
+        let result = if !(HDR_LEN..=BUF_LEN).contains(&used) {
             Err(Error::Protocol {
                 device: NAME,
                 what: "received length outside the buffer",
