@@ -49,22 +49,25 @@ const BLK: (&str, u16, u16) = ("virtio-blk", 0x1001, 0x1042);
 const NET: (&str, u16, u16) = ("virtio-net", 0x1000, 0x1041);
 const CONSOLE: (&str, u16, u16) = ("virtio-console", 0x1003, 0x1043);
 
-fn find(kind: (&'static str, u16, u16)) -> Result<&'static PciDevice, Error> {
+/// The `index`-th function of `kind` in bus order.
+fn find(kind: (&'static str, u16, u16), index: usize) -> Result<&'static PciDevice, Error> {
     let devices = pc::pci_devices()
         .as_ref()
         .map_err(|_| Error::Absent { device: kind.0 })?;
     devices
         .iter()
-        .find(|d| d.vendor_id == VIRTIO_VENDOR && (d.device_id == kind.1 || d.device_id == kind.2))
+        .filter(|d| d.vendor_id == VIRTIO_VENDOR && (d.device_id == kind.1 || d.device_id == kind.2))
+        .nth(index)
         .ok_or(Error::Absent { device: kind.0 })
 }
 
 fn transport(
     kind: (&'static str, u16, u16),
+    index: usize,
     mode: NotifyMode,
 ) -> Result<(VirtioPci, &'static PciDevice), Error> {
     super::init_dma();
-    let d = find(kind)?;
+    let d = find(kind, index)?;
     let df = DeviceFunction {
         bus: d.bdf.bus,
         device: d.bdf.device,
@@ -92,9 +95,9 @@ pub struct Opened<D> {
     pub label: String,
 }
 
-/// Opens the first virtio-blk device.
-pub fn open_blk(mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
-    let (t, d) = transport(BLK, mode)?;
+/// Opens the `index`-th virtio-blk device (0 = first in bus order).
+pub fn open_blk(index: usize, mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
+    let (t, d) = transport(BLK, index, mode)?;
     let dev = VirtioBlk::new(t)?;
     let label = format!(
         "notify={} event_idx={} pci={}",
@@ -109,9 +112,9 @@ pub fn open_blk(mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
     })
 }
 
-/// Opens the first virtio-net device.
-pub fn open_net(mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
-    let (t, d) = transport(NET, mode)?;
+/// Opens the `index`-th virtio-net device.
+pub fn open_net(index: usize, mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
+    let (t, d) = transport(NET, index, mode)?;
     let dev = VirtioNet::new(t)?;
     let label = format!(
         "notify={} event_idx={} pci={}",
@@ -126,9 +129,9 @@ pub fn open_net(mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
     })
 }
 
-/// Opens the first virtio-console device (port 0).
-pub fn open_console(mode: NotifyMode) -> Result<Opened<VirtioConsole>, Error> {
-    let (t, d) = transport(CONSOLE, mode)?;
+/// Opens the `index`-th virtio-console device (port 0).
+pub fn open_console(index: usize, mode: NotifyMode) -> Result<Opened<VirtioConsole>, Error> {
+    let (t, d) = transport(CONSOLE, index, mode)?;
     let dev = VirtioConsole::new(t)?;
     Ok(Opened {
         dev,

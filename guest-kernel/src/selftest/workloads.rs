@@ -4,7 +4,8 @@
 //! Generic runners ([`blk_integrity`], [`blk_throughput`], [`blk_error`], [`net_echo`],
 //! [`console_echo`]) take an opened driver and its interrupt line; one small function per device
 //! opens it and calls the runner. Common parameters: `mode=irq|poll` (default irq when the driver and
-//! line allow it, else poll), `seed=<n>`; virtio devices also take `notify=stock|cached|exact`
+//! line allow it, else poll), `seed=<n>`; virtio devices also take `index=<n>` (the n-th such
+//! device in bus order, default 0) and `notify=stock|cached|exact`
 //! (default exact: one doorbell write per kick instead of the crate's three register accesses, and
 //! the spec's EVENT_IDX kick decision; see `pvkit_frontends::virtio::transport::NotifyMode`).
 //!
@@ -238,11 +239,11 @@ pub fn console_echo(
 // ---- virtio ----
 
 /// Parameters of the virtio block tests.
-pub const VIRTIO_BLK_PARAMS: &[&str] = &["mode", "seed", "notify", "qd", "extents", "ms", "bs"];
+pub const VIRTIO_BLK_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "qd", "extents", "ms", "bs"];
 /// Parameters of the virtio net test.
-pub const VIRTIO_NET_PARAMS: &[&str] = &["mode", "seed", "notify", "frames", "window", "ms"];
+pub const VIRTIO_NET_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "frames", "window", "ms"];
 /// Parameters of the virtio console test.
-pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "bytes"];
+pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "bytes"];
 
 macro_rules! open_or_fail {
     ($p:expr, $open:path) => {{
@@ -250,7 +251,11 @@ macro_rules! open_or_fail {
             Ok(n) => n,
             Err(e) => return fail!("{e}"),
         };
-        match $open(notify) {
+        let index = match $p.u64_in("index", 0, 0..=31) {
+            Ok(i) => i as usize,
+            Err(e) => return fail!("{e}"),
+        };
+        match $open(index, notify) {
             Ok(o) => o,
             Err(e) => return fail!("{e}"),
         }
