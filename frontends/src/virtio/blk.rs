@@ -97,6 +97,14 @@ impl<T: VirtioTransport> core::fmt::Debug for VirtioBlk<T> {
     }
 }
 
+impl VirtioBlk<VirtioPci> {
+    /// Sends the request queue's interrupts to MSI-X table entry `entry` (see
+    /// [`VirtioPci::use_msix`]).
+    pub fn use_msix(&mut self, entry: u16) -> bool {
+        self.transport.use_msix(1, entry)
+    }
+}
+
 impl<T: VirtioTransport> VirtioBlk<T> {
     /// Initialises the device behind `transport` (reset, feature negotiation, one request queue).
     pub fn new(mut transport: T) -> Result<Self> {

@@ -99,6 +99,11 @@ impl VirtioConsole {
         Ok(me)
     }
 
+    /// Sends both queues' interrupts to MSI-X table entry `entry` (see [`VirtioPci::use_msix`]).
+    pub fn use_msix(&mut self, entry: u16) -> bool {
+        self.transport.use_msix(2, entry)
+    }
+
     fn kick(&mut self, queue: u16) {
         // SeqCst fence: the new avail index must be visible to the device before we read its
         // avail_event (store→load order), or a device going idle now would miss the kick.

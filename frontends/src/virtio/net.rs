@@ -81,6 +81,13 @@ impl<T: VirtioTransport> core::fmt::Debug for VirtioNet<T> {
     }
 }
 
+impl VirtioNet<VirtioPci> {
+    /// Sends both queues' interrupts to MSI-X table entry `entry` (see [`VirtioPci::use_msix`]).
+    pub fn use_msix(&mut self, entry: u16) -> bool {
+        self.transport.use_msix(2, entry)
+    }
+}
+
 impl<T: VirtioTransport> VirtioNet<T> {
     /// Initialises the device and posts the receive buffers.
     pub fn new(mut transport: T) -> Result<Self> {

@@ -12,6 +12,7 @@
 
 use alloc::sync::Arc;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{
@@ -77,7 +78,11 @@ const CAP_OFFSET: u8 = 8;
 const CAP_LENGTH: u8 = 12;
 const CAP_NOTIFY_OFF_MULTIPLIER: u8 = 16;
 /// Offsets inside `virtio_pci_common_cfg`.
+const COMMON_MSIX_CONFIG: usize = 0x10;
 const COMMON_QUEUE_SELECT: usize = 0x16;
+const COMMON_QUEUE_MSIX_VECTOR: usize = 0x1a;
+/// `VIRTIO_MSI_NO_VECTOR`.
+const NO_VECTOR: u16 = 0xffff;
 const COMMON_QUEUE_NOTIFY_OFF: usize = 0x1e;
 const COMMON_LEN: u32 = 0x38;
 /// Queues whose doorbell is cached.
@@ -115,6 +120,8 @@ fn bar_address<C: ConfigurationAccess>(cfg: &C, df: DeviceFunction, bar: u8) -> 
 #[derive(Debug)]
 pub struct VirtioIrq {
     isr: NonNull<u8>,
+    /// Queue interrupts arrive as MSI-X messages: each one is ours, and the ISR is not involved.
+    msix: AtomicBool,
     counters: Arc<AtomicCounters>,
 }
 
@@ -126,6 +133,12 @@ unsafe impl Sync for VirtioIrq {}
 
 impl IrqAck for VirtioIrq {
     fn ack(&self) -> bool {
+        // Relaxed: set once before the MSI-X vector is enabled; the interrupt handler runs after.
+        if self.msix.load(Ordering::Relaxed) {
+            // An MSI-X message is edge-like and needs no acknowledgement at the device.
+            self.counters.interrupted();
+            return true;
+        }
         // SAFETY: `isr` points at the ISR status byte inside a mapped BAR (checked against the
         // capability's length at probe time).
         let status = unsafe { self.isr.as_ptr().read_volatile() };
@@ -251,6 +264,7 @@ impl VirtioPci {
             doorbells: [None; MAX_QUEUES],
             avail_events: [None; MAX_QUEUES],
             irq: Arc::new(VirtioIrq {
+                msix: AtomicBool::new(false),
                 isr: isr_ptr,
                 counters: counters.clone(),
             }),
@@ -281,6 +295,32 @@ impl VirtioPci {
         // allocated and the device writes; it lives as long as the queue (queues are never unset on
         // virtio-pci). A volatile read because the device changes it behind our back.
         Some(unsafe { p.as_ptr().read_volatile() })
+    }
+
+    /// Sends the interrupts of queues `0..queues` to MSI-X table entry `entry` and configuration
+    /// changes nowhere; from then on the interrupt hook counts every call as ours without reading the
+    /// ISR. The platform programs the table entry and enables MSI-X at the PCI level. Returns `false`
+    /// (changing nothing for the hook) if the device refused the vector.
+    pub fn use_msix(&mut self, queues: u16, entry: u16) -> bool {
+        let base = self.common.as_ptr();
+        let reg = |off: usize| base.wrapping_add(off).cast::<u16>();
+        // SAFETY: msix_config, queue_select and queue_msix_vector are naturally aligned u16 registers
+        // of the common configuration structure (length checked at probe); &mut self is their only
+        // user. Each access below is one such register.
+        unsafe { reg(COMMON_MSIX_CONFIG).write_volatile(NO_VECTOR) };
+        for q in 0..queues {
+            // SAFETY: as above.
+            unsafe { reg(COMMON_QUEUE_SELECT).write_volatile(q) };
+            // SAFETY: as above.
+            unsafe { reg(COMMON_QUEUE_MSIX_VECTOR).write_volatile(entry) };
+            // SAFETY: as above; the device answers NO_VECTOR if it could not take the vector.
+            if unsafe { reg(COMMON_QUEUE_MSIX_VECTOR).read_volatile() } != entry {
+                return false;
+            }
+        }
+        // Relaxed: read by the interrupt hook, which the platform enables only after this returns.
+        self.irq.msix.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Reads `queue`'s notify offset (once, at queue setup) and caches its doorbell address.

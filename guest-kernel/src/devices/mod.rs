@@ -21,8 +21,8 @@ use pvkit_frontends::wait::{SharedIrqAck, WaitMode, Waiter};
 
 use crate::arch::x86_64::interrupts::{self, Polarity, Trigger};
 use crate::arch::x86_64::{apic, cpu, timer};
-use crate::drivers::pci::PciDevice;
-use crate::platform::pc;
+use crate::drivers::pci::{BarKind, Bdf, ConfigAccess, PciDevice};
+use crate::platform::pc::{self, PortPciConfig};
 
 /// DMA memory from the kernel heap.
 #[derive(Debug)]
@@ -142,21 +142,43 @@ impl Waiter for KernelWaiter {
     }
 }
 
-/// An interrupt input: GSI with its trigger mode and polarity.
+/// Where a device's interrupt comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IrqLine {
-    /// IOAPIC input.
-    pub gsi: u32,
-    /// Edge (ISA) or level (PCI INTx).
-    pub trigger: Trigger,
-    /// Polarity.
-    pub polarity: Polarity,
+pub enum IrqLine {
+    /// An IOAPIC input.
+    Gsi {
+        /// IOAPIC input.
+        gsi: u32,
+        /// Edge (ISA) or level (PCI INTx).
+        trigger: Trigger,
+        /// Polarity.
+        polarity: Polarity,
+    },
+    /// An MSI-X table entry of a PCI function: a message written straight to the local APIC.
+    Msix {
+        /// The function (its MSI-X capability is enabled on bind).
+        bdf: Bdf,
+        /// Config-space offset of the MSI-X capability.
+        cap: u8,
+        /// Address of the table entry (inside a mapped BAR).
+        entry_addr: u64,
+    },
 }
+
+/// PCI capability id of MSI-X.
+const PCI_CAP_MSIX: u8 = 0x11;
+/// Status register bit: the capability list is valid.
+const PCI_STATUS_CAP_LIST: u16 = 1 << 4;
+/// MSI-X message control bits.
+const MSIX_ENABLE: u16 = 1 << 15;
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+/// Local APIC message address (fixed delivery, physical destination in bits 19:12).
+const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
 
 impl IrqLine {
     /// A PCI function's INTx line (level-triggered), if it has one.
     pub fn pci_intx(dev: &PciDevice) -> Option<Self> {
-        Some(Self {
+        Some(Self::Gsi {
             gsi: pc::pci_intx_gsi(dev)?,
             trigger: Trigger::Level,
             polarity: Polarity::ActiveHigh,
@@ -167,12 +189,51 @@ impl IrqLine {
     #[allow(dead_code, reason = "for the emulated ISA devices (IDE IRQ 14, COM2 IRQ 3)")]
     pub fn isa(irq: u8) -> Self {
         let gsi = if irq == 0 { 2 } else { u32::from(irq) };
-        Self {
+        Self::Gsi {
             gsi,
             trigger: Trigger::Edge,
             polarity: Polarity::ActiveHigh,
         }
     }
+
+    /// MSI-X table entry `entry` of `dev`, if it has an MSI-X capability with that many entries and
+    /// its table lies in an assigned memory BAR.
+    pub fn pci_msix(dev: &PciDevice, entry: u16) -> Option<Self> {
+        let cfg = PortPciConfig;
+        if cfg.read16(dev.bdf, 0x06) & PCI_STATUS_CAP_LIST == 0 {
+            return None;
+        }
+        let mut at = cfg.read32(dev.bdf, 0x34) as u8 & 0xfc;
+        // At most 48 capabilities fit in config space: a loop in a hostile list ends here.
+        for _ in 0..48 {
+            if at < 0x40 {
+                return None;
+            }
+            let header = cfg.read32(dev.bdf, at);
+            if header as u8 == PCI_CAP_MSIX {
+                let size = ((header >> 16) as u16 & 0x7ff) + 1;
+                let table = cfg.read32(dev.bdf, at + 4);
+                let bar = dev.bar((table & 7) as u8).filter(|b| b.kind != BarKind::Io)?;
+                let offset = u64::from(table & !7) + 16 * u64::from(entry);
+                if entry >= size || offset + 16 > bar.size {
+                    return None;
+                }
+                return Some(Self::Msix {
+                    bdf: dev.bdf,
+                    cap: at,
+                    entry_addr: bar.addr + offset,
+                });
+            }
+            at = (header >> 8) as u8 & 0xfc;
+        }
+        None
+    }
+}
+
+fn mmio_write32(addr: u64, value: u32) {
+    // SAFETY: `addr` is an MSI-X table entry word inside a memory BAR that platform init mapped
+    // uncached (checked against the BAR's size in pci_msix); writing it only affects that device.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
 }
 
 /// Acks registered per vector. Changed only with interrupts off (single CPU), so the handler never
@@ -197,16 +258,35 @@ pub struct IrqBinding {
 pub fn bind_irq(line: IrqLine, ack: SharedIrqAck) -> Result<IrqBinding, String> {
     let vector = interrupts::alloc_vector(on_device_irq).map_err(|e| alloc::format!("vector: {e}"))?;
     cpu::without_interrupts(|| ACKS.lock().push((vector, ack)));
-    if let Err(e) = interrupts::route_gsi(line.gsi, vector, line.trigger, line.polarity) {
+    let (gsi, trigger, polarity) = match line {
+        IrqLine::Gsi {
+            gsi,
+            trigger,
+            polarity,
+        } => (gsi, trigger, polarity),
+        IrqLine::Msix { bdf, cap, entry_addr } => {
+            // Table entry: address, upper address, data (the vector: fixed delivery, edge), then
+            // vector control 0 (unmasked); then enable MSI-X with the function unmasked.
+            mmio_write32(entry_addr, MSI_ADDRESS_BASE | (apic::lapic_id() << 12));
+            mmio_write32(entry_addr + 4, 0);
+            mmio_write32(entry_addr + 8, u32::from(vector));
+            mmio_write32(entry_addr + 12, 0);
+            let control = PortPciConfig.read16(bdf, cap + 2);
+            PortPciConfig.write16(bdf, cap + 2, (control | MSIX_ENABLE) & !MSIX_FUNCTION_MASK);
+            return Ok(IrqBinding { line, vector });
+        }
+    };
+    if let Err(e) = interrupts::route_gsi(gsi, vector, trigger, polarity) {
         drop(IrqBinding { line, vector });
-        return Err(alloc::format!("routing GSI {}: {e}", line.gsi));
+        return Err(alloc::format!("routing GSI {gsi}: {e}"));
     }
     // A level-triggered line that was already asserted while its IOAPIC entry was still the masked
     // edge entry of boot time was ignored (an IOAPIC drops edge requests on masked pins), and it will
     // not rise again until the device is acknowledged: acknowledge once now, so the next assertion is
     // seen. Nothing is lost: waiting code polls the device before it sleeps.
-    if let Some((_, ack)) =
-        cpu::without_interrupts(|| ACKS.lock().iter().find(|(v, _)| *v == vector).cloned())
+    if trigger == Trigger::Level
+        && let Some((_, ack)) =
+            cpu::without_interrupts(|| ACKS.lock().iter().find(|(v, _)| *v == vector).cloned())
     {
         ack.ack();
     }
@@ -215,7 +295,16 @@ pub fn bind_irq(line: IrqLine, ack: SharedIrqAck) -> Result<IrqBinding, String> 
 
 impl Drop for IrqBinding {
     fn drop(&mut self) {
-        let _ = interrupts::mask_gsi(self.line.gsi);
+        match self.line {
+            IrqLine::Gsi { gsi, .. } => {
+                let _ = interrupts::mask_gsi(gsi);
+            }
+            IrqLine::Msix { bdf, cap, entry_addr } => {
+                mmio_write32(entry_addr + 12, 1); // mask the entry
+                let control = PortPciConfig.read16(bdf, cap + 2);
+                PortPciConfig.write16(bdf, cap + 2, control & !MSIX_ENABLE);
+            }
+        }
         interrupts::unregister_handler(self.vector);
         let vector = self.vector;
         cpu::without_interrupts(|| ACKS.lock().retain(|(v, _)| *v != vector));

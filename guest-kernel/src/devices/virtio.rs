@@ -84,6 +84,38 @@ pub fn notify_mode(value: Option<&str>) -> Result<NotifyMode, String> {
     }
 }
 
+/// Which interrupt a virtio device should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqKind {
+    /// INTx through the IOAPIC; the handler reads the ISR.
+    Intx,
+    /// MSI-X table entry 0 for all queues; no ISR read.
+    Msix,
+}
+
+impl IrqKind {
+    /// Parses the `irq=` parameter (default msix).
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None | Some("msix") => Ok(Self::Msix),
+            Some("intx") => Ok(Self::Intx),
+            Some(v) => Err(format!("irq='{v}' is not intx or msix")),
+        }
+    }
+}
+
+/// The interrupt line for `d`: MSI-X entry 0 if asked for and `route` (the driver pointing its
+/// queues at entry 0) succeeds, else INTx. Returns the line and its name for the label.
+fn line_for(d: &PciDevice, kind: IrqKind, route: impl FnOnce() -> bool) -> (Option<IrqLine>, &'static str) {
+    if kind == IrqKind::Msix
+        && let Some(line) = IrqLine::pci_msix(d, 0)
+        && route()
+    {
+        return (Some(line), "msix");
+    }
+    (IrqLine::pci_intx(d), "intx")
+}
+
 /// A virtio device opened for a workload, with its interrupt line and a description for reports.
 #[derive(Debug)]
 pub struct Opened<D> {
@@ -96,46 +128,38 @@ pub struct Opened<D> {
 }
 
 /// Opens the `index`-th virtio-blk device (0 = first in bus order).
-pub fn open_blk(index: usize, mode: NotifyMode) -> Result<Opened<VirtioBlk>, Error> {
+pub fn open_blk(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<VirtioBlk>, Error> {
     let (t, d) = transport(BLK, index, mode)?;
-    let dev = VirtioBlk::new(t)?;
+    let mut dev = VirtioBlk::new(t)?;
+    let (line, irq_name) = line_for(d, irq, || dev.use_msix(0));
     let label = format!(
-        "notify={} event_idx={} pci={}",
+        "notify={} event_idx={} irq={irq_name} pci={}",
         mode.name(),
         u8::from(dev.event_idx()),
         d.bdf
     );
-    Ok(Opened {
-        dev,
-        line: IrqLine::pci_intx(d),
-        label,
-    })
+    Ok(Opened { dev, line, label })
 }
 
 /// Opens the `index`-th virtio-net device.
-pub fn open_net(index: usize, mode: NotifyMode) -> Result<Opened<VirtioNet>, Error> {
+pub fn open_net(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<VirtioNet>, Error> {
     let (t, d) = transport(NET, index, mode)?;
-    let dev = VirtioNet::new(t)?;
+    let mut dev = VirtioNet::new(t)?;
+    let (line, irq_name) = line_for(d, irq, || dev.use_msix(0));
     let label = format!(
-        "notify={} event_idx={} pci={}",
+        "notify={} event_idx={} irq={irq_name} pci={}",
         mode.name(),
         u8::from(dev.event_idx()),
         d.bdf
     );
-    Ok(Opened {
-        dev,
-        line: IrqLine::pci_intx(d),
-        label,
-    })
+    Ok(Opened { dev, line, label })
 }
 
 /// Opens the `index`-th virtio-console device (port 0).
-pub fn open_console(index: usize, mode: NotifyMode) -> Result<Opened<VirtioConsole>, Error> {
+pub fn open_console(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<VirtioConsole>, Error> {
     let (t, d) = transport(CONSOLE, index, mode)?;
-    let dev = VirtioConsole::new(t)?;
-    Ok(Opened {
-        dev,
-        line: IrqLine::pci_intx(d),
-        label: format!("notify={} pci={}", mode.name(), d.bdf),
-    })
+    let mut dev = VirtioConsole::new(t)?;
+    let (line, irq_name) = line_for(d, irq, || dev.use_msix(0));
+    let label = format!("notify={} irq={irq_name} pci={}", mode.name(), d.bdf);
+    Ok(Opened { dev, line, label })
 }

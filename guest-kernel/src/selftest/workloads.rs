@@ -5,7 +5,8 @@
 //! [`console_echo`]) take an opened driver and its interrupt line; one small function per device
 //! opens it and calls the runner. Common parameters: `mode=irq|poll` (default irq when the driver and
 //! line allow it, else poll), `seed=<n>`; virtio devices also take `index=<n>` (the n-th such
-//! device in bus order, default 0) and `notify=stock|cached|exact`
+//! device in bus order, default 0), `irq=msix|intx` (default msix, INTx if the device has no MSI-X)
+//! and `notify=stock|cached|exact`
 //! (default exact: one doorbell write per kick instead of the crate's three register accesses, and
 //! the spec's EVENT_IDX kick decision; see `pvkit_frontends::virtio::transport::NotifyMode`).
 //!
@@ -239,11 +240,15 @@ pub fn console_echo(
 // ---- virtio ----
 
 /// Parameters of the virtio block tests.
-pub const VIRTIO_BLK_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "qd", "extents", "ms", "bs"];
+pub const VIRTIO_BLK_PARAMS: &[&str] = &[
+    "mode", "seed", "notify", "index", "irq", "irq", "irq", "qd", "extents", "ms", "bs",
+];
 /// Parameters of the virtio net test.
-pub const VIRTIO_NET_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "frames", "window", "ms"];
+pub const VIRTIO_NET_PARAMS: &[&str] = &[
+    "mode", "seed", "notify", "index", "irq", "irq", "irq", "frames", "window", "ms",
+];
 /// Parameters of the virtio console test.
-pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "bytes"];
+pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "irq", "irq", "irq", "bytes"];
 
 macro_rules! open_or_fail {
     ($p:expr, $open:path) => {{
@@ -255,7 +260,11 @@ macro_rules! open_or_fail {
             Ok(i) => i as usize,
             Err(e) => return fail!("{e}"),
         };
-        match $open(index, notify) {
+        let irq = match virtio::IrqKind::parse($p.get("irq")) {
+            Ok(k) => k,
+            Err(e) => return fail!("{e}"),
+        };
+        match $open(index, notify, irq) {
             Ok(o) => o,
             Err(e) => return fail!("{e}"),
         }
