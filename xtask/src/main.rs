@@ -7,7 +7,8 @@
 //! - `console`: the `PVKIT ...` record parser (the contract is guest-kernel/README.md);
 //! - `scenario`: what each QEMU scenario boots and checks;
 //! - `run`, `test`: the two main subcommands; `table`: result tables;
-//! - `process`: process groups, parent-death signal, Ctrl-C.
+//! - `process`: process groups, parent-death signal, Ctrl-C;
+//! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU).
 
 mod console;
 mod process;
@@ -18,6 +19,7 @@ mod scenario;
 mod table;
 mod test;
 mod workspace;
+mod xen;
 
 use std::path::PathBuf;
 
@@ -65,6 +67,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot real Xen (4.17, Debian packages, Linux dom0) in QEMU TCG and run Xen scenarios as domUs in
+    /// that one boot. Serial log: <target>/xtask/logs/xen.log; packages and images cached in
+    /// <target>/xtask/xen/.
+    Xen(xen::XenArgs),
     /// Install what `run` and `test` need (QEMU >= 10, libxen-dev, nightly Miri); idempotent.
     Provision {
         /// Only print what would be installed.
@@ -162,6 +168,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Run(args) => run::run(&args),
         Cmd::Test(args) => test::test(&args),
+        Cmd::Xen(args) => xen::xen(&args),
         Cmd::Bench { args } => {
             let mut cmd = workspace::cargo();
             cmd.args(["bench", "-p", "ring-protocol"]).args(args);

@@ -28,6 +28,8 @@ pub enum Group {
     Miri,
     /// guest build and the QEMU scenarios
     Qemu,
+    /// the Xen scenarios: real Xen + Linux dom0 in QEMU, all in one Xen boot (xtask/src/xen)
+    Xen,
 }
 
 enum Verdict {
@@ -303,6 +305,10 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         }
     }
 
+    if !process::interrupted() {
+        xen_stage(&mut ctx, selected(Group::Xen), &skip_note);
+    }
+
     let interrupted = process::interrupted();
     print_table(&ctx.rows, started.elapsed());
     let failed = ctx
@@ -374,6 +380,35 @@ fn scenario(s: Scenario, elf: &Path, log: &Path) -> Result<(Verdict, Option<Dura
             writeln!(f, "# scenario {}: problem: {p}", s.name())?;
         }
         Ok((Verdict::Fail(problems.join("; ")), Some(r.wall)))
+    }
+}
+
+/// The Xen scenarios (one row each, `xen:<name>`), all in one Xen boot; see `crate::xen`.
+fn xen_stage(ctx: &mut Ctx, selected: bool, skip_note: &str) {
+    let names = crate::xen::test_suite_rows();
+    if !selected {
+        for n in &names {
+            ctx.record(n, Verdict::Skipped(skip_note.to_owned()), None, None);
+        }
+        return;
+    }
+    eprintln!("==> xen: {} in one Xen boot", names.join(", "));
+    let log = workspace::log_dir().join("xen.log");
+    match crate::xen::test_suite(&log) {
+        Ok(rows) => {
+            for r in rows {
+                let verdict = match r.result {
+                    Ok(()) => Verdict::Pass,
+                    Err(why) => Verdict::Fail(why),
+                };
+                ctx.record(&r.name, verdict, r.time, Some(log.clone()));
+            }
+        }
+        Err(e) => {
+            for n in &names {
+                ctx.record(n, Verdict::Fail(format!("{e:#}")), None, Some(log.clone()));
+            }
+        }
     }
 }
 

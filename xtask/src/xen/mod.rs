@@ -1,0 +1,372 @@
+//! The Xen harness: real Xen 4.17 with a Linux dom0, booted in QEMU (TCG), running domU scenarios.
+//!
+//! - `packages`: the Debian packages, fetched with `apt-get download`, unpacked, cached by version;
+//! - `elf`, `cpio`: `DT_NEEDED` / `.modinfo` reading and the newc writer the images need;
+//! - `dom0`: dom0's initramfs (busybox, bash, toolstack, libraries, modules, `xtask/xen/init.sh`);
+//! - `scenario`: what each domU is and what its report must show;
+//! - `boot`: the QEMU command and runner; `report`: the serial log split per scenario.
+//!
+//! One Xen boot runs every requested scenario in turn (dom0's init creates each domU with `xl`,
+//! waits for it, forwards its console and dom0's checks over the serial line, then powers off).
+
+pub mod boot;
+pub mod cpio;
+pub mod dom0;
+pub mod elf;
+pub mod packages;
+pub mod report;
+pub mod scenario;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use self::dom0::Payload;
+use self::report::HarnessReport;
+use self::scenario::{Bundle, DomainSpec, XenScenario};
+use crate::{provision, table, workspace};
+
+/// `cargo xtask xen`: run Xen scenarios in one Xen boot.
+#[derive(Debug, Args)]
+pub struct XenArgs {
+    /// Scenarios to run, in this order (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<XenScenario>,
+    /// Boot this guest ELF instead of building the guest kernel.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Kill QEMU if the whole Xen boot has not powered off after this many seconds (default: 120 s
+    /// plus each scenario's own timeout).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Only show progress and results, not the serial line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Where the harness keeps its packages, trees and images.
+pub fn cache_dir() -> PathBuf {
+    workspace::xtask_dir().join("xen")
+}
+
+/// Host-side durations of one harness run.
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    /// apt resolution, download and unpacking (near zero when cached).
+    pub packages: Duration,
+    /// Building the initramfs images.
+    pub images: Duration,
+    pub boot: boot::Milestones,
+}
+
+/// One finished harness boot.
+pub struct Harness {
+    pub report: HarnessReport,
+    pub boot: boot::Boot,
+    pub timings: Timings,
+    pub log: PathBuf,
+}
+
+/// Fetches and builds what is needed, boots Xen with `bundle`'s scenarios and parses the result.
+pub fn run_harness(
+    bundle: &Bundle,
+    log: &Path,
+    timeout: Option<Duration>,
+    on_line: impl FnMut(&str),
+) -> Result<Harness> {
+    let mut timings = Timings::default();
+    provision::ensure(
+        provision::Needs {
+            qemu: true,
+            xen_headers: false,
+        },
+        false,
+    )?;
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache)?;
+    let t0 = Instant::now();
+    let (tree, kver) = packages::ensure_tree(&cache)?;
+    timings.packages = t0.elapsed();
+
+    let t0 = Instant::now();
+    let xen = tree.join("boot/xen-4.17-amd64");
+    if !xen.is_file() {
+        let gz = tree.join("boot/xen-4.17-amd64.gz");
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(&gz)
+            .output()
+            .with_context(|| format!("gzip -dc {}", gz.display()))?;
+        if !out.status.success() {
+            bail!("gzip -dc {} failed: {}", gz.display(), out.status);
+        }
+        std::fs::write(&xen, out.stdout)?;
+    }
+    let vmlinuz = tree.join(format!("boot/vmlinuz-{kver}"));
+    let mut img = dom0::base(&tree, &kver)?;
+    add_bundle(&mut img, bundle, &tree, &vmlinuz)?;
+    let initramfs = cache.join("dom0-initramfs.cpio");
+    img.write(&initramfs)?;
+    timings.images = t0.elapsed();
+
+    let timeout = timeout.unwrap_or_else(|| {
+        Duration::from_secs(120) + bundle.specs.iter().map(|s| s.timeout).sum::<Duration>()
+    });
+    let machine = boot::Machine {
+        xen,
+        dom0_kernel: vmlinuz,
+        dom0_initramfs: initramfs,
+        timeout,
+    };
+    eprintln!("$ {}", workspace::display_command(&machine.command()?));
+    let b = boot::boot(&machine, log, on_line)?;
+    timings.boot = b.milestones.clone();
+    Ok(Harness {
+        report: HarnessReport::parse(&b.serial),
+        boot: b,
+        timings,
+        log: log.to_owned(),
+    })
+}
+
+/// The scenario files, the guest and the Linux domU into dom0's image.
+fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Path) -> Result<()> {
+    let mut list = String::new();
+    for s in &bundle.specs {
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            bail!(
+                "scenario name {:?} must be non-empty ASCII letters, digits and '-'",
+                s.name
+            );
+        }
+        list.push_str(&s.name);
+        list.push('\n');
+        let dir = format!("pvkit/s/{}", s.name);
+        let text = |t: &str| Payload::Bytes(t.as_bytes().to_vec());
+        img.add(&format!("{dir}/domain.cfg"), 0o644, text(&s.xl_config()));
+        img.add(
+            &format!("{dir}/timeout"),
+            0o644,
+            text(&format!("{}\n", s.timeout.as_secs().max(1))),
+        );
+        for (file, body) in [("pre", &s.pre), ("running", &s.running), ("post", &s.post)] {
+            if let Some(body) = body {
+                img.add(&format!("{dir}/{file}"), 0o644, text(body));
+            }
+        }
+    }
+    img.add("pvkit/scenarios", 0o644, Payload::Bytes(list.into_bytes()));
+    if let Some(guest) = &bundle.guest {
+        if !guest.is_file() {
+            bail!("guest ELF {} does not exist", guest.display());
+        }
+        img.add(scenario::GUEST_PATH, 0o644, Payload::File(guest.clone()));
+    }
+    if bundle.linux {
+        img.add(
+            scenario::LINUX_KERNEL_PATH,
+            0o644,
+            Payload::File(vmlinuz.to_owned()),
+        );
+        let mut domu = dom0::Image::default();
+        domu.busybox(tree)?;
+        domu.add(
+            "init",
+            0o755,
+            Payload::Bytes(scenario::LINUX_DOMU_INIT.as_bytes().to_vec()),
+        );
+        domu.add("proc/.keep", 0o644, Payload::Bytes(Vec::new()));
+        let path = cache_dir().join("linux-domu-initramfs.cpio");
+        domu.write(&path)?;
+        img.add(scenario::LINUX_INITRD_PATH, 0o644, Payload::File(path));
+    }
+    Ok(())
+}
+
+/// A per-run value the Linux self-check must echo (so an old log cannot pass).
+pub fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:x}{:x}", t.as_secs(), std::process::id())
+}
+
+/// One row of results.
+pub struct Row {
+    pub name: String,
+    /// `Err(reason)` if the scenario failed.
+    pub result: std::result::Result<(), String>,
+    pub time: Option<Duration>,
+}
+
+/// Checks every scenario of a finished harness run.
+pub fn rows(h: &Harness, scenarios: &[XenScenario], nonce: &str) -> Vec<Row> {
+    let boot_problem = boot_problem(h);
+    scenarios
+        .iter()
+        .map(|s| {
+            let name = s.name();
+            let result = match h.report.scenario(name) {
+                None => Err(format!(
+                    "no report from dom0 for this scenario{}",
+                    boot_problem
+                        .as_ref()
+                        .map(|p| format!(" ({p})"))
+                        .unwrap_or_default()
+                )),
+                Some(r) => {
+                    let problems = s.check(r, nonce);
+                    if problems.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(problems.join("; "))
+                    }
+                }
+            };
+            Row {
+                name: format!("xen:{name}"),
+                result,
+                time: h.report.scenario(name).and_then(|r| r.run),
+            }
+        })
+        .collect()
+}
+
+/// Why the boot as a whole went wrong, if it did.
+pub fn boot_problem(h: &Harness) -> Option<String> {
+    let mut p = Vec::new();
+    p.extend(h.report.fatal.iter().map(|f| format!("dom0 init: {f}")));
+    match &h.boot.exit {
+        Ok(0) => {}
+        Ok(c) => p.push(format!("QEMU exited with status {c} (dom0's poweroff gives 0)")),
+        Err(why) => p.push(why.clone()),
+    }
+    if h.report.dom0_ready.is_none() {
+        p.push("dom0 never reported its toolstack ready".to_owned());
+    } else if !h.report.finished {
+        p.push("dom0 did not finish the scenario list".to_owned());
+    }
+    (!p.is_empty()).then(|| p.join("; "))
+}
+
+/// Prints the measured times of a run.
+pub fn print_timings(h: &Harness) {
+    let t = &h.timings;
+    let d = |x: Option<Duration>| x.map(table::duration).unwrap_or_else(|| "-".to_owned());
+    println!(
+        "xen harness: packages {}, images {}, Xen banner {}, dom0 ready {} (dom0 uptime {}), QEMU exit {}",
+        table::duration(t.packages),
+        table::duration(t.images),
+        d(t.boot.xen_banner),
+        d(t.boot.dom0_ready),
+        h.report
+            .dom0_ready
+            .map(|s| format!("{s:.2} s"))
+            .unwrap_or_else(|| "-".to_owned()),
+        d(t.boot.exited),
+    );
+    for s in &h.report.scenarios {
+        println!(
+            "  domU {}: xl create {}, run {}, end {:?}",
+            s.name,
+            d(s.create),
+            d(s.run),
+            s.end
+        );
+    }
+}
+
+/// Shows a serial line: domU console lines without their prefix, the rest as is.
+fn show_line(line: &str, quiet: bool) {
+    if let Some(at) = line.find("PVKIT-XEN ") {
+        let rest = &line[at + "PVKIT-XEN ".len()..];
+        if let Some(c) = rest.strip_prefix("CONSOLE ") {
+            if !quiet {
+                println!("  {c}");
+            }
+        } else {
+            eprintln!("[xen] {rest}");
+        }
+    } else if !quiet {
+        println!("  | {line}");
+    }
+}
+
+/// The row names `cargo xtask test` shows for the Xen scenarios.
+pub fn test_suite_rows() -> Vec<String> {
+    XenScenario::in_test_suite()
+        .iter()
+        .map(|s| format!("xen:{}", s.name()))
+        .collect()
+}
+
+/// `cargo xtask test`'s Xen stage: the scenarios of [`XenScenario::in_test_suite`] in one Xen boot,
+/// serial log in `log`. A boot that goes wrong fails every scenario with the reason.
+pub fn test_suite(log: &Path) -> Result<Vec<Row>> {
+    let scenarios = XenScenario::in_test_suite();
+    let nonce = nonce();
+    let specs: Vec<DomainSpec> = scenarios.iter().map(|s| s.spec(&nonce)).collect();
+    let guest = if specs.iter().any(|s| s.kernel == scenario::Kernel::Pvkit) {
+        Some(workspace::build_guest()?)
+    } else {
+        None
+    };
+    let h = run_harness(&Bundle::new(specs, guest), log, None, |l| {
+        if let Some(at) = l.find("PVKIT-XEN SCENARIO ") {
+            eprintln!("    [xen] {}", &l[at + "PVKIT-XEN ".len()..]);
+        }
+    })?;
+    print_timings(&h);
+    Ok(rows(&h, scenarios, &nonce))
+}
+
+/// `cargo xtask xen`.
+pub fn xen(args: &XenArgs) -> Result<i32> {
+    let scenarios: Vec<XenScenario> = if args.scenario.is_empty() {
+        XenScenario::all().to_vec()
+    } else {
+        args.scenario.clone()
+    };
+    let nonce = nonce();
+    let specs: Vec<DomainSpec> = scenarios.iter().map(|s| s.spec(&nonce)).collect();
+    let needs_guest = specs.iter().any(|s| s.kernel == scenario::Kernel::Pvkit);
+    let guest = match (&args.kernel, needs_guest) {
+        (_, false) => None,
+        (Some(k), true) => Some(k.clone()),
+        (None, true) => Some(workspace::build_guest()?),
+    };
+    let bundle = Bundle::new(specs, guest);
+    let log = workspace::log_dir().join("xen.log");
+    let quiet = args.quiet;
+    let h = run_harness(&bundle, &log, args.timeout.map(Duration::from_secs_f64), |l| {
+        show_line(l, quiet)
+    })?;
+    let rows = rows(&h, &scenarios, &nonce);
+    println!();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                if r.result.is_ok() { "PASS" } else { "FAIL" }.to_owned(),
+                r.time.map(table::duration).unwrap_or_else(|| "-".to_owned()),
+                r.result.clone().err().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["scenario", "result", "domU time", "problems"], &cells)
+    );
+    print_timings(&h);
+    if let Some(p) = boot_problem(&h) {
+        println!("boot problem: {p}");
+    }
+    println!("log: {}", h.log.display());
+    let ok = rows.iter().all(|r| r.result.is_ok()) && boot_problem(&h).is_none();
+    println!("{}", if ok { "RESULT: PASS" } else { "RESULT: FAIL" });
+    Ok(if ok { 0 } else { 1 })
+}
