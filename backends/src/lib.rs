@@ -1,5 +1,113 @@
-//! Host-side backends for pvkit.
+//! Host-side backends for pvkit: protocol-independent cores and thin protocol adapters.
 //!
-//! This crate will hold one block core and one net core serving both virtio (vhost-user daemons) and
-//! Xen (userspace blkback/netback/console in dom0). It is empty until that issue lands: nothing here
-//! claims to work yet.
+//! - [`block`]: the block core (an image file; read, write, flush with `fdatasync`, discard; an
+//!   `O_DIRECT` option) and [`block::BlockQueue`], its bounded request queue served by a worker pool;
+//! - [`net`]: the net core, a small L2 switch with MAC learning and flooding, guest ports and a host test
+//!   port ([`net::EchoPeer`]) that answers the guest's echo frames, ARP, ping and UDP echo;
+//! - [`console`]: a byte stream to a log file or a Unix socket;
+//! - [`vhost`]: vhost-user adapters (`vhost-user-blk`, `vhost-user-net`) over rust-vmm, and the
+//!   accept/reconnect loop the daemons in `src/bin/` run.
+//!
+//! The Xen userspace adapters (issue 6's Xen half) are not here yet.
+
+pub mod block;
+pub mod console;
+pub mod net;
+pub mod vhost;
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything the cores can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The image file could not be opened (missing, no permission, `O_DIRECT` unsupported...).
+    #[error("cannot open image {}: {source}", path.display())]
+    OpenImage {
+        /// The path given.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The image's size is not a whole number of sectors.
+    #[error("image {} is {len} bytes, not a multiple of {} bytes", path.display(), block::SECTOR_SIZE)]
+    ImageSize {
+        /// The path given.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// A request reaches past the end of the image.
+    #[error("{op} of {sectors} sectors at sector {sector} is beyond the image's {capacity} sectors")]
+    OutOfRange {
+        /// The operation.
+        op: block::OpKind,
+        /// First sector.
+        sector: u64,
+        /// Length in sectors.
+        sectors: u64,
+        /// Image capacity in sectors.
+        capacity: u64,
+    },
+    /// A request's data length is not a whole number of sectors.
+    #[error("{op} of {len} bytes is not a multiple of {} bytes", block::SECTOR_SIZE)]
+    Unaligned {
+        /// The operation.
+        op: block::OpKind,
+        /// Its data length in bytes.
+        len: u64,
+    },
+    /// A write-type request to a read-only device.
+    #[error("{op} refused: the device is read-only")]
+    ReadOnly {
+        /// The operation.
+        op: block::OpKind,
+    },
+    /// The image file's I/O failed.
+    #[error("{op} at sector {sector} failed: {source}")]
+    Io {
+        /// The operation.
+        op: block::OpKind,
+        /// First sector.
+        sector: u64,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The request queue is full; the caller retries after a completion.
+    #[error("request queue full ({capacity} requests queued)")]
+    Busy {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// A frame too short to carry an Ethernet header.
+    #[error("frame of {len} bytes is shorter than an Ethernet header (14 bytes)")]
+    ShortFrame {
+        /// Its length.
+        len: usize,
+    },
+    /// A port id the switch does not know.
+    #[error("no port {port} on the switch")]
+    NoSuchPort {
+        /// The id given.
+        port: usize,
+    },
+    /// The vhost-user machinery failed (listening, accepting, setting up a connection).
+    #[error("vhost-user daemon: {what}: {detail}")]
+    Daemon {
+        /// What was being done.
+        what: String,
+        /// The library's error.
+        detail: String,
+    },
+    /// The console sink could not be opened or written.
+    #[error("console sink {what}: {source}")]
+    Console {
+        /// The file or socket.
+        what: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
