@@ -111,6 +111,9 @@ pub enum Record {
     Exit { code: u64 },
     /// `PVKIT ERROR <text>` (unknown test, bad command line, ...)
     Error(String),
+    /// `PVKIT PERF dev=.. pattern=.. qd=.. mode=.. ops=.. bytes=.. guest_us=.. notifies=.. irqs=..
+    /// copied_bytes=.. [label fields]`: one measured workload phase.
+    Perf(Fields),
     /// A `PVKIT` line this parser does not understand (kept so it can be reported, not lost).
     Malformed(String),
 }
@@ -173,6 +176,7 @@ impl Record {
                 None => return malformed(),
             },
             "ERROR" => Record::Error(rest.to_owned()),
+            "PERF" => Record::Perf(Fields::parse(rest)),
             _ => return malformed(),
         })
     }
@@ -265,6 +269,14 @@ impl Transcript {
             }
         }
         open
+    }
+
+    /// The `PVKIT PERF` records, in order (the k-th belongs to the k-th phase marker).
+    pub fn perfs(&self) -> impl Iterator<Item = &Fields> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Perf(f) => Some(f),
+            _ => None,
+        })
     }
 
     /// `vendor:device` ids from `PVKIT INFO pci <bdf> <vvvv:dddd> ...` lines.

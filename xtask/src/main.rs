@@ -7,17 +7,25 @@
 //! - `console`: the `PVKIT ...` record parser (the contract is guest-kernel/README.md);
 //! - `scenario`: what each QEMU scenario boots and checks;
 //! - `run`, `test`: the two main subcommands; `table`: result tables;
+//! - `rig`: the host side of a run with I/O devices: `disk` images, `peer` echo threads (net,
+//!   console), and after the run the host's checks and the cost per operation (`trace` parses
+//!   QEMU's trace, `costs` joins it with the guest's counts);
 //! - `process`: process groups, parent-death signal, Ctrl-C;
 //! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU).
 
 mod console;
+mod costs;
+mod disk;
+mod peer;
 mod process;
 mod provision;
 mod qemu;
+mod rig;
 mod run;
 mod scenario;
 mod table;
 mod test;
+mod trace;
 mod workspace;
 mod xen;
 
@@ -134,6 +142,10 @@ pub struct TestArgs {
     /// Stream each stage's output instead of keeping it in the log only.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Boot this guest ELF in the QEMU scenarios instead of building the guest kernel (local
+    /// iteration, e.g. while the guest tree is mid-change; CI builds it).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
 }
 
 fn main() {

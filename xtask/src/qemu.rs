@@ -30,7 +30,12 @@ pub const MEMORY_MIB: u32 = 128;
 pub const Q35_BUILTIN_PCI: &[&str] = &["8086:29c0", "8086:2918", "8086:2922", "8086:2930"];
 
 /// Devices xtask can give the guest (`--devices`), each with the PCI id it shows up as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+///
+/// The first three are bare PCI functions for the enumeration tests. The others are the I/O device
+/// matrix of the workloads (`<workload>@<device>` tests, guest-kernel/README.md): each is attached to
+/// a host backend given in [`IoAttach`] (a disk image, a TCP port of an xtask peer), or to an inert one
+/// (an empty null disk, an unconnected hub port, a null chardev) when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
 pub enum Device {
     /// QEMU's educational PCI device (1234:11e8).
     Edu,
@@ -38,16 +43,169 @@ pub enum Device {
     VirtioRng,
     /// QEMU's PCI test device (1b36:0005).
     PciTestdev,
+    /// virtio block device (transitional virtio-blk-pci, 1af4:1001) on a raw image.
+    VirtioBlk,
+    /// virtio network device (1af4:1000) on a `-netdev stream` to the xtask echo peer.
+    VirtioNet,
+    /// virtio-serial (1af4:1003) with one console port on a socket chardev to the xtask echo peer.
+    VirtioConsole,
+    /// An ATA disk on a PIIX3 IDE controller (8086:7010, compatibility mode, primary channel).
+    Ide,
+    /// An ATA disk on q35's built-in ICH9 AHCI controller (port 0; adds no PCI function).
+    Ahci,
+    /// Intel 82540EM (`e1000`, 8086:100e) on a `-netdev stream` to the xtask echo peer.
+    E1000,
+    /// A 16550 UART on COM2 (0x2f8, IRQ 3) on a socket chardev to the xtask echo peer.
+    Uart,
 }
 
+/// What a device needs on the host side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Nothing (a self-contained PCI function).
+    None,
+    /// A disk image.
+    Disk,
+    /// A network peer.
+    Net,
+    /// A byte-stream peer.
+    Console,
+}
+
+/// A disk image attached to a block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskAttach {
+    pub path: PathBuf,
+    /// The guest's writes must fail: `readonly=on` for virtio-blk (the device then reports an
+    /// error status); for IDE and AHCI, whose `ide-hd` refuses a read-only drive, a `blkdebug` layer
+    /// fails every write with EIO and `werror=report` hands that to the guest.
+    pub fail_writes: bool,
+}
+
+/// The host backends of the I/O devices of one run; a device without an entry gets an inert one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoAttach {
+    pub disks: BTreeMap<Device, DiskAttach>,
+    /// TCP port on 127.0.0.1 where an xtask peer listens (QEMU connects as the client).
+    pub ports: BTreeMap<Device, u16>,
+}
+
+/// Size of the null disk behind a block device without an image.
+const INERT_DISK_BYTES: u64 = 16 << 20;
+
 impl Device {
-    /// Arguments that add the device to QEMU's command line.
-    pub fn qemu_args(self) -> &'static [&'static str] {
+    /// The I/O devices (everything but the bare PCI functions).
+    pub fn io_devices() -> impl Iterator<Item = Device> {
+        Device::value_variants()
+            .iter()
+            .copied()
+            .filter(|d| d.backend() != Backend::None)
+    }
+
+    /// The name the guest uses for it in `<workload>@<device>` test names (clap's name).
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .expect("no skipped variants")
+            .get_name()
+            .to_owned()
+    }
+
+    pub fn backend(self) -> Backend {
         match self {
-            Device::Edu => &["-device", "edu"],
-            Device::VirtioRng => &["-device", "virtio-rng-pci"],
-            Device::PciTestdev => &["-device", "pci-testdev"],
+            Device::Edu | Device::VirtioRng | Device::PciTestdev => Backend::None,
+            Device::VirtioBlk | Device::Ide | Device::Ahci => Backend::Disk,
+            Device::VirtioNet | Device::E1000 => Backend::Net,
+            Device::VirtioConsole | Device::Uart => Backend::Console,
         }
+    }
+
+    /// QEMU's id for the device's backend (drive, netdev or chardev); one of each kind per run.
+    fn backend_id(self) -> &'static str {
+        match self {
+            Device::VirtioBlk => "vblk",
+            Device::Ide => "ide0",
+            Device::Ahci => "ahci0",
+            Device::VirtioNet => "vnet",
+            Device::E1000 => "e1k",
+            Device::VirtioConsole => "vcon",
+            Device::Uart => "com2",
+            Device::Edu | Device::VirtioRng | Device::PciTestdev => "",
+        }
+    }
+
+    /// Arguments that add the device, with its backend from `io`, to QEMU's command line.
+    pub fn qemu_args(self, io: &IoAttach) -> Vec<String> {
+        let id = self.backend_id();
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |s: String| a.push(s);
+        match self.backend() {
+            Backend::None => {}
+            Backend::Disk => match io.disks.get(&self) {
+                None => {
+                    push("-blockdev".into());
+                    push(format!(
+                        "driver=null-co,node-name={id},size={INERT_DISK_BYTES},read-zeroes=on"
+                    ));
+                }
+                Some(d) if d.fail_writes && self != Device::VirtioBlk => {
+                    push("-blockdev".into());
+                    push(format!(
+                        "driver=blkdebug,node-name={id},image.driver=file,image.filename={},\
+                         inject-error.0.event=pwritev,inject-error.0.errno=5",
+                        d.path.display()
+                    ));
+                }
+                Some(d) => {
+                    push("-drive".into());
+                    push(format!(
+                        "file={},format=raw,if=none,id={id},cache=unsafe{}",
+                        d.path.display(),
+                        if d.fail_writes { ",readonly=on" } else { "" }
+                    ));
+                }
+            },
+            Backend::Net => {
+                push("-netdev".into());
+                push(match io.ports.get(&self) {
+                    Some(p) => {
+                        format!("stream,id={id},server=off,addr.type=inet,addr.host=127.0.0.1,addr.port={p}")
+                    }
+                    None => format!("hubport,id={id},hubid={}", self as u8),
+                });
+            }
+            Backend::Console => {
+                push("-chardev".into());
+                push(match io.ports.get(&self) {
+                    Some(p) => format!("socket,id={id},host=127.0.0.1,port={p}"),
+                    None => format!("null,id={id}"),
+                });
+            }
+        }
+        let werror = if io.disks.get(&self).is_some_and(|d| d.fail_writes) {
+            ",werror=report"
+        } else {
+            ""
+        };
+        let devices: Vec<String> = match self {
+            Device::Edu => vec!["edu".into()],
+            Device::VirtioRng => vec!["virtio-rng-pci".into()],
+            Device::PciTestdev => vec!["pci-testdev".into()],
+            Device::VirtioBlk => vec![format!("virtio-blk-pci,drive={id}")],
+            Device::Ide => vec![
+                "piix3-ide,id=pide".into(),
+                format!("ide-hd,drive={id},bus=pide.0{werror}"),
+            ],
+            Device::Ahci => vec![format!("ide-hd,drive={id},bus=ide.0{werror}")],
+            Device::VirtioNet => vec![format!("virtio-net-pci,netdev={id}")],
+            Device::E1000 => vec![format!("e1000,netdev={id}")],
+            Device::VirtioConsole => vec!["virtio-serial-pci".into(), format!("virtconsole,chardev={id}")],
+            Device::Uart => vec![format!("isa-serial,chardev={id},iobase=0x2f8,irq=3")],
+        };
+        for d in devices {
+            a.push("-device".into());
+            a.push(d);
+        }
+        a
     }
 
     /// The `vendor:device` ids of the PCI functions the device adds.
@@ -57,6 +215,13 @@ impl Device {
             // On q35's root bus a virtio-pci device keeps its legacy interface: transitional id.
             Device::VirtioRng => &["1af4:1005"],
             Device::PciTestdev => &["1b36:0005"],
+            Device::VirtioBlk => &["1af4:1001"],
+            Device::VirtioNet => &["1af4:1000"],
+            Device::VirtioConsole => &["1af4:1003"],
+            Device::Ide => &["8086:7010"],
+            Device::E1000 => &["8086:100e"],
+            // q35's own AHCI (8086:2922) is always there; COM2 is an ISA device.
+            Device::Ahci | Device::Uart => &[],
         }
     }
 }
@@ -97,6 +262,11 @@ pub struct QemuConfig {
     pub timeout: Duration,
     /// Kill QEMU if the guest printed no console line within this long.
     pub first_output_timeout: Duration,
+    /// Host backends of the I/O devices among `devices` (inert ones for those not listed).
+    pub io: IoAttach,
+    /// Write a trace of device register accesses, virtio kicks and interrupt deliveries here (see
+    /// [`crate::trace`]); also adds the `isa-debugcon` on port 0x402 that records phase markers.
+    pub trace: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -120,7 +290,26 @@ impl QemuConfig {
         cmd.arg("-kernel").arg(&self.kernel);
         cmd.args(["-append", &self.append]);
         for d in &self.devices {
-            cmd.args(d.qemu_args());
+            cmd.args(d.qemu_args(&self.io));
+        }
+        if let Some(trace) = &self.trace {
+            let mut events = String::new();
+            for e in crate::trace::EVENTS {
+                if !events.is_empty() {
+                    events.push(',');
+                }
+                events.push_str("trace:");
+                events.push_str(e);
+            }
+            cmd.args(["-d", &events]).arg("-D").arg(trace);
+            cmd.args(["-chardev", "null,id=phases"]);
+            cmd.args([
+                "-device",
+                &format!(
+                    "isa-debugcon,iobase={:#x},chardev=phases",
+                    crate::trace::PHASE_PORT
+                ),
+            ]);
         }
         cmd
     }
@@ -457,7 +646,7 @@ pub fn info_pci(qemu: &Path, devices: &[Device], log: &mut impl Write) -> Result
         "stdio",
     ]);
     for d in devices {
-        cmd.args(d.qemu_args());
+        cmd.args(d.qemu_args(&IoAttach::default()));
     }
     writeln!(log, "# info pci via: {}", display_command(&cmd))?;
     cmd.stdin(Stdio::piped())
@@ -566,6 +755,8 @@ mod tests {
             append: "tests=hello".into(),
             timeout: Duration::from_secs(1),
             first_output_timeout: Duration::from_secs(1),
+            io: IoAttach::default(),
+            trace: None,
         };
         let shown = display_command(&cfg.command());
         for want in [
@@ -608,6 +799,8 @@ mod tests {
             append: String::new(),
             timeout: Duration::from_millis(timeout_ms),
             first_output_timeout: Duration::from_millis(silent_ms),
+            io: IoAttach::default(),
+            trace: None,
         };
         let r = run(&cfg, &dir.join(format!("{name}.log")), |_| {}).unwrap();
         // Whatever happened, nothing of QEMU's process group is left.
@@ -690,6 +883,8 @@ mod tests {
             append: String::new(),
             timeout: Duration::from_secs(1),
             first_output_timeout: Duration::from_secs(1),
+            io: IoAttach::default(),
+            trace: None,
         };
         let dir = std::env::temp_dir().join(format!("pvkit-xtask-test-{}", std::process::id()));
         let r = run(&cfg, &dir.join("missing.log"), |_| {}).unwrap();

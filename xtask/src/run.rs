@@ -50,6 +50,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         append: words.join(" "),
         timeout: Duration::from_secs_f64(args.timeout),
         first_output_timeout: Duration::from_secs_f64(args.first_output_timeout),
+        io: Default::default(),
+        trace: None,
     };
     let log = workspace::log_dir().join("run.log");
     eprintln!("$ {}", workspace::display_command(&cfg.command()));

@@ -46,7 +46,54 @@ pub enum Scenario {
     Uart,
     /// A stack overflow into the guard page is reported as a double fault on the IST stack.
     FaultStack,
+    /// virtio-blk integrity: pattern written, flushed, read back; the host re-checks the image.
+    #[value(name = "blk-integrity@virtio-blk")]
+    BlkIntegrityVirtio,
+    /// IDE (PIO) integrity; the host re-checks the image.
+    #[value(name = "blk-integrity@ide")]
+    BlkIntegrityIde,
+    /// AHCI (DMA, NCQ) integrity; the host re-checks the image.
+    #[value(name = "blk-integrity@ahci")]
+    BlkIntegrityAhci,
+    /// Short virtio-blk throughput run (6 phases) with the per-op cost lines from QEMU's trace.
+    #[value(name = "blk-throughput@virtio-blk")]
+    BlkThroughputVirtio,
+    /// Short IDE throughput run with cost lines.
+    #[value(name = "blk-throughput@ide")]
+    BlkThroughputIde,
+    /// Short AHCI throughput run with cost lines.
+    #[value(name = "blk-throughput@ahci")]
+    BlkThroughputAhci,
+    /// A write to a read-only virtio-blk disk surfaces the device's error status; image unchanged.
+    #[value(name = "blk-error@virtio-blk")]
+    BlkErrorVirtio,
+    /// A write that fails on the IDE disk surfaces the ATA error; image unchanged.
+    #[value(name = "blk-error@ide")]
+    BlkErrorIde,
+    /// A write that fails on the AHCI disk surfaces the task-file error; image unchanged.
+    #[value(name = "blk-error@ahci")]
+    BlkErrorAhci,
+    /// virtio-net frames echoed by the host peer; both sides verify and count.
+    #[value(name = "net-echo@virtio-net")]
+    NetEchoVirtio,
+    /// e1000 frames echoed by the host peer; both sides verify and count.
+    #[value(name = "net-echo@e1000")]
+    NetEchoE1000,
+    /// virtio-console bytes echoed by the host peer; both sides verify and count.
+    #[value(name = "console-echo@virtio-console")]
+    ConsoleEchoVirtio,
+    /// COM2 (16550) bytes echoed by the host peer; both sides verify and count.
+    #[value(name = "console-echo@uart")]
+    ConsoleEchoUart,
+    /// The command line asks for a virtio-blk disk QEMU does not have: a clean, quick FAIL.
+    #[value(name = "device-absent")]
+    DeviceAbsent,
 }
+
+/// Seed xtask gives every workload (not the guest's default, so the host checks prove it was used).
+pub const WORKLOAD_SEED: u64 = 7;
+/// The device-absent scenario must fail within this (host) time.
+const ABSENT_LIMIT: Duration = Duration::from_secs(10);
 
 impl Scenario {
     pub fn all() -> &'static [Scenario] {
@@ -64,19 +111,71 @@ impl Scenario {
             Scenario::Cpuid => "cpuid",
             Scenario::Uart => "uart",
             Scenario::FaultStack => "fault-stack",
+            Scenario::BlkIntegrityVirtio => "blk-integrity@virtio-blk",
+            Scenario::BlkIntegrityIde => "blk-integrity@ide",
+            Scenario::BlkIntegrityAhci => "blk-integrity@ahci",
+            Scenario::BlkThroughputVirtio => "blk-throughput@virtio-blk",
+            Scenario::BlkThroughputIde => "blk-throughput@ide",
+            Scenario::BlkThroughputAhci => "blk-throughput@ahci",
+            Scenario::BlkErrorVirtio => "blk-error@virtio-blk",
+            Scenario::BlkErrorIde => "blk-error@ide",
+            Scenario::BlkErrorAhci => "blk-error@ahci",
+            Scenario::NetEchoVirtio => "net-echo@virtio-net",
+            Scenario::NetEchoE1000 => "net-echo@e1000",
+            Scenario::ConsoleEchoVirtio => "console-echo@virtio-console",
+            Scenario::ConsoleEchoUart => "console-echo@uart",
+            Scenario::DeviceAbsent => "device-absent",
         }
     }
 
     /// The in-kernel test it runs (the scenarios are named after them).
     pub fn guest_test(self) -> &'static str {
-        self.name()
+        match self {
+            Scenario::DeviceAbsent => "blk-integrity@virtio-blk",
+            _ => self.name(),
+        }
+    }
+
+    /// Whether the scenario runs a device workload (disk images, peers, QEMU trace, host checks).
+    pub fn is_io(self) -> bool {
+        self.guest_test().contains('@') && self != Scenario::DeviceAbsent
+    }
+
+    /// Whether its disks must refuse writes.
+    pub fn fail_writes(self) -> bool {
+        self.name().starts_with("blk-error@")
     }
 
     /// Extra devices for QEMU (on top of q35's own).
     pub fn devices(self) -> &'static [Device] {
         match self {
             // Two of one kind make the expectation a multiset, not a set.
-            Scenario::Pci => &[Device::Edu, Device::VirtioRng, Device::PciTestdev, Device::Edu],
+            // Two of one kind make the expectation a multiset, not a set. The I/O devices are here
+            // (on inert backends) so the guest's and QEMU's PCI views check their ids.
+            Scenario::Pci => &[
+                Device::Edu,
+                Device::VirtioRng,
+                Device::PciTestdev,
+                Device::Edu,
+                Device::VirtioBlk,
+                Device::VirtioNet,
+                Device::VirtioConsole,
+                Device::Ide,
+                Device::Ahci,
+                Device::E1000,
+                Device::Uart,
+            ],
+            Scenario::BlkIntegrityVirtio | Scenario::BlkThroughputVirtio | Scenario::BlkErrorVirtio => {
+                &[Device::VirtioBlk]
+            }
+            Scenario::BlkIntegrityIde | Scenario::BlkThroughputIde | Scenario::BlkErrorIde => &[Device::Ide],
+            Scenario::BlkIntegrityAhci | Scenario::BlkThroughputAhci | Scenario::BlkErrorAhci => {
+                &[Device::Ahci]
+            }
+            Scenario::NetEchoVirtio => &[Device::VirtioNet],
+            Scenario::NetEchoE1000 => &[Device::E1000],
+            Scenario::ConsoleEchoVirtio => &[Device::VirtioConsole],
+            Scenario::ConsoleEchoUart => &[Device::Uart],
             _ => &[],
         }
     }
@@ -95,6 +194,18 @@ impl Scenario {
             Scenario::Uart => words.push(format!("uart.bytes={UART_BYTES}")),
             _ => {}
         }
+        let t = self.guest_test();
+        if self.is_io() {
+            words.push(format!("{t}.seed={WORKLOAD_SEED}"));
+        }
+        // Short runs: the whole QEMU time of the I/O scenarios stays within a few seconds.
+        match t.split_once('@').map(|(w, _)| w) {
+            Some("blk-integrity") => words.push(format!("{t}.extents=48")),
+            Some("blk-throughput") => words.push(format!("{t}.ms=40")),
+            Some("net-echo") => words.push(format!("{t}.frames=200 {t}.ms=100")),
+            Some("console-echo") => words.push(format!("{t}.bytes=8192")),
+            _ => {}
+        }
         words.join(" ")
     }
 
@@ -111,7 +222,7 @@ impl Scenario {
     pub fn expects_failure(self) -> bool {
         matches!(
             self,
-            Scenario::FaultPagefault | Scenario::FaultPanic | Scenario::FaultStack
+            Scenario::FaultPagefault | Scenario::FaultPanic | Scenario::FaultStack | Scenario::DeviceAbsent
         )
     }
 
@@ -149,7 +260,20 @@ impl Scenario {
                         ));
                     }
                 }
-                _ => unreachable!("only the fault scenarios expect failure"),
+                Scenario::DeviceAbsent => {
+                    let want = "device virtio-blk absent";
+                    match t.verdict(test) {
+                        Some(Record::TestFail { reason, .. }) if reason.contains(want) => {}
+                        other => problems.push(format!("expected `FAIL {want}`, got {other:?}")),
+                    }
+                    if run.wall > ABSENT_LIMIT {
+                        problems.push(format!(
+                            "the absent device took {:?} to report, more than {ABSENT_LIMIT:?}",
+                            run.wall
+                        ));
+                    }
+                }
+                _ => unreachable!("only the fault and absent-device scenarios expect failure"),
             }
             return problems;
         }
@@ -198,6 +322,16 @@ impl Scenario {
                     "cpuid detected {:?}, the scenario runs under TCG",
                     pass_field("hypervisor")
                 ));
+            }
+            Scenario::BlkErrorVirtio | Scenario::BlkErrorIde | Scenario::BlkErrorAhci => {
+                // The device's own status, not a driver-side refusal (the disk does not say it is
+                // read-only for IDE and AHCI; for virtio the driver must still send the write).
+                match pass_field("error") {
+                    Some(e) if e.contains("error status") => {}
+                    other => problems.push(format!(
+                        "blk-error PASS must carry the device's error status, got error={other:?}"
+                    )),
+                }
             }
             Scenario::Uart => {
                 let want = UART_BYTES.to_string();

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 
 use crate::qemu::{self, Accel, Outcome, QemuConfig};
+use crate::rig::Rig;
 use crate::scenario::Scenario;
 use crate::{TestArgs, process, provision, table, workspace};
 
@@ -255,25 +256,38 @@ pub fn test(args: &TestArgs) -> Result<i32> {
             );
         }
     } else if !process::interrupted() {
-        ctx.command(
-            "guest-build",
-            cargo(&[
-                "build",
-                "-p",
-                workspace::GUEST_PACKAGE,
-                "--release",
-                "--target",
-                workspace::GUEST_TARGET,
-            ]),
-        );
-        let built = matches!(
-            ctx.rows.last(),
-            Some(Row {
-                verdict: Verdict::Pass,
-                ..
-            })
-        );
-        let elf = workspace::guest_elf();
+        let built = match &args.kernel {
+            Some(k) => {
+                ctx.record(
+                    "guest-build",
+                    Verdict::Skipped(format!("--kernel {}", k.display())),
+                    None,
+                    None,
+                );
+                true
+            }
+            None => {
+                ctx.command(
+                    "guest-build",
+                    cargo(&[
+                        "build",
+                        "-p",
+                        workspace::GUEST_PACKAGE,
+                        "--release",
+                        "--target",
+                        workspace::GUEST_TARGET,
+                    ]),
+                );
+                matches!(
+                    ctx.rows.last(),
+                    Some(Row {
+                        verdict: Verdict::Pass,
+                        ..
+                    })
+                )
+            }
+        };
+        let elf = args.kernel.clone().unwrap_or_else(workspace::guest_elf);
         let missing = if !built {
             Some(
                 "prerequisite missing: the guest-build stage failed, so there is no guest ELF to boot"
@@ -339,20 +353,56 @@ pub fn test(args: &TestArgs) -> Result<i32> {
 
 /// Boots one scenario and checks it. Returns the verdict and QEMU's wall time.
 fn scenario(s: Scenario, elf: &Path, log: &Path) -> Result<(Verdict, Option<Duration>)> {
+    let timeout = s.timeout();
+    let trace = s.is_io().then(|| log.with_extension("trace"));
+    let rig = if s.is_io() {
+        Some(Rig::start(
+            s.devices(),
+            &s.append(),
+            &workspace::xtask_dir().join("disks"),
+            s.name(),
+            s.fail_writes(),
+            Instant::now() + timeout + Duration::from_secs(5),
+            trace.clone(),
+        )?)
+    } else {
+        None
+    };
     let cfg = QemuConfig {
         qemu: QemuConfig::default_qemu(),
         kernel: elf.to_owned(),
         accel: Accel::Tcg,
         devices: s.devices().to_vec(),
         append: s.append(),
-        timeout: s.timeout(),
+        timeout,
         first_output_timeout: Duration::from_secs(10),
+        io: rig.as_ref().map(|r| r.io.clone()).unwrap_or_default(),
+        trace: trace.clone(),
     };
     let r = qemu::run(&cfg, log, |_| {})?;
+    let host = rig.map(Rig::finish);
     if let Outcome::LaunchFailed(why) = &r.outcome {
         return Ok((Verdict::Fail(format!("prerequisite missing: {why}")), None));
     }
     let mut problems = s.check(&r);
+    let mut notes = Vec::new();
+    if let Some(host) = &host {
+        let (p, done) = host.check(&r.transcript);
+        problems.extend(p);
+        notes.extend(done);
+        if r.outcome == Outcome::Pass {
+            match host.costs(&r.transcript, &log.with_extension("costs")) {
+                Ok((costs, p)) => {
+                    problems.extend(p);
+                    for c in &costs {
+                        eprintln!("    cost {}", c.line());
+                        notes.push(format!("cost {}", c.line()));
+                    }
+                }
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+    }
     if s == Scenario::Pci {
         // The device table must match what this QEMU really builds, or `pci.expect=` would be wrong.
         let mut f = OpenOptions::new().append(true).open(log)?;
@@ -366,8 +416,15 @@ fn scenario(s: Scenario, elf: &Path, log: &Path) -> Result<(Verdict, Option<Dura
         }
     }
     let mut f = OpenOptions::new().append(true).open(log)?;
+    for n in &notes {
+        writeln!(f, "# host check: {n}")?;
+    }
     if problems.is_empty() {
         writeln!(f, "# scenario {}: PASS", s.name())?;
+        // A passing scenario's trace is summed up in its .costs file; it can be hundreds of MB.
+        if let Some(t) = &trace {
+            let _ = std::fs::remove_file(t);
+        }
         if s == Scenario::Hello {
             eprintln!(
                 "    hello wall time (QEMU launch to exit): {} (goal <= 50 ms)",

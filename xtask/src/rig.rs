@@ -1,0 +1,332 @@
+//! The host side of a run with I/O devices: disk images and echo peers before QEMU starts; after it
+//! exits, the host's own checks (image contents, peer counts against the guest's) and the cost per
+//! operation from QEMU's trace.
+//!
+//! Workload parameters the host must know (`<test>.seed=`, `<test>.extents=`) are read from the
+//! kernel command line; absent ones have the guest's defaults (guest-kernel/README.md).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::console::{Fields, Record, Transcript};
+use crate::costs::{Cost, Scope, device_of_test};
+use crate::disk::{DiskImage, SECTOR};
+use crate::peer::Peer;
+use crate::peer::console_echo::{self, ConsoleStats};
+use crate::peer::net_echo::{self, NetStats};
+use crate::qemu::{Backend, Device, DiskAttach, IoAttach};
+use crate::trace;
+
+/// Sectors of each disk image (16 MiB: room for the integrity extents and random 64 KiB I/O).
+pub const DISK_SECTORS: u64 = 32 * 1024;
+/// The guest's defaults (guest-kernel/README.md).
+const DEFAULT_SEED: u64 = 1;
+const DEFAULT_EXTENTS: u64 = 64;
+/// Upper bounds for the peers (far above any scenario; they only stop a runaway).
+const MAX_FRAMES: u64 = 10_000_000;
+const MAX_CONSOLE_BYTES: u64 = 64 << 20;
+
+/// `<test>.<key>=<value>` from a kernel command line.
+pub fn param(cmdline: &str, test: &str, key: &str) -> Option<u64> {
+    let prefix = format!("{test}.{key}=");
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .and_then(crate::console::parse_u64)
+}
+
+/// The `tests=` list of a kernel command line.
+pub fn tests_of(cmdline: &str) -> Vec<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tests="))
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Resources of one run.
+#[derive(Debug)]
+pub struct Rig {
+    pub io: IoAttach,
+    cmdline: String,
+    disks: BTreeMap<Device, DiskImage>,
+    net: BTreeMap<Device, Peer<NetStats>>,
+    console: BTreeMap<Device, Peer<ConsoleStats>>,
+    trace: Option<PathBuf>,
+}
+
+/// What the host saw of a finished run.
+#[derive(Debug)]
+pub struct Results {
+    cmdline: String,
+    pub disks: BTreeMap<Device, DiskImage>,
+    pub net: BTreeMap<Device, NetStats>,
+    pub console: BTreeMap<Device, ConsoleStats>,
+    pub trace: Option<PathBuf>,
+}
+
+impl Rig {
+    /// Images in `dir` named `<tag>-<device>.img`; `fail_writes` makes every disk refuse writes.
+    /// Peers give up at `deadline`. With `trace`, QEMU writes its trace there.
+    pub fn start(
+        devices: &[Device],
+        cmdline: &str,
+        dir: &Path,
+        tag: &str,
+        fail_writes: bool,
+        deadline: Instant,
+        trace: Option<PathBuf>,
+    ) -> Result<Rig> {
+        let mut rig = Rig {
+            io: IoAttach::default(),
+            cmdline: cmdline.to_owned(),
+            disks: BTreeMap::new(),
+            net: BTreeMap::new(),
+            console: BTreeMap::new(),
+            trace,
+        };
+        let seed_for = |workload: &str, d: Device| {
+            param(cmdline, &format!("{workload}@{}", d.name()), "seed").unwrap_or(DEFAULT_SEED)
+        };
+        for (i, &d) in devices.iter().enumerate() {
+            match d.backend() {
+                Backend::None => {}
+                Backend::Disk => {
+                    let path = dir.join(format!("{tag}-{}.img", d.name()));
+                    let img = DiskImage::create(&path, DISK_SECTORS, 0x5eed_0000 + i as u64)?;
+                    rig.io.disks.insert(d, DiskAttach { path, fail_writes });
+                    rig.disks.insert(d, img);
+                }
+                Backend::Net => {
+                    let peer = net_echo::start(seed_for("net-echo", d), MAX_FRAMES, deadline)
+                        .with_context(|| format!("starting the net echo peer for {}", d.name()))?;
+                    rig.io.ports.insert(d, peer.port);
+                    rig.net.insert(d, peer);
+                }
+                Backend::Console => {
+                    let peer = console_echo::start(seed_for("console-echo", d), MAX_CONSOLE_BYTES, deadline)
+                        .with_context(|| format!("starting the console echo peer for {}", d.name()))?;
+                    rig.io.ports.insert(d, peer.port);
+                    rig.console.insert(d, peer);
+                }
+            }
+        }
+        Ok(rig)
+    }
+
+    /// Stops the peers (QEMU has exited) and collects what they saw.
+    pub fn finish(self) -> Results {
+        Results {
+            cmdline: self.cmdline,
+            disks: self.disks,
+            net: self.net.into_iter().map(|(d, p)| (d, p.finish())).collect(),
+            console: self.console.into_iter().map(|(d, p)| (d, p.finish())).collect(),
+            trace: self.trace,
+        }
+    }
+}
+
+/// A passed workload test's fields.
+fn pass_fields<'a>(t: &'a Transcript, test: &str) -> Option<&'a Fields> {
+    match t.verdict(test) {
+        Some(Record::TestPass { fields, .. }) => Some(fields),
+        _ => None,
+    }
+}
+
+impl Results {
+    /// The host's checks of every workload test that passed in the guest: what the guest claims
+    /// must match what the host saw. Returns the problems and a line per check done.
+    pub fn check(&self, t: &Transcript) -> (Vec<String>, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut done = Vec::new();
+        let tests = tests_of(&self.cmdline);
+        let writers = |d: Device| {
+            tests
+                .iter()
+                .filter(|n| device_of_test(n) == Some(d) && !n.starts_with("blk-error@"))
+                .count()
+        };
+        for name in &tests {
+            let Some(d) = device_of_test(name) else { continue };
+            let Some(f) = pass_fields(t, name) else { continue };
+            let (workload, _) = name.split_once('@').expect("device tests have an @");
+            let seed = param(&self.cmdline, name, "seed").unwrap_or(DEFAULT_SEED);
+            match workload {
+                "blk-integrity" => {
+                    let Some(img) = self.disks.get(&d) else {
+                        problems.push(format!("{name}: xtask attached no image to check"));
+                        continue;
+                    };
+                    let extents = param(&self.cmdline, name, "extents").unwrap_or(DEFAULT_EXTENTS);
+                    let only_writer = writers(d) == 1;
+                    match img.verify_integrity(seed, extents as usize, only_writer) {
+                        Ok(c) => {
+                            let want = 2 * c.sectors_written * SECTOR as u64;
+                            if f.get_u64("bytes") != Some(want) {
+                                problems.push(format!(
+                                    "{name}: guest reports bytes={:?}, the {} extents it writes and reads back \
+                                     are {want} bytes",
+                                    f.get("bytes"),
+                                    c.extents
+                                ));
+                            }
+                            done.push(format!(
+                                "{name}: image {} holds the guest's pattern in all {} sectors of {} extents \
+                                 (crc32 {:#010x}){}",
+                                img.path.display(),
+                                c.sectors_written,
+                                c.extents,
+                                c.crc32,
+                                if only_writer {
+                                    ", every other sector untouched"
+                                } else {
+                                    " (other tests wrote this disk too: other sectors not checked)"
+                                }
+                            ));
+                        }
+                        Err(e) => problems.push(format!("{name}: {e:#}")),
+                    }
+                }
+                "blk-error" => match self.disks.get(&d).map(DiskImage::verify_unchanged) {
+                    Some(Ok(())) => done.push(format!("{name}: image unchanged after the refused write")),
+                    Some(Err(e)) => problems.push(format!("{name}: {e:#}")),
+                    None => problems.push(format!("{name}: xtask attached no image to check")),
+                },
+                "net-echo" => {
+                    let Some(st) = self.net.get(&d) else {
+                        problems.push(format!("{name}: no net peer"));
+                        continue;
+                    };
+                    let dev_name = f.get("dev").map(str::to_owned);
+                    let rate: u64 = t
+                        .perfs()
+                        .filter(|p| {
+                            p.get("pattern") == Some("echo64")
+                                && p.get("dev").map(str::to_owned).or(dev_name.clone()).as_deref()
+                                    == Some(&d.name())
+                        })
+                        .filter_map(|p| p.get_u64("ops"))
+                        .sum();
+                    let guest = f.get_u64("ops").unwrap_or(0) + rate;
+                    if !st.connected {
+                        problems.push(format!("{name}: QEMU never connected to the net peer"));
+                    }
+                    for p in &st.problems {
+                        problems.push(format!("{name}: net peer: {p}"));
+                    }
+                    if st.verified != guest || st.echoed != guest {
+                        problems.push(format!(
+                            "{name}: guest says {guest} frames echoed and verified, the peer verified {} and \
+                             echoed {} of {} received",
+                            st.verified, st.echoed, st.received
+                        ));
+                    } else {
+                        done.push(format!(
+                            "{name}: peer received {} frames, verified {} ({} data bytes) and echoed {}; guest \
+                             verified {guest}",
+                            st.received, st.verified, st.data_checked, st.echoed
+                        ));
+                    }
+                }
+                "console-echo" => {
+                    let Some(st) = self.console.get(&d) else {
+                        problems.push(format!("{name}: no console peer"));
+                        continue;
+                    };
+                    let sent = f.get_u64("bytes").unwrap_or(0) / 2;
+                    if let Some(p) = &st.problem {
+                        problems.push(format!("{name}: console peer: {p}"));
+                    }
+                    if st.received != sent || st.verified != sent || st.echoed != sent {
+                        problems.push(format!(
+                            "{name}: guest sent {sent} bytes and verified their echo, the peer received {}, \
+                             verified {} and echoed {}",
+                            st.received, st.verified, st.echoed
+                        ));
+                    } else {
+                        done.push(format!("{name}: peer received, verified and echoed {sent} bytes"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (problems, done)
+    }
+
+    /// The costs of the run from its trace: one per PERF line (its phase) and one per passed
+    /// workload test without PERF lines (the whole test). Also writes them, raw, to `costs_file`.
+    pub fn costs(&self, t: &Transcript, costs_file: &Path) -> Result<(Vec<Cost>, Vec<String>)> {
+        let Some(path) = &self.trace else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let f = File::open(path).with_context(|| format!("opening QEMU trace {}", path.display()))?;
+        let tr = trace::parse(BufReader::with_capacity(1 << 20, f))
+            .with_context(|| format!("reading QEMU trace {}", path.display()))?;
+        let mut problems = Vec::new();
+        let mut costs = Vec::new();
+        let perfs: Vec<&Fields> = t.perfs().collect();
+        if perfs.len() != tr.phases.len() {
+            problems.push(format!(
+                "{} PERF lines but {} phase markers in the trace",
+                perfs.len(),
+                tr.phases.len()
+            ));
+        }
+        for (f, (n, c)) in perfs.iter().zip(&tr.phases) {
+            let dev = f.get("dev").unwrap_or("?");
+            costs.push(Cost::new(Scope::Phase(*n), dev, "?", f, c));
+        }
+        let mut used = vec![false; tr.tests.len()];
+        for name in tests_of(&self.cmdline) {
+            let Some(d) = device_of_test(&name) else { continue };
+            let Some(f) = pass_fields(t, &name) else { continue };
+            if f.get_u64("ops").is_none() || name.starts_with("blk-throughput@") {
+                continue;
+            }
+            let Some(i) = tr
+                .tests
+                .iter()
+                .enumerate()
+                .position(|(i, (n, _))| !used[i] && *n == name)
+            else {
+                problems.push(format!(
+                    "{name} passed but its START/PASS lines are not in the trace"
+                ));
+                continue;
+            };
+            used[i] = true;
+            let (workload, _) = name.split_once('@').expect("device tests have an @");
+            costs.push(Cost::new(
+                Scope::Test(name.clone()),
+                &d.name(),
+                workload,
+                f,
+                &tr.tests[i].1,
+            ));
+        }
+        for c in &costs {
+            problems.extend(c.problems());
+        }
+        if tr.unparsed > 0 {
+            problems.push(format!("{} trace lines not understood", tr.unparsed));
+        }
+        let mut out =
+            File::create(costs_file).with_context(|| format!("creating {}", costs_file.display()))?;
+        writeln!(
+            out,
+            "# raw cost counts per phase / test; trace {} ({} lines)",
+            path.display(),
+            tr.lines
+        )?;
+        for c in &costs {
+            writeln!(out, "{}", c.raw())?;
+        }
+        Ok((costs, problems))
+    }
+}
