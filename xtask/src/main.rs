@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// Boot this ELF instead of building the guest kernel.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Where the guest runs: `qemu` (PVH guest of q35) or `xen` (PV domU of real Xen booted in QEMU
+    /// TCG; serial log in <target>/xtask/logs/xen-run.log).
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub hypervisor: xen::Hypervisor,
     /// Do not try to install QEMU.
     #[arg(long)]
     pub no_provision: bool,

@@ -9,6 +9,9 @@ use crate::qemu::{self, Outcome, QemuConfig, Seen};
 use crate::{RunArgs, provision, table, workspace};
 
 pub fn run(args: &RunArgs) -> Result<i32> {
+    if args.hypervisor == crate::xen::Hypervisor::Xen {
+        return crate::xen::run_guest(args);
+    }
     for (what, secs) in [
         ("--timeout", args.timeout),
         ("--first-output-timeout", args.first_output_timeout),

@@ -37,11 +37,12 @@ mkdir -p /proc /sys /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm /run /tmp /var/log/xen/console /var/lib/xen /var/run
+mkdir -p /dev/pts /dev/shm /run /tmp /var/log/xen/console /var/lib/xen/dump
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
-mkdir -p /run/xen /run/xenstored /var/run/xenstored /run/xen-hotplug /var/lib/xen/dump
+ln -s /run /var/run
+mkdir -p /run/xen /run/xenstored /run/xen-hotplug
 # Keep the kernel's own messages off the shared serial line.
 echo 1 >/proc/sys/kernel/printk
 

@@ -295,6 +295,107 @@ fn show_line(line: &str, quiet: bool) {
     }
 }
 
+/// Where `cargo xtask run` runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hypervisor {
+    /// QEMU directly: the guest boots as a PVH guest of q35.
+    Qemu,
+    /// Real Xen 4.17 with a Linux dom0, booted in QEMU TCG: the guest runs as a PV domU.
+    Xen,
+}
+
+/// `cargo xtask run --hypervisor xen`: our guest once as a PV domU, its tests in a table. The serial
+/// log is `<target>/xtask/logs/xen-run.log`.
+pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
+    if args.accel != crate::qemu::Accel::Tcg {
+        bail!("Xen runs under TCG only (it cannot boot under this machine's kvm_pvm)");
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!(
+            "--timeout must be a positive number of seconds, got {}",
+            args.timeout
+        );
+    }
+    let mut words: Vec<String> = Vec::new();
+    if !args.tests.is_empty() {
+        words.push(format!("tests={}", args.tests.join(",")));
+    }
+    words.extend(args.append.split_whitespace().map(str::to_owned));
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => workspace::build_guest()?,
+    };
+    let spec = DomainSpec {
+        name: "run".to_owned(),
+        kernel: scenario::Kernel::Pvkit,
+        cmdline: words.join(" "),
+        memory_mib: scenario::GUEST_MEMORY_MIB,
+        disks: Vec::new(),
+        vifs: Vec::new(),
+        timeout: Duration::from_secs_f64(args.timeout),
+        pre: None,
+        running: None,
+        post: None,
+    };
+    eprintln!(
+        "xen: domU command line {:?} (--devices does not apply: a PV domU has no PCI)",
+        spec.cmdline
+    );
+    let log = workspace::log_dir().join("xen-run.log");
+    let quiet = args.quiet;
+    let h = run_harness(&Bundle::new(vec![spec], Some(kernel)), &log, None, |l| {
+        show_line(l, quiet)
+    })?;
+    let Some(r) = h.report.scenario("run") else {
+        print_timings(&h);
+        println!("log: {}", log.display());
+        println!(
+            "RESULT: FAIL (no report from dom0: {})",
+            boot_problem(&h).unwrap_or_default()
+        );
+        return Ok(1);
+    };
+    let t = &r.transcript;
+    let mut names: Vec<&str> = Vec::new();
+    for rec in &t.records {
+        if let crate::console::Record::TestStart { name }
+        | crate::console::Record::TestPass { name, .. }
+        | crate::console::Record::TestFail { name, .. } = rec
+            && !names.contains(&name.as_str())
+        {
+            names.push(name);
+        }
+    }
+    let cells: Vec<Vec<String>> = names
+        .iter()
+        .map(|name| {
+            let (result, detail) = match t.verdict(name) {
+                Some(crate::console::Record::TestPass { fields, .. }) => ("PASS", fields.to_string()),
+                Some(crate::console::Record::TestFail { reason, .. }) => ("FAIL", reason.clone()),
+                _ => ("NO VERDICT", "started but never finished".to_owned()),
+            };
+            vec![(*name).to_owned(), result.to_owned(), detail]
+        })
+        .collect();
+    println!();
+    if cells.is_empty() {
+        println!("(the guest reported no tests)");
+    } else {
+        print!("{}", table::render(&["test", "result", "details"], &cells));
+    }
+    let tests: Vec<&str> = names.clone();
+    let mut problems = Vec::new();
+    scenario::check_guest(r, &tests, &mut problems);
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    print_timings(&h);
+    println!("log: {}", log.display());
+    let ok = problems.is_empty() && !names.is_empty();
+    println!("{}", if ok { "RESULT: PASS" } else { "RESULT: FAIL" });
+    Ok(if ok { 0 } else { 1 })
+}
+
 /// The row names `cargo xtask test` shows for the Xen scenarios.
 pub fn test_suite_rows() -> Vec<String> {
     XenScenario::in_test_suite()

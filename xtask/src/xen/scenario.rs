@@ -163,12 +163,25 @@ fn expect_end(r: &ScenarioReport, reason: &str, problems: &mut Vec<String>) {
             problems.push(format!("domU shut down with reason {why}, expected {reason}"))
         }
         Some(End::Timeout) => problems.push("domU still running at the timeout; destroyed".to_owned()),
-        Some(End::CreateFailed) => problems.push(format!("xl create failed: {}", r.notes.join(" / "))),
-        Some(End::Unknown) => problems.push(format!(
-            "xl ended without a shutdown reason: {}",
-            r.notes.join(" / ")
-        )),
+        Some(End::CreateFailed) => problems.push(format!("xl create failed: {}", xl_errors(r))),
+        Some(End::Unknown) => problems.push(format!("xl ended without a shutdown reason: {}", xl_errors(r))),
         None => problems.push("the scenario never ended (the harness boot was cut short)".to_owned()),
+    }
+}
+
+/// The first few error lines xl printed (all of them are in the log).
+fn xl_errors(r: &ScenarioReport) -> String {
+    let errors: Vec<&str> = r
+        .notes
+        .iter()
+        .filter(|n| n.contains("error"))
+        .map(|n| n.strip_prefix("xl: ").unwrap_or(n))
+        .take(3)
+        .collect();
+    if errors.is_empty() {
+        "xl printed no error (see the log)".to_owned()
+    } else {
+        errors.join(" / ")
     }
 }
 
@@ -177,6 +190,9 @@ fn expect_end(r: &ScenarioReport, reason: &str, problems: &mut Vec<String>) {
 pub fn check_guest(r: &ScenarioReport, tests: &[&str], problems: &mut Vec<String>) {
     let t = &r.transcript;
     expect_end(r, "poweroff", problems);
+    if r.end == Some(End::CreateFailed) {
+        return; // There is no console to check.
+    }
     if t.boot().is_none() {
         problems.push("no `PVKIT BOOT` line on the domU console".to_owned());
     }
