@@ -29,6 +29,7 @@ mod hypervisor;
 mod platform;
 mod selftest;
 mod time;
+mod xen;
 
 use crate::boot::BootInfo;
 

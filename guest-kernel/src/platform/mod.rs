@@ -5,11 +5,11 @@
 //! platform and does not care how it works.
 //!
 //! - [`Platform::Pvh`]: PC hardware entered through PVH, i.e. QEMU q35 (`pc`).
-//! - Future, issue 4: `Platform::XenPv`, a classic Xen PV domU: console over the Xen console ring,
-//!   `SCHEDOP_shutdown` for exit, event channels instead of the IOAPIC, a PV timer. It gets its own
-//!   module `xen_pv` beside `pc` and a variant here; nothing of it exists yet.
+//! - [`Platform::XenPv`]: a classic Xen PV domain: console over the Xen console ring,
+//!   `SCHEDOP_shutdown` for exit, event channels instead of the IOAPIC, a PV timer (`xen_pv`).
 
 pub mod pc;
+pub mod xen_pv;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -21,6 +21,8 @@ use crate::boot::BootInfo;
 pub enum Platform {
     /// PC hardware (q35 under QEMU), entered through PVH.
     Pvh = 1,
+    /// A Xen PV domain, entered through the classic PV entry.
+    XenPv = 2,
 }
 
 impl Platform {
@@ -28,6 +30,7 @@ impl Platform {
     pub fn name(self) -> &'static str {
         match self {
             Self::Pvh => "pvh",
+            Self::XenPv => "xen-pv",
         }
     }
 }
@@ -41,6 +44,7 @@ pub fn select(platform: Platform) {
     CURRENT.store(platform as u8, Ordering::Relaxed);
     match platform {
         Platform::Pvh => pc::early_init(),
+        Platform::XenPv => xen_pv::early_init(),
     }
 }
 
@@ -48,6 +52,7 @@ pub fn select(platform: Platform) {
 pub fn current() -> Option<Platform> {
     match CURRENT.load(Ordering::Relaxed) {
         1 => Some(Platform::Pvh),
+        2 => Some(Platform::XenPv),
         _ => None,
     }
 }
@@ -56,6 +61,7 @@ pub fn current() -> Option<Platform> {
 pub fn init(info: &'static BootInfo) {
     match info.platform {
         Platform::Pvh => pc::init(info),
+        Platform::XenPv => xen_pv::init(info),
     }
 }
 
@@ -63,6 +69,7 @@ pub fn init(info: &'static BootInfo) {
 pub fn console_write(bytes: &[u8]) {
     match current() {
         Some(Platform::Pvh) => pc::console_write(bytes),
+        Some(Platform::XenPv) => xen_pv::console_write(bytes),
         // No platform yet: nothing to write to. Only reachable if an entry panics before select().
         None => {}
     }
@@ -73,6 +80,7 @@ pub fn console_write(bytes: &[u8]) {
 pub fn exit(code: u8) -> ! {
     match current() {
         Some(Platform::Pvh) => pc::exit(code),
+        Some(Platform::XenPv) => xen_pv::exit(code),
         None => crate::arch::halt_forever(),
     }
 }

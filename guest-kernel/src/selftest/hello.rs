@@ -54,6 +54,7 @@ pub fn run(params: &Params<'_>) -> Outcome {
         crate::arch::x86_64::apic::ioapic_pins(),
         crate::arch::x86_64::interrupts::unhandled_count()
     );
+    super::xen::hello_info();
     if info.memory.dropped() > 0 {
         return fail!(
             "memory map has {} entries more than the {} kept",

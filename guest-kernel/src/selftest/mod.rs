@@ -15,6 +15,7 @@ mod pci;
 mod timer;
 mod uart;
 pub mod workloads;
+mod xen;
 
 use alloc::string::String;
 use alloc::vec::Vec;

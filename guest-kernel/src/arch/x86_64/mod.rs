@@ -1,7 +1,8 @@
 //! x86_64 support: boot entries, CPU tables, paging, interrupt controllers, timers, port I/O.
 //!
-//! Inline assembly is confined to four places: the 32-bit PVH trampoline (`boot::pvh`), the
-//! interrupt entry stubs (`idt`), the leaf helpers in `cpu` and the string port I/O in `port`.
+//! Inline assembly is confined to a few leaf places: the boot entries (`boot::pvh`, `boot::xen_pv`),
+//! the interrupt entry stubs (`idt`, `xen::traps`), the leaf helpers in `cpu`, the string port I/O
+//! in `port` and the hypercall leaf (`xen::hypercall`).
 //! Everything else goes through the `x86_64` crate's typed wrappers.
 
 pub mod apic;
@@ -15,3 +16,4 @@ pub mod pic;
 pub mod pit;
 pub mod port;
 pub mod timer;
+pub mod xen;

@@ -3,9 +3,9 @@
 //!
 //! - [`pvh`]: the PVH entry (`XEN_ELFNOTE_PHYS32_ENTRY`), 32-bit protected mode without paging. QEMU's
 //!   `-kernel` (with qboot or SeaBIOS) and Xen PVH use it. Platform: [`crate::platform::Platform::Pvh`].
-//! - Future, issue 4: `xen_pv`, the classic Xen PV entry (`XEN_ELFNOTE_ENTRY` and friends, 64-bit,
-//!   paging already on with `VIRT_BASE = 0`, `rsi` = `start_info`). It will add its notes to the same
-//!   `.note.Xen` section and select `Platform::XenPv`. Not present yet: no PV notes are emitted, so Xen
-//!   cannot mistake this ELF for a working PV kernel.
+//! - [`xen_pv`]: the classic Xen PV entry (`XEN_ELFNOTE_ENTRY` and friends, 64-bit, paging already
+//!   on with `VIRT_BASE = 0`, `rsi` = `start_info`). Its notes sit in the same `.note.Xen` section.
+//!   Platform: [`crate::platform::Platform::XenPv`].
 
 pub mod pvh;
+pub mod xen_pv;
