@@ -93,15 +93,30 @@ enum Cmd {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// In-kernel tests to run, in order (`tests=` on the kernel command line). Default: the guest's safe
-    /// self-tests (boot, hello, cpuid, heap, timer, pci). Unknown names make the guest fail the run.
+    /// self-tests (hello, cpuid, heap, timer, pci), then the device workloads of every I/O device in
+    /// `--devices` (blk-throughput and blk-integrity per disk, net-echo per NIC, console-echo per
+    /// console). Unknown names make the guest fail the run.
     #[arg(long, value_delimiter = ',')]
     pub tests: Vec<String>,
     /// Extra kernel command-line words (e.g. "timer.hz=250 timer.ms=500").
     #[arg(long, default_value = "")]
     pub append: String,
-    /// Extra PCI devices for the guest. `pci.expect=` is derived from this list.
-    #[arg(long, value_delimiter = ',', default_value = "edu,virtio-rng")]
+    /// Devices for the guest: bare PCI functions and the I/O devices (disks on images under
+    /// <target>/xtask/disks, NICs and consoles on xtask's echo peers). `pci.expect=` is derived from
+    /// this list.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "edu,virtio-rng,virtio-blk,ide,ahci,virtio-net,e1000,virtio-console,uart"
+    )]
     pub devices: Vec<Device>,
+    /// Do not trace QEMU (no trap counts and cost lines; the workloads still print their own counts).
+    #[arg(long)]
+    pub no_trace: bool,
+    /// Skip the second, untraced boot that measures ops/s without the trace's overhead (tracing every
+    /// register access slows PIO devices down by more than 10x).
+    #[arg(long)]
+    pub single_boot: bool,
     /// CPU accelerator. TCG (`-accel tcg -cpu max`) is the default because on this machine kind
     /// /dev/kvm is kvm_pvm, a paravirtual KVM without VT: it runs guests in a slow instruction emulator
     /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host,-arch-capabilities`) is opt-in.
