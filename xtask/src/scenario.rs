@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::console::{Record, Transcript};
+use crate::costs::{Cost, Scope};
 use crate::qemu::{Device, MEMORY_MIB, Outcome, RunResult, expected_pci, pci_expect_arg};
 
 /// The address the guest's `fault-pagefault` test touches (unmapped); the exception report must
@@ -224,6 +225,75 @@ impl Scenario {
             self,
             Scenario::FaultPagefault | Scenario::FaultPanic | Scenario::FaultStack | Scenario::DeviceAbsent
         )
+    }
+
+    /// Checks the costs QEMU's trace showed for the throughput scenarios against what each kind of
+    /// device is about (bounds with room to spare; the figures measured are in the report):
+    /// - virtio-blk: one kick and no other trap per request at queue depth 1 (the cached doorbell,
+    ///   MSI-X), and kicks batched at depth 32 (EVENT_IDX, batched submission);
+    /// - AHCI: a handful of register accesses per command at depth 1, doorbells batched at 32;
+    /// - IDE (16-bit PIO): the guest copies every byte through the data register, and QEMU saw at
+    ///   least one trap per 2 bytes.
+    pub fn check_costs(self, costs: &[Cost]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let phases: Vec<&Cost> = costs
+            .iter()
+            .filter(|c| matches!(c.scope, Scope::Phase(_)))
+            .collect();
+        let expected_phases = match self {
+            Scenario::BlkThroughputVirtio | Scenario::BlkThroughputIde | Scenario::BlkThroughputAhci => 6,
+            Scenario::NetEchoVirtio | Scenario::NetEchoE1000 => 1,
+            _ => 0,
+        };
+        if phases.len() != expected_phases {
+            problems.push(format!(
+                "{} phases with costs, expected {expected_phases}",
+                phases.len()
+            ));
+        }
+        for c in phases {
+            let what = format!("{} {} qd={}", c.dev, c.pattern, c.qd);
+            let mut bound = |ok: bool, text: String| {
+                if !ok {
+                    problems.push(format!("{what}: {text}"));
+                }
+            };
+            match (self, c.qd) {
+                (Scenario::BlkThroughputVirtio, 1) => {
+                    bound(
+                        c.traps_per_op() <= 2.0,
+                        format!("{:.2} traps/op, expected <= 2", c.traps_per_op()),
+                    );
+                    bound(
+                        c.host_kicks == c.ops,
+                        format!("QEMU saw {} kicks for {} requests", c.host_kicks, c.ops),
+                    );
+                }
+                (Scenario::BlkThroughputVirtio | Scenario::BlkThroughputAhci, qd) if qd >= 8 => bound(
+                    c.notifies_per_op() <= 0.5,
+                    format!(
+                        "{:.3} notifies/op at qd {qd}, expected <= 0.5",
+                        c.notifies_per_op()
+                    ),
+                ),
+                (Scenario::BlkThroughputAhci, _) => bound(
+                    c.traps_per_op() <= 16.0,
+                    format!("{:.2} traps/op, expected <= 16", c.traps_per_op()),
+                ),
+                (Scenario::BlkThroughputIde, _) => {
+                    bound(
+                        c.copied_bytes == c.bytes,
+                        format!("copied {} bytes of {}", c.copied_bytes, c.bytes),
+                    );
+                    bound(
+                        c.device_traps >= c.bytes / 2,
+                        format!("{} traps for {} bytes of 16-bit PIO", c.device_traps, c.bytes),
+                    );
+                }
+                _ => {}
+            }
+        }
+        problems
     }
 
     /// Checks a finished run. Returns what is wrong; empty means the scenario passed.
@@ -694,6 +764,66 @@ mod tests {
         assert!(
             !Scenario::FaultStack
                 .check(&result(Outcome::Crash("0".into()), triple))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn throughput_costs_are_bounded_per_device_kind() {
+        use crate::console::Fields;
+        use crate::trace::{Access, Counts};
+        let cost = |dev: &str, qd: u64, ops: u64, region: &str, traps: u64, kicks: u64, copied: u64| {
+            let f = Fields::parse(&format!(
+                "dev={dev} pattern=randread4k qd={qd} mode=irq ops={ops} bytes={} guest_us=1000 \
+                 notifies={kicks} irqs={ops} copied_bytes={copied}",
+                ops * 4096
+            ));
+            let mut c = Counts::default();
+            c.guest.insert(
+                region.to_owned(),
+                Access {
+                    reads: traps,
+                    writes: 0,
+                },
+            );
+            c.queue_notifies = if dev.starts_with("virtio") { kicks } else { 0 };
+            c.irqs.insert(49, ops);
+            Cost::new(Scope::Phase(1), dev, "?", &f, &c)
+        };
+        let six = |c: Cost| vec![c; 6];
+        let isr = "virtio-pci-isr-virtio-blk";
+        assert!(
+            Scenario::BlkThroughputVirtio
+                .check_costs(&six(cost("virtio-blk", 1, 100, isr, 0, 100, 0)))
+                .is_empty()
+        );
+        // Three register accesses per kick, as the crate's stock notify does.
+        assert!(
+            !Scenario::BlkThroughputVirtio
+                .check_costs(&six(cost("virtio-blk", 1, 100, isr, 200, 100, 0)))
+                .is_empty()
+        );
+        // No batching at depth 32.
+        assert!(
+            !Scenario::BlkThroughputVirtio
+                .check_costs(&six(cost("virtio-blk", 32, 100, isr, 0, 100, 0)))
+                .is_empty()
+        );
+        assert!(
+            Scenario::BlkThroughputIde
+                .check_costs(&six(cost("ide", 1, 10, "ide", 20_580, 10, 40_960)))
+                .is_empty()
+        );
+        // The guest claims to have copied less than it moved through PIO.
+        assert!(
+            !Scenario::BlkThroughputIde
+                .check_costs(&six(cost("ide", 1, 10, "ide", 20_580, 10, 0)))
+                .is_empty()
+        );
+        // A phase without costs.
+        assert!(
+            !Scenario::BlkThroughputAhci
+                .check_costs(&[cost("ahci", 1, 10, "ahci", 90, 10, 0)])
                 .is_empty()
         );
     }
