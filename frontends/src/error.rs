@@ -124,6 +124,27 @@ pub enum Error {
     /// An error from the `virtio-drivers` crate.
     #[error("virtio: {0}")]
     Virtio(virtio_drivers::Error),
+    /// A shared ring, grant or notification failed (`ring_protocol`'s error).
+    #[error("ring protocol: {0}")]
+    Ring(ring_protocol::Error),
+    /// The XenStore daemon answered a request with an error.
+    #[error("xenstore {op} '{path}' failed: {kind}")]
+    XenStore {
+        /// The request (`read`, `write`, `transaction_end`, ...).
+        op: &'static str,
+        /// The path it named.
+        path: alloc::string::String,
+        /// The daemon's error.
+        kind: crate::xen::xenstore::XsErrorKind,
+    },
+    /// A hypercall of the platform failed.
+    #[error("hypercall {op} failed with {rc}")]
+    Hypercall {
+        /// Which one.
+        op: &'static str,
+        /// Xen's return value (`-errno`, or a `GNTST_*` status).
+        rc: i64,
+    },
 }
 
 /// Result with [`Error`].

@@ -4,7 +4,7 @@
 //! each and the costs can be compared:
 //! - paravirtual virtio devices (`virtio`);
 //! - emulated legacy hardware driven as on a real PC (`emulated`);
-//! - later (issue 4), Xen split frontends.
+//! - Xen split frontends (`xen`).
 //!
 //! What drivers consume from the platform is abstracted here, not what platforms offer:
 //! - [`dma`]: physically contiguous, zeroed memory with a bus address ([`dma::DmaBuf`]), from one
@@ -32,5 +32,6 @@ pub mod net;
 pub mod virtio;
 pub mod wait;
 pub mod workload;
+pub mod xen;
 
 pub use error::{Error, Result};

@@ -1,0 +1,539 @@
+//! A XenStore client over the guest end of the XenStore ring page.
+//!
+//! Requests are an [`XsdSockmsg`] header plus payload written into the request ring (in pieces if the
+//! 1 KiB ring is fuller than the message), the peer is notified, and the reply is assembled from the
+//! response ring. Replies carry the request's `req_id`; watch events (`XS_WATCH_EVENT`) can arrive
+//! in between at any time and are queued for [`XenStore::next_watch_event`]. An `XS_ERROR` reply's
+//! payload (an errno name such as `ENOENT`) becomes a typed [`XsErrorKind`].
+//!
+//! Hardening: a reply header claiming more than [`XENSTORE_PAYLOAD_MAX`] bytes, an unknown message
+//! type or a reply to a request we did not send is a protocol error; the byte rings themselves halt
+//! on inconsistent indices. Every wait has a timeout.
+//!
+//! Transactions: [`XenStore::transaction`] runs a closure inside `XS_TRANSACTION_START` /
+//! `XS_TRANSACTION_END` and runs it again when the commit fails with `EAGAIN` (another writer touched
+//! what it read), up to [`TRANSACTION_RETRIES`] times.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XSD_ERRORS, XsdSockmsg, XsdSockmsgType};
+use ring_protocol::byte_ring::Duplex;
+use ring_protocol::platform::Notify;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::wait::{Waiter, wait_for};
+use crate::{Error, Result};
+
+/// Times a transaction is retried after `EAGAIN`.
+pub const TRANSACTION_RETRIES: u32 = 16;
+/// Default timeout for one request, in microseconds.
+pub const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
+
+/// A XenStore error, by the name the daemon sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XsErrorKind {
+    /// `EINVAL`: malformed request.
+    Invalid,
+    /// `EACCES`: permission denied.
+    Access,
+    /// `EEXIST`: node exists.
+    Exists,
+    /// `EISDIR`.
+    IsDir,
+    /// `ENOENT`: no such node.
+    NotFound,
+    /// `ENOMEM`.
+    NoMem,
+    /// `ENOSPC`: quota.
+    NoSpace,
+    /// `EIO`.
+    Io,
+    /// `ENOTEMPTY`.
+    NotEmpty,
+    /// `ENOSYS`: request type not supported.
+    NoSys,
+    /// `EROFS`.
+    ReadOnly,
+    /// `EBUSY`.
+    Busy,
+    /// `EAGAIN`: the transaction conflicted; retry it.
+    Again,
+    /// `EISCONN`.
+    IsConn,
+    /// `E2BIG`: too large.
+    TooBig,
+    /// `EPERM`.
+    Perm,
+    /// A name not in xs_wire.h's table.
+    Other(String),
+}
+
+impl XsErrorKind {
+    /// The kind for the wire name `name`.
+    pub fn from_name(name: &str) -> Self {
+        let known = [
+            Self::Invalid,
+            Self::Access,
+            Self::Exists,
+            Self::IsDir,
+            Self::NotFound,
+            Self::NoMem,
+            Self::NoSpace,
+            Self::Io,
+            Self::NotEmpty,
+            Self::NoSys,
+            Self::ReadOnly,
+            Self::Busy,
+            Self::Again,
+            Self::IsConn,
+            Self::TooBig,
+            Self::Perm,
+        ];
+        XSD_ERRORS
+            .iter()
+            .zip(known)
+            .find(|(e, _)| e.name == name)
+            .map_or_else(|| Self::Other(String::from(name)), |(_, k)| k)
+    }
+
+    /// The wire name.
+    pub fn name(&self) -> &str {
+        let index = match self {
+            Self::Invalid => 0,
+            Self::Access => 1,
+            Self::Exists => 2,
+            Self::IsDir => 3,
+            Self::NotFound => 4,
+            Self::NoMem => 5,
+            Self::NoSpace => 6,
+            Self::Io => 7,
+            Self::NotEmpty => 8,
+            Self::NoSys => 9,
+            Self::ReadOnly => 10,
+            Self::Busy => 11,
+            Self::Again => 12,
+            Self::IsConn => 13,
+            Self::TooBig => 14,
+            Self::Perm => 15,
+            Self::Other(s) => return s,
+        };
+        XSD_ERRORS[index].name
+    }
+}
+
+impl fmt::Display for XsErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A transaction id (0 = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxId(pub u32);
+
+/// Outside any transaction.
+pub const NO_TX: TxId = TxId(0);
+
+/// A fired watch: the path that changed and the watch's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The node that changed (or the watched path itself, for the event on registration).
+    pub path: String,
+    /// The token given to [`XenStore::watch`].
+    pub token: String,
+}
+
+/// Counts, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XsStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Notifications sent to the daemon.
+    pub notifies: u64,
+    /// Watch events received.
+    pub watch_events: u64,
+    /// Transactions retried after `EAGAIN`.
+    pub retries: u64,
+}
+
+/// The client.
+pub struct XenStore<N: Notify> {
+    ring: Duplex,
+    notify: N,
+    next_req_id: u32,
+    /// Bytes read from the response ring that do not yet form a whole message.
+    partial: Vec<u8>,
+    events: VecDeque<WatchEvent>,
+    timeout_us: u64,
+    stats: XsStats,
+}
+
+impl<N: Notify> fmt::Debug for XenStore<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XenStore")
+            .field("next_req_id", &self.next_req_id)
+            .field("queued_events", &self.events.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+fn xs_err(op: &'static str, path: &str, kind: XsErrorKind) -> Error {
+    Error::XenStore {
+        op,
+        path: String::from(path),
+        kind,
+    }
+}
+
+fn protocol(what: &'static str, value: u64) -> Error {
+    Error::Protocol {
+        device: "xenstore",
+        what,
+        value,
+    }
+}
+
+impl<N: Notify> XenStore<N> {
+    /// A client over `ring` (from `ring_protocol::byte_ring::xenstore_guest`), notifying the daemon
+    /// through `notify` (the XenStore event channel).
+    pub fn new(ring: Duplex, notify: N) -> Self {
+        Self {
+            ring,
+            notify,
+            next_req_id: 1,
+            partial: Vec::new(),
+            events: VecDeque::new(),
+            timeout_us: DEFAULT_TIMEOUT_US,
+            stats: XsStats::default(),
+        }
+    }
+
+    /// Sets the per-request timeout.
+    pub fn set_timeout_us(&mut self, timeout_us: u64) {
+        self.timeout_us = timeout_us;
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> XsStats {
+        self.stats
+    }
+
+    fn kick(&mut self) -> Result<()> {
+        self.stats.notifies += 1;
+        self.notify.notify().map_err(Error::Ring)
+    }
+
+    fn send(&mut self, waiter: &dyn Waiter, ty: XsdSockmsgType, tx: TxId, payload: &[u8]) -> Result<u32> {
+        if payload.len() > XENSTORE_PAYLOAD_MAX {
+            return Err(Error::BadLength {
+                op: "xenstore request",
+                len: payload.len(),
+                unit: 1,
+                max: XENSTORE_PAYLOAD_MAX,
+            });
+        }
+        let req_id = self.next_req_id;
+        self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+        let header = XsdSockmsg {
+            type_: ty as u32,
+            req_id,
+            tx_id: tx.0,
+            len: payload.len() as u32,
+        };
+        let mut msg = Vec::with_capacity(16 + payload.len());
+        msg.extend_from_slice(header.as_bytes());
+        msg.extend_from_slice(payload);
+        let mut sent = 0;
+        let timeout = self.timeout_us;
+        while sent < msg.len() {
+            let t = self.ring.tx.write(&msg[sent..]).map_err(Error::Ring)?;
+            sent += t.bytes;
+            if t.notify {
+                self.kick()?;
+            }
+            if sent < msg.len() {
+                // Ring full: wait for the daemon to consume.
+                wait_for(waiter, timeout, "room in the XenStore request ring", || {
+                    Ok((self.ring.tx.free_space().map_err(Error::Ring)? > 0).then_some(()))
+                })?;
+            }
+        }
+        self.stats.requests += 1;
+        Ok(req_id)
+    }
+
+    /// Pulls available response bytes; returns one complete message if there is one.
+    fn try_take_message(&mut self) -> Result<Option<(XsdSockmsg, Vec<u8>)>> {
+        let mut buf = [0u8; 256];
+        loop {
+            let t = self.ring.rx.read(&mut buf).map_err(Error::Ring)?;
+            if t.bytes == 0 {
+                break;
+            }
+            self.partial.extend_from_slice(&buf[..t.bytes]);
+            if t.notify {
+                // The daemon may wait for room to write the rest of a long reply.
+                self.kick()?;
+            }
+        }
+        if self.partial.len() < 16 {
+            return Ok(None);
+        }
+        let header =
+            XsdSockmsg::read_from_bytes(&self.partial[..16]).map_err(|_| protocol("short header", 0))?;
+        let len = header.len as usize;
+        if len > XENSTORE_PAYLOAD_MAX {
+            return Err(protocol("reply payload length", u64::from(header.len)));
+        }
+        if self.partial.len() < 16 + len {
+            return Ok(None);
+        }
+        let payload = self.partial[16..16 + len].to_vec();
+        self.partial.drain(..16 + len);
+        Ok(Some((header, payload)))
+    }
+
+    /// Takes whatever has arrived, queueing watch events; returns the reply to `req_id` if it came.
+    fn pump(&mut self, req_id: Option<u32>) -> Result<Option<(XsdSockmsg, Vec<u8>)>> {
+        while let Some((h, payload)) = self.try_take_message()? {
+            match XsdSockmsgType::from_wire(h.type_) {
+                Some(XsdSockmsgType::WatchEvent) => {
+                    let mut parts = payload.split(|&b| b == 0);
+                    let path = parts.next().unwrap_or_default();
+                    let token = parts.next().unwrap_or_default();
+                    self.stats.watch_events += 1;
+                    self.events.push_back(WatchEvent {
+                        path: String::from_utf8_lossy(path).into_owned(),
+                        token: String::from_utf8_lossy(token).into_owned(),
+                    });
+                }
+                Some(_) if Some(h.req_id) == req_id => return Ok(Some((h, payload))),
+                Some(_) => return Err(protocol("reply to an unknown request id", u64::from(h.req_id))),
+                None => return Err(protocol("unknown message type", u64::from(h.type_))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// One request/reply round trip. Returns the reply payload.
+    fn request(
+        &mut self,
+        waiter: &dyn Waiter,
+        op: &'static str,
+        ty: XsdSockmsgType,
+        tx: TxId,
+        path: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>> {
+        let req_id = self.send(waiter, ty, tx, payload)?;
+        let timeout = self.timeout_us;
+        let (h, reply) = wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id)))?;
+        match XsdSockmsgType::from_wire(h.type_) {
+            Some(XsdSockmsgType::Error) => {
+                let name = reply.split(|&b| b == 0).next().unwrap_or_default();
+                Err(xs_err(
+                    op,
+                    path,
+                    XsErrorKind::from_name(&String::from_utf8_lossy(name)),
+                ))
+            }
+            Some(t) if t == ty => Ok(reply),
+            _ => Err(protocol(
+                "reply of another type than the request",
+                u64::from(h.type_),
+            )),
+        }
+    }
+
+    fn path_payload(path: &str, extra: &[&[u8]]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(path.len() + 1);
+        p.extend_from_slice(path.as_bytes());
+        p.push(0);
+        for e in extra {
+            p.extend_from_slice(e);
+        }
+        p
+    }
+
+    /// Reads node `path`.
+    pub fn read(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<Vec<u8>> {
+        let p = Self::path_payload(path, &[]);
+        self.request(waiter, "read", XsdSockmsgType::Read, tx, path, &p)
+    }
+
+    /// Reads node `path` as UTF-8 text.
+    pub fn read_string(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<String> {
+        let v = self.read(waiter, tx, path)?;
+        String::from_utf8(v).map_err(|e| protocol("non-UTF-8 value", e.utf8_error().valid_up_to() as u64))
+    }
+
+    /// Reads node `path` as a decimal number.
+    pub fn read_u64(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<u64> {
+        let s = self.read_string(waiter, tx, path)?;
+        s.trim().parse().map_err(|_| {
+            xs_err(
+                "read number",
+                path,
+                XsErrorKind::Other(format!("not a number: {s:?}")),
+            )
+        })
+    }
+
+    /// Writes `value` to node `path` (creating it).
+    pub fn write(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str, value: &[u8]) -> Result<()> {
+        let p = Self::path_payload(path, &[value]);
+        self.request(waiter, "write", XsdSockmsgType::Write, tx, path, &p)
+            .map(|_| ())
+    }
+
+    /// Creates node `path`.
+    pub fn mkdir(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<()> {
+        let p = Self::path_payload(path, &[]);
+        self.request(waiter, "mkdir", XsdSockmsgType::Mkdir, tx, path, &p)
+            .map(|_| ())
+    }
+
+    /// Removes node `path` and its children.
+    pub fn rm(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<()> {
+        let p = Self::path_payload(path, &[]);
+        self.request(waiter, "rm", XsdSockmsgType::Rm, tx, path, &p)
+            .map(|_| ())
+    }
+
+    /// The children of node `path`.
+    pub fn directory(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<Vec<String>> {
+        let p = Self::path_payload(path, &[]);
+        let reply = self.request(waiter, "directory", XsdSockmsgType::Directory, tx, path, &p)?;
+        Ok(reply
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect())
+    }
+
+    /// The home path of domain `domid` (`/local/domain/<domid>`).
+    pub fn domain_path(&mut self, waiter: &dyn Waiter, domid: u16) -> Result<String> {
+        let id = format!("{domid}");
+        let p = Self::path_payload(&id, &[]);
+        let reply = self.request(
+            waiter,
+            "get_domain_path",
+            XsdSockmsgType::GetDomainPath,
+            NO_TX,
+            &id,
+            &p,
+        )?;
+        let s = reply.split(|&b| b == 0).next().unwrap_or_default();
+        Ok(String::from_utf8_lossy(s).into_owned())
+    }
+
+    /// Watches `path` (and everything below it); events carry `token`. The daemon fires the watch once
+    /// right away.
+    pub fn watch(&mut self, waiter: &dyn Waiter, path: &str, token: &str) -> Result<()> {
+        let mut tok = Vec::from(token.as_bytes());
+        tok.push(0);
+        let p = Self::path_payload(path, &[&tok]);
+        self.request(waiter, "watch", XsdSockmsgType::Watch, NO_TX, path, &p)
+            .map(|_| ())
+    }
+
+    /// Removes a watch.
+    pub fn unwatch(&mut self, waiter: &dyn Waiter, path: &str, token: &str) -> Result<()> {
+        let mut tok = Vec::from(token.as_bytes());
+        tok.push(0);
+        let p = Self::path_payload(path, &[&tok]);
+        self.request(waiter, "unwatch", XsdSockmsgType::Unwatch, NO_TX, path, &p)
+            .map(|_| ())
+    }
+
+    /// The next watch event (queued or arriving within `timeout_us`).
+    pub fn next_watch_event(&mut self, waiter: &dyn Waiter, timeout_us: u64) -> Result<WatchEvent> {
+        wait_for(waiter, timeout_us, "a XenStore watch event", || {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            self.pump(None)?;
+            Ok(self.events.pop_front())
+        })
+    }
+
+    /// Drops queued watch events.
+    pub fn clear_watch_events(&mut self) {
+        self.events.clear();
+    }
+
+    /// Starts a transaction.
+    pub fn transaction_start(&mut self, waiter: &dyn Waiter) -> Result<TxId> {
+        let reply = self.request(
+            waiter,
+            "transaction_start",
+            XsdSockmsgType::TransactionStart,
+            NO_TX,
+            "",
+            b"\0",
+        )?;
+        let s = String::from_utf8_lossy(reply.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
+        s.parse::<u32>()
+            .ok()
+            .filter(|&id| id != 0)
+            .map(TxId)
+            .ok_or_else(|| protocol("transaction id that is not a non-zero number", s.len() as u64))
+    }
+
+    /// Ends a transaction: commits it if `commit`, else aborts it. A conflicting commit fails with
+    /// [`XsErrorKind::Again`].
+    pub fn transaction_end(&mut self, waiter: &dyn Waiter, tx: TxId, commit: bool) -> Result<()> {
+        let p: &[u8] = if commit { b"T\0" } else { b"F\0" };
+        self.request(
+            waiter,
+            "transaction_end",
+            XsdSockmsgType::TransactionEnd,
+            tx,
+            "",
+            p,
+        )
+        .map(|_| ())
+    }
+
+    /// Runs `body` in a transaction and commits it, running it again (in a new transaction) when the
+    /// commit reports `EAGAIN`. An error from `body` aborts the transaction and is returned.
+    pub fn transaction<T>(
+        &mut self,
+        waiter: &dyn Waiter,
+        mut body: impl FnMut(&mut Self, TxId) -> Result<T>,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            let tx = self.transaction_start(waiter)?;
+            let value = match body(self, tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = self.transaction_end(waiter, tx, false);
+                    return Err(e);
+                }
+            };
+            match self.transaction_end(waiter, tx, true) {
+                Ok(()) => return Ok(value),
+                Err(Error::XenStore {
+                    kind: XsErrorKind::Again,
+                    ..
+                }) if attempt < TRANSACTION_RETRIES => {
+                    attempt += 1;
+                    self.stats.retries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+use alloc::string::String;
+use alloc::vec;
+use core::cell::{Cell, RefCell};
+
+use ring_protocol::platform::Notify;
+
+use super::fake::FakeXenStore;
+use super::*;
+use crate::wait::{WaitMode, Waiter};
+
+/// Counts notifications.
+#[derive(Debug, Default)]
+struct Kicks(Cell<u64>);
+
+impl Notify for &Kicks {
+    fn notify(&self) -> ring_protocol::Result<()> {
+        self.0.set(self.0.get() + 1);
+        Ok(())
+    }
+}
+
+/// A waiter that runs the fake daemon whenever the client idles; its clock advances 10 us a reading.
+struct DaemonWaiter {
+    daemon: RefCell<FakeXenStore>,
+    now: Cell<u64>,
+}
+
+impl Waiter for DaemonWaiter {
+    fn now_us(&self) -> u64 {
+        let t = self.now.get();
+        self.now.set(t + 10);
+        t
+    }
+
+    fn mode(&self) -> WaitMode {
+        WaitMode::Poll
+    }
+
+    fn idle(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        if ready() {
+            return true;
+        }
+        self.daemon.borrow_mut().step();
+        ready()
+    }
+}
+
+fn setup(kicks: &Kicks) -> (XenStore<&Kicks>, DaemonWaiter) {
+    let (daemon, ring) = FakeXenStore::new(7);
+    (
+        XenStore::new(ring, kicks),
+        DaemonWaiter {
+            daemon: RefCell::new(daemon),
+            now: Cell::new(0),
+        },
+    )
+}
+
+#[test]
+fn read_write_directory_and_typed_errors() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.write(&w, NO_TX, "device/vbd/768/state", b"1").unwrap();
+    xs.write(&w, NO_TX, "device/vbd/832/state", b"1").unwrap();
+    xs.write(&w, NO_TX, "/local/domain/7/name", b"guest-seven")
+        .unwrap();
+    assert_eq!(xs.read(&w, NO_TX, "device/vbd/768/state").unwrap(), b"1");
+    assert_eq!(xs.read_string(&w, NO_TX, "name").unwrap(), "guest-seven");
+    assert_eq!(xs.read_u64(&w, NO_TX, "device/vbd/832/state").unwrap(), 1);
+    assert_eq!(
+        xs.directory(&w, NO_TX, "device/vbd").unwrap(),
+        vec![String::from("768"), String::from("832")]
+    );
+    assert_eq!(xs.domain_path(&w, 7).unwrap(), "/local/domain/7");
+    match xs.read(&w, NO_TX, "device/vif/0/mac").unwrap_err() {
+        Error::XenStore { op, path, kind } => {
+            assert_eq!(
+                (op, path.as_str(), kind),
+                ("read", "device/vif/0/mac", XsErrorKind::NotFound)
+            );
+        }
+        other => panic!("expected a XenStore error, got {other:?}"),
+    }
+    xs.rm(&w, NO_TX, "device/vbd/832").unwrap();
+    assert_eq!(
+        xs.directory(&w, NO_TX, "device/vbd").unwrap(),
+        vec![String::from("768")]
+    );
+    let e = xs.rm(&w, NO_TX, "device/vbd/832").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::XenStore {
+                kind: XsErrorKind::NotFound,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(xs.stats().requests, 12);
+    assert!(kicks.0.get() >= 12, "every request notifies the daemon");
+}
+
+#[test]
+fn error_names_map_both_ways() {
+    for e in XSD_ERRORS {
+        let k = XsErrorKind::from_name(e.name);
+        assert!(!matches!(k, XsErrorKind::Other(_)), "{} unmapped", e.name);
+        assert_eq!(k.name(), e.name);
+    }
+    assert_eq!(
+        XsErrorKind::from_name("EWHATEVER"),
+        XsErrorKind::Other(String::from("EWHATEVER"))
+    );
+}
+
+#[test]
+fn watch_fires_on_registration_and_on_a_peer_write() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.watch(&w, "data/ping", "tok-1").unwrap();
+    let first = xs.next_watch_event(&w, 1000).unwrap();
+    assert_eq!(
+        first,
+        WatchEvent {
+            path: String::from("/local/domain/7/data/ping"),
+            token: String::from("tok-1")
+        }
+    );
+    // Nothing more until someone writes.
+    assert!(matches!(
+        xs.next_watch_event(&w, 1000),
+        Err(Error::Timeout { .. })
+    ));
+    w.daemon.borrow_mut().external_write("data/ping/value", b"pong");
+    let ev = xs.next_watch_event(&w, 1000).unwrap();
+    assert_eq!(ev.path, "/local/domain/7/data/ping/value");
+    assert_eq!(ev.token, "tok-1");
+    assert_eq!(xs.read(&w, NO_TX, "data/ping/value").unwrap(), b"pong");
+    // A watch event arriving while a request waits for its reply is queued, not lost.
+    w.daemon.borrow_mut().external_write("data/ping", b"again");
+    assert_eq!(xs.read(&w, NO_TX, "data/ping").unwrap(), b"again");
+    assert_eq!(
+        xs.next_watch_event(&w, 1000).unwrap().path,
+        "/local/domain/7/data/ping"
+    );
+    xs.unwatch(&w, "data/ping", "tok-1").unwrap();
+    w.daemon.borrow_mut().external_write("data/ping", b"ignored");
+    assert!(matches!(
+        xs.next_watch_event(&w, 1000),
+        Err(Error::Timeout { .. })
+    ));
+    assert_eq!(xs.stats().watch_events, 3);
+}
+
+#[test]
+fn transaction_retries_on_eagain_and_commits_once() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.write(&w, NO_TX, "counter", b"10").unwrap();
+    w.daemon.borrow_mut().fail_commits = 2;
+    let mut runs = 0;
+    let v = xs
+        .transaction(&w, |xs, tx| {
+            runs += 1;
+            let n = xs.read_u64(&w, tx, "counter")?;
+            xs.write(&w, tx, "counter", format!("{}", n + 1).as_bytes())?;
+            Ok(n + 1)
+        })
+        .unwrap();
+    assert_eq!((v, runs, xs.stats().retries), (11, 3, 2));
+    assert_eq!(xs.read(&w, NO_TX, "counter").unwrap(), b"11");
+}
+
+#[test]
+fn transaction_sees_a_conflicting_write_and_gives_up_after_the_limit() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.write(&w, NO_TX, "counter", b"0").unwrap();
+    // A peer writes between our read and our commit every time: each commit conflicts.
+    let e = xs
+        .transaction(&w, |xs, tx| {
+            let n = xs.read_u64(&w, tx, "counter")?;
+            w.daemon.borrow_mut().external_write("counter", b"100");
+            xs.write(&w, tx, "counter", format!("{}", n + 1).as_bytes())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::XenStore {
+                kind: XsErrorKind::Again,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(xs.stats().retries, u64::from(TRANSACTION_RETRIES));
+    assert_eq!(
+        xs.read(&w, NO_TX, "counter").unwrap(),
+        b"100",
+        "no aborted write leaked"
+    );
+    // An error inside the body aborts: nothing of it is committed.
+    let e = xs
+        .transaction(&w, |xs, tx| {
+            xs.write(&w, tx, "half", b"1")?;
+            xs.read(&w, tx, "missing").map(|_| ())
+        })
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::XenStore {
+            kind: XsErrorKind::NotFound,
+            ..
+        }
+    ));
+    assert!(matches!(
+        xs.read(&w, NO_TX, "half"),
+        Err(Error::XenStore {
+            kind: XsErrorKind::NotFound,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn messages_longer_than_the_ring_go_through_in_pieces() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    let value: alloc::vec::Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    xs.write(&w, NO_TX, "big", &value).unwrap();
+    assert_eq!(xs.read(&w, NO_TX, "big").unwrap(), value);
+}
+
+#[test]
+fn hostile_daemon_replies_are_rejected_and_silence_times_out() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    // A header claiming 5000 payload bytes.
+    let h = XsdSockmsg {
+        type_: XsdSockmsgType::Read as u32,
+        req_id: 1,
+        tx_id: 0,
+        len: 5000,
+    };
+    w.daemon.borrow_mut().dead = false;
+    w.daemon.borrow_mut().inject_raw(h.as_bytes());
+    let e = xs.read(&w, NO_TX, "x").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Protocol {
+                what: "reply payload length",
+                value: 5000,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    let (mut xs, w) = setup(&kicks);
+    let h = XsdSockmsg {
+        type_: XsdSockmsgType::Read as u32,
+        req_id: 99,
+        tx_id: 0,
+        len: 0,
+    };
+    w.daemon.borrow_mut().inject_raw(h.as_bytes());
+    let e = xs.read(&w, NO_TX, "x").unwrap_err();
+    assert!(matches!(e, Error::Protocol { value: 99, .. }), "{e:?}");
+
+    let (mut xs, w) = setup(&kicks);
+    w.daemon.borrow_mut().dead = true;
+    xs.set_timeout_us(500);
+    let e = xs.read(&w, NO_TX, "x").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Timeout {
+                what: "a XenStore reply",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
