@@ -222,6 +222,12 @@ pub static TESTS: &[Test] = &[
         params: emulated::UART_PARAMS,
         run: emulated::console_echo_uart,
     },
+    Test {
+        name: "xenstore",
+        default: false,
+        params: xen::XENSTORE_PARAMS,
+        run: xen::xenstore,
+    },
 ];
 
 const NO_TEST: usize = usize::MAX;

@@ -7,8 +7,19 @@
 //!   period) are measured again, like on PC.
 //! - [`hello_info`]: Xen lines of the `hello` report.
 
+use pvkit_frontends::wait::WaitMode;
+use pvkit_frontends::xen::xenstore::{NO_TX, XsErrorKind};
+
 use super::{Outcome, Params, fail};
 use crate::xen;
+use crate::xen::store::XenWaiter;
+
+/// Parameters of the `xenstore` test.
+pub const XENSTORE_PARAMS: &[&str] = &["peer", "ms"];
+/// The node a peer (dom0) writes for `xenstore.peer=1`, relative to the domain's home.
+pub const PING_NODE: &str = "data/pvkit-ping";
+/// The node the guest writes once its watch on [`PING_NODE`] is in place.
+pub const READY_NODE: &str = "data/pvkit-ready";
 
 /// Prints the Xen-specific `hello` lines.
 pub fn hello_info() {
@@ -105,5 +116,122 @@ pub fn timer(params: &Params<'_>) -> Outcome {
             continue;
         }
         return fail!("VIRQ_TIMER count off by more than {tol}%: {summary}");
+    }
+}
+
+/// `xenstore`: reads the domain's own `domid` and `name`, cross-checks the home path, runs a
+/// transaction, and proves a watch: on [`PING_NODE`], fired once on registration and then by a
+/// write. With `xenstore.peer=1` that write must come from another domain: the guest writes
+/// [`READY_NODE`] = "1" and waits up to `xenstore.ms` (20000) for dom0 to write [`PING_NODE`];
+/// with `peer=0` (default) it writes the node itself.
+pub fn xenstore(params: &Params<'_>) -> Outcome {
+    let (peer, ms) = match (
+        params.u64_in("peer", 0, 0..=1),
+        params.u64_in("ms", 20_000, 100..=600_000),
+    ) {
+        (Ok(p), Ok(m)) => (p == 1, m),
+        (Err(e), _) | (_, Err(e)) => return fail!("{e}"),
+    };
+    let w = XenWaiter {
+        mode: WaitMode::Interrupt,
+    };
+    let t0 = xen::time::now_ns();
+    let result = xen::store::with(|xs| -> Result<alloc::string::String, pvkit_frontends::Error> {
+        let domid = xs.read_u64(&w, NO_TX, "domid")?;
+        let name = xs.read_string(&w, NO_TX, "name")?;
+        let home = xs.domain_path(&w, domid as u16)?;
+        let want = alloc::format!("/local/domain/{domid}");
+        if home != want {
+            return Err(pvkit_frontends::Error::Protocol {
+                device: "xenstore",
+                what: "home path of our domid",
+                value: domid,
+            });
+        }
+        let devices = match xs.directory(&w, NO_TX, "device") {
+            Ok(d) => d.join("+"),
+            Err(pvkit_frontends::Error::XenStore {
+                kind: XsErrorKind::NotFound,
+                ..
+            }) => alloc::string::String::from("-"),
+            Err(e) => return Err(e),
+        };
+        let counter = xs.transaction(&w, |xs, tx| {
+            let n = match xs.read_u64(&w, tx, "data/pvkit-counter") {
+                Ok(n) => n,
+                Err(pvkit_frontends::Error::XenStore {
+                    kind: XsErrorKind::NotFound,
+                    ..
+                }) => 0,
+                Err(e) => return Err(e),
+            };
+            xs.write(
+                &w,
+                tx,
+                "data/pvkit-counter",
+                alloc::format!("{}", n + 1).as_bytes(),
+            )?;
+            Ok(n + 1)
+        })?;
+        let back = xs.read_u64(&w, NO_TX, "data/pvkit-counter")?;
+        if back != counter {
+            return Err(pvkit_frontends::Error::Mismatch {
+                what: "transaction counter",
+                index: 0,
+                expected: counter,
+                found: back,
+            });
+        }
+        xs.clear_watch_events();
+        let token = "pvkit-watch";
+        xs.watch(&w, PING_NODE, token)?;
+        let first = xs.next_watch_event(&w, 5_000_000)?;
+        let t_watch = xen::time::now_ns();
+        let expected_value = if peer {
+            xs.write(&w, NO_TX, READY_NODE, b"1")?;
+            kprintln!("PVKIT INFO xenstore waiting for a peer to write {home}/{PING_NODE}");
+            None
+        } else {
+            let v = alloc::format!("self-{}", xen::time::now_ns());
+            xs.write(&w, NO_TX, PING_NODE, v.as_bytes())?;
+            Some(v)
+        };
+        let fired = loop {
+            let ev = xs.next_watch_event(&w, ms * 1000)?;
+            if ev.token == token && ev.path.ends_with(PING_NODE) {
+                break ev;
+            }
+        };
+        let value = xs.read_string(&w, NO_TX, PING_NODE)?;
+        if let Some(v) = expected_value
+            && v != value
+        {
+            return Err(pvkit_frontends::Error::Mismatch {
+                what: "watched node value length",
+                index: 0,
+                expected: v.len() as u64,
+                found: value.len() as u64,
+            });
+        }
+        let watch_us = (xen::time::now_ns() - t_watch) / 1000;
+        xs.unwatch(&w, PING_NODE, token)?;
+        let st = xs.stats();
+        Ok(alloc::format!(
+            "domid={domid} name={name} home={home} devices={devices} counter={counter} first_event={} \
+             event={} value={value} peer={} watch_us={watch_us} requests={} notifies={} watch_events={} retries={}",
+            first.path,
+            fired.path,
+            u8::from(peer),
+            st.requests,
+            st.notifies,
+            st.watch_events,
+            st.retries
+        ))
+    });
+    let total_us = (xen::time::now_ns() - t0) / 1000;
+    match result {
+        Ok(Ok(s)) => Outcome::Pass(alloc::format!("{s} total_us={total_us}")),
+        Ok(Err(e)) => fail!("{e}"),
+        Err(e) => fail!("{e}"),
     }
 }

@@ -1,11 +1,12 @@
 //! The Xen PV guest services above the hypercall layer: what `start_info` said ([`StartState`]),
 //! memory (p2m/m2p and new mappings, [`memory`]), event channels ([`events`]), Xen system time and
-//! the PV timer ([`time`]) and the PV console ([`console`]). The platform module
+//! the PV timer ([`time`]), the PV console ([`console`]) and the XenStore connection ([`store`]). The platform module
 //! `platform::xen_pv` wires them up at boot.
 
 pub mod console;
 pub mod events;
 pub mod memory;
+pub mod store;
 pub mod time;
 
 use crate::arch::x86_64::xen::abi::StartInfo;

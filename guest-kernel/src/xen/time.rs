@@ -143,10 +143,6 @@ pub fn stop() -> u64 {
 
 /// Blocks the vCPU until an event arrives or `deadline_ns` (system time) passes, whichever is first.
 /// Uses the one-shot timer only if no periodic timer is running. Returns with upcalls enabled.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn block_until(deadline_ns: u64) {
     if PERIOD_NS.load(Ordering::Relaxed) == 0 && bind().is_ok() {
         let _ = hv::set_timer_op(deadline_ns);
