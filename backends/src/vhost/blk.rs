@@ -20,7 +20,7 @@ use vm_memory::{
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use super::{Memory, Vring, exit_event, features};
+use super::{DaemonBackend, ExitEvents, Memory, Vring, features};
 use crate::block::{BlockCore, BlockQueue, Data, Op, Request, SECTOR_SIZE, Segment};
 
 /// Largest virtqueue the device offers.
@@ -43,6 +43,7 @@ pub struct VhostBlk {
     mem: Memory,
     queues: usize,
     event_idx: AtomicBool,
+    exit: ExitEvents,
 }
 
 impl std::fmt::Debug for VhostBlk {
@@ -178,6 +179,7 @@ impl VhostBlk {
             mem,
             queues: queues.max(1),
             event_idx: AtomicBool::new(false),
+            exit: ExitEvents::default(),
         }
     }
 
@@ -381,6 +383,12 @@ fn io_status(r: crate::Result<usize>, used: u32) -> (u8, u32) {
     }
 }
 
+impl DaemonBackend for VhostBlk {
+    fn exit_events(&self) -> &ExitEvents {
+        &self.exit
+    }
+}
+
 impl VhostUserBackend for VhostBlk {
     type Bitmap = ();
     type Vring = Vring;
@@ -440,7 +448,7 @@ impl VhostUserBackend for VhostBlk {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        exit_event()
+        self.exit.create()
     }
 
     fn handle_event(

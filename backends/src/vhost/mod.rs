@@ -7,14 +7,16 @@
 //!
 //! A daemon's worker threads only end when their exit event fires, and `VhostUserDaemon`'s drop joins
 //! them; a backend without an exit event makes that drop hang. Both backends here hand out a fresh
-//! exit event per worker ([`exit_event`]), so each finished connection's daemon is dropped and its
+//! exit event per worker ([`ExitEvents`]), so each finished connection's daemon is dropped and its
 //! threads joined before the next accept (no threads or mappings accumulate across reconnects).
 
 pub mod blk;
 pub mod net;
+pub mod relay;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
@@ -39,17 +41,60 @@ pub(crate) mod features {
         vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 }
 
-/// A fresh exit event for one worker thread (see the module docs).
-pub(crate) fn exit_event() -> Option<(EventConsumer, EventNotifier)> {
-    new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+/// Exit events handed to one daemon's worker threads.
+///
+/// `vhost-user-backend` 0.24 registers the consumer half with `into_raw_fd()` and never closes it, so
+/// every connection would leak one eventfd per worker. The backend records the descriptors here and
+/// [`serve`] closes them once that connection's daemon (and with it the worker threads and their epoll
+/// instances) has been dropped.
+#[derive(Debug, Default)]
+pub struct ExitEvents {
+    handed_out: Mutex<Vec<RawFd>>,
+}
+
+impl ExitEvents {
+    /// A fresh exit event for one worker thread.
+    pub fn create(&self) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        self.handed_out
+            .lock()
+            .expect("exit events lock")
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
+    }
+
+    /// Closes the consumers handed out so far.
+    ///
+    /// # Safety
+    ///
+    /// The daemon the events were handed to must be gone (its worker threads joined), so that nothing
+    /// uses these descriptors any more; they have not been closed by anyone else (the library leaks
+    /// them), so the numbers still name those eventfds.
+    unsafe fn close_all(&self) {
+        for fd in self.handed_out.lock().expect("exit events lock").drain(..) {
+            // SAFETY: per this function's contract the descriptor is open, ours, and unused.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+}
+
+/// A backend the accept loop can serve.
+pub trait DaemonBackend: VhostUserBackend<Bitmap = (), Vring = Vring> + 'static {
+    /// The exit events it handed to its worker threads.
+    fn exit_events(&self) -> &ExitEvents;
 }
 
 /// What one connection's daemon is built from: called once per accepted connection with that
 /// connection's guest memory, it returns the backend and a hook run after the daemon exists (to
 /// register extra event sources with its worker threads).
-pub trait Connection<B: VhostUserBackend<Bitmap = (), Vring = Vring> + 'static> {
+pub trait Connection<B: DaemonBackend> {
     /// A backend for a new connection.
     fn backend(&mut self, mem: &Memory) -> crate::Result<Arc<B>>;
+    /// Whether QEMU's messages go through [`relay`] (vhost-user-net needs it).
+    fn relayed(&self) -> bool {
+        false
+    }
     /// Called with the daemon before it starts accepting.
     fn started(&mut self, _daemon: &VhostUserDaemon<Arc<B>>, _backend: &Arc<B>) -> crate::Result<()> {
         Ok(())
@@ -74,11 +119,29 @@ pub fn serve<B, C>(
     max_connections: Option<usize>,
 ) -> crate::Result<()>
 where
-    B: VhostUserBackend<Bitmap = (), Vring = Vring> + 'static,
+    B: DaemonBackend,
     C: Connection<B>,
 {
-    let mut listener = Listener::new(socket, true)
-        .map_err(|e| daemon_err(&format!("listening on {}", socket.display()), e))?;
+    enum Accept {
+        Direct(Listener),
+        Relayed {
+            public: std::os::unix::net::UnixListener,
+            inner: std::path::PathBuf,
+        },
+    }
+    let listen_err = |e: &dyn std::fmt::Display| daemon_err(&format!("listening on {}", socket.display()), e);
+    let mut accept = if conn.relayed() {
+        let _ = std::fs::remove_file(socket);
+        let public = std::os::unix::net::UnixListener::bind(socket).map_err(|e| listen_err(&e))?;
+        let mut inner = socket.as_os_str().to_owned();
+        inner.push(format!(".backend-{}", std::process::id()));
+        Accept::Relayed {
+            public,
+            inner: inner.into(),
+        }
+    } else {
+        Accept::Direct(Listener::new(socket, true).map_err(|e| listen_err(&e))?)
+    };
     tracing::info!(socket = %socket.display(), "{name}: listening");
     let mut served = 0usize;
     while max_connections.is_none_or(|m| served < m) {
@@ -87,16 +150,52 @@ where
         let mut daemon = VhostUserDaemon::new(name.to_owned(), backend.clone(), mem)
             .map_err(|e| daemon_err("creating the daemon", e))?;
         conn.started(&daemon, &backend)?;
-        daemon
-            .start(&mut listener)
-            .map_err(|e| daemon_err("accepting a connection", e))?;
+        let relay = match &mut accept {
+            Accept::Direct(listener) => {
+                daemon
+                    .start(listener)
+                    .map_err(|e| daemon_err("accepting a connection", e))?;
+                None
+            }
+            Accept::Relayed { public, inner } => {
+                let (front, _) = public
+                    .accept()
+                    .map_err(|e| daemon_err("accepting a connection", e))?;
+                let mut l = Listener::new(&*inner, true)
+                    .map_err(|e| daemon_err(&format!("listening on {}", inner.display()), e))?;
+                let back = std::os::unix::net::UnixStream::connect(&*inner)
+                    .map_err(|e| daemon_err("connecting the relay", e))?;
+                daemon
+                    .start(&mut l)
+                    .map_err(|e| daemon_err("accepting the relay", e))?;
+                drop(l);
+                let t = std::thread::Builder::new()
+                    .name("vhost-user relay".into())
+                    .spawn(move || relay::relay(front, back))
+                    .map_err(|e| daemon_err("starting the relay", e))?;
+                Some(t)
+            }
+        };
         served += 1;
         tracing::info!(connection = served, "{name}: frontend connected");
         match daemon.wait() {
-            Ok(()) => tracing::info!(connection = served, "{name}: frontend disconnected"),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => tracing::info!(connection = served, "{name}: frontend disconnected"),
             Err(e) => tracing::warn!(connection = served, "{name}: connection ended: {e}"),
         }
+        if let Some(t) = relay {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("{name}: relay ended: {e}"),
+                Err(_) => tracing::warn!("{name}: relay thread panicked"),
+            }
+        }
         drop(daemon);
+        // SAFETY: the daemon is dropped: its handler joined the worker threads, which were the only
+        // users of the exit events.
+        unsafe { backend.exit_events().close_all() };
         drop(backend);
         tracing::debug!(connection = served, "{name}: connection state released");
     }
@@ -110,6 +209,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -18,7 +18,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{Connection, Memory, Vring, exit_event, features};
+use super::{Connection, DaemonBackend, ExitEvents, Memory, Vring, features};
 use crate::net::{PortId, QueuedPort, Switch};
 
 /// Size of the virtio-net header with VERSION_1.
@@ -51,6 +51,7 @@ pub struct VhostNet {
     ready: Arc<EventFd>,
     mem: Memory,
     event_idx: AtomicBool,
+    exit: ExitEvents,
     /// A frame popped from the port that found no receive buffer yet.
     held: Mutex<Option<Vec<u8>>>,
     stats: NetStats,
@@ -87,6 +88,7 @@ impl VhostNet {
             ready,
             mem,
             event_idx: AtomicBool::new(false),
+            exit: ExitEvents::default(),
             held: Mutex::new(None),
             stats: NetStats::default(),
         })
@@ -148,8 +150,9 @@ impl VhostNet {
         }
     }
 
-    /// Moves queued frames into receive buffers until one side runs out.
-    fn process_rx(&self, vring: &Vring) -> io::Result<()> {
+    /// Moves queued frames into receive buffers until one side runs out. `Ok(true)` when a frame is
+    /// left waiting for a buffer.
+    fn process_rx(&self, vring: &Vring) -> io::Result<bool> {
         let mem = self.mem.memory();
         let mut held = self.held.lock().expect("held frame lock");
         let mut delivered = false;
@@ -160,7 +163,10 @@ impl VhostNet {
             };
             let Some(chain) = chain else {
                 *held = Some(frame);
-                break;
+                if delivered {
+                    Self::signal(vring);
+                }
+                return Ok(true);
             };
             let head = chain.head_index();
             let mut hdr = [0u8; NET_HDR_LEN];
@@ -195,7 +201,22 @@ impl VhostNet {
         if delivered {
             Self::signal(vring);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Delivers what can be delivered. Receive buffers only matter while a frame waits for one, so
+    /// only then does it ask the driver for a kick (and re-checks, in case buffers came meanwhile).
+    fn rx(&self, vring: &Vring) -> io::Result<()> {
+        loop {
+            if !self.process_rx(vring)? {
+                return Ok(());
+            }
+            if !self.event_idx.load(Ordering::Relaxed)
+                || !vring.enable_notification().map_err(io::Error::other)?
+            {
+                return Ok(());
+            }
+        }
     }
 
     fn with_event_idx(&self, vring: &Vring, f: impl Fn(&Vring) -> io::Result<()>) -> io::Result<()> {
@@ -218,6 +239,12 @@ impl Drop for VhostNet {
     }
 }
 
+impl DaemonBackend for VhostNet {
+    fn exit_events(&self) -> &ExitEvents {
+        &self.exit
+    }
+}
+
 impl VhostUserBackend for VhostNet {
     type Bitmap = ();
     type Vring = Vring;
@@ -231,6 +258,7 @@ impl VhostUserBackend for VhostNet {
     }
 
     fn features(&self) -> u64 {
+        // QEMU (>= 7.2) cannot start vhost-user-net without VHOST_USER_F_PROTOCOL_FEATURES.
         features::VERSION_1 | features::INDIRECT_DESC | features::EVENT_IDX | features::PROTOCOL_FEATURES
     }
 
@@ -248,7 +276,7 @@ impl VhostUserBackend for VhostNet {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        exit_event()
+        self.exit.create()
     }
 
     fn handle_event(
@@ -258,16 +286,17 @@ impl VhostUserBackend for VhostNet {
         vrings: &[Vring],
         _thread_id: usize,
     ) -> io::Result<()> {
+        tracing::trace!(device_event, "vhost-user-net: event");
         match device_event {
             e if e as usize == TX => {
                 self.with_event_idx(&vrings[TX], |v| self.process_tx(v))?;
                 // The echo peer answers synchronously: hand its replies over without another wakeup.
-                self.with_event_idx(&vrings[RX], |v| self.process_rx(v))
+                self.rx(&vrings[RX])
             }
-            e if e as usize == RX => self.with_event_idx(&vrings[RX], |v| self.process_rx(v)),
+            e if e as usize == RX => self.rx(&vrings[RX]),
             RX_READY_EVENT => {
                 let _ = self.ready.read();
-                self.with_event_idx(&vrings[RX], |v| self.process_rx(v))
+                self.rx(&vrings[RX])
             }
             e => Err(io::Error::other(format!("unknown device event {e}"))),
         }
@@ -282,6 +311,10 @@ pub struct NetConnections {
 }
 
 impl Connection<VhostNet> for NetConnections {
+    fn relayed(&self) -> bool {
+        true
+    }
+
     fn backend(&mut self, mem: &Memory) -> crate::Result<Arc<VhostNet>> {
         Ok(Arc::new(VhostNet::attach(&self.switch, mem.clone())?))
     }
