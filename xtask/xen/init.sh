@@ -39,6 +39,11 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /run /tmp /var/log/xen/console /var/lib/xen/dump
 mount -t devpts devpts /dev/pts
+# What udev would add; the hotplug scripts' locking stats /dev/stdin.
+ln -s /proc/self/fd /dev/fd
+ln -s fd/0 /dev/stdin
+ln -s fd/1 /dev/stdout
+ln -s fd/2 /dev/stderr
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 ln -s /run /var/run
@@ -116,10 +121,12 @@ run_scenario() {
             [ -f "$dir/running" ] && . "$dir/running"
         fi
         if ! kill -0 "$xl_pid" 2>/dev/null; then
+            wait "$xl_pid"
+            status=$?
             code=$(sed -n 's/.*has shut down, reason code \([0-9]*\).*/\1/p' "$out" | head -n 1)
             if [ -n "$code" ]; then
                 reason=$(reason_name "$code")
-            elif [ -z "$created" ]; then
+            elif [ -z "$created" ] || [ "$status" != 0 ]; then
                 reason=create-failed
             else
                 reason=unknown
@@ -139,7 +146,10 @@ run_scenario() {
     wait "$xl_pid" 2>/dev/null
     if [ "$reason" != poweroff ]; then
         sed "s/^/PVKIT-XEN SCENARIO $name NOTE xl: /" "$out"
+        [ -f /var/log/xen/xen-hotplug.log ] &&
+            tail -n 20 /var/log/xen/xen-hotplug.log | sed "s/^/PVKIT-XEN SCENARIO $name NOTE hotplug: /"
     fi
+    rm -f /var/log/xen/xen-hotplug.log
     dump_console "$name"
     [ -f "$dir/post" ] && . "$dir/post"
     say "SCENARIO $name END reason=$reason run_ms=$run_ms"

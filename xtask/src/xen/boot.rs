@@ -28,6 +28,8 @@ pub struct Machine {
     pub xen: PathBuf,
     pub dom0_kernel: PathBuf,
     pub dom0_initramfs: PathBuf,
+    /// Disk images given to dom0 as virtio disks (`/dev/vda`, `/dev/vdb`, ... in this order).
+    pub drives: Vec<PathBuf>,
     pub timeout: Duration,
 }
 
@@ -55,6 +57,19 @@ impl Machine {
             DOM0_CMDLINE.replace(',', ",,"),
             self.dom0_initramfs.display()
         ));
+        for (i, d) in self.drives.iter().enumerate() {
+            if d.to_string_lossy().contains(',') {
+                bail!(
+                    "{} contains a comma, which QEMU's -drive option cannot carry",
+                    d.display()
+                );
+            }
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=disk{i},cache=unsafe",
+                d.display()
+            ));
+            cmd.args(["-device", &format!("virtio-blk-pci,drive=disk{i}")]);
+        }
         Ok(cmd)
     }
 }

@@ -22,7 +22,8 @@ pub const XEN_BIN: &str = "usr/lib/xen-4.17/bin";
 /// Programs of the toolstack the init script starts, under [`XEN_BIN`].
 const XEN_PROGRAMS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0"];
 /// Kernel modules, loaded in this order (each after its `depends=`): event channels, grant devices,
-/// privcmd (before xenfs), the two kernel backends, and loop devices for `phy:` disks.
+/// privcmd (before xenfs), the two kernel backends, loop devices for `phy:` disks, and virtio disks
+/// (the host-checked images under the loop devices).
 pub const MODULES: &[&str] = &[
     "xen-evtchn",
     "xen-gntdev",
@@ -32,6 +33,8 @@ pub const MODULES: &[&str] = &[
     "xen-blkback",
     "xen-netback",
     "loop",
+    "virtio_pci",
+    "virtio_blk",
 ];
 /// Library directories of the unpacked tree, searched in this order; libraries land in the first.
 const LIB_DIRS: &[&str] = &[
@@ -227,6 +230,11 @@ impl Image {
 /// The modules of [`MODULES`] and their dependencies, as paths inside the kernel's module tree, in
 /// load order (dependencies first).
 pub fn module_order(tree: &Path, kver: &str) -> Result<Vec<String>> {
+    module_paths(tree, kver, MODULES)
+}
+
+/// `modules` and their dependencies, as paths inside the kernel's module tree, in load order.
+pub fn module_paths(tree: &Path, kver: &str, modules: &[&str]) -> Result<Vec<String>> {
     let base = format!("lib/modules/{kver}");
     let mut by_name: BTreeMap<String, String> = BTreeMap::new();
     let mut stack = vec![format!("{base}/kernel")];
@@ -266,7 +274,7 @@ pub fn module_order(tree: &Path, kver: &str) -> Result<Vec<String>> {
         order.push(rel.clone());
         Ok(())
     }
-    for m in MODULES {
+    for m in modules {
         visit(tree, m, &by_name, &mut seen, &mut order)?;
     }
     Ok(order)
@@ -277,6 +285,7 @@ pub fn base(tree: &Path, kver: &str) -> Result<Image> {
     let mut img = Image::default();
     img.busybox(tree)?;
     img.program(tree, "bin/bash", "bin/bash")?;
+    img.program(tree, "usr/bin/flock", "usr/bin/flock")?;
     for p in XEN_PROGRAMS {
         let rel = format!("{XEN_BIN}/{p}");
         img.program(tree, &rel, &rel)?;

@@ -27,6 +27,7 @@ use clap::Args;
 use self::dom0::Payload;
 use self::report::HarnessReport;
 use self::scenario::{Bundle, DomainSpec, XenScenario};
+use crate::disk::DiskImage;
 use crate::{provision, table, workspace};
 
 /// `cargo xtask xen`: run Xen scenarios in one Xen boot.
@@ -119,6 +120,7 @@ pub fn run_harness(
         xen,
         dom0_kernel: vmlinuz,
         dom0_initramfs: initramfs,
+        drives: bundle.slots.iter().flatten().map(|s| s.image.clone()).collect(),
         timeout,
     };
     eprintln!("$ {}", workspace::display_command(&machine.command()?));
@@ -135,7 +137,7 @@ pub fn run_harness(
 /// The scenario files, the guest and the Linux domU into dom0's image.
 fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Path) -> Result<()> {
     let mut list = String::new();
-    for s in &bundle.specs {
+    for (s, slot) in bundle.specs.iter().zip(&bundle.slots) {
         if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             bail!(
                 "scenario name {:?} must be non-empty ASCII letters, digits and '-'",
@@ -146,19 +148,43 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
         list.push('\n');
         let dir = format!("pvkit/s/{}", s.name);
         let text = |t: &str| Payload::Bytes(t.as_bytes().to_vec());
-        img.add(&format!("{dir}/domain.cfg"), 0o644, text(&s.xl_config()));
+        img.add(
+            &format!("{dir}/domain.cfg"),
+            0o644,
+            text(&s.xl_config(slot.as_ref())),
+        );
         img.add(
             &format!("{dir}/timeout"),
             0o644,
             text(&format!("{}\n", s.timeout.as_secs().max(1))),
         );
-        for (file, body) in [("pre", &s.pre), ("running", &s.running), ("post", &s.post)] {
-            if let Some(body) = body {
-                img.add(&format!("{dir}/{file}"), 0o644, text(body));
+        let mut pre = String::new();
+        let mut post = String::new();
+        if let (Some(slot), Some(disk)) = (slot, s.host_disk) {
+            DiskImage::create(&slot.image, disk.sectors, disk.fill_seed)?;
+            pre.push_str(&scenario::disk_pre(slot));
+            post.push_str(&scenario::disk_post(slot));
+        }
+        pre.extend(s.pre.clone());
+        post.extend(s.post.clone());
+        for (file, body) in [
+            ("pre", Some(pre)),
+            ("running", s.running.clone()),
+            ("post", Some(post)),
+        ] {
+            if let Some(body) = body.filter(|b| !b.is_empty()) {
+                img.add(&format!("{dir}/{file}"), 0o644, text(&body));
             }
         }
     }
     img.add("pvkit/scenarios", 0o644, Payload::Bytes(list.into_bytes()));
+    if bundle.specs.iter().any(|s| !s.vifs.is_empty()) {
+        img.add(
+            scenario::VIF_SCRIPT_PATH,
+            0o755,
+            Payload::Bytes(scenario::vif_script().into_bytes()),
+        );
+    }
     if let Some(guest) = &bundle.guest {
         if !guest.is_file() {
             bail!("guest ELF {} does not exist", guest.display());
@@ -178,12 +204,26 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
             0o755,
             Payload::Bytes(scenario::LINUX_DOMU_INIT.as_bytes().to_vec()),
         );
-        domu.add("proc/.keep", 0o644, Payload::Bytes(Vec::new()));
+        let kver = tree_kernel_version(vmlinuz)?;
+        for m in dom0::module_paths(tree, &kver, scenario::LINUX_DOMU_MODULES)? {
+            let name = m.rsplit('/').next().expect("a path has a last part");
+            domu.add(&format!("modules/{name}"), 0o644, Payload::File(tree.join(&m)));
+        }
         let path = cache_dir().join("linux-domu-initramfs.cpio");
         domu.write(&path)?;
         img.add(scenario::LINUX_INITRD_PATH, 0o644, Payload::File(path));
     }
     Ok(())
+}
+
+/// `6.1.0-N-amd64` from `.../vmlinuz-6.1.0-N-amd64`.
+fn tree_kernel_version(vmlinuz: &Path) -> Result<String> {
+    vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .map(str::to_owned)
+        .with_context(|| format!("no kernel version in {}", vmlinuz.display()))
 }
 
 /// A per-run value the Linux self-check must echo (so an old log cannot pass).
@@ -203,7 +243,7 @@ pub struct Row {
 }
 
 /// Checks every scenario of a finished harness run.
-pub fn rows(h: &Harness, scenarios: &[XenScenario], nonce: &str) -> Vec<Row> {
+pub fn rows(h: &Harness, bundle: &Bundle, scenarios: &[XenScenario], nonce: &str) -> Vec<Row> {
     let boot_problem = boot_problem(h);
     scenarios
         .iter()
@@ -218,7 +258,7 @@ pub fn rows(h: &Harness, scenarios: &[XenScenario], nonce: &str) -> Vec<Row> {
                         .unwrap_or_default()
                 )),
                 Some(r) => {
-                    let problems = s.check(r, nonce);
+                    let problems = s.check(r, nonce, bundle.slot(name));
                     if problems.is_empty() {
                         Ok(())
                     } else {
@@ -331,6 +371,7 @@ pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
         cmdline: words.join(" "),
         memory_mib: scenario::GUEST_MEMORY_MIB,
         disks: Vec::new(),
+        host_disk: None,
         vifs: Vec::new(),
         timeout: Duration::from_secs_f64(args.timeout),
         pre: None,
@@ -343,9 +384,8 @@ pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
     );
     let log = workspace::log_dir().join("xen-run.log");
     let quiet = args.quiet;
-    let h = run_harness(&Bundle::new(vec![spec], Some(kernel)), &log, None, |l| {
-        show_line(l, quiet)
-    })?;
+    let bundle = Bundle::new(vec![spec], Some(kernel), &cache_dir().join("disks"));
+    let h = run_harness(&bundle, &log, None, |l| show_line(l, quiet))?;
     let Some(r) = h.report.scenario("run") else {
         print_timings(&h);
         println!("log: {}", log.display());
@@ -415,13 +455,14 @@ pub fn test_suite(log: &Path) -> Result<Vec<Row>> {
     } else {
         None
     };
-    let h = run_harness(&Bundle::new(specs, guest), log, None, |l| {
+    let bundle = Bundle::new(specs, guest, &cache_dir().join("disks"));
+    let h = run_harness(&bundle, log, None, |l| {
         if let Some(at) = l.find("PVKIT-XEN SCENARIO ") {
             eprintln!("    [xen] {}", &l[at + "PVKIT-XEN ".len()..]);
         }
     })?;
     print_timings(&h);
-    Ok(rows(&h, scenarios, &nonce))
+    Ok(rows(&h, &bundle, scenarios, &nonce))
 }
 
 /// `cargo xtask xen`.
@@ -439,13 +480,13 @@ pub fn xen(args: &XenArgs) -> Result<i32> {
         (Some(k), true) => Some(k.clone()),
         (None, true) => Some(workspace::build_guest()?),
     };
-    let bundle = Bundle::new(specs, guest);
+    let bundle = Bundle::new(specs, guest, &cache_dir().join("disks"));
     let log = workspace::log_dir().join("xen.log");
     let quiet = args.quiet;
     let h = run_harness(&bundle, &log, args.timeout.map(Duration::from_secs_f64), |l| {
         show_line(l, quiet)
     })?;
-    let rows = rows(&h, &scenarios, &nonce);
+    let rows = rows(&h, &bundle, &scenarios, &nonce);
     println!();
     let cells: Vec<Vec<String>> = rows
         .iter()

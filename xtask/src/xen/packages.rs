@@ -40,6 +40,8 @@ pub const PACKAGES: &[&str] = &[
     "libuuid1",
     "zlib1g",
     "libzstd1",
+    // flock(1), which the hotplug scripts' locking.sh needs (busybox has none).
+    "util-linux",
 ];
 
 /// One package file as apt would fetch it.

@@ -38,6 +38,27 @@ pub const GUEST_PATH: &str = "/pvkit/guest";
 pub const LINUX_KERNEL_PATH: &str = "/pvkit/linux/vmlinuz";
 pub const LINUX_INITRD_PATH: &str = "/pvkit/linux/initrd";
 
+/// A disk image the host creates (pre-filled with `crate::disk`'s host pattern) and checks after
+/// the run. It is attached to the Xen machine as a virtio disk; dom0 puts a loop device on it and
+/// hands that to the domU as a `phy:` disk (so Linux's kernel blkback serves it), then reports the
+/// image's SHA-256 as dom0 sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostDisk {
+    pub sectors: u64,
+    pub fill_seed: u64,
+}
+
+/// Where a scenario's [`HostDisk`] shows up (assigned when the bundle is built).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSlot {
+    /// The image file on the host.
+    pub image: PathBuf,
+    /// dom0's device for the virtio disk (`/dev/vda`, ...).
+    pub dom0_dev: String,
+    /// The loop device on it (`/dev/loop0`, ...).
+    pub loop_dev: String,
+}
+
 /// One domU run inside the harness boot.
 #[derive(Debug, Clone)]
 pub struct DomainSpec {
@@ -47,6 +68,8 @@ pub struct DomainSpec {
     pub memory_mib: u32,
     /// xl disk specifications (`format=raw, vdev=xvda, access=rw, target=/dev/loop0`).
     pub disks: Vec<String>,
+    /// A host-checked disk, given to the domU as `xvda` (in addition to `disks`).
+    pub host_disk: Option<HostDisk>,
     /// xl vif specifications.
     pub vifs: Vec<String>,
     /// dom0 destroys the domain after this long.
@@ -60,8 +83,8 @@ pub struct DomainSpec {
 }
 
 impl DomainSpec {
-    /// The xl configuration file.
-    pub fn xl_config(&self) -> String {
+    /// The xl configuration file; `slot` is where the host disk landed, if the spec has one.
+    pub fn xl_config(&self, slot: Option<&DiskSlot>) -> String {
         let mut c = String::new();
         let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(c, "name = \"{}\"", q(&self.name));
@@ -86,7 +109,14 @@ impl DomainSpec {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(c, "disk = [ {} ]", list(&self.disks));
+        let mut disks = self.disks.clone();
+        if let Some(slot) = slot {
+            disks.push(format!(
+                "format=raw, vdev=xvda, access=rw, target={}",
+                slot.loop_dev
+            ));
+        }
+        let _ = writeln!(c, "disk = [ {} ]", list(&disks));
         let _ = writeln!(c, "vif = [ {} ]", list(&self.vifs));
         c
     }
@@ -118,6 +148,7 @@ impl XenScenario {
             cmdline,
             memory_mib: GUEST_MEMORY_MIB,
             disks: Vec::new(),
+            host_disk: None,
             vifs: Vec::new(),
             timeout: Duration::from_secs(60),
             pre: None,
@@ -129,30 +160,93 @@ impl XenScenario {
                 kernel: Kernel::Linux,
                 memory_mib: LINUX_MEMORY_MIB,
                 timeout: Duration::from_secs(90),
-                ..base(self.name(), format!("console=hvc0 quiet pvkit.nonce={nonce}"))
+                host_disk: Some(HostDisk {
+                    sectors: SELFCHECK_DISK_SECTORS,
+                    fill_seed: 0x5e1f,
+                }),
+                vifs: vec![format!("mac={LINUX_DOMU_MAC}, script={VIF_SCRIPT_PATH}")],
+                ..base(
+                    self.name(),
+                    format!(
+                        "console=hvc0 quiet pvkit.nonce={nonce} pvkit.ip={DOMU_IP} pvkit.peer={DOM0_IP} \
+                         pvkit.pings={SELFCHECK_PINGS}"
+                    ),
+                )
             },
             XenScenario::Hello => base(self.name(), "tests=hello".to_owned()),
         }
     }
 
-    /// What is wrong with this scenario's report (empty: passed).
-    pub fn check(self, r: &ScenarioReport, nonce: &str) -> Vec<String> {
+    /// What is wrong with this scenario's report (empty: passed). `nonce` is the run's nonce,
+    /// `disk` the host disk's slot (its image is read after the run).
+    pub fn check(self, r: &ScenarioReport, nonce: &str, disk: Option<&DiskSlot>) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(slot) = disk {
+            check_image_digest(r, slot, &mut problems);
+        }
         match self {
             XenScenario::LinuxSelfcheck => {
                 expect_end(r, "poweroff", &mut problems);
-                let want = format!("PVKIT-SELFCHECK nonce={nonce}");
-                if !r.console.iter().any(|l| l.trim() == want) {
-                    problems.push(format!(
-                        "the Linux domU's console ({} lines) lacks `{want}`",
-                        r.console.len()
-                    ));
+                let has = |want: &str| r.console.iter().any(|l| l.trim() == want);
+                for want in [
+                    format!("PVKIT-SELFCHECK nonce={nonce}"),
+                    format!("PVKIT-SELFCHECK ping={SELFCHECK_PINGS}/{SELFCHECK_PINGS}"),
+                ] {
+                    if !has(&want) {
+                        problems.push(format!(
+                            "the Linux domU's console ({} lines) lacks `{want}`",
+                            r.console.len()
+                        ));
+                    }
+                }
+                match disk.map(|d| std::fs::read(&d.image)) {
+                    Some(Ok(img)) => {
+                        let want = format!("PVKIT-SELFCHECK-DISK nonce={nonce}\n");
+                        if !img.starts_with(want.as_bytes()) {
+                            problems.push(format!(
+                                "the disk image does not start with {want:?} (the domU's write through \
+                                 blkfront/blkback/loop did not reach it): {:?}",
+                                String::from_utf8_lossy(&img[..img.len().min(48)])
+                            ));
+                        }
+                    }
+                    Some(Err(e)) => problems.push(format!("reading the disk image: {e}")),
+                    None => problems.push("the self-check has no host disk".to_owned()),
                 }
             }
             XenScenario::Hello => check_guest(r, &["hello"], &mut problems),
         }
         problems
     }
+}
+
+/// dom0's SHA-256 of the image (after the domU and the loop device are gone) must equal the host's.
+fn check_image_digest(r: &ScenarioReport, slot: &DiskSlot, problems: &mut Vec<String>) {
+    let Some(dom0) = r.checks.get("image_sha256") else {
+        problems.push("dom0 reported no image_sha256".to_owned());
+        return;
+    };
+    match sha256_file(&slot.image) {
+        Ok(host) if host == dom0 => {}
+        Ok(host) => problems.push(format!(
+            "dom0 read image_sha256={dom0} from {}, the host file {} has {host}",
+            slot.dom0_dev,
+            slot.image.display()
+        )),
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+}
+
+/// The SHA-256 of a file, from the host's `sha256sum` (coreutils).
+pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("running sha256sum")?;
+    anyhow::ensure!(out.status.success(), "sha256sum {} failed", path.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
 /// Expects the domU to have shut down with `reason`.
@@ -230,6 +324,8 @@ pub fn check_guest(r: &ScenarioReport, tests: &[&str], problems: &mut Vec<String
 /// The files of a harness run that go into dom0's initramfs besides the base system.
 pub struct Bundle {
     pub specs: Vec<DomainSpec>,
+    /// Per spec: where its host disk is (the images live in `disk_dir`).
+    pub slots: Vec<Option<DiskSlot>>,
     /// Our guest ELF, if a scenario boots it.
     pub guest: Option<PathBuf>,
     /// Whether a scenario boots Linux (ship the kernel and the domU initramfs).
@@ -237,22 +333,121 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    pub fn new(specs: Vec<DomainSpec>, guest: Option<PathBuf>) -> Self {
+    /// Assigns each host disk, in order, the next virtio disk of dom0 and the next loop device.
+    pub fn new(specs: Vec<DomainSpec>, guest: Option<PathBuf>, disk_dir: &std::path::Path) -> Self {
         let linux = specs.iter().any(|s| s.kernel == Kernel::Linux);
-        Bundle { specs, guest, linux }
+        let mut n = 0u8;
+        let slots = specs
+            .iter()
+            .map(|s| {
+                s.host_disk?;
+                let slot = DiskSlot {
+                    image: disk_dir.join(format!("{}.img", s.name)),
+                    dom0_dev: format!("/dev/vd{}", char::from(b'a' + n)),
+                    loop_dev: format!("/dev/loop{n}"),
+                };
+                n += 1;
+                Some(slot)
+            })
+            .collect();
+        Bundle {
+            specs,
+            slots,
+            guest,
+            linux,
+        }
+    }
+
+    /// The slot of scenario `name`'s host disk.
+    pub fn slot(&self, name: &str) -> Option<&DiskSlot> {
+        self.specs
+            .iter()
+            .position(|s| s.name == name)
+            .and_then(|i| self.slots[i].as_ref())
     }
 }
 
-/// The init of the harness's Linux domU: echo the nonce from the command line, power off.
-pub const LINUX_DOMU_INIT: &str = "#!/bin/sh
+/// dom0 shell run before `xl create` for a host disk: the loop device over the virtio disk.
+pub fn disk_pre(slot: &DiskSlot) -> String {
+    format!(
+        "losetup {loop_dev} {dev} || note \"losetup {loop_dev} {dev} failed\"\n",
+        loop_dev = slot.loop_dev,
+        dev = slot.dom0_dev
+    )
+}
+
+/// dom0 shell run after the domain is gone: detach, flush, report the image's digest.
+pub fn disk_post(slot: &DiskSlot) -> String {
+    format!(
+        "losetup -d {loop_dev} || note \"losetup -d {loop_dev} failed\"\n\
+         sync\n\
+         check image_sha256=$(sha256sum {dev} | cut -d' ' -f1)\n",
+        loop_dev = slot.loop_dev,
+        dev = slot.dom0_dev
+    )
+}
+
+/// Sectors of the self-check's disk.
+const SELFCHECK_DISK_SECTORS: u64 = 2048;
+/// ICMP echo requests the self-check sends to dom0.
+const SELFCHECK_PINGS: u32 = 3;
+/// The MAC of the Linux domU's vif (Xen's OUI 00:16:3e).
+const LINUX_DOMU_MAC: &str = "00:16:3e:00:00:02";
+/// dom0's vif hotplug script (see [`VIF_SCRIPT`]).
+pub const VIF_SCRIPT_PATH: &str = "/pvkit/vif-pvkit";
+/// dom0's address on every vif; the domU side is [`DOMU_IP`] (one /24, scenarios run in turn).
+pub const DOM0_IP: &str = "10.99.0.1";
+pub const DOMU_IP: &str = "10.99.0.2";
+
+/// dom0's vif hotplug script: instead of a bridge, dom0's end of the vif gets [`DOM0_IP`]/24, so
+/// dom0's own kernel answers the domU's ARP and ICMP echo requests. libxl runs it with `online` /
+/// `offline` and `$vif`, `$XENBUS_PATH` in the environment, and waits for `hotplug-status`.
+pub fn vif_script() -> String {
+    format!(
+        "#!/bin/sh
+# pvkit dom0 vif hotplug script (xtask/src/xen/scenario.rs)
+case $1 in
+online | add)
+    ip link set dev \"$vif\" up &&
+        ip addr add {DOM0_IP}/24 dev \"$vif\" &&
+        xenstore-write \"$XENBUS_PATH/hotplug-status\" connected ||
+        xenstore-write \"$XENBUS_PATH/hotplug-status\" error
+    ;;
+offline | remove)
+    ip link set dev \"$vif\" down 2>/dev/null
+    ;;
+esac
+exit 0
+"
+    )
+}
+
+/// Kernel modules the Linux domU loads (from its initramfs, by path).
+pub const LINUX_DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront"];
+
+/// The init of the harness's Linux domU: write the nonce to the start of its disk, ping dom0 over
+/// its vif, echo the nonce; everything it needs comes from the command line (`pvkit.*=`).
+pub const LINUX_DOMU_INIT: &str = r#"#!/bin/sh
+mkdir -p /proc /sys /dev
 mount -t proc proc /proc
-nonce=
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
 for w in $(cat /proc/cmdline); do
-    case $w in pvkit.nonce=*) nonce=${w#pvkit.nonce=} ;; esac
+    case $w in pvkit.*=*) k=${w%%=*}; eval "${k#pvkit.}=\${w#*=}" ;; esac
 done
-echo \"PVKIT-SELFCHECK nonce=$nonce\"
+for ko in /modules/*.ko; do insmod "$ko"; done
+for _ in $(seq 50); do [ -b /dev/xvda ] && [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+printf 'PVKIT-SELFCHECK-DISK nonce=%s
+' "$nonce" | dd of=/dev/xvda bs=512 conv=sync,fsync 2>/dev/null &&
+    echo "PVKIT-SELFCHECK disk=written"
+sync
+ip link set dev eth0 up
+ip addr add "$ip/24" dev eth0
+got=$(ping -c "$pings" -W 5 "$peer" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+echo "PVKIT-SELFCHECK ping=${got:-0}/$pings"
+echo "PVKIT-SELFCHECK nonce=$nonce"
 poweroff -f
-";
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -264,15 +459,23 @@ mod tests {
         let mut s = XenScenario::Hello.spec("n");
         s.cmdline = "tests=hello x=\"q\"".into();
         s.disks = vec!["format=raw, vdev=xvda, access=rw, target=/dev/loop0".into()];
-        let c = s.xl_config();
+        let slot = DiskSlot {
+            image: PathBuf::from("/i.img"),
+            dom0_dev: "/dev/vda".into(),
+            loop_dev: "/dev/loop3".into(),
+        };
+        let c = s.xl_config(Some(&slot));
         assert!(c.contains("name = \"hello\"\n"), "{c}");
         assert!(c.contains("type = \"pv\"\n"));
         assert!(c.contains(&format!("kernel = \"{GUEST_PATH}\"\n")));
         assert!(c.contains("extra = \"tests=hello x=\\\"q\\\"\"\n"));
-        assert!(c.contains("disk = [ \"format=raw, vdev=xvda, access=rw, target=/dev/loop0\" ]\n"));
+        assert!(c.contains(
+            "disk = [ \"format=raw, vdev=xvda, access=rw, target=/dev/loop0\", \
+             \"format=raw, vdev=xvda, access=rw, target=/dev/loop3\" ]\n"
+        ));
         assert!(c.contains("vif = [  ]\n"));
         assert!(!c.contains("ramdisk"));
-        let l = XenScenario::LinuxSelfcheck.spec("abc").xl_config();
+        let l = XenScenario::LinuxSelfcheck.spec("abc").xl_config(None);
         assert!(l.contains(&format!("ramdisk = \"{LINUX_INITRD_PATH}\"")));
         assert!(l.contains("pvkit.nonce=abc"));
     }
@@ -282,31 +485,55 @@ mod tests {
     }
 
     #[test]
-    fn selfcheck_needs_the_nonce_and_a_poweroff() {
-        let good = "PVKIT-XEN SCENARIO linux-selfcheck BEGIN\n\
-                    PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK nonce=42\n\
-                    PVKIT-XEN SCENARIO linux-selfcheck END reason=poweroff run_ms=9000\n";
-        let r = report(good);
-        let s = r.scenario("linux-selfcheck").unwrap();
-        assert!(XenScenario::LinuxSelfcheck.check(s, "42").is_empty());
+    fn selfcheck_needs_nonce_ping_disk_digest_and_poweroff() {
+        let dir = std::env::temp_dir().join(format!("pvkit-xen-selfcheck-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("disk.img");
+        let mut bytes = b"PVKIT-SELFCHECK-DISK nonce=42\n".to_vec();
+        bytes.resize(4096, 0xa5);
+        std::fs::write(&image, &bytes).unwrap();
+        let digest = sha256_file(&image).unwrap();
+        assert_eq!(digest.len(), 64);
+        let slot = DiskSlot {
+            image: image.clone(),
+            dom0_dev: "/dev/vda".into(),
+            loop_dev: "/dev/loop0".into(),
+        };
+        let log = |reason: &str, digest: &str, ping: &str| {
+            format!(
+                "PVKIT-XEN SCENARIO linux-selfcheck BEGIN\n\
+                 PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK ping={ping}\n\
+                 PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK nonce=42\n\
+                 PVKIT-XEN SCENARIO linux-selfcheck CHECK image_sha256={digest}\n\
+                 PVKIT-XEN SCENARIO linux-selfcheck END reason={reason} run_ms=9000\n"
+            )
+        };
+        let check = |text: String, nonce: &str| {
+            let r = report(&text);
+            XenScenario::LinuxSelfcheck.check(r.scenario("linux-selfcheck").unwrap(), nonce, Some(&slot))
+        };
+        assert_eq!(check(log("poweroff", &digest, "3/3"), "42"), Vec::<String>::new());
         assert!(
-            !XenScenario::LinuxSelfcheck.check(s, "43").is_empty(),
+            !check(log("poweroff", &digest, "3/3"), "43").is_empty(),
             "stale nonce"
         );
-        let crashed = good.replace("reason=poweroff", "reason=crash");
-        let r = report(&crashed);
+        assert!(!check(log("crash", &digest, "3/3"), "42").is_empty());
+        assert!(!check(log("timeout", &digest, "3/3"), "42").is_empty());
         assert!(
-            !XenScenario::LinuxSelfcheck
-                .check(r.scenario("linux-selfcheck").unwrap(), "42")
-                .is_empty()
+            !check(log("poweroff", &digest, "0/3"), "42").is_empty(),
+            "no ping answers"
         );
-        let timeout = good.replace("reason=poweroff", "reason=timeout");
-        let r = report(&timeout);
         assert!(
-            !XenScenario::LinuxSelfcheck
-                .check(r.scenario("linux-selfcheck").unwrap(), "42")
-                .is_empty()
+            !check(log("poweroff", &"0".repeat(64), "3/3"), "42").is_empty(),
+            "dom0 digest differs"
         );
+        std::fs::write(&image, vec![0u8; 4096]).unwrap();
+        let zero_digest = sha256_file(&image).unwrap();
+        assert!(
+            !check(log("poweroff", &zero_digest, "3/3"), "42").is_empty(),
+            "nonce not on disk"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -330,7 +557,7 @@ mod tests {
         };
         let check = |text: String| {
             let r = report(&text);
-            XenScenario::Hello.check(r.scenario("hello").unwrap(), "")
+            XenScenario::Hello.check(r.scenario("hello").unwrap(), "", None)
         };
         assert_eq!(check(log(&lines, "poweroff")), Vec::<String>::new());
         assert!(!check(log(&lines, "crash")).is_empty());
