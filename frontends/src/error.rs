@@ -127,16 +127,12 @@ pub enum Error {
     /// A shared ring, grant or notification failed (`ring_protocol`'s error).
     #[error("ring protocol: {0}")]
     Ring(ring_protocol::Error),
-    /// The XenStore daemon answered a request with an error.
-    #[error("xenstore {op} '{path}' failed: {kind}")]
-    XenStore {
-        /// The request (`read`, `write`, `transaction_end`, ...).
-        op: &'static str,
-        /// The path it named.
-        path: alloc::string::String,
-        /// The daemon's error.
-        kind: crate::xen::xenstore::XsErrorKind,
-    },
+    /// The XenStore daemon answered a request with an error (boxed to keep this enum small).
+    #[error("{0}")]
+    XenStore(alloc::boxed::Box<crate::xen::xenstore::XsFailure>),
+    /// A Xen backend did not reach the awaited xenbus state in time (boxed, as above).
+    #[error("{0}")]
+    XenbusTimeout(alloc::boxed::Box<crate::xen::xenbus::XenbusTimeout>),
     /// A hypercall of the platform failed.
     #[error("hypercall {op} failed with {rc}")]
     Hypercall {

@@ -1,9 +1,11 @@
 //! Xen split-driver frontends (issue 4), on top of `ring_protocol`:
 //! - [`xenstore`]: the XenStore client (read, write, directory, watches, transactions).
 //! - [`grant`]: grant tables v1 (grant, end access with in-use detection, free list).
+//! - [`xenbus`]: device enumeration and the frontend state machine.
 //!
 //! What they need from the platform comes in as small pieces: a [`ring_protocol::platform::Notify`]
 //! (an event channel send), a [`crate::wait::Waiter`] (clock and idle), and the ring pages.
 
 pub mod grant;
+pub mod xenbus;
 pub mod xenstore;

@@ -182,12 +182,37 @@ impl<N: Notify> fmt::Debug for XenStore<N> {
     }
 }
 
+/// A request the XenStore daemon refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XsFailure {
+    /// The request (`read`, `write`, `transaction_end`, ...).
+    pub op: &'static str,
+    /// The path it named.
+    pub path: String,
+    /// The daemon's error.
+    pub kind: XsErrorKind,
+}
+
+impl fmt::Display for XsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "xenstore {} '{}' failed: {}", self.op, self.path, self.kind)
+    }
+}
+
+/// The XenStore error kind of `e`, if it is a refused XenStore request.
+pub fn xs_kind(e: &Error) -> Option<&XsErrorKind> {
+    match e {
+        Error::XenStore(f) => Some(&f.kind),
+        _ => None,
+    }
+}
+
 fn xs_err(op: &'static str, path: &str, kind: XsErrorKind) -> Error {
-    Error::XenStore {
+    Error::XenStore(alloc::boxed::Box::new(XsFailure {
         op,
         path: String::from(path),
         kind,
-    }
+    }))
 }
 
 fn protocol(what: &'static str, value: u64) -> Error {
@@ -519,10 +544,7 @@ impl<N: Notify> XenStore<N> {
             };
             match self.transaction_end(waiter, tx, true) {
                 Ok(()) => return Ok(value),
-                Err(Error::XenStore {
-                    kind: XsErrorKind::Again,
-                    ..
-                }) if attempt < TRANSACTION_RETRIES => {
+                Err(e) if xs_kind(&e) == Some(&XsErrorKind::Again) && attempt < TRANSACTION_RETRIES => {
                     attempt += 1;
                     self.stats.retries += 1;
                 }

@@ -8,7 +8,7 @@
 //! - [`hello_info`]: Xen lines of the `hello` report.
 
 use pvkit_frontends::wait::WaitMode;
-use pvkit_frontends::xen::xenstore::{NO_TX, XsErrorKind};
+use pvkit_frontends::xen::xenstore::{NO_TX, XsErrorKind, xs_kind};
 
 use super::{Outcome, Params, fail};
 use crate::xen;
@@ -150,19 +150,13 @@ pub fn xenstore(params: &Params<'_>) -> Outcome {
         }
         let devices = match xs.directory(&w, NO_TX, "device") {
             Ok(d) => d.join("+"),
-            Err(pvkit_frontends::Error::XenStore {
-                kind: XsErrorKind::NotFound,
-                ..
-            }) => alloc::string::String::from("-"),
+            Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => alloc::string::String::from("-"),
             Err(e) => return Err(e),
         };
         let counter = xs.transaction(&w, |xs, tx| {
             let n = match xs.read_u64(&w, tx, "data/pvkit-counter") {
                 Ok(n) => n,
-                Err(pvkit_frontends::Error::XenStore {
-                    kind: XsErrorKind::NotFound,
-                    ..
-                }) => 0,
+                Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => 0,
                 Err(e) => return Err(e),
             };
             xs.write(

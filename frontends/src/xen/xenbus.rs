@@ -1,0 +1,408 @@
+//! The xenbus device model: finding devices in XenStore and running the frontend half of the
+//! connection handshake.
+//!
+//! A device of kind `k` (`vbd`, `vif`, ...) with id `n` has a frontend directory `device/k/n` in the
+//! guest's home, holding `backend` (the backend directory's path), `backend-id` and the frontend
+//! `state`; the backend directory holds the backend `state` and its feature keys. Both ends step
+//! through [`XenbusState`]: the frontend publishes its rings and says `Initialised`, waits for the
+//! backend's `Connected`, then says `Connected`; teardown goes `Closing` → `Closed` on both sides.
+//! Waiting for the backend uses a watch on its `state` node; every wait has a timeout and fails with
+//! a message naming the device, the state seen and the state awaited.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use ring_protocol::abi::xen::DomId;
+use ring_protocol::platform::Notify;
+
+use super::xenstore::{NO_TX, TxId, XenStore, XsErrorKind, xs_kind};
+use crate::wait::Waiter;
+use crate::{Error, Result};
+
+/// `enum xenbus_state` (`xen/include/public/io/xenbus.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum XenbusState {
+    /// 0: not yet set up.
+    Unknown = 0,
+    /// 1: setting up.
+    Initialising = 1,
+    /// 2: waiting for the other end's details (backend only).
+    InitWait = 2,
+    /// 3: details published (frontend).
+    Initialised = 3,
+    /// 4: connected.
+    Connected = 4,
+    /// 5: tearing down.
+    Closing = 5,
+    /// 6: gone.
+    Closed = 6,
+    /// 7: reconfiguring.
+    Reconfiguring = 7,
+    /// 8: reconfigured.
+    Reconfigured = 8,
+}
+
+impl XenbusState {
+    /// The state for wire value `n` (text in XenStore).
+    pub fn from_number(n: u64) -> Option<Self> {
+        Some(match n {
+            0 => Self::Unknown,
+            1 => Self::Initialising,
+            2 => Self::InitWait,
+            3 => Self::Initialised,
+            4 => Self::Connected,
+            5 => Self::Closing,
+            6 => Self::Closed,
+            7 => Self::Reconfiguring,
+            8 => Self::Reconfigured,
+            _ => return None,
+        })
+    }
+}
+
+/// A device found under `device/<kind>/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenbusDevice {
+    /// `vbd`, `vif`, ...
+    pub kind: String,
+    /// The id (for a vbd, the virtual device number, e.g. 51712 for xvda).
+    pub id: String,
+    /// Frontend directory (relative to the domain's home): `device/<kind>/<id>`.
+    pub frontend: String,
+    /// Backend directory (absolute).
+    pub backend: String,
+    /// The backend's domain.
+    pub backend_id: DomId,
+}
+
+impl XenbusDevice {
+    /// `<frontend>/<key>`.
+    pub fn fe(&self, key: &str) -> String {
+        format!("{}/{key}", self.frontend)
+    }
+
+    /// `<backend>/<key>`.
+    pub fn be(&self, key: &str) -> String {
+        format!("{}/{key}", self.backend)
+    }
+}
+
+/// A backend that did not reach the awaited state in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenbusTimeout {
+    /// Frontend directory (`device/vbd/51712`).
+    pub frontend: String,
+    /// Backend directory.
+    pub backend: String,
+    /// The backend's last state (a [`XenbusState`] number).
+    pub state: u8,
+    /// What was awaited.
+    pub awaited: &'static str,
+    /// How long.
+    pub waited_us: u64,
+}
+
+impl core::fmt::Display for XenbusTimeout {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "xen device {}: backend {} still in state {} after {} us, waiting for {}",
+            self.frontend, self.backend, self.state, self.waited_us, self.awaited
+        )
+    }
+}
+
+/// The devices of `kind`, in id order. None is not an error (an empty list).
+pub fn enumerate<N: Notify>(xs: &mut XenStore<N>, w: &dyn Waiter, kind: &str) -> Result<Vec<XenbusDevice>> {
+    let dir = format!("device/{kind}");
+    let mut ids = match xs.directory(w, NO_TX, &dir) {
+        Ok(ids) => ids,
+        Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    ids.sort_by_key(|id| (id.len(), id.clone()));
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let frontend = format!("{dir}/{id}");
+        let backend = xs.read_string(w, NO_TX, &format!("{frontend}/backend"))?;
+        let backend_id = xs.read_u64(w, NO_TX, &format!("{frontend}/backend-id"))?;
+        let backend_id = DomId::try_from(backend_id).map_err(|_| Error::Protocol {
+            device: "xenbus",
+            what: "backend-id out of range",
+            value: backend_id,
+        })?;
+        out.push(XenbusDevice {
+            kind: String::from(kind),
+            id,
+            frontend,
+            backend,
+            backend_id,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a `state` node (a missing node reads as [`XenbusState::Unknown`], as when a backend
+/// directory is gone).
+pub fn read_state<N: Notify>(
+    xs: &mut XenStore<N>,
+    w: &dyn Waiter,
+    tx: TxId,
+    path: &str,
+) -> Result<XenbusState> {
+    let n = match xs.read_u64(w, tx, path) {
+        Ok(n) => n,
+        Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => return Ok(XenbusState::Unknown),
+        Err(e) => return Err(e),
+    };
+    XenbusState::from_number(n).ok_or(Error::Protocol {
+        device: "xenbus",
+        what: "state value",
+        value: n,
+    })
+}
+
+/// Writes the frontend's state.
+pub fn set_state<N: Notify>(
+    xs: &mut XenStore<N>,
+    w: &dyn Waiter,
+    tx: TxId,
+    dev: &XenbusDevice,
+    state: XenbusState,
+) -> Result<()> {
+    xs.write(w, tx, &dev.fe("state"), format!("{}", state as u8).as_bytes())
+}
+
+/// Waits (through a watch on the backend's `state`) until `accept` likes the backend's state, or
+/// until `timeout_us`; a state in `fail_on` ends the wait at once with an error.
+pub fn wait_backend<N: Notify>(
+    xs: &mut XenStore<N>,
+    w: &dyn Waiter,
+    dev: &XenbusDevice,
+    what: &'static str,
+    accept: impl Fn(XenbusState) -> bool,
+    timeout_us: u64,
+) -> Result<XenbusState> {
+    let path = dev.be("state");
+    let token = format!("xenbus:{}", dev.frontend);
+    xs.watch(w, &path, &token)?;
+    let start = w.now_us();
+    let result = loop {
+        let state = read_state(xs, w, NO_TX, &path)?;
+        if accept(state) {
+            break Ok(state);
+        }
+        let waited = w.now_us().saturating_sub(start);
+        if waited >= timeout_us {
+            break Err(Error::XenbusTimeout(alloc::boxed::Box::new(XenbusTimeout {
+                frontend: dev.frontend.clone(),
+                backend: dev.backend.clone(),
+                state: state as u8,
+                awaited: what,
+                waited_us: waited,
+            })));
+        }
+        match xs.next_watch_event(w, timeout_us - waited) {
+            Ok(_) | Err(Error::Timeout { .. }) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = xs.unwatch(w, &path, &token);
+    result
+}
+
+/// Tears the connection down: frontend `Closing`, wait for the backend to close (or go away), then
+/// frontend `Closed`. The caller ends its grants and event channel afterwards.
+pub fn close<N: Notify>(
+    xs: &mut XenStore<N>,
+    w: &dyn Waiter,
+    dev: &XenbusDevice,
+    timeout_us: u64,
+) -> Result<XenbusState> {
+    set_state(xs, w, NO_TX, dev, XenbusState::Closing)?;
+    let seen = wait_backend(
+        xs,
+        w,
+        dev,
+        "Closing or Closed",
+        |s| {
+            matches!(
+                s,
+                XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
+            )
+        },
+        timeout_us,
+    )?;
+    set_state(xs, w, NO_TX, dev, XenbusState::Closed)?;
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+    use core::cell::{Cell, RefCell};
+
+    use super::super::xenstore::fake::FakeXenStore;
+    use super::*;
+    use crate::wait::WaitMode;
+
+    struct NoKick;
+    impl Notify for NoKick {
+        fn notify(&self) -> ring_protocol::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs the fake daemon when the client idles; after `at` idles, writes `script` entries as a
+    /// backend in dom0 would.
+    struct Scripted {
+        daemon: RefCell<FakeXenStore>,
+        now: Cell<u64>,
+        idles: Cell<u64>,
+        script: RefCell<Vec<(u64, String, &'static [u8])>>,
+    }
+
+    impl Waiter for Scripted {
+        fn now_us(&self) -> u64 {
+            let t = self.now.get();
+            self.now.set(t + 100);
+            t
+        }
+        fn mode(&self) -> WaitMode {
+            WaitMode::Poll
+        }
+        fn idle(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+            if ready() {
+                return true;
+            }
+            let n = self.idles.get() + 1;
+            self.idles.set(n);
+            let mut d = self.daemon.borrow_mut();
+            self.script.borrow_mut().retain(|(at, path, value)| {
+                if *at <= n {
+                    d.external_write(path, value);
+                    false
+                } else {
+                    true
+                }
+            });
+            d.step();
+            drop(d);
+            ready()
+        }
+    }
+
+    fn setup(script: Vec<(u64, String, &'static [u8])>) -> (XenStore<NoKick>, Scripted) {
+        let (mut daemon, ring) = FakeXenStore::new(3);
+        let be = "/local/domain/0/backend/vbd/3";
+        for (id, state) in [("51712", "2"), ("768", "2")] {
+            daemon.external_write(
+                &format!("device/vbd/{id}/backend"),
+                format!("{be}/{id}").as_bytes(),
+            );
+            daemon.external_write(&format!("device/vbd/{id}/backend-id"), b"0");
+            daemon.external_write(&format!("{be}/{id}/state"), state.as_bytes());
+        }
+        (
+            XenStore::new(ring, NoKick),
+            Scripted {
+                daemon: RefCell::new(daemon),
+                now: Cell::new(0),
+                idles: Cell::new(0),
+                script: RefCell::new(script),
+            },
+        )
+    }
+
+    #[test]
+    fn enumerates_devices_in_numeric_order_and_none_is_empty() {
+        let (mut xs, w) = setup(vec![]);
+        let devs = enumerate(&mut xs, &w, "vbd").unwrap();
+        let ids: Vec<&str> = devs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["768", "51712"]);
+        assert_eq!(devs[1].backend, "/local/domain/0/backend/vbd/3/51712");
+        assert_eq!(devs[1].backend_id, 0);
+        assert_eq!(devs[1].fe("ring-ref"), "device/vbd/51712/ring-ref");
+        assert!(enumerate(&mut xs, &w, "vif").unwrap().is_empty());
+    }
+
+    #[test]
+    fn connect_waits_for_the_backend_and_close_runs_both_sides_to_closed() {
+        let be = String::from("/local/domain/0/backend/vbd/3/51712/state");
+        let (mut xs, w) = setup(vec![
+            (5, be.clone(), b"4"),
+            (20, be.clone(), b"5"),
+            (30, be, b"6"),
+        ]);
+        let dev = enumerate(&mut xs, &w, "vbd").unwrap().remove(1);
+        set_state(&mut xs, &w, NO_TX, &dev, XenbusState::Initialised).unwrap();
+        let s = wait_backend(
+            &mut xs,
+            &w,
+            &dev,
+            "Connected",
+            |s| s == XenbusState::Connected,
+            1_000_000,
+        )
+        .unwrap();
+        assert_eq!(s, XenbusState::Connected);
+        set_state(&mut xs, &w, NO_TX, &dev, XenbusState::Connected).unwrap();
+        assert_eq!(
+            read_state(&mut xs, &w, NO_TX, "device/vbd/51712/state").unwrap(),
+            XenbusState::Connected
+        );
+        let seen = close(&mut xs, &w, &dev, 1_000_000).unwrap();
+        assert!(matches!(seen, XenbusState::Closing | XenbusState::Closed));
+        assert_eq!(
+            read_state(&mut xs, &w, NO_TX, "device/vbd/51712/state").unwrap(),
+            XenbusState::Closed
+        );
+    }
+
+    #[test]
+    fn a_backend_that_never_connects_times_out_with_a_clear_error() {
+        let (mut xs, w) = setup(vec![]);
+        let dev = enumerate(&mut xs, &w, "vbd").unwrap().remove(0);
+        let e = wait_backend(
+            &mut xs,
+            &w,
+            &dev,
+            "Connected",
+            |s| s == XenbusState::Connected,
+            50_000,
+        )
+        .unwrap_err();
+        match e {
+            Error::XenbusTimeout(t) => {
+                let XenbusTimeout {
+                    frontend,
+                    state,
+                    awaited,
+                    waited_us,
+                    ..
+                } = *t;
+                assert_eq!(
+                    (frontend.as_str(), state, awaited),
+                    ("device/vbd/768", 2, "Connected")
+                );
+                assert!(waited_us >= 50_000);
+            }
+            other => panic!("expected a xenbus timeout, got {other:?}"),
+        }
+        assert_eq!(
+            format!(
+                "{}",
+                Error::XenbusTimeout(alloc::boxed::Box::new(XenbusTimeout {
+                    frontend: "device/vbd/768".into(),
+                    backend: "b".into(),
+                    state: 2,
+                    awaited: "Connected",
+                    waited_us: 7
+                }))
+            ),
+            "xen device device/vbd/768: backend b still in state 2 after 7 us, waiting for Connected"
+        );
+    }
+}
