@@ -9,6 +9,7 @@ use clap::ValueEnum;
 
 use super::report::{End, ScenarioReport};
 use crate::console::Record;
+use crate::scenario::{PAGEFAULT_ADDRESS, PANIC_MESSAGE};
 
 /// Memory of one of our domUs (MiB).
 pub const GUEST_MEMORY_MIB: u32 = 64;
@@ -20,8 +21,20 @@ pub enum XenScenario {
     /// Harness self-check: a Linux PV domU (Debian's kernel, busybox initramfs) echoes a nonce from its
     /// command line on its console and powers off. Proves xl create, console collection and reporting.
     LinuxSelfcheck,
-    /// Our guest as a PV domU running `hello` (boot info from start_info) and exiting with pass.
+    /// Our guest as a PV domU running `hello` (boot info from start_info; RAM as configured).
     Hello,
+    /// `cpuid` must detect Xen.
+    Cpuid,
+    /// The heap stress test on PV memory (RAM mapped through mmu_update).
+    Heap,
+    /// The PV timer (VIRQ_TIMER + set_timer_op) ticks at the requested rate.
+    Timer,
+    /// XenStore: own domid and name, a transaction, and a watch that fires when dom0 writes the key.
+    Xenstore,
+    /// A page fault on the PV trap table: reported, and the domain shuts down with `crash`.
+    FaultPagefault,
+    /// A panic: reported, and the domain shuts down with `crash`.
+    FaultPanic,
 }
 
 /// Which kernel a domU boots.
@@ -130,13 +143,28 @@ impl XenScenario {
     /// The scenarios `cargo xtask test` runs: those that pass reliably (the others can be run with
     /// `cargo xtask xen --scenario`).
     pub fn in_test_suite() -> &'static [XenScenario] {
-        &[XenScenario::LinuxSelfcheck]
+        &[
+            XenScenario::LinuxSelfcheck,
+            XenScenario::Hello,
+            XenScenario::Cpuid,
+            XenScenario::Heap,
+            XenScenario::Timer,
+            XenScenario::Xenstore,
+            XenScenario::FaultPagefault,
+            XenScenario::FaultPanic,
+        ]
     }
 
     pub fn name(self) -> &'static str {
         match self {
             XenScenario::LinuxSelfcheck => "linux-selfcheck",
             XenScenario::Hello => "hello",
+            XenScenario::Cpuid => "cpuid",
+            XenScenario::Heap => "heap",
+            XenScenario::Timer => "timer",
+            XenScenario::Xenstore => "xenstore",
+            XenScenario::FaultPagefault => "fault-pagefault",
+            XenScenario::FaultPanic => "fault-panic",
         }
     }
 
@@ -173,7 +201,34 @@ impl XenScenario {
                     ),
                 )
             },
-            XenScenario::Hello => base(self.name(), "tests=hello".to_owned()),
+            XenScenario::Hello => base(
+                self.name(),
+                format!("tests=hello hello.mem_mib={GUEST_MEMORY_MIB}"),
+            ),
+            XenScenario::Cpuid => base(self.name(), "tests=cpuid cpuid.expect=xen".to_owned()),
+            XenScenario::Heap => base(self.name(), "tests=heap".to_owned()),
+            XenScenario::Timer => base(
+                self.name(),
+                format!("tests=timer timer.hz={TIMER_HZ} timer.ms={TIMER_MS}"),
+            ),
+            XenScenario::Xenstore => DomainSpec {
+                // Once the guest has set its watch it writes data/pvkit-ready; dom0 then writes
+                // the watched key (in the background: the hook must not stall dom0's wait loop).
+                running: Some(format!(
+                    "(for _ in $(seq 300); do\n\
+                     \x20   if xenstore-read /local/domain/$domid/data/pvkit-ready >/dev/null 2>&1; then\n\
+                     \x20       xenstore-write /local/domain/$domid/data/pvkit-ping {value} && check ping_written=1\n\
+                     \x20       break\n\
+                     \x20   fi\n\
+                     \x20   sleep 0.1\n\
+                     done) &\n",
+                    value = xenstore_value(nonce)
+                )),
+                ..base(self.name(), "tests=xenstore xenstore.peer=1".to_owned())
+            },
+            XenScenario::FaultPagefault | XenScenario::FaultPanic => {
+                base(self.name(), format!("tests={}", self.name()))
+            }
         }
     }
 
@@ -214,9 +269,108 @@ impl XenScenario {
                     None => problems.push("the self-check has no host disk".to_owned()),
                 }
             }
-            XenScenario::Hello => check_guest(r, &["hello"], &mut problems),
+            XenScenario::FaultPagefault | XenScenario::FaultPanic => check_fault(self, r, &mut problems),
+            other => {
+                let test = other.name();
+                check_guest(r, &[test], &mut problems);
+                let field = |k: &str| match r.transcript.verdict(test) {
+                    Some(Record::TestPass { fields, .. }) => fields.get(k).map(str::to_owned),
+                    _ => None,
+                };
+                match other {
+                    XenScenario::Hello => {
+                        let platform = r.transcript.boot().and_then(|b| b.get("platform"));
+                        if platform != Some("xen-pv") {
+                            problems.push(format!("BOOT platform={platform:?}, expected xen-pv"));
+                        }
+                    }
+                    XenScenario::Cpuid if field("hypervisor").as_deref() != Some("xen") => {
+                        problems.push(format!("cpuid detected {:?}, expected xen", field("hypervisor")));
+                    }
+                    XenScenario::Timer => {
+                        let (hz, ms) = (field("hz"), field("ms"));
+                        if (hz.as_deref(), ms.as_deref())
+                            != (
+                                Some(TIMER_HZ.to_string().as_str()),
+                                Some(TIMER_MS.to_string().as_str()),
+                            )
+                            && r.transcript.passed(test)
+                        {
+                            problems.push(format!(
+                                "guest used hz={hz:?} ms={ms:?}, xtask asked for {TIMER_HZ} and {TIMER_MS}"
+                            ));
+                        }
+                    }
+                    XenScenario::Xenstore => {
+                        let want = xenstore_value(nonce);
+                        if r.transcript.passed(test) && field("value").as_deref() != Some(want.as_str()) {
+                            problems.push(format!(
+                                "the guest's watch saw value={:?}, dom0 wrote {want}",
+                                field("value")
+                            ));
+                        }
+                        let domid = r.domid.map(|d| d.to_string());
+                        if r.transcript.passed(test)
+                            && (field("domid") != domid || field("name").as_deref() != Some(test))
+                        {
+                            problems.push(format!(
+                                "the guest read domid={:?} name={:?} from XenStore; dom0 created domid {domid:?} \
+                                 named {test}",
+                                field("domid"),
+                                field("name")
+                            ));
+                        }
+                        if r.checks.get("ping_written") != Some("1") {
+                            problems.push("dom0 never saw data/pvkit-ready, so it wrote no ping".to_owned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
         problems
+    }
+}
+
+/// Timer scenario parameters (like the QEMU timer scenario: not the guest's defaults, low rate).
+const TIMER_HZ: u64 = 50;
+const TIMER_MS: u64 = 400;
+
+/// The value dom0 writes to the key the guest watches.
+fn xenstore_value(nonce: &str) -> String {
+    format!("from-dom0-{nonce}")
+}
+
+/// A deliberate fault: `crash` shutdown, `PVKIT EXIT 1`, and the right report.
+fn check_fault(s: XenScenario, r: &ScenarioReport, problems: &mut Vec<String>) {
+    let t = &r.transcript;
+    expect_end(r, "crash", problems);
+    if t.boot().is_none() {
+        problems.push("no `PVKIT BOOT` line on the domU console".to_owned());
+    }
+    let test = s.name();
+    if t.passed(test) {
+        problems.push(format!("test {test} claims PASS although it must fail"));
+    }
+    if t.exit_record() != Some(1) {
+        problems.push(format!("expected `PVKIT EXIT 1`, got {:?}", t.exit_record()));
+    }
+    match s {
+        XenScenario::FaultPagefault => {
+            let pf = t.exceptions().find(|e| e.get_u64("vector") == Some(14));
+            match pf.map(|e| e.get_u64("cr2")) {
+                Some(Some(cr2)) if cr2 == PAGEFAULT_ADDRESS => {}
+                Some(cr2) => problems.push(format!(
+                    "page fault reported at cr2={cr2:x?}, expected {PAGEFAULT_ADDRESS:#x}"
+                )),
+                None => problems.push("no `PVKIT EXCEPTION vector=14` line".to_owned()),
+            }
+        }
+        _ => {
+            if !t.panics().any(|(_, m)| m.contains(PANIC_MESSAGE)) {
+                problems.push(format!("no `PVKIT PANIC` with message {PANIC_MESSAGE:?}"));
+            }
+        }
     }
 }
 
@@ -570,5 +724,85 @@ mod tests {
             "PVKIT SUMMARY passed=0 failed=1",
         ];
         assert!(!check(log(&failed, "poweroff")).is_empty());
+    }
+
+    fn scenario_log(name: &str, lines: &[&str], tail: &str) -> String {
+        let mut s = format!("PVKIT-XEN SCENARIO {name} CREATED domid=4 create_ms=10\n");
+        for l in lines {
+            s.push_str(&format!("PVKIT-XEN CONSOLE {name} | {l}\n"));
+        }
+        s.push_str(tail);
+        s
+    }
+
+    #[test]
+    fn pagefault_needs_crash_exit_1_and_the_address() {
+        let exc = format!(
+            "PVKIT EXCEPTION vector=14 name=\"Page fault\" error=0x0 rip=0x1 cr2={PAGEFAULT_ADDRESS:#x}"
+        );
+        let lines = [
+            "PVKIT BOOT platform=xen-pv hypervisor=xen",
+            "PVKIT TEST fault-pagefault START",
+            exc.as_str(),
+            "PVKIT TEST fault-pagefault FAIL exception vector=14",
+            "PVKIT EXIT 1",
+        ];
+        let check = |lines: &[&str], reason: &str| {
+            let text = scenario_log(
+                "fault-pagefault",
+                lines,
+                &format!("PVKIT-XEN SCENARIO fault-pagefault END reason={reason} run_ms=1\n"),
+            );
+            let r = report(&text);
+            XenScenario::FaultPagefault.check(r.scenario("fault-pagefault").unwrap(), "", None)
+        };
+        assert_eq!(check(&lines, "crash"), Vec::<String>::new());
+        assert!(!check(&lines, "poweroff").is_empty());
+        let wrong = exc.replace(&format!("{PAGEFAULT_ADDRESS:#x}"), "0x1000");
+        assert!(!check(&[lines[0], lines[1], &wrong, lines[3], lines[4]], "crash").is_empty());
+        assert!(!check(&lines[..4], "crash").is_empty(), "no EXIT 1");
+    }
+
+    #[test]
+    fn xenstore_needs_dom0s_value_domid_and_name() {
+        let pass = |domid: u32, name: &str, value: &str| {
+            format!("PVKIT TEST xenstore PASS domid={domid} name={name} value={value}")
+        };
+        let check = |pass_line: String, written: bool| {
+            let lines = [
+                "PVKIT BOOT platform=xen-pv hypervisor=xen",
+                "PVKIT TEST xenstore START",
+                pass_line.as_str(),
+                "PVKIT SUMMARY passed=1 failed=0",
+                "PVKIT EXIT 0",
+            ];
+            let mut tail = String::new();
+            if written {
+                tail.push_str("PVKIT-XEN SCENARIO xenstore CHECK ping_written=1\n");
+            }
+            tail.push_str("PVKIT-XEN SCENARIO xenstore END reason=poweroff run_ms=1\n");
+            let r = report(&scenario_log("xenstore", &lines, &tail));
+            XenScenario::Xenstore.check(r.scenario("xenstore").unwrap(), "n1", None)
+        };
+        assert_eq!(
+            check(pass(4, "xenstore", "from-dom0-n1"), true),
+            Vec::<String>::new()
+        );
+        assert!(
+            !check(pass(4, "xenstore", "from-dom0-n0"), true).is_empty(),
+            "stale value"
+        );
+        assert!(
+            !check(pass(5, "xenstore", "from-dom0-n1"), true).is_empty(),
+            "wrong domid"
+        );
+        assert!(
+            !check(pass(4, "other", "from-dom0-n1"), true).is_empty(),
+            "wrong name"
+        );
+        assert!(
+            !check(pass(4, "xenstore", "from-dom0-n1"), false).is_empty(),
+            "dom0 never wrote"
+        );
     }
 }
