@@ -330,3 +330,120 @@ impl Results {
         Ok((costs, problems))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvkit_frontends::workload::blk::{IntegrityParams, fill_sector, integrity_extents};
+    use pvkit_frontends::workload::mix;
+
+    fn transcript(lines: &[&str]) -> Transcript {
+        let mut t = Transcript::default();
+        for l in lines {
+            t.push_line(l);
+        }
+        t
+    }
+
+    fn results(cmdline: &str) -> Results {
+        Results {
+            cmdline: cmdline.to_owned(),
+            disks: BTreeMap::new(),
+            net: BTreeMap::new(),
+            console: BTreeMap::new(),
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn command_line_parameters() {
+        let c = "tests=hello,net-echo@e1000 net-echo@e1000.seed=0x10 net-echo@e1000x.seed=3";
+        assert_eq!(tests_of(c), vec!["hello", "net-echo@e1000"]);
+        assert_eq!(param(c, "net-echo@e1000", "seed"), Some(16));
+        assert_eq!(param(c, "net-echo@e1000", "frames"), None);
+        assert!(tests_of("hello.mem_mib=1").is_empty());
+    }
+
+    #[test]
+    fn peer_counts_must_match_the_guests() {
+        let t = transcript(&[
+            "PVKIT PERF dev=e1000 pattern=echo64 qd=8 mode=irq ops=100 bytes=12000",
+            "PVKIT TEST net-echo@e1000 PASS ops=200 bytes=316138",
+            "PVKIT TEST console-echo@uart PASS ops=9 bytes=16384",
+        ]);
+        let mut r = results("tests=net-echo@e1000,console-echo@uart");
+        let net = NetStats {
+            connected: true,
+            received: 300,
+            verified: 300,
+            echoed: 300,
+            ..NetStats::default()
+        };
+        r.net.insert(Device::E1000, net.clone());
+        let console = ConsoleStats {
+            connected: true,
+            received: 8192,
+            echoed: 8192,
+            verified: 8192,
+            problem: None,
+        };
+        r.console.insert(Device::Uart, console.clone());
+        let (problems, done) = r.check(&t);
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(done.len(), 2, "{done:?}");
+
+        // One frame the guest counted never reached the peer; one byte differed.
+        r.net.insert(Device::E1000, NetStats { verified: 299, ..net });
+        r.console.insert(
+            Device::Uart,
+            ConsoleStats {
+                verified: 100,
+                problem: Some("byte 100 differs".into()),
+                ..console
+            },
+        );
+        let (problems, _) = r.check(&t);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("peer verified 299"), "{problems:?}");
+    }
+
+    #[test]
+    fn integrity_is_checked_on_the_image() {
+        let dir = std::env::temp_dir().join(format!("pvkit-xtask-rig-{}", std::process::id()));
+        let img = DiskImage::create(&dir.join("d.img"), 4096, 1).unwrap();
+        let cmdline = "tests=blk-integrity@ahci blk-integrity@ahci.seed=5 blk-integrity@ahci.extents=16";
+        let p = IntegrityParams {
+            seed: 5,
+            nonce: 77,
+            random_extents: 16,
+            ..IntegrityParams::default()
+        };
+        let key = mix(5 ^ mix(77));
+        let mut data = std::fs::read(&img.path).unwrap();
+        let mut sectors = 0u64;
+        for j in integrity_extents(4096, &p).unwrap() {
+            for s in j.sector..j.sector + u64::from(j.sectors) {
+                fill_sector(key, s, &mut data[s as usize * SECTOR..][..SECTOR]);
+                sectors += 1;
+            }
+        }
+        std::fs::write(&img.path, &data).unwrap();
+        let mut r = results(cmdline);
+        r.disks.insert(Device::Ahci, img);
+        let good = format!(
+            "PVKIT TEST blk-integrity@ahci PASS ops=1 bytes={}",
+            2 * sectors * SECTOR as u64
+        );
+        let (problems, done) = r.check(&transcript(&[&good]));
+        assert_eq!(problems, Vec::<String>::new());
+        assert!(done[0].contains("every other sector untouched"), "{done:?}");
+        // The guest claims other figures than the extents it must have written.
+        let (problems, _) = r.check(&transcript(&[
+            "PVKIT TEST blk-integrity@ahci PASS ops=1 bytes=512",
+        ]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // A failed test is not checked on the host (its FAIL line already fails the scenario).
+        let (problems, done) = r.check(&transcript(&["PVKIT TEST blk-integrity@ahci FAIL x"]));
+        assert!(problems.is_empty() && done.is_empty());
+    }
+}

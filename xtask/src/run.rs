@@ -60,7 +60,8 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 
     let timeout = Duration::from_secs_f64(args.timeout);
     let log = workspace::log_dir().join("run.log");
-    let trace = (!args.no_trace).then(|| log.with_extension("trace"));
+    let has_io = args.devices.iter().any(|d| d.backend() != Backend::None);
+    let trace = (!args.no_trace && has_io).then(|| log.with_extension("trace"));
     let rig = Rig::start(
         &args.devices,
         &append,
@@ -161,9 +162,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     for d in &done {
         println!("host check: {d}");
     }
-    if r.outcome == Outcome::Pass && !args.no_trace {
+    if r.outcome == Outcome::Pass && cfg.trace.is_some() {
         match host.costs(t, &log.with_extension("costs")) {
-            Ok((costs, p)) => {
+            Ok((costs, p)) if !costs.is_empty() => {
                 host_problems.extend(p);
                 let speed = if args.single_boot {
                     Vec::new()
@@ -173,6 +174,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 print_costs(&costs, &speed);
                 println!("raw counts: {}", log.with_extension("costs").display());
             }
+            Ok((_, p)) => host_problems.extend(p),
             Err(e) => host_problems.push(format!("{e:#}")),
         }
     }

@@ -394,6 +394,7 @@ fn scenario(s: Scenario, elf: &Path, log: &Path) -> Result<(Verdict, Option<Dura
             match host.costs(&r.transcript, &log.with_extension("costs")) {
                 Ok((costs, p)) => {
                     problems.extend(p);
+                    problems.extend(s.check_costs(&costs));
                     for c in &costs {
                         eprintln!("    cost {}", c.line());
                         notes.push(format!("cost {}", c.line()));
