@@ -16,9 +16,7 @@ use crate::boot::BootInfo;
 use crate::xen::{self, events, memory};
 
 /// The page the shared-info frame is mapped over (its own frame is given up).
-#[repr(C, align(4096))]
-struct PageSlot([u8; 4096]);
-static SHARED_INFO_SLOT: PageSlot = PageSlot([0; 4096]);
+static SHARED_INFO_SLOT: memory::PageWindow<1> = memory::PageWindow::new();
 
 /// What init did with memory, for the `hello` report.
 static MAPPED_PAGES: AtomicU64 = AtomicU64::new(0);
@@ -35,7 +33,7 @@ pub fn console_write(bytes: &[u8]) {
 
 /// Virtual address of the shared-info page.
 pub fn shared_info_va() -> u64 {
-    (&raw const SHARED_INFO_SLOT) as u64
+    SHARED_INFO_SLOT.va()
 }
 
 /// Figures of the memory bring-up: (pages mapped, page-table frames created, mmu_update batches).

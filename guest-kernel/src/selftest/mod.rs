@@ -223,6 +223,12 @@ pub static TESTS: &[Test] = &[
         run: emulated::console_echo_uart,
     },
     Test {
+        name: "blk-integrity@xen-blk",
+        default: false,
+        params: xen::XEN_BLK_PARAMS,
+        run: xen::blk_integrity,
+    },
+    Test {
         name: "xenstore",
         default: false,
         params: xen::XENSTORE_PARAMS,

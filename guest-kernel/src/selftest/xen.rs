@@ -14,6 +14,94 @@ use super::{Outcome, Params, fail};
 use crate::xen;
 use crate::xen::store::XenWaiter;
 
+/// Parameters of the Xen block tests.
+pub const XEN_BLK_PARAMS: &[&str] = &[
+    "mode", "seed", "qd", "extents", "index", "order", "indirect", "ms", "bs",
+];
+
+fn report_fields(r: &pvkit_frontends::workload::Report) -> alloc::string::String {
+    alloc::format!(
+        "ops={} bytes={} guest_us={} notifies={} irqs={} copied_bytes={}",
+        r.ops,
+        r.bytes,
+        r.guest_us,
+        r.counters.notifications,
+        r.counters.interrupts,
+        r.counters.bytes_copied
+    )
+}
+
+fn xen_mode(p: &Params<'_>) -> Result<WaitMode, alloc::string::String> {
+    match p.get("mode") {
+        None | Some("irq") => Ok(WaitMode::Interrupt),
+        Some("poll") => Ok(WaitMode::Poll),
+        Some(other) => Err(alloc::format!("mode='{other}' is not irq or poll")),
+    }
+}
+
+fn open_blk(
+    p: &Params<'_>,
+) -> Result<pvkit_frontends::xen::blkfront::BlkFront<xen::devices::KernelXenHost>, alloc::string::String> {
+    if xen::start().is_none() {
+        return Err(alloc::string::String::from(
+            "device xen-blk absent (not a Xen PV domain)",
+        ));
+    }
+    let opts = pvkit_frontends::xen::blkfront::BlkOptions {
+        max_ring_order: p.u64_in("order", 2, 0..=4)? as u32,
+        indirect: p.u64_in("indirect", 1, 0..=1)? == 1,
+        ..Default::default()
+    };
+    let index = p.u64_in("index", 0, 0..=15)? as usize;
+    xen::devices::open_blk(index, opts)
+}
+
+fn blk_label(
+    dev: &pvkit_frontends::xen::blkfront::BlkFront<xen::devices::KernelXenHost>,
+) -> alloc::string::String {
+    let f = dev.features();
+    alloc::format!(
+        "ring_order={} ring_slots={} indirect_segments={} flush_cache={} barrier={} vbd={}",
+        f.ring_order,
+        f.ring_slots,
+        f.indirect_segments,
+        u8::from(f.flush_cache),
+        u8::from(f.barrier),
+        dev.device().id
+    )
+}
+
+/// `blk-integrity@xen-blk`: the shared integrity workload over blkfront (Linux blkback as the peer).
+pub fn blk_integrity(p: &Params<'_>) -> Outcome {
+    let run = || -> Result<alloc::string::String, alloc::string::String> {
+        let params = pvkit_frontends::workload::blk::IntegrityParams {
+            seed: p.u64_in("seed", 1, 0..=u64::MAX)?,
+            nonce: crate::arch::read_tsc(),
+            qd: p.u64_in("qd", 8, 1..=256)? as usize,
+            random_extents: p.u64_in("extents", 64, 1..=4096)? as usize,
+        };
+        let mode = xen_mode(p)?;
+        let mut dev = open_blk(p)?;
+        let w = XenWaiter { mode };
+        let info = pvkit_frontends::block::BlockDevice::info(&dev);
+        let r = pvkit_frontends::workload::blk::integrity(&mut dev, &w, &params)
+            .map_err(|e| alloc::format!("{e}"))?;
+        let label = blk_label(&dev);
+        let closed = xen::store::with(|xs| dev.disconnect(xs, &w, 5_000_000))?
+            .map_err(|e| alloc::format!("disconnect: {e}"))?;
+        Ok(alloc::format!(
+            "{} mode={} capacity_sectors={} sector_size={} qd={} {label} closed_backend_state={}",
+            report_fields(&r),
+            mode.name(),
+            info.capacity_sectors,
+            info.sector_size,
+            params.qd.min(info.max_in_flight),
+            closed as u8
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
 /// Parameters of the `xenstore` test.
 pub const XENSTORE_PARAMS: &[&str] = &["peer", "ms"];
 /// The node a peer (dom0) writes for `xenstore.peer=1`, relative to the domain's home.

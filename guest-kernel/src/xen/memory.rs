@@ -14,6 +14,27 @@ use crate::arch::x86_64::xen::abi::{
 };
 use crate::arch::x86_64::xen::{self as hv, HypercallError};
 
+/// A page-aligned window of `N` pages in the kernel image whose virtual addresses get other frames
+/// mapped over them (shared info, grant-table frames). Only ever accessed through raw pointers.
+#[repr(C, align(4096))]
+pub struct PageWindow<const N: usize>(core::cell::UnsafeCell<[[u8; 4096]; N]>);
+
+// SAFETY: the window's memory is only reached through raw pointers by code that coordinates its use
+// (each window has one owner module).
+unsafe impl<const N: usize> Sync for PageWindow<N> {}
+
+impl<const N: usize> PageWindow<N> {
+    /// A zeroed window (in `.bss`).
+    pub const fn new() -> Self {
+        Self(core::cell::UnsafeCell::new([[0; 4096]; N]))
+    }
+
+    /// Virtual address of its first page.
+    pub fn va(&self) -> u64 {
+        self.0.get() as u64
+    }
+}
+
 /// Page size.
 #[allow(
     dead_code,

@@ -4,6 +4,7 @@
 //! `platform::xen_pv` wires them up at boot.
 
 pub mod console;
+pub mod devices;
 pub mod events;
 pub mod memory;
 pub mod store;

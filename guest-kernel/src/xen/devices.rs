@@ -1,0 +1,131 @@
+//! Glue between the Xen frontends of `pvkit_frontends::xen` and this kernel: the grant table
+//! (`GNTTABOP_setup_table`, its frames mapped into a static window), the [`XenDeviceHost`]
+//! implementation (event channels, per-port interrupt hooks, pfn -> mfn) and the block opener.
+
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use pvkit_frontends::wait::SharedIrqAck;
+use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions, XenDeviceHost};
+use pvkit_frontends::xen::grant::GrantTable;
+use pvkit_frontends::xen::xenbus;
+use pvkit_frontends::{Error, Result};
+use ring_protocol::abi::event_channel::EvtchnPort;
+use ring_protocol::abi::grant_table::{GNTST_OKAY, GNTTABOP_SETUP_TABLE, GnttabSetupTable, GrantEntryV1};
+use ring_protocol::abi::xen::{DomId, XenPfn};
+
+use super::store::XenWaiter;
+use crate::arch::x86_64::xen as hv;
+
+/// Grant-table frames set up (512 entries each).
+pub const GRANT_FRAMES: usize = 4;
+
+/// Virtual window the grant-table frames are mapped over.
+static GRANT_WINDOW: super::memory::PageWindow<GRANT_FRAMES> = super::memory::PageWindow::new();
+
+static GRANTS: spin::Once<core::result::Result<GrantTable, alloc::string::String>> = spin::Once::new();
+
+fn setup_grants() -> core::result::Result<GrantTable, alloc::string::String> {
+    let mut frames = [0u64; GRANT_FRAMES];
+    let mut arg = GnttabSetupTable {
+        dom: hv::DOMID_SELF,
+        nr_frames: GRANT_FRAMES as u32,
+        frame_list: frames.as_mut_ptr() as u64,
+        ..GnttabSetupTable::default()
+    };
+    // SAFETY: one gnttab_setup_table whose frame list has room for nr_frames entries.
+    unsafe { hv::grant_table_op(GNTTABOP_SETUP_TABLE, &raw mut arg, 1) }
+        .map_err(|e| alloc::format!("{e}"))?;
+    if arg.status != GNTST_OKAY {
+        return Err(alloc::format!("GNTTABOP_setup_table status {}", arg.status));
+    }
+    let base = GRANT_WINDOW.va();
+    for (i, &mfn) in frames.iter().enumerate() {
+        // SAFETY: the window is ours and unused; from here on its pages are the grant table.
+        unsafe { super::memory::map_machine_page(base + i as u64 * 4096, mfn) }
+            .map_err(|e| alloc::format!("mapping grant frame {i} (mfn {mfn:#x}): {e}"))?;
+    }
+    let entries = NonNull::new(base as *mut GrantEntryV1).expect("static window");
+    // SAFETY: the window now maps GRANT_FRAMES grant-table frames shared with Xen, for the rest of
+    // the run; this is the only table built over them (Once).
+    Ok(unsafe {
+        GrantTable::new(
+            entries,
+            GRANT_FRAMES * 4096 / core::mem::size_of::<GrantEntryV1>(),
+        )
+    })
+}
+
+/// The grant table (set up on first use).
+pub fn grants() -> core::result::Result<&'static GrantTable, alloc::string::String> {
+    GRANTS.call_once(setup_grants).as_ref().map_err(Clone::clone)
+}
+
+/// Interrupt hooks per event-channel port.
+static ACKS: spin::Mutex<Vec<(EvtchnPort, SharedIrqAck)>> = spin::Mutex::new(Vec::new());
+
+fn on_device_event(port: EvtchnPort) {
+    // The lock is only taken with upcalls masked (here: in the upcall; in `bind`: below).
+    let acks = ACKS.lock();
+    for (p, ack) in acks.iter() {
+        if *p == port {
+            ack.ack();
+        }
+    }
+}
+
+/// The kernel as a [`XenDeviceHost`].
+#[derive(Debug)]
+pub struct KernelXenHost;
+
+fn hc(e: hv::HypercallError) -> Error {
+    Error::Hypercall { op: e.op, rc: e.rc }
+}
+
+impl XenDeviceHost for KernelXenHost {
+    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort> {
+        super::events::alloc_unbound(remote).map_err(hc)
+    }
+
+    fn notify(&self, port: EvtchnPort) -> Result<()> {
+        super::events::send(port).map_err(hc)
+    }
+
+    fn close(&self, port: EvtchnPort) {
+        crate::arch::without_interrupts(|| ACKS.lock().retain(|(p, _)| *p != port));
+        let _ = super::events::close(port);
+    }
+
+    fn bind(&self, port: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
+        crate::arch::without_interrupts(|| ACKS.lock().push((port, ack)));
+        super::events::set_handler(port, on_device_event).map_err(hc)
+    }
+
+    fn frame_of(&self, virt: *const u8) -> XenPfn {
+        super::memory::pfn_to_mfn(virt as u64 >> 12)
+    }
+}
+
+/// The host instance.
+pub static HOST: KernelXenHost = KernelXenHost;
+
+/// Opens the `index`-th vbd of this domain.
+pub fn open_blk(
+    index: usize,
+    opts: BlkOptions,
+) -> core::result::Result<BlkFront<KernelXenHost>, alloc::string::String> {
+    crate::devices::init_dma();
+    let grants = grants()?;
+    let w = XenWaiter {
+        mode: pvkit_frontends::wait::WaitMode::Interrupt,
+    };
+    super::store::with(|xs| {
+        let devs = xenbus::enumerate(xs, &w, "vbd").map_err(|e| alloc::format!("{e}"))?;
+        let Some(dev) = devs.into_iter().nth(index) else {
+            return Err(alloc::format!(
+                "device xen-blk absent (no vbd {index} in XenStore device/vbd)"
+            ));
+        };
+        BlkFront::connect(xs, &w, &HOST, grants, dev, opts).map_err(|e| alloc::format!("{e}"))
+    })?
+}
