@@ -50,7 +50,7 @@ fn open_blk(
     let opts = pvkit_frontends::xen::blkfront::BlkOptions {
         max_ring_order: p.u64_in("order", 2, 0..=4)? as u32,
         indirect: p.u64_in("indirect", 1, 0..=1)? == 1,
-        ..Default::default()
+        timeout_us: p.u64_in("timeout_ms", 10_000, 100..=600_000)? * 1000,
     };
     let index = p.u64_in("index", 0, 0..=15)? as usize;
     xen::devices::open_blk(index, opts)
@@ -97,6 +97,63 @@ pub fn blk_integrity(p: &Params<'_>) -> Outcome {
             info.sector_size,
             params.qd.min(info.max_in_flight),
             closed as u8
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// Prints `PVKIT PERF` lines (no phase markers: a PV domain has no port I/O).
+struct XenPerf<'a> {
+    mode: WaitMode,
+    label: &'a str,
+}
+
+impl pvkit_frontends::workload::Observer for XenPerf<'_> {
+    fn phase(&mut self, _: u8) {}
+
+    fn perf(&mut self, perf: &pvkit_frontends::workload::Perf) {
+        kprintln!(
+            "PVKIT PERF dev=xen-blk pattern={} qd={} mode={} {} {}",
+            perf.pattern,
+            perf.qd,
+            self.mode.name(),
+            report_fields(&perf.report),
+            self.label
+        );
+    }
+}
+
+/// `blk-throughput@xen-blk`: the shared throughput phases over blkfront (the 64 KiB phases use
+/// indirect requests when the backend offers them).
+pub fn blk_throughput(p: &Params<'_>) -> Outcome {
+    let run = || -> Result<alloc::string::String, alloc::string::String> {
+        let params = pvkit_frontends::workload::blk::ThroughputParams {
+            seed: p.u64_in("seed", 1, 0..=u64::MAX)?,
+            phase_us: p.u64_in("ms", 300, 1..=600_000)? * 1000,
+            qd: p.u64_in("qd", 32, 1..=256)? as usize,
+            random_bytes: match p.u64_in("bs", 4096, 512..=4096)? {
+                b @ (512 | 4096) => b as usize,
+                b => return Err(alloc::format!("bs={b}: only 512 or 4096")),
+            },
+        };
+        let mode = xen_mode(p)?;
+        let mut dev = open_blk(p)?;
+        let w = XenWaiter { mode };
+        let label = blk_label(&dev);
+        let mut printer = XenPerf { mode, label: &label };
+        let perfs = pvkit_frontends::workload::blk::throughput(&mut dev, &w, &params, &mut printer)
+            .map_err(|e| alloc::format!("{e}"))?;
+        let stuck = dev.stuck_grants();
+        xen::store::with(|xs| dev.disconnect(xs, &w, 5_000_000))?
+            .map_err(|e| alloc::format!("disconnect: {e}"))?;
+        if perfs.is_empty() {
+            return Err(alloc::string::String::from("device too small for any phase"));
+        }
+        let ops: u64 = perfs.iter().map(|p| p.report.ops).sum();
+        Ok(alloc::format!(
+            "phases={} ops={ops} mode={} stuck_grants={stuck} {label}",
+            perfs.len(),
+            mode.name()
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
