@@ -619,3 +619,6 @@ impl<H: XenDeviceHost> BlkFront<H> {
         Ok(seen)
     }
 }
+
+#[cfg(test)]
+mod tests;
