@@ -86,7 +86,8 @@ pub enum Scenario {
     /// COM2 (16550) bytes echoed by the host peer; both sides verify and count.
     #[value(name = "console-echo@uart")]
     ConsoleEchoUart,
-    /// The command line asks for a virtio-blk disk QEMU does not have: a clean, quick FAIL.
+    /// The command line asks for every I/O device kind, QEMU has none of them: each workload fails
+    /// cleanly and quickly with `device <name> absent`.
     #[value(name = "device-absent")]
     DeviceAbsent,
 }
@@ -183,7 +184,10 @@ impl Scenario {
 
     /// The kernel command line.
     pub fn append(self) -> String {
-        let mut words = vec![format!("tests={}", self.guest_test())];
+        let mut words = vec![match self {
+            Scenario::DeviceAbsent => format!("tests={}", absent_tests().join(",")),
+            _ => format!("tests={}", self.guest_test()),
+        }];
         match self {
             Scenario::Pci => words.push(pci_expect_arg(self.devices())),
             // Not the guest's defaults, so the check below also proves the parameters were applied.
@@ -331,10 +335,20 @@ impl Scenario {
                     }
                 }
                 Scenario::DeviceAbsent => {
-                    let want = "device virtio-blk absent";
-                    match t.verdict(test) {
-                        Some(Record::TestFail { reason, .. }) if reason.contains(want) => {}
-                        other => problems.push(format!("expected `FAIL {want}`, got {other:?}")),
+                    let tests = absent_tests();
+                    for (test, d) in tests.iter().zip(Device::io_devices()) {
+                        let want = format!("device {} absent", d.name());
+                        match t.verdict(test) {
+                            Some(Record::TestFail { reason, .. }) if reason.contains(&want) => {}
+                            other => problems.push(format!("{test}: expected `FAIL {want}`, got {other:?}")),
+                        }
+                    }
+                    if t.summary() != Some((0, tests.len() as u64)) {
+                        problems.push(format!(
+                            "summary {:?}, expected passed=0 failed={}",
+                            t.summary(),
+                            tests.len()
+                        ));
                     }
                     if run.wall > ABSENT_LIMIT {
                         problems.push(format!(
@@ -425,6 +439,20 @@ impl Scenario {
         }
         problems
     }
+}
+
+/// One workload per I/O device kind (for the device-absent scenario).
+fn absent_tests() -> Vec<String> {
+    Device::io_devices()
+        .map(|d| {
+            let workload = match d.backend() {
+                crate::qemu::Backend::Disk => "blk-integrity",
+                crate::qemu::Backend::Net => "net-echo",
+                _ => "console-echo",
+            };
+            format!("{workload}@{}", d.name())
+        })
+        .collect()
 }
 
 /// Re-checks the guest's timer figures, and its measurement window against the host's clock.
@@ -766,6 +794,38 @@ mod tests {
                 .check(&result(Outcome::Crash("0".into()), triple))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn every_absent_device_must_fail_cleanly() {
+        let tests = absent_tests();
+        assert_eq!(tests.len(), 7);
+        assert!(Scenario::DeviceAbsent.append().contains(&tests.join(",")));
+        let mut lines: Vec<String> = vec![BOOT.into()];
+        for (t, d) in tests.iter().zip(Device::io_devices()) {
+            lines.push(format!("PVKIT TEST {t} START"));
+            lines.push(format!("PVKIT TEST {t} FAIL device {} absent", d.name()));
+        }
+        lines.push("PVKIT SUMMARY passed=0 failed=7".into());
+        lines.push("PVKIT EXIT 1".into());
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        assert_eq!(
+            Scenario::DeviceAbsent.check(&result(Outcome::Fail, &refs)),
+            Vec::<String>::new()
+        );
+        // One device failing for another reason (a timeout after probing something) is not clean.
+        let mut other = lines.clone();
+        other[4] = format!("PVKIT TEST {} FAIL timed out after 5000000 us", tests[1]);
+        let refs: Vec<&str> = other.iter().map(String::as_str).collect();
+        assert_eq!(
+            Scenario::DeviceAbsent.check(&result(Outcome::Fail, &refs)).len(),
+            1
+        );
+        // A run that took too long.
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let mut slow = result(Outcome::Fail, &refs);
+        slow.wall = Duration::from_secs(30);
+        assert!(!Scenario::DeviceAbsent.check(&slow).is_empty());
     }
 
     #[test]
