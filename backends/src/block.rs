@@ -349,13 +349,13 @@ impl BlockCore<FileStorage> {
         if options.direct {
             oo.custom_flags(libc::O_DIRECT);
         }
-        let file = oo.open(path).map_err(|source| Error::OpenImage {
+        let file = oo.open(path).map_err(|error| Error::OpenImage {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let storage = FileStorage::new(file).map_err(|source| Error::OpenImage {
+        let storage = FileStorage::new(file).map_err(|error| Error::OpenImage {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         if storage.len % SECTOR_SIZE != 0 {
             return Err(Error::ImageSize {
@@ -429,13 +429,13 @@ impl<S: Storage> BlockCore<S> {
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         self.storage
             .sync_data()
-            .map_err(|source| Error::Io { op, sector, source })
+            .map_err(|error| Error::Io { op, sector, error })
     }
 
     fn execute_inner(&self, req: &mut Request) -> Result<usize> {
         let op = req.op.kind();
         let sector = req.sector;
-        let io_err = |source| Error::Io { op, sector, source };
+        let io_err = |error| Error::Io { op, sector, error };
         match req.op {
             Op::Flush => {
                 if !self.options.read_only {

@@ -24,9 +24,9 @@ impl ConsoleSink {
             .append(true)
             .open(path)
             .map(ConsoleSink::File)
-            .map_err(|source| Error::Console {
+            .map_err(|error| Error::Console {
                 what: path.display().to_string(),
-                source,
+                error,
             })
     }
 
@@ -34,9 +34,9 @@ impl ConsoleSink {
     pub fn socket(path: &Path) -> Result<Self> {
         UnixStream::connect(path)
             .map(ConsoleSink::Socket)
-            .map_err(|source| Error::Console {
+            .map_err(|error| Error::Console {
                 what: path.display().to_string(),
-                source,
+                error,
             })
     }
 
@@ -46,9 +46,9 @@ impl ConsoleSink {
             ConsoleSink::File(f) => (f.write_all(bytes), "file"),
             ConsoleSink::Socket(s) => (s.write_all(bytes), "socket"),
         };
-        r.map_err(|source| Error::Console {
+        r.map_err(|error| Error::Console {
             what: what.into(),
-            source,
+            error,
         })
     }
 }

@@ -22,12 +22,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The image file could not be opened (missing, no permission, `O_DIRECT` unsupported...).
-    #[error("cannot open image {}: {source}", path.display())]
+    #[error("cannot open image {}: {error}", path.display())]
     OpenImage {
         /// The path given.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
     /// The image's size is not a whole number of sectors.
     #[error("image {} is {len} bytes, not a multiple of {} bytes", path.display(), block::SECTOR_SIZE)]
@@ -64,14 +64,14 @@ pub enum Error {
         op: block::OpKind,
     },
     /// The image file's I/O failed.
-    #[error("{op} at sector {sector} failed: {source}")]
+    #[error("{op} at sector {sector} failed: {error}")]
     Io {
         /// The operation.
         op: block::OpKind,
         /// First sector.
         sector: u64,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
     /// The request queue is full; the caller retries after a completion.
     #[error("request queue full ({capacity} requests queued)")]
@@ -100,12 +100,12 @@ pub enum Error {
         detail: String,
     },
     /// The console sink could not be opened or written.
-    #[error("console sink {what}: {source}")]
+    #[error("console sink {what}: {error}")]
     Console {
         /// The file or socket.
         what: String,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 }
 

@@ -30,6 +30,8 @@ const IMAGE_SECTORS: u64 = 65536;
 const PEER_MAC: &str = "02:00:00:00:00:01";
 const PEER_IP: &str = "10.0.2.1";
 const LINUX_IP: &str = "10.0.2.15";
+/// vCPUs of the Linux guest and request queues of its disk (multi-queue).
+const LINUX_QUEUES: u32 = 2;
 /// Pings per size in the Linux scenario.
 const PINGS: u64 = 8;
 /// Linux modules for virtio-pci, virtio-blk and virtio-net (dependencies are added).
@@ -48,6 +50,7 @@ pub struct Row {
 pub const SCENARIOS: &[&str] = &[
     "missing-image",
     "blk-integrity@vhost-user-blk",
+    "blk-error@vhost-user-blk",
     "net-echo@vhost-user-net",
     "linux@vhost-user",
 ];
@@ -201,6 +204,10 @@ fn tail(log: &Path, n: usize) -> String {
 
 /// QEMU's arguments shared by every vhost run: q35 with memfd-backed, shared guest RAM.
 fn qemu_base(mib: u64) -> Vec<OsString> {
+    qemu_base_smp(mib, 1)
+}
+
+fn qemu_base_smp(mib: u64, cpus: u32) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     for s in [
         "-machine",
@@ -214,7 +221,7 @@ fn qemu_base(mib: u64) -> Vec<OsString> {
         "-m",
         &format!("{mib}M"),
         "-smp",
-        "1",
+        &cpus.to_string(),
         "-bios",
         QBOOT,
         "-nodefaults",
@@ -229,13 +236,18 @@ fn qemu_base(mib: u64) -> Vec<OsString> {
 }
 
 fn vhost_blk_args(socket: &Path) -> Vec<OsString> {
+    vhost_blk_args_mq(socket, 1)
+}
+
+/// `queues` request queues (QEMU asks the daemon how many it offers; at most that many).
+fn vhost_blk_args_mq(socket: &Path, queues: u32) -> Vec<OsString> {
     let mut chardev = OsString::from("socket,id=vu,path=");
     chardev.push(socket);
     vec![
         "-chardev".into(),
         chardev,
         "-device".into(),
-        "vhost-user-blk-pci,chardev=vu".into(),
+        format!("vhost-user-blk-pci,chardev=vu,num-queues={queues}").into(),
     ]
 }
 
@@ -374,6 +386,7 @@ pub fn test_suite() -> Vec<Row> {
             let r = match s {
                 "missing-image" => missing_image(&bins, &work, &log),
                 "blk-integrity@vhost-user-blk" => blk_integrity(&bins, &elf, &work, &log),
+                "blk-error@vhost-user-blk" => blk_read_only(&bins, &elf, &work, &log),
                 "net-echo@vhost-user-net" => net_echo(&bins, &elf, &work, &log),
                 "linux@vhost-user" => linux(&bins, &work, &log),
                 _ => unreachable!("scenario list"),
@@ -428,6 +441,7 @@ fn missing_image(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
     if out.status.success() {
         bail!("vhost-user-blk accepted a missing image (exit 0)");
     }
+    let first = stderr.lines().next().unwrap_or("").trim().to_owned();
     let path = image.display().to_string();
     if !stderr.contains(&path) || !stderr.contains("No such file") {
         bail!("the startup error does not name the missing image {path} and the cause: {stderr:?}");
@@ -435,11 +449,7 @@ fn missing_image(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
     if socket.exists() {
         bail!("vhost-user-blk created its socket although the image is missing");
     }
-    Ok(vec![format!(
-        "refused at startup with {}: {}",
-        out.status,
-        stderr.lines().last().unwrap_or("").trim()
-    )])
+    Ok(vec![format!("refused at startup with {}: {first}", out.status)])
 }
 
 /// Our guest's blk-integrity over vhost-user-blk, twice against one daemon (QEMU quits and comes
@@ -464,13 +474,36 @@ fn blk_integrity(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec
     let mut notes = Vec::new();
     let mut after = Vec::new();
     for (round, seed) in [(1, 11u64), (2, 22u64)] {
+        if round == 2 {
+            // A QEMU killed in the middle of I/O (no orderly vring shutdown) before round 2: 1 s
+            // phases, killed ~3.9 s after launch, in phase 3 or 4 (random reads or writes at qd 32).
+            let cmdline = "tests=blk-throughput@virtio-blk blk-throughput@virtio-blk.ms=1000";
+            let mut args = qemu_base(GUEST_MIB);
+            args.extend(vhost_blk_args(&socket));
+            args.extend(guest_args(elf, cmdline));
+            let r = run_qemu(&args, log, Duration::from_millis(3900))?;
+            let phases = r.transcript.perfs().count();
+            if r.code.is_some() || phases >= 6 {
+                bail!(
+                    "the throughput run meant to be killed mid-I/O ended by itself ({:?})",
+                    r.code
+                );
+            }
+            if phases == 0 {
+                bail!("QEMU was killed before the guest's first I/O phase ended (no PERF line in 3.9 s)");
+            }
+            notes.push(format!(
+                "a QEMU killed in the middle of I/O (after {phases} throughput phases) was survived"
+            ));
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let cmdline = format!("tests={test} {test}.seed={seed} {test}.extents={extents} {test}.qd=16");
         let mut args = qemu_base(GUEST_MIB);
         args.extend(vhost_blk_args(&socket));
         args.extend(guest_args(elf, &cmdline));
         let r = run_qemu(&args, log, Duration::from_secs(60))?;
         guest_passed(&r, test).map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
-        // Round 1 is the only writer of a fresh image; round 2 overwrites some of its extents.
+        // Round 1 is the only writer of a fresh image; later runs overwrite parts of it.
         let check = img
             .verify_integrity(seed, extents as usize, round == 1)
             .with_context(|| format!("round {round}: image check"))?;
@@ -501,6 +534,45 @@ fn blk_integrity(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec
         after[0]
     ));
     Ok(notes)
+}
+
+/// `--read-only`: our guest's write fails with the device's error status; the image is unchanged.
+fn blk_read_only(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec<String>> {
+    let img_path = work.join("blk-error.img");
+    let img = DiskImage::create(&img_path, IMAGE_SECTORS, 0x726f_6e6c)?;
+    let socket = work.join("blk-error.sock");
+    let mut daemon = Daemon::start(
+        &bins.blk,
+        &[
+            "--socket".into(),
+            socket.clone().into(),
+            "--image".into(),
+            img_path.clone().into(),
+            "--read-only".into(),
+            "--connections".into(),
+            "1".into(),
+        ],
+        &socket,
+        log,
+    )?;
+    let test = "blk-error@virtio-blk";
+    let mut args = qemu_base(GUEST_MIB);
+    args.extend(vhost_blk_args(&socket));
+    args.extend(guest_args(elf, &format!("tests={test}")));
+    let r = run_qemu(&args, log, Duration::from_secs(60))?;
+    guest_passed(&r, test).map_err(anyhow::Error::msg)?;
+    img.verify_unchanged()?;
+    if daemon.wait_exit(Duration::from_secs(5))?.is_none() {
+        bail!("vhost-user-blk (--connections 1) did not exit after QEMU quit");
+    }
+    let refused = std::fs::read_to_string(log)?.contains("refused: the device is read-only");
+    if !refused {
+        bail!("the daemon's log does not show the refused write");
+    }
+    Ok(vec![
+        "guest saw the write fail with the device's error status; image unchanged; daemon logged the refusal"
+            .to_owned(),
+    ])
 }
 
 /// Our guest's net-echo over vhost-user-net with the net core's echo peer.
@@ -580,6 +652,7 @@ mount -t devtmpfs dev /dev
 n=0; while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done
 echo "PVKIT-LINUX vda_sectors=$(cat /sys/block/vda/size)"
 echo "PVKIT-LINUX discard_max=$(cat /sys/block/vda/queue/discard_max_bytes)"
+echo "PVKIT-LINUX hw_queues=$(ls /sys/block/vda/mq | wc -l)"
 dd if=/dev/urandom of=/tmp/data bs=1M count=8 2>/dev/null
 echo "PVKIT-LINUX wrote_sha256=$(sha256sum /tmp/data | cut -d' ' -f1)"
 dd if=/tmp/data of=/dev/vda bs=1M oflag=direct conv=fsync 2>/dev/null || echo "PVKIT-LINUX FAIL dd write"
@@ -675,6 +748,8 @@ fn linux(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
             blk_sock.clone().into(),
             "--image".into(),
             img_path.clone().into(),
+            "--queues".into(),
+            LINUX_QUEUES.to_string().into(),
             "--connections".into(),
             "1".into(),
         ],
@@ -695,8 +770,8 @@ fn linux(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
         &net_sock,
         log,
     )?;
-    let mut args = qemu_base(LINUX_MIB);
-    args.extend(vhost_blk_args(&blk_sock));
+    let mut args = qemu_base_smp(LINUX_MIB, LINUX_QUEUES);
+    args.extend(vhost_blk_args_mq(&blk_sock, LINUX_QUEUES));
     args.extend(vhost_net_args(&net_sock));
     args.extend([
         "-kernel".into(),
@@ -727,6 +802,15 @@ fn linux(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
             get("vda_sectors")?
         );
     }
+    if get("hw_queues")? != LINUX_QUEUES.to_string() {
+        bail!(
+            "Linux runs {} virtio-blk queues, QEMU was given {LINUX_QUEUES}",
+            get("hw_queues")?
+        );
+    }
+    notes.push(format!(
+        "Linux uses {LINUX_QUEUES} virtio-blk queues (2 vCPUs, multi-queue)"
+    ));
     let wrote = get("wrote_sha256")?;
     if get("readback_sha256")? != wrote {
         bail!(

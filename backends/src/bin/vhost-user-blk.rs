@@ -47,8 +47,15 @@ struct Cli {
     connections: Option<usize>,
 }
 
-fn main() -> Result<()> {
+fn main() {
     pvkit_backends::vhost::init_logging();
+    if let Err(e) = run() {
+        eprintln!("vhost-user-blk: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let options = BlockOptions {
         read_only: cli.read_only,

@@ -52,8 +52,15 @@ fn parse_mac(s: &str) -> Result<Mac> {
     Ok(mac)
 }
 
-fn main() -> Result<()> {
+fn main() {
     pvkit_backends::vhost::init_logging();
+    if let Err(e) = run() {
+        eprintln!("vhost-user-net: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let switch = Switch::new();
     let peer = cli
