@@ -11,9 +11,7 @@
 //!   console), and after the run the host's checks and the cost per operation (`trace` parses
 //!   QEMU's trace, `costs` joins it with the guest's counts);
 //! - `process`: process groups, parent-death signal, Ctrl-C;
-//! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU);
-//! - `vhost`: the vhost-user daemons of backends/ against our guest and a Linux guest (test group
-//!   `vhost`), and the vhost-user-blk vs QEMU virtio-blk bench.
+//! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU).
 
 mod console;
 mod costs;
@@ -28,7 +26,6 @@ mod scenario;
 mod table;
 mod test;
 mod trace;
-mod vhost;
 mod workspace;
 mod xen;
 
@@ -75,19 +72,6 @@ enum Cmd {
     Test(TestArgs),
     /// Run the benchmarks (`cargo bench -p ring-protocol`); extra arguments go to cargo bench.
     Bench {
-        /// Only the block comparison: our vhost-user-blk vs QEMU's built-in virtio-blk under the
-        /// guest's blk-throughput workload (without this flag it runs after the cargo benches).
-        #[arg(long)]
-        vhost_blk: bool,
-        /// Boots of each device in the block comparison.
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        /// Milliseconds per throughput phase in the block comparison.
-        #[arg(long, default_value_t = 1000)]
-        phase_ms: u64,
-        /// vhost-user-blk worker threads (0: requests run on the vring threads).
-        #[arg(long, default_value_t = 0)]
-        workers: usize,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -129,14 +113,10 @@ pub struct RunArgs {
     /// Do not trace QEMU (no trap counts and cost lines; the workloads still print their own counts).
     #[arg(long)]
     pub no_trace: bool,
-    /// Skip the untraced boots that measure ops/s without the trace's overhead (tracing every
+    /// Skip the second, untraced boot that measures ops/s without the trace's overhead (tracing every
     /// register access slows PIO devices down by more than 10x).
     #[arg(long)]
     pub single_boot: bool,
-    /// Untraced boots for ops/s; each phase's best is shown (other load on the host only ever
-    /// makes a phase slower).
-    #[arg(long, default_value_t = 2)]
-    pub speed_rounds: u32,
     /// CPU accelerator. TCG (`-accel tcg -cpu max`) is the default because on this machine kind
     /// /dev/kvm is kvm_pvm, a paravirtual KVM without VT: it runs guests in a slow instruction emulator
     /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host,-arch-capabilities`) is opt-in.
@@ -220,19 +200,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Run(args) => run::run(&args),
         Cmd::Test(args) => test::test(&args),
         Cmd::Xen(args) => xen::xen(&args),
-        Cmd::Bench {
-            vhost_blk,
-            rounds,
-            phase_ms,
-            workers,
-            args,
-        } => {
-            if !vhost_blk {
-                let mut cmd = workspace::cargo();
-                cmd.args(["bench", "-p", "ring-protocol"]).args(args);
-                workspace::run_visible(&mut cmd)?;
-            }
-            vhost::bench_blk(rounds.max(1), phase_ms, workers)
+        Cmd::Bench { args } => {
+            let mut cmd = workspace::cargo();
+            cmd.args(["bench", "-p", "ring-protocol"]).args(args);
+            workspace::run_visible(&mut cmd)?;
+            Ok(0)
         }
         Cmd::Provision { dry_run, simulate } => {
             provision::ensure_simulated(

@@ -169,16 +169,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 let speed = if args.single_boot {
                     Vec::new()
                 } else {
-                    let mut best: Speed = Vec::new();
-                    for round in 1..=args.speed_rounds {
-                        for (key, v) in speed_boot(&cfg, &tests, round)? {
-                            match best.iter_mut().find(|(k, _)| *k == key) {
-                                Some((_, b)) => *b = b.max(v),
-                                None => best.push((key, v)),
-                            }
-                        }
-                    }
-                    best
+                    speed_boot(&cfg, &tests)?
                 };
                 print_costs(&costs, &speed);
                 println!("raw counts: {}", log.with_extension("costs").display());
@@ -269,7 +260,7 @@ fn perf_keys<'a>(perfs: impl Iterator<Item = (&'a str, &'a str, f64)>) -> Speed 
 
 /// Boots again without the trace, running only the throughput parts (block phases, net packet
 /// rate), for ops/s free of the trace's overhead.
-fn speed_boot(traced: &QemuConfig, tests: &[String], round: u32) -> Result<Speed> {
+fn speed_boot(traced: &QemuConfig, tests: &[String]) -> Result<Speed> {
     let tests: Vec<String> = tests
         .iter()
         .filter(|t| t.starts_with("blk-throughput@") || t.starts_with("net-echo@"))
@@ -287,7 +278,7 @@ fn speed_boot(traced: &QemuConfig, tests: &[String], round: u32) -> Result<Speed
         .copied()
         .filter(|d| tests.iter().any(|t| t.ends_with(&format!("@{}", d.name()))))
         .collect();
-    let log = workspace::log_dir().join(format!("run-speed{round}.log"));
+    let log = workspace::log_dir().join("run-speed.log");
     let rig = Rig::start(
         &devices,
         &append,
@@ -304,7 +295,7 @@ fn speed_boot(traced: &QemuConfig, tests: &[String], round: u32) -> Result<Speed
         trace: None,
         ..traced.clone()
     };
-    eprintln!("untraced boot {round} for ops/s: {}", tests.join(","));
+    eprintln!("untraced boot for ops/s: {}", tests.join(","));
     let r = qemu::run(&cfg, &log, |seen| {
         if let Seen::Console(line, Some(Record::Perf(_) | Record::TestFail { .. })) = seen {
             eprintln!("       {line}");
@@ -380,7 +371,7 @@ fn print_costs(costs: &[Cost], speed: &Speed) {
         "irqs/op",
         "copied B/op",
         "ops/s traced",
-        "ops/s untraced (best)",
+        "ops/s untraced",
     ];
     let mut rows: Vec<Vec<String>> = phase_costs
         .iter()
@@ -428,7 +419,7 @@ fn print_costs(costs: &[Cost], speed: &Speed) {
                     "notifies/op",
                     "irqs/op",
                     "ops/s traced",
-                    "ops/s untraced (best)"
+                    "ops/s untraced"
                 ],
                 &block
             )

@@ -5,8 +5,9 @@
 # `PVKIT-XEN ...` lines, and powers the machine off.
 #
 # Per scenario (directory /pvkit/s/<name>): `domain.cfg` (xl config), `timeout` (seconds),
-# optional `pre` and `post` (shell fragments sourced before creation and after the domain is gone;
-# `post` reports dom0-side checks with `check key=value ...`).
+# optional `pre`, `running` and `post` (shell fragments sourced before creation, once the domain
+# exists with $domid set, and after the domain is gone; they report with `check key=value ...` and
+# `note text`), optional `paused` (create paused, unpause after `running`).
 #
 # Output (parsed by xtask/src/xen/report.rs):
 #   PVKIT-XEN DOM0 READY uptime=<s>
@@ -109,7 +110,9 @@ run_scenario() {
     out=/tmp/xl-$name.log
     t0=$(now_ms)
     # -F: stay in the foreground until the domain shuts down and report why.
-    xl create -F "$dir/domain.cfg" >"$out" 2>&1 &
+    paused=
+    [ -f "$dir/paused" ] && paused=-p
+    xl create -F $paused "$dir/domain.cfg" >"$out" 2>&1 &
     xl_pid=$!
     created=
     reason=
@@ -119,6 +122,7 @@ run_scenario() {
             created=1
             say "SCENARIO $name CREATED domid=$domid create_ms=$(($(now_ms) - t0))"
             [ -f "$dir/running" ] && . "$dir/running"
+            [ -n "$paused" ] && { xl unpause "$name" || note "xl unpause failed"; }
         fi
         if ! kill -0 "$xl_pid" 2>/dev/null; then
             wait "$xl_pid"

@@ -153,6 +153,9 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
             0o644,
             text(&s.xl_config(slot.as_ref())),
         );
+        if s.paused {
+            img.add(&format!("{dir}/paused"), 0o644, text(""));
+        }
         img.add(
             &format!("{dir}/timeout"),
             0o644,
@@ -376,6 +379,7 @@ pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
         timeout: Duration::from_secs_f64(args.timeout),
         pre: None,
         running: None,
+        paused: false,
         post: None,
     };
     eprintln!(

@@ -35,6 +35,14 @@ pub enum XenScenario {
     FaultPagefault,
     /// A panic: reported, and the domain shuts down with `crash`.
     FaultPanic,
+    /// blkfront against Linux blkback on a loop-backed `phy:` disk: the integrity workload, then the
+    /// host checks every sector of the image (and dom0's digest of it).
+    Blk,
+    /// Bad input: the workload asks for a disk the domain does not have: reported absent, test fails.
+    BlkMissing,
+    /// Bad input: a vbd whose backend never connects (dom0 writes the XenStore nodes itself, nobody
+    /// serves them): the frontend gives up with a timeout message, the test fails, nothing hangs.
+    BlkNoBackend,
 }
 
 /// Which kernel a domU boots.
@@ -89,8 +97,10 @@ pub struct DomainSpec {
     pub timeout: Duration,
     /// Shell run in dom0 before `xl create` (set up images and loop devices).
     pub pre: Option<String>,
-    /// Shell run in dom0 once the domain exists.
+    /// Shell run in dom0 once the domain exists (while it is still paused, if `paused`).
     pub running: Option<String>,
+    /// Create the domain paused (`xl create -p`) and unpause it after the `running` hook.
+    pub paused: bool,
     /// Shell run in dom0 after the domain is gone (reports with `check key=value`).
     pub post: Option<String>,
 }
@@ -152,6 +162,9 @@ impl XenScenario {
             XenScenario::Xenstore,
             XenScenario::FaultPagefault,
             XenScenario::FaultPanic,
+            XenScenario::Blk,
+            XenScenario::BlkMissing,
+            XenScenario::BlkNoBackend,
         ]
     }
 
@@ -165,6 +178,9 @@ impl XenScenario {
             XenScenario::Xenstore => "xenstore",
             XenScenario::FaultPagefault => "fault-pagefault",
             XenScenario::FaultPanic => "fault-panic",
+            XenScenario::Blk => "blk",
+            XenScenario::BlkMissing => "blk-missing",
+            XenScenario::BlkNoBackend => "blk-no-backend",
         }
     }
 
@@ -181,6 +197,7 @@ impl XenScenario {
             timeout: Duration::from_secs(60),
             pre: None,
             running: None,
+            paused: false,
             post: None,
         };
         match self {
@@ -229,6 +246,25 @@ impl XenScenario {
             XenScenario::FaultPagefault | XenScenario::FaultPanic => {
                 base(self.name(), format!("tests={}", self.name()))
             }
+            XenScenario::Blk => DomainSpec {
+                host_disk: Some(HostDisk {
+                    sectors: BLK_SECTORS,
+                    fill_seed: 0x5eed_4e11,
+                }),
+                ..base(
+                    self.name(),
+                    format!(
+                        "tests={BLK_TEST} {BLK_TEST}.seed={} {BLK_TEST}.extents={BLK_EXTENTS}",
+                        blk_seed(nonce)
+                    ),
+                )
+            },
+            XenScenario::BlkMissing => base(self.name(), format!("tests={BLK_TEST}")),
+            XenScenario::BlkNoBackend => DomainSpec {
+                paused: true,
+                running: Some(stub_vbd_script()),
+                ..base(self.name(), format!("tests={BLK_TEST}"))
+            },
         }
     }
 
@@ -270,6 +306,40 @@ impl XenScenario {
                 }
             }
             XenScenario::FaultPagefault | XenScenario::FaultPanic => check_fault(self, r, &mut problems),
+            XenScenario::BlkMissing => check_refused(r, &["absent"], &mut problems),
+            XenScenario::BlkNoBackend => {
+                // The message must name the backend that never connected and its state.
+                check_refused(r, &[STUB_BACKEND, "state 2"], &mut problems);
+                if r.checks.get("stub_vbd") != Some("written") {
+                    problems.push("dom0 did not write the stub vbd nodes".to_owned());
+                }
+            }
+            XenScenario::Blk => {
+                check_guest(r, &[BLK_TEST], &mut problems);
+                if let (Some(slot), Some(Record::TestPass { fields, .. })) =
+                    (disk, r.transcript.verdict(BLK_TEST))
+                {
+                    let image = crate::disk::DiskImage {
+                        path: slot.image.clone(),
+                        sectors: BLK_SECTORS,
+                        fill_seed: 0x5eed_4e11,
+                    };
+                    match image.verify_integrity(blk_seed(nonce), BLK_EXTENTS as usize, true) {
+                        Ok(c) => {
+                            let want = 2 * c.sectors_written * crate::disk::SECTOR as u64;
+                            if fields.get_u64("bytes") != Some(want) {
+                                problems.push(format!(
+                                    "guest reports bytes={:?}, the {} extents it writes and reads back are {want} \
+                                     bytes",
+                                    fields.get("bytes"),
+                                    c.extents
+                                ));
+                            }
+                        }
+                        Err(e) => problems.push(format!("image check: {e:#}")),
+                    }
+                }
+            }
             other => {
                 let test = other.name();
                 check_guest(r, &[test], &mut problems);
@@ -329,6 +399,64 @@ impl XenScenario {
             }
         }
         problems
+    }
+}
+
+/// The block workload's test name under Xen, and its parameters (the image size is the QEMU
+/// scenarios' 16 MiB).
+const BLK_TEST: &str = "blk-integrity@xen-blk";
+const BLK_SECTORS: u64 = 32 * 1024;
+const BLK_EXTENTS: u64 = 64;
+
+/// The block workload's seed: derived from the run's nonce, so an old image cannot pass.
+fn blk_seed(nonce: &str) -> u64 {
+    nonce.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }) & 0xffff_ffff
+}
+
+/// The `xenstore-write`s of a vbd that no backend serves: the frontend directory (owned by the
+/// domU, readable by dom0) points at a backend directory under a type no dom0 driver watches, whose
+/// state stays InitWait (2). Runs while the domain is paused.
+fn stub_vbd_script() -> String {
+    format!(
+        "fe=/local/domain/$domid/device/vbd/51712\n\
+     be=/local/domain/0/backend/{STUB_BACKEND}/$domid/51712\n\
+     xenstore-write $be/frontend $fe $be/frontend-id $domid $be/state 2 $be/sectors 2048 \\\n\
+     \x20   $be/sector-size 512 $be/info 0 &&\n\
+     xenstore-chmod -r $be n0 r$domid &&\n\
+     xenstore-write $fe/backend $be $fe/backend-id 0 $fe/state 1 $fe/virtual-device 51712 \\\n\
+     \x20   $fe/device-type disk &&\n\
+     xenstore-chmod -r $fe n$domid r0 &&\n\
+     check stub_vbd=written\n"
+    )
+}
+
+/// The backend type of the stub vbd (no dom0 driver watches `backend/pvkit-stub`).
+const STUB_BACKEND: &str = "pvkit-stub";
+
+/// Bad input: the block test must fail with a message containing each of `why` and the guest shut
+/// down with `crash`, well before the scenario's timeout.
+fn check_refused(r: &ScenarioReport, why: &[&str], problems: &mut Vec<String>) {
+    expect_end(r, "crash", problems);
+    if r.transcript.boot().is_none() {
+        problems.push("no `PVKIT BOOT` line on the domU console".to_owned());
+    }
+    match r.transcript.verdict(BLK_TEST) {
+        Some(Record::TestFail { reason, .. }) if why.iter().all(|w| reason.contains(w)) => {}
+        Some(Record::TestFail { reason, .. }) => {
+            problems.push(format!(
+                "{BLK_TEST} failed with {reason:?}, expected it to mention {why:?}"
+            ));
+        }
+        Some(_) => problems.push(format!("{BLK_TEST} passed although it must fail ({why:?})")),
+        None => problems.push(format!("{BLK_TEST} reported no verdict")),
+    }
+    if r.transcript.exit_record() != Some(1) {
+        problems.push(format!(
+            "expected `PVKIT EXIT 1`, got {:?}",
+            r.transcript.exit_record()
+        ));
     }
 }
 
@@ -803,6 +931,54 @@ mod tests {
         assert!(
             !check(pass(4, "xenstore", "from-dom0-n1"), false).is_empty(),
             "dom0 never wrote"
+        );
+    }
+
+    #[test]
+    fn bad_input_needs_the_named_failure_and_a_crash() {
+        let check = |s: XenScenario, reason: &str, end: &str, stub: bool| {
+            let fail = format!("PVKIT TEST {BLK_TEST} FAIL {reason}");
+            let lines = ["PVKIT BOOT platform=xen-pv", fail.as_str(), "PVKIT EXIT 1"];
+            let mut tail = String::new();
+            if stub {
+                tail.push_str(&format!(
+                    "PVKIT-XEN SCENARIO {} CHECK stub_vbd=written\n",
+                    s.name()
+                ));
+            }
+            tail.push_str(&format!(
+                "PVKIT-XEN SCENARIO {} END reason={end} run_ms=1\n",
+                s.name()
+            ));
+            let r = report(&scenario_log(s.name(), &lines, &tail));
+            s.check(r.scenario(s.name()).unwrap(), "", None)
+        };
+        let stuck = "backend /local/domain/0/backend/pvkit-stub/1/51712 still in state 2 after 10 s";
+        assert_eq!(
+            check(XenScenario::BlkNoBackend, stuck, "crash", true),
+            Vec::<String>::new()
+        );
+        assert!(
+            !check(XenScenario::BlkNoBackend, stuck, "crash", false).is_empty(),
+            "no stub"
+        );
+        assert!(
+            !check(XenScenario::BlkNoBackend, stuck, "timeout", true).is_empty(),
+            "hung"
+        );
+        assert!(!check(XenScenario::BlkNoBackend, "device xen-blk absent", "crash", true).is_empty());
+        assert_eq!(
+            check(XenScenario::BlkMissing, "device xen-blk absent", "crash", false),
+            Vec::<String>::new()
+        );
+        assert!(
+            !check(
+                XenScenario::BlkMissing,
+                "device xen-blk absent",
+                "poweroff",
+                false
+            )
+            .is_empty()
         );
     }
 }
