@@ -204,12 +204,17 @@ impl XenScenario {
             XenScenario::LinuxSelfcheck => DomainSpec {
                 kernel: Kernel::Linux,
                 memory_mib: LINUX_MEMORY_MIB,
-                timeout: Duration::from_secs(90),
+                timeout: Duration::from_secs(180),
                 host_disk: Some(HostDisk {
                     sectors: SELFCHECK_DISK_SECTORS,
                     fill_seed: 0x5e1f,
                 }),
                 vifs: vec![format!("mac={LINUX_DOMU_MAC}, script={VIF_SCRIPT_PATH}")],
+                running: Some(console_input_hook(
+                    self.name(),
+                    "PVKIT-SELFCHECK console-ready",
+                    &console_input(nonce),
+                )),
                 ..base(
                     self.name(),
                     format!(
@@ -282,6 +287,7 @@ impl XenScenario {
                 for want in [
                     format!("PVKIT-SELFCHECK nonce={nonce}"),
                     format!("PVKIT-SELFCHECK ping={SELFCHECK_PINGS}/{SELFCHECK_PINGS}"),
+                    format!("PVKIT-SELFCHECK input={}", console_input(nonce)),
                 ] {
                     if !has(&want) {
                         problems.push(format!(
@@ -669,6 +675,29 @@ pub fn disk_post(slot: &DiskSlot) -> String {
     )
 }
 
+/// The line dom0 types into a domU's console.
+fn console_input(nonce: &str) -> String {
+    format!("pvkit-input-{nonce}")
+}
+
+/// dom0 shell (a `running` hook, in the background) that waits until the domU's console log shows
+/// `ready`, then writes `text` and a newline to the domU's console through the pty xenconsoled
+/// made for it (its path is in XenStore); reports `console_input=written`.
+pub fn console_input_hook(name: &str, ready: &str, text: &str) -> String {
+    format!(
+        "(log=/var/log/xen/console/guest-{name}.log\n\
+         for _ in $(seq 600); do\n\
+         \x20   if grep -q '{ready}' \"$log\" 2>/dev/null; then\n\
+         \x20       tty=$(xenstore-read /local/domain/$domid/console/tty) &&\n\
+         \x20           printf '%s\\n' '{text}' >\"$tty\" &&\n\
+         \x20           check console_input=written\n\
+         \x20       break\n\
+         \x20   fi\n\
+         \x20   sleep 0.1\n\
+         done) &\n"
+    )
+}
+
 /// Sectors of the self-check's disk.
 const SELFCHECK_DISK_SECTORS: u64 = 2048;
 /// ICMP echo requests the self-check sends to dom0.
@@ -727,6 +756,9 @@ ip link set dev eth0 up
 ip addr add "$ip/24" dev eth0
 got=$(ping -c "$pings" -W 5 "$peer" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
 echo "PVKIT-SELFCHECK ping=${got:-0}/$pings"
+echo "PVKIT-SELFCHECK console-ready"
+read -r -t 30 line
+echo "PVKIT-SELFCHECK input=$(echo "$line" | tr -d '\r')"
 echo "PVKIT-SELFCHECK nonce=$nonce"
 poweroff -f
 "#;
@@ -786,6 +818,7 @@ mod tests {
                 "PVKIT-XEN SCENARIO linux-selfcheck BEGIN\n\
                  PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK ping={ping}\n\
                  PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK nonce=42\n\
+                 PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK input=pvkit-input-42\n\
                  PVKIT-XEN SCENARIO linux-selfcheck CHECK image_sha256={digest}\n\
                  PVKIT-XEN SCENARIO linux-selfcheck END reason={reason} run_ms=9000\n"
             )
