@@ -205,9 +205,14 @@ impl Cost {
         if self.ops == 0 {
             p.push(format!("{what}: no operations"));
         }
-        // Every kick the driver counted reaches QEMU (EVENT_IDX only ever suppresses kicks, and
-        // the driver counts the ones it makes).
-        if self.dev.starts_with("virtio") && self.host_kicks < self.guest_notifies {
+        // Every kick the driver counted reaches QEMU. Only checked one request at a time: an
+        // ioeventfd is a counter, and kicks that follow each other before QEMU reads it come out
+        // as one `virtio_queue_notify` (seen with the stock notify at queue depth 32).
+        if self.dev.starts_with("virtio")
+            && matches!(self.scope, Scope::Phase(_))
+            && self.qd == 1
+            && self.host_kicks < self.guest_notifies
+        {
             p.push(format!(
                 "{what}: the guest counted {} kicks, QEMU handled {}",
                 self.guest_notifies, self.host_kicks
@@ -296,6 +301,10 @@ mod tests {
         let lost = counts(&[], 60, 40);
         let p = Cost::new(Scope::Phase(1), "virtio-blk", "?", &f, &lost).problems();
         assert_eq!(p.len(), 2, "{p:?}");
+        // At depth 32 an ioeventfd may merge kicks: fewer seen by QEMU is no problem there.
+        let deep = Fields::parse(&f.to_string().replace("qd=1", "qd=32"));
+        let p = Cost::new(Scope::Phase(3), "virtio-blk", "?", &deep, &counts(&[], 60, 100)).problems();
+        assert!(p.is_empty(), "{p:?}");
     }
 
     #[test]

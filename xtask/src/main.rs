@@ -113,10 +113,14 @@ pub struct RunArgs {
     /// Do not trace QEMU (no trap counts and cost lines; the workloads still print their own counts).
     #[arg(long)]
     pub no_trace: bool,
-    /// Skip the second, untraced boot that measures ops/s without the trace's overhead (tracing every
+    /// Skip the untraced boots that measure ops/s without the trace's overhead (tracing every
     /// register access slows PIO devices down by more than 10x).
     #[arg(long)]
     pub single_boot: bool,
+    /// Untraced boots for ops/s; each phase's best is shown (other load on the host only ever
+    /// makes a phase slower).
+    #[arg(long, default_value_t = 2)]
+    pub speed_rounds: u32,
     /// CPU accelerator. TCG (`-accel tcg -cpu max`) is the default because on this machine kind
     /// /dev/kvm is kvm_pvm, a paravirtual KVM without VT: it runs guests in a slow instruction emulator
     /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host,-arch-capabilities`) is opt-in.

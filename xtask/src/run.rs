@@ -169,7 +169,16 @@ pub fn run(args: &RunArgs) -> Result<i32> {
                 let speed = if args.single_boot {
                     Vec::new()
                 } else {
-                    speed_boot(&cfg, &tests)?
+                    let mut best: Speed = Vec::new();
+                    for round in 1..=args.speed_rounds {
+                        for (key, v) in speed_boot(&cfg, &tests, round)? {
+                            match best.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, b)) => *b = b.max(v),
+                                None => best.push((key, v)),
+                            }
+                        }
+                    }
+                    best
                 };
                 print_costs(&costs, &speed);
                 println!("raw counts: {}", log.with_extension("costs").display());
@@ -260,7 +269,7 @@ fn perf_keys<'a>(perfs: impl Iterator<Item = (&'a str, &'a str, f64)>) -> Speed 
 
 /// Boots again without the trace, running only the throughput parts (block phases, net packet
 /// rate), for ops/s free of the trace's overhead.
-fn speed_boot(traced: &QemuConfig, tests: &[String]) -> Result<Speed> {
+fn speed_boot(traced: &QemuConfig, tests: &[String], round: u32) -> Result<Speed> {
     let tests: Vec<String> = tests
         .iter()
         .filter(|t| t.starts_with("blk-throughput@") || t.starts_with("net-echo@"))
@@ -278,7 +287,7 @@ fn speed_boot(traced: &QemuConfig, tests: &[String]) -> Result<Speed> {
         .copied()
         .filter(|d| tests.iter().any(|t| t.ends_with(&format!("@{}", d.name()))))
         .collect();
-    let log = workspace::log_dir().join("run-speed.log");
+    let log = workspace::log_dir().join(format!("run-speed{round}.log"));
     let rig = Rig::start(
         &devices,
         &append,
@@ -295,7 +304,7 @@ fn speed_boot(traced: &QemuConfig, tests: &[String]) -> Result<Speed> {
         trace: None,
         ..traced.clone()
     };
-    eprintln!("untraced boot for ops/s: {}", tests.join(","));
+    eprintln!("untraced boot {round} for ops/s: {}", tests.join(","));
     let r = qemu::run(&cfg, &log, |seen| {
         if let Seen::Console(line, Some(Record::Perf(_) | Record::TestFail { .. })) = seen {
             eprintln!("       {line}");
@@ -371,7 +380,7 @@ fn print_costs(costs: &[Cost], speed: &Speed) {
         "irqs/op",
         "copied B/op",
         "ops/s traced",
-        "ops/s untraced",
+        "ops/s untraced (best)",
     ];
     let mut rows: Vec<Vec<String>> = phase_costs
         .iter()
@@ -419,7 +428,7 @@ fn print_costs(costs: &[Cost], speed: &Speed) {
                     "notifies/op",
                     "irqs/op",
                     "ops/s traced",
-                    "ops/s untraced"
+                    "ops/s untraced (best)"
                 ],
                 &block
             )
