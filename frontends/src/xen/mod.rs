@@ -3,11 +3,13 @@
 //! - [`grant`]: grant tables v1 (grant, end access with in-use detection, free list).
 //! - [`xenbus`]: device enumeration and the frontend state machine.
 //! - [`blkfront`]: the block frontend, a [`crate::block::BlockDevice`].
+//! - [`console`]: the PV console ring as a [`crate::console::ConsoleDevice`].
 //!
 //! What they need from the platform comes in as small pieces: a [`ring_protocol::platform::Notify`]
 //! (an event channel send), a [`crate::wait::Waiter`] (clock and idle), and the ring pages.
 
 pub mod blkfront;
+pub mod console;
 pub mod grant;
 pub mod xenbus;
 pub mod xenstore;

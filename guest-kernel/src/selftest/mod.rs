@@ -235,6 +235,12 @@ pub static TESTS: &[Test] = &[
         run: xen::blk_throughput,
     },
     Test {
+        name: "console-input@xen-console",
+        default: false,
+        params: xen::XEN_CONSOLE_PARAMS,
+        run: xen::console_input,
+    },
+    Test {
         name: "xenstore",
         default: false,
         params: xen::XENSTORE_PARAMS,

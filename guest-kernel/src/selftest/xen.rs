@@ -159,6 +159,60 @@ pub fn blk_throughput(p: &Params<'_>) -> Outcome {
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
 }
 
+/// Parameters of `console-input@xen-console`.
+pub const XEN_CONSOLE_PARAMS: &[&str] = &["expect", "ms"];
+
+/// `console-input@xen-console`: input written to the domain's console in dom0 reaches the guest
+/// through the console ring's `in` side. Prints `PVKIT INFO console-input ready`, then collects bytes
+/// until a newline (or `ms`, default 20000, pass); with `console-input@xen-console.expect=<text>` the
+/// line must equal it.
+pub fn console_input(p: &Params<'_>) -> Outcome {
+    let ms = match p.u64_in("ms", 20_000, 100..=600_000) {
+        Ok(m) => m,
+        Err(e) => return fail!("{e}"),
+    };
+    if xen::start().is_none() || xen::is_initial_domain() {
+        return fail!("device xen-console absent (no console ring)");
+    }
+    kprintln!("PVKIT INFO console-input ready");
+    let t0 = xen::time::now_ns();
+    let mut line = alloc::vec::Vec::new();
+    let mut buf = [0u8; 256];
+    let w = XenWaiter {
+        mode: WaitMode::Interrupt,
+    };
+    let done = pvkit_frontends::wait::wait_for(&w, ms * 1000, "a line of console input", || {
+        let n = xen::console::read_input(&mut buf);
+        line.extend_from_slice(&buf[..n]);
+        Ok(line.contains(&b'\n').then_some(()))
+    });
+    let us = (xen::time::now_ns() - t0) / 1000;
+    if let Err(e) = done {
+        return fail!("{e} (got {} bytes)", line.len());
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let text: alloc::string::String = line[..end]
+        .iter()
+        .filter(|&&b| b != b'\r')
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    if let Some(want) = p.get("expect")
+        && want != text
+    {
+        return fail!("console input {text:?} is not the expected {want:?}");
+    }
+    Outcome::Pass(alloc::format!(
+        "bytes={} wait_us={us} line=\"{text}\"",
+        line.len()
+    ))
+}
+
 /// Parameters of the `xenstore` test.
 pub const XENSTORE_PARAMS: &[&str] = &["peer", "ms"];
 /// The node a peer (dom0) writes for `xenstore.peer=1`, relative to the domain's home.

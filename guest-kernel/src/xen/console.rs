@@ -2,16 +2,20 @@
 //! driven through `ring_protocol::byte_ring::console_guest`. In dom0 there is no ring; output goes to
 //! Xen's own console through `console_io`.
 //!
-//! A writer that finds the ring full notifies the backend and yields until it made room, for at most
-//! [`STALL_NS`]; after that the rest of the bytes are dropped (and counted), so a dead console daemon
-//! slows the run down but never hangs it.
+//! The ring is driven by `pvkit_frontends::xen::console::XenConsole` (the same `ConsoleDevice` the
+//! workloads use). A writer that finds the ring full notifies the backend and yields until it made
+//! room, for at most [`STALL_NS`]; after that the rest of the bytes are dropped (and counted), so a
+//! dead console daemon slows the run down but never hangs it.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use pvkit_frontends::console::ConsoleDevice;
+use pvkit_frontends::xen::console::XenConsole;
 use ring_protocol::abi::console::XenconsInterface;
-use ring_protocol::abi::event_channel::EvtchnPort;
-use ring_protocol::byte_ring::{Duplex, console_guest};
+use ring_protocol::byte_ring::console_guest;
+
+use super::store::EvtchnNotify;
 
 use crate::arch::x86_64::xen as hv;
 
@@ -21,8 +25,7 @@ pub const STALL_NS: u64 = 2_000_000_000;
 /// The guest end of the console ring and its event channel.
 #[derive(Debug)]
 pub struct RingConsole {
-    ring: Duplex,
-    port: EvtchnPort,
+    dev: XenConsole<EvtchnNotify>,
 }
 
 enum Backend {
@@ -47,8 +50,7 @@ pub fn init() {
         match unsafe { console_guest(NonNull::new(va as *mut XenconsInterface).expect("console page at 0")) }
         {
             Ok(ring) => Backend::Ring(RingConsole {
-                ring,
-                port: s.si.console_evtchn,
+                dev: XenConsole::new(ring, EvtchnNotify(s.si.console_evtchn)),
             }),
             // Nothing to report to yet: try the hypervisor console (works on debug builds of Xen).
             Err(_) => Backend::Hypervisor,
@@ -97,21 +99,16 @@ pub fn dropped() -> u64 {
 }
 
 impl RingConsole {
-    fn notify(&self) {
-        let _ = super::events::send(self.port);
-    }
-
     fn write_all(&mut self, mut bytes: &[u8]) {
         let mut stalled_since: Option<u64> = None;
         while !bytes.is_empty() {
-            match self.ring.tx.write(bytes) {
-                Ok(t) if t.bytes > 0 => {
-                    bytes = &bytes[t.bytes..];
+            match self.dev.write(bytes) {
+                Ok(n) if n > 0 => {
+                    bytes = &bytes[n..];
                     stalled_since = None;
-                    self.notify();
                 }
                 Ok(_) => {
-                    self.notify();
+                    let _ = self.dev.poke();
                     let now = super::time::now_ns();
                     let since = *stalled_since.get_or_insert(now);
                     if now.saturating_sub(since) > STALL_NS || (now == 0 && since == 0 && spin_out()) {
@@ -131,13 +128,8 @@ impl RingConsole {
     fn drain(&mut self) {
         let start = super::time::now_ns();
         let mut spins = 0u64;
-        loop {
-            match self.ring.tx.free_space() {
-                Ok(free) if free == self.ring.tx.size() => return,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-            self.notify();
+        while let Ok(false) = self.dev.drained() {
+            let _ = self.dev.poke();
             spins += 1;
             let now = super::time::now_ns();
             if (now != 0 && now.saturating_sub(start) > STALL_NS) || spins > 200_000 {
@@ -146,6 +138,15 @@ impl RingConsole {
             hv::yield_cpu();
         }
     }
+}
+
+/// Reads console input (bytes typed at the domain's console) into `buf`; 0 if none is waiting or
+/// there is no console ring.
+pub fn read_input(buf: &mut [u8]) -> usize {
+    with_console(|c| match c {
+        Backend::Ring(r) => r.dev.read(buf).unwrap_or(0),
+        _ => 0,
+    })
 }
 
 /// Without a clock (before the shared page is mapped) a full ring is waited on for a bounded number
