@@ -239,3 +239,98 @@ pub fn relay(front: UnixStream, back: UnixStream) -> io::Result<()> {
     let _ = replies.join();
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    fn msg(req: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&req.to_le_bytes());
+        m.extend_from_slice(&(FLAG_VERSION | flags).to_le_bytes());
+        m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn vring_state(index: u32, num: u32) -> Vec<u8> {
+        [index.to_le_bytes(), num.to_le_bytes()].concat()
+    }
+
+    /// Reads one message (header + payload) and its descriptors.
+    fn recv_msg(s: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
+        let mut fds = Vec::new();
+        let mut hdr = [0u8; HDR_LEN];
+        assert!(recv_exact(s, &mut hdr, &mut fds).unwrap(), "message expected");
+        let mut m = hdr.to_vec();
+        m.resize(HDR_LEN + u32_at(&hdr, 8) as usize, 0);
+        if m.len() > HDR_LEN {
+            recv_exact(s, &mut m[HDR_LEN..], &mut fds).unwrap();
+        }
+        (m, fds)
+    }
+
+    #[test]
+    fn early_vring_enable_is_answered_and_replayed_after_set_features() {
+        let (qemu, front) = UnixStream::pair().unwrap();
+        let (back, daemon) = UnixStream::pair().unwrap();
+        let relay = std::thread::spawn(move || relay(front, back));
+        daemon
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        qemu.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+
+        // GET_FEATURES passes through and its reply comes back.
+        (&qemu).write_all(&msg(1, 0, &[])).unwrap();
+        let (m, _) = recv_msg(&daemon);
+        assert_eq!(m, msg(1, 0, &[]));
+        let reply = msg(1, FLAG_REPLY, &(1u64 << 30).to_le_bytes());
+        (&daemon).write_all(&reply).unwrap();
+        let mut got = vec![0u8; reply.len()];
+        (&qemu).read_exact(&mut got).unwrap();
+        assert_eq!(got, reply);
+
+        // Early SET_VRING_ENABLE (ring 1 on, ring 0 on then off): acked by the relay, not forwarded.
+        for (ring, on) in [(1, 1), (0, 1), (0, 0)] {
+            (&qemu)
+                .write_all(&msg(SET_VRING_ENABLE, FLAG_NEED_REPLY, &vring_state(ring, on)))
+                .unwrap();
+            let mut ack = vec![0u8; HDR_LEN + 8];
+            (&qemu).read_exact(&mut ack).unwrap();
+            assert_eq!(ack, msg(SET_VRING_ENABLE, FLAG_REPLY, &0u64.to_le_bytes()));
+        }
+
+        // SET_FEATURES goes through, then the last state of each ring, without NEED_REPLY.
+        let features = msg(SET_FEATURES, 0, &(1u64 << 30 | 1 << 32).to_le_bytes());
+        (&qemu).write_all(&features).unwrap();
+        assert_eq!(recv_msg(&daemon).0, features);
+        assert_eq!(recv_msg(&daemon).0, msg(SET_VRING_ENABLE, 0, &vring_state(1, 1)));
+        assert_eq!(recv_msg(&daemon).0, msg(SET_VRING_ENABLE, 0, &vring_state(0, 0)));
+
+        // A message with a descriptor (SET_VRING_KICK-like) carries it across.
+        let file = tempfile::tempfile().unwrap();
+        let kick = msg(12, 0, &0u64.to_le_bytes());
+        send_with_fds(&qemu, &kick, &[file.as_fd().try_clone_to_owned().unwrap()]).unwrap();
+        let (m, fds) = recv_msg(&daemon);
+        assert_eq!(m, kick);
+        assert_eq!(fds.len(), 1);
+        let passed = File::from(fds.into_iter().next().unwrap());
+        assert_eq!(passed.metadata().unwrap().ino(), file.metadata().unwrap().ino());
+
+        // Later SET_VRING_ENABLE passes through untouched.
+        let late = msg(SET_VRING_ENABLE, FLAG_NEED_REPLY, &vring_state(0, 1));
+        (&qemu).write_all(&late).unwrap();
+        assert_eq!(recv_msg(&daemon).0, late);
+
+        // A payload larger than the protocol allows ends the relay with an error.
+        (&qemu)
+            .write_all(&msg(5, 0, &vec![0u8; MAX_PAYLOAD + 1]))
+            .unwrap();
+        assert!(relay.join().unwrap().is_err());
+    }
+}
