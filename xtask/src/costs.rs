@@ -121,6 +121,15 @@ impl Cost {
         }
     }
 
+    /// The queue depth, `-` for workloads that do not report one (echo tests).
+    pub fn qd_text(&self) -> String {
+        if self.qd == 0 {
+            "-".to_owned()
+        } else {
+            self.qd.to_string()
+        }
+    }
+
     /// Traps per operation: device register accesses plus ioeventfd kicks.
     pub fn traps_per_op(&self) -> f64 {
         self.per_op(self.device_traps + self.ioeventfd_kicks)
@@ -150,7 +159,7 @@ impl Cost {
              copies/op={:<7.0} ops/s={:.0}{}",
             self.dev,
             self.pattern,
-            self.qd,
+            self.qd_text(),
             self.ops,
             self.bytes,
             self.traps_per_op(),

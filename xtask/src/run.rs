@@ -360,7 +360,7 @@ fn print_costs(costs: &[Cost], speed: &Speed) {
         vec![
             c.dev.clone(),
             c.pattern.clone(),
-            c.qd.to_string(),
+            c.qd_text(),
             c.ops.to_string(),
             format!("{:.2}", c.traps_per_op()),
             format!("{:.3}", c.notifies_per_op()),
