@@ -5,169 +5,26 @@
 //! and hostile chains get an error status without stopping the device; a second connection after
 //! the first frontend went away is served.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
-use std::time::{Duration, Instant};
 
+use common::{GuestMem, MEM_SIZE, QSIZE, Queue, connect_retry, region, vring_config};
+
+use ::vhost::VhostBackend;
 use ::vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use ::vhost::vhost_user::{Frontend, VhostUserFrontend};
-use ::vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use pvkit_backends::block::{BlockCore, BlockOptions};
 use pvkit_backends::vhost::{blk::BlkConnections, serve};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-const MEM_SIZE: usize = 1 << 20;
-const QSIZE: u16 = 16;
-const DESC: usize = 0x0;
-const AVAIL: usize = 0x100;
-const USED: usize = 0x200;
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_FLUSH: u32 = 4;
 const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const IMAGE_SECTORS: u64 = 2048;
-
-/// The shared "guest memory": a memfd mapped in this process.
-struct GuestMem {
-    fd: OwnedFd,
-    base: *mut u8,
-}
-
-impl GuestMem {
-    fn new() -> Self {
-        // SAFETY: memfd_create with a valid NUL-terminated name.
-        let raw = unsafe { libc::memfd_create(c"pvkit-test-guest".as_ptr(), 0) };
-        assert!(raw >= 0, "memfd_create failed");
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: plain system call on our descriptor.
-        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), MEM_SIZE as i64) }, 0);
-        // SAFETY: a new shared mapping of the whole memfd; checked for failure below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MEM_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(base, libc::MAP_FAILED);
-        GuestMem {
-            fd,
-            base: base.cast(),
-        }
-    }
-
-    fn va(&self, gpa: usize) -> u64 {
-        self.base as u64 + gpa as u64
-    }
-
-    fn write(&self, gpa: usize, data: &[u8]) {
-        assert!(gpa + data.len() <= MEM_SIZE);
-        // SAFETY: in bounds of the mapping (asserted); the daemon only touches other bytes now.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.wrapping_add(gpa), data.len()) };
-    }
-
-    fn read(&self, gpa: usize, len: usize) -> Vec<u8> {
-        assert!(gpa + len <= MEM_SIZE);
-        let mut v = vec![0; len];
-        // SAFETY: in bounds of the mapping (asserted).
-        unsafe { std::ptr::copy_nonoverlapping(self.base.wrapping_add(gpa), v.as_mut_ptr(), len) };
-        v
-    }
-
-    fn u16_at(&self, gpa: usize) -> u16 {
-        // SAFETY: in bounds, 2-byte aligned ring fields; volatile because the daemon writes them.
-        unsafe { self.base.wrapping_add(gpa).cast::<u16>().read_volatile() }
-    }
-}
-
-impl Drop for GuestMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.base.cast(), MEM_SIZE) };
-    }
-}
-
-/// A driver-side split virtqueue in `GuestMem`.
-struct Queue<'a> {
-    mem: &'a GuestMem,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl<'a> Queue<'a> {
-    fn new(mem: &'a GuestMem) -> Self {
-        Queue {
-            mem,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-
-    /// Adds a chain of (gpa, len, device-writable) buffers; returns its head.
-    fn add(&mut self, bufs: &[(usize, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-            let idx = (self.next_desc + i as u16) % QSIZE;
-            let last = i == bufs.len() - 1;
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&(addr as u64).to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            let flags = if last { 0 } else { VIRTQ_DESC_F_NEXT } | if w { VIRTQ_DESC_F_WRITE } else { 0 };
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&((idx + 1) % QSIZE).to_le_bytes());
-            self.mem.write(DESC + 16 * idx as usize, &d);
-        }
-        self.next_desc = (self.next_desc + bufs.len() as u16) % QSIZE;
-        let slot = AVAIL + 4 + 2 * (self.avail_idx % QSIZE) as usize;
-        self.mem.write(slot, &head.to_le_bytes());
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        head
-    }
-
-    /// Publishes the added chains and kicks.
-    fn kick(&self, kick: &EventFd) {
-        // Release: the descriptors and ring entries above are visible to the device before the
-        // index that hands them over.
-        fence(Ordering::Release);
-        self.mem.write(AVAIL + 2, &self.avail_idx.to_le_bytes());
-        kick.write(1).unwrap();
-    }
-
-    /// Waits for `n` more used entries; returns (id, len) of each.
-    fn wait_used(&mut self, n: u16) -> Vec<(u32, u32)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.mem.u16_at(USED + 2).wrapping_sub(self.used_seen) < n {
-            assert!(
-                Instant::now() < deadline,
-                "device did not complete {n} requests in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        // Acquire: the used entries and the data they cover were written before the index.
-        fence(Ordering::Acquire);
-        (0..n)
-            .map(|_| {
-                let e = self.mem.read(USED + 4 + 8 * (self.used_seen % QSIZE) as usize, 8);
-                self.used_seen = self.used_seen.wrapping_add(1);
-                (
-                    u32::from_le_bytes(e[0..4].try_into().unwrap()),
-                    u32::from_le_bytes(e[4..8].try_into().unwrap()),
-                )
-            })
-            .collect()
-    }
-}
 
 fn header(t: u32, sector: u64) -> [u8; 16] {
     let mut h = [0u8; 16];
@@ -178,14 +35,7 @@ fn header(t: u32, sector: u64) -> [u8; 16] {
 
 /// Connects and sets up queue 0; returns the frontend and its kick/call eventfds.
 fn connect(sock: &Path, mem: &GuestMem) -> (Frontend, EventFd, EventFd) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut fe = loop {
-        match Frontend::connect(sock, 1) {
-            Ok(f) => break f,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("connecting to {}: {e}", sock.display()),
-        }
-    };
+    let mut fe = connect_retry(sock, 1);
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
     for bit in [32u32, 9, 12, 13, 30] {
@@ -209,28 +59,10 @@ fn connect(sock: &Path, mem: &GuestMem) -> (Frontend, EventFd, EventFd) {
         IMAGE_SECTORS,
         "capacity in the config space"
     );
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: MEM_SIZE as u64,
-        userspace_addr: mem.va(0),
-        mmap_offset: 0,
-        mmap_handle: mem.fd.as_raw_fd(),
-    };
-    fe.set_mem_table(&[region]).unwrap();
+    fe.set_mem_table(&[region(mem)]).unwrap();
     fe.set_vring_num(0, QSIZE).unwrap();
-    fe.set_vring_addr(
-        0,
-        &VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: mem.va(DESC),
-            used_ring_addr: mem.va(USED),
-            avail_ring_addr: mem.va(AVAIL),
-            log_addr: None,
-        },
-    )
-    .unwrap();
+    fe.set_vring_addr(0, &vring_config(mem, &Queue::new(mem, 0)))
+        .unwrap();
     fe.set_vring_base(0, 0).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -265,7 +97,7 @@ fn requests_hostile_chains_and_reconnect() {
     let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
     {
         let (fe, kick, _call) = connect(&sock, &mem);
-        let mut q = Queue::new(&mem);
+        let mut q = Queue::new(&mem, 0);
         mem.write(0x1000, &header(T_OUT, 2));
         mem.write(0x2000, &pattern);
         let w = q.add(&[(0x1000, 16, false), (0x2000, 1024, false), (0x1800, 1, true)]);
@@ -331,7 +163,7 @@ fn requests_hostile_chains_and_reconnect() {
     // The frontend went away; a new one is served on the same socket.
     let mem2 = GuestMem::new();
     let (fe, kick, _call) = connect(&sock, &mem2);
-    let mut q = Queue::new(&mem2);
+    let mut q = Queue::new(&mem2, 0);
     mem2.write(0x1000, &header(T_IN, 2));
     q.add(&[(0x1000, 16, false), (0x3000, 1024, true), (0x1800, 1, true)]);
     q.kick(&kick);
