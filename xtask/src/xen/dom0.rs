@@ -149,6 +149,15 @@ impl Image {
         Ok(())
     }
 
+    /// A program built on the host (against the same Debian 12 glibc), with its libraries from
+    /// the tree.
+    pub fn host_program(&mut self, tree: &Path, path: &Path, dest: &str) -> Result<()> {
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        self.libraries_of(tree, &path.display().to_string(), &data)?;
+        self.add(dest, 0o755, Payload::Bytes(data));
+        Ok(())
+    }
+
     fn libraries_of(&mut self, tree: &Path, what: &str, data: &[u8]) -> Result<()> {
         let needed = Elf::parse(data)
             .and_then(|e| e.needed())

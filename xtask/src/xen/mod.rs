@@ -17,6 +17,11 @@ pub mod packages;
 pub mod report;
 pub mod scenario;
 
+/// dom0's Ethernet echo peer: built into its own binary for dom0, included here for its tests.
+#[cfg(test)]
+#[path = "../../xen/echo.rs"]
+mod echo_peer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -108,6 +113,10 @@ pub fn run_harness(
     }
     let vmlinuz = tree.join(format!("boot/vmlinuz-{kver}"));
     let mut img = dom0::base(&tree, &kver)?;
+    if bundle.specs.iter().any(|s| !s.vifs.is_empty()) {
+        let echo = build_echo(&cache)?;
+        img.host_program(&tree, &echo, scenario::ECHO_PATH)?;
+    }
     add_bundle(&mut img, bundle, &tree, &vmlinuz)?;
     let initramfs = cache.join("dom0-initramfs.cpio");
     img.write(&initramfs)?;
@@ -217,6 +226,42 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
         img.add(scenario::LINUX_INITRD_PATH, 0o644, Payload::File(path));
     }
     Ok(())
+}
+
+/// Compiles `xtask/xen/echo.rs` (std only) with the host's `rustc` unless the binary is newer than
+/// its source.
+fn build_echo(cache: &Path) -> Result<PathBuf> {
+    let src = workspace::root().join("xtask/xen/echo.rs");
+    let out = cache.join("pvkit-echo");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&out).is_some() && modified(&out) >= modified(&src) {
+        return Ok(out);
+    }
+    let mut cmd = Command::new("rustc");
+    cmd.args([
+        "--edition",
+        "2024",
+        "-O",
+        "-C",
+        "debuginfo=0",
+        "--crate-name",
+        "pvkit_echo",
+        "-o",
+    ])
+    .arg(&out)
+    .arg(&src)
+    .current_dir(workspace::root());
+    let o = cmd
+        .output()
+        .with_context(|| format!("running {}", workspace::display_command(&cmd)))?;
+    if !o.status.success() {
+        bail!(
+            "building dom0's echo peer failed: {}\n{}",
+            workspace::display_command(&cmd),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(out)
 }
 
 /// `6.1.0-N-amd64` from `.../vmlinuz-6.1.0-N-amd64`.
@@ -515,4 +560,31 @@ pub fn xen(args: &XenArgs) -> Result<i32> {
     let ok = rows.iter().all(|r| r.result.is_ok()) && boot_problem(&h).is_none();
     println!("{}", if ok { "RESULT: PASS" } else { "RESULT: FAIL" });
     Ok(if ok { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::echo_peer::{ETHERTYPE, echo_frame};
+
+    #[test]
+    fn echo_peer_swaps_macs_of_workload_frames_only() {
+        let guest = [0x00, 0x16, 0x3e, 0, 0, 0x10];
+        let peer = [0x02, 0, 0, 0, 0, 0x01];
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&peer);
+        frame.extend_from_slice(&guest);
+        frame.extend_from_slice(&ETHERTYPE.to_be_bytes());
+        frame.extend_from_slice(b"payload");
+        let sent = frame.clone();
+        assert!(echo_frame(&mut frame));
+        assert_eq!(&frame[..6], &guest);
+        assert_eq!(&frame[6..12], &peer);
+        assert_eq!(&frame[12..], &sent[12..], "type and payload untouched");
+        let mut ipv4 = sent.clone();
+        ipv4[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let before = ipv4.clone();
+        assert!(!echo_frame(&mut ipv4));
+        assert_eq!(ipv4, before);
+        assert!(!echo_frame(&mut sent[..13].to_vec()), "runt frame");
+    }
 }

@@ -38,6 +38,9 @@ pub enum XenScenario {
     /// blkfront against Linux blkback on a loop-backed `phy:` disk: the integrity workload, then the
     /// host checks every sector of the image (and dom0's digest of it).
     Blk,
+    /// netfront against Linux netback: the net echo workload through a vif; dom0's echo peer
+    /// (`xtask/xen/echo.rs`) swaps the MACs of every workload frame and sends it back.
+    Net,
     /// Bad input: the workload asks for a disk the domain does not have: reported absent, test fails.
     BlkMissing,
     /// Bad input: a vbd whose backend never connects (dom0 writes the XenStore nodes itself, nobody
@@ -179,6 +182,7 @@ impl XenScenario {
             XenScenario::FaultPagefault => "fault-pagefault",
             XenScenario::FaultPanic => "fault-panic",
             XenScenario::Blk => "blk",
+            XenScenario::Net => "net",
             XenScenario::BlkMissing => "blk-missing",
             XenScenario::BlkNoBackend => "blk-no-backend",
         }
@@ -265,6 +269,15 @@ impl XenScenario {
                 )
             },
             XenScenario::BlkMissing => base(self.name(), format!("tests={BLK_TEST}")),
+            XenScenario::Net => DomainSpec {
+                vifs: vec![format!("mac={GUEST_MAC}, script={VIF_SCRIPT_PATH}")],
+                running: Some(echo_start()),
+                post: Some(echo_stop()),
+                ..base(
+                    self.name(),
+                    format!("tests={NET_TEST} {NET_TEST}.frames={NET_FRAMES}"),
+                )
+            },
             XenScenario::BlkNoBackend => DomainSpec {
                 paused: true,
                 running: Some(stub_vbd_script()),
@@ -313,6 +326,15 @@ impl XenScenario {
             }
             XenScenario::FaultPagefault | XenScenario::FaultPanic => check_fault(self, r, &mut problems),
             XenScenario::BlkMissing => check_refused(r, &["absent"], &mut problems),
+            XenScenario::Net => {
+                check_guest(r, &[NET_TEST], &mut problems);
+                match r.checks.get_u64("echoed") {
+                    Some(n) if n >= NET_FRAMES => {}
+                    other => problems.push(format!(
+                        "dom0's echo peer answered {other:?} frames, the guest sends at least {NET_FRAMES}"
+                    )),
+                }
+            }
             XenScenario::BlkNoBackend => {
                 // The message must name the backend that never connected and its state.
                 check_refused(r, &[STUB_BACKEND, "state 2"], &mut problems);
@@ -464,6 +486,33 @@ fn check_refused(r: &ScenarioReport, why: &[&str], problems: &mut Vec<String>) {
             r.transcript.exit_record()
         ));
     }
+}
+
+/// The net workload's test name under Xen and its frame count.
+const NET_TEST: &str = "net-echo@xen-net";
+const NET_FRAMES: u64 = 200;
+/// The MAC of our guest's vif (Xen's OUI).
+const GUEST_MAC: &str = "00:16:3e:00:00:10";
+/// dom0's echo peer binary.
+pub const ECHO_PATH: &str = "/pvkit/pvkit-echo";
+
+/// dom0 shell (`running` hook): once the domU's vif exists in dom0, run the echo peer on it in the
+/// background.
+fn echo_start() -> String {
+    format!(
+        "rm -f /tmp/echo.stop /tmp/echo.out\n\
+         (for _ in $(seq 300); do [ -e /sys/class/net/vif$domid.0 ] && break; sleep 0.1; done\n\
+         \x20exec {ECHO_PATH} vif$domid.0 /tmp/echo.stop >/tmp/echo.out 2>&1) &\n\
+         echo_pid=$!\n"
+    )
+}
+
+/// dom0 shell (`post` hook): stop the echo peer and report its counts.
+fn echo_stop() -> String {
+    "touch /tmp/echo.stop\n\
+     wait $echo_pid\n\
+     check $(cat /tmp/echo.out)\n"
+        .to_owned()
 }
 
 /// Timer scenario parameters (like the QEMU timer scenario: not the guest's defaults, low rate).
