@@ -533,6 +533,51 @@ fn blk_integrity(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec
         "daemon (fds, threads) {:?} after each connection; exited 0 on SIGTERM",
         after[0]
     ));
+
+    // Round 3: a second daemon on the same image with O_DIRECT and the worker pool.
+    let pool_args = |direct: bool| {
+        let mut a: Vec<OsString> = vec![
+            "--socket".into(),
+            socket.clone().into(),
+            "--image".into(),
+            img_path.clone().into(),
+            "--workers".into(),
+            "2".into(),
+            "--connections".into(),
+            "1".into(),
+        ];
+        if direct {
+            a.push("--direct".into());
+        }
+        a
+    };
+    let (mut daemon, direct) = match Daemon::start(&bins.blk, &pool_args(true), &socket, log) {
+        Ok(d) => (d, true),
+        // A filesystem without O_DIRECT (tmpfs) refuses the open: say so and test the pool alone.
+        Err(e) => {
+            notes.push(format!("O_DIRECT unavailable for {}: {e:#}", img_path.display()));
+            (Daemon::start(&bins.blk, &pool_args(false), &socket, log)?, false)
+        }
+    };
+    let seed = 33u64;
+    let cmdline = format!("tests={test} {test}.seed={seed} {test}.extents={extents} {test}.qd=16");
+    let mut args = qemu_base(GUEST_MIB);
+    args.extend(vhost_blk_args(&socket));
+    args.extend(guest_args(elf, &cmdline));
+    let r = run_qemu(&args, log, Duration::from_secs(60))?;
+    guest_passed(&r, test).map_err(|e| anyhow::anyhow!("round 3 (workers=2, direct={direct}): {e}"))?;
+    let check = img
+        .verify_integrity(seed, extents as usize, false)
+        .context("round 3: image check")?;
+    if daemon.wait_exit(Duration::from_secs(5))?.is_none() {
+        bail!("vhost-user-blk (--connections 1) did not exit after QEMU quit");
+    }
+    notes.push(format!(
+        "round 3 (worker pool of 2, O_DIRECT {}): guest PASS; image holds seed {seed}: {} sectors, crc32 {:#010x}",
+        if direct { "on" } else { "off" },
+        check.sectors_written,
+        check.crc32
+    ));
     Ok(notes)
 }
 
