@@ -4,6 +4,7 @@
 //! - [`xenbus`]: device enumeration and the frontend state machine.
 //! - [`blkfront`]: the block frontend, a [`crate::block::BlockDevice`].
 //! - [`console`]: the PV console ring as a [`crate::console::ConsoleDevice`].
+//! - [`netfront`]: the network frontend, a [`crate::net::NetDevice`].
 //!
 //! What they need from the platform comes in as small pieces: a [`ring_protocol::platform::Notify`]
 //! (an event channel send), a [`crate::wait::Waiter`] (clock and idle), and the ring pages.
@@ -11,5 +12,6 @@
 pub mod blkfront;
 pub mod console;
 pub mod grant;
+pub mod netfront;
 pub mod xenbus;
 pub mod xenstore;

@@ -241,6 +241,12 @@ pub static TESTS: &[Test] = &[
         run: xen::console_input,
     },
     Test {
+        name: "net-ping@xen-net",
+        default: false,
+        params: xen::XEN_NET_PARAMS,
+        run: xen::net_ping,
+    },
+    Test {
         name: "xenstore",
         default: false,
         params: xen::XENSTORE_PARAMS,

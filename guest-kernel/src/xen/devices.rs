@@ -8,6 +8,7 @@ use core::ptr::NonNull;
 use pvkit_frontends::wait::SharedIrqAck;
 use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions, XenDeviceHost};
 use pvkit_frontends::xen::grant::GrantTable;
+use pvkit_frontends::xen::netfront::NetFront;
 use pvkit_frontends::xen::xenbus;
 use pvkit_frontends::{Error, Result};
 use ring_protocol::abi::event_channel::EvtchnPort;
@@ -127,5 +128,26 @@ pub fn open_blk(
             ));
         };
         BlkFront::connect(xs, &w, &HOST, grants, dev, opts).map_err(|e| alloc::format!("{e}"))
+    })?
+}
+
+/// Opens the `index`-th vif of this domain.
+pub fn open_net(
+    index: usize,
+    timeout_us: u64,
+) -> core::result::Result<NetFront<KernelXenHost>, alloc::string::String> {
+    crate::devices::init_dma();
+    let grants = grants()?;
+    let w = XenWaiter {
+        mode: pvkit_frontends::wait::WaitMode::Interrupt,
+    };
+    super::store::with(|xs| {
+        let devs = xenbus::enumerate(xs, &w, "vif").map_err(|e| alloc::format!("{e}"))?;
+        let Some(dev) = devs.into_iter().nth(index) else {
+            return Err(alloc::format!(
+                "device xen-net absent (no vif {index} in XenStore device/vif)"
+            ));
+        };
+        NetFront::connect(xs, &w, &HOST, grants, dev, timeout_us).map_err(|e| alloc::format!("{e}"))
     })?
 }
