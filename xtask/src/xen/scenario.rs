@@ -41,6 +41,9 @@ pub enum XenScenario {
     /// netfront against Linux netback: the net echo workload through a vif; dom0's echo peer
     /// (`xtask/xen/echo.rs`) swaps the MACs of every workload frame and sends it back.
     Net,
+    /// The PV console both ways: output arrives (every scenario relies on it), and a line dom0 types
+    /// into the domain's console pty reaches the guest through the ring's input side.
+    Console,
     /// Bad input: the workload asks for a disk the domain does not have: reported absent, test fails.
     BlkMissing,
     /// Bad input: a vbd whose backend never connects (dom0 writes the XenStore nodes itself, nobody
@@ -166,6 +169,7 @@ impl XenScenario {
             XenScenario::FaultPagefault,
             XenScenario::FaultPanic,
             XenScenario::Blk,
+            XenScenario::Console,
             XenScenario::BlkMissing,
             XenScenario::BlkNoBackend,
         ]
@@ -183,6 +187,7 @@ impl XenScenario {
             XenScenario::FaultPanic => "fault-panic",
             XenScenario::Blk => "blk",
             XenScenario::Net => "net",
+            XenScenario::Console => "console",
             XenScenario::BlkMissing => "blk-missing",
             XenScenario::BlkNoBackend => "blk-no-backend",
         }
@@ -269,6 +274,20 @@ impl XenScenario {
                 )
             },
             XenScenario::BlkMissing => base(self.name(), format!("tests={BLK_TEST}")),
+            XenScenario::Console => DomainSpec {
+                running: Some(console_input_hook(
+                    self.name(),
+                    CONSOLE_READY,
+                    &console_input(nonce),
+                )),
+                ..base(
+                    self.name(),
+                    format!(
+                        "tests={CONSOLE_TEST} {CONSOLE_TEST}.expect={}",
+                        console_input(nonce)
+                    ),
+                )
+            },
             XenScenario::Net => DomainSpec {
                 vifs: vec![format!("mac={GUEST_MAC}, script={VIF_SCRIPT_PATH}")],
                 running: Some(echo_start()),
@@ -326,6 +345,21 @@ impl XenScenario {
             }
             XenScenario::FaultPagefault | XenScenario::FaultPanic => check_fault(self, r, &mut problems),
             XenScenario::BlkMissing => check_refused(r, &["absent"], &mut problems),
+            XenScenario::Console => {
+                check_guest(r, &[CONSOLE_TEST], &mut problems);
+                let want = console_input(nonce);
+                if let Some(Record::TestPass { fields, .. }) = r.transcript.verdict(CONSOLE_TEST)
+                    && fields.get("line") != Some(want.as_str())
+                {
+                    problems.push(format!(
+                        "the guest read line={:?}, dom0 typed {want:?}",
+                        fields.get("line")
+                    ));
+                }
+                if r.checks.get("console_input") != Some("written") {
+                    problems.push("dom0 never saw the guest's ready line, so it typed nothing".to_owned());
+                }
+            }
             XenScenario::Net => {
                 check_guest(r, &[NET_TEST], &mut problems);
                 match r.checks.get_u64("echoed") {
@@ -487,6 +521,10 @@ fn check_refused(r: &ScenarioReport, why: &[&str], problems: &mut Vec<String>) {
         ));
     }
 }
+
+/// The console input test and the line it prints once it reads input.
+const CONSOLE_TEST: &str = "console-input@xen-console";
+const CONSOLE_READY: &str = "PVKIT INFO console-input ready";
 
 /// The net workload's test name under Xen and its frame count.
 const NET_TEST: &str = "net-echo@xen-net";
@@ -1062,5 +1100,29 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn console_needs_the_typed_line() {
+        let check = |line: &str, typed: bool| {
+            let pass = format!("PVKIT TEST {CONSOLE_TEST} PASS bytes=25 line=\"{line}\"");
+            let lines = [
+                "PVKIT BOOT platform=xen-pv",
+                CONSOLE_READY,
+                pass.as_str(),
+                "PVKIT SUMMARY passed=1 failed=0",
+                "PVKIT EXIT 0",
+            ];
+            let mut tail = String::new();
+            if typed {
+                tail.push_str("PVKIT-XEN SCENARIO console CHECK console_input=written\n");
+            }
+            tail.push_str("PVKIT-XEN SCENARIO console END reason=poweroff run_ms=1\n");
+            let r = report(&scenario_log("console", &lines, &tail));
+            XenScenario::Console.check(r.scenario("console").unwrap(), "7", None)
+        };
+        assert_eq!(check("pvkit-input-7", true), Vec::<String>::new());
+        assert!(!check("pvkit-input-6", true).is_empty(), "another line");
+        assert!(!check("pvkit-input-7", false).is_empty(), "dom0 typed nothing");
     }
 }
