@@ -60,6 +60,14 @@ pub fn row_names() -> Vec<String> {
     SCENARIOS.iter().map(|s| format!("vhost:{s}")).collect()
 }
 
+/// Where the scenarios' sockets live: a short path in the temp directory (a Unix socket path must fit
+/// in 108 bytes, and the workspace may sit deep in a file system).
+fn socket_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pvkit-vhost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// The daemon binaries, built in release mode.
 struct Bins {
     blk: PathBuf,
@@ -376,7 +384,7 @@ pub fn test_suite() -> Vec<Row> {
     };
     let work = workspace::xtask_dir().join("vhost");
     let _ = std::fs::create_dir_all(&work);
-    SCENARIOS
+    let rows = SCENARIOS
         .iter()
         .map(|&s| {
             let log = logs.join(format!("vhost-{s}.log"));
@@ -387,7 +395,7 @@ pub fn test_suite() -> Vec<Row> {
                 "missing-image" => missing_image(&bins, &work, &log),
                 "blk-integrity@vhost-user-blk" => blk_integrity(&bins, &elf, &work, &log),
                 "blk-error@vhost-user-blk" => blk_read_only(&bins, &elf, &work, &log),
-                "net-echo@vhost-user-net" => net_echo(&bins, &elf, &work, &log),
+                "net-echo@vhost-user-net" => net_echo(&bins, &elf, &log),
                 "linux@vhost-user" => linux(&bins, &work, &log),
                 _ => unreachable!("scenario list"),
             };
@@ -412,7 +420,11 @@ pub fn test_suite() -> Vec<Row> {
                 log,
             }
         })
-        .collect()
+        .collect();
+    if let Ok(dir) = socket_dir() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    rows
 }
 
 fn note(log: &Path, lines: &[String]) {
@@ -425,7 +437,7 @@ fn note(log: &Path, lines: &[String]) {
 
 /// A nonexistent image is refused at startup with a message naming it; nothing listens.
 fn missing_image(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
-    let socket = work.join("missing.sock");
+    let socket = socket_dir()?.join("missing.sock");
     let _ = std::fs::remove_file(&socket);
     let image = work.join("no-such-dir/no-such-disk.img");
     let out = Command::new(&bins.blk)
@@ -457,7 +469,7 @@ fn missing_image(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
 fn blk_integrity(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec<String>> {
     let img_path = work.join("blk-integrity.img");
     let img = DiskImage::create(&img_path, IMAGE_SECTORS, 0x7668_6f73)?;
-    let socket = work.join("blk-integrity.sock");
+    let socket = socket_dir()?.join("blk-integrity.sock");
     let daemon = Daemon::start(
         &bins.blk,
         &[
@@ -585,7 +597,7 @@ fn blk_integrity(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec
 fn blk_read_only(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec<String>> {
     let img_path = work.join("blk-error.img");
     let img = DiskImage::create(&img_path, IMAGE_SECTORS, 0x726f_6e6c)?;
-    let socket = work.join("blk-error.sock");
+    let socket = socket_dir()?.join("blk-error.sock");
     let mut daemon = Daemon::start(
         &bins.blk,
         &[
@@ -621,8 +633,8 @@ fn blk_read_only(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec
 }
 
 /// Our guest's net-echo over vhost-user-net with the net core's echo peer.
-fn net_echo(bins: &Bins, elf: &Path, work: &Path, log: &Path) -> Result<Vec<String>> {
-    let socket = work.join("net-echo.sock");
+fn net_echo(bins: &Bins, elf: &Path, log: &Path) -> Result<Vec<String>> {
+    let socket = socket_dir()?.join("net-echo.sock");
     let mut daemon = Daemon::start(
         &bins.net,
         &[
@@ -782,8 +794,8 @@ fn linux(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
     DiskImage::create(&img_path, IMAGE_SECTORS, 0x6c69_6e78)?;
     let host_half = read_image(&img_path)?[8 << 20..16 << 20].to_vec();
     let host_sha = sha256_of(&host_half)?;
-    let blk_sock = work.join("linux-blk.sock");
-    let net_sock = work.join("linux-net.sock");
+    let blk_sock = socket_dir()?.join("linux-blk.sock");
+    let net_sock = socket_dir()?.join("linux-net.sock");
     let blk_log = log.with_extension("blk.log");
     let _ = std::fs::remove_file(&blk_log);
     let mut blk = Daemon::start(
@@ -826,7 +838,7 @@ fn linux(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
         "-append".into(),
         "console=ttyS0 rdinit=/init quiet".into(),
     ]);
-    let r = run_qemu(&args, log, Duration::from_secs(120))?;
+    let r = run_qemu(&args, log, Duration::from_secs(180))?;
     let c = &r.console;
     if let Some(l) = c.lines().find(|l| l.contains("PVKIT-LINUX FAIL")) {
         bail!("Linux guest: {}", l.trim());
@@ -982,7 +994,7 @@ pub fn bench_blk(rounds: usize, ms: u64, workers: usize) -> Result<i32> {
     let test = "blk-throughput@virtio-blk";
     let cmdline = format!("tests={test} {test}.ms={ms} {test}.qd=32 {test}.bs=4096");
     let timeout = Duration::from_secs(60 + 6 * ms / 1000 * 2);
-    let socket = work.join("bench.sock");
+    let socket = socket_dir()?.join("bench.sock");
     let mut daemon_args: Vec<OsString> = vec![
         "--socket".into(),
         socket.clone().into(),

@@ -133,12 +133,11 @@ where
     let mut accept = if conn.relayed() {
         let _ = std::fs::remove_file(socket);
         let public = std::os::unix::net::UnixListener::bind(socket).map_err(|e| listen_err(&e))?;
-        let mut inner = socket.as_os_str().to_owned();
-        inner.push(format!(".backend-{}", std::process::id()));
-        Accept::Relayed {
-            public,
-            inner: inner.into(),
-        }
+        // In the temp directory: a Unix socket path must fit in 108 bytes, whatever `socket` is.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let inner = std::env::temp_dir().join(format!("pvkit-vu-relay-{}-{n}.sock", std::process::id()));
+        Accept::Relayed { public, inner }
     } else {
         Accept::Direct(Listener::new(socket, true).map_err(|e| listen_err(&e))?)
     };
