@@ -320,7 +320,7 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     }
 
     if !process::interrupted() {
-        xen_stage(&mut ctx, selected(Group::Xen), &skip_note);
+        xen_stage(&mut ctx, selected(Group::Xen), &skip_note, args.kernel.as_deref());
     }
 
     let interrupted = process::interrupted();
@@ -442,7 +442,7 @@ fn scenario(s: Scenario, elf: &Path, log: &Path) -> Result<(Verdict, Option<Dura
 }
 
 /// The Xen scenarios (one row each, `xen:<name>`), all in one Xen boot; see `crate::xen`.
-fn xen_stage(ctx: &mut Ctx, selected: bool, skip_note: &str) {
+fn xen_stage(ctx: &mut Ctx, selected: bool, skip_note: &str, kernel: Option<&Path>) {
     let names = crate::xen::test_suite_rows();
     if !selected {
         for n in &names {
@@ -452,7 +452,7 @@ fn xen_stage(ctx: &mut Ctx, selected: bool, skip_note: &str) {
     }
     eprintln!("==> xen: {} in one Xen boot", names.join(", "));
     let log = workspace::log_dir().join("xen.log");
-    match crate::xen::test_suite(&log) {
+    match crate::xen::test_suite(&log, kernel) {
         Ok(rows) => {
             for r in rows {
                 let verdict = match r.result {

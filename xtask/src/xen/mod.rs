@@ -38,7 +38,7 @@ use crate::{provision, table, workspace};
 /// `cargo xtask xen`: run Xen scenarios in one Xen boot.
 #[derive(Debug, Args)]
 pub struct XenArgs {
-    /// Scenarios to run, in this order (default: all).
+    /// Scenarios to run, in this order (default: those of `cargo xtask test`).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenario: Vec<XenScenario>,
     /// Boot this guest ELF instead of building the guest kernel.
@@ -495,14 +495,14 @@ pub fn test_suite_rows() -> Vec<String> {
 
 /// `cargo xtask test`'s Xen stage: the scenarios of [`XenScenario::in_test_suite`] in one Xen boot,
 /// serial log in `log`. A boot that goes wrong fails every scenario with the reason.
-pub fn test_suite(log: &Path) -> Result<Vec<Row>> {
+pub fn test_suite(log: &Path, kernel: Option<&Path>) -> Result<Vec<Row>> {
     let scenarios = XenScenario::in_test_suite();
     let nonce = nonce();
     let specs: Vec<DomainSpec> = scenarios.iter().map(|s| s.spec(&nonce)).collect();
-    let guest = if specs.iter().any(|s| s.kernel == scenario::Kernel::Pvkit) {
-        Some(workspace::build_guest()?)
-    } else {
-        None
+    let guest = match (kernel, specs.iter().any(|s| s.kernel == scenario::Kernel::Pvkit)) {
+        (_, false) => None,
+        (Some(k), true) => Some(k.to_owned()),
+        (None, true) => Some(workspace::build_guest()?),
     };
     let bundle = Bundle::new(specs, guest, &cache_dir().join("disks"));
     let h = run_harness(&bundle, log, None, |l| {
@@ -517,7 +517,7 @@ pub fn test_suite(log: &Path) -> Result<Vec<Row>> {
 /// `cargo xtask xen`.
 pub fn xen(args: &XenArgs) -> Result<i32> {
     let scenarios: Vec<XenScenario> = if args.scenario.is_empty() {
-        XenScenario::all().to_vec()
+        XenScenario::in_test_suite().to_vec()
     } else {
         args.scenario.clone()
     };
