@@ -8,12 +8,14 @@
 //! - [`vhost`]: vhost-user adapters (`vhost-user-blk`, `vhost-user-net`) over rust-vmm, and the
 //!   accept/reconnect loop the daemons in `src/bin/` run.
 //!
-//! The Xen userspace adapters (issue 6's Xen half) are not here yet.
+//! - [`xen`]: building blocks of the Xen userspace backends: so far a XenStore client
+//!   ([`xen::xenstore`]); the blkback/netback/console adapters are not here yet.
 
 pub mod block;
 pub mod console;
 pub mod net;
 pub mod vhost;
+pub mod xen;
 
 use std::io;
 use std::path::PathBuf;
@@ -99,6 +101,27 @@ pub enum Error {
         /// The library's error.
         detail: String,
     },
+    /// XenStore answered a request with an error.
+    #[error("XenStore {op:?} of {path:?} failed: {error}")]
+    XenStore {
+        /// The request.
+        op: ring_protocol::abi::xenstore::XsdSockmsgType,
+        /// The path it was about.
+        path: String,
+        /// The error name XenStore sent (`ENOENT`, `EACCES`, `EAGAIN`...).
+        error: String,
+    },
+    /// The XenStore connection broke.
+    #[error("XenStore: {what}: {error}")]
+    XenStoreIo {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// A XenStore message broke the protocol (bad length, unexpected reply, malformed payload).
+    #[error("XenStore protocol: {0}")]
+    XenStoreProtocol(String),
     /// The console sink could not be opened or written.
     #[error("console sink {what}: {error}")]
     Console {
