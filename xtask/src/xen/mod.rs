@@ -405,7 +405,9 @@ pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
         );
     }
     let mut words: Vec<String> = Vec::new();
-    if !args.tests.is_empty() {
+    if args.tests.is_empty() {
+        words.push(scenario::run_default_cmdline());
+    } else {
         words.push(format!("tests={}", args.tests.join(",")));
     }
     words.extend(args.append.split_whitespace().map(str::to_owned));
@@ -413,22 +415,10 @@ pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
         Some(k) => k.clone(),
         None => workspace::build_guest()?,
     };
-    let spec = DomainSpec {
-        name: "run".to_owned(),
-        kernel: scenario::Kernel::Pvkit,
-        cmdline: words.join(" "),
-        memory_mib: scenario::GUEST_MEMORY_MIB,
-        disks: Vec::new(),
-        host_disk: None,
-        vifs: Vec::new(),
-        timeout: Duration::from_secs_f64(args.timeout),
-        pre: None,
-        running: None,
-        paused: false,
-        post: None,
-    };
+    let spec = scenario::run_spec(words.join(" "), Duration::from_secs_f64(args.timeout));
     eprintln!(
-        "xen: domU command line {:?} (--devices does not apply: a PV domU has no PCI)",
+        "xen: domU command line {:?}, a 16 MiB disk (xvda) and a vif with dom0's echo peer \
+         (--devices does not apply: a PV domU has no PCI)",
         spec.cmdline
     );
     let log = workspace::log_dir().join("xen-run.log");

@@ -622,6 +622,38 @@ pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(text.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
+/// The guest's tests for `cargo xtask run --hypervisor xen` when none are given: the Xen PV
+/// self-tests, XenStore and the block workload (the guest's own default list has `pci`, which a PV
+/// domain lacks).
+pub fn run_default_cmdline() -> String {
+    format!(
+        "tests=hello,cpuid,heap,timer,xenstore,{BLK_TEST} cpuid.expect=xen timer.hz={TIMER_HZ} \
+         timer.ms={TIMER_MS}"
+    )
+}
+
+/// The domU of `cargo xtask run --hypervisor xen`: our guest with `cmdline`, a host disk as xvda
+/// and a vif with dom0's echo peer, so the device workloads have their devices.
+pub fn run_spec(cmdline: String, timeout: Duration) -> DomainSpec {
+    DomainSpec {
+        name: "run".to_owned(),
+        kernel: Kernel::Pvkit,
+        cmdline,
+        memory_mib: GUEST_MEMORY_MIB,
+        disks: Vec::new(),
+        host_disk: Some(HostDisk {
+            sectors: BLK_SECTORS,
+            fill_seed: 0x5eed_4e11,
+        }),
+        vifs: vec![format!("mac={GUEST_MAC}, script={VIF_SCRIPT_PATH}")],
+        timeout,
+        pre: None,
+        running: Some(echo_start()),
+        paused: false,
+        post: Some(echo_stop()),
+    }
+}
+
 /// Expects the domU to have shut down with `reason`.
 fn expect_end(r: &ScenarioReport, reason: &str, problems: &mut Vec<String>) {
     match &r.end {
