@@ -1,5 +1,6 @@
 //! Xen split-driver frontends (issue 4), on top of `ring_protocol`:
 //! - [`xenstore`]: the XenStore client (read, write, directory, watches, transactions).
+//! - [`evtchn`]: the 2-level event-channel pending scan (used by the kernel's upcall).
 //! - [`grant`]: grant tables v1 (grant, end access with in-use detection, free list).
 //! - [`xenbus`]: device enumeration and the frontend state machine.
 //! - [`blkfront`]: the block frontend, a [`crate::block::BlockDevice`].
@@ -11,6 +12,7 @@
 
 pub mod blkfront;
 pub mod console;
+pub mod evtchn;
 pub mod grant;
 pub mod netfront;
 pub mod xenbus;

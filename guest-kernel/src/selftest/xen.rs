@@ -159,11 +159,15 @@ pub fn blk_throughput(p: &Params<'_>) -> Outcome {
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
 }
 
+/// The node `console-input@xen-console` writes ("1") when it starts waiting for input.
+pub const CONSOLE_READY_NODE: &str = "data/pvkit-console-ready";
+
 /// Parameters of `console-input@xen-console`.
 pub const XEN_CONSOLE_PARAMS: &[&str] = &["expect", "ms"];
 
 /// `console-input@xen-console`: input written to the domain's console in dom0 reaches the guest
-/// through the console ring's `in` side. Prints `PVKIT INFO console-input ready`, then collects bytes
+/// through the console ring's `in` side. Writes [`CONSOLE_READY_NODE`] = "1" and prints
+/// `PVKIT INFO console-input ready`, then collects bytes
 /// until a newline (or `ms`, default 20000, pass); with `console-input@xen-console.expect=<text>` the
 /// line must equal it.
 pub fn console_input(p: &Params<'_>) -> Outcome {
@@ -173,6 +177,15 @@ pub fn console_input(p: &Params<'_>) -> Outcome {
     };
     if xen::start().is_none() || xen::is_initial_domain() {
         return fail!("device xen-console absent (no console ring)");
+    }
+    // Tell dom0 (which has no view of our console output until xenconsoled logs it) that we wait.
+    let w0 = XenWaiter {
+        mode: WaitMode::Interrupt,
+    };
+    if let Err(e) = xen::store::with(|xs| xs.write(&w0, NO_TX, CONSOLE_READY_NODE, b"1"))
+        .and_then(|r| r.map_err(|e| alloc::format!("{e}")))
+    {
+        return fail!("writing {CONSOLE_READY_NODE}: {e}");
     }
     kprintln!("PVKIT INFO console-input ready");
     let t0 = xen::time::now_ns();

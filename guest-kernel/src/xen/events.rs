@@ -9,6 +9,7 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+use pvkit_frontends::xen::evtchn::{PendingWords, scan};
 use ring_protocol::abi::event_channel::{
     EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE, EVTCHNOP_SEND,
     EVTCHNOP_UNMASK, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindVirq, EvtchnClose, EvtchnPort,
@@ -194,43 +195,31 @@ pub fn close(port: EvtchnPort) -> Result<(), HypercallError> {
     unsafe { hv::event_channel_op(EVTCHNOP_CLOSE, &mut arg) }.map(|_| ())
 }
 
-/// The upcall: called by the entry stub with upcalls masked.
+/// The upcall: called by the entry stub with upcalls masked. The scan itself is
+/// `pvkit_frontends::xen::evtchn::scan` (host-tested), run over the shared-info page.
 pub extern "C" fn handle_upcall() {
     // Relaxed: statistic.
     UPCALLS.fetch_add(1, Ordering::Relaxed);
-    if SHARED.load(Ordering::Acquire) == 0 {
+    let page = SHARED.load(Ordering::Acquire);
+    if page == 0 {
         return;
     }
-    let pending_flag = vcpu_byte(shared::UPCALL_PENDING);
-    // SAFETY: vcpu_info 0's selector word (8-aligned) in the mapped shared page, updated by Xen
-    // with locked operations.
-    let sel_word =
-        unsafe { AtomicU64::from_ptr((SHARED.load(Ordering::Acquire) + shared::PENDING_SEL) as *mut u64) };
-    loop {
-        // Clear the flag before scanning (xen.h): an event set after this sets it again.
-        pending_flag.store(0, Ordering::SeqCst);
-        let mut sel = sel_word.swap(0, Ordering::SeqCst);
-        if sel == 0 {
-            break;
-        }
-        while sel != 0 {
-            let w = sel.trailing_zeros() as usize;
-            sel &= sel - 1;
-            let pending = word(shared::EVTCHN_PENDING, w);
-            let masked = word(shared::EVTCHN_MASK, w);
-            let mut bits = pending.load(Ordering::SeqCst) & !masked.load(Ordering::SeqCst);
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                // Clear the port's pending bit before handling it: a new event re-sets it.
-                pending.fetch_and(!(1u64 << b), Ordering::SeqCst);
-                dispatch((w * 64 + b) as EvtchnPort);
-            }
-        }
-        if pending_flag.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-    }
+    let words = |base: usize| -> &'static [AtomicU64; 64] {
+        // SAFETY: the shared-info page is mapped for the run (init contract); at `base` it holds 64
+        // 8-aligned u64 words, shared with Xen, which updates them with locked operations; AtomicU64
+        // has the layout of u64.
+        unsafe { &*((page + base) as *const [AtomicU64; 64]) }
+    };
+    let sel = (page + shared::PENDING_SEL) as *mut u64;
+    // SAFETY: vcpu_info 0's selector word (8-aligned) in the mapped page, updated by Xen atomically.
+    let pending_sel = unsafe { AtomicU64::from_ptr(sel) };
+    let w = PendingWords {
+        upcall_pending: vcpu_byte(shared::UPCALL_PENDING),
+        pending_sel,
+        pending: words(shared::EVTCHN_PENDING),
+        mask: words(shared::EVTCHN_MASK),
+    };
+    scan(w, dispatch);
 }
 
 fn dispatch(port: EvtchnPort) {
