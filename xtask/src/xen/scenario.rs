@@ -38,8 +38,8 @@ pub enum XenScenario {
     /// blkfront against Linux blkback on a loop-backed `phy:` disk: the integrity workload, then the
     /// host checks every sector of the image (and dom0's digest of it).
     Blk,
-    /// netfront against Linux netback: the net echo workload through a vif; dom0's echo peer
-    /// (`xtask/xen/echo.rs`) swaps the MACs of every workload frame and sends it back.
+    /// netfront against Linux netback: the guest pings dom0's end of its vif (ARP, then ICMP echo
+    /// requests with patterned payloads that dom0's own kernel answers); dom0 counts the requests.
     Net,
     /// The PV console both ways: output arrives (every scenario relies on it), and a line dom0 types
     /// into the domain's console pty reaches the guest through the ring's input side.
@@ -286,11 +286,14 @@ impl XenScenario {
             },
             XenScenario::Net => DomainSpec {
                 vifs: vec![format!("mac={GUEST_MAC}, script={VIF_SCRIPT_PATH}")],
-                running: Some(echo_start()),
-                post: Some(echo_stop()),
+                pre: Some(format!("{ICMP_IN_ECHOS}echos0=$(icmp_in_echos)\n")),
+                post: Some("check dom0_icmp_echo_requests=$(($(icmp_in_echos) - echos0))\n".to_owned()),
                 ..base(
                     self.name(),
-                    format!("tests={NET_TEST} {NET_TEST}.frames={NET_FRAMES}"),
+                    format!(
+                        "tests={NET_TEST} {NET_TEST}.ip={DOMU_IP} {NET_TEST}.peer={DOM0_IP} \
+                         {NET_TEST}.count={NET_PINGS} {NET_TEST}.size={NET_PING_SIZE}"
+                    ),
                 )
             },
             XenScenario::BlkNoBackend => DomainSpec {
@@ -358,10 +361,25 @@ impl XenScenario {
             }
             XenScenario::Net => {
                 check_guest(r, &[NET_TEST], &mut problems);
-                match r.checks.get_u64("echoed") {
-                    Some(n) if n >= NET_FRAMES => {}
+                if let Some(Record::TestPass { fields, .. }) = r.transcript.verdict(NET_TEST) {
+                    let want = [
+                        ("replies", NET_PINGS.to_string()),
+                        ("size", NET_PING_SIZE.to_string()),
+                        ("mac", GUEST_MAC.to_owned()),
+                    ];
+                    for (k, v) in want {
+                        if fields.get(k) != Some(v.as_str()) {
+                            problems.push(format!(
+                                "{NET_TEST} PASS has {k}={:?}, expected {v}",
+                                fields.get(k)
+                            ));
+                        }
+                    }
+                }
+                match r.checks.get_u64("dom0_icmp_echo_requests") {
+                    Some(n) if n >= NET_PINGS => {}
                     other => problems.push(format!(
-                        "dom0's echo peer answered {other:?} frames, the guest sends at least {NET_FRAMES}"
+                        "dom0's kernel counted {other:?} ICMP echo requests, the guest sends {NET_PINGS}"
                     )),
                 }
             }
@@ -522,9 +540,16 @@ fn check_refused(r: &ScenarioReport, why: &[&str], problems: &mut Vec<String>) {
 const CONSOLE_TEST: &str = "console-input@xen-console";
 const CONSOLE_READY: &str = "PVKIT INFO console-input ready";
 
-/// The net workload's test name under Xen and its frame count.
-const NET_TEST: &str = "net-echo@xen-net";
-const NET_FRAMES: u64 = 200;
+/// The net test under Xen, its echo requests and their payload size (a full 1500-byte frame).
+const NET_TEST: &str = "net-ping@xen-net";
+const NET_PINGS: u64 = 200;
+const NET_PING_SIZE: u64 = 1472;
+/// dom0 shell: `icmp_in_echos` prints the kernel's count of ICMP echo requests received
+/// (`Icmp: InEchos` in /proc/net/snmp).
+const ICMP_IN_ECHOS: &str = "icmp_in_echos() {\n\
+    \x20   awk '/^Icmp:/ { if (!c) { for (i = 1; i <= NF; i++) if ($i == \"InEchos\") c = i } else print $c }' \
+    /proc/net/snmp\n\
+    }\n";
 /// The MAC of our guest's vif (Xen's OUI).
 const GUEST_MAC: &str = "00:16:3e:00:00:10";
 /// dom0's echo peer binary.
