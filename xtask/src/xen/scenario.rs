@@ -165,6 +165,7 @@ impl XenScenario {
             XenScenario::FaultPagefault,
             XenScenario::FaultPanic,
             XenScenario::Blk,
+            XenScenario::Net,
             XenScenario::Console,
             XenScenario::BlkMissing,
             XenScenario::BlkNoBackend,
@@ -652,8 +653,8 @@ pub fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// domain lacks).
 pub fn run_default_cmdline() -> String {
     format!(
-        "tests=hello,cpuid,heap,timer,xenstore,{BLK_TEST} cpuid.expect=xen timer.hz={TIMER_HZ} \
-         timer.ms={TIMER_MS}"
+        "tests=hello,cpuid,heap,timer,xenstore,{BLK_TEST},{NET_TEST} cpuid.expect=xen \
+         timer.hz={TIMER_HZ} timer.ms={TIMER_MS} {NET_TEST}.ip={DOMU_IP} {NET_TEST}.peer={DOM0_IP}"
     )
 }
 
