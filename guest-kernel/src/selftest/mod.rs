@@ -247,6 +247,12 @@ pub static TESTS: &[Test] = &[
         run: xen::net_ping,
     },
     Test {
+        name: "evtchn",
+        default: false,
+        params: &[],
+        run: xen::evtchn,
+    },
+    Test {
         name: "xenstore",
         default: false,
         params: xen::XENSTORE_PARAMS,

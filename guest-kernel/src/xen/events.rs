@@ -81,10 +81,6 @@ pub fn set_handler(port: EvtchnPort, handler: Handler) -> Result<(), HypercallEr
 }
 
 /// Removes the handler of `port` and masks it.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn clear_handler(port: EvtchnPort) {
     mask(port);
     if let Some(slot) = HANDLERS.get(port as usize) {
@@ -93,10 +89,6 @@ pub fn clear_handler(port: EvtchnPort) {
 }
 
 /// Masks `port`.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn mask(port: EvtchnPort) {
     let p = port as usize;
     // SeqCst: a locked OR, as Xen's own bit operations on the bitmap.
@@ -111,20 +103,12 @@ pub fn unmask(port: EvtchnPort) -> Result<(), HypercallError> {
 }
 
 /// Whether `port` has an undelivered event (masked ports included).
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn is_pending(port: EvtchnPort) -> bool {
     let p = port as usize;
     word(shared::EVTCHN_PENDING, p / 64).load(Ordering::SeqCst) & (1 << (p % 64)) != 0
 }
 
 /// Clears `port`'s pending bit; returns whether it was set. (For polled ports.)
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn take_pending(port: EvtchnPort) -> bool {
     let p = port as usize;
     let bit = 1u64 << (p % 64);
@@ -151,10 +135,6 @@ pub fn bind_virq(virq: u32) -> Result<EvtchnPort, HypercallError> {
 }
 
 /// Allocates a port `remote` may bind to.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn alloc_unbound(remote: DomId) -> Result<EvtchnPort, HypercallError> {
     let mut arg = EvtchnAllocUnbound {
         dom: hv::DOMID_SELF,
@@ -167,10 +147,6 @@ pub fn alloc_unbound(remote: DomId) -> Result<EvtchnPort, HypercallError> {
 }
 
 /// Binds to port `remote_port` that domain `remote` allocated for us.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn bind_interdomain(remote: DomId, remote_port: EvtchnPort) -> Result<EvtchnPort, HypercallError> {
     let mut arg = EvtchnBindInterdomain {
         remote_dom: remote,
@@ -184,10 +160,6 @@ pub fn bind_interdomain(remote: DomId, remote_port: EvtchnPort) -> Result<Evtchn
 }
 
 /// Closes `port`.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub fn close(port: EvtchnPort) -> Result<(), HypercallError> {
     clear_handler(port);
     let mut arg = EvtchnClose { port };

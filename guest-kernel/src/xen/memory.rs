@@ -35,13 +35,6 @@ impl<const N: usize> PageWindow<N> {
     }
 }
 
-/// Page size.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
-pub const PAGE: u64 = 4096;
-
 /// The machine frame of guest frame `pfn` (from the p2m list).
 pub fn pfn_to_mfn(pfn: u64) -> u64 {
     let s = super::start().expect("pfn_to_mfn outside Xen PV");
@@ -67,15 +60,6 @@ pub fn mfn_to_pfn(mfn: u64) -> u64 {
 /// Virtual address of the page with machine frame `mfn` (it must be mapped).
 pub fn mfn_to_virt(mfn: u64) -> u64 {
     mfn_to_pfn(mfn) << 12
-}
-
-/// Virtual address -> machine address, for memory in our identity-mapped RAM.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
-pub fn virt_to_machine(va: u64) -> u64 {
-    (pfn_to_mfn(va >> 12) << 12) | (va & (PAGE - 1))
 }
 
 /// Maps the machine page `mfn` writable at `va` (replacing whatever page was there).

@@ -227,10 +227,6 @@ pub unsafe fn event_channel_op<T>(cmd: u32, arg: &mut T) -> Result<i64, Hypercal
 /// # Safety
 /// `args` must point to `count` structures of the kind `cmd` expects, valid for Xen to read and
 /// write, and any frames they name must be the caller's to hand out.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub unsafe fn grant_table_op<T>(cmd: u32, args: *mut T, count: u32) -> Result<i64, HypercallError> {
     // SAFETY: forwarded from the contract.
     let rc = unsafe {
