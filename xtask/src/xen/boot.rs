@@ -202,3 +202,47 @@ pub fn boot(m: &Machine, log: &Path, mut on_line: impl FnMut(&str)) -> Result<Bo
         milestones: ms,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(dir: &str, drives: &[&str]) -> Machine {
+        Machine {
+            xen: PathBuf::from("/c/xen-4.17-amd64"),
+            dom0_kernel: PathBuf::from(format!("{dir}/vmlinuz")),
+            dom0_initramfs: PathBuf::from(format!("{dir}/dom0.cpio")),
+            drives: drives.iter().map(PathBuf::from).collect(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn command_passes_xen_dom0_and_disks_in_order() {
+        let cmd = machine("/c", &["/d/a.img", "/d/b.img"]).command().unwrap();
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1].clone()
+        };
+        assert_eq!(after("-kernel"), "/c/xen-4.17-amd64");
+        assert_eq!(after("-append"), XEN_CMDLINE);
+        // Module list: "<kernel> <args>,<initramfs>", a comma inside the args doubled.
+        assert_eq!(
+            after("-initrd"),
+            format!("/c/vmlinuz {},/c/dom0.cpio", DOM0_CMDLINE.replace(',', ",,"))
+        );
+        assert_eq!(after("-accel"), "tcg");
+        let drives: Vec<&String> = args.iter().filter(|a| a.starts_with("file=")).collect();
+        assert_eq!(drives.len(), 2);
+        assert!(drives[0].starts_with("file=/d/a.img,") && drives[0].contains("id=disk0"));
+        assert!(drives[1].starts_with("file=/d/b.img,") && drives[1].contains("id=disk1"));
+        assert!(args.contains(&"virtio-blk-pci,drive=disk1".to_owned()));
+    }
+
+    #[test]
+    fn commas_in_paths_are_refused() {
+        assert!(machine("/c,x", &[]).command().is_err());
+        assert!(machine("/c", &["/d,x/a.img"]).command().is_err());
+    }
+}
