@@ -11,7 +11,9 @@
 //!   console), and after the run the host's checks and the cost per operation (`trace` parses
 //!   QEMU's trace, `costs` joins it with the guest's counts);
 //! - `process`: process groups, parent-death signal, Ctrl-C;
-//! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU).
+//! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU);
+//! - `vhost`: the vhost-user daemons of backends/ against our guest and a Linux guest (test group
+//!   `vhost`), and the vhost-user-blk vs QEMU virtio-blk bench.
 
 mod console;
 mod costs;
@@ -26,6 +28,7 @@ mod scenario;
 mod table;
 mod test;
 mod trace;
+mod vhost;
 mod workspace;
 mod xen;
 
@@ -72,6 +75,19 @@ enum Cmd {
     Test(TestArgs),
     /// Run the benchmarks (`cargo bench -p ring-protocol`); extra arguments go to cargo bench.
     Bench {
+        /// Only the block comparison: our vhost-user-blk vs QEMU's built-in virtio-blk under the
+        /// guest's blk-throughput workload (without this flag it runs after the cargo benches).
+        #[arg(long)]
+        vhost_blk: bool,
+        /// Boots of each device in the block comparison.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Milliseconds per throughput phase in the block comparison.
+        #[arg(long, default_value_t = 1000)]
+        phase_ms: u64,
+        /// vhost-user-blk worker threads (0: requests run on the vring threads).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -204,11 +220,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Run(args) => run::run(&args),
         Cmd::Test(args) => test::test(&args),
         Cmd::Xen(args) => xen::xen(&args),
-        Cmd::Bench { args } => {
-            let mut cmd = workspace::cargo();
-            cmd.args(["bench", "-p", "ring-protocol"]).args(args);
-            workspace::run_visible(&mut cmd)?;
-            Ok(0)
+        Cmd::Bench {
+            vhost_blk,
+            rounds,
+            phase_ms,
+            workers,
+            args,
+        } => {
+            if !vhost_blk {
+                let mut cmd = workspace::cargo();
+                cmd.args(["bench", "-p", "ring-protocol"]).args(args);
+                workspace::run_visible(&mut cmd)?;
+            }
+            vhost::bench_blk(rounds.max(1), phase_ms, workers)
         }
         Cmd::Provision { dry_run, simulate } => {
             provision::ensure_simulated(

@@ -31,6 +31,8 @@ pub enum Group {
     Qemu,
     /// the Xen scenarios: real Xen + Linux dom0 in QEMU, all in one Xen boot (xtask/src/xen)
     Xen,
+    /// the vhost-user daemons (backends/) with our guest and a Linux guest in QEMU (xtask/src/vhost.rs)
+    Vhost,
 }
 
 enum Verdict {
@@ -322,6 +324,9 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     if !process::interrupted() {
         xen_stage(&mut ctx, selected(Group::Xen), &skip_note, args.kernel.as_deref());
     }
+    if !process::interrupted() {
+        vhost_stage(&mut ctx, selected(Group::Vhost), &skip_note);
+    }
 
     let interrupted = process::interrupted();
     print_table(&ctx.rows, started.elapsed());
@@ -467,6 +472,23 @@ fn xen_stage(ctx: &mut Ctx, selected: bool, skip_note: &str, kernel: Option<&Pat
                 ctx.record(n, Verdict::Fail(format!("{e:#}")), None, Some(log.clone()));
             }
         }
+    }
+}
+
+/// The vhost-user scenarios (one row each, `vhost:<name>`); see `crate::vhost`.
+fn vhost_stage(ctx: &mut Ctx, selected: bool, skip_note: &str) {
+    if !selected {
+        for n in crate::vhost::row_names() {
+            ctx.record(&n, Verdict::Skipped(skip_note.to_owned()), None, None);
+        }
+        return;
+    }
+    for r in crate::vhost::test_suite() {
+        let verdict = match r.result {
+            Ok(()) => Verdict::Pass,
+            Err(why) => Verdict::Fail(why),
+        };
+        ctx.record(&r.name, verdict, r.time, Some(r.log));
     }
 }
 
