@@ -347,6 +347,13 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     if skipped > 0 {
         println!("note: {skipped} stage(s) skipped on request: this is not a full test run");
     }
+    // The plain closing line CI systems read: stages and scenarios, each a row of the table.
+    let passed = ctx.rows.len() - failed - skipped;
+    if skipped > 0 {
+        println!("xtask: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("xtask: {passed} passed, {failed} failed");
+    }
     if failed > 0 {
         println!("TEST RESULT: FAIL ({failed} failed)");
         Ok(1)
