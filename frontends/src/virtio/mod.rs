@@ -16,6 +16,7 @@ pub mod console;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 pub mod net;
+mod pair;
 pub mod transport;
 
 use core::ptr::NonNull;

@@ -9,23 +9,17 @@
 //! where `virtio-drivers`' `VirtIONetRaw` kicks for both.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
-use core::sync::atomic::{Ordering, fence};
 
 use bitflags::bitflags;
-use virtio_drivers::queue::VirtQueue;
 
-use super::VirtioHal;
-use super::transport::{VirtioPci, VirtioTransport, need_event};
+use super::pair::QueuePair;
+use super::transport::{VirtioPci, VirtioTransport};
 use crate::counters::{AtomicCounters, Counters};
-use crate::dma::DmaBuf;
 use crate::net::{ETH_HEADER_LEN, NetDevice};
 use crate::wait::SharedIrqAck;
 use crate::{Error, Result};
 
 const NAME: &str = "virtio-net";
-const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
 /// Descriptors per queue.
 const QUEUE_SIZE: usize = 32;
 /// Receive buffers kept posted.
@@ -58,17 +52,9 @@ const _: () = assert!(RX_BUFFERS <= QUEUE_SIZE && TX_BUFFERS <= QUEUE_SIZE);
 /// A virtio-net device.
 pub struct VirtioNet<T: VirtioTransport = VirtioPci> {
     transport: T,
-    rxq: VirtQueue<VirtioHal, QUEUE_SIZE>,
-    txq: VirtQueue<VirtioHal, QUEUE_SIZE>,
+    queues: QueuePair<QUEUE_SIZE>,
     mac: [u8; 6],
     status_feature: bool,
-    /// Receive buffers with the token they are posted under.
-    rx: Vec<(Option<u16>, DmaBuf)>,
-    /// Transmit buffers with the token they are in flight under.
-    tx: Vec<(Option<u16>, DmaBuf)>,
-    /// Our copies of the avail indices (rx, tx); the crate's are private.
-    avail_idx: [u16; 2],
-    event_idx: bool,
     counters: Arc<AtomicCounters>,
 }
 
@@ -76,7 +62,7 @@ impl<T: VirtioTransport> core::fmt::Debug for VirtioNet<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioNet")
             .field("mac", &self.mac)
-            .field("event_idx", &self.event_idx)
+            .field("event_idx", &self.queues.event_idx())
             .finish_non_exhaustive()
     }
 }
@@ -106,85 +92,27 @@ impl<T: VirtioTransport> VirtioNet<T> {
             }
         }
         let event_idx = features.contains(Features::RING_EVENT_IDX);
-        let rxq = VirtQueue::new(&mut transport, RX_QUEUE, false, event_idx)?;
-        let txq = VirtQueue::new(&mut transport, TX_QUEUE, false, event_idx)?;
+        let mut queues = QueuePair::new(&mut transport, NAME, event_idx)?;
         transport.finish_init();
+        queues.fill(&mut transport, RX_BUFFERS, TX_BUFFERS, BUF_LEN)?;
         let counters = transport.counters();
-        let mut me = Self {
+        Ok(Self {
             transport,
-            rxq,
-            txq,
+            queues,
             mac,
             status_feature: features.contains(Features::STATUS),
-            rx: Vec::new(),
-            tx: Vec::new(),
-            avail_idx: [0; 2],
-            event_idx,
             counters,
-        };
-        for _ in 0..TX_BUFFERS {
-            me.tx.push((None, DmaBuf::new(BUF_LEN)?));
-        }
-        for i in 0..RX_BUFFERS {
-            me.rx.push((None, DmaBuf::new(BUF_LEN)?));
-            me.post_rx(i)?;
-        }
-        Ok(me)
+        })
     }
 
     /// Whether EVENT_IDX was negotiated.
     pub fn event_idx(&self) -> bool {
-        self.event_idx
+        self.queues.event_idx()
     }
 
     /// The transport.
     pub fn transport(&self) -> &T {
         &self.transport
-    }
-
-    /// Kicks `queue` if the device asked to hear about the buffer just added.
-    fn kick(&mut self, queue: u16) {
-        // SeqCst fence: the new avail index must be visible to the device before we read its
-        // avail_event (store→load order), or a device going idle now would miss the kick.
-        fence(Ordering::SeqCst);
-        let idx = &mut self.avail_idx[usize::from(queue)];
-        let old = *idx;
-        *idx = old.wrapping_add(1);
-        let new = *idx;
-        let q = if queue == RX_QUEUE { &self.rxq } else { &self.txq };
-        let kick = match self.transport.avail_event(queue).filter(|_| self.event_idx) {
-            Some(event) => need_event(event, new, old),
-            None => q.should_notify(),
-        };
-        if kick {
-            self.transport.notify(queue);
-        }
-    }
-
-    fn post_rx(&mut self, i: usize) -> Result<()> {
-        let buf = &mut self.rx[i].1;
-        assert!(buf.set_len(BUF_LEN));
-        // SAFETY: the buffer stays untouched in `rx` until pop_used with this token.
-        let token = unsafe { self.rxq.add(&[], &mut [buf.as_mut_slice()]) }?;
-        self.rx[i].0 = Some(token);
-        self.kick(RX_QUEUE);
-        Ok(())
-    }
-
-    fn reclaim_tx(&mut self) -> Result<()> {
-        while let Some(token) = self.txq.peek_used() {
-            let Some(entry) = self.tx.iter_mut().find(|(t, _)| *t == Some(token)) else {
-                return Err(Error::Protocol {
-                    device: NAME,
-                    what: "transmit completion for unknown descriptor",
-                    value: token.into(),
-                });
-            };
-            // SAFETY: the same buffer slice that was added under this token.
-            unsafe { self.txq.pop_used(token, &[entry.1.as_slice()], &mut []) }?;
-            entry.0 = None;
-        }
-        Ok(())
     }
 }
 
@@ -220,42 +148,29 @@ impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
                 max,
             });
         }
-        self.reclaim_tx()?;
-        let Some(i) = self.tx.iter().position(|(t, _)| t.is_none()) else {
+        self.queues.reclaim_tx()?;
+        let counters = &self.counters;
+        let queued = self
+            .queues
+            .send(&mut self.transport, HDR_LEN + frame.len(), |bytes| {
+                bytes[..HDR_LEN].fill(0);
+                bytes[HDR_LEN..].copy_from_slice(frame);
+                counters.copied(frame.len() as u64);
+            })?;
+        if !queued {
             return Err(Error::QueueFull {
                 device: NAME,
-                in_flight: self.tx.len(),
+                in_flight: self.queues.tx_buffers(),
             });
-        };
-        let buf = &mut self.tx[i].1;
-        assert!(buf.set_len(HDR_LEN + frame.len()));
-        let bytes = buf.as_mut_slice();
-        bytes[..HDR_LEN].fill(0);
-        bytes[HDR_LEN..].copy_from_slice(frame);
-        self.counters.copied(frame.len() as u64);
-        // SAFETY: the buffer stays untouched in `tx` until pop_used with this token.
-        let token = unsafe { self.txq.add(&[self.tx[i].1.as_slice()], &mut []) }?;
-        self.tx[i].0 = Some(token);
-        self.kick(TX_QUEUE);
+        }
         Ok(())
     }
 
     fn receive(&mut self, out: &mut [u8]) -> Result<Option<usize>> {
-        self.reclaim_tx()?;
-        let Some(token) = self.rxq.peek_used() else {
+        self.queues.reclaim_tx()?;
+        let Some((i, used)) = self.queues.take_rx()? else {
             return Ok(None);
         };
-        let Some(i) = self.rx.iter().position(|(t, _)| *t == Some(token)) else {
-            return Err(Error::Protocol {
-                device: NAME,
-                what: "receive completion for unknown descriptor",
-                value: token.into(),
-            });
-        };
-        let buf = &mut self.rx[i].1;
-        // SAFETY: the same buffer that was added under this token.
-        let used = unsafe { self.rxq.pop_used(token, &[], &mut [buf.as_mut_slice()]) }? as usize;
-        self.rx[i].0 = None;
         // Copy, then check: the length the device claims must fit the buffer and hold a header.
         let result = if !(HDR_LEN..=BUF_LEN).contains(&used) {
             Err(Error::Protocol {
@@ -272,12 +187,12 @@ impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
             })
         } else {
             let len = used - HDR_LEN;
-            out[..len].copy_from_slice(&self.rx[i].1.as_slice()[HDR_LEN..used]);
+            out[..len].copy_from_slice(&self.queues.rx_bytes(i)[HDR_LEN..used]);
             self.counters.copied(len as u64);
             Ok(Some(len))
         };
         // Re-post the buffer whatever happened to the frame.
-        self.post_rx(i)?;
+        self.queues.post_rx(&mut self.transport, i)?;
         result
     }
 
