@@ -249,9 +249,16 @@ fn advance(iov: &mut [libc::iovec], mut n: usize, mut first: usize) -> usize {
 }
 
 impl FileStorage {
-    /// Wraps an open image file.
-    pub fn new(file: File) -> std::io::Result<Self> {
-        let len = file.metadata()?.len();
+    /// Wraps an open image file or block device (whose size is where seeking to the end lands:
+    /// its metadata says 0).
+    pub fn new(mut file: File) -> std::io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::FileTypeExt;
+        let len = if file.metadata()?.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))?
+        } else {
+            file.metadata()?.len()
+        };
         Ok(FileStorage { file, len })
     }
 

@@ -1,5 +1,22 @@
-//! Building blocks of the Xen userspace backends (dom0). So far: [`xenstore`], a XenStore client
-//! over `/dev/xen/xenbus` or xenstored's socket. The grant-mapping (`/dev/xen/gntdev`) and event
-//! channel (`/dev/xen/evtchn`) layers and the blkback/netback/console adapters are still to come.
+//! The Xen userspace backends (dom0) and the layer they stand on.
+//!
+//! - [`xenstore`]: a XenStore client over `/dev/xen/xenbus` or xenstored's socket (read, write,
+//!   directories, permissions, watches, transactions);
+//! - [`gntdev`]: the frontend's granted pages through `/dev/xen/gntdev`, mapped (rings) or copied
+//!   (I/O data);
+//! - [`evtchn`]: interdomain event channels through `/dev/xen/evtchn`;
+//! - [`xenbus`]: a device's XenStore directories and the backend state machine, generic over a
+//!   [`xenbus::Backend`];
+//! - [`blkback`] and [`netback`]: the blkif and netif adapters over the block core and the net core's
+//!   switch;
+//! - [`sys`]: the ioctl layouts of the two device nodes.
+//!
+//! The `pvkit-xen-backend` binary puts these together for one domain.
 
+pub mod blkback;
+pub mod evtchn;
+pub mod gntdev;
+pub mod netback;
+pub mod sys;
+pub mod xenbus;
 pub mod xenstore;

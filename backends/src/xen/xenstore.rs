@@ -116,6 +116,51 @@ impl XenStore<UnixStream> {
     }
 }
 
+/// Either way of reaching XenStore from dom0, so one client type serves both.
+#[derive(Debug)]
+pub enum Connection {
+    /// `/dev/xen/xenbus`.
+    Device(File),
+    /// xenstored's Unix socket.
+    Socket(UnixStream),
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Device(f) => f.read(buf),
+            Connection::Socket(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Device(f) => f.write(buf),
+            Connection::Socket(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Device(f) => f.flush(),
+            Connection::Socket(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to xenstored's `socket` if given, else opens `/dev/xen/xenbus`.
+pub fn open(socket: Option<&Path>) -> Result<XenStore<Connection>> {
+    Ok(match socket {
+        Some(p) => {
+            let xs = XenStore::connect(p)?;
+            XenStore::new(Connection::Socket(xs.stream))
+        }
+        None => XenStore::new(Connection::Device(XenStore::open_xenbus()?.stream)),
+    })
+}
+
 fn split_nul(payload: &[u8]) -> Vec<String> {
     let body = payload.strip_suffix(&[0]).unwrap_or(payload);
     if body.is_empty() {

@@ -13,4 +13,5 @@ pub mod event_channel;
 pub mod grant_table;
 pub mod netif;
 pub mod xen;
+pub mod xenbus;
 pub mod xenstore;

@@ -117,6 +117,10 @@ pub fn run_harness(
         let echo = build_echo(&cache)?;
         img.host_program(&tree, &echo, scenario::ECHO_PATH)?;
     }
+    if bundle.specs.iter().any(|s| s.ours.is_some()) {
+        let backend = build_backend(&cache)?;
+        img.host_program(&tree, &backend, scenario::BACKEND_PATH)?;
+    }
     add_bundle(&mut img, bundle, &tree, &vmlinuz)?;
     let initramfs = cache.join("dom0-initramfs.cpio");
     img.write(&initramfs)?;
@@ -162,7 +166,7 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
             0o644,
             text(&s.xl_config(slot.as_ref())),
         );
-        if s.paused {
+        if s.paused || s.ours.as_ref().is_some_and(|o| !o.hotplug) {
             img.add(&format!("{dir}/paused"), 0o644, text(""));
         }
         img.add(
@@ -172,6 +176,13 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
         );
         let mut pre = String::new();
         let mut post = String::new();
+        // Our daemon is started first (the domain is paused) and must be gone before the disk is
+        // detached.
+        let running: Option<String> = match (scenario::backend_running(s, slot.as_ref()), &s.running) {
+            (Some(b), Some(r)) => Some(b + r),
+            (b, r) => b.or_else(|| r.clone()),
+        };
+        post.extend(scenario::backend_post(s));
         if let (Some(slot), Some(disk)) = (slot, s.host_disk) {
             DiskImage::create(&slot.image, disk.sectors, disk.fill_seed)?;
             pre.push_str(&scenario::disk_pre(slot));
@@ -179,11 +190,7 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
         }
         pre.extend(s.pre.clone());
         post.extend(s.post.clone());
-        for (file, body) in [
-            ("pre", Some(pre)),
-            ("running", s.running.clone()),
-            ("post", Some(post)),
-        ] {
+        for (file, body) in [("pre", Some(pre)), ("running", running), ("post", Some(post))] {
             if let Some(body) = body.filter(|b| !b.is_empty()) {
                 img.add(&format!("{dir}/{file}"), 0o644, text(&body));
             }
@@ -262,6 +269,33 @@ fn build_echo(cache: &Path) -> Result<PathBuf> {
         );
     }
     Ok(out)
+}
+
+/// Builds `pvkit-xen-backend` (release) and copies it without debug info into the cache (the
+/// dom0 image holds it in RAM).
+fn build_backend(cache: &Path) -> Result<PathBuf> {
+    let mut cmd = workspace::cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "pvkit-backends",
+        "--release",
+        "--bin",
+        "pvkit-xen-backend",
+    ]);
+    workspace::run_visible(&mut cmd)?;
+    let built = workspace::target_dir().join("release/pvkit-xen-backend");
+    let out = cache.join("pvkit-xen-backend");
+    match Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&built)
+        .arg(&out)
+        .status()
+    {
+        Ok(st) if st.success() => Ok(out),
+        // No binutils: ship it with its debug info (bigger, same program).
+        Ok(_) | Err(_) => Ok(built),
+    }
 }
 
 /// `6.1.0-N-amd64` from `.../vmlinuz-6.1.0-N-amd64`.

@@ -49,7 +49,41 @@ pub enum XenScenario {
     /// Bad input: a vbd whose backend never connects (dom0 writes the XenStore nodes itself, nobody
     /// serves them): the frontend gives up with a timeout message, the test fails, nothing hangs.
     BlkNoBackend,
+    /// `blk` against our userspace blkback (`pvkit-xen-backend` in dom0) instead of Linux's: the
+    /// integrity workload, the host checks every sector, the daemon's counts show it served.
+    OursBlk,
+    /// `net` against our userspace netback: the guest pings the echo peer on our switch.
+    OursNet,
+    /// The Linux PV domU (xen-blkfront, xen-netfront) against our blkback and netback: dd and
+    /// checksums over the disk, ping of the echo peer.
+    LinuxOurs,
+    /// Bad input to our backends: a missing image is refused at startup; a vbd whose frontend
+    /// publishes a garbage ring-ref is refused with a clear log line while the same domain's vif
+    /// serves the ping test and the daemon keeps running.
+    OursBadInput,
 }
+
+/// Devices of a domain served by our `pvkit-xen-backend` (started in dom0 while the domain is
+/// paused) instead of xl's disk/vif lines and Linux's kernel backends.
+#[derive(Debug, Clone, Default)]
+pub struct OurDevices {
+    /// Serve the host disk as xvda (instead of a `phy:` line).
+    pub disk: bool,
+    /// `DEVID:MAC` of each vif.
+    pub vifs: Vec<String>,
+    /// Shell run once the daemon is ready, before the domain is unpaused.
+    pub after_ready: Option<String>,
+    /// Start the daemon while the domain already runs (its devices appear as hotplugged ones)
+    /// instead of keeping the domain paused until they are ready. Linux's xenbus copes with both;
+    /// Debian's 6.1 PV kernel crashes early (#UD, Xen says) when created with `xl create -p` and
+    /// unpaused in this nested setup, so its scenario uses this.
+    pub hotplug: bool,
+}
+
+/// Where dom0 finds our backend daemon.
+pub const BACKEND_PATH: &str = "/pvkit/pvkit-xen-backend";
+/// xvda's virtual device number.
+const XVDA: u32 = 51712;
 
 /// Which kernel a domU boots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +143,8 @@ pub struct DomainSpec {
     pub paused: bool,
     /// Shell run in dom0 after the domain is gone (reports with `check key=value`).
     pub post: Option<String>,
+    /// Devices served by our backend daemon (implies `paused` unless they are hotplugged).
+    pub ours: Option<OurDevices>,
 }
 
 impl DomainSpec {
@@ -139,7 +175,7 @@ impl DomainSpec {
                 .join(", ")
         };
         let mut disks = self.disks.clone();
-        if let Some(slot) = slot {
+        if let Some(slot) = slot.filter(|_| !self.ours.as_ref().is_some_and(|o| o.disk)) {
             disks.push(format!(
                 "format=raw, vdev=xvda, access=rw, target={}",
                 slot.loop_dev
@@ -169,6 +205,10 @@ impl XenScenario {
             XenScenario::Console,
             XenScenario::BlkMissing,
             XenScenario::BlkNoBackend,
+            XenScenario::OursBlk,
+            XenScenario::OursNet,
+            XenScenario::LinuxOurs,
+            XenScenario::OursBadInput,
         ]
     }
 
@@ -187,6 +227,10 @@ impl XenScenario {
             XenScenario::Console => "console",
             XenScenario::BlkMissing => "blk-missing",
             XenScenario::BlkNoBackend => "blk-no-backend",
+            XenScenario::OursBlk => "ours-blk",
+            XenScenario::OursNet => "ours-net",
+            XenScenario::LinuxOurs => "linux-ours",
+            XenScenario::OursBadInput => "ours-bad-input",
         }
     }
 
@@ -205,9 +249,17 @@ impl XenScenario {
             running: None,
             paused: false,
             post: None,
+            ours: None,
+        };
+        let ours = |disk: bool, vifs: Vec<String>| {
+            Some(OurDevices {
+                disk,
+                vifs,
+                ..Default::default()
+            })
         };
         match self {
-            XenScenario::LinuxSelfcheck => DomainSpec {
+            XenScenario::LinuxSelfcheck | XenScenario::LinuxOurs => DomainSpec {
                 kernel: Kernel::Linux,
                 memory_mib: LINUX_MEMORY_MIB,
                 timeout: Duration::from_secs(180),
@@ -215,7 +267,21 @@ impl XenScenario {
                     sectors: SELFCHECK_DISK_SECTORS,
                     fill_seed: 0x5e1f,
                 }),
-                vifs: vec![format!("mac={LINUX_DOMU_MAC}, script={VIF_SCRIPT_PATH}")],
+                vifs: if self == XenScenario::LinuxOurs {
+                    Vec::new()
+                } else {
+                    vec![format!("mac={LINUX_DOMU_MAC}, script={VIF_SCRIPT_PATH}")]
+                },
+                ours: if self == XenScenario::LinuxOurs {
+                    Some(OurDevices {
+                        disk: true,
+                        vifs: vec![format!("0:{LINUX_DOMU_MAC}")],
+                        after_ready: None,
+                        hotplug: true,
+                    })
+                } else {
+                    None
+                },
                 running: Some(console_input_hook(
                     self.name(),
                     "PVKIT-SELFCHECK console-ready",
@@ -257,7 +323,12 @@ impl XenScenario {
             XenScenario::FaultPagefault | XenScenario::FaultPanic => {
                 base(self.name(), format!("tests={}", self.name()))
             }
-            XenScenario::Blk => DomainSpec {
+            XenScenario::Blk | XenScenario::OursBlk => DomainSpec {
+                ours: if self == XenScenario::OursBlk {
+                    ours(true, Vec::new())
+                } else {
+                    None
+                },
                 host_disk: Some(HostDisk {
                     sectors: BLK_SECTORS,
                     fill_seed: 0x5eed_4e11,
@@ -289,18 +360,26 @@ impl XenScenario {
                 vifs: vec![format!("mac={GUEST_MAC}, script={VIF_SCRIPT_PATH}")],
                 pre: Some(format!("{ICMP_IN_ECHOS}echos0=$(icmp_in_echos)\n")),
                 post: Some("check dom0_icmp_echo_requests=$(($(icmp_in_echos) - echos0))\n".to_owned()),
-                ..base(
-                    self.name(),
-                    format!(
-                        "tests={NET_TEST} {NET_TEST}.ip={DOMU_IP} {NET_TEST}.peer={DOM0_IP} \
-                         {NET_TEST}.count={NET_PINGS} {NET_TEST}.size={NET_PING_SIZE}"
-                    ),
-                )
+                ..base(self.name(), net_cmdline())
             },
             XenScenario::BlkNoBackend => DomainSpec {
                 paused: true,
                 running: Some(stub_vbd_script()),
                 ..base(self.name(), format!("tests={BLK_TEST}"))
+            },
+            XenScenario::OursNet => DomainSpec {
+                ours: ours(false, vec![format!("0:{GUEST_MAC}")]),
+                ..base(self.name(), net_cmdline())
+            },
+            XenScenario::OursBadInput => DomainSpec {
+                pre: Some(missing_image_check()),
+                ours: Some(OurDevices {
+                    disk: false,
+                    vifs: vec![format!("0:{GUEST_MAC}")],
+                    after_ready: Some(hostile_vbd_script()),
+                    hotplug: false,
+                }),
+                ..base(self.name(), net_cmdline())
             },
         }
     }
@@ -312,14 +391,22 @@ impl XenScenario {
         if let Some(slot) = disk {
             check_image_digest(r, slot, &mut problems);
         }
+        if let Some(ours) = self.spec(nonce).ours {
+            check_backend(&ours, r, &mut problems);
+        }
+        if self == XenScenario::OursBadInput {
+            check_bad_input(r, &mut problems);
+        }
         match self {
-            XenScenario::LinuxSelfcheck => {
+            XenScenario::LinuxSelfcheck | XenScenario::LinuxOurs => {
                 expect_end(r, "poweroff", &mut problems);
                 let has = |want: &str| r.console.iter().any(|l| l.trim() == want);
                 for want in [
                     format!("PVKIT-SELFCHECK nonce={nonce}"),
                     format!("PVKIT-SELFCHECK ping={SELFCHECK_PINGS}/{SELFCHECK_PINGS}"),
                     format!("PVKIT-SELFCHECK input={}", console_input(nonce)),
+                    "PVKIT-SELFCHECK pattern=written".to_owned(),
+                    "PVKIT-SELFCHECK pattern=read-back".to_owned(),
                 ] {
                     if !has(&want) {
                         problems.push(format!(
@@ -327,6 +414,22 @@ impl XenScenario {
                             r.console.len()
                         ));
                     }
+                }
+                match disk.map(|d| sha256_file(&d.image)) {
+                    Some(Ok(host)) => {
+                        let said = r
+                            .console
+                            .iter()
+                            .find_map(|l| l.trim().strip_prefix("PVKIT-SELFCHECK disk_sha256="));
+                        if said != Some(host.as_str()) {
+                            problems.push(format!(
+                                "the domU read the whole disk with SHA-256 {said:?}; the image on the host \
+                                 afterwards has {host}"
+                            ));
+                        }
+                    }
+                    Some(Err(e)) => problems.push(format!("hashing the disk image: {e:#}")),
+                    None => {}
                 }
                 match disk.map(|d| std::fs::read(&d.image)) {
                     Some(Ok(img)) => {
@@ -360,7 +463,7 @@ impl XenScenario {
                     problems.push("dom0 never saw the guest's ready line, so it typed nothing".to_owned());
                 }
             }
-            XenScenario::Net => {
+            XenScenario::Net | XenScenario::OursNet | XenScenario::OursBadInput => {
                 check_guest(r, &[NET_TEST], &mut problems);
                 if let Some(Record::TestPass { fields, .. }) = r.transcript.verdict(NET_TEST) {
                     let want = [
@@ -378,6 +481,7 @@ impl XenScenario {
                     }
                 }
                 match r.checks.get_u64("dom0_icmp_echo_requests") {
+                    _ if self != XenScenario::Net => {}
                     Some(n) if n >= NET_PINGS => {}
                     other => problems.push(format!(
                         "dom0's kernel counted {other:?} ICMP echo requests, the guest sends {NET_PINGS}"
@@ -391,7 +495,7 @@ impl XenScenario {
                     problems.push("dom0 did not write the stub vbd nodes".to_owned());
                 }
             }
-            XenScenario::Blk => {
+            XenScenario::Blk | XenScenario::OursBlk => {
                 check_guest(r, &[BLK_TEST], &mut problems);
                 if let (Some(slot), Some(Record::TestPass { fields, .. })) =
                     (disk, r.transcript.verdict(BLK_TEST))
@@ -507,6 +611,202 @@ fn stub_vbd_script() -> String {
      xenstore-chmod -r $fe n$domid r0 &&\n\
      check stub_vbd=written\n"
     )
+}
+
+/// The ping workload's command line (against dom0's kernel or our switch's echo peer, both at
+/// [`DOM0_IP`]).
+fn net_cmdline() -> String {
+    format!(
+        "tests={NET_TEST} {NET_TEST}.ip={DOMU_IP} {NET_TEST}.peer={DOM0_IP} \
+         {NET_TEST}.count={NET_PINGS} {NET_TEST}.size={NET_PING_SIZE}"
+    )
+}
+
+/// The image path the bad-input scenario gives our daemon (it does not exist).
+const MISSING_IMAGE: &str = "/pvkit/no-such.img";
+/// The vbd of the bad-input scenario whose "frontend" (dom0 playing a hostile guest) publishes a
+/// garbage ring-ref.
+const HOSTILE_VBD: u32 = 51728;
+/// The garbage it publishes: a grant reference the domain never issued.
+const HOSTILE_RING_REF: u32 = 1_234_567;
+/// The image behind the hostile vbd (created by the scenario's `pre`).
+const HOSTILE_IMAGE: &str = "/tmp/hostile.img";
+
+/// dom0 shell (`pre`): the daemon must refuse an image that does not exist, at startup, with a
+/// message naming it; also creates the hostile vbd's image.
+fn missing_image_check() -> String {
+    format!(
+        "out=$({BACKEND_PATH} --domid 0 --vbd {XVDA}:{MISSING_IMAGE} 2>&1)\n\
+         check missing_image_exit=$?\n\
+         echo \"$out\" | sed \"s/^/PVKIT-XEN SCENARIO $name NOTE missing-image: /\"\n\
+         dd if=/dev/zero of={HOSTILE_IMAGE} bs=512 count=2048 2>/dev/null\n"
+    )
+}
+
+/// dom0 shell run once our daemon is ready: plays a hostile frontend for vbd [`HOSTILE_VBD`]
+/// (publishes a garbage ring-ref and says `Initialised`), then waits for the backend's verdict.
+fn hostile_vbd_script() -> String {
+    format!(
+        "fe=/local/domain/$domid/device/vbd/{HOSTILE_VBD}\n\
+         be=/local/domain/0/backend/vbd/$domid/{HOSTILE_VBD}\n\
+         xenstore-write $fe/ring-ref {HOSTILE_RING_REF} $fe/event-channel 4242 $fe/protocol x86_64-abi &&\n\
+         \x20   xenstore-write $fe/state 3\n\
+         for _ in $(seq 100); do [ \"$(xenstore-read $be/state)\" = 5 ] && break; sleep 0.1; done\n\
+         check hostile_state=$(xenstore-read $be/state)\n\
+         xenstore-read $be/error | sed \"s/^/PVKIT-XEN SCENARIO $name NOTE hostile-error: /\"\n"
+    )
+}
+
+/// The daemon's arguments for `ours` (the host disk, if served, is `loop_dev`).
+fn backend_args(ours: &OurDevices, slot: Option<&DiskSlot>, bad_input: bool) -> String {
+    let mut a = String::new();
+    if let Some(slot) = slot.filter(|_| ours.disk) {
+        let _ = write!(a, " --vbd {XVDA}:{}", slot.loop_dev);
+    }
+    for v in &ours.vifs {
+        let _ = write!(a, " --vif {v}");
+    }
+    if bad_input {
+        let _ = write!(a, " --vbd {HOSTILE_VBD}:{HOSTILE_IMAGE}");
+    }
+    let _ = write!(a, " --echo-ip {DOM0_IP}");
+    a
+}
+
+/// dom0 shell (`running`, the domain still paused): starts our daemon for the domain, waits for its
+/// ready line, runs `after_ready`.
+pub fn backend_running(spec: &DomainSpec, slot: Option<&DiskSlot>) -> Option<String> {
+    let ours = spec.ours.as_ref()?;
+    let bad_input = spec.name == XenScenario::OursBadInput.name();
+    Some(format!(
+        "blog=/tmp/backend-{name}.log\n\
+         {BACKEND_PATH} --domid $domid{args} >$blog 2>&1 &\n\
+         backend_pid=$!\n\
+         for _ in $(seq 100); do\n\
+         \x20   grep -q ' ready: ' $blog && break\n\
+         \x20   kill -0 $backend_pid 2>/dev/null || break\n\
+         \x20   sleep 0.1\n\
+         done\n\
+         if grep -q ' ready: ' $blog; then\n\
+         \x20   check backend=ready\n\
+         {after}\
+         else\n\
+         \x20   check backend=not-ready\n\
+         fi\n",
+        name = spec.name,
+        args = backend_args(ours, slot, bad_input),
+        after = ours.after_ready.clone().unwrap_or_default(),
+    ))
+}
+
+/// dom0 shell (`post`, before the disk is detached): the daemon must leave by itself once the
+/// domain is gone; its log goes into the report as `backend:` notes.
+pub fn backend_post(spec: &DomainSpec) -> Option<String> {
+    spec.ours.as_ref()?;
+    Some(
+        "for _ in $(seq 50); do kill -0 $backend_pid 2>/dev/null || break; sleep 0.1; done\n\
+         if kill -0 $backend_pid 2>/dev/null; then\n\
+         \x20   check backend_exit=still-running\n\
+         \x20   kill $backend_pid; wait $backend_pid\n\
+         else\n\
+         \x20   wait $backend_pid\n\
+         \x20   check backend_exit=$?\n\
+         fi\n\
+         sed \"s/^/PVKIT-XEN SCENARIO $name NOTE backend: /\" $blog\n"
+            .to_owned(),
+    )
+}
+
+/// The two refusals of the bad-input scenario.
+fn check_bad_input(r: &ScenarioReport, problems: &mut Vec<String>) {
+    if r.checks.get("missing_image_exit") != Some("1") {
+        problems.push(format!(
+            "the daemon given a missing image exited with {:?}, expected 1",
+            r.checks.get("missing_image_exit")
+        ));
+    }
+    let want = format!("cannot open image {MISSING_IMAGE}");
+    if !r
+        .notes
+        .iter()
+        .any(|n| n.starts_with("missing-image:") && n.contains(&want))
+    {
+        problems.push(format!("the daemon given a missing image did not say `{want}`"));
+    }
+    if r.checks.get("hostile_state") != Some("5") {
+        problems.push(format!(
+            "the vbd with a garbage ring-ref is in state {:?}, expected 5 (Closing: refused)",
+            r.checks.get("hostile_state")
+        ));
+    }
+    let device = format!("device=vbd {HOSTILE_VBD} of domain");
+    let refused = r.notes.iter().any(|n| {
+        n.starts_with("backend:")
+            && n.contains("ERROR")
+            && n.contains(&device)
+            && n.contains("refused:")
+            && n.contains(&HOSTILE_RING_REF.to_string())
+    });
+    if !refused {
+        problems.push(format!(
+            "the daemon's log has no ERROR line refusing vbd {HOSTILE_VBD} and naming ring-ref {HOSTILE_RING_REF}"
+        ));
+    }
+}
+
+/// The number after `key=` in `line`.
+fn count_in(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What our daemon must have shown: ready before the domain ran, exit 0 after it was gone, and for
+/// each device it served a disconnect summary with work done and nothing failed.
+fn check_backend(ours: &OurDevices, r: &ScenarioReport, problems: &mut Vec<String>) {
+    if r.checks.get("backend") != Some("ready") {
+        problems.push(format!(
+            "our backend daemon never said ready (backend={:?})",
+            r.checks.get("backend")
+        ));
+    }
+    if r.checks.get("backend_exit") != Some("0") {
+        problems.push(format!(
+            "our backend daemon did not exit with 0 once the domain was gone (backend_exit={:?})",
+            r.checks.get("backend_exit")
+        ));
+    }
+    let summary = |dev: &str| {
+        r.notes.iter().find(|n| {
+            n.starts_with("backend:")
+                && n.contains(&format!("device={dev} of domain"))
+                && n.contains("disconnected:")
+        })
+    };
+    if ours.disk {
+        match summary(&format!("vbd {XVDA}")) {
+            Some(n) if count_in(n, "requests").is_some_and(|c| c > 0) && count_in(n, "failed") == Some(0) => {
+            }
+            other => problems.push(format!(
+                "our blkback's summary of vbd {XVDA} shows no clean work: {other:?}"
+            )),
+        }
+    }
+    for v in &ours.vifs {
+        let devid = v.split(':').next().unwrap_or_default();
+        match summary(&format!("vif {devid}")) {
+            Some(n)
+                if count_in(n, "tx_packets").is_some_and(|c| c > 0)
+                    && count_in(n, "rx_packets").is_some_and(|c| c > 0)
+                    && count_in(n, "tx_errors") == Some(0) => {}
+            other => problems.push(format!(
+                "our netback's summary of vif {devid} shows no clean traffic: {other:?}"
+            )),
+        }
+    }
 }
 
 /// The backend type of the stub vbd (no dom0 driver watches `backend/pvkit-stub`).
@@ -677,6 +977,7 @@ pub fn run_spec(cmdline: String, timeout: Duration) -> DomainSpec {
         running: Some(echo_start()),
         paused: false,
         post: Some(echo_stop()),
+        ours: None,
     }
 }
 
@@ -897,9 +1198,29 @@ printf 'PVKIT-SELFCHECK-DISK nonce=%s
 ' "$nonce" | dd of=/dev/xvda bs=512 conv=sync,fsync 2>/dev/null &&
     echo "PVKIT-SELFCHECK disk=written"
 sync
+mkdir -p /tmp
+dd if=/dev/urandom of=/tmp/pattern bs=65536 count=4 2>/dev/null
+dd if=/tmp/pattern of=/dev/xvda bs=65536 seek=8 conv=fsync 2>/dev/null &&
+    echo "PVKIT-SELFCHECK pattern=written"
+echo 3 >/proc/sys/vm/drop_caches
+want=$(sha256sum </tmp/pattern | cut -d' ' -f1)
+got=$(dd if=/dev/xvda bs=65536 skip=8 count=4 2>/dev/null | sha256sum | cut -d' ' -f1)
+[ "$got" = "$want" ] && echo "PVKIT-SELFCHECK pattern=read-back"
+echo "PVKIT-SELFCHECK disk_sha256=$(sha256sum </dev/xvda | cut -d' ' -f1)"
 ip link set dev eth0 up || echo "PVKIT-SELFCHECK error=ip-link-status-$?"
 ip addr add "$ip/24" dev eth0 || echo "PVKIT-SELFCHECK error=ip-addr-status-$?"
-got=$(ping -c "$pings" -W 5 "$peer" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+# Busybox's ping has been seen to die of SIGSEGV right after a reply arrived (with Linux's netback
+# and with ours); such a crash of the client is retried, and the kernel's line about it printed.
+for attempt in 1 2 3; do
+    ping -c "$pings" -W 5 "$peer" >/tmp/ping.out 2>&1
+    status=$?
+    echo "PVKIT-SELFCHECK ping-status=$status"
+    sed 's/^/PVKIT-SELFCHECK ping-output: /' /tmp/ping.out
+    [ "$status" -lt 128 ] && break
+    echo "PVKIT-SELFCHECK ping-crashed attempt=$attempt"
+    dmesg | grep -i segfault | tail -n 1 | sed 's/^/PVKIT-SELFCHECK dmesg: /'
+done
+got=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping.out)
 echo "PVKIT-SELFCHECK ping=${got:-0}/$pings"
 echo "PVKIT-SELFCHECK console-ready"
 read -r -t 30 line
@@ -958,9 +1279,13 @@ mod tests {
             dom0_dev: "/dev/vda".into(),
             loop_dev: "/dev/loop0".into(),
         };
+        let host_digest = digest.clone();
         let log = |reason: &str, digest: &str, ping: &str| {
             format!(
                 "PVKIT-XEN SCENARIO linux-selfcheck BEGIN\n\
+                 PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK pattern=written\n\
+                 PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK pattern=read-back\n\
+                 PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK disk_sha256={host_digest}\n\
                  PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK ping={ping}\n\
                  PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK nonce=42\n\
                  PVKIT-XEN CONSOLE linux-selfcheck | PVKIT-SELFCHECK input=pvkit-input-42\n\
@@ -986,6 +1311,15 @@ mod tests {
         assert!(
             !check(log("poweroff", &"0".repeat(64), "3/3"), "42").is_empty(),
             "dom0 digest differs"
+        );
+        let without = |text: String, line: &str| text.replace(line, "");
+        assert!(
+            !check(
+                without(log("poweroff", &digest, "3/3"), "pattern=read-back"),
+                "42"
+            )
+            .is_empty(),
+            "pattern not read back"
         );
         std::fs::write(&image, vec![0u8; 4096]).unwrap();
         let zero_digest = sha256_file(&image).unwrap();
@@ -1203,5 +1537,64 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         assert!(XenScenario::in_test_suite().iter().all(|s| all.contains(s)));
+    }
+
+    #[test]
+    fn our_backend_must_be_ready_exit_cleanly_and_show_work() {
+        let ours = OurDevices {
+            disk: true,
+            vifs: vec!["0:00:16:3e:00:00:10".into()],
+            ..Default::default()
+        };
+        let log = |exit: &str, vbd_failed: u32, tx: u32| {
+            format!(
+                "PVKIT-XEN SCENARIO s BEGIN\n\
+                 PVKIT-XEN SCENARIO s CHECK backend=ready\n\
+                 PVKIT-XEN SCENARIO s CHECK backend_exit={exit}\n\
+                 PVKIT-XEN SCENARIO s NOTE backend: INFO x: disconnected: requests=9 reads=4 failed={vbd_failed} \
+                 events=3 device=vbd 51712 of domain 4\n\
+                 PVKIT-XEN SCENARIO s NOTE backend: INFO x: disconnected: tx_packets={tx} tx_bytes=1 tx_errors=0 \
+                 rx_packets=2 device=vif 0 of domain 4\n\
+                 PVKIT-XEN SCENARIO s END reason=poweroff run_ms=9\n"
+            )
+        };
+        let problems = |text: String| {
+            let r = report(&text);
+            let mut p = Vec::new();
+            check_backend(&ours, r.scenario("s").unwrap(), &mut p);
+            p
+        };
+        assert_eq!(problems(log("0", 0, 5)), Vec::<String>::new());
+        assert!(!problems(log("still-running", 0, 5)).is_empty());
+        assert!(!problems(log("0", 1, 5)).is_empty(), "a failed request");
+        assert!(!problems(log("0", 0, 0)).is_empty(), "no traffic");
+        assert_eq!(count_in("x requests=12 failed=0", "requests"), Some(12));
+        assert_eq!(count_in("x requests=12", "failed"), None);
+    }
+
+    #[test]
+    fn bad_input_needs_both_refusals() {
+        let log = |exit: &str, state: &str, refused: &str| {
+            format!(
+                "PVKIT-XEN SCENARIO b BEGIN\n\
+                 PVKIT-XEN SCENARIO b CHECK missing_image_exit={exit}\n\
+                 PVKIT-XEN SCENARIO b NOTE missing-image: pvkit-xen-backend: error: vbd 51712: cannot open image \
+                 {MISSING_IMAGE}: No such file or directory\n\
+                 PVKIT-XEN SCENARIO b CHECK hostile_state={state}\n\
+                 PVKIT-XEN SCENARIO b NOTE backend: ERROR x: {refused}: cannot map the ring (ring-ref \
+                 [{HOSTILE_RING_REF}]): Invalid argument device=vbd {HOSTILE_VBD} of domain 3\n\
+                 PVKIT-XEN SCENARIO b END reason=poweroff run_ms=9\n"
+            )
+        };
+        let problems = |text: String| {
+            let r = report(&text);
+            let mut p = Vec::new();
+            check_bad_input(r.scenario("b").unwrap(), &mut p);
+            p
+        };
+        assert_eq!(problems(log("1", "5", "refused")), Vec::<String>::new());
+        assert!(!problems(log("0", "5", "refused")).is_empty());
+        assert!(!problems(log("1", "4", "refused")).is_empty());
+        assert!(!problems(log("1", "5", "connected")).is_empty());
     }
 }

@@ -1,0 +1,246 @@
+//! `pvkit-xen-backend`: serves one Xen domain's vbds and vifs from dom0's userspace.
+//!
+//! ```text
+//! xl create -p domu.cfg                 # no disk/vif lines: the devices are ours
+//! pvkit-xen-backend --domid 5 --vbd 51712:/dev/loop0 --vif 0:00:16:3e:00:00:10 &
+//! # ... wait for the "ready" line on stdout ...
+//! xl unpause 5
+//! ```
+//!
+//! For each device it writes the frontend and backend XenStore directories (with the permissions a
+//! toolstack would give them), waits in `InitWait` for the frontend, maps its rings and serves them
+//! (see `pvkit_backends::xen`). A device whose frontend publishes something unusable is refused with
+//! an `ERROR ... refused:` log line; the other devices go on. Vifs are ports of one L2 switch that
+//! also holds an echo peer (answers ARP, ping, UDP echo and pvkit's echo frames) at `--echo-ip`.
+//! The daemon exits with status 0 once the domain is gone (all directories removed), or on
+//! SIGINT/SIGTERM after removing the directories.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use pvkit_backends::block::{BlockCore, BlockOptions};
+use pvkit_backends::net::{EchoPeer, Mac, Switch};
+use pvkit_backends::xen::blkback::BlkBackend;
+use pvkit_backends::xen::gntdev::GntDev;
+use pvkit_backends::xen::netback::{NetBackend, format_mac};
+use pvkit_backends::xen::xenbus::{Backend, DeviceId, remove_device, run_device};
+use pvkit_backends::xen::xenstore;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Xen blkback/netback in dom0 userspace for one domain")]
+struct Cli {
+    /// The frontend domain (created paused, unpaused after "ready").
+    #[arg(long)]
+    domid: u16,
+    /// A disk: `DEVID:PATH[:ro]` (DEVID 51712 is xvda). PATH is an image file or block device.
+    #[arg(long, value_parser = parse_vbd)]
+    vbd: Vec<Vbd>,
+    /// A network interface: `DEVID:MAC`.
+    #[arg(long, value_parser = parse_vif)]
+    vif: Vec<Vif>,
+    /// IPv4 address of the switch's echo peer.
+    #[arg(long, default_value = "10.99.0.1")]
+    echo_ip: std::net::Ipv4Addr,
+    /// MAC of the switch's echo peer.
+    #[arg(long, default_value = "02:70:76:6b:69:74", value_parser = parse_mac)]
+    echo_mac: Mac,
+    /// Open images with O_DIRECT.
+    #[arg(long)]
+    direct: bool,
+    /// Use xenstored's socket at this path instead of /dev/xen/xenbus.
+    #[arg(long)]
+    xenstore_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Vbd {
+    devid: u32,
+    path: PathBuf,
+    read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Vif {
+    devid: u32,
+    mac: Mac,
+}
+
+fn parse_vbd(s: &str) -> Result<Vbd, String> {
+    let (devid, rest) = s.split_once(':').ok_or("expected DEVID:PATH[:ro]")?;
+    let devid = devid
+        .parse()
+        .map_err(|_| format!("device id {devid:?} is not a number"))?;
+    let (path, read_only) = match rest.strip_suffix(":ro") {
+        Some(p) => (p, true),
+        None => (rest, false),
+    };
+    if path.is_empty() {
+        return Err("empty image path".into());
+    }
+    Ok(Vbd {
+        devid,
+        path: path.into(),
+        read_only,
+    })
+}
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("MAC {s:?} is not six hex bytes"));
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("MAC {s:?} is not six hex bytes"))?;
+    }
+    Ok(mac)
+}
+
+fn parse_vif(s: &str) -> Result<Vif, String> {
+    let (devid, mac) = s.split_once(':').ok_or("expected DEVID:MAC")?;
+    Ok(Vif {
+        devid: devid
+            .parse()
+            .map_err(|_| format!("device id {devid:?} is not a number"))?,
+        mac: parse_mac(mac)?,
+    })
+}
+
+fn main() {
+    pvkit_backends::vhost::init_logging();
+    if let Err(e) = run() {
+        eprintln!("pvkit-xen-backend: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if cli.vbd.is_empty() && cli.vif.is_empty() {
+        bail!("nothing to serve: give at least one --vbd or --vif");
+    }
+    // Everything that can fail on the command line's account fails before XenStore is touched.
+    let mut devices: Vec<(DeviceId, Box<dyn Backend>)> = Vec::new();
+    let gnt = GntDev::open().context("the grant device (is xen-gntdev loaded?)")?;
+    for v in &cli.vbd {
+        let core = BlockCore::open(
+            &v.path,
+            BlockOptions {
+                read_only: v.read_only,
+                direct: cli.direct,
+                writethrough: false,
+            },
+        )
+        .with_context(|| format!("vbd {}", v.devid))?;
+        tracing::info!(devid = v.devid, image = %v.path.display(), sectors = core.capacity(), read_only = v.read_only, "vbd");
+        devices.push((
+            DeviceId {
+                domid: cli.domid,
+                kind: "vbd",
+                devid: v.devid,
+            },
+            Box::new(BlkBackend::new(Arc::new(core), gnt.clone())),
+        ));
+    }
+    let switch = Switch::new();
+    let echo = (!cli.vif.is_empty()).then(|| EchoPeer::attach(&switch, cli.echo_mac, cli.echo_ip.octets()));
+    for v in &cli.vif {
+        tracing::info!(devid = v.devid, mac = %format_mac(&v.mac), "vif");
+        devices.push((
+            DeviceId {
+                domid: cli.domid,
+                kind: "vif",
+                devid: v.devid,
+            },
+            Box::new(NetBackend::new(switch.clone(), gnt.clone(), v.mac)),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, _) in &devices {
+        if !seen.insert((id.kind, id.devid)) {
+            bail!("{} {} given twice", id.kind, id.devid);
+        }
+    }
+    let socket = cli.xenstore_socket.clone();
+    // SIGINT/SIGTERM: remove the directories and leave.
+    {
+        let ids: Vec<DeviceId> = devices.iter().map(|(id, _)| id.clone()).collect();
+        let socket = socket.clone();
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+                .context("installing signal handlers")?;
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "stopping: removing the devices");
+                if let Ok(mut xs) = xenstore::open(socket.as_deref()) {
+                    for id in &ids {
+                        remove_device(&mut xs, id);
+                    }
+                }
+                std::process::exit(0);
+            }
+        });
+    }
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut threads = Vec::new();
+    let count = devices.len();
+    for (id, be) in devices {
+        let xs = xenstore::open(socket.as_deref()).context("connecting to XenStore")?;
+        let ready = ready_tx.clone();
+        let name = id.to_string();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("{}-{}", id.kind, id.devid))
+                .spawn(move || {
+                    let r = run_device(xs, id, &*be, move || {
+                        let _ = ready.send(());
+                    });
+                    if let Err(e) = &r {
+                        tracing::error!(device = %name, "device setup failed: {e}");
+                    }
+                    r.is_ok()
+                })?,
+        );
+    }
+    drop(ready_tx);
+    let ready = ready_rx.iter().take(count).count();
+    if ready == count {
+        println!(
+            "pvkit-xen-backend: ready: {count} devices of domain {} wait for their frontends",
+            cli.domid
+        );
+    }
+    let mut ok = ready == count;
+    for t in threads {
+        ok &= t.join().unwrap_or(false);
+    }
+    if let Some(e) = echo {
+        let s = e.stats();
+        tracing::info!("echo peer: {s:?}");
+    }
+    if !ok {
+        bail!("a device could not be set up (see the log above)");
+    }
+    tracing::info!("domain {} gone, exiting", cli.domid);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_arguments_parse_or_say_why_not() {
+        let v = parse_vbd("51712:/dev/loop0:ro").unwrap();
+        assert_eq!((v.devid, v.read_only), (51712, true));
+        assert_eq!(v.path, PathBuf::from("/dev/loop0"));
+        assert!(parse_vbd("xvda:/img").unwrap_err().contains("xvda"));
+        assert!(parse_vbd("51712:").is_err());
+        let n = parse_vif("0:00:16:3e:00:00:10").unwrap();
+        assert_eq!(n.mac, [0, 0x16, 0x3e, 0, 0, 0x10]);
+        assert!(parse_vif("0:00:16:3e").is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! Grants of another domain's pages, through dom0's `/dev/xen/gntdev`.
+//!
+//! Two ways to reach a frontend's memory:
+//! - [`GntDev::map`] maps granted pages into this process (one ioctl, then `mmap`; undone on drop:
+//!   `munmap`, then the unmap ioctl). Worth it for memory touched again and again: shared rings.
+//! - [`GntDev::copy_from_guest`] / [`GntDev::copy_to_guest`] have Xen copy bytes between granted
+//!   pages and a local buffer (`GNTTABOP_copy`, one ioctl for a whole scatter list). For I/O buffers
+//!   that are used once per request this is cheaper than map + unmap (no page-table updates, no TLB
+//!   shootdown) and the data is copied exactly once, which is also what validation wants: the backend
+//!   only ever looks at its own copy.
+//!
+//! A grant the frontend never issued (or revoked) fails with a per-piece Xen status, reported as
+//! [`GrantError::Status`]; nothing is mapped or copied for it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use ring_protocol::abi::grant_table::{GNTCOPY_DEST_GREF, GNTCOPY_SOURCE_GREF, GNTST_OKAY, GrantRef};
+use ring_protocol::abi::xen::DomId;
+
+use super::sys::{
+    GntdevCopyForeign, GntdevCopyPtr, GntdevGrantCopy, GntdevGrantCopySegment, GntdevGrantRef,
+    GntdevMapGrantRefHeader, GntdevUnmapGrantRef, IOCTL_GNTDEV_GRANT_COPY, IOCTL_GNTDEV_MAP_GRANT_REF,
+    IOCTL_GNTDEV_UNMAP_GRANT_REF,
+};
+
+/// The grant device node.
+pub const GNTDEV_PATH: &str = "/dev/xen/gntdev";
+/// Size of a grantable page.
+pub const PAGE_SIZE: usize = 4096;
+
+/// What went wrong with a grant operation.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The device or a system call failed.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// Xen refused one grant (never issued, revoked, wrong domain, read-only...).
+    #[error("grant {gref} of domain {domid} refused by Xen (GNTST {status})")]
+    Status {
+        /// The domain.
+        domid: DomId,
+        /// The grant.
+        gref: GrantRef,
+        /// Xen's `GNTST_*` code.
+        status: i16,
+    },
+    /// A piece that cannot be a grant access (crosses its page's end) or does not match the buffer.
+    #[error("bad grant copy request: {0}")]
+    Invalid(String),
+}
+
+/// Part of a granted page: `len` bytes at `offset` of grant `gref`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantPiece {
+    /// The grant.
+    pub gref: GrantRef,
+    /// Byte offset in the page.
+    pub offset: u16,
+    /// Bytes.
+    pub len: u16,
+}
+
+/// An open `/dev/xen/gntdev`.
+#[derive(Debug)]
+pub struct GntDev {
+    file: File,
+}
+
+impl GntDev {
+    /// Opens the grant device.
+    pub fn open() -> Result<Arc<Self>, GrantError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(GNTDEV_PATH)
+            .map_err(|error| GrantError::Io {
+                what: format!("opening {GNTDEV_PATH}"),
+                error,
+            })?;
+        Ok(Arc::new(GntDev { file }))
+    }
+
+    /// Maps the pages `refs` of `domid`, in order, as one contiguous range.
+    pub fn map(
+        self: &Arc<Self>,
+        domid: DomId,
+        refs: &[GrantRef],
+        writable: bool,
+    ) -> Result<GrantMapping, GrantError> {
+        if refs.is_empty() {
+            return Err(GrantError::Invalid("mapping zero grants".into()));
+        }
+        // The argument is the header (count, pad, index) followed by one (domid, gref) pair per
+        // grant, built as u64 words so that the header's u64 is aligned; on a little-endian machine
+        // the low half of a word is the field at the lower address.
+        const _: () = assert!(cfg!(target_endian = "little"));
+        let mut arg: Vec<u64> = Vec::with_capacity(2 + refs.len());
+        arg.push(refs.len() as u64);
+        arg.push(0);
+        arg.extend(
+            refs.iter()
+                .map(|&gref| u64::from(domid) | (u64::from(gref) << 32)),
+        );
+        const _: () = assert!(size_of::<GntdevMapGrantRefHeader>() == 16 && size_of::<GntdevGrantRef>() == 8);
+        let base = arg.as_mut_ptr();
+        // SAFETY: the request's argument is the buffer built above, which lives across the call.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, base) };
+        if rc < 0 {
+            return Err(GrantError::Io {
+                what: format!("mapping grants {refs:?} of domain {domid}"),
+                error: io::Error::last_os_error(),
+            });
+        }
+        // The kernel filled in the header's `index`.
+        let index = arg[1];
+        let len = refs.len() * PAGE_SIZE;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a fresh shared mapping of the grant device at the offset it handed out; the kernel
+        // maps the grants here (this is where Xen may refuse one).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                self.file.as_raw_fd(),
+                index as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            self.unmap_index(index, refs.len());
+            return Err(GrantError::Io {
+                what: format!("mmap of grants {refs:?} of domain {domid}"),
+                error,
+            });
+        }
+        Ok(GrantMapping {
+            dev: self.clone(),
+            ptr: NonNull::new(addr.cast()).expect("mmap returned null"),
+            len,
+            index,
+        })
+    }
+
+    fn unmap_index(&self, index: u64, count: usize) {
+        let mut arg = GntdevUnmapGrantRef {
+            index,
+            count: count as u32,
+            pad: 0,
+        };
+        // SAFETY: the argument is a valid struct that lives across the call.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), IOCTL_GNTDEV_UNMAP_GRANT_REF, &mut arg) };
+        if rc < 0 {
+            tracing::warn!(index, count, error = %io::Error::last_os_error(), "unmapping grants failed");
+        }
+    }
+
+    /// Copies the granted `pieces` of `domid`, in order, into `dst` (which must be exactly as long as
+    /// the pieces together).
+    pub fn copy_from_guest(
+        &self,
+        domid: DomId,
+        pieces: &[GrantPiece],
+        dst: &mut [u8],
+    ) -> Result<(), GrantError> {
+        check_pieces(pieces, dst.len())?;
+        let base = dst.as_mut_ptr();
+        let mut at = 0usize;
+        let mut segs: Vec<GntdevGrantCopySegment> = pieces
+            .iter()
+            .map(|p| {
+                let s = GntdevGrantCopySegment {
+                    source: foreign(domid, p),
+                    dest: GntdevCopyPtr {
+                        virt: base.wrapping_add(at).cast(),
+                    },
+                    len: p.len,
+                    flags: GNTCOPY_SOURCE_GREF,
+                    status: 0,
+                };
+                at += usize::from(p.len);
+                s
+            })
+            .collect();
+        self.run_copy(domid, pieces, &mut segs)
+    }
+
+    /// Copies `src` into the granted `pieces` of `domid`, in order (`src` must be exactly as long as
+    /// the pieces together).
+    pub fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
+        check_pieces(pieces, src.len())?;
+        let base = src.as_ptr();
+        let mut at = 0usize;
+        let mut segs: Vec<GntdevGrantCopySegment> = pieces
+            .iter()
+            .map(|p| {
+                let s = GntdevGrantCopySegment {
+                    source: GntdevCopyPtr {
+                        virt: base.wrapping_add(at).cast_mut().cast(),
+                    },
+                    dest: foreign(domid, p),
+                    len: p.len,
+                    flags: GNTCOPY_DEST_GREF,
+                    status: 0,
+                };
+                at += usize::from(p.len);
+                s
+            })
+            .collect();
+        self.run_copy(domid, pieces, &mut segs)
+    }
+
+    fn run_copy(
+        &self,
+        domid: DomId,
+        pieces: &[GrantPiece],
+        segs: &mut [GntdevGrantCopySegment],
+    ) -> Result<(), GrantError> {
+        if segs.is_empty() {
+            return Ok(());
+        }
+        let mut arg = GntdevGrantCopy {
+            count: segs.len() as libc::c_uint,
+            segments: segs.as_mut_ptr(),
+        };
+        // SAFETY: every segment's local side points into a buffer the caller borrowed for this call
+        // (mutably for copies into it), with the lengths checked by `check_pieces`; the kernel writes
+        // only the buffers and the segments' status fields.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), IOCTL_GNTDEV_GRANT_COPY, &mut arg) };
+        if rc < 0 {
+            return Err(GrantError::Io {
+                what: format!("grant copy of {} pieces of domain {domid}", segs.len()),
+                error: io::Error::last_os_error(),
+            });
+        }
+        match segs.iter().zip(pieces).find(|(s, _)| s.status != GNTST_OKAY) {
+            Some((s, p)) => Err(GrantError::Status {
+                domid,
+                gref: p.gref,
+                status: s.status,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn foreign(domid: DomId, p: &GrantPiece) -> GntdevCopyPtr {
+    GntdevCopyPtr {
+        foreign: GntdevCopyForeign {
+            gref: p.gref,
+            offset: p.offset,
+            domid,
+        },
+    }
+}
+
+/// Every piece stays inside its page and the pieces add up to the local buffer.
+fn check_pieces(pieces: &[GrantPiece], buf_len: usize) -> Result<(), GrantError> {
+    let mut total = 0usize;
+    for p in pieces {
+        if usize::from(p.offset) + usize::from(p.len) > PAGE_SIZE {
+            return Err(GrantError::Invalid(format!(
+                "{} bytes at offset {} of grant {} cross the page's end",
+                p.len, p.offset, p.gref
+            )));
+        }
+        total += usize::from(p.len);
+    }
+    if total != buf_len {
+        return Err(GrantError::Invalid(format!(
+            "pieces total {total} bytes, the local buffer is {buf_len}"
+        )));
+    }
+    Ok(())
+}
+
+/// Granted pages mapped into this process; unmapped on drop.
+#[derive(Debug)]
+pub struct GrantMapping {
+    dev: Arc<GntDev>,
+    ptr: NonNull<u8>,
+    len: usize,
+    index: u64,
+}
+
+// SAFETY: the mapping is an address range owned by this value; the frontend may write it at any time,
+// so users access it only through atomics or volatile copies (ring-protocol does), from any thread.
+unsafe impl Send for GrantMapping {}
+
+impl GrantMapping {
+    /// The first mapped byte.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// Mapped bytes (pages × 4096).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is mapped (never: a mapping has at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for GrantMapping {
+    fn drop(&mut self) {
+        // SAFETY: the range is the mmap made in `GntDev::map`, unmapped exactly once here; nothing
+        // borrows it past this value's life (rings over it are dropped first by their owners).
+        if unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) } != 0 {
+            tracing::warn!(error = %io::Error::last_os_error(), "munmap of a grant mapping failed");
+        }
+        self.dev.unmap_index(self.index, self.len / PAGE_SIZE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_must_stay_in_their_page_and_fill_the_buffer() {
+        let p = |offset, len| GrantPiece { gref: 9, offset, len };
+        assert!(check_pieces(&[p(0, 4096)], 4096).is_ok());
+        assert!(check_pieces(&[p(512, 3584), p(0, 512)], 4096).is_ok());
+        assert!(matches!(
+            check_pieces(&[p(512, 4096)], 4096),
+            Err(GrantError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_pieces(&[p(0, 512)], 1024),
+            Err(GrantError::Invalid(_))
+        ));
+        assert!(check_pieces(&[], 0).is_ok());
+    }
+}

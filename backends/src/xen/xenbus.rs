@@ -1,0 +1,437 @@
+//! The backend half of a xenbus device: its two XenStore directories and the state machine.
+//!
+//! A device of kind `k` (`vbd`, `vif`, `console`) with id `n` of domain `D`, served from dom0:
+//! - frontend directory `/local/domain/D/device/k/n`, owned by `D` and readable by dom0: `backend`,
+//!   `backend-id`, `state` and the kind's keys; the frontend adds its ring references there;
+//! - backend directory `/local/domain/0/backend/k/D/n`, owned by dom0 and readable by `D`:
+//!   `frontend`, `frontend-id`, `online`, `state` and the features the backend offers.
+//!
+//! [`run_device`] creates both, says `InitWait`, and then follows the frontend: once it is
+//! `Initialised` or `Connected` the [`Backend`] reads the frontend's keys and maps its rings (refusing
+//! the device with a clear log line and an `error` node if any of it is bad), a thread serves the
+//! rings, and the backend says `Connected`; `Closing`/`Closed` from the frontend stop the rings, and a
+//! frontend that starts over (`Initialising`) gets `InitWait` again. When the domain is gone (its home
+//! directory removed), the device's directories are removed and [`run_device`] returns.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use ring_protocol::abi::xen::DomId;
+use ring_protocol::abi::xenbus::XenbusState;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::evtchn::{self, EventChannel};
+use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
+use crate::Result;
+
+/// One device's place in XenStore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceId {
+    /// The frontend's domain.
+    pub domid: DomId,
+    /// `vbd`, `vif`, `console`.
+    pub kind: &'static str,
+    /// The device id (for a vbd, the virtual device number: 51712 is xvda).
+    pub devid: u32,
+}
+
+impl DeviceId {
+    /// The frontend directory.
+    pub fn frontend(&self) -> String {
+        format!("/local/domain/{}/device/{}/{}", self.domid, self.kind, self.devid)
+    }
+
+    /// The backend directory (dom0 serves).
+    pub fn backend(&self) -> String {
+        format!(
+            "/local/domain/0/backend/{}/{}/{}",
+            self.kind, self.domid, self.devid
+        )
+    }
+
+    /// The domain's home directory; it disappears when the domain is destroyed.
+    pub fn home(&self) -> String {
+        format!("/local/domain/{}", self.domid)
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} of domain {}", self.kind, self.devid, self.domid)
+    }
+}
+
+/// A ring serving thread's work: called whenever the event channel or the extra descriptor fired.
+pub trait Rings: Send + 'static {
+    /// The device's event channel.
+    fn channel(&self) -> &EventChannel;
+    /// Another descriptor that means "work to do" (the net switch's wakeups), if any.
+    fn extra_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Consumes whatever the rings hold. An error means the frontend broke the protocol: the rings
+    /// stop and the device is closed.
+    fn process(&mut self) -> std::result::Result<(), String>;
+    /// A one-line summary of what was served, for the log at disconnect.
+    fn summary(&self) -> String;
+}
+
+/// What a device kind provides to [`run_device`].
+pub trait Backend: Send + 'static {
+    /// Keys of the frontend directory besides `backend`, `backend-id` and `state`.
+    fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)>;
+    /// Keys of the backend directory besides `frontend`, `frontend-id`, `online` and `state`
+    /// (features, sizes).
+    fn backend_keys(&self, id: &DeviceId) -> Vec<(String, String)>;
+    /// Reads the frontend's ring references and event channel from `front` (a snapshot of the
+    /// frontend directory's keys) and maps the rings. An `Err` refuses the device with that reason.
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String>;
+}
+
+/// The frontend directory's keys as read at connection time (copied once, then validated).
+#[derive(Debug, Default)]
+pub struct Frontend {
+    keys: Vec<(String, String)>,
+}
+
+impl Frontend {
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.keys.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// A required number: missing or malformed values are refused with a message naming the key.
+    pub fn number(&self, key: &str) -> std::result::Result<u64, String> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| format!("frontend key {key} is missing"))?;
+        parse_number(v).ok_or_else(|| format!("frontend key {key} = {v:?} is not a number"))
+    }
+
+    /// An optional number (absent is `None`, malformed is refused).
+    pub fn opt_number(&self, key: &str) -> std::result::Result<Option<u64>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.number(key).map(Some),
+        }
+    }
+
+    /// A snapshot with the given keys (for tests and callers that read XenStore themselves).
+    pub fn from_keys(keys: Vec<(String, String)>) -> Self {
+        Frontend { keys }
+    }
+}
+
+/// Decimal, or hexadecimal with `0x` (what `strtoul(.., 0)` frontends may write).
+fn parse_number(v: &str) -> Option<u64> {
+    let v = v.trim_end_matches('\0').trim();
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+fn perms_frontend(domid: DomId) -> [Perm; 2] {
+    [
+        Perm {
+            domid,
+            access: Access::None,
+        },
+        Perm {
+            domid: 0,
+            access: Access::Read,
+        },
+    ]
+}
+
+fn perms_backend(domid: DomId) -> [Perm; 2] {
+    [
+        Perm {
+            domid: 0,
+            access: Access::None,
+        },
+        Perm {
+            domid,
+            access: Access::Read,
+        },
+    ]
+}
+
+fn write_node<S: Read + Write>(
+    xs: &mut XenStore<S>,
+    tx: TxId,
+    path: &str,
+    value: &str,
+    perms: &[Perm],
+) -> Result<()> {
+    xs.write(tx, path, value.as_bytes())?;
+    xs.set_perms(tx, path, perms)
+}
+
+/// Writes both directories of `id` (backend state `InitWait`, frontend state `Initialising`).
+pub fn create_device<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, be: &dyn Backend) -> Result<()> {
+    let fe_dir = id.frontend();
+    let be_dir = id.backend();
+    let fe_perms = perms_frontend(id.domid);
+    let be_perms = perms_backend(id.domid);
+    let fe_keys = be.frontend_keys(id);
+    let be_keys = be.backend_keys(id);
+    xs.transaction(8, |xs, tx| {
+        let kind_dir = format!("{}/device/{}", id.home(), id.kind);
+        xs.mkdir(tx, &kind_dir)?;
+        xs.set_perms(tx, &kind_dir, &fe_perms)?;
+        xs.mkdir(tx, &fe_dir)?;
+        xs.set_perms(tx, &fe_dir, &fe_perms)?;
+        write_node(xs, tx, &format!("{fe_dir}/backend"), &be_dir, &fe_perms)?;
+        write_node(xs, tx, &format!("{fe_dir}/backend-id"), "0", &fe_perms)?;
+        write_node(
+            xs,
+            tx,
+            &format!("{fe_dir}/state"),
+            &state_text(XenbusState::Initialising),
+            &fe_perms,
+        )?;
+        for (k, v) in &fe_keys {
+            write_node(xs, tx, &format!("{fe_dir}/{k}"), v, &fe_perms)?;
+        }
+        xs.mkdir(tx, &be_dir)?;
+        xs.set_perms(tx, &be_dir, &be_perms)?;
+        write_node(xs, tx, &format!("{be_dir}/frontend"), &fe_dir, &be_perms)?;
+        write_node(
+            xs,
+            tx,
+            &format!("{be_dir}/frontend-id"),
+            &id.domid.to_string(),
+            &be_perms,
+        )?;
+        write_node(xs, tx, &format!("{be_dir}/online"), "1", &be_perms)?;
+        for (k, v) in &be_keys {
+            write_node(xs, tx, &format!("{be_dir}/{k}"), v, &be_perms)?;
+        }
+        write_node(
+            xs,
+            tx,
+            &format!("{be_dir}/state"),
+            &state_text(XenbusState::InitWait),
+            &be_perms,
+        )
+    })
+}
+
+fn state_text(s: XenbusState) -> String {
+    (s as u8).to_string()
+}
+
+fn set_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, s: XenbusState) -> Result<()> {
+    xs.write(
+        NO_TX,
+        &format!("{}/state", id.backend()),
+        state_text(s).as_bytes(),
+    )
+}
+
+fn read_front<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId) -> Result<Frontend> {
+    let dir = id.frontend();
+    let mut keys = Vec::new();
+    for k in xs.directory(NO_TX, &dir)? {
+        if let Some(v) = xs.read_string(NO_TX, &format!("{dir}/{k}"))? {
+            keys.push((k, v));
+        }
+    }
+    Ok(Frontend { keys })
+}
+
+fn front_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId) -> Result<Option<XenbusState>> {
+    Ok(xs
+        .read_string(NO_TX, &format!("{}/state", id.frontend()))?
+        .and_then(|v| parse_number(&v))
+        .and_then(XenbusState::from_number))
+}
+
+/// A thread serving one connected device's rings.
+struct Serving {
+    stop: Arc<EventFd>,
+    failed: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Serving {
+    fn start(id: &DeviceId, mut rings: Box<dyn Rings>) -> std::io::Result<Serving> {
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (stop2, failed2, name) = (stop.clone(), failed.clone(), id.to_string());
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{}-{}", id.kind, id.domid, id.devid))
+            .spawn(move || {
+                if let Err(e) = serve(&mut *rings, &stop2) {
+                    tracing::error!(device = %name, "frontend broke the protocol, device halted: {e}");
+                    failed2.store(true, Ordering::Release);
+                }
+                tracing::info!(device = %name, "disconnected: {}", rings.summary());
+            })?;
+        Ok(Serving { stop, failed, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.write(1);
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(rings: &mut dyn Rings, stop: &EventFd) -> std::result::Result<(), String> {
+    rings.process()?;
+    loop {
+        let mut extra = vec![stop.as_raw_fd()];
+        extra.extend(rings.extra_fd());
+        let ready = evtchn::wait(rings.channel(), &extra, -1).map_err(|e| format!("poll: {e}"))?;
+        if ready.extra & 1 != 0 {
+            return Ok(());
+        }
+        if ready.event {
+            rings
+                .channel()
+                .ack()
+                .map_err(|e| format!("reading the event channel: {e}"))?;
+        }
+        if ready.extra & 2 != 0
+            && let Some(fd) = rings.extra_fd()
+        {
+            drain(fd);
+        }
+        rings.process()?;
+    }
+}
+
+/// Empties an eventfd.
+fn drain(fd: std::os::fd::RawFd) {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a local u64 from a descriptor the rings own.
+    unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+}
+
+/// Creates `id`'s directories and runs its state machine until the domain is gone (see the module
+/// documentation). `ready` is called once the device waits for its frontend.
+pub fn run_device<S: Read + Write>(
+    mut xs: XenStore<S>,
+    id: DeviceId,
+    be: &dyn Backend,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    create_device(&mut xs, &id, be)?;
+    xs.watch(&format!("{}/state", id.frontend()), "fe")?;
+    xs.watch("@releaseDomain", "release")?;
+    tracing::info!(device = %id, backend = %id.backend(), "waiting for the frontend (InitWait)");
+    ready();
+    let mut state = XenbusState::InitWait;
+    let mut serving: Option<Serving> = None;
+    loop {
+        let _ev = xs.next_watch_event()?;
+        if xs.read(NO_TX, &id.home())?.is_none() {
+            tracing::info!(device = %id, "domain gone, removing the device");
+            break;
+        }
+        if serving.as_ref().is_some_and(|s| s.failed.load(Ordering::Acquire)) {
+            serving.take().expect("checked").stop();
+            let _ = xs.write(
+                NO_TX,
+                &format!("{}/error", id.backend()),
+                b"frontend broke the ring protocol",
+            );
+            set_state(&mut xs, &id, XenbusState::Closing)?;
+            state = XenbusState::Closing;
+        }
+        let fe = front_state(&mut xs, &id)?;
+        match (state, fe) {
+            (XenbusState::InitWait, Some(XenbusState::Initialised | XenbusState::Connected)) => {
+                let front = read_front(&mut xs, &id)?;
+                match be
+                    .connect(&id, &front)
+                    .and_then(|r| Serving::start(&id, r).map_err(|e| format!("thread: {e}")))
+                {
+                    Ok(s) => {
+                        serving = Some(s);
+                        set_state(&mut xs, &id, XenbusState::Connected)?;
+                        state = XenbusState::Connected;
+                        tracing::info!(device = %id, "connected");
+                    }
+                    Err(why) => {
+                        tracing::error!(device = %id, "refused: {why}");
+                        xs.write(NO_TX, &format!("{}/error", id.backend()), why.as_bytes())?;
+                        set_state(&mut xs, &id, XenbusState::Closing)?;
+                        state = XenbusState::Closing;
+                    }
+                }
+            }
+            (_, Some(XenbusState::Closing))
+                if state != XenbusState::Closing && state != XenbusState::Closed =>
+            {
+                if let Some(s) = serving.take() {
+                    s.stop();
+                }
+                set_state(&mut xs, &id, XenbusState::Closing)?;
+                state = XenbusState::Closing;
+            }
+            (_, Some(XenbusState::Closed)) if state != XenbusState::Closed => {
+                if let Some(s) = serving.take() {
+                    s.stop();
+                }
+                set_state(&mut xs, &id, XenbusState::Closed)?;
+                state = XenbusState::Closed;
+            }
+            (XenbusState::Closed | XenbusState::Closing, Some(XenbusState::Initialising)) => {
+                let _ = xs.rm(NO_TX, &format!("{}/error", id.backend()));
+                set_state(&mut xs, &id, XenbusState::InitWait)?;
+                state = XenbusState::InitWait;
+                tracing::info!(device = %id, "frontend starts over: InitWait");
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = serving.take() {
+        s.stop();
+    }
+    let _ = xs.rm(NO_TX, &id.backend());
+    Ok(())
+}
+
+/// Removes `id`'s backend directory (and the frontend's, if the domain still exists): used when the
+/// daemon stops early.
+pub fn remove_device<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId) {
+    let _ = xs.rm(NO_TX, &id.backend());
+    let _ = xs.rm(NO_TX, &id.frontend());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_decimal_or_hex_and_nothing_else() {
+        assert_eq!(parse_number("8"), Some(8));
+        assert_eq!(parse_number("0x10"), Some(16));
+        assert_eq!(parse_number(" 12\0"), Some(12));
+        assert_eq!(parse_number("-1"), None);
+        assert_eq!(parse_number("eight"), None);
+        let f = Frontend::from_keys(vec![("ring-ref".into(), "junk".into())]);
+        assert!(f.number("ring-ref").unwrap_err().contains("ring-ref"));
+        assert!(f.number("event-channel").unwrap_err().contains("missing"));
+        assert_eq!(f.opt_number("ring-page-order"), Ok(None));
+    }
+
+    #[test]
+    fn directories_are_where_linux_and_xl_expect_them() {
+        let id = DeviceId {
+            domid: 7,
+            kind: "vbd",
+            devid: 51712,
+        };
+        assert_eq!(id.frontend(), "/local/domain/7/device/vbd/51712");
+        assert_eq!(id.backend(), "/local/domain/0/backend/vbd/7/51712");
+        assert_eq!(perms_frontend(7)[0].domid, 7);
+        assert_eq!(perms_backend(7)[1].access, Access::Read);
+    }
+}
