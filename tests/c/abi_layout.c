@@ -1,6 +1,7 @@
 /*
  * Layout facts of the Xen public ABI, as the C compiler sees them through the SYSTEM headers
- * (/usr/include/xen, Debian's libxen-dev). pvkit-tests compares every entry with ring_protocol::abi.
+ * (/usr/include/xen, Debian's libxen-dev). pvkit-tests compares every entry with ring_protocol::abi,
+ * and the dom0 device ioctls (xen/sys/gntdev.h, xen/sys/evtchn.h) with pvkit_backends::xen::sys.
  *
  * Entry names:  sizeof(T) / alignof(T) / offsetof(T.f) / sizeof(T.f) / signed(T.f)  for struct T,
  *               or the C name of a constant.
@@ -11,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h> /* _IOC, which the xen/sys headers use but do not include */
 
 #include <xen/xen.h>
 #include <xen/errno.h>
@@ -22,6 +24,8 @@
 #include <xen/io/console.h>
 #include <xen/io/xs_wire.h>
 #include <xen/io/protocols.h>
+#include <xen/sys/gntdev.h>
+#include <xen/sys/evtchn.h>
 
 struct pv_fact {
     const char *name;
@@ -44,6 +48,9 @@ struct pv_str_fact {
     FIELD(t, f), \
     { "signed(" #t "." #f ")", (long long)((__typeof__(((struct t *)0)->f))-1 < (__typeof__(((struct t *)0)->f))1) }
 #define K(c) { #c, (long long)(c) }
+/* The alignment of a member whose type has no name (an anonymous struct or union). */
+#define ANON_ALIGN(t, f) \
+    { "alignof(" #t "." #f ")", (long long)_Alignof(__typeof__(((struct t *)0)->f)) }
 
 static const struct pv_fact pv_abi_facts[] = {
     /* xen.h, io/ring.h */
@@ -190,6 +197,44 @@ static const struct pv_fact pv_abi_facts[] = {
     INT(xenstore_domain_interface, req_prod), INT(xenstore_domain_interface, rsp_cons),
     INT(xenstore_domain_interface, rsp_prod), INT(xenstore_domain_interface, server_features),
     INT(xenstore_domain_interface, connection), INT(xenstore_domain_interface, error),
+
+    /* sys/gntdev.h (dom0's /dev/xen/gntdev) */
+    TYPE(ioctl_gntdev_grant_ref), INT(ioctl_gntdev_grant_ref, domid),
+    INT(ioctl_gntdev_grant_ref, ref),
+    TYPE(ioctl_gntdev_map_grant_ref), INT(ioctl_gntdev_map_grant_ref, count),
+    INT(ioctl_gntdev_map_grant_ref, pad), INT(ioctl_gntdev_map_grant_ref, index),
+    FIELD(ioctl_gntdev_map_grant_ref, refs),
+    TYPE(ioctl_gntdev_unmap_grant_ref), INT(ioctl_gntdev_unmap_grant_ref, index),
+    INT(ioctl_gntdev_unmap_grant_ref, count), INT(ioctl_gntdev_unmap_grant_ref, pad),
+    TYPE(ioctl_gntdev_set_max_grants), INT(ioctl_gntdev_set_max_grants, count),
+    TYPE(ioctl_gntdev_grant_copy_segment),
+    FIELD(ioctl_gntdev_grant_copy_segment, source),
+    ANON_ALIGN(ioctl_gntdev_grant_copy_segment, source),
+    FIELD(ioctl_gntdev_grant_copy_segment, source.virt),
+    FIELD(ioctl_gntdev_grant_copy_segment, source.foreign),
+    ANON_ALIGN(ioctl_gntdev_grant_copy_segment, source.foreign),
+    INT(ioctl_gntdev_grant_copy_segment, source.foreign.ref),
+    INT(ioctl_gntdev_grant_copy_segment, source.foreign.offset),
+    INT(ioctl_gntdev_grant_copy_segment, source.foreign.domid),
+    FIELD(ioctl_gntdev_grant_copy_segment, dest),
+    FIELD(ioctl_gntdev_grant_copy_segment, dest.virt),
+    FIELD(ioctl_gntdev_grant_copy_segment, dest.foreign),
+    INT(ioctl_gntdev_grant_copy_segment, dest.foreign.ref),
+    INT(ioctl_gntdev_grant_copy_segment, dest.foreign.offset),
+    INT(ioctl_gntdev_grant_copy_segment, dest.foreign.domid),
+    INT(ioctl_gntdev_grant_copy_segment, len), INT(ioctl_gntdev_grant_copy_segment, flags),
+    INT(ioctl_gntdev_grant_copy_segment, status),
+    TYPE(ioctl_gntdev_grant_copy), INT(ioctl_gntdev_grant_copy, count),
+    FIELD(ioctl_gntdev_grant_copy, segments),
+    K(IOCTL_GNTDEV_MAP_GRANT_REF), K(IOCTL_GNTDEV_UNMAP_GRANT_REF), K(IOCTL_GNTDEV_SET_MAX_GRANTS),
+    K(IOCTL_GNTDEV_GRANT_COPY),
+
+    /* sys/evtchn.h (dom0's /dev/xen/evtchn) */
+    TYPE(ioctl_evtchn_bind_interdomain), INT(ioctl_evtchn_bind_interdomain, remote_domain),
+    INT(ioctl_evtchn_bind_interdomain, remote_port),
+    TYPE(ioctl_evtchn_unbind), INT(ioctl_evtchn_unbind, port),
+    TYPE(ioctl_evtchn_notify), INT(ioctl_evtchn_notify, port),
+    K(IOCTL_EVTCHN_BIND_INTERDOMAIN), K(IOCTL_EVTCHN_UNBIND), K(IOCTL_EVTCHN_NOTIFY),
 };
 
 const struct pv_fact *pv_abi_facts_get(size_t *count)

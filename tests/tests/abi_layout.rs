@@ -1,13 +1,16 @@
-//! Cross-check of `ring_protocol::abi` against Xen's C headers as installed on this machine.
+//! Cross-check of `ring_protocol::abi`, and of the dom0 device ioctl ABI in
+//! `pvkit_backends::xen::sys`, against Xen's C headers as installed on this machine.
 //!
 //! `tests/c/abi_layout.c` is compiled against `/usr/include/xen` and lists, for every ABI type pvkit
 //! defines, its size, alignment, and each field's offset, size and signedness, plus the value of every
-//! constant. This test builds the same list from the Rust definitions and requires the two to match
-//! entry for entry: a fact missing on either side fails too, so neither list can silently shrink.
+//! constant (ioctl request numbers as the header macros compute them). This test builds the same list
+//! from the Rust definitions and requires the two to match entry for entry: a fact missing on either
+//! side fails too, so neither list can silently shrink.
 
 use std::collections::BTreeMap;
 use std::mem::{align_of, offset_of, size_of};
 
+use pvkit_backends::xen::sys;
 use pvkit_tests::xen_c::layout;
 use ring_protocol::abi::blkif::{self, *};
 use ring_protocol::abi::console::*;
@@ -43,6 +46,12 @@ fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
 
 fn field_signed<T, F: Int>(_: fn(&T) -> &F) -> bool {
     F::SIGNED
+}
+
+/// The size of a union member, named by a closure that reads it. The closure is never called;
+/// only its return type is used (a union member cannot be borrowed safely, so `field_size` can't).
+fn member_size<U, F>(_: fn(U) -> F) -> usize {
+    size_of::<F>()
 }
 
 #[derive(Default)]
@@ -477,7 +486,122 @@ fn rust_facts() -> Facts {
     int!(f, xenstore_domain_interface.connection => XenstoreDomainInterface, connection);
     int!(f, xenstore_domain_interface.error => XenstoreDomainInterface, error);
 
+    dom0_ioctl_facts(&mut f);
     f
+}
+
+/// `xen/sys/gntdev.h` and `xen/sys/evtchn.h` against `pvkit_backends::xen::sys`.
+fn dom0_ioctl_facts(f: &mut Facts) {
+    use sys::{GntdevCopyForeign, GntdevCopyPtr, GntdevGrantCopySegment as Segment};
+
+    // sys/gntdev.h
+    ty!(f, ioctl_gntdev_grant_ref, sys::GntdevGrantRef);
+    int!(f, ioctl_gntdev_grant_ref.domid => sys::GntdevGrantRef, domid);
+    int!(f, ioctl_gntdev_grant_ref.ref => sys::GntdevGrantRef, gref);
+    // The C struct ends in `refs[1]`; pvkit's header is that struct without the array, and the
+    // grants follow it in memory. So the C struct is exactly one header plus one grant.
+    type Header = sys::GntdevMapGrantRefHeader;
+    let header = size_of::<Header>();
+    let grant = size_of::<sys::GntdevGrantRef>();
+    f.add("sizeof(ioctl_gntdev_map_grant_ref)", (header + grant) as i64);
+    f.add(
+        "alignof(ioctl_gntdev_map_grant_ref)",
+        align_of::<Header>().max(align_of::<sys::GntdevGrantRef>()) as i64,
+    );
+    int!(f, ioctl_gntdev_map_grant_ref.count => Header, count);
+    int!(f, ioctl_gntdev_map_grant_ref.pad => Header, pad);
+    int!(f, ioctl_gntdev_map_grant_ref.index => Header, index);
+    f.add("offsetof(ioctl_gntdev_map_grant_ref.refs)", header as i64);
+    f.add("sizeof(ioctl_gntdev_map_grant_ref.refs)", grant as i64);
+    ty!(f, ioctl_gntdev_unmap_grant_ref, sys::GntdevUnmapGrantRef);
+    int!(f, ioctl_gntdev_unmap_grant_ref.index => sys::GntdevUnmapGrantRef, index);
+    int!(f, ioctl_gntdev_unmap_grant_ref.count => sys::GntdevUnmapGrantRef, count);
+    int!(f, ioctl_gntdev_unmap_grant_ref.pad => sys::GntdevUnmapGrantRef, pad);
+    ty!(f, ioctl_gntdev_set_max_grants, sys::GntdevSetMaxGrants);
+    int!(f, ioctl_gntdev_set_max_grants.count => sys::GntdevSetMaxGrants, count);
+    ty!(f, ioctl_gntdev_grant_copy_segment, Segment);
+    // `source` and `dest` have the same anonymous union type, GntdevCopyPtr in Rust, whose
+    // `foreign` member is an anonymous struct, GntdevCopyForeign in Rust.
+    f.add(
+        "alignof(ioctl_gntdev_grant_copy_segment.source)",
+        align_of::<GntdevCopyPtr>() as i64,
+    );
+    f.add(
+        "alignof(ioctl_gntdev_grant_copy_segment.source.foreign)",
+        align_of::<GntdevCopyForeign>() as i64,
+    );
+    macro_rules! side {
+        ($c:literal, $r:ident) => {
+            f.add(
+                concat!("offsetof(ioctl_gntdev_grant_copy_segment.", $c, ")"),
+                offset_of!(Segment, $r) as i64,
+            );
+            f.add(
+                concat!("sizeof(ioctl_gntdev_grant_copy_segment.", $c, ")"),
+                field_size(|s: &Segment| &s.$r) as i64,
+            );
+            f.add(
+                concat!("offsetof(ioctl_gntdev_grant_copy_segment.", $c, ".virt)"),
+                offset_of!(Segment, $r.virt) as i64,
+            );
+            f.add(
+                concat!("sizeof(ioctl_gntdev_grant_copy_segment.", $c, ".virt)"),
+                // SAFETY: never called (see `member_size`), so no union member is read.
+                member_size(|p: GntdevCopyPtr| unsafe { p.virt }) as i64,
+            );
+            f.add(
+                concat!("offsetof(ioctl_gntdev_grant_copy_segment.", $c, ".foreign)"),
+                offset_of!(Segment, $r.foreign) as i64,
+            );
+            f.add(
+                concat!("sizeof(ioctl_gntdev_grant_copy_segment.", $c, ".foreign)"),
+                // SAFETY: never called (see `member_size`), so no union member is read.
+                member_size(|p: GntdevCopyPtr| unsafe { p.foreign }) as i64,
+            );
+            side!(@int $c, $r, "ref", gref);
+            side!(@int $c, $r, "offset", offset);
+            side!(@int $c, $r, "domid", domid);
+        };
+        (@int $c:literal, $r:ident, $cf:literal, $rf:ident) => {
+            f.add(
+                concat!("offsetof(ioctl_gntdev_grant_copy_segment.", $c, ".foreign.", $cf, ")"),
+                offset_of!(Segment, $r.foreign.$rf) as i64,
+            );
+            f.add(
+                concat!("sizeof(ioctl_gntdev_grant_copy_segment.", $c, ".foreign.", $cf, ")"),
+                field_size(|s: &GntdevCopyForeign| &s.$rf) as i64,
+            );
+            f.add(
+                concat!("signed(ioctl_gntdev_grant_copy_segment.", $c, ".foreign.", $cf, ")"),
+                field_signed(|s: &GntdevCopyForeign| &s.$rf) as i64,
+            );
+        };
+    }
+    side!("source", source);
+    side!("dest", dest);
+    int!(f, ioctl_gntdev_grant_copy_segment.len => Segment, len);
+    int!(f, ioctl_gntdev_grant_copy_segment.flags => Segment, flags);
+    int!(f, ioctl_gntdev_grant_copy_segment.status => Segment, status);
+    ty!(f, ioctl_gntdev_grant_copy, sys::GntdevGrantCopy);
+    int!(f, ioctl_gntdev_grant_copy.count => sys::GntdevGrantCopy, count);
+    field!(f, ioctl_gntdev_grant_copy.segments => sys::GntdevGrantCopy, segments);
+    k!(f, IOCTL_GNTDEV_MAP_GRANT_REF => sys::IOCTL_GNTDEV_MAP_GRANT_REF);
+    k!(f, IOCTL_GNTDEV_UNMAP_GRANT_REF => sys::IOCTL_GNTDEV_UNMAP_GRANT_REF);
+    k!(f, IOCTL_GNTDEV_SET_MAX_GRANTS => sys::IOCTL_GNTDEV_SET_MAX_GRANTS);
+    k!(f, IOCTL_GNTDEV_GRANT_COPY => sys::IOCTL_GNTDEV_GRANT_COPY);
+
+    // sys/evtchn.h
+    ty!(f, ioctl_evtchn_bind_interdomain, sys::EvtchnBindInterdomain);
+    int!(f, ioctl_evtchn_bind_interdomain.remote_domain => sys::EvtchnBindInterdomain, remote_domain);
+    int!(f, ioctl_evtchn_bind_interdomain.remote_port => sys::EvtchnBindInterdomain, remote_port);
+    // One Rust type serves both one-port requests.
+    ty!(f, ioctl_evtchn_unbind, sys::EvtchnPortArg);
+    int!(f, ioctl_evtchn_unbind.port => sys::EvtchnPortArg, port);
+    ty!(f, ioctl_evtchn_notify, sys::EvtchnPortArg);
+    int!(f, ioctl_evtchn_notify.port => sys::EvtchnPortArg, port);
+    k!(f, IOCTL_EVTCHN_BIND_INTERDOMAIN => sys::IOCTL_EVTCHN_BIND_INTERDOMAIN);
+    k!(f, IOCTL_EVTCHN_UNBIND => sys::IOCTL_EVTCHN_UNBIND);
+    k!(f, IOCTL_EVTCHN_NOTIFY => sys::IOCTL_EVTCHN_NOTIFY);
 }
 
 #[test]
@@ -528,7 +652,7 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
         c_map.len() - sizes - aligns - offsets - signs,
     );
     // The table must really cover the ABI: at least one size per struct pvkit defines.
-    assert!(aligns >= 26, "only {aligns} types checked");
+    assert!(aligns >= 37, "only {aligns} types checked");
 }
 
 #[test]
