@@ -534,14 +534,20 @@ impl<S: Storage> BlockCore<S> {
     }
 }
 
-/// A zeroed, 4 KiB-aligned heap buffer for `O_DIRECT` bounces.
-struct AlignedBuf {
+/// A zeroed, 4 KiB-aligned heap buffer: `O_DIRECT` bounces, and adapters that keep their request
+/// data in memory `O_DIRECT` accepts as is.
+#[derive(Debug)]
+pub struct AlignedBuf {
     ptr: *mut u8,
     layout: std::alloc::Layout,
 }
 
+// SAFETY: the buffer is plain heap memory owned by this value.
+unsafe impl Send for AlignedBuf {}
+
 impl AlignedBuf {
-    fn new(len: usize) -> Self {
+    /// At least `len` zeroed bytes (at least 4096), 4096-aligned.
+    pub fn new(len: usize) -> Self {
         let layout = std::alloc::Layout::from_size_align(len.max(DIRECT_ALIGN), DIRECT_ALIGN)
             .expect("bounce buffer layout");
         // SAFETY: the layout has a non-zero size.
@@ -550,6 +556,24 @@ impl AlignedBuf {
             std::alloc::handle_alloc_error(layout);
         }
         AlignedBuf { ptr, layout }
+    }
+}
+
+impl AlignedBuf {
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Whether it is empty (never: at least 4096 bytes).
+    pub fn is_empty(&self) -> bool {
+        self.layout.size() == 0
+    }
+
+    /// The bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live, initialised (zeroed) allocation of `len()` bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
 }
 

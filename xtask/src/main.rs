@@ -79,6 +79,10 @@ enum Cmd {
         /// guest's blk-throughput workload (without this flag it runs after the cargo benches).
         #[arg(long)]
         vhost_blk: bool,
+        /// Only the Xen block comparison: our userspace blkback vs Linux's kernel blkback in one Xen
+        /// boot, same guest workload (without this flag it runs after the vhost comparison).
+        #[arg(long)]
+        xen_blk: bool,
         /// Boots of each device in the block comparison.
         #[arg(long, default_value_t = 2)]
         rounds: usize,
@@ -222,17 +226,26 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Xen(args) => xen::xen(&args),
         Cmd::Bench {
             vhost_blk,
+            xen_blk,
             rounds,
             phase_ms,
             workers,
             args,
         } => {
-            if !vhost_blk {
+            let all = !vhost_blk && !xen_blk;
+            if all {
                 let mut cmd = workspace::cargo();
                 cmd.args(["bench", "-p", "ring-protocol"]).args(args);
                 workspace::run_visible(&mut cmd)?;
             }
-            vhost::bench_blk(rounds.max(1), phase_ms, workers)
+            let mut status = 0;
+            if all || vhost_blk {
+                status = status.max(vhost::bench_blk(rounds.max(1), phase_ms, workers)?);
+            }
+            if all || xen_blk {
+                status = status.max(xen::bench::bench_blk(rounds.max(1), phase_ms)?);
+            }
+            Ok(status)
         }
         Cmd::Provision { dry_run, simulate } => {
             provision::ensure_simulated(

@@ -933,21 +933,21 @@ fn linux(bins: &Bins, work: &Path, log: &Path) -> Result<Vec<String>> {
 
 /// One `PVKIT PERF` phase of a throughput run.
 #[derive(Debug, Clone)]
-struct Phase {
-    pattern: String,
-    qd: u64,
-    ops: u64,
-    guest_us: u64,
-    notifies: u64,
-    irqs: u64,
+pub(crate) struct Phase {
+    pub(crate) pattern: String,
+    pub(crate) qd: u64,
+    pub(crate) ops: u64,
+    pub(crate) guest_us: u64,
+    pub(crate) notifies: u64,
+    pub(crate) irqs: u64,
 }
 
 impl Phase {
-    fn ops_per_s(&self) -> f64 {
+    pub(crate) fn ops_per_s(&self) -> f64 {
         self.ops as f64 * 1e6 / self.guest_us.max(1) as f64
     }
 
-    fn cost_line(&self, dev: &str) -> String {
+    pub(crate) fn cost_line(&self, dev: &str) -> String {
         let per = |n: u64| n as f64 / self.ops.max(1) as f64;
         format!(
             "cost {dev:<16} {:<12} qd={:<2} {:>8.1} us/op {:>6.3} kicks/op {:>6.3} irqs/op ({} ops)",
@@ -961,7 +961,7 @@ impl Phase {
     }
 }
 
-fn phases(t: &Transcript) -> Result<Vec<Phase>> {
+pub(crate) fn phases(t: &Transcript) -> Result<Vec<Phase>> {
     t.perfs()
         .map(|p| {
             let get = |k: &str| p.get_u64(k).with_context(|| format!("PERF line without {k}"));

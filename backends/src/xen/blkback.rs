@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantMapping, GrantPiece, PAGE_SIZE};
 use super::xenbus::{Backend, DeviceId, Frontend, Rings};
-use crate::block::{BlockCore, Data, Op, Request};
+use crate::block::{AlignedBuf, BlockCore, Data, Op, Request, Segment};
 
 /// Largest ring offered: 2^4 pages.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
@@ -135,7 +135,7 @@ impl Backend for BlkBackend {
             name: id.to_string(),
             core: self.core.clone(),
             gnt: self.gnt.clone(),
-            buf: Vec::new(),
+            buf: AlignedBuf::new(MAX_INDIRECT_SEGMENTS * PAGE_SIZE),
             counts: Counts::default(),
         }))
     }
@@ -177,8 +177,9 @@ struct BlkRings {
     name: String,
     core: Arc<BlockCore>,
     gnt: Arc<GntDev>,
-    /// The data of the request being served (kept to avoid reallocating).
-    buf: Vec<u8>,
+    /// The data of the request being served: one aligned buffer for the largest request, so that
+    /// `O_DIRECT` images need no bounce.
+    buf: AlignedBuf,
     counts: Counts,
 }
 
@@ -288,11 +289,7 @@ impl BlkRings {
 
     fn execute(&mut self, op: Op, sector: u64, data: Data) -> Result<usize, Refusal> {
         let mut req = Request { op, sector, data };
-        let r = self.core.execute(&mut req);
-        if let Data::Owned(v) = req.data {
-            self.buf = v;
-        }
-        r.map_err(|e| Refusal::Failed(e.to_string()))
+        self.core.execute(&mut req).map_err(|e| Refusal::Failed(e.to_string()))
     }
 
     fn discard(&mut self, d: &BlkifRequestDiscard) -> Result<(), Refusal> {
@@ -345,19 +342,21 @@ impl BlkRings {
     /// A read or write of `pieces` (already validated) at `sector`.
     fn transfer(&mut self, op: u8, sector: u64, pieces: &[GrantPiece]) -> Result<(), Refusal> {
         let len: usize = pieces.iter().map(|p| usize::from(p.len)).sum();
-        let mut data = std::mem::take(&mut self.buf);
-        data.resize(len, 0);
+        // At most MAX_INDIRECT_SEGMENTS pieces of at most a page each: the buffer holds them.
+        let data = &mut self.buf.as_mut_slice()[..len];
+        // SAFETY: `data` is our own buffer, untouched by anyone else until `execute` returns.
+        let seg = unsafe { Segment::new(data.as_mut_ptr(), len) };
         if op == BLKIF_OP_WRITE {
             self.counts.writes += 1;
             self.gnt
-                .copy_from_guest(self.domid, pieces, &mut data)
+                .copy_from_guest(self.domid, pieces, data)
                 .map_err(|e| Refusal::Failed(format!("write data: {e}")))?;
-            self.execute(Op::Write { fua: false }, sector, Data::Owned(data))?;
+            self.execute(Op::Write { fua: false }, sector, Data::Segments(vec![seg]))?;
         } else {
             self.counts.reads += 1;
-            self.execute(Op::Read, sector, Data::Owned(data))?;
+            self.execute(Op::Read, sector, Data::Segments(vec![seg]))?;
             self.gnt
-                .copy_to_guest(self.domid, pieces, &self.buf)
+                .copy_to_guest(self.domid, pieces, &self.buf.as_mut_slice()[..len])
                 .map_err(|e| Refusal::Failed(format!("read data: {e}")))?;
         }
         self.counts.bytes += len as u64;

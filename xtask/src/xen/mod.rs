@@ -9,6 +9,7 @@
 //! One Xen boot runs every requested scenario in turn (dom0's init creates each domU with `xl`,
 //! waits for it, forwards its console and dom0's checks over the serial line, then powers off).
 
+pub mod bench;
 pub mod boot;
 pub mod cpio;
 pub mod dom0;
