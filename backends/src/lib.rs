@@ -8,8 +8,8 @@
 //! - [`vhost`]: vhost-user adapters (`vhost-user-blk`, `vhost-user-net`) over rust-vmm, and the
 //!   accept/reconnect loop the daemons in `src/bin/` run.
 //!
-//! - [`xen`]: building blocks of the Xen userspace backends: so far a XenStore client
-//!   ([`xen::xenstore`]); the blkback/netback/console adapters are not here yet.
+//! - [`xen`]: the Xen userspace backends: XenStore client, grant and event channel devices, the
+//!   xenbus state machine, and the blkback, netback and console adapters.
 
 pub mod block;
 pub mod console;

@@ -1,4 +1,5 @@
-//! `pvkit-xen-backend`: serves one Xen domain's vbds and vifs from dom0's userspace.
+//! `pvkit-xen-backend`: serves one Xen domain's vbds, vifs and secondary consoles from dom0's
+//! userspace.
 //!
 //! ```text
 //! xl create -p domu.cfg                 # no disk/vif lines: the devices are ours
@@ -12,6 +13,8 @@
 //! (see `pvkit_backends::xen`). A device whose frontend publishes something unusable is refused with
 //! an `ERROR ... refused:` log line; the other devices go on. Vifs are ports of one L2 switch that
 //! also holds an echo peer (answers ARP, ping, UDP echo and pvkit's echo frames) at `--echo-ip`.
+//! A console (`--console 1:/tmp/hvc1.log`, `hvc1` in a Linux guest) appends the guest's output to
+//! the log file and, with `--console-input TEXT`, sends TEXT and a newline to the guest once.
 //! The daemon exits with status 0 once the domain is gone (all directories removed), or on
 //! SIGINT/SIGTERM after removing the directories.
 
@@ -22,15 +25,20 @@ use std::sync::mpsc;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use pvkit_backends::block::{BlockCore, BlockOptions};
+use pvkit_backends::console::ConsoleSink;
 use pvkit_backends::net::{EchoPeer, Mac, Switch};
 use pvkit_backends::xen::blkback::BlkBackend;
+use pvkit_backends::xen::console::ConsoleBackend;
 use pvkit_backends::xen::gntdev::GntDev;
 use pvkit_backends::xen::netback::{NetBackend, format_mac};
 use pvkit_backends::xen::xenbus::{Backend, DeviceId, remove_device, run_device};
 use pvkit_backends::xen::xenstore;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Xen blkback/netback in dom0 userspace for one domain")]
+#[command(
+    version,
+    about = "Xen blkback/netback/console backends in dom0 userspace for one domain"
+)]
 struct Cli {
     /// The frontend domain (created paused, unpaused after "ready").
     #[arg(long)]
@@ -41,6 +49,13 @@ struct Cli {
     /// A network interface: `DEVID:MAC`.
     #[arg(long, value_parser = parse_vif)]
     vif: Vec<Vif>,
+    /// A secondary console: `DEVID:LOGPATH` (DEVID 1 to 9; 0 is xenconsoled's). The guest's output
+    /// is appended to LOGPATH.
+    #[arg(long, value_parser = parse_console)]
+    console: Vec<Console>,
+    /// A line sent to the guest (followed by a newline) on every `--console` once it connects.
+    #[arg(long)]
+    console_input: Option<String>,
     /// IPv4 address of the switch's echo peer.
     #[arg(long, default_value = "10.99.0.1")]
     echo_ip: std::net::Ipv4Addr,
@@ -66,6 +81,32 @@ struct Vbd {
 struct Vif {
     devid: u32,
     mac: Mac,
+}
+
+#[derive(Debug, Clone)]
+struct Console {
+    devid: u32,
+    log: PathBuf,
+}
+
+fn parse_console(s: &str) -> Result<Console, String> {
+    let (devid, log) = s.split_once(':').ok_or("expected DEVID:LOGPATH")?;
+    let devid: u32 = devid
+        .parse()
+        .map_err(|_| format!("console id {devid:?} is not a number"))?;
+    // Linux's frontend reads the id from the last character of the node name and refuses 0.
+    if !(1..=9).contains(&devid) {
+        return Err(format!(
+            "console id {devid} is not 1 to 9 (0 is the start_info console)"
+        ));
+    }
+    if log.is_empty() {
+        return Err("empty log path".into());
+    }
+    Ok(Console {
+        devid,
+        log: log.into(),
+    })
 }
 
 fn parse_vbd(s: &str) -> Result<Vbd, String> {
@@ -119,8 +160,8 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    if cli.vbd.is_empty() && cli.vif.is_empty() {
-        bail!("nothing to serve: give at least one --vbd or --vif");
+    if cli.vbd.is_empty() && cli.vif.is_empty() && cli.console.is_empty() {
+        bail!("nothing to serve: give at least one --vbd, --vif or --console");
     }
     // Everything that can fail on the command line's account fails before XenStore is touched.
     let mut devices: Vec<(DeviceId, Box<dyn Backend>)> = Vec::new();
@@ -156,6 +197,19 @@ fn run() -> Result<()> {
                 devid: v.devid,
             },
             Box::new(NetBackend::new(switch.clone(), gnt.clone(), v.mac)),
+        ));
+    }
+    for c in &cli.console {
+        let sink = ConsoleSink::file(&c.log).with_context(|| format!("console {}", c.devid))?;
+        tracing::info!(devid = c.devid, log = %c.log.display(), "console");
+        let input = cli.console_input.as_ref().map(|t| format!("{t}\n").into_bytes());
+        devices.push((
+            DeviceId {
+                domid: cli.domid,
+                kind: "console",
+                devid: c.devid,
+            },
+            Box::new(ConsoleBackend::new(gnt.clone(), sink, input)),
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -242,5 +296,11 @@ mod tests {
         let n = parse_vif("0:00:16:3e:00:00:10").unwrap();
         assert_eq!(n.mac, [0, 0x16, 0x3e, 0, 0, 0x10]);
         assert!(parse_vif("0:00:16:3e").is_err());
+        let c = parse_console("1:/tmp/hvc1.log").unwrap();
+        assert_eq!((c.devid, c.log), (1, PathBuf::from("/tmp/hvc1.log")));
+        assert!(parse_console("0:/tmp/x.log").unwrap_err().contains("start_info"));
+        assert!(parse_console("10:/tmp/x.log").is_err());
+        assert!(parse_console("1:").is_err());
+        assert!(parse_console("hvc1").is_err());
     }
 }

@@ -9,11 +9,14 @@
 //!   [`xenbus::Backend`];
 //! - [`blkback`] and [`netback`]: the blkif and netif adapters over the block core and the net core's
 //!   switch;
+//! - [`console`]: a secondary PV console (xenbus kind `console`, id 1 and up) into a console sink,
+//!   with an input text for the guest;
 //! - [`sys`]: the ioctl layouts of the two device nodes.
 //!
 //! The `pvkit-xen-backend` binary puts these together for one domain.
 
 pub mod blkback;
+pub mod console;
 pub mod evtchn;
 pub mod gntdev;
 pub mod netback;

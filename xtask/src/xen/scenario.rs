@@ -54,8 +54,9 @@ pub enum XenScenario {
     OursBlk,
     /// `net` against our userspace netback: the guest pings the echo peer on our switch.
     OursNet,
-    /// The Linux PV domU (xen-blkfront, xen-netfront) against our blkback and netback: dd and
-    /// checksums over the disk, ping of the echo peer.
+    /// The Linux PV domU (xen-blkfront, xen-netfront, hvc_xen) against our blkback, netback and
+    /// console backend: dd and checksums over the disk, ping of the echo peer, a line each way
+    /// through hvc1.
     LinuxOurs,
     /// Bad input to our backends: a missing image is refused at startup; a vbd whose frontend
     /// publishes a garbage ring-ref is refused with a clear log line while the same domain's vif
@@ -78,6 +79,22 @@ pub struct OurDevices {
     /// Debian's 6.1 PV kernel crashes early (#UD, Xen says) when created with `xl create -p` and
     /// unpaused in this nested setup, so its scenario uses this.
     pub hotplug: bool,
+    /// A secondary console (device/console/N, `hvcN` in Linux).
+    pub console: Option<OurConsole>,
+}
+
+/// A secondary console served by our daemon: its output goes to a log file in dom0, and the
+/// daemon sends it one line once it connects.
+#[derive(Debug, Clone)]
+pub struct OurConsole {
+    /// The xenbus device id (1 to 9).
+    pub devid: u32,
+    /// The log file in dom0 (printed as `hvcN:` notes after the run).
+    pub log: String,
+    /// The line the daemon sends (with a newline).
+    pub input: String,
+    /// A line the guest must write into it.
+    pub expect: String,
 }
 
 /// Where dom0 finds our backend daemon.
@@ -278,6 +295,12 @@ impl XenScenario {
                         vifs: vec![format!("0:{LINUX_DOMU_MAC}")],
                         after_ready: None,
                         hotplug: true,
+                        console: Some(OurConsole {
+                            devid: 1,
+                            log: format!("/tmp/hvc1-{}.log", self.name()),
+                            input: hvc1_input(nonce),
+                            expect: format!("PVKIT-SELFCHECK hvc1 nonce={nonce}"),
+                        }),
                     })
                 } else {
                     None
@@ -291,7 +314,8 @@ impl XenScenario {
                     self.name(),
                     format!(
                         "console=hvc0 quiet pvkit.nonce={nonce} pvkit.ip={DOMU_IP} pvkit.peer={DOM0_IP} \
-                         pvkit.pings={SELFCHECK_PINGS}"
+                         pvkit.pings={SELFCHECK_PINGS} pvkit.hvc1={}",
+                        u8::from(self == XenScenario::LinuxOurs)
                     ),
                 )
             },
@@ -378,6 +402,7 @@ impl XenScenario {
                     vifs: vec![format!("0:{GUEST_MAC}")],
                     after_ready: Some(hostile_vbd_script()),
                     hotplug: false,
+                    console: None,
                 }),
                 ..base(self.name(), net_cmdline())
             },
@@ -671,6 +696,14 @@ fn backend_args(ours: &OurDevices, slot: Option<&DiskSlot>, bad_input: bool) -> 
     if bad_input {
         let _ = write!(a, " --vbd {HOSTILE_VBD}:{HOSTILE_IMAGE}");
     }
+    if let Some(c) = &ours.console {
+        // The input is a nonce-derived word: no shell quoting needed beyond the quotes.
+        let _ = write!(
+            a,
+            " --console {}:{} --console-input '{}'",
+            c.devid, c.log, c.input
+        );
+    }
     let _ = write!(a, " --echo-ip {DOM0_IP}");
     a
 }
@@ -704,8 +737,8 @@ pub fn backend_running(spec: &DomainSpec, slot: Option<&DiskSlot>) -> Option<Str
 /// dom0 shell (`post`, before the disk is detached): the daemon must leave by itself once the
 /// domain is gone; its log goes into the report as `backend:` notes.
 pub fn backend_post(spec: &DomainSpec) -> Option<String> {
-    spec.ours.as_ref()?;
-    Some(
+    let ours = spec.ours.as_ref()?;
+    let mut post = String::from(
         "for _ in $(seq 50); do kill -0 $backend_pid 2>/dev/null || break; sleep 0.1; done\n\
          if kill -0 $backend_pid 2>/dev/null; then\n\
          \x20   check backend_exit=still-running\n\
@@ -714,9 +747,18 @@ pub fn backend_post(spec: &DomainSpec) -> Option<String> {
          \x20   wait $backend_pid\n\
          \x20   check backend_exit=$?\n\
          fi\n\
-         sed \"s/^/PVKIT-XEN SCENARIO $name NOTE backend: /\" $blog\n"
-            .to_owned(),
-    )
+         sed \"s/^/PVKIT-XEN SCENARIO $name NOTE backend: /\" $blog\n",
+    );
+    if let Some(c) = &ours.console {
+        // The guest's tty turns each newline into CR LF.
+        let _ = writeln!(
+            post,
+            "tr -d '\\r' <{log} | sed \"s/^/PVKIT-XEN SCENARIO $name NOTE hvc{devid}: /\"",
+            log = c.log,
+            devid = c.devid
+        );
+    }
+    Some(post)
 }
 
 /// The two refusals of the bad-input scenario.
@@ -808,6 +850,51 @@ fn check_backend(ours: &OurDevices, r: &ScenarioReport, problems: &mut Vec<Strin
                 "our netback's summary of vif {devid} shows no clean traffic: {other:?}"
             )),
         }
+    }
+    if let Some(c) = &ours.console {
+        check_console(c, r, summary(&format!("console {}", c.devid)), problems);
+    }
+}
+
+/// Our console both ways: the guest's line is in dom0's log of it, the guest read the daemon's
+/// line, and the daemon's summary counts exactly that input and at least that output.
+fn check_console(c: &OurConsole, r: &ScenarioReport, summary: Option<&String>, problems: &mut Vec<String>) {
+    let label = format!("hvc{}:", c.devid);
+    let logged: Vec<&str> = r
+        .notes
+        .iter()
+        .filter_map(|n| n.strip_prefix(label.as_str()))
+        .map(str::trim)
+        .collect();
+    if !logged.contains(&c.expect.as_str()) {
+        problems.push(format!(
+            "dom0's log of console {} ({} lines) lacks the guest's `{}`",
+            c.devid,
+            logged.len(),
+            c.expect
+        ));
+    }
+    let want = format!("PVKIT-SELFCHECK hvc{}-input={}", c.devid, c.input);
+    if !r.console.iter().any(|l| l.trim() == want) {
+        let said = r
+            .console
+            .iter()
+            .find(|l| l.contains(&format!("hvc{}-input=", c.devid)));
+        problems.push(format!(
+            "the guest did not read our console's input line: expected `{want}`, it said {said:?}"
+        ));
+    }
+    let (want_in, min_out) = (c.input.len() as u64 + 1, c.expect.len() as u64 + 1);
+    match summary {
+        Some(n)
+            if count_in(n, "bytes_in") == Some(want_in)
+                && count_in(n, "bytes_out").is_some_and(|b| b >= min_out)
+                && count_in(n, "sink_errors") == Some(0) => {}
+        other => problems.push(format!(
+            "our console backend's summary of console {} should show bytes_in={want_in} and \
+             bytes_out>={min_out} without sink errors: {other:?}",
+            c.devid
+        )),
     }
 }
 
@@ -1126,6 +1213,11 @@ fn console_input(nonce: &str) -> String {
     format!("pvkit-input-{nonce}")
 }
 
+/// The line our console backend sends to the Linux domU's hvc1.
+fn hvc1_input(nonce: &str) -> String {
+    format!("pvkit-hvc1-input-{nonce}")
+}
+
 /// dom0 shell (a `running` hook, in the background) that waits until the domU's console log shows
 /// `ready`, then writes `text` and a newline to the domU's console through the pty xenconsoled
 /// made for it (its path is in XenStore); reports `console_input=written`.
@@ -1183,7 +1275,8 @@ exit 0
 pub const LINUX_DOMU_MODULES: &[&str] = &["xen-blkfront", "xen-netfront"];
 
 /// The init of the harness's Linux domU: write the nonce to the start of its disk, ping dom0 over
-/// its vif, echo the nonce; everything it needs comes from the command line (`pvkit.*=`).
+/// its vif, a line each way through hvc1 if asked (`pvkit.hvc1=1`), echo the nonce; everything it
+/// needs comes from the command line (`pvkit.*=`).
 pub const LINUX_DOMU_INIT: &str = r#"#!/bin/sh
 mkdir -p /proc /sys /dev
 mount -t proc proc /proc
@@ -1224,6 +1317,24 @@ for attempt in 1 2 3; do
 done
 got=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping.out)
 echo "PVKIT-SELFCHECK ping=${got:-0}/$pings"
+# With pvkit.hvc1=1 our daemon serves device/console/1, which hvc_xen makes hvc1 (every /dev/hvcN
+# node exists anyway, so wait for the xenbus device's driver). One open for the write and the read:
+# input the tty took in while open is dropped at its last close.
+if [ "${hvc1:-0}" = 1 ]; then
+    for _ in $(seq 50); do [ -e /sys/bus/xen/devices/console-1/driver ] && break; sleep 0.1; done
+    if [ -e /sys/bus/xen/devices/console-1/driver ]; then
+        (
+            exec 3<>/dev/hvc1
+            stty -echo <&3 2>/dev/null
+            echo "PVKIT-SELFCHECK hvc1 nonce=$nonce" >&3
+            read -r -t 10 line <&3
+            echo "PVKIT-SELFCHECK hvc1-input=$(echo "$line" | tr -d '
+')"
+        )
+    else
+        echo "PVKIT-SELFCHECK error=no-hvc1"
+    fi
+fi
 echo "PVKIT-SELFCHECK console-ready"
 read -r -t 30 line
 echo "PVKIT-SELFCHECK input=$(echo "$line" | tr -d '\r')"
@@ -1572,6 +1683,75 @@ mod tests {
         assert!(!problems(log("0", 0, 0)).is_empty(), "no traffic");
         assert_eq!(count_in("x requests=12 failed=0", "requests"), Some(12));
         assert_eq!(count_in("x requests=12", "failed"), None);
+    }
+
+    #[test]
+    fn our_console_must_carry_a_line_each_way() {
+        let spec = XenScenario::LinuxOurs.spec("n9");
+        let ours = spec.ours.clone().unwrap();
+        let c = ours.console.clone().unwrap();
+        assert_eq!(
+            (c.log.as_str(), c.input.as_str()),
+            ("/tmp/hvc1-linux-ours.log", "pvkit-hvc1-input-n9")
+        );
+        let args = backend_args(&ours, None, false);
+        assert!(
+            args.contains(" --console 1:/tmp/hvc1-linux-ours.log --console-input 'pvkit-hvc1-input-n9'"),
+            "{args}"
+        );
+        assert!(spec.cmdline.contains("pvkit.hvc1=1"));
+        assert!(
+            XenScenario::LinuxSelfcheck
+                .spec("n9")
+                .cmdline
+                .contains("pvkit.hvc1=0")
+        );
+        assert!(backend_post(&spec).unwrap().contains("NOTE hvc1: "));
+        let log = |logged: &str, read: &str, bytes_in: usize| {
+            format!(
+                "PVKIT-XEN SCENARIO s BEGIN\n\
+                 PVKIT-XEN CONSOLE s | PVKIT-SELFCHECK hvc1-input={read}\r\n\
+                 PVKIT-XEN SCENARIO s NOTE hvc1: {logged}\n\
+                 PVKIT-XEN SCENARIO s NOTE backend: INFO x: disconnected: bytes_out=37 bytes_in={bytes_in} \
+                 input_left=0 batches=1 sink_errors=0 lost_out=0 events=2 notifies=2 device=console 1 of domain 4\n\
+                 PVKIT-XEN SCENARIO s END reason=poweroff run_ms=9\n"
+            )
+        };
+        let problems = |text: String| {
+            let r = report(&text);
+            let s = r.scenario("s").unwrap();
+            let mut p = Vec::new();
+            check_console(
+                &c,
+                s,
+                s.notes.iter().find(|n| n.contains("device=console 1 ")),
+                &mut p,
+            );
+            p
+        };
+        let n = c.input.len() + 1;
+        let good = log("PVKIT-SELFCHECK hvc1 nonce=n9", "pvkit-hvc1-input-n9", n);
+        assert_eq!(problems(good.clone()), Vec::<String>::new());
+        assert!(
+            !problems(log("PVKIT-SELFCHECK hvc1 nonce=n8", "pvkit-hvc1-input-n9", n)).is_empty(),
+            "stale output line"
+        );
+        assert!(
+            !problems(log("PVKIT-SELFCHECK hvc1 nonce=n9", "", n)).is_empty(),
+            "guest read nothing"
+        );
+        assert!(
+            !problems(log("PVKIT-SELFCHECK hvc1 nonce=n9", "pvkit-hvc1-input-n9", n - 1)).is_empty(),
+            "input cut short"
+        );
+        assert!(
+            !problems(good.replace("bytes_out=37", "bytes_out=0")).is_empty(),
+            "no output counted"
+        );
+        assert!(
+            !problems(good.replace("device=console 1", "device=console 2")).is_empty(),
+            "no summary of this console"
+        );
     }
 
     #[test]

@@ -1,0 +1,323 @@
+//! The console backend: a secondary PV console (`io/console.h`) written to a [`ConsoleSink`].
+//!
+//! The domain's first console (the one in `start_info`, `hvc0` in Linux) is xenconsoled's business;
+//! this serves xenbus devices of kind `console` with ids from 1 (Linux's `hvc_xen` refuses id 0 and,
+//! since it takes the id from the node name's last character, only handles ids 1 to 9; it shows
+//! device `n` as the next free `hvcN`, `hvc1` for the first).
+//!
+//! The frontend shares one page (`struct xencons_interface`: an `in` ring of 1024 bytes towards the
+//! guest and an `out` ring of 2048 bytes from it) and publishes `ring-ref` (the page's grant) and
+//! `port` (an event channel it allocated for dom0), then says `Initialised`; it reads no backend key.
+//! The backend maps the page writable, reads every byte the guest produced into one buffer and hands
+//! that batch to the sink in one write, and feeds the `in` ring from the device's input text (given
+//! once, sent from the moment the device connects, as much as fits and the rest whenever the guest
+//! frees space). After moving bytes either way it notifies the frontend. Indices that claim more bytes
+//! than a ring holds halt this device (the byte ring's check); a sink that fails only loses output,
+//! counted in the summary.
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use ring_protocol::abi::console::{XENCONS_OUT_SIZE, XenconsInterface};
+use ring_protocol::byte_ring::{Duplex, console_backend};
+
+use super::evtchn::EventChannel;
+use super::gntdev::{GntDev, GrantMapping};
+use super::xenbus::{Backend, DeviceId, Frontend, Rings};
+use crate::console::ConsoleSink;
+
+/// A secondary console of one domain.
+#[derive(Debug)]
+pub struct ConsoleBackend {
+    gnt: Arc<GntDev>,
+    sink: Arc<Mutex<ConsoleSink>>,
+    /// Input not yet handed to a connection (taken by the first one).
+    input: Mutex<Option<Vec<u8>>>,
+}
+
+impl ConsoleBackend {
+    /// A console whose output goes to `sink` and whose guest is sent `input` (if any) once it
+    /// connects.
+    pub fn new(gnt: Arc<GntDev>, sink: ConsoleSink, input: Option<Vec<u8>>) -> Self {
+        ConsoleBackend {
+            gnt,
+            sink: Arc::new(Mutex::new(sink)),
+            input: Mutex::new(input.filter(|i| !i.is_empty())),
+        }
+    }
+}
+
+impl Backend for ConsoleBackend {
+    fn frontend_keys(&self, _id: &DeviceId) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn backend_keys(&self, _id: &DeviceId) -> Vec<(String, String)> {
+        vec![("type".into(), "pvkit".into())]
+    }
+
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+        if id.devid == 0 {
+            return Err("console 0 is the domain's start_info console (xenconsoled's)".into());
+        }
+        let gref = front.number("ring-ref")?;
+        let gref = u32::try_from(gref).map_err(|_| format!("ring-ref {gref} is not a grant reference"))?;
+        let port = front.number("port")?;
+        let port = u32::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
+        let map = self
+            .gnt
+            .map(id.domid, &[gref], true)
+            .map_err(|e| format!("cannot map the console page (ring-ref {gref}): {e}"))?;
+        if map.len() < size_of::<XenconsInterface>() {
+            return Err(format!(
+                "mapping of {} bytes is smaller than the console page",
+                map.len()
+            ));
+        }
+        let intf: NonNull<XenconsInterface> = map.as_ptr().cast();
+        // SAFETY: the mapping is at least one `XenconsInterface` long (checked) and page-aligned; it
+        // lives in the same `ConsoleRings` as the rings (declared after them, so dropped after them);
+        // only these two ring ends touch it in this process, with atomics; the frontend is outside the
+        // Rust memory model.
+        let ring = unsafe { console_backend(intf) }.map_err(|e| format!("console page unusable: {e}"))?;
+        let channel = EventChannel::bind_interdomain(id.domid, port)
+            .map_err(|e| format!("cannot bind port {port} of domain {}: {e}", id.domid))?;
+        let input = self
+            .input
+            .lock()
+            .map_err(|_| "console input lock poisoned".to_owned())?
+            .take()
+            .unwrap_or_default();
+        tracing::info!(
+            device = %id,
+            gref,
+            port,
+            local_port = channel.local_port(),
+            input_bytes = input.len(),
+            "console page mapped"
+        );
+        Ok(Box::new(ConsoleRings {
+            pump: Pump::new(ring, self.sink.clone(), input),
+            _map: map,
+            channel,
+            name: id.to_string(),
+            notifies: 0,
+        }))
+    }
+}
+
+/// What moved in one [`Pump::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Moved {
+    out: usize,
+    inp: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    bytes_out: u64,
+    bytes_in: u64,
+    batches: u64,
+    sink_errors: u64,
+    lost_out: u64,
+}
+
+/// The byte moving, apart from the event channel (so tests can drive it over a local page).
+struct Pump {
+    ring: Duplex,
+    sink: Arc<Mutex<ConsoleSink>>,
+    /// Input still to send, from `input_at`.
+    input: Vec<u8>,
+    input_at: usize,
+    buf: Box<[u8; XENCONS_OUT_SIZE]>,
+    counts: Counts,
+}
+
+impl Pump {
+    fn new(ring: Duplex, sink: Arc<Mutex<ConsoleSink>>, input: Vec<u8>) -> Self {
+        Pump {
+            ring,
+            sink,
+            input,
+            input_at: 0,
+            buf: Box::new([0; XENCONS_OUT_SIZE]),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Moves what it can once: all of the guest's output into the sink (one write), as much input
+    /// as fits into the guest's ring. An error means the frontend's indices are impossible.
+    fn step(&mut self) -> Result<Moved, String> {
+        let halted = |e| format!("console ring halted: {e}");
+        let out = self.ring.rx.read(&mut self.buf[..]).map_err(halted)?.bytes;
+        if out > 0 {
+            self.counts.bytes_out += out as u64;
+            self.counts.batches += 1;
+            let r = self
+                .sink
+                .lock()
+                .map_err(|_| "console sink lock poisoned".to_owned())?
+                .write(&self.buf[..out]);
+            if let Err(e) = r {
+                self.counts.sink_errors += 1;
+                self.counts.lost_out += out as u64;
+                if self.counts.sink_errors == 1 {
+                    tracing::warn!("console output lost (later failures only counted): {e}");
+                }
+            }
+        }
+        let mut inp = 0;
+        if self.input_at < self.input.len() {
+            inp = self
+                .ring
+                .tx
+                .write(&self.input[self.input_at..])
+                .map_err(halted)?
+                .bytes;
+            self.input_at += inp;
+            self.counts.bytes_in += inp as u64;
+        }
+        Ok(Moved { out, inp })
+    }
+}
+
+/// A connected console's page.
+struct ConsoleRings {
+    pump: Pump,
+    _map: GrantMapping,
+    channel: EventChannel,
+    name: String,
+    notifies: u64,
+}
+
+impl Rings for ConsoleRings {
+    fn channel(&self) -> &EventChannel {
+        &self.channel
+    }
+
+    fn process(&mut self) -> Result<(), String> {
+        // The guest may write more while its last batch goes to the sink: go on until a round moves
+        // nothing (each round frees space, so a guest waiting for it is notified in between).
+        loop {
+            let moved = self.pump.step()?;
+            if moved == Moved::default() {
+                return Ok(());
+            }
+            self.channel
+                .notify()
+                .map_err(|e| format!("notify on {}: {e}", self.name))?;
+            self.notifies += 1;
+        }
+    }
+
+    fn summary(&self) -> String {
+        let c = &self.pump.counts;
+        format!(
+            "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} events={} \
+             notifies={}",
+            c.bytes_out,
+            c.bytes_in,
+            self.pump.input.len() - self.pump.input_at,
+            c.batches,
+            c.sink_errors,
+            c.lost_out,
+            self.channel.events(),
+            self.notifies
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring_protocol::abi::console::XENCONS_IN_SIZE;
+    use ring_protocol::byte_ring::console_guest;
+    use zerocopy::FromZeros;
+
+    /// A console page with both ends, the backend's pump writing to a log file.
+    struct Page {
+        intf: NonNull<XenconsInterface>,
+        guest: Duplex,
+        pump: Pump,
+        log: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn page(input: &[u8]) -> Page {
+        // Leaked: the page must outlive both ends, whatever order a test drops things in.
+        let intf = NonNull::from(Box::leak(Box::new(XenconsInterface::new_zeroed())));
+        // SAFETY: the page lives for the rest of the process and is accessed only through these two
+        // ends and, in the lying-index test, one aligned write (single-threaded) playing the guest.
+        let guest = unsafe { console_guest(intf) }.unwrap();
+        // SAFETY: as above; this is the page's only backend end.
+        let back = unsafe { console_backend(intf) }.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("hvc1.log");
+        let sink = Arc::new(Mutex::new(ConsoleSink::file(&log).unwrap()));
+        Page {
+            intf,
+            guest,
+            pump: Pump::new(back, sink, input.to_vec()),
+            log,
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn guest_output_reaches_the_log_in_order_across_wraps() {
+        let mut p = page(b"");
+        let mut sent = Vec::new();
+        for round in 0..7u32 {
+            // 1500 bytes a round: the ring (2048) wraps every other round.
+            let chunk: Vec<u8> = (0..1500u32).map(|i| (i * 7 + round) as u8).collect();
+            assert_eq!(p.guest.tx.write(&chunk).unwrap().bytes, chunk.len());
+            let m = p.pump.step().unwrap();
+            assert_eq!(m, Moved { out: 1500, inp: 0 });
+            sent.extend(chunk);
+        }
+        assert_eq!(p.pump.step().unwrap(), Moved::default());
+        assert_eq!(std::fs::read(&p.log).unwrap(), sent);
+        assert_eq!(p.pump.counts.bytes_out, 7 * 1500);
+        assert_eq!(p.pump.counts.batches, 7);
+    }
+
+    #[test]
+    fn input_larger_than_the_ring_arrives_whole_as_the_guest_reads() {
+        let input: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let mut p = page(&input);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 600];
+        let first = p.pump.step().unwrap();
+        assert_eq!(first.inp, XENCONS_IN_SIZE, "the first step fills the in ring");
+        loop {
+            let n = p.guest.rx.read(&mut buf).unwrap().bytes;
+            got.extend_from_slice(&buf[..n]);
+            if p.pump.step().unwrap() == Moved::default() && n == 0 {
+                break;
+            }
+        }
+        assert_eq!(got, input);
+        assert_eq!(p.pump.counts.bytes_in, 3000);
+        assert_eq!(p.pump.input_at, p.pump.input.len());
+    }
+
+    #[test]
+    fn a_lying_producer_index_halts_the_device() {
+        let mut p = page(b"hello\n");
+        assert_eq!(p.guest.tx.write(b"boot\n").unwrap().bytes, 5);
+        assert_eq!(p.pump.step().unwrap(), Moved { out: 5, inp: 6 });
+        // The guest claims 4000 new bytes in a 2048-byte ring.
+        let out_prod = p
+            .intf
+            .cast::<u8>()
+            .map_addr(|a| a.checked_add(3084).unwrap())
+            .cast::<u32>();
+        // SAFETY: `out_prod` is the page's aligned u32 at offset 3084 (the ABI layout); the test is
+        // single-threaded and plays the guest writing its own index.
+        unsafe { out_prod.write_volatile(5 + 4000) };
+        let e = p.pump.step().unwrap_err();
+        assert!(e.contains("halted") && e.contains("4005"), "{e}");
+        assert!(p.pump.step().is_err(), "stays halted");
+        assert_eq!(std::fs::read(&p.log).unwrap(), b"boot\n");
+    }
+}
