@@ -1102,7 +1102,11 @@ mod tests {
                 let seg = unsafe { Segment::new(buf.as_ptr(), len) };
                 let tx = tx.clone();
                 let op = if write { Op::Write { fua: false } } else { Op::Read };
-                let req = Request { op, sector, data: Data::Segments(vec![seg]) };
+                let req = Request {
+                    op,
+                    sector,
+                    data: Data::Segments(vec![seg]),
+                };
                 let done: Completion = Box::new(move |_r, res| {
                     tx.send((sector, buf, res)).unwrap();
                 });

@@ -289,7 +289,9 @@ impl BlkRings {
 
     fn execute(&mut self, op: Op, sector: u64, data: Data) -> Result<usize, Refusal> {
         let mut req = Request { op, sector, data };
-        self.core.execute(&mut req).map_err(|e| Refusal::Failed(e.to_string()))
+        self.core
+            .execute(&mut req)
+            .map_err(|e| Refusal::Failed(e.to_string()))
     }
 
     fn discard(&mut self, d: &BlkifRequestDiscard) -> Result<(), Refusal> {

@@ -47,11 +47,7 @@ fn spec(name: String, ours: bool, ms: u64) -> DomainSpec {
 /// The run's phases of one domU, or why there are none.
 fn domain_phases(r: &ScenarioReport) -> Result<Vec<Phase>> {
     if !r.transcript.passed(TEST) {
-        bail!(
-            "{}: {TEST} did not pass (end {:?}); see the log",
-            r.name,
-            r.end
-        );
+        bail!("{}: {TEST} did not pass (end {:?}); see the log", r.name, r.end);
     }
     phases(&r.transcript)
 }
@@ -79,7 +75,11 @@ pub fn bench_blk(rounds: usize, ms: u64) -> Result<i32> {
     let mut specs = Vec::new();
     for round in 1..=rounds {
         // Alternate which goes first, so neither always runs on a colder machine.
-        let order: [bool; 2] = if round % 2 == 1 { [false, true] } else { [true, false] };
+        let order: [bool; 2] = if round % 2 == 1 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for ours in order {
             let who = if ours { "ours" } else { "linux" };
             specs.push(spec(format!("bench-{who}-{round}"), ours, ms));
@@ -102,16 +102,22 @@ pub fn bench_blk(rounds: usize, ms: u64) -> Result<i32> {
         let i = usize::from(s.ours.is_some());
         add(&mut totals[i], domain_phases(r)?, &s.name)?;
         if s.ours.is_some() {
-            daemon.extend(
-                r.notes
-                    .iter()
-                    .filter(|n| n.contains("disconnected:"))
-                    .map(|n| format!("{}: {}", s.name, n.split("disconnected:").nth(1).unwrap_or("").trim())),
-            );
+            daemon.extend(r.notes.iter().filter(|n| n.contains("disconnected:")).map(|n| {
+                format!(
+                    "{}: {}",
+                    s.name,
+                    n.split("disconnected:").nth(1).unwrap_or("").trim()
+                )
+            }));
         }
     }
     let [linux, ours] = &totals;
-    if linux.len() != ours.len() || linux.iter().zip(ours).any(|(a, b)| a.pattern != b.pattern || a.qd != b.qd) {
+    if linux.len() != ours.len()
+        || linux
+            .iter()
+            .zip(ours)
+            .any(|(a, b)| a.pattern != b.pattern || a.qd != b.qd)
+    {
         bail!("the two backends ran different phases: {linux:?} vs {ours:?}");
     }
     let mut out = format!(
