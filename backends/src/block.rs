@@ -302,6 +302,12 @@ impl FileStorage {
     }
 }
 
+impl std::os::fd::AsRawFd for FileStorage {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 impl Storage for FileStorage {
     fn len(&self) -> u64 {
         self.len
@@ -404,6 +410,20 @@ impl<S: Storage> BlockCore<S> {
     /// The storage underneath.
     pub fn storage(&self) -> &S {
         &self.storage
+    }
+
+    /// Checks a read or write the way [`execute`](Self::execute) does before any I/O: not a
+    /// write to a read-only device, a whole number of sectors, inside the image. For callers that
+    /// do the I/O themselves (the asynchronous queue).
+    pub fn check_transfer(&self, write: bool, sector: u64, len: u64) -> Result<()> {
+        let op = if write { OpKind::Write } else { OpKind::Read };
+        if write && self.options.read_only {
+            return Err(Error::ReadOnly { op });
+        }
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            return Err(Error::Unaligned { op, len });
+        }
+        self.check_range(op, sector, len / SECTOR_SIZE)
     }
 
     fn check_range(&self, op: OpKind, sector: u64, sectors: u64) -> Result<()> {
@@ -573,6 +593,12 @@ impl AlignedBuf {
     /// The first byte.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
+    }
+
+    /// The bytes, read-only.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as for `as_mut_slice`, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
     }
 
     /// The bytes.

@@ -11,6 +11,7 @@
 //! - [`xen`]: the Xen userspace backends: XenStore client, grant and event channel devices, the
 //!   xenbus state machine, and the blkback, netback and console adapters.
 
+pub mod aio;
 pub mod block;
 pub mod console;
 pub mod net;

@@ -12,6 +12,7 @@
 //! `BLKIF_RSP_EOPNOTSUPP`) and the ring goes on. A frontend that moves the ring's indices
 //! impossibly halts this device only.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ring_protocol::abi::blkif::{
@@ -27,7 +28,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantMapping, GrantPiece, PAGE_SIZE};
 use super::xenbus::{Backend, DeviceId, Frontend, Rings};
-use crate::block::{AlignedBuf, BlockCore, Data, Op, Request, Segment};
+use crate::aio::{AioQueue, Transfer};
+use crate::block::{BlockCore, Data, Op, Request};
 
 /// Largest ring offered: 2^4 pages.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
@@ -119,6 +121,7 @@ impl Backend for BlkBackend {
             .map_err(|e| format!("ring of {} bytes unusable: {e}", map.len()))?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
+        let ring_size = ring.size() as usize;
         tracing::info!(
             device = %id,
             ring_pages = refs.len(),
@@ -135,7 +138,10 @@ impl Backend for BlkBackend {
             name: id.to_string(),
             core: self.core.clone(),
             gnt: self.gnt.clone(),
-            buf: AlignedBuf::new(MAX_INDIRECT_SEGMENTS * PAGE_SIZE),
+            aio: AioQueue::new(self.core.clone(), ring_size).map_err(|e| format!("AIO context: {e}"))?,
+            slots: (0..ring_size).map(|_| None).collect(),
+            free: (0..ring_size).rev().collect(),
+            arena: Pages::new(ring_size * SLOT_BYTES).map_err(|e| format!("buffer arena: {e}"))?,
             counts: Counts::default(),
         }))
     }
@@ -177,10 +183,108 @@ struct BlkRings {
     name: String,
     core: Arc<BlockCore>,
     gnt: Arc<GntDev>,
-    /// The data of the request being served: one aligned buffer for the largest request, so that
-    /// `O_DIRECT` images need no bounce.
-    buf: AlignedBuf,
+    /// Reads and writes in flight. Declared before `slots`, so dropping the rings first waits for
+    /// them and only then frees their buffers.
+    aio: AioQueue,
+    /// Per AIO token: the request in flight, with its data buffer (4 KiB-aligned, so `O_DIRECT`
+    /// images need no bounce).
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    /// One [`SLOT_BYTES`] buffer per ring slot, mapped once for the connection (requests larger
+    /// than that get pages of their own).
+    arena: Pages,
     counts: Counts,
+}
+
+/// Requests up to this size use their slot's buffer in the arena.
+const SLOT_BYTES: usize = 128 * 1024;
+
+/// Page-granular anonymous memory of its own (`mmap`), never shared with the heap: request data
+/// that Xen (grant copy) and the kernel (`O_DIRECT`) write into directly.
+struct Pages {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an anonymous private mapping owned by this value.
+unsafe impl Send for Pages {}
+
+impl Pages {
+    fn new(len: usize) -> std::io::Result<Pages> {
+        let len = len.max(1).next_multiple_of(PAGE_SIZE);
+        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Pages { ptr: ptr.cast(), len })
+    }
+
+    /// Slot `i`'s buffer in an arena of [`SLOT_BYTES`] slots.
+    fn slot(&self, i: usize) -> *mut u8 {
+        assert!((i + 1) * SLOT_BYTES <= self.len, "slot {i} outside the arena");
+        self.ptr.wrapping_add(i * SLOT_BYTES)
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; everything that wrote into it (the AIO
+        // queue) is gone first (field order of `BlkRings`).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Where one request's data lives.
+enum DataBuf {
+    /// Its ring slot's buffer in the arena.
+    Slot(*mut u8),
+    /// Pages of its own.
+    Own(Pages),
+}
+
+// SAFETY: a slot pointer is only used by the ring's thread, which owns the arena.
+unsafe impl Send for DataBuf {}
+
+impl DataBuf {
+    fn ptr(&self) -> *mut u8 {
+        match self {
+            DataBuf::Slot(p) => *p,
+            DataBuf::Own(p) => p.ptr,
+        }
+    }
+
+    /// The first `len` bytes (at most the buffer's size: checked by the caller's choice of buffer).
+    fn bytes(&mut self, len: usize) -> &mut [u8] {
+        // SAFETY: the buffer holds at least `len` bytes (slot: `len <= SLOT_BYTES`; own pages:
+        // allocated for `len`), only this request uses it, and no I/O is in flight on it while the
+        // ring's thread holds this borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), len) }
+    }
+
+    fn bytes_ref(&self, len: usize) -> &[u8] {
+        // SAFETY: as `bytes`; the request's I/O has completed.
+        unsafe { std::slice::from_raw_parts(self.ptr(), len) }
+    }
+}
+
+/// A read or write handed to the AIO queue.
+struct InFlight {
+    id: u64,
+    op: u8,
+    buf: DataBuf,
+    /// For a read: where its bytes go once it completes.
+    copy_out: Option<Vec<GrantPiece>>,
+    len: usize,
 }
 
 /// Why a request failed (after which the ring goes on).
@@ -194,12 +298,26 @@ impl Rings for BlkRings {
         &self.channel
     }
 
+    fn extra_fd(&self) -> Option<RawFd> {
+        Some(self.aio.completion_fd())
+    }
+
     fn process(&mut self) -> Result<(), String> {
         let halted = |e| format!("ring halted: {e}");
         loop {
-            while let Some(req) = self.ring.read_request().map_err(halted)? {
-                let rsp = self.handle(&req);
+            for (token, r) in self.aio.reap() {
+                let rsp = self.complete(token, r);
                 self.ring.write_response(&rsp).map_err(halted)?;
+            }
+            while let Some(req) = self.ring.read_request().map_err(halted)? {
+                if let Some(rsp) = self.handle(&req) {
+                    self.ring.write_response(&rsp).map_err(halted)?;
+                }
+            }
+            // One io_submit for everything this batch queued (a lone request runs right away).
+            self.aio.submit().map_err(|e| format!("io_submit: {e}"))?;
+            if self.aio.has_ready() {
+                continue;
             }
             if self.ring.push_responses_and_check_notify().map_err(halted)? {
                 self.channel.notify().map_err(|e| format!("notify: {e}"))?;
@@ -231,14 +349,15 @@ impl Rings for BlkRings {
 }
 
 impl BlkRings {
-    fn handle(&mut self, req: &BlkifRequest) -> BlkifResponse {
+    /// Serves one request: `None` if it was queued (its response comes from `complete`).
+    fn handle(&mut self, req: &BlkifRequest) -> Option<BlkifResponse> {
         self.counts.requests += 1;
         let (id, op, result) = match req.operation {
             BLKIF_OP_DISCARD => {
                 let d = BlkifRequestDiscard::read_from_prefix(req.as_bytes())
                     .expect("a ring slot holds a discard")
                     .0;
-                (d.id, d.operation, self.discard(&d))
+                (d.id, d.operation, self.discard(&d).map(|()| false))
             }
             BLKIF_OP_INDIRECT => {
                 let ind = BlkifRequestIndirect::read_from_prefix(req.as_bytes())
@@ -248,7 +367,8 @@ impl BlkRings {
                 (ind.id, ind.indirect_op, self.indirect(&ind))
             }
             BLKIF_OP_READ | BLKIF_OP_WRITE => {
-                let r = direct_pieces(req).and_then(|p| self.transfer(req.operation, req.sector_number, &p));
+                let r = direct_pieces(req)
+                    .and_then(|p| self.transfer(req.id, req.operation, req.sector_number, p));
                 (req.id, req.operation, r)
             }
             BLKIF_OP_FLUSH_DISKCACHE => {
@@ -256,7 +376,7 @@ impl BlkRings {
                 (
                     req.id,
                     req.operation,
-                    self.execute(Op::Flush, 0, Data::None).map(drop),
+                    self.execute(Op::Flush, 0, Data::None).map(|_| false),
                 )
             }
             other => (
@@ -265,6 +385,34 @@ impl BlkRings {
                 Err(Refusal::Unsupported(format!("operation {other} is not offered"))),
             ),
         };
+        match result {
+            Ok(true) => None,
+            Ok(false) => Some(self.response(id, op, Ok(()))),
+            Err(r) => Some(self.response(id, op, Err(r))),
+        }
+    }
+
+    /// The response to a queued read or write that completed; a read's data is copied out first.
+    fn complete(&mut self, token: usize, r: crate::Result<usize>) -> BlkifResponse {
+        let f = self.slots[token]
+            .take()
+            .expect("a completion for a token in flight");
+        self.free.push(token);
+        let result = match (r, &f.copy_out) {
+            (Err(e), _) => Err(Refusal::Failed(e.to_string())),
+            (Ok(_), Some(pieces)) => self
+                .gnt
+                .copy_to_guest(self.domid, pieces, f.buf.bytes_ref(f.len))
+                .map_err(|e| Refusal::Failed(format!("read data: {e}"))),
+            (Ok(_), None) => Ok(()),
+        };
+        if result.is_ok() {
+            self.counts.bytes += f.len as u64;
+        }
+        self.response(f.id, f.op, result)
+    }
+
+    fn response(&mut self, id: u64, op: u8, result: Result<(), Refusal>) -> BlkifResponse {
         let status = match result {
             Ok(()) => BLKIF_RSP_OKAY,
             Err(r) => {
@@ -309,7 +457,7 @@ impl BlkRings {
         .map(drop)
     }
 
-    fn indirect(&mut self, ind: &BlkifRequestIndirect) -> Result<(), Refusal> {
+    fn indirect(&mut self, ind: &BlkifRequestIndirect) -> Result<bool, Refusal> {
         if ind.indirect_op != BLKIF_OP_READ && ind.indirect_op != BLKIF_OP_WRITE {
             return Err(Refusal::Failed(format!(
                 "indirect operation {} is not read or write",
@@ -338,31 +486,61 @@ impl BlkRings {
             .map_err(|e| Refusal::Failed(format!("indirect pages: {e}")))?;
         let segs = <[BlkifRequestSegment]>::ref_from_bytes(&raw).expect("whole segments");
         let pieces = segment_pieces(segs)?;
-        self.transfer(ind.indirect_op, ind.sector_number, &pieces)
+        self.transfer(ind.id, ind.indirect_op, ind.sector_number, pieces)
     }
 
-    /// A read or write of `pieces` (already validated) at `sector`.
-    fn transfer(&mut self, op: u8, sector: u64, pieces: &[GrantPiece]) -> Result<(), Refusal> {
+    /// Queues a read or write of `pieces` (already validated) at `sector`; a write's data is
+    /// copied in now, a read's is copied out when it completes. `Ok(true)`: queued.
+    fn transfer(&mut self, id: u64, op: u8, sector: u64, pieces: Vec<GrantPiece>) -> Result<bool, Refusal> {
         let len: usize = pieces.iter().map(|p| usize::from(p.len)).sum();
-        // At most MAX_INDIRECT_SEGMENTS pieces of at most a page each: the buffer holds them.
-        let data = &mut self.buf.as_mut_slice()[..len];
-        // SAFETY: `data` is our own buffer, untouched by anyone else until `execute` returns.
-        let seg = unsafe { Segment::new(data.as_mut_ptr(), len) };
-        if op == BLKIF_OP_WRITE {
+        let write = op == BLKIF_OP_WRITE;
+        let Some(token) = self.free.pop() else {
+            return Err(Refusal::Failed(format!(
+                "{} requests already in flight",
+                self.slots.len()
+            )));
+        };
+        let mut buf = if len <= SLOT_BYTES {
+            DataBuf::Slot(self.arena.slot(token))
+        } else {
+            match Pages::new(len) {
+                Ok(p) => DataBuf::Own(p),
+                Err(e) => {
+                    self.free.push(token);
+                    return Err(Refusal::Failed(format!("{len}-byte buffer: {e}")));
+                }
+            }
+        };
+        if write {
             self.counts.writes += 1;
-            self.gnt
-                .copy_from_guest(self.domid, pieces, data)
-                .map_err(|e| Refusal::Failed(format!("write data: {e}")))?;
-            self.execute(Op::Write { fua: false }, sector, Data::Segments(vec![seg]))?;
+            if let Err(e) = self.gnt.copy_from_guest(self.domid, &pieces, buf.bytes(len)) {
+                self.free.push(token);
+                return Err(Refusal::Failed(format!("write data: {e}")));
+            }
         } else {
             self.counts.reads += 1;
-            self.execute(Op::Read, sector, Data::Segments(vec![seg]))?;
-            self.gnt
-                .copy_to_guest(self.domid, pieces, &self.buf.as_mut_slice()[..len])
-                .map_err(|e| Refusal::Failed(format!("read data: {e}")))?;
         }
-        self.counts.bytes += len as u64;
-        Ok(())
+        let t = Transfer {
+            write,
+            sector,
+            buf: buf.ptr(),
+            len,
+        };
+        // SAFETY: the buffer lives in `slots[token]` until `complete` takes it after the queue
+        // returned the token's completion, or until the rings are dropped, which drops the queue
+        // (waiting for everything in flight) before `slots`.
+        if let Err(e) = unsafe { self.aio.push(token, t) } {
+            self.free.push(token);
+            return Err(Refusal::Failed(e.to_string()));
+        }
+        self.slots[token] = Some(InFlight {
+            id,
+            op,
+            buf,
+            copy_out: (!write).then_some(pieces),
+            len,
+        });
+        Ok(true)
     }
 }
 
