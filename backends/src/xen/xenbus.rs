@@ -15,9 +15,8 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ring_protocol::abi::xen::DomId;
@@ -255,25 +254,31 @@ fn front_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId) -> Result<O
 /// A thread serving one connected device's rings.
 struct Serving {
     stop: Arc<EventFd>,
-    failed: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
+/// How a serving thread tells the device's control thread that the frontend broke the protocol:
+/// the reason, and an eventfd the control thread polls beside its XenStore connection.
+struct Halted {
+    signal: EventFd,
+    why: Mutex<Option<String>>,
+}
+
 impl Serving {
-    fn start(id: &DeviceId, mut rings: Box<dyn Rings>) -> std::io::Result<Serving> {
+    fn start(id: &DeviceId, mut rings: Box<dyn Rings>, halted: Arc<Halted>) -> std::io::Result<Serving> {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let failed = Arc::new(AtomicBool::new(false));
-        let (stop2, failed2, name) = (stop.clone(), failed.clone(), id.to_string());
+        let (stop2, name) = (stop.clone(), id.to_string());
         let thread = std::thread::Builder::new()
             .name(format!("{}-{}-{}", id.kind, id.domid, id.devid))
             .spawn(move || {
                 if let Err(e) = serve(&mut *rings, &stop2) {
                     tracing::error!(device = %name, "frontend broke the protocol, device halted: {e}");
-                    failed2.store(true, Ordering::Release);
+                    *halted.why.lock().expect("halt reason") = Some(e);
+                    let _ = halted.signal.write(1);
                 }
                 tracing::info!(device = %name, "disconnected: {}", rings.summary());
             })?;
-        Ok(Serving { stop, failed, thread })
+        Ok(Serving { stop, thread })
     }
 
     fn stop(self) {
@@ -306,6 +311,22 @@ fn serve(rings: &mut dyn Rings, stop: &EventFd) -> std::result::Result<(), Strin
     }
 }
 
+/// Blocks until `xs_fd` or `halt_fd` is readable; returns whether `halt_fd` is.
+fn wait_readable(xs_fd: RawFd, halt_fd: RawFd) -> bool {
+    let mut fds = [xs_fd, halt_fd].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: two valid pollfds.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return rc > 0 && fds[1].revents & libc::POLLIN != 0;
+        }
+    }
+}
+
 /// Empties an eventfd.
 fn drain(fd: std::os::fd::RawFd) {
     let mut v = 0u64;
@@ -315,7 +336,7 @@ fn drain(fd: std::os::fd::RawFd) {
 
 /// Creates `id`'s directories and runs its state machine until the domain is gone (see the module
 /// documentation). `ready` is called once the device waits for its frontend.
-pub fn run_device<S: Read + Write>(
+pub fn run_device<S: Read + Write + AsRawFd>(
     mut xs: XenStore<S>,
     id: DeviceId,
     be: &dyn Backend,
@@ -328,21 +349,31 @@ pub fn run_device<S: Read + Write>(
     ready();
     let mut state = XenbusState::InitWait;
     let mut serving: Option<Serving> = None;
+    let halted = Arc::new(Halted {
+        signal: EventFd::new(libc::EFD_NONBLOCK).map_err(|error| crate::Error::XenStoreIo {
+            what: "eventfd".into(),
+            error,
+        })?,
+        why: Mutex::new(None),
+    });
     loop {
+        // Wait for XenStore or for the serving thread saying the frontend broke the protocol.
+        if !xs.has_queued_events() && wait_readable(xs.stream_fd(), halted.signal.as_raw_fd()) {
+            drain(halted.signal.as_raw_fd());
+            if let Some(s) = serving.take() {
+                s.stop();
+            }
+            let why = halted.why.lock().expect("halt reason").take().unwrap_or_default();
+            let msg = format!("frontend broke the ring protocol: {why}");
+            xs.write(NO_TX, &format!("{}/error", id.backend()), msg.as_bytes())?;
+            set_state(&mut xs, &id, XenbusState::Closing)?;
+            state = XenbusState::Closing;
+            continue;
+        }
         let _ev = xs.next_watch_event()?;
         if xs.read(NO_TX, &id.home())?.is_none() {
             tracing::info!(device = %id, "domain gone, removing the device");
             break;
-        }
-        if serving.as_ref().is_some_and(|s| s.failed.load(Ordering::Acquire)) {
-            serving.take().expect("checked").stop();
-            let _ = xs.write(
-                NO_TX,
-                &format!("{}/error", id.backend()),
-                b"frontend broke the ring protocol",
-            );
-            set_state(&mut xs, &id, XenbusState::Closing)?;
-            state = XenbusState::Closing;
         }
         let fe = front_state(&mut xs, &id)?;
         match (state, fe) {
@@ -350,7 +381,7 @@ pub fn run_device<S: Read + Write>(
                 let front = read_front(&mut xs, &id)?;
                 match be
                     .connect(&id, &front)
-                    .and_then(|r| Serving::start(&id, r).map_err(|e| format!("thread: {e}")))
+                    .and_then(|r| Serving::start(&id, r, halted.clone()).map_err(|e| format!("thread: {e}")))
                 {
                     Ok(s) => {
                         serving = Some(s);

@@ -125,6 +125,22 @@ pub enum Connection {
     Socket(UnixStream),
 }
 
+impl std::os::fd::AsRawFd for Connection {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Connection::Device(f) => f.as_raw_fd(),
+            Connection::Socket(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl<S: Read + Write + std::os::fd::AsRawFd> XenStore<S> {
+    /// The connection's descriptor, to poll for incoming messages.
+    pub fn stream_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
 impl Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
@@ -350,6 +366,12 @@ impl<S: Read + Write> XenStore<S> {
         p.extend_from_slice(token.as_bytes());
         p.push(0);
         self.request(XsdSockmsgType::Unwatch, NO_TX, &p, path).map(drop)
+    }
+
+    /// Whether watch events are already queued (so [`next_watch_event`](Self::next_watch_event)
+    /// will not block).
+    pub fn has_queued_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// The next watch event: a queued one, or the next from the stream (blocking).

@@ -306,6 +306,31 @@ impl<H: XenDeviceHost> BlkFront<H> {
         })
     }
 
+    /// Robustness testing of backends only: behaves like a hostile frontend by publishing a request
+    /// producer index more than a ring's worth of slots ahead of the last response (no correct
+    /// frontend can), then notifies. A correct backend refuses the ring; this device must not be
+    /// used for I/O afterwards. Returns the index published.
+    pub fn publish_impossible_requests(&mut self) -> Result<u32> {
+        let mem = self.ring_mem.as_ref().ok_or(Error::Protocol {
+            device: "xen-blk",
+            what: "ring (already disconnected)",
+            value: 0,
+        })?;
+        let bogus = self
+            .ring
+            .req_prod_pvt()
+            .wrapping_add(self.ring.size())
+            .wrapping_add(7);
+        // SAFETY: the ring's first 4 bytes are the shared `req_prod`, 4-byte aligned at the start of
+        // our ring page, which stays allocated in `self`; the ring and the backend only access it
+        // atomically.
+        let req_prod = unsafe { core::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast_mut().cast()) };
+        // Release: like a real publication, the (garbage) index is seen after everything before it.
+        req_prod.store(bogus, core::sync::atomic::Ordering::Release);
+        PortNotify(self.host, self.port).notify().map_err(Error::Ring)?;
+        Ok(bogus)
+    }
+
     /// What was negotiated.
     pub fn features(&self) -> BlkFeatures {
         self.features

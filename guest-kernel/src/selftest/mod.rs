@@ -229,6 +229,12 @@ pub static TESTS: &[Test] = &[
         run: xen::blk_integrity,
     },
     Test {
+        name: "blk-hostile@xen-blk",
+        default: false,
+        params: xen::XEN_BLK_PARAMS,
+        run: xen::blk_hostile,
+    },
+    Test {
         name: "blk-throughput@xen-blk",
         default: false,
         params: xen::XEN_BLK_PARAMS,

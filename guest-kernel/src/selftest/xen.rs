@@ -16,7 +16,16 @@ use crate::xen::store::XenWaiter;
 
 /// Parameters of the Xen block tests.
 pub const XEN_BLK_PARAMS: &[&str] = &[
-    "mode", "seed", "qd", "extents", "index", "order", "indirect", "ms", "bs",
+    "mode",
+    "seed",
+    "qd",
+    "extents",
+    "index",
+    "order",
+    "indirect",
+    "ms",
+    "bs",
+    "timeout_ms",
 ];
 
 fn report_fields(r: &pvkit_frontends::workload::Report) -> alloc::string::String {
@@ -97,6 +106,57 @@ pub fn blk_integrity(p: &Params<'_>) -> Outcome {
             info.sector_size,
             params.qd.min(info.max_in_flight),
             closed as u8
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// `blk-hostile@xen-blk`: the frontend turns hostile to test the backend. After a little honest
+/// I/O (one integrity extent, checked), it publishes a request producer index more than a ring's
+/// worth ahead and waits for the backend to refuse the ring: backend state `Closing` (or `Closed`)
+/// with an `error` node. Passes when the backend refused; other devices are left to the tests that
+/// follow.
+pub fn blk_hostile(p: &Params<'_>) -> Outcome {
+    use pvkit_frontends::xen::xenbus::{self, XenbusState};
+    let run = || -> Result<alloc::string::String, alloc::string::String> {
+        let mut dev = open_blk(p)?;
+        let w = XenWaiter {
+            mode: WaitMode::Interrupt,
+        };
+        let params = pvkit_frontends::workload::blk::IntegrityParams {
+            seed: p.u64_in("seed", 1, 0..=u64::MAX)?,
+            nonce: crate::arch::read_tsc(),
+            qd: 1,
+            random_extents: 1,
+        };
+        let honest = pvkit_frontends::workload::blk::integrity(&mut dev, &w, &params)
+            .map_err(|e| alloc::format!("honest I/O before turning hostile: {e}"))?;
+        let published = dev
+            .publish_impossible_requests()
+            .map_err(|e| alloc::format!("{e}"))?;
+        let timeout_us = p.u64_in("timeout_ms", 10_000, 100..=600_000)? * 1000;
+        let device = dev.device().clone();
+        let (state, error) = xen::store::with(|xs| {
+            let state = xenbus::wait_backend(
+                xs,
+                &w,
+                &device,
+                "Closing (ring refused)",
+                |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
+                timeout_us,
+            )
+            .map_err(|e| alloc::format!("{e}"))?;
+            let error = xs
+                .read_string(&w, NO_TX, &device.be("error"))
+                .map_err(|e| alloc::format!("backend error node: {e}"))?;
+            Ok::<_, alloc::string::String>((state, error))
+        })??;
+        kprintln!("PVKIT INFO blk-hostile backend error: {error}");
+        Ok(alloc::format!(
+            "honest_bytes={} published_req_prod={published} backend_state={} backend_error={}",
+            honest.bytes,
+            state as u8,
+            u8::from(!error.is_empty())
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)

@@ -62,6 +62,10 @@ pub enum XenScenario {
     /// publishes a garbage ring-ref is refused with a clear log line while the same domain's vif
     /// serves the ping test and the daemon keeps running.
     OursBadInput,
+    /// A hostile frontend on a live ring: our guest does honest I/O on its vbd, then publishes an
+    /// impossible request index; our blkback halts that ring (error node, state Closing) while the
+    /// same domain's vif then passes the ping test and the daemon keeps running.
+    OursHostileRing,
 }
 
 /// Devices of a domain served by our `pvkit-xen-backend` (started in dom0 while the domain is
@@ -226,6 +230,7 @@ impl XenScenario {
             XenScenario::OursNet,
             XenScenario::LinuxOurs,
             XenScenario::OursBadInput,
+            XenScenario::OursHostileRing,
         ]
     }
 
@@ -248,6 +253,7 @@ impl XenScenario {
             XenScenario::OursNet => "ours-net",
             XenScenario::LinuxOurs => "linux-ours",
             XenScenario::OursBadInput => "ours-bad-input",
+            XenScenario::OursHostileRing => "ours-hostile-ring",
         }
     }
 
@@ -389,7 +395,24 @@ impl XenScenario {
             XenScenario::BlkNoBackend => DomainSpec {
                 paused: true,
                 running: Some(stub_vbd_script()),
-                ..base(self.name(), format!("tests={BLK_TEST}"))
+                ..base(
+                    self.name(),
+                    format!("tests={BLK_TEST} {BLK_TEST}.timeout_ms=3000"),
+                )
+            },
+            XenScenario::OursHostileRing => DomainSpec {
+                ours: ours(true, vec![format!("0:{GUEST_MAC}")]),
+                host_disk: Some(HostDisk {
+                    sectors: BLK_SECTORS,
+                    fill_seed: 0x5eed_4e11,
+                }),
+                ..base(
+                    self.name(),
+                    format!(
+                        "tests={HOSTILE_TEST},{}",
+                        net_cmdline().trim_start_matches("tests=")
+                    ),
+                )
             },
             XenScenario::OursNet => DomainSpec {
                 ours: ours(false, vec![format!("0:{GUEST_MAC}")]),
@@ -488,8 +511,16 @@ impl XenScenario {
                     problems.push("dom0 never saw the guest's ready line, so it typed nothing".to_owned());
                 }
             }
-            XenScenario::Net | XenScenario::OursNet | XenScenario::OursBadInput => {
-                check_guest(r, &[NET_TEST], &mut problems);
+            XenScenario::Net
+            | XenScenario::OursNet
+            | XenScenario::OursBadInput
+            | XenScenario::OursHostileRing => {
+                if self == XenScenario::OursHostileRing {
+                    check_guest(r, &[HOSTILE_TEST, NET_TEST], &mut problems);
+                    check_hostile_ring(r, &mut problems);
+                } else {
+                    check_guest(r, &[NET_TEST], &mut problems);
+                }
                 if let Some(Record::TestPass { fields, .. }) = r.transcript.verdict(NET_TEST) {
                     let want = [
                         ("replies", NET_PINGS.to_string()),
@@ -759,6 +790,37 @@ pub fn backend_post(spec: &DomainSpec) -> Option<String> {
         );
     }
     Some(post)
+}
+
+/// The guest test that turns its vbd's frontend hostile.
+const HOSTILE_TEST: &str = "blk-hostile@xen-blk";
+
+/// The hostile-ring scenario: the guest saw its ring refused (state Closing or Closed, an error
+/// node) and our daemon logged why.
+fn check_hostile_ring(r: &ScenarioReport, problems: &mut Vec<String>) {
+    if let Some(Record::TestPass { fields, .. }) = r.transcript.verdict(HOSTILE_TEST)
+        && (!matches!(fields.get("backend_state"), Some("5" | "6"))
+            || fields.get("backend_error") != Some("1"))
+    {
+        problems.push(format!(
+            "{HOSTILE_TEST} saw backend_state={:?} backend_error={:?}, expected 5 or 6 and 1",
+            fields.get("backend_state"),
+            fields.get("backend_error")
+        ));
+    }
+    let device = format!("device=vbd {XVDA} of domain");
+    let halted = r.notes.iter().any(|n| {
+        n.starts_with("backend:")
+            && n.contains("ERROR")
+            && n.contains(&device)
+            && n.contains("device halted")
+            && n.contains("ring halted")
+    });
+    if !halted {
+        problems.push(format!(
+            "our daemon's log has no ERROR line saying vbd {XVDA}'s ring was halted"
+        ));
+    }
 }
 
 /// The two refusals of the bad-input scenario.
@@ -1778,5 +1840,29 @@ mod tests {
         assert!(!problems(log("0", "5", "refused")).is_empty());
         assert!(!problems(log("1", "4", "refused")).is_empty());
         assert!(!problems(log("1", "5", "connected")).is_empty());
+    }
+
+    #[test]
+    fn hostile_ring_needs_the_refusal_seen_by_the_guest_and_logged_by_the_daemon() {
+        let log = |state: &str, logged: &str| {
+            format!(
+                "PVKIT-XEN SCENARIO h BEGIN\n\
+                 PVKIT-XEN CONSOLE h | PVKIT TEST {HOSTILE_TEST} PASS honest_bytes=8 published_req_prod=184 \
+                 backend_state={state} backend_error=1\n\
+                 PVKIT-XEN SCENARIO h NOTE backend: ERROR x: {logged}: ring halted: index past \
+                 device=vbd {XVDA} of domain 3\n\
+                 PVKIT-XEN SCENARIO h END reason=poweroff run_ms=9\n"
+            )
+        };
+        let problems = |text: String| {
+            let r = report(&text);
+            let mut p = Vec::new();
+            check_hostile_ring(r.scenario("h").unwrap(), &mut p);
+            p
+        };
+        let halted = "frontend broke the protocol, device halted";
+        assert_eq!(problems(log("5", halted)), Vec::<String>::new());
+        assert!(!problems(log("4", halted)).is_empty(), "still connected");
+        assert!(!problems(log("5", "connected")).is_empty(), "nothing logged");
     }
 }
