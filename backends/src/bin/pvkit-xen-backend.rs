@@ -27,6 +27,7 @@ use clap::Parser;
 use pvkit_backends::block::{BlockCore, BlockOptions};
 use pvkit_backends::console::ConsoleSink;
 use pvkit_backends::net::{EchoPeer, Mac, Switch};
+use pvkit_backends::tap::TapPort;
 use pvkit_backends::xen::blkback::BlkBackend;
 use pvkit_backends::xen::console::ConsoleBackend;
 use pvkit_backends::xen::gntdev::GntDev;
@@ -62,6 +63,13 @@ struct Cli {
     /// MAC of the switch's echo peer.
     #[arg(long, default_value = "02:70:76:6b:69:74", value_parser = parse_mac)]
     echo_mac: Mac,
+    /// No echo peer on the switch (e.g. when `--tap` connects the host's own stack instead).
+    #[arg(long)]
+    no_echo_peer: bool,
+    /// Also attach tap interface NAME to the switch (created if needed; the host brings it up and
+    /// addresses it), so the guests reach the host's network stack.
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
     /// Open images with O_DIRECT.
     #[arg(long)]
     direct: bool,
@@ -187,7 +195,16 @@ fn run() -> Result<()> {
         ));
     }
     let switch = Switch::new();
-    let echo = (!cli.vif.is_empty()).then(|| EchoPeer::attach(&switch, cli.echo_mac, cli.echo_ip.octets()));
+    let echo = (!cli.vif.is_empty() && !cli.no_echo_peer)
+        .then(|| EchoPeer::attach(&switch, cli.echo_mac, cli.echo_ip.octets()));
+    let tap = match &cli.tap {
+        Some(name) => {
+            let t = TapPort::attach(&switch, name).with_context(|| format!("tap interface {name}"))?;
+            tracing::info!(tap = %name, "tap interface attached to the switch");
+            Some(t)
+        }
+        None => None,
+    };
     for v in &cli.vif {
         tracing::info!(devid = v.devid, mac = %format_mac(&v.mac), "vif");
         devices.push((
@@ -270,6 +287,9 @@ fn run() -> Result<()> {
     let mut ok = ready == count;
     for t in threads {
         ok &= t.join().unwrap_or(false);
+    }
+    if let Some(t) = &tap {
+        tracing::info!(tap = %t.name(), "tap: {:?}", t.stats());
     }
     if let Some(e) = echo {
         let s = e.stats();

@@ -33,6 +33,7 @@ pub const MODULES: &[&str] = &[
     "xen-blkback",
     "xen-netback",
     "loop",
+    "tun",
     "virtio_pci",
     "virtio_blk",
 ];

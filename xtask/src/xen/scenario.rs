@@ -66,6 +66,9 @@ pub enum XenScenario {
     /// impossible request index; our blkback halts that ring (error node, state Closing) while the
     /// same domain's vif then passes the ping test and the daemon keeps running.
     OursHostileRing,
+    /// `net` against our netback with a tap port on our switch instead of the echo peer: the guest's
+    /// pings reach dom0's own kernel through netback, the switch and the tap interface.
+    OursNetTap,
 }
 
 /// Devices of a domain served by our `pvkit-xen-backend` (started in dom0 while the domain is
@@ -83,6 +86,9 @@ pub struct OurDevices {
     /// Debian's 6.1 PV kernel crashes early (#UD, Xen says) when created with `xl create -p` and
     /// unpaused in this nested setup, so its scenario uses this.
     pub hotplug: bool,
+    /// Attach tap interface [`TAP_NAME`] to the switch instead of the echo peer; dom0 brings it up
+    /// as [`DOM0_IP`].
+    pub tap: bool,
     /// A secondary console (device/console/N, `hvcN` in Linux).
     pub console: Option<OurConsole>,
 }
@@ -231,6 +237,7 @@ impl XenScenario {
             XenScenario::LinuxOurs,
             XenScenario::OursBadInput,
             XenScenario::OursHostileRing,
+            XenScenario::OursNetTap,
         ]
     }
 
@@ -254,6 +261,7 @@ impl XenScenario {
             XenScenario::LinuxOurs => "linux-ours",
             XenScenario::OursBadInput => "ours-bad-input",
             XenScenario::OursHostileRing => "ours-hostile-ring",
+            XenScenario::OursNetTap => "ours-net-tap",
         }
     }
 
@@ -301,6 +309,7 @@ impl XenScenario {
                         vifs: vec![format!("0:{LINUX_DOMU_MAC}")],
                         after_ready: None,
                         hotplug: true,
+                        tap: false,
                         console: Some(OurConsole {
                             devid: 1,
                             log: format!("/tmp/hvc1-{}.log", self.name()),
@@ -414,6 +423,19 @@ impl XenScenario {
                     ),
                 )
             },
+            XenScenario::OursNetTap => DomainSpec {
+                ours: Some(OurDevices {
+                    vifs: vec![format!("0:{GUEST_MAC}")],
+                    tap: true,
+                    after_ready: Some(format!(
+                        "ip link set {TAP_NAME} up && ip addr add {DOM0_IP}/24 dev {TAP_NAME} && check tap=up\n"
+                    )),
+                    ..Default::default()
+                }),
+                pre: Some(format!("{ICMP_IN_ECHOS}echos0=$(icmp_in_echos)\n")),
+                post: Some("check dom0_icmp_echo_requests=$(($(icmp_in_echos) - echos0))\n".to_owned()),
+                ..base(self.name(), net_cmdline())
+            },
             XenScenario::OursNet => DomainSpec {
                 ours: ours(false, vec![format!("0:{GUEST_MAC}")]),
                 ..base(self.name(), net_cmdline())
@@ -425,6 +447,7 @@ impl XenScenario {
                     vifs: vec![format!("0:{GUEST_MAC}")],
                     after_ready: Some(hostile_vbd_script()),
                     hotplug: false,
+                    tap: false,
                     console: None,
                 }),
                 ..base(self.name(), net_cmdline())
@@ -514,7 +537,8 @@ impl XenScenario {
             XenScenario::Net
             | XenScenario::OursNet
             | XenScenario::OursBadInput
-            | XenScenario::OursHostileRing => {
+            | XenScenario::OursHostileRing
+            | XenScenario::OursNetTap => {
                 if self == XenScenario::OursHostileRing {
                     check_guest(r, &[HOSTILE_TEST, NET_TEST], &mut problems);
                     check_hostile_ring(r, &mut problems);
@@ -536,8 +560,11 @@ impl XenScenario {
                         }
                     }
                 }
+                if self == XenScenario::OursNetTap && r.checks.get("tap") != Some("up") {
+                    problems.push("dom0 could not bring the tap interface up".to_owned());
+                }
                 match r.checks.get_u64("dom0_icmp_echo_requests") {
-                    _ if self != XenScenario::Net => {}
+                    _ if self != XenScenario::Net && self != XenScenario::OursNetTap => {}
                     Some(n) if n >= NET_PINGS => {}
                     other => problems.push(format!(
                         "dom0's kernel counted {other:?} ICMP echo requests, the guest sends {NET_PINGS}"
@@ -724,6 +751,9 @@ fn backend_args(ours: &OurDevices, slot: Option<&DiskSlot>, bad_input: bool) -> 
     for v in &ours.vifs {
         let _ = write!(a, " --vif {v}");
     }
+    if ours.tap {
+        let _ = write!(a, " --tap {TAP_NAME} --no-echo-peer");
+    }
     if bad_input {
         let _ = write!(a, " --vbd {HOSTILE_VBD}:{HOSTILE_IMAGE}");
     }
@@ -791,6 +821,9 @@ pub fn backend_post(spec: &DomainSpec) -> Option<String> {
     }
     Some(post)
 }
+
+/// The tap interface of the tap scenario in dom0.
+pub const TAP_NAME: &str = "pvtap0";
 
 /// The guest test that turns its vbd's frontend hostile.
 const HOSTILE_TEST: &str = "blk-hostile@xen-blk";
