@@ -138,11 +138,12 @@ impl TapPort {
 
 impl PortSink for TapPort {
     fn deliver(&self, frame: &[u8]) {
+        // A tap takes a frame whole or not at all.
         match (&self.file).write(frame) {
-            Ok(_) => {
+            Ok(n) if n == frame.len() => {
                 self.stats.to_host.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Ok(_) | Err(_) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
