@@ -159,6 +159,9 @@ pub struct RunArgs {
     /// TCG; serial log in <target>/xtask/logs/xen-run.log).
     #[arg(long, value_enum, default_value = "qemu")]
     pub hypervisor: xen::Hypervisor,
+    /// Under `--hypervisor xen`: which backends serve the domU's disk and vif.
+    #[arg(long, value_enum, default_value = "linux")]
+    pub xen_backends: xen::XenBackends,
     /// Do not try to install QEMU.
     #[arg(long)]
     pub no_provision: bool,

@@ -418,6 +418,15 @@ fn show_line(line: &str, quiet: bool) {
     }
 }
 
+/// Which backends serve a domU's devices under `cargo xtask run --hypervisor xen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XenBackends {
+    /// Linux's kernel blkback and netback in dom0.
+    Linux,
+    /// pvkit's userspace blkback and netback (`pvkit-xen-backend`) in dom0.
+    Pvkit,
+}
+
 /// Where `cargo xtask run` runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hypervisor {
@@ -450,11 +459,17 @@ pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
         Some(k) => k.clone(),
         None => workspace::build_guest()?,
     };
-    let spec = scenario::run_spec(words.join(" "), Duration::from_secs_f64(args.timeout));
+    let ours = args.xen_backends == XenBackends::Pvkit;
+    let spec = scenario::run_spec(words.join(" "), Duration::from_secs_f64(args.timeout), ours);
     eprintln!(
-        "xen: domU command line {:?}, a 16 MiB disk (xvda) and a vif with dom0's echo peer \
+        "xen: domU command line {:?}, a 16 MiB disk (xvda) and a vif, served by {} \
          (--devices does not apply: a PV domU has no PCI)",
-        spec.cmdline
+        spec.cmdline,
+        if ours {
+            "pvkit-xen-backend (the switch's echo peer answers)"
+        } else {
+            "Linux's blkback and netback (dom0's echo peer answers)"
+        }
     );
     let log = workspace::log_dir().join("xen-run.log");
     let quiet = args.quiet;

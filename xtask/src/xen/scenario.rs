@@ -1143,8 +1143,22 @@ pub fn run_default_cmdline() -> String {
 }
 
 /// The domU of `cargo xtask run --hypervisor xen`: our guest with `cmdline`, a host disk as xvda
-/// and a vif with dom0's echo peer, so the device workloads have their devices.
-pub fn run_spec(cmdline: String, timeout: Duration) -> DomainSpec {
+/// and a vif, so the device workloads have their devices: served by Linux's kernel backends (vif
+/// with dom0's echo peer), or with `ours` by `pvkit-xen-backend` (the switch's echo peer).
+pub fn run_spec(cmdline: String, timeout: Duration, ours: bool) -> DomainSpec {
+    if ours {
+        return DomainSpec {
+            vifs: Vec::new(),
+            running: None,
+            post: None,
+            ours: Some(OurDevices {
+                disk: true,
+                vifs: vec![format!("0:{GUEST_MAC}")],
+                ..Default::default()
+            }),
+            ..run_spec(cmdline, timeout, false)
+        };
+    }
     DomainSpec {
         name: "run".to_owned(),
         kernel: Kernel::Pvkit,
