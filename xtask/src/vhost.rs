@@ -977,6 +977,81 @@ pub(crate) fn phases(t: &Transcript) -> Result<Vec<Phase>> {
         .collect()
 }
 
+/// Adds one run's phases to the totals of earlier rounds (ops and times summed per phase).
+pub(crate) fn accumulate(total: &mut Vec<Phase>, run: Vec<Phase>, who: &str) -> Result<()> {
+    if total.is_empty() {
+        *total = run;
+        return Ok(());
+    }
+    if run.len() != total.len() {
+        bail!(
+            "{who}: {} phases, an earlier round had {}",
+            run.len(),
+            total.len()
+        );
+    }
+    for (t, x) in total.iter_mut().zip(run) {
+        t.ops += x.ops;
+        t.guest_us += x.guest_us;
+        t.notifies += x.notifies;
+        t.irqs += x.irqs;
+    }
+    Ok(())
+}
+
+/// The side-by-side table of a block comparison: ops/s of the baseline `a` and of ours `b` per
+/// phase with the ratio b/a, both sides' per-op cost lines, and the geometric mean of the ratios
+/// against `target`. `names` are (short column name, long name for cost lines) of a and b.
+pub(crate) fn comparison_table(
+    names: [(&str, &str); 2],
+    a: &[Phase],
+    b: &[Phase],
+    target: f64,
+) -> Result<String> {
+    if a.len() != b.len()
+        || a.iter()
+            .zip(b)
+            .any(|(x, y)| x.pattern != y.pattern || x.qd != y.qd)
+    {
+        bail!("the two sides ran different phases: {a:?} vs {b:?}");
+    }
+    let mut out = format!(
+        "{:<12} {:>3} {:>14} {:>14} {:>7}\n",
+        "pattern",
+        "qd",
+        format!("{} ops/s", names[0].0),
+        format!("{} ops/s", names[1].0),
+        "ratio"
+    );
+    let mut ratios = Vec::new();
+    for (x, y) in a.iter().zip(b) {
+        let ratio = y.ops_per_s() / x.ops_per_s().max(1e-9);
+        ratios.push(ratio);
+        out.push_str(&format!(
+            "{:<12} {:>3} {:>14.0} {:>14.0} {:>6.2}x\n",
+            x.pattern,
+            x.qd,
+            x.ops_per_s(),
+            y.ops_per_s(),
+            ratio
+        ));
+    }
+    for (x, y) in a.iter().zip(b) {
+        out.push_str(&format!(
+            "{}\n{}\n",
+            x.cost_line(names[0].1),
+            y.cost_line(names[1].1)
+        ));
+    }
+    let geo = ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64;
+    out.push_str(&format!(
+        "geometric mean ratio {:.2}x (target >= {target:.2}x); lowest {:.2}x\n",
+        geo.exp(),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min)
+    ));
+    Ok(out)
+}
+
 /// `cargo xtask bench` block comparison: our vhost-user-blk against QEMU's built-in virtio-blk
 /// (`cache=writeback`, its default), both on the same image and the same guest memory setup, driven by
 /// the guest's `blk-throughput@virtio-blk` (4 KiB random reads/writes at qd 1 and 32, 64 KiB
@@ -1023,66 +1098,19 @@ pub fn bench_blk(rounds: usize, ms: u64, workers: usize) -> Result<i32> {
             eprintln!("bench: round {}/{rounds}: {name}", round + 1);
             let r = run_qemu(&args, &log, timeout)?;
             guest_passed(&r, test).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            let p = phases(&r.transcript)?;
-            if totals[i].is_empty() {
-                totals[i] = p;
-            } else {
-                if p.len() != totals[i].len() {
-                    bail!(
-                        "{name}: {} phases, an earlier round had {}",
-                        p.len(),
-                        totals[i].len()
-                    );
-                }
-                for (t, x) in totals[i].iter_mut().zip(p) {
-                    t.ops += x.ops;
-                    t.guest_us += x.guest_us;
-                    t.notifies += x.notifies;
-                    t.irqs += x.irqs;
-                }
-            }
+            accumulate(&mut totals[i], phases(&r.transcript)?, name)?;
         }
     }
     daemon.stop()?;
-    let [qemu, ours] = &totals;
-    if qemu.len() != ours.len()
-        || qemu
-            .iter()
-            .zip(ours)
-            .any(|(a, b)| a.pattern != b.pattern || a.qd != b.qd)
-    {
-        bail!("the two devices ran different phases: {qemu:?} vs {ours:?}");
-    }
-    let mut out = String::new();
-    out.push_str(&format!(
+    let mut out = format!(
         "vhost-user-blk vs QEMU virtio-blk: guest blk-throughput, {ms} ms per phase, {rounds} round(s) each, workers={workers}\n"
-    ));
-    out.push_str(&format!(
-        "{:<12} {:>3} {:>14} {:>14} {:>7}\n",
-        "pattern", "qd", "qemu ops/s", "vhost ops/s", "ratio"
-    ));
-    let mut ratios = Vec::new();
-    for (a, b) in qemu.iter().zip(ours) {
-        let ratio = b.ops_per_s() / a.ops_per_s().max(1e-9);
-        ratios.push(ratio);
-        out.push_str(&format!(
-            "{:<12} {:>3} {:>14.0} {:>14.0} {:>6.2}x\n",
-            a.pattern,
-            a.qd,
-            a.ops_per_s(),
-            b.ops_per_s(),
-            ratio
-        ));
-    }
-    for (a, b) in qemu.iter().zip(ours) {
-        out.push_str(&format!("{}\n{}\n", a.cost_line(names[0]), b.cost_line(names[1])));
-    }
-    let geo = ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64;
-    out.push_str(&format!(
-        "geometric mean ratio {:.2}x (target >= 1.00x); lowest {:.2}x\n",
-        geo.exp(),
-        ratios.iter().copied().fold(f64::INFINITY, f64::min)
-    ));
+    );
+    out.push_str(&comparison_table(
+        [("qemu", names[0]), ("vhost", names[1])],
+        &totals[0],
+        &totals[1],
+        1.0,
+    )?);
     print!("{out}");
     OpenOptions::new()
         .append(true)
@@ -1090,4 +1118,49 @@ pub fn bench_blk(rounds: usize, ms: u64, workers: usize) -> Result<i32> {
         .write_all(out.as_bytes())?;
     eprintln!("bench: log {}", log.display());
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(pattern: &str, qd: u64, ops: u64, guest_us: u64) -> Phase {
+        Phase {
+            pattern: pattern.into(),
+            qd,
+            ops,
+            guest_us,
+            notifies: ops,
+            irqs: ops / 2,
+        }
+    }
+
+    #[test]
+    fn comparison_sums_rounds_and_reports_ratios_and_their_geometric_mean() {
+        let mut a = Vec::new();
+        accumulate(&mut a, vec![phase("randread4k", 1, 100, 1_000_000)], "a").unwrap();
+        accumulate(&mut a, vec![phase("randread4k", 1, 100, 1_000_000)], "a").unwrap();
+        assert_eq!((a[0].ops, a[0].guest_us), (200, 2_000_000));
+        assert!(
+            accumulate(&mut a, Vec::new(), "a").is_err(),
+            "a round with other phases"
+        );
+        let a = vec![
+            phase("randread4k", 1, 100, 1_000_000),
+            phase("seqread64k", 1, 100, 1_000_000),
+        ];
+        let b = vec![
+            phase("randread4k", 1, 400, 1_000_000),
+            phase("seqread64k", 1, 25, 1_000_000),
+        ];
+        let t = comparison_table([("x", "x dev"), ("y", "y dev")], &a, &b, 1.0).unwrap();
+        assert!(t.contains("4.00x") && t.contains("0.25x"), "{t}");
+        assert!(
+            t.contains("geometric mean ratio 1.00x (target >= 1.00x); lowest 0.25x"),
+            "{t}"
+        );
+        assert!(t.contains("cost y dev"), "{t}");
+        let other = vec![phase("randwrite4k", 1, 1, 1), phase("seqread64k", 1, 1, 1)];
+        assert!(comparison_table([("x", "x"), ("y", "y")], &a, &other, 1.0).is_err());
+    }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use super::report::ScenarioReport;
 use super::scenario::{self, Bundle, DomainSpec, HostDisk, Kernel, OurDevices};
 use super::{cache_dir, run_harness, show_line};
-use crate::vhost::{Phase, phases};
+use crate::vhost::{Phase, accumulate, comparison_table, phases};
 use crate::workspace;
 
 const TEST: &str = "blk-throughput@xen-blk";
@@ -52,23 +52,6 @@ fn domain_phases(r: &ScenarioReport) -> Result<Vec<Phase>> {
     phases(&r.transcript)
 }
 
-fn add(total: &mut Vec<Phase>, p: Vec<Phase>, who: &str) -> Result<()> {
-    if total.is_empty() {
-        *total = p;
-        return Ok(());
-    }
-    if p.len() != total.len() {
-        bail!("{who}: {} phases, an earlier round had {}", p.len(), total.len());
-    }
-    for (t, x) in total.iter_mut().zip(p) {
-        t.ops += x.ops;
-        t.guest_us += x.guest_us;
-        t.notifies += x.notifies;
-        t.irqs += x.irqs;
-    }
-    Ok(())
-}
-
 /// Runs the comparison; prints the table; returns the exit status.
 pub fn bench_blk(rounds: usize, ms: u64) -> Result<i32> {
     let names = ["linux blkback", "pvkit blkback"];
@@ -100,7 +83,7 @@ pub fn bench_blk(rounds: usize, ms: u64) -> Result<i32> {
             .scenario(&s.name)
             .with_context(|| format!("no report of {} in {}", s.name, log.display()))?;
         let i = usize::from(s.ours.is_some());
-        add(&mut totals[i], domain_phases(r)?, &s.name)?;
+        accumulate(&mut totals[i], domain_phases(r)?, &s.name)?;
         if s.ours.is_some() {
             daemon.extend(r.notes.iter().filter(|n| n.contains("disconnected:")).map(|n| {
                 format!(
@@ -111,46 +94,20 @@ pub fn bench_blk(rounds: usize, ms: u64) -> Result<i32> {
             }));
         }
     }
-    let [linux, ours] = &totals;
-    if linux.len() != ours.len()
-        || linux
-            .iter()
-            .zip(ours)
-            .any(|(a, b)| a.pattern != b.pattern || a.qd != b.qd)
-    {
-        bail!("the two backends ran different phases: {linux:?} vs {ours:?}");
-    }
     let mut out = format!(
         "pvkit blkback (dom0 userspace) vs Linux blkback (dom0 kernel), same Xen boot: guest {TEST}, \
-         {ms} ms per phase, {rounds} round(s) each\n{:<12} {:>3} {:>14} {:>14} {:>7}\n",
-        "pattern", "qd", "linux ops/s", "pvkit ops/s", "ratio"
+         {ms} ms per phase, {rounds} round(s) each\n"
     );
-    let mut ratios = Vec::new();
-    for (a, b) in linux.iter().zip(ours) {
-        let ratio = b.ops_per_s() / a.ops_per_s().max(1e-9);
-        ratios.push(ratio);
-        out.push_str(&format!(
-            "{:<12} {:>3} {:>14.0} {:>14.0} {:>6.2}x\n",
-            a.pattern,
-            a.qd,
-            a.ops_per_s(),
-            b.ops_per_s(),
-            ratio
-        ));
-    }
-    for (a, b) in linux.iter().zip(ours) {
-        out.push_str(&format!("{}\n{}\n", a.cost_line(names[0]), b.cost_line(names[1])));
-    }
+    out.push_str(&comparison_table(
+        [("linux", names[0]), ("pvkit", names[1])],
+        &totals[0],
+        &totals[1],
+        0.8,
+    )?);
     for d in &daemon {
         out.push_str(&format!("pvkit blkback counts, {d}\n"));
     }
-    let geo = ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len().max(1) as f64;
-    out.push_str(&format!(
-        "geometric mean ratio {:.2}x (target >= 0.80x); lowest {:.2}x\n\
-         (kicks/op: event channel notifications the guest sent; irqs/op: upcalls it took)\n",
-        geo.exp(),
-        ratios.iter().copied().fold(f64::INFINITY, f64::min)
-    ));
+    out.push_str("(kicks/op: event channel notifications the guest sent; irqs/op: upcalls it took)\n");
     print!("{out}");
     std::fs::OpenOptions::new()
         .append(true)
