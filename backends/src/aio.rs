@@ -245,28 +245,12 @@ impl AioQueue {
                 .into_iter()
                 .map(|(token, e)| (token, self.finish(token, Err(e)))),
         );
-        while self.in_flight > 0 {
-            let mut events = vec![IoEvent::default(); self.in_flight];
-            let mut zero = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `events` has room for `in_flight` entries; a zero timeout never blocks.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    self.ctx,
-                    0 as libc::c_long,
-                    events.len() as libc::c_long,
-                    events.as_mut_ptr(),
-                    &mut zero,
-                )
-            };
-            if n <= 0 {
+        loop {
+            let events = self.get_events(false);
+            if events.is_empty() {
                 break;
             }
-            self.in_flight -= n as usize;
-            for ev in &events[..n as usize] {
+            for ev in events {
                 let token = ev.data as usize;
                 let r = if ev.res < 0 {
                     Err(io::Error::from_raw_os_error((-ev.res) as i32))
@@ -277,6 +261,41 @@ impl AioQueue {
             }
         }
         out
+    }
+
+    /// Completion events of requests in flight: those already there, or (`wait`) at least one,
+    /// blocking. Empty when nothing is in flight (or on an error other than an interrupted wait).
+    fn get_events(&mut self, wait: bool) -> Vec<IoEvent> {
+        if self.in_flight == 0 {
+            return Vec::new();
+        }
+        let mut events = vec![IoEvent::default(); self.in_flight];
+        let mut zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let timeout: *mut libc::timespec = if wait { std::ptr::null_mut() } else { &mut zero };
+        loop {
+            // SAFETY: `events` has room for `in_flight` entries, the count given; the timeout is a
+            // valid timespec or null (block).
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_io_getevents,
+                    self.ctx,
+                    libc::c_long::from(wait),
+                    events.len() as libc::c_long,
+                    events.as_mut_ptr(),
+                    timeout,
+                )
+            };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            let n = n.max(0) as usize;
+            self.in_flight -= n;
+            events.truncate(n);
+            return events;
+        }
     }
 
     /// The outcome of `token`: a short transfer is an error too (the core checked the range).
@@ -300,25 +319,9 @@ impl AioQueue {
 
 impl Drop for AioQueue {
     fn drop(&mut self) {
-        // Wait for what is in flight, so that no buffer is written after its owner let it go.
-        while self.in_flight > 0 {
-            let mut events = vec![IoEvent::default(); self.in_flight];
-            // SAFETY: as in `reap`, with no timeout (blocks until at least one completes).
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_io_getevents,
-                    self.ctx,
-                    1 as libc::c_long,
-                    events.len() as libc::c_long,
-                    events.as_mut_ptr(),
-                    std::ptr::null_mut::<libc::timespec>(),
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            self.in_flight -= n as usize;
-        }
+        // Wait for what is in flight, so that no buffer is written after its owner let it go
+        // (`io_destroy` would wait too).
+        while !self.get_events(true).is_empty() {}
         // SAFETY: the context is ours and destroyed once.
         unsafe { libc::syscall(libc::SYS_io_destroy, self.ctx) };
     }

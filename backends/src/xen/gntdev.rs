@@ -174,47 +174,52 @@ impl GntDev {
         dst: &mut [u8],
     ) -> Result<(), GrantError> {
         check_pieces(pieces, dst.len())?;
-        let base = dst.as_mut_ptr();
-        let mut at = 0usize;
-        let mut segs: Vec<GntdevGrantCopySegment> = pieces
-            .iter()
-            .map(|p| {
-                let s = GntdevGrantCopySegment {
-                    source: foreign(domid, p),
-                    dest: GntdevCopyPtr {
-                        virt: base.wrapping_add(at).cast(),
-                    },
-                    len: p.len,
-                    flags: GNTCOPY_SOURCE_GREF,
-                    status: 0,
-                };
-                at += usize::from(p.len);
-                s
-            })
-            .collect();
-        self.run_copy(domid, pieces, &mut segs)
+        // SAFETY: `dst` is exclusively borrowed for the call and as long as the pieces (checked).
+        unsafe { self.copy(domid, pieces, dst.as_mut_ptr(), false) }
     }
 
     /// Copies `src` into the granted `pieces` of `domid`, in order (`src` must be exactly as long as
     /// the pieces together).
     pub fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
         check_pieces(pieces, src.len())?;
-        let base = src.as_ptr();
+        // SAFETY: `src` is borrowed for the call and as long as the pieces (checked); copying to the
+        // guest only reads it.
+        unsafe { self.copy(domid, pieces, src.as_ptr().cast_mut(), true) }
+    }
+
+    /// One grant copy of `pieces` to (`to_guest`) or from the local bytes at `local`, laid out one
+    /// after the other.
+    ///
+    /// # Safety
+    ///
+    /// `local` must be valid for the pieces' total length: readable, and writable unless `to_guest`.
+    unsafe fn copy(
+        &self,
+        domid: DomId,
+        pieces: &[GrantPiece],
+        local: *mut u8,
+        to_guest: bool,
+    ) -> Result<(), GrantError> {
         let mut at = 0usize;
         let mut segs: Vec<GntdevGrantCopySegment> = pieces
             .iter()
             .map(|p| {
-                let s = GntdevGrantCopySegment {
-                    source: GntdevCopyPtr {
-                        virt: base.wrapping_add(at).cast_mut().cast(),
-                    },
-                    dest: foreign(domid, p),
-                    len: p.len,
-                    flags: GNTCOPY_DEST_GREF,
-                    status: 0,
+                let here = GntdevCopyPtr {
+                    virt: local.wrapping_add(at).cast(),
                 };
                 at += usize::from(p.len);
-                s
+                let (source, dest, flags) = if to_guest {
+                    (here, foreign(domid, p), GNTCOPY_DEST_GREF)
+                } else {
+                    (foreign(domid, p), here, GNTCOPY_SOURCE_GREF)
+                };
+                GntdevGrantCopySegment {
+                    source,
+                    dest,
+                    len: p.len,
+                    flags,
+                    status: 0,
+                }
             })
             .collect();
         self.run_copy(domid, pieces, &mut segs)
