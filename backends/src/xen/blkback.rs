@@ -7,10 +7,11 @@
 //!
 //! Every request is copied out of the ring once and validated before anything happens (segment
 //! counts, sector ranges within a page, the indirect pages' contents, which are copied in too). Data
-//! moves with grant copies between the frontend's pages and one buffer per device; a request that is
-//! invalid or whose grants Xen refuses gets `BLKIF_RSP_ERROR` (unknown operations
-//! `BLKIF_RSP_EOPNOTSUPP`) and the ring goes on. A frontend that moves the ring's indices
-//! impossibly halts this device only.
+//! moves with grant copies between the frontend's pages and the request's slot in an `mmap`'d
+//! arena; reads and writes of one ring pass go to the image together through Linux AIO
+//! ([`crate::aio`]), flushes and discards run in place. A request that is invalid or whose grants Xen
+//! refuses gets `BLKIF_RSP_ERROR` (unknown operations `BLKIF_RSP_EOPNOTSUPP`) and the ring goes on. A
+//! frontend that moves the ring's indices impossibly halts this device only.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
