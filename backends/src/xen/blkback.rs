@@ -27,7 +27,7 @@ use ring_protocol::ring::BackRing;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantMapping, GrantPiece, PAGE_SIZE};
+use super::gntdev::{GntDev, GrantCopy, GrantMapping, GrantPiece, PAGE_SIZE};
 use super::xenbus::{Backend, DeviceId, Frontend, Rings};
 use crate::aio::{AioQueue, Transfer};
 use crate::block::{BlockCore, Data, Op, Request};
@@ -122,7 +122,6 @@ impl Backend for BlkBackend {
             .map_err(|e| format!("ring of {} bytes unusable: {e}", map.len()))?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
-        let ring_size = ring.size() as usize;
         tracing::info!(
             device = %id,
             ring_pages = refs.len(),
@@ -131,19 +130,11 @@ impl Backend for BlkBackend {
             local_port = channel.local_port(),
             "ring mapped"
         );
+        let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
         Ok(Box::new(BlkRings {
-            ring,
+            inner: BlkRing::new(ring, id.domid, id.to_string(), self.core.clone(), gnt)?,
             _map: map,
             channel,
-            domid: id.domid,
-            name: id.to_string(),
-            core: self.core.clone(),
-            gnt: self.gnt.clone(),
-            aio: AioQueue::new(self.core.clone(), ring_size).map_err(|e| format!("AIO context: {e}"))?,
-            slots: (0..ring_size).map(|_| None).collect(),
-            free: (0..ring_size).rev().collect(),
-            arena: Pages::new(ring_size * SLOT_BYTES).map_err(|e| format!("buffer arena: {e}"))?,
-            counts: Counts::default(),
         }))
     }
 }
@@ -175,15 +166,22 @@ struct Counts {
     notifies: u64,
 }
 
-/// A connected vbd's ring.
+/// A connected vbd: the protocol engine, its ring's mapping and its event channel.
 struct BlkRings {
-    ring: BackRing<BlkifRequest, BlkifResponse>,
+    /// Declared before `_map`: the ring is dropped before its memory is unmapped.
+    inner: BlkRing,
     _map: GrantMapping,
     channel: EventChannel,
+}
+
+/// The blkif protocol engine of one ring, independent of how the ring memory and the frontend's
+/// pages are reached (host tests drive it on local memory).
+struct BlkRing {
+    ring: BackRing<BlkifRequest, BlkifResponse>,
     domid: DomId,
     name: String,
     core: Arc<BlockCore>,
-    gnt: Arc<GntDev>,
+    gnt: Arc<dyn GrantCopy>,
     /// Reads and writes in flight. Declared before `slots`, so dropping the rings first waits for
     /// them and only then frees their buffers.
     aio: AioQueue,
@@ -300,10 +298,45 @@ impl Rings for BlkRings {
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
-        Some(self.aio.completion_fd())
+        Some(self.inner.aio.completion_fd())
     }
 
     fn process(&mut self) -> Result<(), String> {
+        let channel = &self.channel;
+        self.inner
+            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
+    }
+
+    fn summary(&self) -> String {
+        self.inner.summary(self.channel.events())
+    }
+}
+
+impl BlkRing {
+    fn new(
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+        domid: DomId,
+        name: String,
+        core: Arc<BlockCore>,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<Self, String> {
+        let ring_size = ring.size() as usize;
+        Ok(BlkRing {
+            ring,
+            domid,
+            name,
+            aio: AioQueue::new(core.clone(), ring_size).map_err(|e| format!("AIO context: {e}"))?,
+            core,
+            gnt,
+            slots: (0..ring_size).map(|_| None).collect(),
+            free: (0..ring_size).rev().collect(),
+            arena: Pages::new(ring_size * SLOT_BYTES).map_err(|e| format!("buffer arena: {e}"))?,
+            counts: Counts::default(),
+        })
+    }
+
+    /// Serves everything the ring and the AIO queue hold; `notify` tells the frontend.
+    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
         let halted = |e| format!("ring halted: {e}");
         loop {
             for (token, r) in self.aio.reap() {
@@ -321,7 +354,7 @@ impl Rings for BlkRings {
                 continue;
             }
             if self.ring.push_responses_and_check_notify().map_err(halted)? {
-                self.channel.notify().map_err(|e| format!("notify: {e}"))?;
+                notify()?;
                 self.counts.notifies += 1;
             }
             if !self.ring.final_check_for_requests().map_err(halted)? {
@@ -330,7 +363,7 @@ impl Rings for BlkRings {
         }
     }
 
-    fn summary(&self) -> String {
+    fn summary(&self, events: u64) -> String {
         let c = &self.counts;
         format!(
             "requests={} reads={} writes={} flushes={} discards={} indirect={} bytes={} failed={} \
@@ -343,13 +376,10 @@ impl Rings for BlkRings {
             c.indirect,
             c.bytes,
             c.failed,
-            self.channel.events(),
+            events,
             c.notifies
         )
     }
-}
-
-impl BlkRings {
     /// Serves one request: `None` if it was queued (its response comes from `complete`).
     fn handle(&mut self, req: &BlkifRequest) -> Option<BlkifResponse> {
         self.counts.requests += 1;
@@ -580,6 +610,326 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use ring_protocol::abi::grant_table::{GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF};
+    use ring_protocol::ring::{FrontRing, SharedPages};
+
+    use crate::block::BlockOptions;
+    use crate::xen::gntdev::{GrantError, check_pieces};
+
+    const DOMID: DomId = 7;
+
+    /// A frontend's granted pages, in local memory.
+    #[derive(Default)]
+    struct FakeGrants {
+        pages: Mutex<HashMap<u32, Vec<u8>>>,
+    }
+
+    impl FakeGrants {
+        fn page(&self, gref: u32) -> Vec<u8> {
+            self.pages.lock().unwrap()[&gref].clone()
+        }
+
+        fn grant(&self, gref: u32, fill: u8) {
+            self.pages.lock().unwrap().insert(gref, vec![fill; PAGE_SIZE]);
+        }
+
+        fn each(
+            &self,
+            domid: DomId,
+            pieces: &[GrantPiece],
+            len: usize,
+            mut f: impl FnMut(&mut Vec<u8>, &GrantPiece, usize),
+        ) -> Result<(), GrantError> {
+            check_pieces(pieces, len)?;
+            let mut pages = self.pages.lock().unwrap();
+            let mut at = 0;
+            for p in pieces {
+                let status = if domid != DOMID {
+                    GNTST_BAD_DOMAIN
+                } else {
+                    GNTST_BAD_GNTREF
+                };
+                let page = pages.get_mut(&p.gref).ok_or(GrantError::Status {
+                    domid,
+                    gref: p.gref,
+                    status,
+                })?;
+                f(page, p, at);
+                at += usize::from(p.len);
+            }
+            Ok(())
+        }
+    }
+
+    impl GrantCopy for FakeGrants {
+        fn copy_from_guest(
+            &self,
+            domid: DomId,
+            pieces: &[GrantPiece],
+            dst: &mut [u8],
+        ) -> Result<(), GrantError> {
+            let n = dst.len();
+            self.each(domid, pieces, n, |page, p, at| {
+                let (o, l) = (usize::from(p.offset), usize::from(p.len));
+                dst[at..at + l].copy_from_slice(&page[o..o + l]);
+            })
+        }
+
+        fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
+            self.each(domid, pieces, src.len(), |page, p, at| {
+                let (o, l) = (usize::from(p.offset), usize::from(p.len));
+                page[o..o + l].copy_from_slice(&src[at..at + l]);
+            })
+        }
+    }
+
+    /// Our frontend ring and the backend engine on one local ring page, a 1 MiB image.
+    struct Rig {
+        front: FrontRing<BlkifRequest, BlkifResponse>,
+        back: BlkRing,
+        grants: Arc<FakeGrants>,
+        core: Arc<BlockCore>,
+        _img: tempfile::NamedTempFile,
+        _mem: SharedPages,
+    }
+
+    fn rig() -> Rig {
+        let mem = SharedPages::new(PAGE_SIZE);
+        // SAFETY: `mem` outlives both rings (same struct, dropped after them); they access it
+        // only atomically.
+        let front = unsafe { FrontRing::init(mem.as_ptr(), mem.len()) }.unwrap();
+        // SAFETY: as above.
+        let ring = unsafe { BackRing::new(mem.as_ptr(), mem.len()) }.unwrap();
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(2048 * 512).unwrap();
+        let core = Arc::new(BlockCore::open(img.path(), BlockOptions::default()).unwrap());
+        let grants = Arc::new(FakeGrants::default());
+        let gnt: Arc<dyn GrantCopy> = grants.clone();
+        let back = BlkRing::new(ring, DOMID, "vbd test".into(), core.clone(), gnt).unwrap();
+        Rig {
+            front,
+            back,
+            grants,
+            core,
+            _img: img,
+            _mem: mem,
+        }
+    }
+
+    impl Rig {
+        /// Pushes `reqs`, serves them, and collects their responses (AIO completions included).
+        fn run(&mut self, reqs: &[BlkifRequest]) -> Vec<BlkifResponse> {
+            for r in reqs {
+                self.front.write_request(r).unwrap();
+            }
+            self.front.push_requests().unwrap();
+            let mut out = Vec::new();
+            for _ in 0..2000 {
+                self.back.process(&mut || Ok(())).unwrap();
+                while let Some(r) = self.front.read_response().unwrap() {
+                    out.push(r);
+                }
+                if out.len() >= reqs.len() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert_eq!(out.len(), reqs.len(), "responses");
+            out.sort_by_key(|r| r.id);
+            out
+        }
+
+        fn image(&self, sector: u64, len: usize) -> Vec<u8> {
+            let mut buf = vec![0u8; len];
+            let mut req = Request {
+                op: Op::Read,
+                sector,
+                data: Data::Owned(std::mem::take(&mut buf)),
+            };
+            self.core.execute(&mut req).unwrap();
+            match req.data {
+                Data::Owned(v) => v,
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    fn rw(id: u64, op: u8, sector: u64, segs: &[BlkifRequestSegment]) -> BlkifRequest {
+        let mut r = BlkifRequest {
+            operation: op,
+            nr_segments: segs.len() as u8,
+            id,
+            sector_number: sector,
+            ..Default::default()
+        };
+        r.seg[..segs.len()].copy_from_slice(segs);
+        r
+    }
+
+    #[test]
+    fn writes_reach_the_image_and_reads_come_back_through_the_grants() {
+        let mut rig = rig();
+        rig.grants.grant(10, 0xa1);
+        rig.grants.grant(11, 0xb2);
+        rig.grants.grant(12, 0);
+        // Write a whole page and sectors 2..=3 of another, then read both extents back into page 12.
+        let rsp = rig.run(&[
+            rw(1, BLKIF_OP_WRITE, 8, &[seg(10, 0, 7)]),
+            rw(2, BLKIF_OP_WRITE, 100, &[seg(11, 2, 3)]),
+        ]);
+        assert!(rsp.iter().all(|r| r.status == BLKIF_RSP_OKAY), "{rsp:?}");
+        assert_eq!(rig.image(8, 4096), vec![0xa1; 4096]);
+        assert_eq!(rig.image(100, 1024), vec![0xb2; 1024]);
+        let rsp = rig.run(&[rw(3, BLKIF_OP_READ, 100, &[seg(12, 4, 5)])]);
+        assert_eq!(
+            (rsp[0].id, rsp[0].status, rsp[0].operation),
+            (3, BLKIF_RSP_OKAY, BLKIF_OP_READ)
+        );
+        let page = rig.grants.page(12);
+        assert_eq!(&page[2048..3072], &[0xb2; 1024][..]);
+        assert!(
+            page[..2048].iter().chain(&page[3072..]).all(|&b| b == 0),
+            "only the segment"
+        );
+        assert!(rig.back.counts.reads == 1 && rig.back.counts.writes == 2 && rig.back.counts.failed == 0);
+    }
+
+    #[test]
+    fn indirect_flush_and_discard() {
+        let mut rig = rig();
+        // 20 data pages granted as 100..120, the segment list in page 99.
+        for g in 100..120u32 {
+            rig.grants.grant(g, g as u8);
+        }
+        let segs: Vec<BlkifRequestSegment> = (100..120).map(|g| seg(g, 0, 7)).collect();
+        rig.grants.grant(99, 0);
+        rig.grants
+            .copy_to_guest(
+                DOMID,
+                &[GrantPiece {
+                    gref: 99,
+                    offset: 0,
+                    len: 160,
+                }],
+                segs.as_bytes(),
+            )
+            .unwrap();
+        let mut ind = BlkifRequestIndirect {
+            operation: BLKIF_OP_INDIRECT,
+            indirect_op: BLKIF_OP_WRITE,
+            nr_segments: 20,
+            id: 5,
+            sector_number: 16,
+            ..Default::default()
+        };
+        ind.indirect_grefs[0] = 99;
+        let mut slot = BlkifRequest::default();
+        slot.as_mut_bytes()[..size_of::<BlkifRequestIndirect>()].copy_from_slice(ind.as_bytes());
+        let flush = BlkifRequest {
+            operation: BLKIF_OP_FLUSH_DISKCACHE,
+            id: 6,
+            ..Default::default()
+        };
+        let rsp = rig.run(&[slot, flush]);
+        assert!(rsp.iter().all(|r| r.status == BLKIF_RSP_OKAY), "{rsp:?}");
+        assert_eq!(
+            rsp[0].operation, BLKIF_OP_WRITE,
+            "indirect answers with the real operation"
+        );
+        let img = rig.image(16, 20 * 4096);
+        for (i, page) in img.chunks(4096).enumerate() {
+            assert!(page.iter().all(|&b| b == 100 + i as u8), "page {i}");
+        }
+        let mut d = BlkifRequestDiscard {
+            operation: BLKIF_OP_DISCARD,
+            id: 7,
+            sector_number: 16,
+            nr_sectors: 8,
+            ..Default::default()
+        };
+        let mut slot = BlkifRequest::default();
+        slot.as_mut_bytes()[..size_of::<BlkifRequestDiscard>()].copy_from_slice(d.as_bytes());
+        assert_eq!(rig.run(&[slot])[0].status, BLKIF_RSP_OKAY);
+        assert_eq!(
+            rig.image(16, 4096),
+            vec![0; 4096],
+            "discarded sectors read as zeros"
+        );
+        d.flag = 1;
+        slot.as_mut_bytes()[..size_of::<BlkifRequestDiscard>()].copy_from_slice(d.as_bytes());
+        assert_eq!(rig.run(&[slot])[0].status, BLKIF_RSP_EOPNOTSUPP, "secure discard");
+    }
+
+    #[test]
+    fn bad_requests_get_errors_and_the_ring_goes_on() {
+        let mut rig = rig();
+        rig.grants.grant(10, 0x5a);
+        let mut zero_segs = rw(1, BLKIF_OP_READ, 0, &[]);
+        zero_segs.nr_segments = 0;
+        let mut twelve = rw(2, BLKIF_OP_READ, 0, &[seg(10, 0, 7)]);
+        twelve.nr_segments = 12;
+        let bad_ind = {
+            let ind = BlkifRequestIndirect {
+                operation: BLKIF_OP_INDIRECT,
+                indirect_op: BLKIF_OP_READ,
+                nr_segments: 257,
+                id: 7,
+                ..Default::default()
+            };
+            let mut slot = BlkifRequest::default();
+            slot.as_mut_bytes()[..size_of::<BlkifRequestIndirect>()].copy_from_slice(ind.as_bytes());
+            slot
+        };
+        let rsp = rig.run(&[
+            zero_segs,
+            twelve,
+            rw(3, BLKIF_OP_WRITE, 0, &[seg(10, 5, 4)]),
+            rw(4, BLKIF_OP_WRITE, 0, &[seg(999, 0, 7)]),
+            rw(5, BLKIF_OP_WRITE, 2047, &[seg(10, 0, 7)]),
+            BlkifRequest {
+                operation: 9,
+                id: 6,
+                ..Default::default()
+            },
+            bad_ind,
+            rw(8, BLKIF_OP_WRITE, 0, &[seg(10, 0, 7)]),
+        ]);
+        let status: Vec<(u64, i16)> = rsp.iter().map(|r| (r.id, r.status)).collect();
+        assert_eq!(
+            status,
+            vec![
+                (1, BLKIF_RSP_ERROR),
+                (2, BLKIF_RSP_ERROR),
+                (3, BLKIF_RSP_ERROR),
+                (4, BLKIF_RSP_ERROR),
+                (5, BLKIF_RSP_ERROR),
+                (6, BLKIF_RSP_EOPNOTSUPP),
+                (7, BLKIF_RSP_ERROR),
+                (8, BLKIF_RSP_OKAY),
+            ]
+        );
+        assert_eq!(
+            rig.image(0, 4096),
+            vec![0x5a; 4096],
+            "the good write after the bad ones"
+        );
+        assert_eq!(rig.back.counts.failed, 7);
+    }
+
+    #[test]
+    fn an_impossible_producer_index_halts_the_ring() {
+        let mut rig = rig();
+        let mem = rig._mem.as_ptr();
+        // SAFETY: req_prod is the ring's first word, accessed atomically by both rings.
+        let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast()) };
+        req_prod.store(rig.front.size() + 5, std::sync::atomic::Ordering::Release);
+        let e = rig.back.process(&mut || Ok(())).unwrap_err();
+        assert!(e.contains("ring halted"), "{e}");
+        assert!(rig.back.process(&mut || Ok(())).is_err(), "stays halted");
+    }
 
     fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
         BlkifRequestSegment {

@@ -69,6 +69,25 @@ pub struct GrantPiece {
     pub len: u16,
 }
 
+/// Copying to and from a frontend's granted pages: what the protocol adapters need of [`GntDev`]
+/// (tests substitute a table of local pages).
+pub trait GrantCopy: Send + Sync {
+    /// Copies the granted `pieces` of `domid`, in order, into `dst` (exactly their total length).
+    fn copy_from_guest(&self, domid: DomId, pieces: &[GrantPiece], dst: &mut [u8]) -> Result<(), GrantError>;
+    /// Copies `src` (exactly the pieces' total length) into the granted `pieces` of `domid`.
+    fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError>;
+}
+
+impl GrantCopy for GntDev {
+    fn copy_from_guest(&self, domid: DomId, pieces: &[GrantPiece], dst: &mut [u8]) -> Result<(), GrantError> {
+        GntDev::copy_from_guest(self, domid, pieces, dst)
+    }
+
+    fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
+        GntDev::copy_to_guest(self, domid, pieces, src)
+    }
+}
+
 /// An open `/dev/xen/gntdev`.
 #[derive(Debug)]
 pub struct GntDev {
@@ -270,7 +289,7 @@ fn foreign(domid: DomId, p: &GrantPiece) -> GntdevCopyPtr {
 }
 
 /// Every piece stays inside its page and the pieces add up to the local buffer.
-fn check_pieces(pieces: &[GrantPiece], buf_len: usize) -> Result<(), GrantError> {
+pub fn check_pieces(pieces: &[GrantPiece], buf_len: usize) -> Result<(), GrantError> {
     let mut total = 0usize;
     for p in pieces {
         if usize::from(p.offset) + usize::from(p.len) > PAGE_SIZE {
