@@ -610,81 +610,12 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    use ring_protocol::abi::grant_table::{GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF};
     use ring_protocol::ring::{FrontRing, SharedPages};
 
     use crate::block::BlockOptions;
-    use crate::xen::gntdev::{GrantError, check_pieces};
+    use crate::xen::gntdev::FakeGrants;
 
     const DOMID: DomId = 7;
-
-    /// A frontend's granted pages, in local memory.
-    #[derive(Default)]
-    struct FakeGrants {
-        pages: Mutex<HashMap<u32, Vec<u8>>>,
-    }
-
-    impl FakeGrants {
-        fn page(&self, gref: u32) -> Vec<u8> {
-            self.pages.lock().unwrap()[&gref].clone()
-        }
-
-        fn grant(&self, gref: u32, fill: u8) {
-            self.pages.lock().unwrap().insert(gref, vec![fill; PAGE_SIZE]);
-        }
-
-        fn each(
-            &self,
-            domid: DomId,
-            pieces: &[GrantPiece],
-            len: usize,
-            mut f: impl FnMut(&mut Vec<u8>, &GrantPiece, usize),
-        ) -> Result<(), GrantError> {
-            check_pieces(pieces, len)?;
-            let mut pages = self.pages.lock().unwrap();
-            let mut at = 0;
-            for p in pieces {
-                let status = if domid != DOMID {
-                    GNTST_BAD_DOMAIN
-                } else {
-                    GNTST_BAD_GNTREF
-                };
-                let page = pages.get_mut(&p.gref).ok_or(GrantError::Status {
-                    domid,
-                    gref: p.gref,
-                    status,
-                })?;
-                f(page, p, at);
-                at += usize::from(p.len);
-            }
-            Ok(())
-        }
-    }
-
-    impl GrantCopy for FakeGrants {
-        fn copy_from_guest(
-            &self,
-            domid: DomId,
-            pieces: &[GrantPiece],
-            dst: &mut [u8],
-        ) -> Result<(), GrantError> {
-            let n = dst.len();
-            self.each(domid, pieces, n, |page, p, at| {
-                let (o, l) = (usize::from(p.offset), usize::from(p.len));
-                dst[at..at + l].copy_from_slice(&page[o..o + l]);
-            })
-        }
-
-        fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
-            self.each(domid, pieces, src.len(), |page, p, at| {
-                let (o, l) = (usize::from(p.offset), usize::from(p.len));
-                page[o..o + l].copy_from_slice(&src[at..at + l]);
-            })
-        }
-    }
 
     /// Our frontend ring and the backend engine on one local ring page, a 1 MiB image.
     struct Rig {
@@ -706,7 +637,7 @@ mod tests {
         let img = tempfile::NamedTempFile::new().unwrap();
         img.as_file().set_len(2048 * 512).unwrap();
         let core = Arc::new(BlockCore::open(img.path(), BlockOptions::default()).unwrap());
-        let grants = Arc::new(FakeGrants::default());
+        let grants = Arc::new(FakeGrants::new(DOMID));
         let gnt: Arc<dyn GrantCopy> = grants.clone();
         let back = BlkRing::new(ring, DOMID, "vbd test".into(), core.clone(), gnt).unwrap();
         Rig {

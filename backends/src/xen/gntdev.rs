@@ -289,7 +289,7 @@ fn foreign(domid: DomId, p: &GrantPiece) -> GntdevCopyPtr {
 }
 
 /// Every piece stays inside its page and the pieces add up to the local buffer.
-pub fn check_pieces(pieces: &[GrantPiece], buf_len: usize) -> Result<(), GrantError> {
+fn check_pieces(pieces: &[GrantPiece], buf_len: usize) -> Result<(), GrantError> {
     let mut total = 0usize;
     for p in pieces {
         if usize::from(p.offset) + usize::from(p.len) > PAGE_SIZE {
@@ -367,5 +367,95 @@ mod tests {
             Err(GrantError::Invalid(_))
         ));
         assert!(check_pieces(&[], 0).is_ok());
+    }
+}
+
+#[cfg(test)]
+pub(crate) use fake::FakeGrants;
+
+/// A frontend's granted pages in local memory, for host tests of the protocol adapters.
+#[cfg(test)]
+mod fake {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use ring_protocol::abi::grant_table::{GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF};
+    use ring_protocol::abi::xen::DomId;
+
+    use super::{GrantCopy, GrantError, GrantPiece, PAGE_SIZE, check_pieces};
+
+    /// A frontend's granted pages, in local memory.
+    pub(crate) struct FakeGrants {
+        domid: DomId,
+        pages: Mutex<HashMap<u32, Vec<u8>>>,
+    }
+
+    impl FakeGrants {
+        /// No grants yet, issued by `domid`.
+        pub(crate) fn new(domid: DomId) -> Self {
+            FakeGrants {
+                domid,
+                pages: Mutex::new(HashMap::new()),
+            }
+        }
+
+        /// The current contents of grant `gref`'s page.
+        pub(crate) fn page(&self, gref: u32) -> Vec<u8> {
+            self.pages.lock().unwrap()[&gref].clone()
+        }
+
+        /// Grants a page filled with `fill` as `gref`.
+        pub(crate) fn grant(&self, gref: u32, fill: u8) {
+            self.pages.lock().unwrap().insert(gref, vec![fill; PAGE_SIZE]);
+        }
+
+        fn each(
+            &self,
+            domid: DomId,
+            pieces: &[GrantPiece],
+            len: usize,
+            mut f: impl FnMut(&mut Vec<u8>, &GrantPiece, usize),
+        ) -> Result<(), GrantError> {
+            check_pieces(pieces, len)?;
+            let mut pages = self.pages.lock().unwrap();
+            let mut at = 0;
+            for p in pieces {
+                let status = if domid != self.domid {
+                    GNTST_BAD_DOMAIN
+                } else {
+                    GNTST_BAD_GNTREF
+                };
+                let page = pages.get_mut(&p.gref).ok_or(GrantError::Status {
+                    domid,
+                    gref: p.gref,
+                    status,
+                })?;
+                f(page, p, at);
+                at += usize::from(p.len);
+            }
+            Ok(())
+        }
+    }
+
+    impl GrantCopy for FakeGrants {
+        fn copy_from_guest(
+            &self,
+            domid: DomId,
+            pieces: &[GrantPiece],
+            dst: &mut [u8],
+        ) -> Result<(), GrantError> {
+            let n = dst.len();
+            self.each(domid, pieces, n, |page, p, at| {
+                let (o, l) = (usize::from(p.offset), usize::from(p.len));
+                dst[at..at + l].copy_from_slice(&page[o..o + l]);
+            })
+        }
+
+        fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
+            self.each(domid, pieces, src.len(), |page, p, at| {
+                let (o, l) = (usize::from(p.offset), usize::from(p.len));
+                page[o..o + l].copy_from_slice(&src[at..at + l]);
+            })
+        }
     }
 }

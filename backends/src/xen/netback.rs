@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantMapping, GrantPiece, PAGE_SIZE};
+use super::gntdev::{GntDev, GrantCopy, GrantMapping, GrantPiece, PAGE_SIZE};
 use super::xenbus::{Backend, DeviceId, Frontend, Rings};
 use crate::net::{Mac, PortId, QueuedPort, Switch};
 
@@ -113,31 +113,13 @@ impl Backend for NetBackend {
             .map_err(|e| format!("rx ring unusable: {e}"))?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
-        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
-        let w = wake.clone();
-        let queue = QueuedPort::new(
-            PORT_QUEUE,
-            Box::new(move || {
-                let _ = w.write(1);
-            }),
-        );
-        let sw_port = self.switch.add_port(queue.clone());
         tracing::info!(device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
+        let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
         Ok(Box::new(NetRings {
-            tx,
-            rx,
+            inner: NetRing::new(tx, rx, self.switch.clone(), gnt, id.domid, id.to_string())?,
             _tx_map: tx_map,
             _rx_map: rx_map,
             channel,
-            wake,
-            queue,
-            switch: self.switch.clone(),
-            sw_port,
-            gnt: self.gnt.clone(),
-            domid: id.domid,
-            name: id.to_string(),
-            pending: None,
-            counts: Counts::default(),
         }))
     }
 }
@@ -154,17 +136,25 @@ struct Counts {
     checksums_filled: u64,
 }
 
+/// A connected vif: the protocol engine, its rings' mappings and its event channel.
 struct NetRings {
-    tx: BackRing<NetifTxRequest, NetifTxResponse>,
-    rx: BackRing<NetifRxRequest, NetifRxResponse>,
+    /// Declared before the mappings: the rings are dropped before their memory is unmapped.
+    inner: NetRing,
     _tx_map: GrantMapping,
     _rx_map: GrantMapping,
     channel: EventChannel,
+}
+
+/// The netif protocol engine of one vif (its two rings and its switch port), independent of how
+/// the rings and the frontend's pages are reached (host tests drive it on local memory).
+struct NetRing {
+    tx: BackRing<NetifTxRequest, NetifTxResponse>,
+    rx: BackRing<NetifRxRequest, NetifRxResponse>,
     wake: Arc<EventFd>,
     queue: Arc<QueuedPort>,
     switch: Arc<Switch>,
     sw_port: PortId,
-    gnt: Arc<GntDev>,
+    gnt: Arc<dyn GrantCopy>,
     domid: DomId,
     name: String,
     /// A frame taken from the queue that waits for a posted receive buffer.
@@ -172,7 +162,7 @@ struct NetRings {
     counts: Counts,
 }
 
-impl Drop for NetRings {
+impl Drop for NetRing {
     fn drop(&mut self) {
         let _ = self.switch.remove_port(self.sw_port);
     }
@@ -184,10 +174,55 @@ impl Rings for NetRings {
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
-        Some(self.wake.as_raw_fd())
+        Some(self.inner.wake.as_raw_fd())
     }
 
     fn process(&mut self) -> Result<(), String> {
+        let channel = &self.channel;
+        self.inner
+            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
+    }
+
+    fn summary(&self) -> String {
+        self.inner.summary(self.channel.events())
+    }
+}
+
+impl NetRing {
+    fn new(
+        tx: BackRing<NetifTxRequest, NetifTxResponse>,
+        rx: BackRing<NetifRxRequest, NetifRxResponse>,
+        switch: Arc<Switch>,
+        gnt: Arc<dyn GrantCopy>,
+        domid: DomId,
+        name: String,
+    ) -> Result<Self, String> {
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+        let w = wake.clone();
+        let queue = QueuedPort::new(
+            PORT_QUEUE,
+            Box::new(move || {
+                let _ = w.write(1);
+            }),
+        );
+        let sw_port = switch.add_port(queue.clone());
+        Ok(NetRing {
+            tx,
+            rx,
+            wake,
+            queue,
+            switch,
+            sw_port,
+            gnt,
+            domid,
+            name,
+            pending: None,
+            counts: Counts::default(),
+        })
+    }
+
+    /// Serves both rings and the port's queue until nothing is left; `notify` tells the frontend.
+    fn process(&mut self, notify_frontend: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
         let mut notify = false;
         loop {
             let more_tx = self.transmit(&mut notify)?;
@@ -197,13 +232,13 @@ impl Rings for NetRings {
             }
         }
         if notify {
-            self.channel.notify().map_err(|e| format!("notify: {e}"))?;
+            notify_frontend()?;
             self.counts.notifies += 1;
         }
         Ok(())
     }
 
-    fn summary(&self) -> String {
+    fn summary(&self, events: u64) -> String {
         let c = &self.counts;
         format!(
             "tx_packets={} tx_bytes={} tx_errors={} checksums_filled={} rx_packets={} rx_bytes={} \
@@ -216,7 +251,7 @@ impl Rings for NetRings {
             c.rx_bytes,
             c.rx_dropped,
             self.queue.dropped(),
-            self.channel.events(),
+            events,
             c.notifies
         )
     }
@@ -226,7 +261,7 @@ fn halted(e: ring_protocol::Error) -> String {
     format!("ring halted: {e}")
 }
 
-impl NetRings {
+impl NetRing {
     /// Serves the transmit ring until empty; returns whether requests arrived after the final check.
     fn transmit(&mut self, notify: &mut bool) -> Result<bool, String> {
         while let Some(first) = self.tx.read_request().map_err(halted)? {
@@ -413,6 +448,238 @@ pub fn fill_l4_checksum(frame: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring_protocol::ring::{FrontRing, SharedPages};
+
+    use crate::net::{ETHERTYPE_PVKIT_ECHO, EchoPeer};
+    use crate::xen::gntdev::FakeGrants;
+
+    const DOMID: DomId = 3;
+    const GUEST: Mac = [0, 0x16, 0x3e, 0, 0, 0x10];
+    const PEER: Mac = [2, 0x70, 0x76, 0x6b, 0x69, 0x74];
+
+    /// Our frontend's two rings and the backend engine on local pages, a switch with an echo peer
+    /// and a sniffer port that sees every flooded frame.
+    struct Rig {
+        tx: FrontRing<NetifTxRequest, NetifTxResponse>,
+        rx: FrontRing<NetifRxRequest, NetifRxResponse>,
+        back: NetRing,
+        grants: Arc<FakeGrants>,
+        sniffer: Arc<QueuedPort>,
+        echo: Arc<EchoPeer>,
+        _mem: (SharedPages, SharedPages),
+    }
+
+    fn rig() -> Rig {
+        let (tm, rm) = (SharedPages::new(PAGE_SIZE), SharedPages::new(PAGE_SIZE));
+        // The pages outlive the rings (same struct, dropped after them); all four rings access
+        // them only atomically.
+        // SAFETY: as said.
+        let tx = unsafe { FrontRing::init(tm.as_ptr(), tm.len()) }.unwrap();
+        // SAFETY: as said.
+        let rx = unsafe { FrontRing::init(rm.as_ptr(), rm.len()) }.unwrap();
+        // SAFETY: as said.
+        let btx = unsafe { BackRing::new(tm.as_ptr(), tm.len()) }.unwrap();
+        // SAFETY: as said.
+        let brx = unsafe { BackRing::new(rm.as_ptr(), rm.len()) }.unwrap();
+        let switch = Switch::new();
+        let echo = EchoPeer::attach(&switch, PEER, [10, 99, 0, 1]);
+        let sniffer = QueuedPort::new(64, Box::new(|| {}));
+        switch.add_port(sniffer.clone());
+        let grants = Arc::new(FakeGrants::new(DOMID));
+        let gnt: Arc<dyn GrantCopy> = grants.clone();
+        let back = NetRing::new(btx, brx, switch, gnt, DOMID, "vif test".into()).unwrap();
+        Rig {
+            tx,
+            rx,
+            back,
+            grants,
+            sniffer,
+            echo,
+            _mem: (tm, rm),
+        }
+    }
+
+    fn echo_frame(len: usize) -> Vec<u8> {
+        let mut f = Vec::with_capacity(len);
+        f.extend_from_slice(&PEER);
+        f.extend_from_slice(&GUEST);
+        f.extend_from_slice(&ETHERTYPE_PVKIT_ECHO.to_be_bytes());
+        f.extend((0..len - 14).map(|i| i as u8));
+        f
+    }
+
+    fn tx_req(id: u16, gref: u32, offset: u16, size: u16, flags: u16) -> NetifTxRequest {
+        NetifTxRequest {
+            gref,
+            offset,
+            flags,
+            id,
+            size,
+        }
+    }
+
+    impl Rig {
+        /// Puts `bytes` into grant `gref` at `offset`.
+        fn fill(&self, gref: u32, offset: u16, bytes: &[u8]) {
+            self.grants.grant(gref, 0);
+            let piece = GrantPiece {
+                gref,
+                offset,
+                len: bytes.len() as u16,
+            };
+            self.grants.copy_to_guest(DOMID, &[piece], bytes).unwrap();
+        }
+
+        /// Pushes transmit slots, serves, returns the (id, status) of every response.
+        fn transmit(&mut self, slots: &[NetifTxRequest]) -> Vec<(u16, i16)> {
+            for s in slots {
+                self.tx.write_request(s).unwrap();
+            }
+            self.tx.push_requests().unwrap();
+            self.back.process(&mut || Ok(())).unwrap();
+            let mut out = Vec::new();
+            while let Some(r) = self.tx.read_response().unwrap() {
+                out.push((r.id, r.status));
+            }
+            out
+        }
+
+        /// Posts receive buffers `grefs`, serves, returns the responses.
+        fn receive(&mut self, grefs: &[u32]) -> Vec<NetifRxResponse> {
+            for (i, &gref) in grefs.iter().enumerate() {
+                self.grants.grant(gref, 0xee);
+                self.rx
+                    .write_request(&NetifRxRequest {
+                        id: i as u16,
+                        pad: 0,
+                        gref,
+                    })
+                    .unwrap();
+            }
+            self.rx.push_requests().unwrap();
+            self.back.process(&mut || Ok(())).unwrap();
+            let mut out = Vec::new();
+            while let Some(r) = self.rx.read_response().unwrap() {
+                out.push(r);
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn a_frame_goes_out_and_its_echo_waits_for_a_posted_buffer() {
+        let mut rig = rig();
+        let frame = echo_frame(600);
+        rig.fill(10, 100, &frame);
+        assert_eq!(
+            rig.transmit(&[tx_req(1, 10, 100, 600, 0)]),
+            vec![(1, NETIF_RSP_OKAY)]
+        );
+        assert_eq!(
+            rig.echo.stats().echoed.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // No receive buffer posted yet: the echo waits; then it lands in the first posted page.
+        let rsp = rig.receive(&[20, 21]);
+        assert_eq!(rsp.len(), 1, "one frame for two buffers");
+        assert_eq!((rsp[0].id, rsp[0].offset, rsp[0].status), (0, 0, 600));
+        let page = rig.grants.page(20);
+        assert_eq!(&page[0..6], &GUEST, "addressed back to the guest");
+        assert_eq!(&page[6..12], &PEER);
+        assert_eq!(&page[14..600], &frame[14..], "payload unchanged");
+        assert!(page[600..].iter().all(|&b| b == 0xee), "nothing past the frame");
+        assert_eq!(rig.back.counts.rx_packets, 1);
+    }
+
+    #[test]
+    fn chained_and_extra_info_slots_get_one_response_each() {
+        let mut rig = rig();
+        let frame = echo_frame(3000);
+        rig.fill(30, 2000, &frame[..2000]);
+        rig.fill(31, 0, &frame[2000..]);
+        let rsp = rig.transmit(&[
+            tx_req(1, 30, 2000, 3000, NETTXF_MORE_DATA | NETTXF_EXTRA_INFO),
+            // An extra-info slot (GSO type none), then the chained data slot.
+            tx_req(2, 0, 0, 0, 0),
+            tx_req(3, 31, 0, 1000, 0),
+        ]);
+        assert_eq!(
+            rsp,
+            vec![(1, NETIF_RSP_OKAY), (2, NETIF_RSP_NULL), (3, NETIF_RSP_OKAY)]
+        );
+        let rsp = rig.receive(&[40]);
+        assert_eq!(rsp[0].status, 3000);
+        assert_eq!(
+            &rig.grants.page(40)[14..3000],
+            &frame[14..],
+            "reassembled in order"
+        );
+    }
+
+    #[test]
+    fn malformed_packets_are_refused_and_the_ring_goes_on() {
+        let mut rig = rig();
+        rig.fill(50, 0, &echo_frame(200));
+        let rsp = rig.transmit(&[
+            // The first slot claims fewer bytes than the later slot carries.
+            tx_req(1, 50, 0, 100, NETTXF_MORE_DATA),
+            tx_req(2, 50, 0, 200, 0),
+            // Crosses its page's end.
+            tx_req(3, 50, 4000, 200, 0),
+            // Shorter than an Ethernet header.
+            tx_req(4, 50, 0, 10, 0),
+            // A grant the frontend never issued.
+            tx_req(5, 77, 0, 200, 0),
+            // A good one.
+            tx_req(6, 50, 0, 200, 0),
+        ]);
+        assert_eq!(
+            rsp,
+            vec![
+                (1, NETIF_RSP_ERROR),
+                (2, NETIF_RSP_ERROR),
+                (3, NETIF_RSP_ERROR),
+                (4, NETIF_RSP_ERROR),
+                (5, NETIF_RSP_ERROR),
+                (6, NETIF_RSP_OKAY),
+            ]
+        );
+        assert_eq!((rig.back.counts.tx_errors, rig.back.counts.tx_packets), (4, 1));
+        assert_eq!(
+            rig.echo.stats().echoed.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn a_blank_udp_checksum_is_filled_in_before_the_switch() {
+        let mut rig = rig();
+        let mut frame = udp_frame(b"checksum me");
+        frame[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]); // unknown: flooded to the sniffer
+        frame[6..12].copy_from_slice(&GUEST);
+        rig.fill(60, 0, &frame);
+        let n = frame.len() as u16;
+        assert_eq!(
+            rig.transmit(&[tx_req(1, 60, 0, n, NETTXF_CSUM_BLANK)]),
+            vec![(1, NETIF_RSP_OKAY)]
+        );
+        let seen = rig.sniffer.pop().expect("the flooded frame");
+        let mut expect = frame.clone();
+        assert!(fill_l4_checksum(&mut expect));
+        assert_ne!(seen[40..42], [0, 0], "checksum present");
+        assert_eq!(seen, expect);
+        assert_eq!(rig.back.counts.checksums_filled, 1);
+    }
+
+    #[test]
+    fn an_impossible_producer_index_halts_the_rings() {
+        let mut rig = rig();
+        // SAFETY: req_prod is the tx ring's first word, accessed atomically by both rings.
+        let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(rig._mem.0.as_ptr().as_ptr().cast()) };
+        req_prod.store(rig.tx.size() + 9, std::sync::atomic::Ordering::Release);
+        let e = rig.back.process(&mut || Ok(())).unwrap_err();
+        assert!(e.contains("ring halted"), "{e}");
+    }
 
     /// An Ethernet + IPv4 + UDP frame with `payload`, checksum field zero.
     fn udp_frame(payload: &[u8]) -> Vec<u8> {
