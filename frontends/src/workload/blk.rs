@@ -350,7 +350,8 @@ const PHASES: [(&str, BlockOp, u32, bool, bool); 6] = [
 ];
 
 /// Random 4 KiB reads and writes at queue depth 1 and `qd`, then 64 KiB sequential reads and
-/// writes; one [`Perf`] per phase, bracketed by phase markers 1..=6 and 0 at the end.
+/// writes; one [`Perf`] per phase, bracketed by phase markers 1..=6 and 0 at the end. The deep
+/// phases are left out for a device that takes one request at a time (and for `qd` 1).
 pub fn throughput(
     dev: &mut dyn BlockDevice,
     waiter: &dyn Waiter,
@@ -378,6 +379,10 @@ pub fn throughput(
             continue;
         }
         let qd = if deep { p.qd } else { 1 }.clamp(1, info.max_in_flight.max(1));
+        if deep && qd == 1 {
+            // The device cannot go deeper (IDE): this phase would repeat the depth-1 one.
+            continue;
+        }
         let slots = info.capacity_sectors / u64::from(sectors);
         let mut seq = 0u64;
         let before = dev.counters();
