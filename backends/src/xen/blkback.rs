@@ -27,8 +27,8 @@ use ring_protocol::ring::BackRing;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantCopy, GrantMapping, GrantPiece, PAGE_SIZE};
-use super::xenbus::{Backend, DeviceId, Frontend, Rings};
+use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::aio::{AioQueue, Transfer};
 use crate::block::{BlockCore, Data, Op, Request};
 
@@ -131,11 +131,8 @@ impl Backend for BlkBackend {
             "ring mapped"
         );
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
-        Ok(Box::new(BlkRings {
-            inner: BlkRing::new(ring, id.domid, id.to_string(), self.core.clone(), gnt)?,
-            _map: map,
-            channel,
-        }))
+        let engine = BlkRing::new(ring, id.domid, id.to_string(), self.core.clone(), gnt)?;
+        Ok(Connected::new(engine, vec![map], channel))
     }
 }
 
@@ -164,14 +161,6 @@ struct Counts {
     bytes: u64,
     failed: u64,
     notifies: u64,
-}
-
-/// A connected vbd: the protocol engine, its ring's mapping and its event channel.
-struct BlkRings {
-    /// Declared before `_map`: the ring is dropped before its memory is unmapped.
-    inner: BlkRing,
-    _map: GrantMapping,
-    channel: EventChannel,
 }
 
 /// The blkif protocol engine of one ring, independent of how the ring memory and the frontend's
@@ -292,23 +281,17 @@ enum Refusal {
     Failed(String),
 }
 
-impl Rings for BlkRings {
-    fn channel(&self) -> &EventChannel {
-        &self.channel
+impl Engine for BlkRing {
+    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+        BlkRing::process(self, notify)
+    }
+
+    fn summary(&self, events: u64) -> String {
+        BlkRing::summary(self, events)
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
-        Some(self.inner.aio.completion_fd())
-    }
-
-    fn process(&mut self) -> Result<(), String> {
-        let channel = &self.channel;
-        self.inner
-            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
-    }
-
-    fn summary(&self) -> String {
-        self.inner.summary(self.channel.events())
+        Some(self.aio.completion_fd())
     }
 }
 

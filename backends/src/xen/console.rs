@@ -22,8 +22,8 @@ use ring_protocol::abi::console::{XENCONS_OUT_SIZE, XenconsInterface};
 use ring_protocol::byte_ring::{Duplex, console_backend};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantMapping};
-use super::xenbus::{Backend, DeviceId, Frontend, Rings};
+use super::gntdev::GntDev;
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::console::ConsoleSink;
 
 /// A secondary console of one domain.
@@ -96,13 +96,11 @@ impl Backend for ConsoleBackend {
             input_bytes = input.len(),
             "console page mapped"
         );
-        Ok(Box::new(ConsoleRings {
-            pump: Pump::new(ring, self.sink.clone(), input),
-            _map: map,
+        Ok(Connected::new(
+            Pump::new(ring, self.sink.clone(), input),
+            vec![map],
             channel,
-            name: id.to_string(),
-            notifies: 0,
-        }))
+        ))
     }
 }
 
@@ -131,6 +129,8 @@ struct Pump {
     input_at: usize,
     buf: Box<[u8; XENCONS_OUT_SIZE]>,
     counts: Counts,
+    /// Notifications sent to the frontend.
+    notifies: u64,
 }
 
 impl Pump {
@@ -142,6 +142,7 @@ impl Pump {
             input_at: 0,
             buf: Box::new([0; XENCONS_OUT_SIZE]),
             counts: Counts::default(),
+            notifies: 0,
         }
     }
 
@@ -181,47 +182,32 @@ impl Pump {
     }
 }
 
-/// A connected console's page.
-struct ConsoleRings {
-    pump: Pump,
-    _map: GrantMapping,
-    channel: EventChannel,
-    name: String,
-    notifies: u64,
-}
-
-impl Rings for ConsoleRings {
-    fn channel(&self) -> &EventChannel {
-        &self.channel
-    }
-
-    fn process(&mut self) -> Result<(), String> {
+impl Engine for Pump {
+    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
         // The guest may write more while its last batch goes to the sink: go on until a round moves
         // nothing (each round frees space, so a guest waiting for it is notified in between).
         loop {
-            let moved = self.pump.step()?;
+            let moved = self.step()?;
             if moved == Moved::default() {
                 return Ok(());
             }
-            self.channel
-                .notify()
-                .map_err(|e| format!("notify on {}: {e}", self.name))?;
+            notify()?;
             self.notifies += 1;
         }
     }
 
-    fn summary(&self) -> String {
-        let c = &self.pump.counts;
+    fn summary(&self, events: u64) -> String {
+        let c = &self.counts;
         format!(
             "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} events={} \
              notifies={}",
             c.bytes_out,
             c.bytes_in,
-            self.pump.input.len() - self.pump.input_at,
+            self.input.len() - self.input_at,
             c.batches,
             c.sink_errors,
             c.lost_out,
-            self.channel.events(),
+            events,
             self.notifies
         )
     }

@@ -28,8 +28,8 @@ use vmm_sys_util::eventfd::EventFd;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantCopy, GrantMapping, GrantPiece, PAGE_SIZE};
-use super::xenbus::{Backend, DeviceId, Frontend, Rings};
+use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::net::{Mac, PortId, QueuedPort, Switch};
 
 /// Frames queued for a guest port before the switch drops.
@@ -115,12 +115,8 @@ impl Backend for NetBackend {
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
         tracing::info!(device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
-        Ok(Box::new(NetRings {
-            inner: NetRing::new(tx, rx, self.switch.clone(), gnt, id.domid, id.to_string())?,
-            _tx_map: tx_map,
-            _rx_map: rx_map,
-            channel,
-        }))
+        let engine = NetRing::new(tx, rx, self.switch.clone(), gnt, id.domid, id.to_string())?;
+        Ok(Connected::new(engine, vec![tx_map, rx_map], channel))
     }
 }
 
@@ -134,15 +130,6 @@ struct Counts {
     rx_dropped: u64,
     notifies: u64,
     checksums_filled: u64,
-}
-
-/// A connected vif: the protocol engine, its rings' mappings and its event channel.
-struct NetRings {
-    /// Declared before the mappings: the rings are dropped before their memory is unmapped.
-    inner: NetRing,
-    _tx_map: GrantMapping,
-    _rx_map: GrantMapping,
-    channel: EventChannel,
 }
 
 /// The netif protocol engine of one vif (its two rings and its switch port), independent of how
@@ -168,23 +155,17 @@ impl Drop for NetRing {
     }
 }
 
-impl Rings for NetRings {
-    fn channel(&self) -> &EventChannel {
-        &self.channel
+impl Engine for NetRing {
+    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+        NetRing::process(self, notify)
+    }
+
+    fn summary(&self, events: u64) -> String {
+        NetRing::summary(self, events)
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
-        Some(self.inner.wake.as_raw_fd())
-    }
-
-    fn process(&mut self) -> Result<(), String> {
-        let channel = &self.channel;
-        self.inner
-            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
-    }
-
-    fn summary(&self) -> String {
-        self.inner.summary(self.channel.events())
+        Some(self.wake.as_raw_fd())
     }
 }
 

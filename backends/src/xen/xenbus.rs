@@ -24,6 +24,7 @@ use ring_protocol::abi::xenbus::XenbusState;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::evtchn::{self, EventChannel};
+use super::gntdev::GrantMapping;
 use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
 use crate::Result;
 
@@ -77,6 +78,71 @@ pub trait Rings: Send + 'static {
     fn process(&mut self) -> std::result::Result<(), String>;
     /// A one-line summary of what was served, for the log at disconnect.
     fn summary(&self) -> String;
+}
+
+/// The protocol half of a connected device: what it does with its rings, apart from how they are
+/// mapped and signalled (host tests drive engines on local memory).
+pub trait Engine: Send + 'static {
+    /// Serves whatever the rings hold; `notify` signals the frontend. An error means the frontend
+    /// broke the protocol.
+    fn process(
+        &mut self,
+        notify: &mut dyn FnMut() -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String>;
+    /// A one-line summary of what was served; `events` is how many events the frontend sent.
+    fn summary(&self, events: u64) -> String;
+    /// Another descriptor that means "work to do", if any.
+    fn extra_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+/// A connected device: its engine, the grant mappings its rings live in and its event channel.
+pub struct Connected<E> {
+    /// Declared before `_maps`: the engine's rings are dropped before their memory is unmapped.
+    engine: E,
+    _maps: Vec<GrantMapping>,
+    channel: EventChannel,
+}
+
+impl<E> fmt::Debug for Connected<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connected")
+            .field("mappings", &self._maps.len())
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Engine> Connected<E> {
+    /// Puts the pieces together for the serving thread.
+    pub fn new(engine: E, maps: Vec<GrantMapping>, channel: EventChannel) -> Box<Self> {
+        Box::new(Connected {
+            engine,
+            _maps: maps,
+            channel,
+        })
+    }
+}
+
+impl<E: Engine> Rings for Connected<E> {
+    fn channel(&self) -> &EventChannel {
+        &self.channel
+    }
+
+    fn extra_fd(&self) -> Option<RawFd> {
+        self.engine.extra_fd()
+    }
+
+    fn process(&mut self) -> std::result::Result<(), String> {
+        let channel = &self.channel;
+        self.engine
+            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
+    }
+
+    fn summary(&self) -> String {
+        self.engine.summary(self.channel.events())
+    }
 }
 
 /// What a device kind provides to [`run_device`].
