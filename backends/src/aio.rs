@@ -7,7 +7,6 @@
 //! request's completion has been returned by [`AioQueue::reap`] (or the queue is dropped: dropping
 //! waits for every request in flight). Completions are signalled on an eventfd the owner can poll.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -84,7 +83,8 @@ pub struct AioQueue {
     in_flight: usize,
     pending: Vec<Iocb>,
     /// What each queued or in-flight token is: (write, first sector, length).
-    meta: HashMap<usize, (bool, u64, usize)>,
+    /// Indexed by token (below `depth`).
+    meta: Vec<Option<(bool, u64, usize)>>,
     /// Requests `io_submit` refused, reported by the next `reap`.
     refused: Vec<(usize, io::Error)>,
     /// Requests executed synchronously by `submit`, reported by the next `reap`.
@@ -118,7 +118,7 @@ impl AioQueue {
             depth,
             in_flight: 0,
             pending: Vec::new(),
-            meta: HashMap::new(),
+            meta: vec![None; depth],
             refused: Vec::new(),
             ready: Vec::new(),
         })
@@ -157,8 +157,16 @@ impl AioQueue {
             aio_resfd: self.done.as_raw_fd() as u32,
             ..Default::default()
         };
+        match self.meta.get_mut(token) {
+            Some(m @ None) => *m = Some((t.write, t.sector, t.len)),
+            _ => {
+                return Err(Error::Daemon {
+                    what: "AIO queue".into(),
+                    detail: format!("token {token} is in use or not below the depth {}", self.depth),
+                });
+            }
+        }
         self.pending.push(iocb);
-        self.meta.insert(token, (t.write, t.sector, t.len));
         Ok(())
     }
 
@@ -178,7 +186,7 @@ impl AioQueue {
         if self.pending.len() == 1 && self.in_flight == 0 {
             let iocb = self.pending.pop().expect("one pending");
             let token = iocb.aio_data as usize;
-            let (write, sector, len) = self.meta.remove(&token).unwrap_or((false, 0, 0));
+            let (write, sector, len) = self.meta[token].take().expect("pushed");
             let op = if write { Op::Write { fua: false } } else { Op::Read };
             // SAFETY: `push`'s contract keeps the buffer valid until this token's completion is
             // reaped, which is after this call.
@@ -300,7 +308,11 @@ impl AioQueue {
 
     /// The outcome of `token`: a short transfer is an error too (the core checked the range).
     fn finish(&mut self, token: usize, r: io::Result<usize>) -> Result<usize> {
-        let (write, sector, len) = self.meta.remove(&token).unwrap_or((false, 0, 0));
+        let (write, sector, len) = self
+            .meta
+            .get_mut(token)
+            .and_then(Option::take)
+            .unwrap_or((false, 0, 0));
         let op = if write { OpKind::Write } else { OpKind::Read };
         match r {
             Ok(n) if n == len => Ok(n),
