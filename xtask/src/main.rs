@@ -27,6 +27,7 @@ mod run;
 mod scenario;
 mod table;
 mod test;
+mod toolchain;
 mod trace;
 mod vhost;
 mod workspace;
@@ -212,6 +213,10 @@ fn main() {
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
+    // Before the first nested cargo: the pinned toolchain may lack the guest target.
+    if !matches!(cli.cmd, Cmd::Provision { dry_run: true, .. }) {
+        toolchain::ensure()?;
+    }
     match cli.cmd {
         Cmd::Build { release } => {
             workspace::build_guest()?;

@@ -75,6 +75,13 @@ const SANITIZED_VARS: &[&str] = &[
 pub fn cargo() -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root());
+    sanitize(&mut cmd);
+    cmd
+}
+
+/// Removes the outer cargo's environment from `cmd` (see [`SANITIZED_VARS`]), so a rustup proxy
+/// (`cargo`, `rustc`, `rustup`) started in the workspace picks the pinned toolchain itself.
+pub fn sanitize(cmd: &mut Command) {
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if SANITIZED_VARS.contains(&key) || key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_CFG_") {
@@ -93,7 +100,6 @@ pub fn cargo() -> Command {
             _ => cmd.env_remove("LD_LIBRARY_PATH"),
         };
     }
-    cmd
 }
 
 /// Human-readable form of a command line (program and arguments, shell-quoted where needed).
