@@ -18,6 +18,8 @@
 mod console;
 mod costs;
 mod disk;
+#[allow(dead_code)] // wired into run and test next
+mod matrix;
 mod peer;
 mod process;
 mod provision;
