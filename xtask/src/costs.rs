@@ -40,6 +40,10 @@ pub struct Cost {
     pub guest_notifies: u64,
     pub guest_irqs: u64,
     pub copied_bytes: u64,
+    /// The guest's own counts of its port I/O and MMIO register accesses in the stretch (all
+    /// devices and interrupt controllers), when it reports them.
+    pub guest_exits_pio: Option<u64>,
+    pub guest_exits_mmio: Option<u64>,
     /// Trapped accesses to the device's regions.
     pub device_traps: u64,
     /// Kicks QEMU saw (`virtio_queue_notify`), and those of them that went through an ioeventfd.
@@ -99,6 +103,8 @@ impl Cost {
             guest_notifies: num("notifies"),
             guest_irqs: num("irqs"),
             copied_bytes: num("copied_bytes"),
+            guest_exits_pio: f.get_u64("exits_pio"),
+            guest_exits_mmio: f.get_u64("exits_mmio"),
             device_traps,
             host_kicks: c.queue_notifies,
             ioeventfd_kicks,
@@ -235,6 +241,96 @@ impl Cost {
             ));
         }
         p
+    }
+}
+
+/// The same cost units on every path, as the guest counted them for one measured phase (a `PVKIT
+/// PERF` line), with what the host saw of the same phase where it can see it.
+///
+/// - exits: every guest action that leaves the guest (trapped port I/O and MMIO register accesses,
+///   hypercalls, halts), counted kernel-wide by the guest's accessors;
+/// - notifications: the driver's kicks, doorbells, command writes or event-channel sends;
+/// - interrupts: interrupts (or event upcalls) the driver took as its own;
+/// - copies: bytes the guest CPU copied (PIO data, bounce buffers, grant copies done by the guest);
+/// - ops/s and latency percentiles by the guest's clock.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Measure {
+    pub dev: String,
+    pub pattern: String,
+    pub qd: u64,
+    pub mode: String,
+    pub ops: u64,
+    pub bytes: u64,
+    pub guest_us: u64,
+    /// Kernel-wide exits in the phase (None: the guest did not report them).
+    pub exits: Option<u64>,
+    pub exits_pio: Option<u64>,
+    pub exits_mmio: Option<u64>,
+    pub exits_hlt: Option<u64>,
+    pub hypercalls: Option<u64>,
+    /// Hypercalls by name (`event_channel_op`, `grant_table_op`, ...).
+    pub hc: Vec<(String, u64)>,
+    pub notifies: u64,
+    pub irqs: u64,
+    pub copied_bytes: u64,
+    pub lat_p50_ns: Option<u64>,
+    pub lat_p99_ns: Option<u64>,
+    /// QEMU's trace of the same phase: vCPU register accesses plus ioeventfd kicks, all regions.
+    pub host_exits: Option<u64>,
+}
+
+impl Measure {
+    /// From a `PVKIT PERF` line's fields.
+    pub fn from_perf(f: &Fields) -> Measure {
+        let num = |k: &str| f.get_u64(k).unwrap_or(0);
+        let hc = f
+            .get("hc")
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|p| {
+                        let (n, c) = p.split_once(':')?;
+                        Some((n.to_owned(), crate::console::parse_u64(c)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Measure {
+            dev: f.get("dev").unwrap_or("?").to_owned(),
+            pattern: f.get("pattern").unwrap_or("?").to_owned(),
+            qd: num("qd"),
+            mode: f.get("mode").unwrap_or("?").to_owned(),
+            ops: num("ops"),
+            bytes: num("bytes"),
+            guest_us: num("guest_us"),
+            exits: f.get_u64("exits"),
+            exits_pio: f.get_u64("exits_pio"),
+            exits_mmio: f.get_u64("exits_mmio"),
+            exits_hlt: f.get_u64("exits_hlt"),
+            hypercalls: f.get_u64("hypercalls"),
+            hc,
+            notifies: num("notifies"),
+            irqs: num("irqs"),
+            copied_bytes: num("copied_bytes"),
+            lat_p50_ns: f.get_u64("lat_p50_ns"),
+            lat_p99_ns: f.get_u64("lat_p99_ns"),
+            host_exits: None,
+        }
+    }
+
+    pub fn per_op(&self, n: u64) -> f64 {
+        if self.ops == 0 {
+            0.0
+        } else {
+            n as f64 / self.ops as f64
+        }
+    }
+
+    pub fn ops_per_sec(&self) -> f64 {
+        if self.guest_us == 0 {
+            0.0
+        } else {
+            self.ops as f64 * 1e6 / self.guest_us as f64
+        }
     }
 }
 

@@ -1,32 +1,37 @@
 //! `cargo xtask`: build, run, test and bench pvkit (the cargo-xtask pattern).
 //!
-//! - `workspace`: paths, and nested `cargo` with the outer cargo's environment removed;
-//! - `provision`: QEMU >= 10 / libxen-dev / Miri detection and installation (Debian 12 as root);
-//! - `qemu`: the device matrix, the QEMU command line, and the runner (own process group, timeouts,
-//!   console streaming, exit-status mapping);
-//! - `console`: the `PVKIT ...` record parser (the contract is guest-kernel/README.md);
-//! - `scenario`: what each QEMU scenario boots and checks;
-//! - `run`, `test`: the two main subcommands; `table`: result tables;
-//! - `rig`: the host side of a run with I/O devices: `disk` images, `peer` echo threads (net,
-//!   console), and after the run the host's checks and the cost per operation (`trace` parses
-//!   QEMU's trace, `costs` joins it with the guest's counts);
-//! - `process`: process groups, parent-death signal, Ctrl-C;
-//! - `xen`: the Xen harness (real Xen 4.17 + Linux dom0 in QEMU, our guest as a PV domU);
-//! - `vhost`: the vhost-user daemons of backends/ against our guest and a Linux guest (test group
-//!   `vhost`), and the vhost-user-blk vs QEMU virtio-blk bench.
+//! - `matrix`: the scenario matrix (workload x environment x transport x backend), the one place a
+//!   scenario is declared; `exec` runs a selection of its rows, each through its environment:
+//!   `qemu_env` (QEMU PVH guests, QEMU's device models through `rig`, pvkit's vhost-user daemons
+//!   through `vhost`) and `xen` (real Xen 4.17 + Linux dom0 in QEMU, our guest as PV domUs, all in
+//!   one boot);
+//! - `qemu`: the QEMU device table, the machine's command line and the one QEMU runner (own
+//!   process group, timeouts, console streaming, exit-status mapping, log with the command line);
+//! - `checks`: what a finished guest must show in any environment; `console`: the `PVKIT ...`
+//!   record parser (the contract is guest-kernel/README.md); `outcome`: the one result type
+//!   (PASS/FAIL/CRASH/SKIP) and the JUnit file;
+//! - `costs`, `trace`: per-operation costs (the guest's counts, QEMU's trace of the same phases);
+//!   `compare`: the comparison table of `run`; `report`: the report of `bench`;
+//! - `run`, `test`, `bench`: the subcommands; `table`: text tables;
+//! - `workspace`, `toolchain`, `provision`, `process`: paths and nested cargo, the pinned
+//!   toolchain's targets, QEMU/libxen-dev/shellcheck/Miri installation, process groups and Ctrl-C.
 
+mod checks;
+mod compare;
 mod console;
 mod costs;
 mod disk;
-#[allow(dead_code)] // wired into run and test next
+mod exec;
 mod matrix;
+mod outcome;
 mod peer;
 mod process;
 mod provision;
 mod qemu;
+mod qemu_env;
+mod report;
 mod rig;
 mod run;
-mod scenario;
 mod table;
 mod test;
 mod toolchain;
@@ -41,7 +46,6 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::qemu::{Accel, Device};
-use crate::scenario::Scenario;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,46 +67,30 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// The main job: boot the guest in QEMU, stream its console and show its test results.
+    /// The main job: the guest's self-tests, then one comparison of every I/O path in the same
+    /// units (block, net and console over Xen PV, virtio and emulated hardware).
     ///
-    /// Defaults: q35 with qboot firmware, TCG (`-accel tcg -cpu max`), 128 MiB, devices edu and
-    /// virtio-rng, the guest's safe self-tests. QEMU's exit status 1 means the guest passed, 3 that it
-    /// failed, anything else a crash. The console is kept in <target>/xtask/logs/run.log. Exits 0 only if
-    /// the guest passed and reported every test it started as passed.
+    /// Runs the comparison rows of the scenario matrix (`cargo xtask test --list` shows them under
+    /// "run by": block throughput, net echo and console echo on every path) plus the QEMU
+    /// platform self-tests, and prints one table per class with exits/op, hypercalls/op,
+    /// notifications/op, interrupts/op, bytes copied/op, ops/s and latency percentiles, all counted
+    /// by the guest. TCG by default; QEMU and the Xen packages are installed on first use. Logs:
+    /// <target>/xtask/logs/run-*.log. With --tests it instead boots QEMU once with those tests.
     Run(RunArgs),
-    /// Run every test (what CI runs): fmt, clippy, host tests, loom, Miri, QEMU scenarios.
+    /// Run every test (what CI runs): fmt, clippy, shellcheck, host tests, loom, Miri, then every
+    /// row of the scenario matrix (QEMU PVH, vhost-user, one Xen boot with all Xen PV rows).
     ///
-    /// Each stage's output goes to <target>/xtask/logs/<stage>.log, each QEMU scenario's console (with
-    /// its QEMU command line) to <target>/xtask/logs/<scenario>.log. Ends with a pass/fail table and
-    /// exits non-zero if anything failed; a scenario whose prerequisite is missing fails.
+    /// Each stage's output goes to <target>/xtask/logs/<stage>.log, each row's console (with its
+    /// QEMU command line) to <target>/xtask/logs/test-<row>.log. Ends with a result table
+    /// (PASS/FAIL/CRASH/SKIP, each failure with the command that reproduces it), a JUnit XML file
+    /// (<target>/xtask/junit.xml), and exits non-zero if anything failed or crashed.
     Test(TestArgs),
-    /// Run the benchmarks (`cargo bench -p ring-protocol`); extra arguments go to cargo bench.
-    Bench {
-        /// Only the block comparison: our vhost-user-blk vs QEMU's built-in virtio-blk under the
-        /// guest's blk-throughput workload (without this flag it runs after the cargo benches).
-        #[arg(long)]
-        vhost_blk: bool,
-        /// Only the Xen block comparison: our userspace blkback vs Linux's kernel blkback in one Xen
-        /// boot, same guest workload (without this flag it runs after the vhost comparison).
-        #[arg(long)]
-        xen_blk: bool,
-        /// Boots of each device in the block comparison.
-        #[arg(long, default_value_t = 2)]
-        rounds: usize,
-        /// Milliseconds per throughput phase in the block comparison.
-        #[arg(long, default_value_t = 1000)]
-        phase_ms: u64,
-        /// vhost-user-blk worker threads (0: requests run on the vring threads).
-        #[arg(long, default_value_t = 0)]
-        workers: usize,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
-    /// Boot real Xen (4.17, Debian packages, Linux dom0) in QEMU TCG and run Xen scenarios as domUs in
-    /// that one boot. Serial log: <target>/xtask/logs/xen.log; packages and images cached in
-    /// <target>/xtask/xen/.
-    Xen(xen::XenArgs),
-    /// Install what `run` and `test` need (QEMU >= 10, libxen-dev, nightly Miri); idempotent.
+    /// Benchmarks: the comparison rows over several rounds, written up as a report
+    /// (<target>/xtask/report/: report.md, SVG charts, raw CSV and JSON), after the ring-protocol
+    /// cargo benches. Extra arguments go to cargo bench.
+    Bench(BenchArgs),
+    /// Install what `run` and `test` need (QEMU >= 10, libxen-dev, shellcheck, nightly Miri);
+    /// idempotent.
     Provision {
         /// Only print what would be installed.
         #[arg(long)]
@@ -112,89 +100,114 @@ enum Cmd {
     },
 }
 
-/// Boot the guest in QEMU.
+/// Where `cargo xtask run` compares the paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hypervisor {
+    /// QEMU only: our kernel as a PVH guest (virtio, emulated hardware, vhost-user).
+    Qemu,
+    /// Xen only: our kernel as PV domUs of real Xen 4.17 booted in QEMU TCG.
+    Xen,
+    /// Both (the default): the whole comparison.
+    All,
+}
+
+/// The comparison (or, with --tests, one boot).
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// In-kernel tests to run, in order (`tests=` on the kernel command line). Default: the guest's safe
-    /// self-tests (hello, cpuid, heap, timer, pci), then the device workloads of every I/O device in
-    /// `--devices` (blk-throughput and blk-integrity per disk, net-echo per NIC, console-echo per
-    /// console). Unknown names make the guest fail the run.
+    /// Restrict the comparison to one hypervisor's paths.
+    #[arg(long, value_enum, default_value = "all")]
+    pub hypervisor: Hypervisor,
+    /// Restrict the comparison further by matrix column (`backend=qemu`, `transport=virtio|xen`,
+    /// `device=ide`, ...; see `cargo xtask test --list`).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Milliseconds per throughput phase.
+    #[arg(long, default_value_t = 150)]
+    pub phase_ms: u64,
+    /// Also trace QEMU's register accesses and check the guest's exit counts against them (slows
+    /// port I/O devices by 10x or more).
+    #[arg(long)]
+    pub trace: bool,
+    /// CPU accelerator of the QEMU PVH rows. TCG (`-accel tcg -cpu max`) is the default; `kvm`
+    /// (`-accel kvm -cpu host,-arch-capabilities`) needs a host with VT, and a kvm_pvm host is told
+    /// so at once.
+    #[arg(long, value_enum, default_value = "tcg")]
+    pub accel: Accel,
+    /// Boot once with these in-kernel tests instead of the comparison (`tests=` on the command
+    /// line; the devices from --devices on xtask's disks and echo peers).
     #[arg(long, value_delimiter = ',')]
     pub tests: Vec<String>,
-    /// Extra kernel command-line words (e.g. "timer.hz=250 timer.ms=500").
+    /// Extra kernel command-line words for --tests (e.g. "timer.hz=250 timer.ms=500").
     #[arg(long, default_value = "")]
     pub append: String,
-    /// Devices for the guest: bare PCI functions and the I/O devices (disks on images under
-    /// <target>/xtask/disks, NICs and consoles on xtask's echo peers). `pci.expect=` is derived from
-    /// this list.
+    /// Devices of a --tests boot.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "edu,virtio-rng,virtio-blk,ide,ahci,virtio-net,e1000,virtio-console,uart"
     )]
     pub devices: Vec<Device>,
-    /// Do not trace QEMU (no trap counts and cost lines; the workloads still print their own counts).
-    #[arg(long)]
-    pub no_trace: bool,
-    /// Skip the untraced boots that measure ops/s without the trace's overhead (tracing every
-    /// register access slows PIO devices down by more than 10x).
-    #[arg(long)]
-    pub single_boot: bool,
-    /// Untraced boots for ops/s; each phase's best is shown (other load on the host only ever
-    /// makes a phase slower).
-    #[arg(long, default_value_t = 2)]
-    pub speed_rounds: u32,
-    /// CPU accelerator. TCG (`-accel tcg -cpu max`) is the default because on this machine kind
-    /// /dev/kvm is kvm_pvm, a paravirtual KVM without VT: it runs guests in a slow instruction emulator
-    /// and drops or mis-delivers their interrupts. `kvm` (`-accel kvm -cpu host,-arch-capabilities`) is opt-in.
-    #[arg(long, value_enum, default_value = "tcg")]
-    pub accel: Accel,
-    /// Kill QEMU if the guest has not exited after this many seconds.
+    /// Kill QEMU of a --tests boot if the guest has not exited after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
-    /// Kill QEMU if the guest printed nothing within this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub first_output_timeout: f64,
     /// Boot this ELF instead of building the guest kernel.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// Where the guest runs: `qemu` (PVH guest of q35) or `xen` (PV domU of real Xen booted in QEMU
-    /// TCG; serial log in <target>/xtask/logs/xen-run.log).
-    #[arg(long, value_enum, default_value = "qemu")]
-    pub hypervisor: xen::Hypervisor,
-    /// Under `--hypervisor xen`: which backends serve the domU's disk and vif.
-    #[arg(long, value_enum, default_value = "linux")]
-    pub xen_backends: xen::XenBackends,
-    /// Do not try to install QEMU.
-    #[arg(long)]
-    pub no_provision: bool,
-    /// Only show test progress and results, not the raw console.
+    /// Show every console line.
     #[arg(long, short)]
-    pub quiet: bool,
+    pub verbose: bool,
 }
 
 /// What `test` runs; by default everything.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Run only these groups (for local iteration; CI runs all).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<test::Group>,
-    /// Skip these groups (for local iteration; CI runs all).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub skip: Vec<test::Group>,
+    /// Run only these: stage groups (fmt, clippy, shellcheck, host-tests, loom, miri, matrix),
+    /// shorthands for matrix rows (qemu, xen, vhost), or matrix column filters (`env=xen-pv`,
+    /// `backend=pvkit-xen|linux`, `transport=virtio`, `workload=blk-integrity`, `device=ide`,
+    /// `sets=run`); filters of one column are alternatives, different columns must all match.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip these stage groups.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
     /// Skip Miri (same as --skip miri; for local iteration only, CI runs Miri).
     #[arg(long)]
     pub no_miri: bool,
-    /// Run only these QEMU scenarios.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub scenario: Vec<Scenario>,
-    /// Stream each stage's output instead of keeping it in the log only.
+    /// Run only these matrix rows: full names (`xen-pv/linux/blk-integrity@xen-blk`), guest test
+    /// names (`blk-integrity@ide`: every row of that test), or patterns with `*`.
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
+    /// Print the matrix (or the selected rows) and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Stream each stage's output and every console line.
     #[arg(long, short)]
     pub verbose: bool,
-    /// Boot this guest ELF in the QEMU scenarios instead of building the guest kernel (local
-    /// iteration, e.g. while the guest tree is mid-change; CI builds it).
+    /// Boot this guest ELF instead of building the guest kernel (local iteration, e.g. while the
+    /// guest tree is mid-change; CI builds it).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+}
+
+/// The benchmark report.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rounds of the comparison (each path booted once per round); the report gives min, median
+    /// and max over them.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Milliseconds per throughput phase.
+    #[arg(long, default_value_t = 1000)]
+    pub phase_ms: u64,
+    /// Restrict the paths by matrix column (as `run --only`).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Skip the ring-protocol cargo benches.
+    #[arg(long)]
+    pub no_cargo_bench: bool,
+    /// Arguments for cargo bench.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 fn main() {
@@ -233,35 +246,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Cmd::Run(args) => run::run(&args),
         Cmd::Test(args) => test::test(&args),
-        Cmd::Xen(args) => xen::xen(&args),
-        Cmd::Bench {
-            vhost_blk,
-            xen_blk,
-            rounds,
-            phase_ms,
-            workers,
-            args,
-        } => {
-            let all = !vhost_blk && !xen_blk;
-            if all {
-                let mut cmd = workspace::cargo();
-                cmd.args(["bench", "-p", "ring-protocol"]).args(args);
-                workspace::run_visible(&mut cmd)?;
-            }
-            let mut status = 0;
-            if all || vhost_blk {
-                status = status.max(vhost::bench_blk(rounds.max(1), phase_ms, workers)?);
-            }
-            if all || xen_blk {
-                status = status.max(xen::bench::bench_blk(rounds.max(1), phase_ms)?);
-            }
-            Ok(status)
-        }
+        Cmd::Bench(args) => report::bench(&args),
         Cmd::Provision { dry_run, simulate } => {
             provision::ensure_simulated(
                 provision::Needs {
                     qemu: true,
                     xen_headers: true,
+                    shellcheck: true,
                 },
                 dry_run,
                 &simulate,

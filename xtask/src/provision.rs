@@ -67,6 +67,8 @@ pub struct Facts {
     pub qemu: QemuState,
     pub qboot: bool,
     pub xen_headers: bool,
+    /// `shellcheck` runs.
+    pub shellcheck: bool,
     /// Some apt source already names bookworm-backports.
     pub backports_configured: bool,
 }
@@ -100,6 +102,10 @@ impl Facts {
             qemu,
             qboot: Path::new(QBOOT).is_file(),
             xen_headers: Path::new(XEN_RING_HEADER).is_file(),
+            shellcheck: Command::new("shellcheck")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
             backports_configured: backports_configured(),
         }
     }
@@ -134,6 +140,7 @@ fn backports_configured() -> bool {
 pub struct Needs {
     pub qemu: bool,
     pub xen_headers: bool,
+    pub shellcheck: bool,
 }
 
 /// One provisioning action.
@@ -143,6 +150,7 @@ pub enum Step {
     AptUpdate,
     InstallQemu,
     InstallXenHeaders,
+    InstallShellcheck,
 }
 
 impl Step {
@@ -156,6 +164,7 @@ impl Step {
             Step::AptUpdate => "apt-get update".to_owned(),
             Step::InstallQemu => "apt-get install -y -t bookworm-backports qemu-system-x86".to_owned(),
             Step::InstallXenHeaders => "apt-get install -y libxen-dev".to_owned(),
+            Step::InstallShellcheck => "apt-get install -y shellcheck".to_owned(),
         }
     }
 }
@@ -165,11 +174,12 @@ impl Step {
 pub fn plan(facts: &Facts, needs: Needs) -> Vec<Step> {
     let want_qemu = needs.qemu && !facts.qemu_ok();
     let want_xen = needs.xen_headers && !facts.xen_headers;
+    let want_shellcheck = needs.shellcheck && !facts.shellcheck;
     let mut steps = Vec::new();
     if want_qemu && !facts.backports_configured {
         steps.push(Step::AddBackportsSource);
     }
-    if want_qemu || want_xen {
+    if want_qemu || want_xen || want_shellcheck {
         steps.push(Step::AptUpdate);
     }
     if want_qemu {
@@ -177,6 +187,9 @@ pub fn plan(facts: &Facts, needs: Needs) -> Vec<Step> {
     }
     if want_xen {
         steps.push(Step::InstallXenHeaders);
+    }
+    if want_shellcheck {
+        steps.push(Step::InstallShellcheck);
     }
     steps
 }
@@ -200,6 +213,9 @@ fn missing(facts: &Facts, needs: Needs) -> Vec<String> {
     if needs.xen_headers && !facts.xen_headers {
         out.push(format!("{XEN_RING_HEADER} is missing (libxen-dev)"));
     }
+    if needs.shellcheck && !facts.shellcheck {
+        out.push("shellcheck is not installed".to_owned());
+    }
     out
 }
 
@@ -211,6 +227,7 @@ pub fn qemu_problems() -> Vec<String> {
         Needs {
             qemu: true,
             xen_headers: false,
+            shellcheck: false,
         },
     )
 }
@@ -256,6 +273,7 @@ impl Simulation {
         }
         if self.simulate_bare {
             facts.xen_headers = false;
+            facts.shellcheck = false;
             facts.backports_configured = false;
         }
     }
@@ -273,6 +291,7 @@ pub fn ensure_simulated(mut needs: Needs, dry_run: bool, sim: &Simulation) -> Re
             Needs {
                 qemu: true,
                 xen_headers: false,
+                shellcheck: false,
             },
         );
         if !problems.is_empty() {
@@ -327,6 +346,7 @@ pub fn ensure_simulated(mut needs: Needs, dry_run: bool, sim: &Simulation) -> Re
             Step::AptUpdate => apt(&["update"])?,
             Step::InstallQemu => apt(&["install", "-y", "-t", "bookworm-backports", "qemu-system-x86"])?,
             Step::InstallXenHeaders => apt(&["install", "-y", "libxen-dev"])?,
+            Step::InstallShellcheck => apt(&["install", "-y", "shellcheck"])?,
         }
     }
     if dry_run {
@@ -452,6 +472,7 @@ mod tests {
             qemu,
             qboot: true,
             xen_headers: xen,
+            shellcheck: true,
             backports_configured: backports,
         }
     }
@@ -459,6 +480,7 @@ mod tests {
     const ALL: Needs = Needs {
         qemu: true,
         xen_headers: true,
+        shellcheck: false,
     };
 
     #[test]
@@ -488,7 +510,8 @@ mod tests {
                 &old,
                 Needs {
                     qemu: false,
-                    xen_headers: true
+                    xen_headers: true,
+                    shellcheck: false,
                 }
             )
             .is_empty()
@@ -498,7 +521,8 @@ mod tests {
                 &facts(QemuState::Missing, true, false),
                 Needs {
                     qemu: false,
-                    xen_headers: true
+                    xen_headers: true,
+                    shellcheck: false,
                 }
             ),
             vec![AptUpdate, InstallXenHeaders]

@@ -88,6 +88,17 @@ pub struct IoAttach {
     pub disks: BTreeMap<Device, DiskAttach>,
     /// TCP port on 127.0.0.1 where an xtask peer listens (QEMU connects as the client).
     pub ports: BTreeMap<Device, u16>,
+    /// Unix socket of a vhost-user daemon serving the device (virtio-blk, virtio-net); QEMU is the
+    /// vhost-user frontend, guest RAM is then a shared memfd.
+    pub vhost: BTreeMap<Device, VhostAttach>,
+}
+
+/// A device served by a vhost-user daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostAttach {
+    pub socket: PathBuf,
+    /// Request queues (vhost-user-blk's `num-queues`; QEMU asks the daemon how many it offers).
+    pub queues: u32,
 }
 
 /// Size of the null disk behind a block device without an image.
@@ -136,6 +147,26 @@ impl Device {
     /// Arguments that add the device, with its backend from `io`, to QEMU's command line.
     pub fn qemu_args(self, io: &IoAttach) -> Vec<String> {
         let id = self.backend_id();
+        if let Some(v) = io.vhost.get(&self) {
+            let chardev = format!("socket,id={id},path={}", v.socket.display());
+            return match self {
+                Device::VirtioBlk => vec![
+                    "-chardev".into(),
+                    chardev,
+                    "-device".into(),
+                    format!("vhost-user-blk-pci,chardev={id},num-queues={}", v.queues.max(1)),
+                ],
+                Device::VirtioNet => vec![
+                    "-chardev".into(),
+                    chardev,
+                    "-netdev".into(),
+                    format!("vhost-user,id={id}n,chardev={id}"),
+                    "-device".into(),
+                    format!("virtio-net-pci,netdev={id}n,romfile="),
+                ],
+                other => unreachable!("no vhost-user daemon serves {other:?}"),
+            };
+        }
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: String| a.push(s);
         match self.backend() {
@@ -249,15 +280,39 @@ pub enum Accel {
     Kvm,
 }
 
+/// What a QEMU machine boots.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// Our kernel as a PVH guest (`-kernel`, qboot firmware, `isa-debug-exit` for its verdict).
+    Pvh { kernel: PathBuf, append: String },
+    /// A Linux kernel with an initramfs (qboot; the console on the first serial port).
+    Linux {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+    /// Xen through QEMU's multiboot loader (the gunzipped ELF, SeaBIOS), dom0's kernel and
+    /// initramfs as modules (the first word of each is its name, a comma in arguments is `,,`),
+    /// and virtio disks for dom0 in this order (`/dev/vda`, ...).
+    Xen {
+        xen: PathBuf,
+        xen_cmdline: String,
+        dom0_kernel: PathBuf,
+        dom0_cmdline: String,
+        initramfs: PathBuf,
+        drives: Vec<PathBuf>,
+    },
+}
+
 /// Everything that defines one QEMU run.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     pub qemu: PathBuf,
-    pub kernel: PathBuf,
+    pub boot: Boot,
     pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
     pub devices: Vec<Device>,
-    /// The kernel command line (`-append`).
-    pub append: String,
     /// Kill QEMU if it has not exited after this long.
     pub timeout: Duration,
     /// Kill QEMU if the guest printed no console line within this long.
@@ -275,20 +330,125 @@ impl QemuConfig {
         std::env::var_os("PVKIT_QEMU").map_or_else(|| PathBuf::from(QEMU), PathBuf::from)
     }
 
-    pub fn command(&self) -> Command {
+    /// Our kernel as a PVH guest with the defaults of every scenario (TCG, [`MEMORY_MIB`], one vCPU,
+    /// 10 s to the first console line).
+    pub fn pvh(kernel: &Path, append: String, devices: Vec<Device>, timeout: Duration) -> QemuConfig {
+        QemuConfig {
+            qemu: QemuConfig::default_qemu(),
+            boot: Boot::Pvh {
+                kernel: kernel.to_owned(),
+                append,
+            },
+            accel: Accel::Tcg,
+            memory_mib: MEMORY_MIB,
+            cpus: 1,
+            devices,
+            timeout,
+            first_output_timeout: Duration::from_secs(10),
+            io: IoAttach::default(),
+            trace: None,
+        }
+    }
+
+    /// Files that must exist before QEMU starts.
+    fn inputs(&self) -> Vec<(&'static str, &Path)> {
+        match &self.boot {
+            Boot::Pvh { kernel, .. } => vec![("guest kernel", kernel), ("qboot firmware", Path::new(QBOOT))],
+            Boot::Linux { kernel, initrd, .. } => vec![
+                ("Linux kernel", kernel),
+                ("Linux initramfs", initrd),
+                ("qboot firmware", Path::new(QBOOT)),
+            ],
+            Boot::Xen {
+                xen,
+                dom0_kernel,
+                initramfs,
+                ..
+            } => vec![
+                ("Xen", xen),
+                ("dom0 kernel", dom0_kernel),
+                ("dom0 initramfs", initramfs),
+            ],
+        }
+    }
+
+    pub fn command(&self) -> Result<Command> {
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(["-machine", "q35"]);
+        if self.io.vhost.is_empty() {
+            cmd.args(["-machine", "q35"]);
+        } else {
+            // vhost-user daemons map guest RAM: it must be a shared memfd.
+            cmd.args(["-machine", "q35,memory-backend=mem", "-object"]);
+            cmd.arg(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                self.memory_mib
+            ));
+        }
         match self.accel {
             Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
             // kvm_pvm refuses QEMU's write of IA32_ARCH_CAPABILITIES (MSR 0x10a) that plain `-cpu host`
             // makes, and QEMU aborts; without that feature the guest boots.
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
         };
-        cmd.args(["-m", &format!("{MEMORY_MIB}M"), "-smp", "1", "-bios", QBOOT]);
+        cmd.args([
+            "-m",
+            &format!("{}M", self.memory_mib),
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
         cmd.args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio"]);
-        cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-        cmd.arg("-kernel").arg(&self.kernel);
-        cmd.args(["-append", &self.append]);
+        match &self.boot {
+            Boot::Pvh { kernel, append } => {
+                cmd.args(["-bios", QBOOT]);
+                cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+                cmd.arg("-kernel").arg(kernel);
+                cmd.args(["-append", append]);
+            }
+            Boot::Linux {
+                kernel,
+                initrd,
+                append,
+            } => {
+                cmd.args(["-bios", QBOOT]);
+                cmd.arg("-kernel").arg(kernel);
+                cmd.arg("-initrd").arg(initrd);
+                cmd.args(["-append", append]);
+            }
+            Boot::Xen {
+                xen,
+                xen_cmdline,
+                dom0_kernel,
+                dom0_cmdline,
+                initramfs,
+                drives,
+            } => {
+                for p in [dom0_kernel, initramfs].into_iter().chain(drives) {
+                    // QEMU's multiboot module list and -drive are comma-separated (a literal comma is
+                    // written `,,`; file names with one are refused rather than escaped).
+                    if p.to_string_lossy().contains(',') {
+                        bail!(
+                            "{} contains a comma, which QEMU's -initrd/-drive options cannot carry",
+                            p.display()
+                        );
+                    }
+                }
+                cmd.arg("-kernel").arg(xen);
+                cmd.args(["-append", xen_cmdline]);
+                cmd.arg("-initrd").arg(format!(
+                    "{} {},{}",
+                    dom0_kernel.display(),
+                    dom0_cmdline.replace(',', ",,"),
+                    initramfs.display()
+                ));
+                for (i, d) in drives.iter().enumerate() {
+                    cmd.arg("-drive").arg(format!(
+                        "file={},format=raw,if=none,id=disk{i},cache=unsafe",
+                        d.display()
+                    ));
+                    cmd.args(["-device", &format!("virtio-blk-pci,drive=disk{i}")]);
+                }
+            }
+        }
         for d in &self.devices {
             cmd.args(d.qemu_args(&self.io));
         }
@@ -311,7 +471,7 @@ impl QemuConfig {
                 ),
             ]);
         }
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -404,6 +564,8 @@ pub struct RunResult {
     pub test_times: BTreeMap<String, Duration>,
     /// QEMU's pid, which is also its process group id (None if it never started).
     pub pgid: Option<u32>,
+    /// QEMU's exit code, if it exited by itself (a Xen or Linux machine powers off with 0).
+    pub exit_code: Option<i32>,
 }
 
 enum Event {
@@ -428,7 +590,7 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
         std::fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
     }
     let mut logf = File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
-    let mut cmd = cfg.command();
+    let mut cmd = cfg.command()?;
     let command = display_command(&cmd);
     writeln!(logf, "# command: {command}")?;
     writeln!(
@@ -447,6 +609,7 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
         stderr: Vec::new(),
         test_times: BTreeMap::new(),
         pgid: None,
+        exit_code: None,
     };
 
     let finish = |mut logf: File, result: RunResult| -> Result<RunResult> {
@@ -466,10 +629,7 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
         ));
         return finish(logf, result);
     }
-    for (what, path) in [
-        ("guest kernel", cfg.kernel.as_path()),
-        ("qboot firmware", Path::new(QBOOT)),
-    ] {
+    for (what, path) in cfg.inputs() {
         if !path.is_file() {
             result.outcome = Outcome::LaunchFailed(format!("{what} {} does not exist", path.display()));
             return finish(logf, result);
@@ -590,6 +750,9 @@ pub fn run(cfg: &QemuConfig, log: &Path, mut on_line: impl FnMut(Seen<'_>)) -> R
 
     let (status, exited_at) = exited.expect("loop ends only after the exit event");
     result.wall = exited_at.duration_since(started);
+    if killed.is_none() {
+        result.exit_code = status.as_ref().ok().and_then(ExitStatus::code);
+    }
     result.outcome = match (killed, status) {
         (Some(reason), _) => reason,
         // QEMU itself exits with 1 on its own startup errors (bad kernel image, unknown option), which
@@ -747,18 +910,14 @@ mod tests {
 
     #[test]
     fn command_line_has_defaults_devices_and_append() {
-        let cfg = QemuConfig {
-            qemu: QEMU.into(),
-            kernel: "/k".into(),
-            accel: Accel::Tcg,
-            devices: vec![Device::Edu],
-            append: "tests=hello".into(),
-            timeout: Duration::from_secs(1),
-            first_output_timeout: Duration::from_secs(1),
-            io: IoAttach::default(),
-            trace: None,
-        };
-        let shown = display_command(&cfg.command());
+        let mut cfg = QemuConfig::pvh(
+            Path::new("/k"),
+            "tests=hello".into(),
+            vec![Device::Edu],
+            Duration::from_secs(1),
+        );
+        cfg.qemu = QEMU.into();
+        let shown = display_command(&cfg.command().unwrap());
         for want in [
             "-machine q35",
             "-accel tcg -cpu max",
@@ -773,9 +932,80 @@ mod tests {
         assert!(shown.ends_with("-append tests=hello -device edu"), "{shown}");
         let kvm = QemuConfig {
             accel: Accel::Kvm,
+            ..cfg.clone()
+        };
+        assert!(display_command(&kvm.command().unwrap()).contains("-accel kvm -cpu host,-arch-capabilities"));
+        // A vhost-user device: shared guest RAM and the daemon's socket instead of a drive.
+        let mut vhost = QemuConfig {
+            devices: vec![Device::VirtioBlk, Device::VirtioNet],
+            ..cfg.clone()
+        };
+        for (d, sock) in [(Device::VirtioBlk, "/s/blk"), (Device::VirtioNet, "/s/net")] {
+            vhost.io.vhost.insert(
+                d,
+                VhostAttach {
+                    socket: sock.into(),
+                    queues: 1,
+                },
+            );
+        }
+        let shown = display_command(&vhost.command().unwrap());
+        for want in [
+            "-machine q35,memory-backend=mem -object memory-backend-memfd,id=mem,size=128M,share=on",
+            "-chardev socket,id=vblk,path=/s/blk -device vhost-user-blk-pci,chardev=vblk,num-queues=1",
+            "-netdev vhost-user,id=vnetn,chardev=vnet -device virtio-net-pci,netdev=vnetn,romfile=",
+        ] {
+            assert!(shown.contains(want), "{want:?} missing from {shown}");
+        }
+        assert!(!shown.contains("-drive"), "{shown}");
+    }
+
+    #[test]
+    fn xen_machine_command() {
+        let cfg = QemuConfig {
+            boot: Boot::Xen {
+                xen: "/x/xen".into(),
+                xen_cmdline: "console=com1".into(),
+                dom0_kernel: "/x/vmlinuz".into(),
+                dom0_cmdline: "console=hvc0 a,b".into(),
+                initramfs: "/x/initrd".into(),
+                drives: vec!["/d/a.img".into(), "/d/b.img".into()],
+            },
+            memory_mib: 2048,
+            cpus: 2,
+            devices: vec![],
+            ..QemuConfig::pvh(Path::new("/k"), String::new(), vec![], Duration::from_secs(1))
+        };
+        let shown = display_command(&cfg.command().unwrap());
+        assert!(shown.contains("-m 2048M -smp 2"), "{shown}");
+        assert!(shown.contains("-kernel /x/xen -append console=com1"), "{shown}");
+        assert!(
+            shown.contains("-initrd '/x/vmlinuz console=hvc0 a,,b,/x/initrd'"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with(
+                "-drive file=/d/a.img,format=raw,if=none,id=disk0,cache=unsafe -device virtio-blk-pci,drive=disk0 \
+                 -drive file=/d/b.img,format=raw,if=none,id=disk1,cache=unsafe -device virtio-blk-pci,drive=disk1"
+            ),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("qboot") && !shown.contains("isa-debug-exit"),
+            "{shown}"
+        );
+        let comma = QemuConfig {
+            boot: Boot::Xen {
+                xen: "/x/xen".into(),
+                xen_cmdline: String::new(),
+                dom0_kernel: "/x/vm,linuz".into(),
+                dom0_cmdline: String::new(),
+                initramfs: "/x/initrd".into(),
+                drives: vec![],
+            },
             ..cfg
         };
-        assert!(display_command(&kvm.command()).contains("-accel kvm -cpu host,-arch-capabilities"));
+        assert!(comma.command().is_err());
     }
 
     /// A stand-in for QEMU: a shell script that ignores its arguments.
@@ -791,17 +1021,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pvkit-xtask-test-{}", std::process::id()));
         let qemu = fake_qemu(&dir, name, body);
         // Any existing file will do as the "kernel": the fake ignores it.
-        let cfg = QemuConfig {
-            qemu,
-            kernel: std::env::current_exe().unwrap(),
-            accel: Accel::Tcg,
-            devices: vec![],
-            append: String::new(),
-            timeout: Duration::from_millis(timeout_ms),
-            first_output_timeout: Duration::from_millis(silent_ms),
-            io: IoAttach::default(),
-            trace: None,
-        };
+        let mut cfg = QemuConfig::pvh(
+            &std::env::current_exe().unwrap(),
+            String::new(),
+            vec![],
+            Duration::from_millis(timeout_ms),
+        );
+        cfg.qemu = qemu;
+        cfg.first_output_timeout = Duration::from_millis(silent_ms);
         let r = run(&cfg, &dir.join(format!("{name}.log")), |_| {}).unwrap();
         // Whatever happened, nothing of QEMU's process group is left.
         assert!(
@@ -875,17 +1102,13 @@ mod tests {
 
     #[test]
     fn missing_qemu_is_a_launch_failure() {
-        let cfg = QemuConfig {
-            qemu: "/nonexistent/qemu-system-x86_64".into(),
-            kernel: "/nonexistent/kernel".into(),
-            accel: Accel::Tcg,
-            devices: vec![],
-            append: String::new(),
-            timeout: Duration::from_secs(1),
-            first_output_timeout: Duration::from_secs(1),
-            io: IoAttach::default(),
-            trace: None,
-        };
+        let mut cfg = QemuConfig::pvh(
+            Path::new("/nonexistent/kernel"),
+            String::new(),
+            vec![],
+            Duration::from_secs(1),
+        );
+        cfg.qemu = "/nonexistent/qemu-system-x86_64".into();
         let dir = std::env::temp_dir().join(format!("pvkit-xtask-test-{}", std::process::id()));
         let r = run(&cfg, &dir.join("missing.log"), |_| {}).unwrap();
         assert!(

@@ -1,68 +1,161 @@
-//! `cargo xtask test`: every check CI runs, as stages, ending with a pass/fail table.
+//! `cargo xtask test`: every check CI runs, as stages, then every row of the scenario matrix; ends
+//! with a result table, a JUnit XML file beside it (`<target>/xtask/junit.xml`) and a plain
+//! closing line.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use clap::ValueEnum;
+use anyhow::{Context, Result, bail};
 
-use crate::qemu::{self, Accel, Outcome, QemuConfig};
-use crate::rig::Rig;
-use crate::scenario::Scenario;
-use crate::{TestArgs, process, provision, table, workspace};
+use crate::matrix::{self, Filter, MATRIX, Row};
+use crate::outcome::{self, Line, Verdict};
+use crate::qemu::Accel;
+use crate::qemu_env::Ctx;
+use crate::{TestArgs, exec, process, provision, table, workspace};
 
 /// Groups of stages, for `--only` / `--skip`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     /// cargo fmt --check
     Fmt,
     /// clippy -D warnings, host crates and the guest kernel
     Clippy,
+    /// shellcheck on every shell program the harness ships (dom0, guests)
+    Shellcheck,
     /// cargo test for the host crates (includes the C differential tests)
     HostTests,
     /// loom model checking of ring-protocol
     Loom,
     /// Miri on ring-protocol
     Miri,
-    /// guest build and the QEMU scenarios
-    Qemu,
-    /// the Xen scenarios: real Xen + Linux dom0 in QEMU, all in one Xen boot (xtask/src/xen)
-    Xen,
-    /// the vhost-user daemons (backends/) with our guest and a Linux guest in QEMU (xtask/src/vhost.rs)
-    Vhost,
+    /// the guest build and the rows of the scenario matrix
+    Matrix,
 }
 
-enum Verdict {
-    Pass,
-    Fail(String),
-    Skipped(String),
+impl Group {
+    const ALL: &[(Group, &str)] = &[
+        (Group::Fmt, "fmt"),
+        (Group::Clippy, "clippy"),
+        (Group::Shellcheck, "shellcheck"),
+        (Group::HostTests, "host-tests"),
+        (Group::Loom, "loom"),
+        (Group::Miri, "miri"),
+        (Group::Matrix, "matrix"),
+    ];
+
+    fn name(self) -> &'static str {
+        Group::ALL.iter().find(|(g, _)| *g == self).expect("listed").1
+    }
+
+    fn parse(s: &str) -> Option<Group> {
+        Group::ALL.iter().find(|(_, n)| *n == s).map(|(g, _)| *g)
+    }
 }
 
-struct Row {
-    name: String,
-    verdict: Verdict,
-    time: Option<Duration>,
-    log: Option<PathBuf>,
+/// Shorthands of `--only`: a group of matrix rows by one column.
+const SHORTHANDS: &[(&str, &str)] = &[
+    ("qemu", "env=qemu-pvh|qemu-pvh-kvm"),
+    ("xen", "env=xen-pv"),
+    ("vhost", "backend=pvkit-vhost-user"),
+];
+
+/// The shell programs the harness ships, checked with shellcheck.
+pub const SHELL_PROGRAMS: &[&str] = &[
+    "xtask/xen/init.sh",
+    "xtask/xen/dom0-lib.sh",
+    "xtask/xen/vif-pvkit.sh",
+    "xtask/xen/linux-domu-init.sh",
+    "xtask/guest/vhost-linux-init.sh",
+];
+
+/// What `--only`, `--skip` and `--scenario` select.
+#[derive(Debug, Default)]
+pub struct Selection {
+    groups: Vec<Group>,
+    skip: Vec<Group>,
+    pub filter: Filter,
 }
 
-struct Ctx {
+impl Selection {
+    pub fn parse(only: &[String], skip: &[String], scenario: &[String], no_miri: bool) -> Result<Selection> {
+        let mut s = Selection::default();
+        let mut filter_terms = false;
+        for o in only
+            .iter()
+            .flat_map(|o| o.split(','))
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+        {
+            if let Some(g) = Group::parse(o) {
+                s.groups.push(g);
+            } else if let Some((_, term)) = SHORTHANDS.iter().find(|(n, _)| *n == o) {
+                s.filter.add_term(term).map_err(anyhow::Error::msg)?;
+                filter_terms = true;
+            } else if o.contains('=') {
+                s.filter.add_term(o).map_err(anyhow::Error::msg)?;
+                filter_terms = true;
+            } else {
+                bail!(
+                    "--only {o}: not a group ({}), a shorthand ({}) or a column=value filter",
+                    Group::ALL.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", "),
+                    SHORTHANDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        for k in skip
+            .iter()
+            .flat_map(|o| o.split(','))
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+        {
+            s.skip
+                .push(Group::parse(k).with_context(|| format!("--skip {k}: not a group"))?);
+        }
+        if no_miri {
+            s.skip.push(Group::Miri);
+        }
+        s.filter.names = scenario
+            .iter()
+            .flat_map(|n| n.split(','))
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        // A row filter alone means "these rows": the matrix and nothing else.
+        if (filter_terms || !s.filter.names.is_empty()) && s.groups.is_empty() {
+            s.groups.push(Group::Matrix);
+        }
+        Ok(s)
+    }
+
+    pub fn selected(&self, g: Group) -> bool {
+        (self.groups.is_empty() || self.groups.contains(&g)) && !self.skip.contains(&g)
+    }
+
+    pub fn rows(&self) -> Result<Vec<&'static Row>> {
+        self.filter.select(MATRIX).map_err(anyhow::Error::msg)
+    }
+}
+
+struct Ctx2 {
     verbose: bool,
-    rows: Vec<Row>,
+    lines: Vec<Line>,
 }
 
-impl Ctx {
-    fn record(&mut self, name: &str, verdict: Verdict, time: Option<Duration>, log: Option<PathBuf>) {
-        let t = time
+impl Ctx2 {
+    fn record(&mut self, line: Line) {
+        let t = line
+            .time
             .map(|d| format!(" ({})", table::duration(d)))
             .unwrap_or_default();
-        match &verdict {
-            Verdict::Pass => eprintln!("    PASS {name}{t}"),
-            Verdict::Fail(why) => {
-                eprintln!("    FAIL {name}{t}: {why}");
-                if let Some(log) = &log
+        match line.verdict.reason() {
+            None => eprintln!("    PASS {}{t}", line.name),
+            Some(why) => {
+                eprintln!("    {} {}{t}: {why}", line.verdict.label(), line.name);
+                if line.verdict.is_bad()
+                    && let Some(log) = &line.log
                     && !self.verbose
                 {
                     // CI keeps only the terminal output: show more of a failing stage there.
@@ -70,18 +163,12 @@ impl Ctx {
                     print_tail(log, if ci { 200 } else { 40 });
                 }
             }
-            Verdict::Skipped(why) => eprintln!("    SKIP {name}: {why}"),
         }
-        self.rows.push(Row {
-            name: name.to_owned(),
-            verdict,
-            time,
-            log,
-        });
+        self.lines.push(line);
     }
 
     /// Runs a command as stage `name`, output to `<logs>/<name>.log`.
-    fn command(&mut self, name: &str, mut cmd: Command) {
+    fn command(&mut self, group: Group, name: &str, mut cmd: Command) -> bool {
         eprintln!("==> {name}: {}", workspace::display_command(&cmd));
         let log = workspace::log_dir().join(format!("{name}.log"));
         let t0 = Instant::now();
@@ -90,7 +177,27 @@ impl Ctx {
             Ok(Some(why)) => Verdict::Fail(why),
             Err(e) => Verdict::Fail(format!("{e:#}")),
         };
-        self.record(name, verdict, Some(t0.elapsed()), Some(log));
+        let ok = verdict == Verdict::Pass;
+        self.record(Line {
+            name: name.to_owned(),
+            verdict,
+            time: Some(t0.elapsed()),
+            log: Some(log),
+            repro: Some(workspace::display_command(&cmd)),
+            class: group.name().to_owned(),
+        });
+        ok
+    }
+
+    fn skip(&mut self, group: Group, name: &str, why: &str) {
+        self.record(Line {
+            name: name.to_owned(),
+            verdict: Verdict::Skip(why.to_owned()),
+            time: None,
+            log: None,
+            repro: None,
+            class: group.name().to_owned(),
+        });
     }
 }
 
@@ -126,37 +233,50 @@ fn print_tail(log: &Path, n: usize) {
 }
 
 pub fn test(args: &TestArgs) -> Result<i32> {
-    let selected = |g: Group| {
-        (args.only.is_empty() || args.only.contains(&g))
-            && !args.skip.contains(&g)
-            && !(g == Group::Miri && args.no_miri)
-    };
-    let mut ctx = Ctx {
+    let sel = Selection::parse(&args.only, &args.skip, &args.scenario, args.no_miri)?;
+    let rows = sel.rows()?;
+    if args.list {
+        print!("{}", matrix::list(&rows));
+        println!("{} scenarios", rows.len());
+        return Ok(0);
+    }
+    let mut ctx = Ctx2 {
         verbose: args.verbose,
-        rows: Vec::new(),
+        lines: Vec::new(),
     };
     let started = Instant::now();
-    let skip_note = "not selected (--only/--skip/--no-miri)".to_owned();
+    let skip_note = "not selected (--only/--skip/--no-miri)";
 
-    // Provisioning first: the host tests need the Xen headers, the scenarios QEMU.
+    // Provisioning first: the host tests need the Xen headers, the rows QEMU, the shell stage
+    // shellcheck.
     let needs = provision::Needs {
-        qemu: selected(Group::Qemu),
-        xen_headers: selected(Group::HostTests),
+        qemu: sel.selected(Group::Matrix),
+        xen_headers: sel.selected(Group::HostTests),
+        shellcheck: sel.selected(Group::Shellcheck),
     };
     let t0 = Instant::now();
     let qemu_problem = match provision::ensure(needs, false) {
         Ok(()) => {
-            ctx.record("provision", Verdict::Pass, Some(t0.elapsed()), None);
+            ctx.record(Line {
+                name: "provision".into(),
+                verdict: Verdict::Pass,
+                time: Some(t0.elapsed()),
+                log: None,
+                repro: None,
+                class: "setup".into(),
+            });
             None
         }
         Err(e) => {
-            ctx.record(
-                "provision",
-                Verdict::Fail(format!("{e:#}")),
-                Some(t0.elapsed()),
-                None,
-            );
-            // Only a QEMU problem stops the scenarios (not, say, missing Xen headers).
+            ctx.record(Line {
+                name: "provision".into(),
+                verdict: Verdict::Fail(format!("{e:#}")),
+                time: Some(t0.elapsed()),
+                log: None,
+                repro: Some("cargo xtask provision".into()),
+                class: "setup".into(),
+            });
+            // Only a QEMU problem stops the rows (not, say, missing Xen headers).
             let problems = provision::qemu_problems();
             (!problems.is_empty()).then(|| problems.join("; "))
         }
@@ -199,12 +319,17 @@ pub fn test(args: &TestArgs) -> Result<i32> {
                 "warnings",
             ]),
         ),
-        (
-            Group::HostTests,
-            "host-tests",
-            cargo(&["test", "--workspace", "--exclude", workspace::GUEST_PACKAGE]),
-        ),
     ];
+    let mut sc = Command::new("shellcheck");
+    sc.current_dir(workspace::root())
+        .args(["--shell=sh", "--external-sources", "--source-path=SCRIPTDIR"])
+        .args(SHELL_PROGRAMS);
+    stages.push((Group::Shellcheck, "shellcheck", sc));
+    stages.push((
+        Group::HostTests,
+        "host-tests",
+        cargo(&["test", "--workspace", "--exclude", workspace::GUEST_PACKAGE]),
+    ));
     let mut loom = cargo(&["test", "-p", "ring-protocol", "--test", "loom", "--release"]);
     loom.env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", target.join("loom"));
@@ -224,52 +349,40 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         if process::interrupted() {
             break;
         }
-        if !selected(group) {
-            ctx.record(name, Verdict::Skipped(skip_note.clone()), None, None);
+        if !sel.selected(group) {
+            ctx.skip(group, name, skip_note);
             continue;
         }
         if group == Group::Miri
             && let Err(e) = provision::ensure_miri(false)
         {
-            ctx.record(
-                name,
-                Verdict::Fail(format!("Miri is not installed and could not be: {e:#}")),
-                None,
-                None,
-            );
+            ctx.record(Line {
+                name: name.into(),
+                verdict: Verdict::Fail(format!("Miri is not installed and could not be: {e:#}")),
+                time: None,
+                log: None,
+                repro: Some("cargo xtask provision".into()),
+                class: group.name().into(),
+            });
             continue;
         }
-        ctx.command(name, cmd);
+        ctx.command(group, name, cmd);
     }
 
-    let scenarios: Vec<Scenario> = Scenario::all()
-        .iter()
-        .copied()
-        .filter(|s| args.scenario.is_empty() || args.scenario.contains(s))
-        .collect();
-    if !selected(Group::Qemu) {
-        ctx.record("guest-build", Verdict::Skipped(skip_note.clone()), None, None);
-        for s in &scenarios {
-            ctx.record(
-                &format!("qemu:{}", s.name()),
-                Verdict::Skipped(skip_note.clone()),
-                None,
-                None,
-            );
+    if !sel.selected(Group::Matrix) {
+        ctx.skip(Group::Matrix, "guest-build", skip_note);
+        for r in &rows {
+            ctx.skip(Group::Matrix, &r.name(), skip_note);
         }
     } else if !process::interrupted() {
-        let built = match &args.kernel {
+        let elf = match &args.kernel {
             Some(k) => {
-                ctx.record(
-                    "guest-build",
-                    Verdict::Skipped(format!("--kernel {}", k.display())),
-                    None,
-                    None,
-                );
-                true
+                ctx.skip(Group::Matrix, "guest-build", &format!("--kernel {}", k.display()));
+                Some(k.clone())
             }
-            None => {
-                ctx.command(
+            None => ctx
+                .command(
+                    Group::Matrix,
                     "guest-build",
                     cargo(&[
                         "build",
@@ -279,83 +392,58 @@ pub fn test(args: &TestArgs) -> Result<i32> {
                         "--target",
                         workspace::GUEST_TARGET,
                     ]),
-                );
-                matches!(
-                    ctx.rows.last(),
-                    Some(Row {
-                        verdict: Verdict::Pass,
-                        ..
-                    })
                 )
-            }
+                .then(workspace::guest_elf),
         };
-        let elf = args.kernel.clone().unwrap_or_else(workspace::guest_elf);
-        let missing = if !built {
-            Some(
-                "prerequisite missing: the guest-build stage failed, so there is no guest ELF to boot"
-                    .to_owned(),
-            )
-        } else if !elf.is_file() {
-            Some(format!(
-                "prerequisite missing: guest ELF {} does not exist after the build",
-                elf.display()
-            ))
+        let missing = match &elf {
+            None => Some("the guest-build stage failed, so there is no guest ELF to boot".to_owned()),
+            Some(e) if !e.is_file() => Some(format!("guest ELF {} does not exist", e.display())),
+            Some(_) => qemu_problem,
+        };
+        if let Some(why) = missing {
+            for r in &rows {
+                ctx.record(row_line(&outcome::CellResult::new(
+                    r,
+                    Verdict::Fail(format!("prerequisite missing: {why}")),
+                )));
+            }
         } else {
-            qemu_problem.map(|p| format!("prerequisite missing: {p}"))
-        };
-        for s in scenarios {
-            if process::interrupted() {
-                break;
+            let mctx = Ctx {
+                elf: elf.expect("checked"),
+                accel: Accel::Tcg,
+                profile: matrix::Profile::Test,
+                trace: true,
+                verbose: args.verbose,
+                tag: "test".to_owned(),
+            };
+            eprintln!("==> matrix: {} scenarios", rows.len());
+            let results = exec::run(&rows, &mctx, |_| {});
+            for c in &results {
+                ctx.lines.push(row_line(c));
             }
-            let name = format!("qemu:{}", s.name());
-            eprintln!("==> {name}: {}", s.append());
-            let log = workspace::log_dir().join(format!("{}.log", s.name()));
-            if let Some(why) = &missing {
-                std::fs::create_dir_all(workspace::log_dir())?;
-                std::fs::write(&log, format!("# scenario {} not run: {why}\n", s.name()))?;
-                ctx.record(&name, Verdict::Fail(why.clone()), None, Some(log));
-                continue;
-            }
-            let (verdict, wall) = scenario(s, &elf, &log)?;
-            ctx.record(&name, verdict, wall, Some(log));
+            crate::vhost::cleanup();
         }
     }
 
-    if !process::interrupted() {
-        xen_stage(&mut ctx, selected(Group::Xen), &skip_note, args.kernel.as_deref());
-    }
-    if !process::interrupted() {
-        vhost_stage(&mut ctx, selected(Group::Vhost), &skip_note);
-    }
-
     let interrupted = process::interrupted();
-    print_table(&ctx.rows, started.elapsed());
-    let failed = ctx
-        .rows
-        .iter()
-        .filter(|r| matches!(r.verdict, Verdict::Fail(_)))
-        .count();
-    let skipped = ctx
-        .rows
-        .iter()
-        .filter(|r| matches!(r.verdict, Verdict::Skipped(_)))
-        .count();
+    let total = started.elapsed();
+    print_table(&ctx.lines, total);
+    let junit = workspace::xtask_dir().join("junit.xml");
+    outcome::write_file(&junit, &outcome::junit(&ctx.lines, total))?;
+    println!("JUnit XML: {}", display_path(&junit));
+    let count = |f: fn(&Verdict) -> bool| ctx.lines.iter().filter(|l| f(&l.verdict)).count();
+    let failed = count(|v| matches!(v, Verdict::Fail(_)));
+    let crashed = count(|v| matches!(v, Verdict::Crash(_)));
+    let skipped = count(|v| matches!(v, Verdict::Skip(_)));
     if interrupted {
         println!("INTERRUPTED: the run was stopped; stages after the last row did not run");
         return Ok(130);
     }
-    if skipped > 0 {
-        println!("note: {skipped} stage(s) skipped on request: this is not a full test run");
-    }
-    // The plain closing line CI systems read: stages and scenarios, each a row of the table.
-    let passed = ctx.rows.len() - failed - skipped;
-    if skipped > 0 {
-        println!("xtask: {passed} passed, {failed} failed, {skipped} skipped");
-    } else {
-        println!("xtask: {passed} passed, {failed} failed");
-    }
-    if failed > 0 {
-        println!("TEST RESULT: FAIL ({failed} failed)");
+    let passed = ctx.lines.len() - failed - crashed - skipped;
+    // The plain closing line CI systems read: stages and rows, each a line of the table.
+    println!("xtask: {passed} passed, {failed} failed, {crashed} crashed, {skipped} skipped");
+    if failed + crashed > 0 {
+        println!("TEST RESULT: FAIL ({} failed, {} crashed)", failed, crashed);
         Ok(1)
     } else {
         println!("TEST RESULT: PASS");
@@ -363,198 +451,122 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     }
 }
 
-/// Boots one scenario and checks it. Returns the verdict and QEMU's wall time.
-fn scenario(s: Scenario, elf: &Path, log: &Path) -> Result<(Verdict, Option<Duration>)> {
-    let timeout = s.timeout();
-    let trace = s.is_io().then(|| log.with_extension("trace"));
-    let rig = if s.is_io() {
-        Some(Rig::start(
-            s.devices(),
-            &s.append(),
-            &workspace::xtask_dir().join("disks"),
-            s.name(),
-            s.fail_writes(),
-            Instant::now() + timeout + Duration::from_secs(5),
-            trace.clone(),
-        )?)
-    } else {
-        None
-    };
-    let cfg = QemuConfig {
-        qemu: QemuConfig::default_qemu(),
-        kernel: elf.to_owned(),
-        accel: Accel::Tcg,
-        devices: s.devices().to_vec(),
-        append: s.append(),
-        timeout,
-        first_output_timeout: Duration::from_secs(10),
-        io: rig.as_ref().map(|r| r.io.clone()).unwrap_or_default(),
-        trace: trace.clone(),
-    };
-    let r = qemu::run(&cfg, log, |_| {})?;
-    let host = rig.map(Rig::finish);
-    if let Outcome::LaunchFailed(why) = &r.outcome {
-        return Ok((Verdict::Fail(format!("prerequisite missing: {why}")), None));
-    }
-    let mut problems = s.check(&r);
-    let mut notes = Vec::new();
-    if let Some(host) = &host {
-        let (p, done) = host.check(&r.transcript);
-        problems.extend(p);
-        notes.extend(done);
-        if r.outcome == Outcome::Pass {
-            match host.costs(&r.transcript, &log.with_extension("costs")) {
-                Ok((costs, p)) => {
-                    problems.extend(p);
-                    problems.extend(s.check_costs(&costs));
-                    for c in &costs {
-                        eprintln!("    cost {}", c.line());
-                        notes.push(format!("cost {}", c.line()));
-                    }
-                }
-                Err(e) => problems.push(format!("{e:#}")),
-            }
-        }
-    }
-    if s == Scenario::Pci {
-        // The device table must match what this QEMU really builds, or `pci.expect=` would be wrong.
-        let mut f = OpenOptions::new().append(true).open(log)?;
-        match qemu::info_pci(&cfg.qemu, s.devices(), &mut f) {
-            Ok(actual) if actual == qemu::expected_pci(s.devices()) => {}
-            Ok(actual) => problems.push(format!(
-                "xtask's device table is wrong: QEMU's `info pci` shows {actual:?}, xtask expected {:?}",
-                qemu::expected_pci(s.devices())
-            )),
-            Err(e) => problems.push(format!("could not ask QEMU for `info pci`: {e:#}")),
-        }
-    }
-    let mut f = OpenOptions::new().append(true).open(log)?;
-    for n in &notes {
-        writeln!(f, "# host check: {n}")?;
-    }
-    if problems.is_empty() {
-        writeln!(f, "# scenario {}: PASS", s.name())?;
-        // A passing scenario's trace is summed up in its .costs file; it can be hundreds of MB.
-        if let Some(t) = &trace {
-            let _ = std::fs::remove_file(t);
-        }
-        if s == Scenario::Hello {
-            eprintln!(
-                "    hello wall time (QEMU launch to exit): {} (goal <= 50 ms)",
-                table::duration(r.wall)
-            );
-        }
-        Ok((Verdict::Pass, Some(r.wall)))
-    } else {
-        for p in &problems {
-            writeln!(f, "# scenario {}: problem: {p}", s.name())?;
-        }
-        Ok((Verdict::Fail(problems.join("; ")), Some(r.wall)))
+/// A matrix row as a line of the table.
+fn row_line(c: &outcome::CellResult) -> Line {
+    Line {
+        name: c.row.name(),
+        verdict: c.verdict.clone(),
+        time: c.time,
+        log: c.log.clone(),
+        repro: Some(c.repro()),
+        class: format!("matrix.{}", c.row.env.name()),
     }
 }
 
-/// The Xen scenarios (one row each, `xen:<name>`), all in one Xen boot; see `crate::xen`.
-fn xen_stage(ctx: &mut Ctx, selected: bool, skip_note: &str, kernel: Option<&Path>) {
-    let names = crate::xen::test_suite_rows();
-    if !selected {
-        for n in &names {
-            ctx.record(n, Verdict::Skipped(skip_note.to_owned()), None, None);
-        }
-        return;
-    }
-    eprintln!("==> xen: {} in one Xen boot", names.join(", "));
-    let log = workspace::log_dir().join("xen.log");
-    match crate::xen::test_suite(&log, kernel) {
-        Ok(rows) => {
-            for r in rows {
-                let verdict = match r.result {
-                    Ok(()) => Verdict::Pass,
-                    Err(why) => Verdict::Fail(why),
-                };
-                ctx.record(&r.name, verdict, r.time, Some(log.clone()));
-            }
-        }
-        Err(e) => {
-            for n in &names {
-                ctx.record(n, Verdict::Fail(format!("{e:#}")), None, Some(log.clone()));
-            }
-        }
-    }
-}
-
-/// The vhost-user scenarios (one row each, `vhost:<name>`); see `crate::vhost`.
-fn vhost_stage(ctx: &mut Ctx, selected: bool, skip_note: &str) {
-    if !selected {
-        for n in crate::vhost::row_names() {
-            ctx.record(&n, Verdict::Skipped(skip_note.to_owned()), None, None);
-        }
-        return;
-    }
-    for r in crate::vhost::test_suite() {
-        let verdict = match r.result {
-            Ok(()) => Verdict::Pass,
-            Err(why) => Verdict::Fail(why),
-        };
-        ctx.record(&r.name, verdict, r.time, Some(r.log));
-    }
-}
-
-fn print_table(rows: &[Row], total: Duration) {
-    let cells: Vec<Vec<String>> = rows
+fn print_table(lines: &[Line], total: Duration) {
+    let cells: Vec<Vec<String>> = lines
         .iter()
-        .map(|r| {
-            let result = match &r.verdict {
-                Verdict::Pass => "PASS",
-                Verdict::Fail(_) => "FAIL",
-                Verdict::Skipped(_) => "skipped",
-            };
+        .map(|l| {
             vec![
-                r.name.clone(),
-                result.to_owned(),
-                r.time.map(table::duration).unwrap_or_else(|| "-".to_owned()),
-                r.log
+                l.name.clone(),
+                l.verdict.label().to_owned(),
+                l.time.map(table::duration).unwrap_or_else(|| "-".to_owned()),
+                l.log
                     .as_ref()
-                    .map(|l| display_path(l))
+                    .map(|p| display_path(p))
                     .unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
     println!();
     println!(
-        "pvkit test results (QEMU rows: wall time from QEMU launch to exit; total {})",
+        "pvkit test results (rows: wall time of the boot, or of the domain in the Xen boot; total {})",
         table::duration(total)
     );
-    print!("{}", table::render(&["stage", "result", "time", "log"], &cells));
-    if let Some(Row {
-        verdict: Verdict::Pass,
-        time: Some(t),
-        ..
-    }) = rows.iter().find(|r| r.name == "qemu:hello")
-    {
-        println!(
-            "hello budget: QEMU launch to exit {} (goal <= 50 ms with qboot under TCG)",
-            table::duration(*t)
-        );
-    }
-    let failures: Vec<&Row> = rows
+    print!(
+        "{}",
+        table::render(&["stage / scenario", "result", "time", "log"], &cells)
+    );
+    let skipped: Vec<&Line> = lines
         .iter()
-        .filter(|r| matches!(r.verdict, Verdict::Fail(_)))
+        .filter(|l| matches!(l.verdict, Verdict::Skip(_)))
         .collect();
-    if !failures.is_empty() {
+    if !skipped.is_empty() {
         println!();
-        println!("failures:");
-        for r in failures {
-            if let Verdict::Fail(why) = &r.verdict {
-                println!("  {}: {}", r.name, why.replace('\n', "\n    "));
+        println!("skipped:");
+        for l in skipped {
+            println!("  {}: {}", l.name, l.verdict.reason().unwrap_or_default());
+        }
+    }
+    let bad: Vec<&Line> = lines.iter().filter(|l| l.verdict.is_bad()).collect();
+    if !bad.is_empty() {
+        println!();
+        println!("failures (reproduce each with the command shown):");
+        for l in bad {
+            println!(
+                "  {} {}: {}",
+                l.verdict.label(),
+                l.name,
+                l.verdict.reason().unwrap_or_default().replace('\n', "\n    ")
+            );
+            if let Some(r) = &l.repro {
+                println!("    reproduce: {r}");
             }
         }
     }
 }
 
 /// A path relative to the workspace root when it is inside it.
-fn display_path(p: &Path) -> String {
+pub fn display_path(p: &Path) -> String {
     p.strip_prefix(workspace::root())
         .unwrap_or(p)
         .display()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(only: &[&str], scenario: &[&str]) -> Result<Selection> {
+        let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        Selection::parse(&v(only), &[], &v(scenario), false)
+    }
+
+    #[test]
+    fn only_takes_groups_shorthands_and_column_filters() {
+        let s = sel(&[], &[]).unwrap();
+        assert!(s.selected(Group::Fmt) && s.selected(Group::Matrix));
+        assert_eq!(s.rows().unwrap().len(), MATRIX.len());
+        let s = sel(&["fmt,clippy"], &[]).unwrap();
+        assert!(s.selected(Group::Fmt) && !s.selected(Group::Matrix));
+        let s = sel(&["xen"], &[]).unwrap();
+        assert!(!s.selected(Group::Fmt) && s.selected(Group::Matrix));
+        assert!(s.rows().unwrap().iter().all(|r| r.env == matrix::Env::XenPv));
+        let s = sel(&["transport=virtio", "backend=qemu"], &[]).unwrap();
+        assert!(
+            s.rows()
+                .unwrap()
+                .iter()
+                .all(|r| r.transport == matrix::Transport::Virtio)
+        );
+        let s = sel(&[], &["qemu-pvh/hello"]).unwrap();
+        assert!(!s.selected(Group::Clippy));
+        assert_eq!(s.rows().unwrap().len(), 1);
+        assert!(sel(&["nonsense"], &[]).is_err());
+        assert!(sel(&[], &["no-such-row"]).unwrap().rows().is_err());
+        let s = Selection::parse(&[], &[], &[], true).unwrap();
+        assert!(!s.selected(Group::Miri) && s.selected(Group::Loom));
+    }
+
+    #[test]
+    fn every_shell_program_exists_and_is_the_one_shipped() {
+        for p in SHELL_PROGRAMS {
+            assert!(workspace::root().join(p).is_file(), "{p}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(workspace::root().join("xtask/xen/dom0-lib.sh")).unwrap(),
+            crate::xen::scenario::DOM0_LIB
+        );
+    }
 }

@@ -5,9 +5,10 @@
 # `PVKIT-XEN ...` lines, and powers the machine off.
 #
 # Per scenario (directory /pvkit/s/<name>): `domain.cfg` (xl config), `timeout` (seconds),
-# optional `pre`, `running` and `post` (shell fragments sourced before creation, once the domain
-# exists with $domid set, and after the domain is gone; they report with `check key=value ...` and
-# `note text`), optional `paused` (create paused, unpause after `running`).
+# optional `pre`, `running` and `post` (calls of the hook library /pvkit/lib.sh, xtask/xen/dom0-lib.sh,
+# sourced before creation, once the domain exists with $domid set, and after the domain is gone;
+# they report with `check key=value ...` and `note text`), optional `paused` (create paused,
+# unpause after `running`).
 #
 # Output (parsed by xtask/src/xen/report.rs):
 #   PVKIT-XEN DOM0 READY uptime=<s>
@@ -105,6 +106,7 @@ run_scenario() {
     say "SCENARIO $name BEGIN"
     check() { say "SCENARIO $name CHECK $*"; }
     note() { say "SCENARIO $name NOTE $*"; }
+    # shellcheck disable=SC1090,SC1091 # generated per scenario
     [ -f "$dir/pre" ] && . "$dir/pre"
     timeout=$(cat "$dir/timeout")
     out=/tmp/xl-$name.log
@@ -159,6 +161,9 @@ run_scenario() {
     say "SCENARIO $name END reason=$reason run_ms=$run_ms"
 }
 
+# The hook library (functions only).
+# shellcheck source=xtask/xen/dom0-lib.sh
+. /pvkit/lib.sh
 while read -r name; do
     run_scenario "$name"
 done </pvkit/scenarios

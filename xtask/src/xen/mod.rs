@@ -9,7 +9,6 @@
 //! One Xen boot runs every requested scenario in turn (dom0's init creates each domU with `xl`,
 //! waits for it, forwards its console and dom0's checks over the serial line, then powers off).
 
-pub mod bench;
 pub mod boot;
 pub mod cpio;
 pub mod dom0;
@@ -28,31 +27,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 
 use self::dom0::Payload;
 use self::report::HarnessReport;
-use self::scenario::{Bundle, DomainSpec, XenScenario};
+use self::scenario::{Bundle, DomainSpec};
 use crate::disk::DiskImage;
+use crate::matrix::Row;
+use crate::outcome::{CellResult, Verdict};
 use crate::{provision, table, workspace};
-
-/// `cargo xtask xen`: run Xen scenarios in one Xen boot.
-#[derive(Debug, Args)]
-pub struct XenArgs {
-    /// Scenarios to run, in this order (default: those of `cargo xtask test`).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub scenario: Vec<XenScenario>,
-    /// Boot this guest ELF instead of building the guest kernel.
-    #[arg(long)]
-    pub kernel: Option<PathBuf>,
-    /// Kill QEMU if the whole Xen boot has not powered off after this many seconds (default: 120 s
-    /// plus each scenario's own timeout).
-    #[arg(long)]
-    pub timeout: Option<f64>,
-    /// Only show progress and results, not the serial line.
-    #[arg(long, short)]
-    pub quiet: bool,
-}
 
 /// Where the harness keeps its packages, trees and images.
 pub fn cache_dir() -> PathBuf {
@@ -74,7 +56,6 @@ pub struct Harness {
     pub report: HarnessReport,
     pub boot: boot::Boot,
     pub timings: Timings,
-    pub log: PathBuf,
 }
 
 /// Fetches and builds what is needed, boots Xen with `bundle`'s scenarios and parses the result.
@@ -89,6 +70,7 @@ pub fn run_harness(
         provision::Needs {
             qemu: true,
             xen_headers: false,
+            shellcheck: false,
         },
         false,
     )?;
@@ -137,37 +119,37 @@ pub fn run_harness(
         drives: bundle.slots.iter().flatten().map(|s| s.image.clone()).collect(),
         timeout,
     };
-    eprintln!("$ {}", workspace::display_command(&machine.command()?));
+    eprintln!("$ {}", workspace::display_command(&machine.config().command()?));
     let b = boot::boot(&machine, log, on_line)?;
     timings.boot = b.milestones.clone();
     Ok(Harness {
         report: HarnessReport::parse(&b.serial),
         boot: b,
         timings,
-        log: log.to_owned(),
     })
 }
 
-/// The scenario files, the guest and the Linux domU into dom0's image.
+/// The domains' files, the hook library, the guest and the Linux domU into dom0's image.
 fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Path) -> Result<()> {
     let mut list = String::new();
+    let text = |t: &str| Payload::Bytes(t.as_bytes().to_vec());
+    img.add(scenario::DOM0_LIB_PATH, 0o644, text(scenario::DOM0_LIB));
     for (s, slot) in bundle.specs.iter().zip(&bundle.slots) {
         if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             bail!(
-                "scenario name {:?} must be non-empty ASCII letters, digits and '-'",
+                "domain name {:?} must be non-empty ASCII letters, digits and '-'",
                 s.name
             );
         }
         list.push_str(&s.name);
         list.push('\n');
         let dir = format!("pvkit/s/{}", s.name);
-        let text = |t: &str| Payload::Bytes(t.as_bytes().to_vec());
         img.add(
             &format!("{dir}/domain.cfg"),
             0o644,
             text(&s.xl_config(slot.as_ref())),
         );
-        if s.paused || s.ours.as_ref().is_some_and(|o| !o.hotplug) {
+        if s.created_paused() {
             img.add(&format!("{dir}/paused"), 0o644, text(""));
         }
         img.add(
@@ -175,35 +157,21 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
             0o644,
             text(&format!("{}\n", s.timeout.as_secs().max(1))),
         );
-        let mut pre = String::new();
-        let mut post = String::new();
-        // Our daemon is started first (the domain is paused) and must be gone before the disk is
-        // detached.
-        let running: Option<String> = match (scenario::backend_running(s, slot.as_ref()), &s.running) {
-            (Some(b), Some(r)) => Some(b + r),
-            (b, r) => b.or_else(|| r.clone()),
-        };
-        post.extend(scenario::backend_post(s));
         if let (Some(slot), Some(disk)) = (slot, s.host_disk) {
             DiskImage::create(&slot.image, disk.sectors, disk.fill_seed)?;
-            pre.push_str(&scenario::disk_pre(slot));
-            post.push_str(&scenario::disk_post(slot));
         }
-        pre.extend(s.pre.clone());
-        post.extend(s.post.clone());
-        for (file, body) in [("pre", Some(pre)), ("running", running), ("post", Some(post))] {
-            if let Some(body) = body.filter(|b| !b.is_empty()) {
+        let [pre, running, post] = s.hooks(slot.as_ref());
+        for (file, calls) in [("pre", pre), ("running", running), ("post", post)] {
+            if !calls.is_empty() {
+                let mut body = calls.join("\n");
+                body.push('\n');
                 img.add(&format!("{dir}/{file}"), 0o644, text(&body));
             }
         }
     }
     img.add("pvkit/scenarios", 0o644, Payload::Bytes(list.into_bytes()));
     if bundle.specs.iter().any(|s| !s.vifs.is_empty()) {
-        img.add(
-            scenario::VIF_SCRIPT_PATH,
-            0o755,
-            Payload::Bytes(scenario::vif_script().into_bytes()),
-        );
+        img.add(scenario::VIF_SCRIPT_PATH, 0o755, text(scenario::VIF_SCRIPT));
     }
     if let Some(guest) = &bundle.guest {
         if !guest.is_file() {
@@ -219,11 +187,7 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
         );
         let mut domu = dom0::Image::default();
         domu.busybox(tree)?;
-        domu.add(
-            "init",
-            0o755,
-            Payload::Bytes(scenario::LINUX_DOMU_INIT.as_bytes().to_vec()),
-        );
+        domu.add("init", 0o755, text(scenario::LINUX_DOMU_INIT));
         let kver = tree_kernel_version(vmlinuz)?;
         for m in dom0::module_paths(tree, &kver, scenario::LINUX_DOMU_MODULES)? {
             let name = m.rsplit('/').next().expect("a path has a last part");
@@ -317,60 +281,19 @@ pub fn nonce() -> String {
     format!("{:x}{:x}", t.as_secs(), std::process::id())
 }
 
-/// One row of results.
-pub struct Row {
-    pub name: String,
-    /// `Err(reason)` if the scenario failed.
-    pub result: std::result::Result<(), String>,
-    pub time: Option<Duration>,
-}
-
-/// Checks every scenario of a finished harness run.
-pub fn rows(h: &Harness, bundle: &Bundle, scenarios: &[XenScenario], nonce: &str) -> Vec<Row> {
-    let boot_problem = boot_problem(h);
-    scenarios
-        .iter()
-        .map(|s| {
-            let name = s.name();
-            let result = match h.report.scenario(name) {
-                None => Err(format!(
-                    "no report from dom0 for this scenario{}",
-                    boot_problem
-                        .as_ref()
-                        .map(|p| format!(" ({p})"))
-                        .unwrap_or_default()
-                )),
-                Some(r) => {
-                    let problems = s.check(r, nonce, bundle.slot(name));
-                    if problems.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(problems.join("; "))
-                    }
-                }
-            };
-            Row {
-                name: format!("xen:{name}"),
-                result,
-                time: h.report.scenario(name).and_then(|r| r.run),
-            }
-        })
-        .collect()
-}
-
 /// Why the boot as a whole went wrong, if it did.
 pub fn boot_problem(h: &Harness) -> Option<String> {
     let mut p = Vec::new();
     p.extend(h.report.fatal.iter().map(|f| format!("dom0 init: {f}")));
-    match &h.boot.exit {
-        Ok(0) => {}
-        Ok(c) => p.push(format!("QEMU exited with status {c} (dom0's poweroff gives 0)")),
-        Err(why) => p.push(why.clone()),
+    match &h.boot.exit_code {
+        Some(0) => {}
+        Some(c) => p.push(format!("QEMU exited with status {c} (dom0's poweroff gives 0)")),
+        None => p.push(format!("QEMU did not power off: {}", h.boot.outcome)),
     }
     if h.report.dom0_ready.is_none() {
         p.push("dom0 never reported its toolstack ready".to_owned());
     } else if !h.report.finished {
-        p.push("dom0 did not finish the scenario list".to_owned());
+        p.push("dom0 did not finish the domain list".to_owned());
     }
     (!p.is_empty()).then(|| p.join("; "))
 }
@@ -379,8 +302,8 @@ pub fn boot_problem(h: &Harness) -> Option<String> {
 pub fn print_timings(h: &Harness) {
     let t = &h.timings;
     let d = |x: Option<Duration>| x.map(table::duration).unwrap_or_else(|| "-".to_owned());
-    println!(
-        "xen harness: packages {}, images {}, Xen banner {}, dom0 ready {} (dom0 uptime {}), QEMU exit {}",
+    eprintln!(
+        "    xen harness: packages {}, images {}, Xen banner {}, dom0 ready {} (dom0 uptime {}), QEMU exit {}",
         table::duration(t.packages),
         table::duration(t.images),
         d(t.boot.xen_banner),
@@ -391,215 +314,102 @@ pub fn print_timings(h: &Harness) {
             .unwrap_or_else(|| "-".to_owned()),
         d(t.boot.exited),
     );
-    for s in &h.report.scenarios {
-        println!(
-            "  domU {}: xl create {}, run {}, end {:?}",
-            s.name,
-            d(s.create),
-            d(s.run),
-            s.end
-        );
-    }
 }
 
-/// Shows a serial line: domU console lines without their prefix, the rest as is.
-fn show_line(line: &str, quiet: bool) {
+/// Shows a serial line: progress of the domains always, their consoles when `verbose`.
+fn show_line(line: &str, verbose: bool) {
     if let Some(at) = line.find("PVKIT-XEN ") {
         let rest = &line[at + "PVKIT-XEN ".len()..];
         if let Some(c) = rest.strip_prefix("CONSOLE ") {
-            if !quiet {
-                println!("  {c}");
+            if verbose {
+                eprintln!("      {c}");
             }
-        } else {
-            eprintln!("[xen] {rest}");
-        }
-    } else if !quiet {
-        println!("  | {line}");
-    }
-}
-
-/// Which backends serve a domU's devices under `cargo xtask run --hypervisor xen`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum XenBackends {
-    /// Linux's kernel blkback and netback in dom0.
-    Linux,
-    /// pvkit's userspace blkback and netback (`pvkit-xen-backend`) in dom0.
-    Pvkit,
-}
-
-/// Where `cargo xtask run` runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Hypervisor {
-    /// QEMU directly: the guest boots as a PVH guest of q35.
-    Qemu,
-    /// Real Xen 4.17 with a Linux dom0, booted in QEMU TCG: the guest runs as a PV domU.
-    Xen,
-}
-
-/// `cargo xtask run --hypervisor xen`: our guest once as a PV domU, its tests in a table. The serial
-/// log is `<target>/xtask/logs/xen-run.log`.
-pub fn run_guest(args: &crate::RunArgs) -> Result<i32> {
-    if args.accel != crate::qemu::Accel::Tcg {
-        bail!("Xen runs under TCG only (it cannot boot under this machine's kvm_pvm)");
-    }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        bail!(
-            "--timeout must be a positive number of seconds, got {}",
-            args.timeout
-        );
-    }
-    let mut words: Vec<String> = Vec::new();
-    if args.tests.is_empty() {
-        words.push(scenario::run_default_cmdline());
-    } else {
-        words.push(format!("tests={}", args.tests.join(",")));
-    }
-    words.extend(args.append.split_whitespace().map(str::to_owned));
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => workspace::build_guest()?,
-    };
-    let ours = args.xen_backends == XenBackends::Pvkit;
-    let spec = scenario::run_spec(words.join(" "), Duration::from_secs_f64(args.timeout), ours);
-    eprintln!(
-        "xen: domU command line {:?}, a 16 MiB disk (xvda) and a vif, served by {} \
-         (--devices does not apply: a PV domU has no PCI)",
-        spec.cmdline,
-        if ours {
-            "pvkit-xen-backend (the switch's echo peer answers)"
-        } else {
-            "Linux's blkback and netback (dom0's echo peer answers)"
-        }
-    );
-    let log = workspace::log_dir().join("xen-run.log");
-    let quiet = args.quiet;
-    let bundle = Bundle::new(vec![spec], Some(kernel), &cache_dir().join("disks"));
-    let h = run_harness(&bundle, &log, None, |l| show_line(l, quiet))?;
-    let Some(r) = h.report.scenario("run") else {
-        print_timings(&h);
-        println!("log: {}", log.display());
-        println!(
-            "RESULT: FAIL (no report from dom0: {})",
-            boot_problem(&h).unwrap_or_default()
-        );
-        return Ok(1);
-    };
-    let t = &r.transcript;
-    let mut names: Vec<&str> = Vec::new();
-    for rec in &t.records {
-        if let crate::console::Record::TestStart { name }
-        | crate::console::Record::TestPass { name, .. }
-        | crate::console::Record::TestFail { name, .. } = rec
-            && !names.contains(&name.as_str())
+        } else if rest.contains(" BEGIN")
+            || rest.contains(" END ")
+            || rest.starts_with("DOM0")
+            || rest.starts_with("FATAL")
         {
-            names.push(name);
+            eprintln!("    [xen] {rest}");
         }
+    } else if verbose {
+        eprintln!("      | {line}");
     }
-    let cells: Vec<Vec<String>> = names
+}
+
+/// Runs the Xen PV rows of the matrix in one Xen boot; one result per row, in order. A boot that
+/// goes wrong crashes every row with the reason.
+pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
+    let nonce = nonce();
+    let specs: Vec<DomainSpec> = rows
         .iter()
-        .map(|name| {
-            let (result, detail) = match t.verdict(name) {
-                Some(crate::console::Record::TestPass { fields, .. }) => ("PASS", fields.to_string()),
-                Some(crate::console::Record::TestFail { reason, .. }) => ("FAIL", reason.clone()),
-                _ => ("NO VERDICT", "started but never finished".to_owned()),
-            };
-            vec![(*name).to_owned(), result.to_owned(), detail]
-        })
+        .map(|r| scenario::spec(r, &nonce, ctx.profile))
         .collect();
-    println!();
-    if cells.is_empty() {
-        println!("(the guest reported no tests)");
-    } else {
-        print!("{}", table::render(&["test", "result", "details"], &cells));
-    }
-    let tests: Vec<&str> = names.clone();
-    let mut problems = Vec::new();
-    scenario::check_guest(r, &tests, &mut problems);
-    for p in &problems {
-        println!("problem: {p}");
-    }
-    print_timings(&h);
-    println!("log: {}", log.display());
-    let ok = problems.is_empty() && !names.is_empty();
-    println!("{}", if ok { "RESULT: PASS" } else { "RESULT: FAIL" });
-    Ok(if ok { 0 } else { 1 })
-}
-
-/// The row names `cargo xtask test` shows for the Xen scenarios.
-pub fn test_suite_rows() -> Vec<String> {
-    XenScenario::in_test_suite()
-        .iter()
-        .map(|s| format!("xen:{}", s.name()))
-        .collect()
-}
-
-/// `cargo xtask test`'s Xen stage: the scenarios of [`XenScenario::in_test_suite`] in one Xen boot,
-/// serial log in `log`. A boot that goes wrong fails every scenario with the reason.
-pub fn test_suite(log: &Path, kernel: Option<&Path>) -> Result<Vec<Row>> {
-    let scenarios = XenScenario::in_test_suite();
-    let nonce = nonce();
-    let specs: Vec<DomainSpec> = scenarios.iter().map(|s| s.spec(&nonce)).collect();
-    let guest = match (kernel, specs.iter().any(|s| s.kernel == scenario::Kernel::Pvkit)) {
-        (_, false) => None,
-        (Some(k), true) => Some(k.to_owned()),
-        (None, true) => Some(workspace::build_guest()?),
-    };
-    let bundle = Bundle::new(specs, guest, &cache_dir().join("disks"));
-    let h = run_harness(&bundle, log, None, |l| {
-        if let Some(at) = l.find("PVKIT-XEN SCENARIO ") {
-            eprintln!("    [xen] {}", &l[at + "PVKIT-XEN ".len()..]);
-        }
-    })?;
-    print_timings(&h);
-    Ok(rows(&h, &bundle, scenarios, &nonce))
-}
-
-/// `cargo xtask xen`.
-pub fn xen(args: &XenArgs) -> Result<i32> {
-    let scenarios: Vec<XenScenario> = if args.scenario.is_empty() {
-        XenScenario::in_test_suite().to_vec()
-    } else {
-        args.scenario.clone()
-    };
-    let nonce = nonce();
-    let specs: Vec<DomainSpec> = scenarios.iter().map(|s| s.spec(&nonce)).collect();
+    let log = workspace::log_dir().join(format!("{}-xen.log", ctx.tag));
     let needs_guest = specs.iter().any(|s| s.kernel == scenario::Kernel::Pvkit);
-    let guest = match (&args.kernel, needs_guest) {
-        (_, false) => None,
-        (Some(k), true) => Some(k.clone()),
-        (None, true) => Some(workspace::build_guest()?),
-    };
-    let bundle = Bundle::new(specs, guest, &cache_dir().join("disks"));
-    let log = workspace::log_dir().join("xen.log");
-    let quiet = args.quiet;
-    let h = run_harness(&bundle, &log, args.timeout.map(Duration::from_secs_f64), |l| {
-        show_line(l, quiet)
-    })?;
-    let rows = rows(&h, &bundle, &scenarios, &nonce);
-    println!();
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.name.clone(),
-                if r.result.is_ok() { "PASS" } else { "FAIL" }.to_owned(),
-                r.time.map(table::duration).unwrap_or_else(|| "-".to_owned()),
-                r.result.clone().err().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table::render(&["scenario", "result", "domU time", "problems"], &cells)
+    let bundle = Bundle::new(
+        specs,
+        needs_guest.then(|| ctx.elf.clone()),
+        &cache_dir().join("disks"),
     );
+    eprintln!(
+        "==> xen-pv: {} domains in one Xen boot (serial log {})",
+        rows.len(),
+        log.display()
+    );
+    let verbose = ctx.verbose;
+    let h = match run_harness(&bundle, &log, None, |l| show_line(l, verbose)) {
+        Ok(h) => h,
+        Err(e) => {
+            return rows
+                .iter()
+                .map(|r| {
+                    let mut c = CellResult::new(r, Verdict::Crash(format!("the Xen boot failed: {e:#}")));
+                    c.log = Some(log.clone());
+                    c
+                })
+                .collect();
+        }
+    };
     print_timings(&h);
-    if let Some(p) = boot_problem(&h) {
-        println!("boot problem: {p}");
-    }
-    println!("log: {}", h.log.display());
-    let ok = rows.iter().all(|r| r.result.is_ok()) && boot_problem(&h).is_none();
-    println!("{}", if ok { "RESULT: PASS" } else { "RESULT: FAIL" });
-    Ok(if ok { 0 } else { 1 })
+    let boot = boot_problem(&h);
+    rows.iter()
+        .zip(&bundle.specs)
+        .map(|(row, spec)| {
+            let mut cell = CellResult::new(row, Verdict::Pass);
+            cell.log = Some(log.clone());
+            match h.report.scenario(&spec.name) {
+                None => {
+                    cell.verdict = Verdict::Crash(format!(
+                        "no report from dom0 for domain {}{}",
+                        spec.name,
+                        boot.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+                    ));
+                }
+                Some(r) => {
+                    cell.time = r.run;
+                    cell.costs = r
+                        .transcript
+                        .perfs()
+                        .map(crate::costs::Measure::from_perf)
+                        .collect();
+                    let problems = scenario::check(row, r, &nonce, bundle.slot(&spec.name));
+                    let crash = match scenario::guest_end(r) {
+                        crate::checks::GuestEnd::Crash(why) => Some(why),
+                        _ => None,
+                    };
+                    cell.verdict = Verdict::from_problems(crash, &problems);
+                    cell.notes.extend(
+                        r.notes
+                            .iter()
+                            .filter(|n| !n.starts_with("backend:"))
+                            .take(20)
+                            .cloned(),
+                    );
+                }
+            }
+            cell
+        })
+        .collect()
 }
 
 #[cfg(test)]

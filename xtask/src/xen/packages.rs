@@ -216,6 +216,19 @@ pub fn ensure_tree(cache: &Path) -> Result<(PathBuf, String)> {
     Ok((tree, version))
 }
 
+/// The package files of the unpacked tree in `cache` (`xen-hypervisor-4.17-amd64_4.17...deb`,
+/// ...), for reports; empty if none is unpacked.
+pub fn unpacked_debs(cache: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("root-"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join(".pvkit-complete")).ok())
+        .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
