@@ -8,17 +8,104 @@
 //! backend's `Connected`, then says `Connected`; teardown goes `Closing` → `Closed` on both sides.
 //! Waiting for the backend uses a watch on its `state` node; every wait has a timeout and fails with
 //! a message naming the device, the state seen and the state awaited.
+//!
+//! Everything the backend writes is peer input: [`parse_number`] and [`parse_flag`] accept only
+//! short decimal numbers (and flags `0`/`1`), and the drivers bound each value they read before
+//! using it. A backend that leaves the handshake (`Closing`/`Closed` while we wait for it to connect)
+//! ends the wait at once with an error instead of being waited for.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use ring_protocol::abi::xen::DomId;
+use ring_protocol::abi::xen::{DOMID_FIRST_RESERVED, DomId};
 use ring_protocol::platform::Notify;
 
-use super::xenstore::{NO_TX, TxId, XenStore, XsErrorKind, xs_kind};
+use super::xenstore::{NO_TX, TxId, XenStore, XsErrorKind, XsFailure, xs_kind};
 use crate::wait::Waiter;
 use crate::{Error, Result};
+
+/// Digits in the longest number a key may hold (`u64::MAX` has 20).
+pub const MAX_NUMBER_DIGITS: usize = 20;
+/// How long a wait for the backend goes without re-reading its state, even with no watch event (a
+/// flood of events could have pushed ours out of the client's bounded queue).
+pub const STATE_POLL_US: u64 = 100_000;
+/// Longest backend directory path accepted from the frontend directory's `backend` node.
+pub const MAX_BACKEND_PATH: usize = 256;
+
+/// Parses a decimal number written by a peer: ASCII digits only (no sign), at most
+/// [`MAX_NUMBER_DIGITS`], surrounding ASCII whitespace allowed; `None` if malformed or past `u64`.
+pub fn parse_number(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > MAX_NUMBER_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// Parses a `feature-*` flag: `0` or `1` (as a number); anything else is `None`.
+pub fn parse_flag(value: &[u8]) -> Option<bool> {
+    match parse_number(value)? {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+/// Shows at most 32 bytes of a peer's value, escaped, for an error message.
+fn shown(value: &[u8]) -> String {
+    let mut s = String::new();
+    for &b in value.iter().take(32) {
+        s.extend(core::ascii::escape_default(b).map(char::from));
+    }
+    if value.len() > 32 {
+        s.push_str("...");
+    }
+    s
+}
+
+fn malformed(path: &str, what: &str, value: &[u8]) -> Error {
+    Error::XenStore(alloc::boxed::Box::new(XsFailure {
+        op: "parse",
+        path: String::from(path),
+        kind: XsErrorKind::Other(format!("not {what}: \"{}\"", shown(value))),
+    }))
+}
+
+/// Reads a number key; `None` if the node does not exist.
+///
+/// # Errors
+/// A XenStore failure; a malformed value (see [`parse_number`]) as a XenStore error naming the path.
+pub fn read_number<N: Notify>(
+    xs: &mut XenStore<N>,
+    w: &dyn Waiter,
+    tx: TxId,
+    path: &str,
+) -> Result<Option<u64>> {
+    let value = match xs.read(w, tx, path) {
+        Ok(v) => v,
+        Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    parse_number(&value)
+        .map(Some)
+        .ok_or_else(|| malformed(path, "a decimal number", &value))
+}
+
+/// Reads a `feature-*` flag; a missing node is `false`.
+///
+/// # Errors
+/// As [`read_number`]; a value other than `0` or `1`.
+pub fn read_flag<N: Notify>(xs: &mut XenStore<N>, w: &dyn Waiter, tx: TxId, path: &str) -> Result<bool> {
+    let value = match xs.read(w, tx, path) {
+        Ok(v) => v,
+        Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    parse_flag(&value).ok_or_else(|| malformed(path, "a flag (0 or 1)", &value))
+}
 
 pub use ring_protocol::abi::xenbus::XenbusState;
 
@@ -87,12 +174,22 @@ pub fn enumerate<N: Notify>(xs: &mut XenStore<N>, w: &dyn Waiter, kind: &str) ->
     for id in ids {
         let frontend = format!("{dir}/{id}");
         let backend = xs.read_string(w, NO_TX, &format!("{frontend}/backend"))?;
+        if !backend.starts_with('/') || backend.len() > MAX_BACKEND_PATH || backend.contains('\0') {
+            return Err(Error::Protocol {
+                device: "xenbus",
+                what: "backend path that is not a plain absolute path (length shown)",
+                value: backend.len() as u64,
+            });
+        }
         let backend_id = xs.read_u64(w, NO_TX, &format!("{frontend}/backend-id"))?;
-        let backend_id = DomId::try_from(backend_id).map_err(|_| Error::Protocol {
-            device: "xenbus",
-            what: "backend-id out of range",
-            value: backend_id,
-        })?;
+        let backend_id = DomId::try_from(backend_id)
+            .ok()
+            .filter(|&d| d < DOMID_FIRST_RESERVED)
+            .ok_or(Error::Protocol {
+                device: "xenbus",
+                what: "backend-id out of range",
+                value: backend_id,
+            })?;
         out.push(XenbusDevice {
             kind: String::from(kind),
             id,
@@ -136,7 +233,10 @@ pub fn set_state<N: Notify>(
 }
 
 /// Waits (through a watch on the backend's `state`) until `accept` likes the backend's state, or
-/// until `timeout_us`; a state in `fail_on` ends the wait at once with an error.
+/// until `timeout_us`.
+///
+/// # Errors
+/// [`Error::XenbusTimeout`]; a XenStore failure or a malformed state value.
 pub fn wait_backend<N: Notify>(
     xs: &mut XenStore<N>,
     w: &dyn Waiter,
@@ -145,14 +245,42 @@ pub fn wait_backend<N: Notify>(
     accept: impl Fn(XenbusState) -> bool,
     timeout_us: u64,
 ) -> Result<XenbusState> {
+    wait_backend_or_refuse(xs, w, dev, what, accept, |_| false, timeout_us)
+}
+
+/// As [`wait_backend`], but a state `refuse` matches ends the wait at once with
+/// [`Error::Protocol`] (`backend left the handshake`, the state as value): a backend that closes while
+/// we wait for it to connect is not waited for, however often it flips back and forth.
+///
+/// # Errors
+/// As [`wait_backend`], and the refusal.
+pub fn wait_backend_or_refuse<N: Notify>(
+    xs: &mut XenStore<N>,
+    w: &dyn Waiter,
+    dev: &XenbusDevice,
+    what: &'static str,
+    accept: impl Fn(XenbusState) -> bool,
+    refuse: impl Fn(XenbusState) -> bool,
+    timeout_us: u64,
+) -> Result<XenbusState> {
     let path = dev.be("state");
     let token = format!("xenbus:{}", dev.frontend);
     xs.watch(w, &path, &token)?;
     let start = w.now_us();
     let result = loop {
-        let state = read_state(xs, w, NO_TX, &path)?;
+        let state = match read_state(xs, w, NO_TX, &path) {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
         if accept(state) {
             break Ok(state);
+        }
+        if refuse(state) {
+            break Err(Error::Protocol {
+                device: "xenbus",
+                what: "backend left the handshake (its state shown)",
+                value: state as u64,
+            });
         }
         let waited = w.now_us().saturating_sub(start);
         if waited >= timeout_us {
@@ -164,7 +292,8 @@ pub fn wait_backend<N: Notify>(
                 waited_us: waited,
             })));
         }
-        match xs.next_watch_event(w, timeout_us - waited) {
+        // Any event (ours or not) or a quiet slice: look at the state again.
+        match xs.next_watch_event(w, (timeout_us - waited).min(STATE_POLL_US)) {
             Ok(_) | Err(Error::Timeout { .. }) => {}
             Err(e) => break Err(e),
         }
@@ -174,28 +303,36 @@ pub fn wait_backend<N: Notify>(
 }
 
 /// Tears the connection down: frontend `Closing`, wait for the backend to close (or go away), then
-/// frontend `Closed`. The caller ends its grants and event channel afterwards.
+/// frontend `Closed` and wait for the backend's `Closed` (a Linux block backend lets go of the
+/// rings only on the frontend's `Closed`). Returns the state seen after `Closing`. The caller ends
+/// its grants and event channel afterwards; each wait is bounded by `timeout_us`.
+///
+/// # Errors
+/// [`Error::XenbusTimeout`] if the backend does not follow (the frontend still ends `Closed`), or a
+/// XenStore failure.
 pub fn close<N: Notify>(
     xs: &mut XenStore<N>,
     w: &dyn Waiter,
     dev: &XenbusDevice,
     timeout_us: u64,
 ) -> Result<XenbusState> {
-    set_state(xs, w, NO_TX, dev, XenbusState::Closing)?;
-    let seen = wait_backend(
-        xs,
-        w,
-        dev,
-        "Closing or Closed",
-        |s| {
-            matches!(
-                s,
-                XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
-            )
-        },
-        timeout_us,
-    )?;
+    let gone = |s| matches!(s, XenbusState::Closed | XenbusState::Unknown);
+    let closing = set_state(xs, w, NO_TX, dev, XenbusState::Closing).and_then(|()| {
+        wait_backend(
+            xs,
+            w,
+            dev,
+            "Closing or Closed",
+            |s| s == XenbusState::Closing || gone(s),
+            timeout_us,
+        )
+    });
+    // Closed whatever happened: the frontend gives the device up either way.
     set_state(xs, w, NO_TX, dev, XenbusState::Closed)?;
+    let seen = closing?;
+    if !gone(seen) {
+        wait_backend(xs, w, dev, "Closed", gone, timeout_us)?;
+    }
     Ok(seen)
 }
 
