@@ -432,4 +432,105 @@ mod tests {
             ring_protocol::Error::BadGrantRef { gref: 99 }
         );
     }
+
+    use crate::dma::fake::FAKE_DMA;
+
+    /// The page number, cut to what a v1 entry holds (a stand-in frame, distinct per page here).
+    fn frame_of(p: *const u8) -> XenPfn {
+        (p as u64 >> 12) & 0xffff_ffff
+    }
+
+    fn patterned(pages: usize) -> DmaBuf {
+        crate::dma::fake::install();
+        let mut b = DmaBuf::new(pages * PAGE_SIZE - 100).unwrap();
+        for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+            *x = (i * 7 % 251) as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn granted_pages_come_back_only_once_every_grant_has_ended() {
+        let (t, xen) = table(16);
+        let buf = patterned(3);
+        let first = buf.as_ptr();
+        let g = Granted::new(&t, 0, buf, Access::ReadWrite, frame_of).unwrap();
+        let refs = g.refs().to_vec();
+        assert_eq!(refs.len(), 3, "one grant per page holding bytes");
+        for (i, &r) in refs.iter().enumerate() {
+            assert_eq!(
+                u64::from(xen[r as usize].frame),
+                frame_of(first.wrapping_add(i * PAGE_SIZE))
+            );
+        }
+        assert_eq!(g.as_ptr(), first);
+        // Xen: the peer maps the middle page.
+        t.flags(refs[1]).fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
+        let g = g.revoke().unwrap_err();
+        assert_eq!(g.refs(), &refs[1..2], "only the held grant is left");
+        assert_eq!(t.stats().active, 1);
+        assert!(FAKE_DMA.is_live(first));
+        t.flags(refs[1])
+            .fetch_and(!(GTF_READING | GTF_WRITING), Ordering::SeqCst);
+        let back = g.revoke().unwrap();
+        assert_eq!(back.as_ptr(), first);
+        assert!(back.as_slice().iter().enumerate().all(|(i, &x)| x == (i * 7 % 251) as u8));
+        let s = t.stats();
+        assert_eq!((s.active, s.abandoned, s.leaked_pages), (0, 0, 0));
+    }
+
+    #[test]
+    fn xsa396_granted_dropped_while_the_peer_holds_it_abandons_and_counts_its_pages() {
+        let (t, xen) = table(16);
+        let buf = patterned(2);
+        let first = buf.as_ptr();
+        let g = Granted::new(&t, 4, buf, Access::ReadWrite, frame_of).unwrap();
+        let held = g.refs()[0];
+        t.flags(held).fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
+        drop(g);
+        let s = t.stats();
+        assert_eq!(
+            (s.active, s.abandoned, s.leaked_pages),
+            (1, 1, 2),
+            "the held grant stays, both pages of the buffer are leaked"
+        );
+        assert!(FAKE_DMA.is_live(first) && FAKE_DMA.is_live(first.wrapping_add(PAGE_SIZE)));
+        assert_eq!(
+            (
+                xen[held as usize].flags & GTF_PERMIT_ACCESS,
+                xen[held as usize].domid
+            ),
+            (GTF_PERMIT_ACCESS, 4)
+        );
+        // The held reference is never handed out again.
+        let mut fresh = alloc::vec::Vec::new();
+        while let Ok(r) = t.grant(4, 1, Access::ReadOnly) {
+            assert_ne!(r, held);
+            fresh.push(r);
+        }
+        assert_eq!(fresh.len(), 16 - 8 - 1);
+        // A grant the peer never touched ends on drop and its memory is freed.
+        for r in fresh {
+            t.end_access(r).unwrap();
+        }
+        let g = Granted::new(&t, 4, patterned(1), Access::ReadOnly, frame_of).unwrap();
+        drop(g);
+        assert_eq!(t.stats().leaked_pages, 2);
+        assert_eq!(t.stats().active, 1);
+    }
+
+    #[test]
+    fn a_buffer_that_cannot_be_granted_whole_comes_back_with_its_partial_grants_ended() {
+        let (t, _xen) = table(10); // 2 usable refs
+        let buf = patterned(3);
+        let first = buf.as_ptr();
+        let NotGranted { buf, error } = Granted::new(&t, 0, buf, Access::ReadOnly, frame_of).unwrap_err();
+        assert_eq!(error, ring_protocol::Error::GrantTableFull { capacity: 2 });
+        assert_eq!(buf.as_ptr(), first, "the caller gets its buffer back");
+        assert_eq!(t.stats().active, 0);
+        // An empty buffer needs no grant at all.
+        let g = Granted::new(&t, 0, DmaBuf::empty(), Access::ReadOnly, frame_of).unwrap();
+        assert!(g.refs().is_empty());
+        assert!(g.revoke().unwrap().is_empty());
+    }
 }

@@ -502,4 +502,130 @@ mod tests {
             "xen device device/vbd/768: backend b still in state 2 after 7 us, waiting for Connected"
         );
     }
+
+    #[test]
+    fn backend_numbers_and_flags_parse_only_short_decimals() {
+        for (text, want) in [
+            (&b"0"[..], Some(0)),
+            (b"512", Some(512)),
+            (b" 4096\n", Some(4096)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"000000000000000000001", None),
+            (b"", None),
+            (b"   ", None),
+            (b"-1", None),
+            (b"+1", None),
+            (b"1e3", None),
+            (b"0x10", None),
+            (b"12 34", None),
+            (b"1\0", None),
+            (b"\xff", None),
+        ] {
+            assert_eq!(parse_number(text), want, "{text:?}");
+        }
+        assert_eq!(parse_flag(b"1"), Some(true));
+        assert_eq!(parse_flag(b"0"), Some(false));
+        assert_eq!(parse_flag(b"2"), None);
+        assert_eq!(parse_flag(b"yes"), None);
+        let (mut xs, w) = setup(vec![]);
+        let be = "/local/domain/0/backend/vbd/3/768";
+        for (k, v) in [("a", &b"7"[..]), ("b", b"seven"), ("f", b"1"), ("g", b"on")] {
+            w.daemon.borrow_mut().external_write(&format!("{be}/{k}"), v);
+        }
+        assert_eq!(read_number(&mut xs, &w, NO_TX, &format!("{be}/a")).unwrap(), Some(7));
+        assert_eq!(read_number(&mut xs, &w, NO_TX, &format!("{be}/none")).unwrap(), None);
+        let e = read_number(&mut xs, &w, NO_TX, &format!("{be}/b")).unwrap_err();
+        assert_eq!(
+            format!("{e}"),
+            format!("xenstore parse '{be}/b' failed: not a decimal number: \"seven\"")
+        );
+        assert!(read_flag(&mut xs, &w, NO_TX, &format!("{be}/f")).unwrap());
+        assert!(!read_flag(&mut xs, &w, NO_TX, &format!("{be}/none")).unwrap());
+        assert!(read_flag(&mut xs, &w, NO_TX, &format!("{be}/g")).is_err());
+        // A long hostile value is shown cut short.
+        w.daemon
+            .borrow_mut()
+            .external_write(&format!("{be}/long"), &[b'x'; 4000]);
+        let e = read_number(&mut xs, &w, NO_TX, &format!("{be}/long")).unwrap_err();
+        assert!(format!("{e}").len() < 200, "{e}");
+    }
+
+    #[test]
+    fn enumerate_refuses_a_reserved_backend_id_or_a_relative_backend_path() {
+        let (mut xs, w) = setup(vec![]);
+        w.daemon
+            .borrow_mut()
+            .external_write("device/vbd/768/backend-id", b"32752");
+        let e = enumerate(&mut xs, &w, "vbd").unwrap_err();
+        assert_eq!(
+            e,
+            Error::Protocol {
+                device: "xenbus",
+                what: "backend-id out of range",
+                value: 32752
+            }
+        );
+        let (mut xs, w) = setup(vec![]);
+        w.daemon
+            .borrow_mut()
+            .external_write("device/vbd/768/backend", b"backend/vbd/3/768");
+        assert!(matches!(
+            enumerate(&mut xs, &w, "vbd"),
+            Err(Error::Protocol { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_backend_flooding_its_state_subtree_cannot_hide_its_state() {
+        // Connected, then 2000 writes below the watched state node that push its event out of
+        // the client's queue: the wait still sees the state.
+        let be = "/local/domain/0/backend/vbd/3/768/state";
+        let mut script: Vec<(u64, String, &'static [u8])> = vec![(20, String::from(be), b"4")];
+        script.extend((0..2000).map(|i| (20, format!("{be}/junk{i}"), &b"x"[..])));
+        let (mut xs, w) = setup(script);
+        let dev = enumerate(&mut xs, &w, "vbd").unwrap().remove(0);
+        let s = wait_backend(
+            &mut xs,
+            &w,
+            &dev,
+            "Connected",
+            |s| s == XenbusState::Connected,
+            5_000_000,
+        )
+        .unwrap();
+        assert_eq!(s, XenbusState::Connected);
+        assert!(w.idles.get() > 20, "the flood came while we waited");
+        assert!(
+            xs.stats().watch_events_dropped > 0,
+            "the flood did overflow the queue: {:?}",
+            xs.stats()
+        );
+    }
+
+    #[test]
+    fn hostile_backend_closing_while_awaited_is_refused_at_once() {
+        let be = String::from("/local/domain/0/backend/vbd/3/768/state");
+        let (mut xs, w) = setup(vec![(3, be, b"5")]);
+        let dev = enumerate(&mut xs, &w, "vbd").unwrap().remove(0);
+        let e = wait_backend_or_refuse(
+            &mut xs,
+            &w,
+            &dev,
+            "Connected",
+            |s| s == XenbusState::Connected,
+            |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
+            60_000_000,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            Error::Protocol {
+                device: "xenbus",
+                what: "backend left the handshake (its state shown)",
+                value: 5
+            }
+        );
+        assert!(w.now.get() < 1_000_000, "not waited out: {} us", w.now.get());
+    }
 }
