@@ -362,7 +362,8 @@ impl<H: XenDeviceHost> BlkFront<H> {
             opts.timeout_us,
         )?;
         let sectors_512 = xs.read_u64(w, NO_TX, &d.be(keys::SECTORS))?;
-        let sector_size = xenbus::read_number(xs, w, NO_TX, &d.be(keys::SECTOR_SIZE))?.unwrap_or(BLKIF_SECTOR_SIZE);
+        let sector_size =
+            xenbus::read_number(xs, w, NO_TX, &d.be(keys::SECTOR_SIZE))?.unwrap_or(BLKIF_SECTOR_SIZE);
         let info_bits = xenbus::read_number(xs, w, NO_TX, &d.be(keys::INFO))?.unwrap_or(0);
         let flush_cache = xenbus::read_flag(xs, w, NO_TX, &d.be(keys::FEATURE_FLUSH_CACHE))?;
         let barrier = xenbus::read_flag(xs, w, NO_TX, &d.be(keys::FEATURE_BARRIER))?;
@@ -500,8 +501,10 @@ impl<H: XenDeviceHost> BlkFront<H> {
         };
         let len = buf.len();
         let host = self.host;
-        let data = Granted::new(self.grants, self.dev.backend_id, buf, access, |p| host.frame_of(p))
-            .map_err(|NotGranted { buf, error }| (buf, Error::Ring(error)))?;
+        let data = Granted::new(self.grants, self.dev.backend_id, buf, access, |p| {
+            host.frame_of(p)
+        })
+        .map_err(|NotGranted { buf, error }| (buf, Error::Ring(error)))?;
         let segs: Vec<BlkifRequestSegment> = data
             .refs()
             .iter()
@@ -540,8 +543,10 @@ impl<H: XenDeviceHost> BlkFront<H> {
         let pages = segs.len().div_ceil(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
         let indirect = DmaBuf::new(pages * PAGE_SIZE).and_then(|mut ind| {
             ind.as_mut_slice()[..segs.len() * 8].copy_from_slice(segs.as_bytes());
-            Granted::new(self.grants, self.dev.backend_id, ind, Access::ReadOnly, |p| host.frame_of(p))
-                .map_err(|e| Error::Ring(e.error))
+            Granted::new(self.grants, self.dev.backend_id, ind, Access::ReadOnly, |p| {
+                host.frame_of(p)
+            })
+            .map_err(|e| Error::Ring(e.error))
         });
         let indirect = match indirect {
             Ok(g) => g,

@@ -465,7 +465,8 @@ mod tests {
         }
         assert_eq!(g.as_ptr(), first);
         // Xen: the peer maps the middle page.
-        t.flags(refs[1]).fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
+        t.flags(refs[1])
+            .fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
         let g = g.revoke().unwrap_err();
         assert_eq!(g.refs(), &refs[1..2], "only the held grant is left");
         assert_eq!(t.stats().active, 1);
@@ -474,7 +475,12 @@ mod tests {
             .fetch_and(!(GTF_READING | GTF_WRITING), Ordering::SeqCst);
         let back = g.revoke().unwrap();
         assert_eq!(back.as_ptr(), first);
-        assert!(back.as_slice().iter().enumerate().all(|(i, &x)| x == (i * 7 % 251) as u8));
+        assert!(
+            back.as_slice()
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i * 7 % 251) as u8)
+        );
         let s = t.stats();
         assert_eq!((s.active, s.abandoned, s.leaked_pages), (0, 0, 0));
     }
@@ -486,7 +492,8 @@ mod tests {
         let first = buf.as_ptr();
         let g = Granted::new(&t, 4, buf, Access::ReadWrite, frame_of).unwrap();
         let held = g.refs()[0];
-        t.flags(held).fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
+        t.flags(held)
+            .fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
         drop(g);
         let s = t.stats();
         assert_eq!(

@@ -217,8 +217,10 @@ impl<H: XenDeviceHost> NetFront<H> {
             .map_err(Error::Ring)?;
         let mut ring_pages = Vec::with_capacity(2);
         for page in [tx_buf, rx_buf] {
-            let g = Granted::new(grants, dev.backend_id, page, Access::ReadWrite, |p| host.frame_of(p))
-                .map_err(|e| Error::Ring(e.error))?;
+            let g = Granted::new(grants, dev.backend_id, page, Access::ReadWrite, |p| {
+                host.frame_of(p)
+            })
+            .map_err(|e| Error::Ring(e.error))?;
             ring_pages.push(g);
         }
         let port = host.alloc_unbound(dev.backend_id)?;

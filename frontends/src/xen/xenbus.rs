@@ -533,8 +533,14 @@ mod tests {
         for (k, v) in [("a", &b"7"[..]), ("b", b"seven"), ("f", b"1"), ("g", b"on")] {
             w.daemon.borrow_mut().external_write(&format!("{be}/{k}"), v);
         }
-        assert_eq!(read_number(&mut xs, &w, NO_TX, &format!("{be}/a")).unwrap(), Some(7));
-        assert_eq!(read_number(&mut xs, &w, NO_TX, &format!("{be}/none")).unwrap(), None);
+        assert_eq!(
+            read_number(&mut xs, &w, NO_TX, &format!("{be}/a")).unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            read_number(&mut xs, &w, NO_TX, &format!("{be}/none")).unwrap(),
+            None
+        );
         let e = read_number(&mut xs, &w, NO_TX, &format!("{be}/b")).unwrap_err();
         assert_eq!(
             format!("{e}"),

@@ -14,7 +14,9 @@ use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use ring_protocol::abi::blkif::{
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BlkifRequestIndirect,
 };
-use ring_protocol::abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1};
+use ring_protocol::abi::grant_table::{
+    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1,
+};
 use ring_protocol::ring::BackRing;
 use zerocopy::FromZeros;
 
@@ -118,14 +120,14 @@ impl World {
     fn entry(&self, gref: u32) -> GrantEntryV1 {
         assert!((gref as usize) < TABLE, "gref {gref} beyond the table");
         // SAFETY: inside the leaked table; a copy, read while the frontend is not running.
-        unsafe { self.entries.as_ptr().add(gref as usize).read_volatile() }
+        unsafe { self.entries.as_ptr().wrapping_add(gref as usize).read_volatile() }
     }
 
     fn flags(&self, gref: u32) -> &AtomicU16 {
         assert!((gref as usize) < TABLE);
         // SAFETY: `flags` is the first, 2-aligned field of an entry in the leaked table; the grant
         // table accesses it atomically too.
-        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().add(gref as usize).cast::<u16>()) }
+        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().wrapping_add(gref as usize).cast::<u16>()) }
     }
 
     /// What Xen does when the backend maps `gref`: check the grant, mark it in use.
@@ -167,9 +169,7 @@ impl World {
     }
 
     fn set_be_state(&self, s: &[u8]) {
-        self.daemon
-            .borrow_mut()
-            .external_write(&format!("{BE}/state"), s);
+        self.daemon.borrow_mut().external_write(&format!("{BE}/state"), s);
     }
 
     fn run_backend(&self) {
@@ -204,7 +204,11 @@ impl World {
         if mode.flip_on_connect && be.ring_ptr.is_some() && fe_state == 3 {
             // Closing, then Connected, then Closing ... every 20 steps.
             be.flips += 1;
-            let s: &[u8] = if (be.flips / 20) % 2 == 0 { b"5" } else { b"4" };
+            let s: &[u8] = if (be.flips / 20).is_multiple_of(2) {
+                b"5"
+            } else {
+                b"4"
+            };
             drop(be);
             self.set_be_state(s);
             return;
@@ -212,7 +216,7 @@ impl World {
         if fe_state == 5 || fe_state == 6 {
             if mode.flip_on_close {
                 be.flips += 1;
-                let s: &[u8] = if be.flips % 2 == 0 { b"5" } else { b"4" };
+                let s: &[u8] = if be.flips.is_multiple_of(2) { b"5" } else { b"4" };
                 drop(be);
                 self.set_be_state(s);
                 return;
@@ -317,8 +321,7 @@ impl World {
         let notify = ring.push_responses_and_check_notify().unwrap();
         if mode.overrun > 0 && answered_now {
             let real = be.ring.as_ref().unwrap().rsp_prod_pvt();
-            self.rsp_prod(&be)
-                .store(real + mode.overrun, Ordering::Release);
+            self.rsp_prod(&be).store(real + mode.overrun, Ordering::Release);
         }
         if notify && let Some(a) = self.host.ack.lock().as_ref() {
             a.ack();
@@ -603,10 +606,14 @@ fn single_page_ring_without_indirect_caps_requests_at_11_segments() {
 
 #[test]
 fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        absent: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            absent: true,
+            ..Mode::default()
+        },
+    );
     let e = connect(&mut xs, &w, grants, quick()).unwrap_err();
     match e {
         Error::XenbusTimeout(t) => {
@@ -625,11 +632,15 @@ fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
 
 #[test]
 fn xsa396_backend_that_maps_the_ring_and_never_connects_gets_the_ring_abandoned_not_freed() {
-    let (mut xs, w, grants) = world("2", "0", Mode {
-        silent: true,
-        keep_ring: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "2",
+        "0",
+        Mode {
+            silent: true,
+            keep_ring: true,
+            ..Mode::default()
+        },
+    );
     let e = connect(&mut xs, &w, grants, quick()).unwrap_err();
     assert!(matches!(e, Error::XenbusTimeout(_)), "{e:?}");
     let refs = published_ring_refs(&w);
@@ -693,7 +704,10 @@ fn xsa396_connect_failing_after_the_ring_was_mapped_ends_the_grants_once_the_bac
         Mode::default(),
     );
     connect(&mut xs, &w, grants, quick()).unwrap_err();
-    assert!(w.be.borrow().ring_ptr.is_some(), "the backend had mapped the ring");
+    assert!(
+        w.be.borrow().ring_ptr.is_some(),
+        "the backend had mapped the ring"
+    );
     assert_eq!(stats(grants), (0, 0, 0));
 }
 
@@ -747,10 +761,7 @@ fn hostile_backend_publishing_bad_sizes_and_orders_gets_a_typed_error_or_a_clamp
     let dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     let (f, i) = (dev.features(), dev.info());
     assert_eq!((f.ring_order, f.indirect_segments), (2, 256));
-    assert_eq!(
-        (i.capacity_sectors, i.sector_size),
-        (36028797018963967 / 8, 4096)
-    );
+    assert_eq!((i.capacity_sectors, i.sector_size), (36028797018963967 / 8, 4096));
     drop(dev);
     let (mut xs, w, grants) = world_with(&[("feature-max-indirect-segments", "5")], Mode::default());
     let dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
@@ -769,10 +780,14 @@ fn hostile_backend_forging_a_response_id_is_refused_and_halts_only_that_device()
         (u64::MAX, "all ones"),
         (0, "the id of the request just completed (a duplicate answer)"),
     ] {
-        let (mut xs, w, grants) = world("0", "0", Mode {
-            forge_id: Some((1, forged)),
-            ..Mode::default()
-        });
+        let (mut xs, w, grants) = world(
+            "0",
+            "0",
+            Mode {
+                forge_id: Some((1, forged)),
+                ..Mode::default()
+            },
+        );
         w.be.borrow_mut().disk[512..1024].fill(0x42);
         let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
         dev.submit(read_req(7, 1, 512)).map_err(|r| r.error).unwrap();
@@ -808,10 +823,14 @@ fn hostile_backend_forging_a_response_id_is_refused_and_halts_only_that_device()
 
 #[test]
 fn hostile_backend_answering_with_another_operation_is_refused() {
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        forge_op: Some(BLKIF_OP_WRITE),
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            forge_op: Some(BLKIF_OP_WRITE),
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     dev.submit(read_req(1, 0, 512)).map_err(|r| r.error).unwrap();
     let e = next(&mut dev, &w).unwrap_err();
@@ -832,10 +851,14 @@ fn hostile_backend_answering_with_another_operation_is_refused() {
 #[test]
 fn hostile_backend_overrunning_rsp_prod_halts_the_ring_with_no_out_of_bounds_read() {
     for overrun in [1u32, 32, 1000, u32::MAX / 2] {
-        let (mut xs, w, grants) = world("0", "0", Mode {
-            overrun,
-            ..Mode::default()
-        });
+        let (mut xs, w, grants) = world(
+            "0",
+            "0",
+            Mode {
+                overrun,
+                ..Mode::default()
+            },
+        );
         let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
         dev.submit(read_req(1, 0, 512)).map_err(|r| r.error).unwrap();
         dev.submit(read_req(2, 0, 512)).map_err(|r| r.error).unwrap();
@@ -859,10 +882,14 @@ fn hostile_backend_overrunning_rsp_prod_halts_the_ring_with_no_out_of_bounds_rea
     }
     // Claiming responses it never wrote (within the requests outstanding): the slots still hold
     // our requests, whose bytes make no valid response id; refused, never used as an index.
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        phantom: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            phantom: true,
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     dev.submit(read_req(1, 0, 512)).map_err(|r| r.error).unwrap();
     let e = next(&mut dev, &w).unwrap_err();
@@ -883,11 +910,15 @@ fn hostile_backend_overrunning_rsp_prod_halts_the_ring_with_no_out_of_bounds_rea
 
 #[test]
 fn xsa396_backend_keeping_a_data_grant_after_its_response_halts_and_the_page_is_never_freed() {
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        keep_data: true,
-        keep_ring: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            keep_data: true,
+            keep_ring: true,
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     let req = read_req(5, 0, 2 * PAGE_SIZE);
     let data = req.buf.as_ptr();
@@ -920,10 +951,14 @@ fn xsa396_backend_keeping_a_data_grant_after_its_response_halts_and_the_page_is_
 fn xsa396_a_backend_that_lets_go_late_gets_its_grants_ended_not_abandoned() {
     // The data grants stay mapped after the response but are unmapped when the device closes
     // (like a slow backend): disconnect retries and ends them; nothing leaks.
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        keep_data: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            keep_data: true,
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     dev.submit(read_req(5, 0, 512)).map_err(|r| r.error).unwrap();
     assert!(next(&mut dev, &w).unwrap().result.is_err());
@@ -936,10 +971,14 @@ fn xsa396_a_backend_that_lets_go_late_gets_its_grants_ended_not_abandoned() {
 
 #[test]
 fn hostile_backend_flipping_state_while_connecting_is_refused_with_a_typed_error() {
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        flip_on_connect: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            flip_on_connect: true,
+            ..Mode::default()
+        },
+    );
     let e = connect(&mut xs, &w, grants, quick()).unwrap_err();
     assert_eq!(
         e,
@@ -955,10 +994,14 @@ fn hostile_backend_flipping_state_while_connecting_is_refused_with_a_typed_error
 
 #[test]
 fn hostile_backend_flipping_state_on_close_cannot_hold_disconnect() {
-    let (mut xs, w, grants) = world("0", "0", Mode {
-        flip_on_close: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world(
+        "0",
+        "0",
+        Mode {
+            flip_on_close: true,
+            ..Mode::default()
+        },
+    );
     let dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     let before = w.now.get();
     let e = dev.disconnect(&mut xs, &w, 100_000).unwrap_err();

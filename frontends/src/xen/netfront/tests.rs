@@ -9,7 +9,9 @@ use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
-use ring_protocol::abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1};
+use ring_protocol::abi::grant_table::{
+    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1,
+};
 use ring_protocol::abi::xen::{DomId, XenPfn};
 use ring_protocol::ring::BackRing;
 use zerocopy::FromZeros;
@@ -100,14 +102,14 @@ impl World {
     fn entry(&self, gref: u32) -> GrantEntryV1 {
         assert!((gref as usize) < TABLE, "gref {gref} beyond the table");
         // SAFETY: inside the leaked table; a copy, read while the frontend is not running.
-        unsafe { self.entries.as_ptr().add(gref as usize).read_volatile() }
+        unsafe { self.entries.as_ptr().wrapping_add(gref as usize).read_volatile() }
     }
 
     fn flags(&self, gref: u32) -> &AtomicU16 {
         assert!((gref as usize) < TABLE);
         // SAFETY: `flags` is the first, 2-aligned field of an entry in the leaked table; the grant
         // table accesses it atomically too.
-        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().add(gref as usize).cast::<u16>()) }
+        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().wrapping_add(gref as usize).cast::<u16>()) }
     }
 
     /// The page behind `gref`, after Xen's checks (a grant copy: no lasting mapping).
@@ -446,10 +448,14 @@ fn hostile_backend_forging_an_rx_id_is_refused_and_halts_the_device() {
 
 #[test]
 fn hostile_backend_forging_a_tx_id_or_overrunning_rsp_prod_halts_the_device() {
-    let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-        forge_tx_id: Some(4000),
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            forge_tx_id: Some(4000),
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants).unwrap();
     let f = frame(&dev, 100, 2);
     let e = echo(&mut dev, &w, &f).unwrap_err();
@@ -466,10 +472,14 @@ fn hostile_backend_forging_a_tx_id_or_overrunning_rsp_prod_halts_the_device() {
     assert_eq!(stats(grants), (0, 0, 0));
 
     for overrun in [1u32, 300, u32::MAX / 2] {
-        let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-            overrun_tx: overrun,
-            ..Mode::default()
-        });
+        let (mut xs, w, grants) = world_with(
+            "1",
+            "00:16:3e:00:00:01",
+            Mode {
+                overrun_tx: overrun,
+                ..Mode::default()
+            },
+        );
         let mut dev = connect(&mut xs, &w, grants).unwrap();
         let f = frame(&dev, 100, 3);
         let e = echo(&mut dev, &w, &f).unwrap_err();
@@ -488,10 +498,14 @@ fn hostile_backend_forging_a_tx_id_or_overrunning_rsp_prod_halts_the_device() {
 
 #[test]
 fn xsa396_rx_buffer_still_mapped_at_disconnect_is_abandoned_not_freed() {
-    let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-        hold_rx: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            hold_rx: true,
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants).unwrap();
     // The backend sits on one posted buffer; traffic through the others is unaffected.
     for i in 0..100 {
@@ -516,11 +530,15 @@ fn xsa396_rx_buffer_still_mapped_at_disconnect_is_abandoned_not_freed() {
 
 #[test]
 fn xsa396_connect_failing_after_the_backend_mapped_the_rings_abandons_them_if_it_keeps_them() {
-    let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-        refuse_after_map: true,
-        keep_rings: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            refuse_after_map: true,
+            keep_rings: true,
+            ..Mode::default()
+        },
+    );
     let e = connect(&mut xs, &w, grants).unwrap_err();
     assert_eq!(
         e,
@@ -539,10 +557,14 @@ fn xsa396_connect_failing_after_the_backend_mapped_the_rings_abandons_them_if_it
     assert_eq!(*w.host.closed.lock(), 1);
 
     // The same refusal from a backend that unmaps on close: nothing leaks.
-    let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-        refuse_after_map: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            refuse_after_map: true,
+            ..Mode::default()
+        },
+    );
     connect(&mut xs, &w, grants).unwrap_err();
     assert!(!w.ring_ptrs.borrow().is_empty(), "the rings had been mapped");
     assert_eq!(stats(grants), (0, 0, 0));
@@ -550,10 +572,14 @@ fn xsa396_connect_failing_after_the_backend_mapped_the_rings_abandons_them_if_it
 
 #[test]
 fn xsa396_backend_keeping_a_tx_grant_after_its_response_halts_and_the_page_is_never_freed() {
-    let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-        keep_tx: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            keep_tx: true,
+            ..Mode::default()
+        },
+    );
     let mut dev = connect(&mut xs, &w, grants).unwrap();
     let f = frame(&dev, 200, 4);
     let e = echo(&mut dev, &w, &f).unwrap_err();
@@ -577,10 +603,14 @@ fn xsa396_backend_keeping_a_tx_grant_after_its_response_halts_and_the_page_is_ne
 
 #[test]
 fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
-    let (mut xs, w, grants) = world_with("1", "00:16:3e:00:00:01", Mode {
-        absent: true,
-        ..Mode::default()
-    });
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            absent: true,
+            ..Mode::default()
+        },
+    );
     let e = connect(&mut xs, &w, grants).unwrap_err();
     match e {
         Error::XenbusTimeout(t) => assert_eq!((t.state, t.awaited), (2, "Connected")),
@@ -588,7 +618,11 @@ fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
     }
     assert_eq!(stats(grants), (0, 0, 0), "ring grants ended, nothing leaked");
     assert_eq!(*w.host.closed.lock(), 1, "event channel closed");
-    assert_eq!(w.read_fe("state"), Some(6), "frontend gave the device up (Closed)");
+    assert_eq!(
+        w.read_fe("state"),
+        Some(6),
+        "frontend gave the device up (Closed)"
+    );
     assert!(w.now.get() < 2_000_000, "bounded: {} us", w.now.get());
 }
 

@@ -292,10 +292,7 @@ fn hostile_daemon_late_reply_to_a_timed_out_request_is_dropped_not_taken_for_ano
     xs.write(&w, NO_TX, "b", b"second").unwrap();
     w.daemon.borrow_mut().dead = true;
     xs.set_timeout_us(500);
-    assert!(matches!(
-        xs.read(&w, NO_TX, "a"),
-        Err(Error::Timeout { .. })
-    ));
+    assert!(matches!(xs.read(&w, NO_TX, "a"), Err(Error::Timeout { .. })));
     // The daemon wakes up and answers both the old request and the new one.
     w.daemon.borrow_mut().dead = false;
     xs.set_timeout_us(100_000);
@@ -375,10 +372,7 @@ fn hostile_peer_flooding_watched_nodes_cannot_grow_the_event_queue() {
         "the newest event survives"
     );
     assert_eq!(
-        queued
-            .iter()
-            .filter(|p| p.ends_with("/backend/state"))
-            .count(),
+        queued.iter().filter(|p| p.ends_with("/backend/state")).count(),
         1,
         "repeats merged"
     );
