@@ -773,7 +773,7 @@ fn hostile_backend_publishing_bad_sizes_and_orders_gets_a_typed_error_or_a_clamp
 }
 
 #[test]
-fn hostile_backend_forging_a_response_id_is_refused_and_halts_only_that_device() {
+fn xsa155_forged_response_id_is_copied_then_refused_and_halts_only_that_device() {
     for (forged, what) in [
         (1u64 << 40, "out of range"),
         (31, "in range, never issued"),
@@ -822,7 +822,7 @@ fn hostile_backend_forging_a_response_id_is_refused_and_halts_only_that_device()
 }
 
 #[test]
-fn hostile_backend_answering_with_another_operation_is_refused() {
+fn xsa155_response_naming_another_operation_is_refused() {
     let (mut xs, w, grants) = world(
         "0",
         "0",

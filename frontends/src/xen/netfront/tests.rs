@@ -421,7 +421,7 @@ fn frames_round_trip_through_the_rings_and_buffers_are_reposted() {
 }
 
 #[test]
-fn hostile_backend_forging_an_rx_id_is_refused_and_halts_the_device() {
+fn xsa155_forged_rx_id_is_refused_and_halts_the_device() {
     for forged in [999u16, 64, u16::MAX] {
         let (mut xs, w, grants) = world(true, "00:16:3e:00:00:01");
         let mut dev = connect(&mut xs, &w, grants).unwrap();
