@@ -201,10 +201,12 @@ pub mod fake {
     /// address is caught by a fake device that checks.
     pub const BUS_OFFSET: u64 = 0x4000_0000_0000;
 
-    /// Allocates from the global heap; counts live pages.
+    /// Allocates from the global heap; counts live pages and remembers where the live regions are.
     #[derive(Debug, Default)]
     pub struct FakeDma {
         live_pages: AtomicUsize,
+        /// First byte -> pages, of every region handed out and not yet freed.
+        live: spin::Mutex<alloc::collections::BTreeMap<usize, usize>>,
     }
 
     impl FakeDma {
@@ -212,12 +214,24 @@ pub mod fake {
         pub const fn new() -> Self {
             Self {
                 live_pages: AtomicUsize::new(0),
+                live: spin::Mutex::new(alloc::collections::BTreeMap::new()),
             }
         }
 
         /// Pages allocated and not yet freed.
         pub fn live_pages(&self) -> usize {
             self.live_pages.load(Ordering::Relaxed)
+        }
+
+        /// Whether the byte at `virt` lies in a region handed out and not yet freed (tests use it to
+        /// check that a page a peer still holds was never given back).
+        pub fn is_live(&self, virt: *const u8) -> bool {
+            let at = virt as usize;
+            self.live
+                .lock()
+                .range(..=at)
+                .next_back()
+                .is_some_and(|(&start, &pages)| at < start + pages * PAGE_SIZE)
         }
     }
 
@@ -232,6 +246,7 @@ pub mod fake {
             // SAFETY: the layout has non-zero size (pages ≥ 1 per the trait).
             let p = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout(pages.max(1))) })?;
             self.live_pages.fetch_add(pages, Ordering::Relaxed);
+            self.live.lock().insert(p.as_ptr() as usize, pages);
             Some(DmaRegion {
                 bus: p.as_ptr() as u64 + BUS_OFFSET,
                 virt: p,
@@ -241,6 +256,7 @@ pub mod fake {
 
         unsafe fn free_pages(&self, region: DmaRegion) {
             self.live_pages.fetch_sub(region.pages, Ordering::Relaxed);
+            self.live.lock().remove(&(region.virt.as_ptr() as usize));
             // SAFETY: the caller returns a region from alloc_pages, so it was allocated with this
             // layout.
             unsafe { std::alloc::dealloc(region.virt.as_ptr(), layout(region.pages.max(1))) }

@@ -61,6 +61,14 @@ pub trait ShareMemory {
     /// copying it: the page stays shared, must not be reused, and the caller should retry later.
     /// [`Error::BadGrantRef`](crate::Error::BadGrantRef) if `handle` is not currently shared.
     fn revoke(&self, handle: Self::Handle) -> Result<()>;
+
+    /// Records that the owner of `pages` pages gave up on them while the peer still held
+    /// `still_shared` (their [`revoke`](Self::revoke) kept failing with
+    /// [`Error::GrantInUse`](crate::Error::GrantInUse)): those handles stay shared for good and the
+    /// owner never frees or reuses the pages, so the peer can reach nothing else through them. The
+    /// implementation keeps the handles out of circulation and counts the loss; it must not revoke or
+    /// reuse them.
+    fn abandon(&self, still_shared: &[Self::Handle], pages: usize);
 }
 
 impl<S: ShareMemory + ?Sized> ShareMemory for &S {
@@ -72,6 +80,10 @@ impl<S: ShareMemory + ?Sized> ShareMemory for &S {
 
     fn revoke(&self, handle: Self::Handle) -> Result<()> {
         (**self).revoke(handle)
+    }
+
+    fn abandon(&self, still_shared: &[Self::Handle], pages: usize) {
+        (**self).abandon(still_shared, pages);
     }
 }
 
@@ -156,6 +168,8 @@ pub mod fake {
         /// Per reference: (read-only mappings, writable mappings) the peer holds.
         maps: Vec<(u32, u32)>,
         pages: BTreeMap<XenPfn, Box<[u8; XEN_PAGE_SIZE]>>,
+        /// (handles, pages) given up through [`ShareMemory::abandon`].
+        abandoned: (usize, usize),
     }
 
     impl FakeGrantTable {
@@ -167,6 +181,7 @@ pub mod fake {
                     in_use: vec![false; entries],
                     maps: vec![(0, 0); entries],
                     pages: BTreeMap::new(),
+                    abandoned: (0, 0),
                 }),
             }
         }
@@ -183,6 +198,11 @@ pub mod fake {
         /// Number of references currently handed out.
         pub fn active(&self) -> usize {
             self.inner.borrow().in_use.iter().filter(|&&u| u).count()
+        }
+
+        /// (handles, pages) the granting side gave up on while the peer still held them.
+        pub fn abandoned(&self) -> (usize, usize) {
+            self.inner.borrow().abandoned
         }
 
         /// Writes `data` at `offset` in our own page `frame` (the granting side's direct access).
@@ -369,6 +389,13 @@ pub mod fake {
             };
             inner.in_use[i] = false;
             Ok(())
+        }
+
+        fn abandon(&self, still_shared: &[GrantRef], pages: usize) {
+            // The references stay `in_use` (never handed out again) and keep their entries.
+            let mut inner = self.inner.borrow_mut();
+            inner.abandoned.0 += still_shared.len();
+            inner.abandoned.1 += pages;
         }
     }
 

@@ -9,9 +9,25 @@
 //! Requests: each data page is granted for the request (writable for reads) and ended when the
 //! response arrives. Up to 11 segments fit in a request; longer requests use indirect segment pages
 //! when the backend offers `feature-max-indirect-segments`. Flush is `BLKIF_OP_FLUSH_DISKCACHE`
-//! (`feature-flush-cache`) or else a `WRITE_BARRIER` (`feature-barrier`). Request ids are indices
-//! into the in-flight slab, checked when a response names them. Sector numbers on the ring are in
-//! 512-byte units whatever the disk's sector size.
+//! (`feature-flush-cache`) or else a `WRITE_BARRIER` (`feature-barrier`). Sector numbers on the ring
+//! are in 512-byte units whatever the disk's sector size.
+//!
+//! Against a hostile backend:
+//! - Every shared page (ring, indirect pages, data) is a [`Grant`], which owns the page and its
+//!   grants: no path frees a page the backend can still reach. A connection that fails after the
+//!   rings were published runs the close handshake (bounded) before letting the ring go; whatever
+//!   the backend still holds then is abandoned to it and counted ([`GrantStats::leaked_pages`]).
+//! - Responses are copied out of the ring, then checked: the id must name a request in flight (an
+//!   index into the slab, checked against its bounds) and the operation must be that request's. A
+//!   response producer index past the requests outstanding halts the ring. A backend that keeps a
+//!   grant after completing its request has broken the protocol too. Any of these halts the device:
+//!   requests still in flight come back failed (with their buffers, when their grants end), every
+//!   later call fails with the same error; other devices are untouched.
+//! - Every key the backend writes is bounded before use: `sector-size` a power of two from 512 to a
+//!   page, `sectors` such that the byte size fits 64 bits, `info` 32 bits, flags `0`/`1`, the ring
+//!   order and indirect segment count clamped to what we support.
+//!
+//! [`GrantStats::leaked_pages`]: super::grant::GrantStats::leaked_pages
 
 use alloc::format;
 use alloc::sync::Arc;
@@ -25,19 +41,18 @@ use ring_protocol::abi::blkif::{
     VDISK_READONLY, xenbus_keys as keys,
 };
 use ring_protocol::abi::event_channel::EvtchnPort;
-use ring_protocol::abi::grant_table::GrantRef;
 use ring_protocol::abi::xen::{DomId, XEN_IO_PROTO_ABI_X86_64, XenPfn};
 use ring_protocol::platform::{Access, Notify};
 use ring_protocol::ring::FrontRing;
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::grant::GrantTable;
+use super::grant::{Grant, GrantTable, Granted, NotGranted};
 use super::xenbus::{self, XenbusDevice, XenbusState};
-use super::xenstore::{NO_TX, XenStore, XsErrorKind, xs_kind};
+use super::xenstore::{NO_TX, XenStore};
 use crate::block::{BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected, validate};
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::{DmaBuf, PAGE_SIZE};
-use crate::wait::{IrqAck, SharedIrqAck, Waiter};
+use crate::wait::{IrqAck, SharedIrqAck, Waiter, wait_for};
 use crate::{Error, Result};
 
 /// What a Xen frontend needs from its platform besides XenStore and the grant table.
@@ -97,14 +112,31 @@ pub struct BlkFeatures {
 
 /// Largest indirect request we build (pages of data).
 const MAX_INDIRECT: u32 = 256;
+/// Largest ring order we use, whatever the backend offers.
+pub const MAX_RING_ORDER: u32 = 4;
+/// How long a connection that failed after publishing its rings waits for the backend to let go of
+/// them (at most; less if the connect timeout is shorter).
+pub const ABORT_TIMEOUT_US: u64 = 1_000_000;
+
+const DEVICE: &str = "xen-blk";
+
+/// A request's data: shared with the backend, or (a flush) kept private.
+#[derive(Debug)]
+enum Payload {
+    Private(DmaBuf),
+    Shared(Grant),
+}
 
 #[derive(Debug)]
 struct InFlight {
     tag: u64,
     op: BlockOp,
-    buf: DmaBuf,
-    grefs: Vec<GrantRef>,
-    indirect: Option<DmaBuf>,
+    /// The request's `operation` on the ring (`BLKIF_OP_INDIRECT` for an indirect one) and the
+    /// operation it carries: a response must name one of them.
+    wire_op: u8,
+    inner_op: u8,
+    data: Payload,
+    indirect: Option<Grant>,
 }
 
 #[derive(Debug, Default)]
@@ -127,10 +159,11 @@ pub struct BlkFront<H: XenDeviceHost + 'static> {
     host: &'static H,
     grants: &'static GrantTable,
     dev: XenbusDevice,
+    /// Declared before `ring_mem`: the ring's pointer goes before its memory.
     ring: FrontRing<BlkifRequest, BlkifResponse>,
-    ring_mem: Option<DmaBuf>,
-    ring_grefs: Vec<GrantRef>,
-    port: EvtchnPort,
+    ring_mem: Option<Grant>,
+    /// `None` once closed.
+    port: Option<EvtchnPort>,
     info: BlockInfo,
     features: BlkFeatures,
     slots: Vec<Option<InFlight>>,
@@ -138,8 +171,11 @@ pub struct BlkFront<H: XenDeviceHost + 'static> {
     in_flight: usize,
     batching: bool,
     unpushed: bool,
-    /// Grants the backend still held when their request completed: never reused.
-    stuck: Vec<GrantRef>,
+    /// Grants the backend still held when their request completed: kept (never reused), tried
+    /// again at disconnect, abandoned if still held then.
+    stuck: Vec<Grant>,
+    /// Set once the backend broke the protocol; every later call fails with it.
+    broken: Option<Error>,
     irq: Arc<Irq>,
 }
 
@@ -149,6 +185,7 @@ impl<H: XenDeviceHost> core::fmt::Debug for BlkFront<H> {
             .field("dev", &self.dev.frontend)
             .field("features", &self.features)
             .field("in_flight", &self.in_flight)
+            .field("broken", &self.broken)
             .finish()
     }
 }
@@ -163,20 +200,51 @@ impl<H: XenDeviceHost> Notify for PortNotify<'_, H> {
     }
 }
 
-fn read_opt_u64<N: Notify>(xs: &mut XenStore<N>, w: &dyn Waiter, path: &str) -> Result<Option<u64>> {
-    match xs.read_u64(w, NO_TX, path) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => Ok(None),
-        Err(e) => Err(e),
+fn protocol(what: &'static str, value: u64) -> Error {
+    Error::Protocol {
+        device: DEVICE,
+        what,
+        value,
     }
+}
+
+/// What the backend published, bounded.
+fn negotiated(
+    sectors_512: u64,
+    sector_size: u64,
+    info: u64,
+    max_indirect: u64,
+    indirect: bool,
+) -> Result<(u64, usize, u32, u32)> {
+    if !(BLKIF_SECTOR_SIZE..=PAGE_SIZE as u64).contains(&sector_size) || !sector_size.is_power_of_two() {
+        return Err(protocol("sector-size", sector_size));
+    }
+    if sectors_512.checked_mul(BLKIF_SECTOR_SIZE).is_none() {
+        return Err(protocol("sectors (the byte size overflows 64 bits)", sectors_512));
+    }
+    let info = u32::try_from(info).map_err(|_| protocol("info", info))?;
+    // Fewer indirect segments than a direct request holds are no use (as Linux reads it).
+    let indirect_segments = if indirect && max_indirect > BLKIF_MAX_SEGMENTS_PER_REQUEST as u64 {
+        max_indirect.min(u64::from(MAX_INDIRECT)) as u32
+    } else {
+        0
+    };
+    Ok((
+        sectors_512 / (sector_size / BLKIF_SECTOR_SIZE),
+        sector_size as usize,
+        info,
+        indirect_segments,
+    ))
 }
 
 impl<H: XenDeviceHost> BlkFront<H> {
     /// Connects to the backend of `dev`.
     ///
     /// # Errors
-    /// A XenStore failure, [`Error::XenbusTimeout`] if the backend does not get ready or connect in
-    /// time, grant or event channel failures.
+    /// A XenStore failure; [`Error::XenbusTimeout`] if the backend does not get ready or connect in
+    /// time; [`Error::Protocol`] if it leaves the handshake or publishes a value out of bounds; grant
+    /// or event channel failures. Whatever failed, the pages shared so far are ended, or abandoned to
+    /// the backend (and counted) if it keeps holding them.
     pub fn connect<N: Notify>(
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
@@ -194,27 +262,78 @@ impl<H: XenDeviceHost> BlkFront<H> {
             |s| matches!(s, XenbusState::InitWait | XenbusState::Connected),
             opts.timeout_us,
         )?;
-        let offered_order = read_opt_u64(xs, w, &dev.be(keys::MAX_RING_PAGE_ORDER))?.unwrap_or(0) as u32;
-        let order = offered_order.min(opts.max_ring_order).min(4);
+        let offered = xenbus::read_number(xs, w, NO_TX, &dev.be(keys::MAX_RING_PAGE_ORDER))?.unwrap_or(0);
+        let order = u32::try_from(offered)
+            .unwrap_or(u32::MAX)
+            .min(opts.max_ring_order)
+            .min(MAX_RING_ORDER);
         let pages = 1usize << order;
-        let ring_mem = DmaBuf::new(pages * PAGE_SIZE)?;
-        let ptr = core::ptr::NonNull::new(ring_mem.as_ptr().cast_mut()).expect("DMA buffer at null");
-        // SAFETY: the ring pages are ours (a zeroed DmaBuf kept in `self` for the ring's life) and are
-        // shared only with the backend, through grants, after this point.
+        let ring_buf = DmaBuf::new(pages * PAGE_SIZE)?;
+        let ptr = core::ptr::NonNull::new(ring_buf.as_ptr().cast_mut()).expect("DMA buffer at null");
+        // SAFETY: the ring pages are ours: a zeroed DmaBuf that moves into `ring_mem` below (its
+        // memory does not move with it) and lives as long as the ring, declared after it in `Self`.
+        // They are shared only with the backend, through grants, after this point.
         let ring = unsafe { FrontRing::<BlkifRequest, BlkifResponse>::init(ptr, pages * PAGE_SIZE) }
             .map_err(Error::Ring)?;
-        let mut ring_grefs = Vec::with_capacity(pages);
-        for p in 0..pages {
-            let frame = host.frame_of(ring_mem.as_ptr().wrapping_add(p * PAGE_SIZE));
-            ring_grefs.push(
-                grants
-                    .grant(dev.backend_id, frame, Access::ReadWrite)
-                    .map_err(Error::Ring)?,
-            );
-        }
+        let ring_mem = Granted::new(grants, dev.backend_id, ring_buf, Access::ReadWrite, |p| {
+            host.frame_of(p)
+        })
+        .map_err(|e| Error::Ring(e.error))?;
         let port = host.alloc_unbound(dev.backend_id)?;
-        let d = &dev;
-        let refs = &ring_grefs;
+        let slots_n = ring.size();
+        let mut me = Self {
+            host,
+            grants,
+            dev,
+            ring,
+            ring_mem: Some(ring_mem),
+            port: Some(port),
+            info: BlockInfo {
+                capacity_sectors: 0,
+                sector_size: BLKIF_SECTOR_SIZE as usize,
+                max_in_flight: slots_n as usize,
+                max_request_bytes: 0,
+                read_only: true,
+                flush: false,
+            },
+            features: BlkFeatures {
+                ring_order: order,
+                ring_slots: slots_n,
+                indirect_segments: 0,
+                flush_cache: false,
+                barrier: false,
+                sectors_512: 0,
+                info: 0,
+            },
+            slots: (0..slots_n).map(|_| None).collect(),
+            free_ids: (0..slots_n).rev().collect(),
+            in_flight: 0,
+            batching: false,
+            unpushed: false,
+            stuck: Vec::new(),
+            broken: None,
+            irq: Arc::new(Irq::default()),
+        };
+        match me.negotiate(xs, w, opts) {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                // The backend may have mapped the ring by now: close the handshake so it lets go,
+                // then end what it let go of; the drop abandons the rest.
+                let t = opts.timeout_us.min(ABORT_TIMEOUT_US);
+                let _ = xenbus::close(xs, w, &me.dev, t);
+                me.close_port();
+                me.release(w, t);
+                Err(e)
+            }
+        }
+    }
+
+    /// The connection steps from publishing the rings on.
+    fn negotiate<N: Notify>(&mut self, xs: &mut XenStore<N>, w: &dyn Waiter, opts: BlkOptions) -> Result<()> {
+        let order = self.features.ring_order;
+        let port = self.port.expect("open during connect");
+        let d = &self.dev;
+        let refs = self.ring_mem.as_ref().expect("ring during connect").refs();
         xs.transaction(w, |xs, tx| {
             if order == 0 {
                 xs.write(w, tx, &d.fe(keys::RING_REF), format!("{}", refs[0]).as_bytes())?;
@@ -233,77 +352,49 @@ impl<H: XenDeviceHost> BlkFront<H> {
             xs.write(w, tx, &d.fe(keys::PROTOCOL), XEN_IO_PROTO_ABI_X86_64.as_bytes())?;
             xenbus::set_state(xs, w, tx, d, XenbusState::Initialised)
         })?;
-        xenbus::wait_backend(
+        xenbus::wait_backend_or_refuse(
             xs,
             w,
-            &dev,
+            d,
             "Connected",
             |s| s == XenbusState::Connected,
+            |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
             opts.timeout_us,
         )?;
-        let sectors_512 = xs.read_u64(w, NO_TX, &dev.be(keys::SECTORS))?;
+        let sectors_512 = xs.read_u64(w, NO_TX, &d.be(keys::SECTORS))?;
         let sector_size =
-            read_opt_u64(xs, w, &dev.be(keys::SECTOR_SIZE))?.unwrap_or(BLKIF_SECTOR_SIZE) as usize;
-        let info_bits = read_opt_u64(xs, w, &dev.be(keys::INFO))?.unwrap_or(0) as u32;
-        let flush_cache = read_opt_u64(xs, w, &dev.be(keys::FEATURE_FLUSH_CACHE))?.unwrap_or(0) == 1;
-        let barrier = read_opt_u64(xs, w, &dev.be(keys::FEATURE_BARRIER))?.unwrap_or(0) == 1;
+            xenbus::read_number(xs, w, NO_TX, &d.be(keys::SECTOR_SIZE))?.unwrap_or(BLKIF_SECTOR_SIZE);
+        let info_bits = xenbus::read_number(xs, w, NO_TX, &d.be(keys::INFO))?.unwrap_or(0);
+        let flush_cache = xenbus::read_flag(xs, w, NO_TX, &d.be(keys::FEATURE_FLUSH_CACHE))?;
+        let barrier = xenbus::read_flag(xs, w, NO_TX, &d.be(keys::FEATURE_BARRIER))?;
         let max_indirect =
-            read_opt_u64(xs, w, &dev.be(keys::FEATURE_MAX_INDIRECT_SEGMENTS))?.unwrap_or(0) as u32;
-        let indirect_segments = if opts.indirect {
-            max_indirect.min(MAX_INDIRECT)
-        } else {
-            0
-        };
-        if sector_size < 512 || !sector_size.is_power_of_two() || sector_size > PAGE_SIZE {
-            return Err(Error::Protocol {
-                device: "xen-blk",
-                what: "sector-size",
-                value: sector_size as u64,
-            });
-        }
-        xenbus::set_state(xs, w, NO_TX, &dev, XenbusState::Connected)?;
-        let irq = Arc::new(Irq::default());
-        host.bind(port, irq.clone())?;
-        let slots_n = ring.size();
+            xenbus::read_number(xs, w, NO_TX, &d.be(keys::FEATURE_MAX_INDIRECT_SEGMENTS))?.unwrap_or(0);
+        let (capacity_sectors, sector_size, info_bits, indirect_segments) =
+            negotiated(sectors_512, sector_size, info_bits, max_indirect, opts.indirect)?;
+        xenbus::set_state(xs, w, NO_TX, d, XenbusState::Connected)?;
+        self.host.bind(port, self.irq.clone())?;
         let max_pages = if indirect_segments > 0 {
             indirect_segments as usize
         } else {
             BLKIF_MAX_SEGMENTS_PER_REQUEST
         };
-        let info = BlockInfo {
-            capacity_sectors: sectors_512 * BLKIF_SECTOR_SIZE / sector_size as u64,
+        self.info = BlockInfo {
+            capacity_sectors,
             sector_size,
-            max_in_flight: slots_n as usize,
+            max_in_flight: self.ring.size() as usize,
             max_request_bytes: max_pages * PAGE_SIZE,
             read_only: info_bits & VDISK_READONLY != 0,
             flush: flush_cache || barrier,
         };
-        Ok(Self {
-            host,
-            grants,
-            dev,
-            ring,
-            ring_mem: Some(ring_mem),
-            ring_grefs,
-            port,
-            info,
-            features: BlkFeatures {
-                ring_order: order,
-                ring_slots: slots_n,
-                indirect_segments,
-                flush_cache,
-                barrier,
-                sectors_512,
-                info: info_bits,
-            },
-            slots: (0..slots_n).map(|_| None).collect(),
-            free_ids: (0..slots_n).rev().collect(),
-            in_flight: 0,
-            batching: false,
-            unpushed: false,
-            stuck: Vec::new(),
-            irq,
-        })
+        self.features = BlkFeatures {
+            indirect_segments,
+            flush_cache,
+            barrier,
+            sectors_512,
+            info: info_bits,
+            ..self.features
+        };
+        Ok(())
     }
 
     /// Robustness testing of backends only: behaves like a hostile frontend by publishing a request
@@ -311,11 +402,9 @@ impl<H: XenDeviceHost> BlkFront<H> {
     /// frontend can), then notifies. A correct backend refuses the ring; this device must not be
     /// used for I/O afterwards. Returns the index published.
     pub fn publish_impossible_requests(&mut self) -> Result<u32> {
-        let mem = self.ring_mem.as_ref().ok_or(Error::Protocol {
-            device: "xen-blk",
-            what: "ring (already disconnected)",
-            value: 0,
-        })?;
+        let (Some(mem), Some(port)) = (self.ring_mem.as_ref(), self.port) else {
+            return Err(protocol("ring (already disconnected)", 0));
+        };
         let bogus = self
             .ring
             .req_prod_pvt()
@@ -327,7 +416,7 @@ impl<H: XenDeviceHost> BlkFront<H> {
         let req_prod = unsafe { core::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast_mut().cast()) };
         // Release: like a real publication, the (garbage) index is seen after everything before it.
         req_prod.store(bogus, core::sync::atomic::Ordering::Release);
-        PortNotify(self.host, self.port).notify().map_err(Error::Ring)?;
+        PortNotify(self.host, port).notify().map_err(Error::Ring)?;
         Ok(bogus)
     }
 
@@ -343,72 +432,104 @@ impl<H: XenDeviceHost> BlkFront<H> {
 
     /// Grants the backend kept after completing their request (never reused).
     pub fn stuck_grants(&self) -> usize {
-        self.stuck.len()
+        self.stuck.iter().map(|g| g.refs().len()).sum()
+    }
+
+    /// Why the device stopped, if the backend broke the protocol.
+    pub fn broken(&self) -> Option<&Error> {
+        self.broken.as_ref()
+    }
+
+    fn halt<T>(&mut self, e: Error) -> Result<T> {
+        self.broken.get_or_insert(e.clone());
+        Err(e)
+    }
+
+    fn close_port(&mut self) {
+        if let Some(port) = self.port.take() {
+            self.host.close(port);
+        }
     }
 
     fn kick(&mut self) -> Result<()> {
+        let port = self.port.ok_or(protocol("event channel (already closed)", 0))?;
         if self.ring.push_requests_and_check_notify().map_err(Error::Ring)? {
-            PortNotify(self.host, self.port).notify().map_err(Error::Ring)?;
+            PortNotify(self.host, port).notify().map_err(Error::Ring)?;
             self.irq.counters.notified(1);
         }
         self.unpushed = false;
         Ok(())
     }
 
+    /// Builds the ring request for `id`, sharing `buf` (not for a flush); on failure the buffer
+    /// comes back (empty if its pages had to be abandoned).
     fn build(
         &mut self,
         id: u32,
-        req: &BlockRequest,
-    ) -> Result<(BlkifRequest, Vec<GrantRef>, Option<DmaBuf>)> {
-        let sector = req.sector * self.info.sector_size as u64 / BLKIF_SECTOR_SIZE;
-        let (op, access) = match req.op {
+        op: BlockOp,
+        sector: u64,
+        buf: DmaBuf,
+    ) -> Result<(BlkifRequest, InFlight), (DmaBuf, Error)> {
+        let sector = sector * self.info.sector_size as u64 / BLKIF_SECTOR_SIZE;
+        let (wire_op, access) = match op {
             BlockOp::Read => (BLKIF_OP_READ, Access::ReadWrite),
             BlockOp::Write => (BLKIF_OP_WRITE, Access::ReadOnly),
             BlockOp::Flush => {
-                let op = if self.features.flush_cache {
+                let wire_op = if self.features.flush_cache {
                     BLKIF_OP_FLUSH_DISKCACHE
                 } else {
                     BLKIF_OP_WRITE_BARRIER
                 };
                 let r = BlkifRequest {
-                    operation: op,
+                    operation: wire_op,
                     nr_segments: 0,
                     handle: 0,
                     id: u64::from(id),
                     sector_number: 0,
                     ..BlkifRequest::default()
                 };
-                return Ok((r, Vec::new(), None));
+                let f = InFlight {
+                    tag: 0,
+                    op,
+                    wire_op,
+                    inner_op: wire_op,
+                    data: Payload::Private(buf),
+                    indirect: None,
+                };
+                return Ok((r, f));
             }
         };
-        let len = req.buf.len();
-        let mut segs = Vec::with_capacity(len.div_ceil(PAGE_SIZE));
-        let mut grefs = Vec::with_capacity(segs.capacity() + 1);
-        let result = (|| -> Result<()> {
-            for (i, chunk) in (0..len).step_by(PAGE_SIZE).enumerate() {
-                let bytes = (len - chunk).min(PAGE_SIZE);
-                let frame = self.host.frame_of(req.buf.as_ptr().wrapping_add(i * PAGE_SIZE));
-                let gref = self
-                    .grants
-                    .grant(self.dev.backend_id, frame, access)
-                    .map_err(Error::Ring)?;
-                grefs.push(gref);
-                segs.push(BlkifRequestSegment {
+        let len = buf.len();
+        let host = self.host;
+        let data = Granted::new(self.grants, self.dev.backend_id, buf, access, |p| {
+            host.frame_of(p)
+        })
+        .map_err(|NotGranted { buf, error }| (buf, Error::Ring(error)))?;
+        let segs: Vec<BlkifRequestSegment> = data
+            .refs()
+            .iter()
+            .enumerate()
+            .map(|(i, &gref)| {
+                let bytes = (len - i * PAGE_SIZE).min(PAGE_SIZE);
+                BlkifRequestSegment {
                     gref,
                     first_sect: 0,
                     last_sect: (bytes / BLKIF_SECTOR_SIZE as usize - 1) as u8,
                     _pad: [0; 2],
-                });
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            self.release(&grefs);
-            return Err(e);
-        }
+                }
+            })
+            .collect();
+        let mut f = InFlight {
+            tag: 0,
+            op,
+            wire_op,
+            inner_op: wire_op,
+            data: Payload::Shared(data),
+            indirect: None,
+        };
         if segs.len() <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
             let mut r = BlkifRequest {
-                operation: op,
+                operation: wire_op,
                 nr_segments: segs.len() as u8,
                 handle: 0,
                 id: u64::from(id),
@@ -416,65 +537,114 @@ impl<H: XenDeviceHost> BlkFront<H> {
                 ..BlkifRequest::default()
             };
             r.seg[..segs.len()].copy_from_slice(&segs);
-            return Ok((r, grefs, None));
+            return Ok((r, f));
         }
         // Indirect: segment arrays in their own pages, granted read-only.
         let pages = segs.len().div_ceil(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
-        let mut ind = match DmaBuf::new(pages * PAGE_SIZE) {
-            Ok(b) => b,
+        let indirect = DmaBuf::new(pages * PAGE_SIZE).and_then(|mut ind| {
+            ind.as_mut_slice()[..segs.len() * 8].copy_from_slice(segs.as_bytes());
+            Granted::new(self.grants, self.dev.backend_id, ind, Access::ReadOnly, |p| {
+                host.frame_of(p)
+            })
+            .map_err(|e| Error::Ring(e.error))
+        });
+        let indirect = match indirect {
+            Ok(g) => g,
             Err(e) => {
-                self.release(&grefs);
-                return Err(e);
+                let (buf, _) = self.take_back(f);
+                return Err((buf.unwrap_or_else(DmaBuf::empty), e));
             }
         };
-        ind.as_mut_slice()[..segs.len() * 8].copy_from_slice(segs.as_bytes());
         let mut r = BlkifRequestIndirect {
             operation: BLKIF_OP_INDIRECT,
-            indirect_op: op,
+            indirect_op: wire_op,
             nr_segments: segs.len() as u16,
             id: u64::from(id),
             sector_number: sector,
             handle: 0,
             ..BlkifRequestIndirect::default()
         };
-        for p in 0..pages {
-            let frame = self.host.frame_of(ind.as_ptr().wrapping_add(p * PAGE_SIZE));
-            match self.grants.grant(self.dev.backend_id, frame, Access::ReadOnly) {
-                Ok(g) => {
-                    grefs.push(g);
-                    r.indirect_grefs[p] = g;
-                }
-                Err(e) => {
-                    self.release(&grefs);
-                    return Err(Error::Ring(e));
-                }
-            }
-        }
+        r.indirect_grefs[..pages].copy_from_slice(indirect.refs());
+        f.wire_op = BLKIF_OP_INDIRECT;
+        f.indirect = Some(indirect);
         let mut slot = [0u8; core::mem::size_of::<BlkifRequest>()];
         slot[..core::mem::size_of::<BlkifRequestIndirect>()].copy_from_slice(r.as_bytes());
         let as_req = BlkifRequest::read_from_bytes(&slot).expect("same size");
-        Ok((as_req, grefs, Some(ind)))
+        Ok((as_req, f))
     }
 
-    /// Ends `grefs`; those the backend still holds are kept aside for good. Returns whether all ended.
-    fn release(&mut self, grefs: &[GrantRef]) -> bool {
+    /// Ends a request's grants. Returns its data buffer if the data grants ended, and whether every
+    /// grant (indirect pages too) ended; what the backend still holds goes to `stuck`.
+    fn take_back(&mut self, f: InFlight) -> (Option<DmaBuf>, bool) {
         let mut all = true;
-        for &g in grefs {
-            match self.grants.end_access(g) {
-                Ok(()) => {}
-                Err(_) => {
-                    self.stuck.push(g);
+        if let Some(ind) = f.indirect {
+            // An ended indirect page is freed here (dropped with its buffer).
+            if let Err(held) = ind.revoke() {
+                self.stuck.push(held);
+                all = false;
+            }
+        }
+        let buf = match f.data {
+            Payload::Private(b) => Some(b),
+            Payload::Shared(g) => match g.revoke() {
+                Ok(b) => Some(b),
+                Err(held) => {
+                    self.stuck.push(held);
                     all = false;
+                    None
+                }
+            },
+        };
+        (buf, all)
+    }
+
+    /// On a broken device: hands back the next request still in flight, failed with `e` (its buffer
+    /// if its grants end), or returns `e` once none is left.
+    fn fail_next(&mut self, e: Error) -> Result<Option<BlockCompletion>> {
+        let Some(id) = self.slots.iter().position(Option::is_some) else {
+            return Err(e);
+        };
+        let f = self.slots[id].take().expect("just found");
+        self.free_ids.push(id as u32);
+        self.in_flight -= 1;
+        let (tag, op) = (f.tag, f.op);
+        let (buf, _) = self.take_back(f);
+        Ok(Some(BlockCompletion {
+            tag,
+            op,
+            buf: buf.unwrap_or_else(DmaBuf::empty),
+            result: Err(e),
+        }))
+    }
+
+    /// Ends every grant still alive (ring, stuck, in flight), retrying while the backend holds some,
+    /// up to `timeout_us`; the rest is abandoned to the backend (and counted) when dropped.
+    fn release(&mut self, w: &dyn Waiter, timeout_us: u64) {
+        let mut held: Vec<Grant> = core::mem::take(&mut self.stuck);
+        for slot in &mut self.slots {
+            if let Some(f) = slot.take() {
+                held.extend(f.indirect);
+                if let Payload::Shared(g) = f.data {
+                    held.push(g);
                 }
             }
         }
-        all
+        self.in_flight = 0;
+        held.extend(self.ring_mem.take());
+        let _ = wait_for(w, timeout_us, "the backend to let go of its grants", || {
+            held = core::mem::take(&mut held)
+                .into_iter()
+                .filter_map(|g| g.revoke().err())
+                .collect();
+            Ok(held.is_empty().then_some(()))
+        });
+        drop(held);
     }
 }
 
 impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
     fn name(&self) -> &'static str {
-        "xen-blk"
+        DEVICE
     }
 
     fn info(&self) -> BlockInfo {
@@ -482,6 +652,9 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
     }
 
     fn submit(&mut self, req: BlockRequest) -> Result<(), Rejected> {
+        if let Some(error) = self.broken.clone() {
+            return Err(Rejected { req, error });
+        }
         if let Err(error) = validate(&self.info, &req) {
             return Err(Rejected { req, error });
         }
@@ -489,7 +662,7 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
             return Err(Rejected {
                 req,
                 error: Error::Unsupported {
-                    device: "xen-blk",
+                    device: DEVICE,
                     op: "flush",
                 },
             });
@@ -497,40 +670,43 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
         if req.op == BlockOp::Write && self.info.read_only {
             return Err(Rejected {
                 req,
-                error: Error::ReadOnly { device: "xen-blk" },
+                error: Error::ReadOnly { device: DEVICE },
             });
         }
         let Some(id) = self.free_ids.pop() else {
             return Err(Rejected {
                 req,
                 error: Error::QueueFull {
-                    device: "xen-blk",
+                    device: DEVICE,
                     in_flight: self.in_flight,
                 },
             });
         };
-        let (r, grefs, indirect) = match self.build(id, &req) {
+        let BlockRequest { tag, op, sector, buf } = req;
+        let (r, mut f) = match self.build(id, op, sector, buf) {
             Ok(x) => x,
-            Err(error) => {
+            Err((buf, error)) => {
                 self.free_ids.push(id);
+                let req = BlockRequest { tag, op, sector, buf };
                 return Err(Rejected { req, error });
             }
         };
+        f.tag = tag;
         if let Err(e) = self.ring.write_request(&r) {
-            self.release(&grefs);
             self.free_ids.push(id);
+            let (buf, _) = self.take_back(f);
+            let req = BlockRequest {
+                tag,
+                op,
+                sector,
+                buf: buf.unwrap_or_else(DmaBuf::empty),
+            };
             return Err(Rejected {
                 req,
                 error: Error::Ring(e),
             });
         }
-        self.slots[id as usize] = Some(InFlight {
-            tag: req.tag,
-            op: req.op,
-            buf: req.buf,
-            grefs,
-            indirect,
-        });
+        self.slots[id as usize] = Some(f);
         self.in_flight += 1;
         self.unpushed = true;
         if !self.batching {
@@ -542,66 +718,67 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
     }
 
     fn poll(&mut self) -> Result<Option<BlockCompletion>> {
+        if let Some(e) = self.broken.clone() {
+            return self.fail_next(e);
+        }
         if self.unpushed {
             self.kick()?;
         }
         loop {
-            let rsp = match self.ring.read_response().map_err(Error::Ring)? {
-                Some(r) => r,
-                None => {
-                    if self.ring.final_check_for_responses().map_err(Error::Ring)? {
-                        continue;
-                    }
-                    return Ok(None);
-                }
+            let rsp = match self.ring.read_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => match self.ring.final_check_for_responses() {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(None),
+                    Err(e) => return self.halt(Error::Ring(e)),
+                },
+                Err(e) => return self.halt(Error::Ring(e)),
             };
+            // `rsp` is our copy: validate it before using anything in it.
             let id = rsp.id;
-            let slot = usize::try_from(id)
+            let Some(i) = usize::try_from(id)
                 .ok()
-                .and_then(|i| self.slots.get_mut(i))
-                .and_then(Option::take);
-            let Some(f) = slot else {
-                return Err(Error::Protocol {
-                    device: "xen-blk",
-                    what: "response id not in flight",
-                    value: id,
-                });
+                .filter(|&i| self.slots.get(i).is_some_and(Option::is_some))
+            else {
+                return self.halt(protocol("response id not in flight", id));
             };
-            self.free_ids.push(id as u32);
+            let f = self.slots[i].as_ref().expect("checked");
+            if rsp.operation != f.wire_op && rsp.operation != f.inner_op {
+                // Not the request this id names: the backend's ids cannot be trusted any more.
+                return self.halt(protocol(
+                    "response operation differs from its request's",
+                    u64::from(rsp.operation),
+                ));
+            }
+            let f = self.slots[i].take().expect("checked");
+            self.free_ids.push(i as u32);
             self.in_flight -= 1;
-            let all_ended = self.release(&f.grefs);
             let result = match rsp.status {
                 BLKIF_RSP_OKAY => Ok(()),
                 BLKIF_RSP_EOPNOTSUPP => Err(Error::Unsupported {
-                    device: "xen-blk",
+                    device: DEVICE,
                     op: f.op.name(),
                 }),
                 s => Err(Error::DeviceStatus {
-                    device: "xen-blk",
+                    device: DEVICE,
                     status: u32::from(s as u16),
                     op: f.op.name(),
                 }),
             };
-            let (buf, result) = if all_ended {
-                drop(f.indirect);
-                (f.buf, result)
+            let (tag, op) = (f.tag, f.op);
+            let (buf, all_ended) = self.take_back(f);
+            let result = if all_ended {
+                result
             } else {
-                // The backend can still reach these pages: never hand them out again.
-                core::mem::forget(f.buf);
-                core::mem::forget(f.indirect);
-                (
-                    DmaBuf::empty(),
-                    Err(Error::Protocol {
-                        device: "xen-blk",
-                        what: "backend kept a grant after completing the request",
-                        value: id,
-                    }),
-                )
+                // The backend can still reach these pages after saying it was done with them.
+                let e = protocol("backend kept a grant after completing the request", id);
+                self.broken.get_or_insert(e.clone());
+                Err(e)
             };
             return Ok(Some(BlockCompletion {
-                tag: f.tag,
-                op: f.op,
-                buf,
+                tag,
+                op,
+                buf: buf.unwrap_or_else(DmaBuf::empty),
                 result,
             }));
         }
@@ -625,23 +802,31 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
 }
 
 impl<H: XenDeviceHost> BlkFront<H> {
-    /// Disconnects: xenbus close handshake, then the ring's grants and the event channel are
-    /// released. In-flight requests must have completed.
+    /// Disconnects: the xenbus close handshake, then the event channel is closed and every grant is
+    /// ended (the ring's, and those of requests still in flight, whose buffers are freed). Grants the
+    /// backend still holds are retried for up to `timeout_us`, then abandoned to it (counted in the
+    /// grant table's `leaked_pages`). Resources are released even when the handshake fails.
+    ///
+    /// # Errors
+    /// The handshake's failure ([`Error::XenbusTimeout`] if the backend does not close).
     pub fn disconnect<N: Notify>(
         mut self,
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
         timeout_us: u64,
     ) -> Result<XenbusState> {
-        let seen = xenbus::close(xs, w, &self.dev, timeout_us)?;
-        self.host.close(self.port);
-        let grefs = core::mem::take(&mut self.ring_grefs);
-        if self.release(&grefs) {
-            drop(self.ring_mem.take());
-        } else {
-            core::mem::forget(self.ring_mem.take());
-        }
-        Ok(seen)
+        let seen = xenbus::close(xs, w, &self.dev, timeout_us);
+        self.close_port();
+        self.release(w, timeout_us);
+        seen
+    }
+}
+
+impl<H: XenDeviceHost> Drop for BlkFront<H> {
+    /// Without [`disconnect`](Self::disconnect): closes the event channel; each grant ends, or its
+    /// pages are abandoned to the backend if it still holds them.
+    fn drop(&mut self) {
+        self.close_port();
     }
 }
 

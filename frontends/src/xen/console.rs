@@ -162,4 +162,35 @@ mod tests {
         );
         assert_eq!(c.bytes_copied, 14);
     }
+
+    #[test]
+    fn hostile_backend_console_indices_past_the_ring_halt_it_with_a_typed_error() {
+        let page: &'static mut XenconsInterface = Box::leak(Box::new(XenconsInterface::new_zeroed()));
+        let p = NonNull::from(page);
+        // SAFETY: leaked page, one guest end; the test plays the backend through raw writes.
+        let guest = unsafe { console_guest(p) }.unwrap();
+        let kicks = Cell::new(0);
+        let mut con = XenConsole::new(guest, Kicks(&kicks));
+        assert_eq!(con.write(b"hello").unwrap(), 5);
+        // The backend claims to have consumed 5000 bytes of output and produced 70000 of input.
+        let index = |offset: usize| p.as_ptr().cast::<u8>().wrapping_add(offset).cast::<u32>();
+        let out_cons = index(core::mem::offset_of!(XenconsInterface, out_cons));
+        let in_prod = index(core::mem::offset_of!(XenconsInterface, in_prod));
+        // SAFETY: an aligned index field of the leaked page, written as the backend would.
+        unsafe { out_cons.write_volatile(5000) };
+        // SAFETY: as above.
+        unsafe { in_prod.write_volatile(70000) };
+        let e = con.write(b"more").unwrap_err();
+        assert!(
+            matches!(e, Error::Ring(ring_protocol::Error::ByteRingOverrun { .. })),
+            "{e:?}"
+        );
+        let mut buf = [0u8; 64];
+        let e = con.read(&mut buf).unwrap_err();
+        assert!(
+            matches!(e, Error::Ring(ring_protocol::Error::ByteRingOverrun { .. })),
+            "{e:?}"
+        );
+        assert!(con.write(b"x").is_err(), "halted for good");
+    }
 }

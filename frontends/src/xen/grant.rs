@@ -11,6 +11,12 @@
 //! References `0..GNTTAB_NR_RESERVED_ENTRIES` belong to the toolstack (console, XenStore) and are
 //! never handed out. Implements [`ShareMemory`], so rings and drivers use it like any other way of
 //! sharing memory.
+//!
+//! Drivers never hold a bare grant reference to memory they own: they hand the memory to a
+//! [`Granted`], which owns the pages and their grants together. Ending it gives the memory back only
+//! once every grant has ended; dropping it while the peer still holds a grant leaves the pages to the
+//! peer for good (never freed, never reused) and counts them in [`GrantStats::leaked_pages`]. So no
+//! path, error paths included, can free a page a backend can still reach (the XSA-396 class).
 
 use alloc::vec::Vec;
 use core::mem::offset_of;
@@ -23,6 +29,8 @@ use ring_protocol::abi::grant_table::{
 };
 use ring_protocol::abi::xen::{DomId, XenPfn};
 use ring_protocol::platform::{Access, ShareMemory};
+
+use crate::dma::{DmaBuf, PAGE_SIZE};
 
 /// Pointer to the field at byte `offset` of `entry`.
 fn field<T>(entry: *mut GrantEntryV1, offset: usize) -> *mut T {
@@ -40,6 +48,12 @@ pub struct GrantStats {
     pub granted: u64,
     /// End-of-access attempts refused because the peer still used the page.
     pub busy_revokes: u64,
+    /// Grants given up on while the peer still held them: they stay granted for good (and count in
+    /// `active`).
+    pub abandoned: u64,
+    /// Pages of memory left to a peer for good because it kept a grant on them: never freed, never
+    /// reused. Zero with an honest backend.
+    pub leaked_pages: u64,
 }
 
 struct State {
@@ -189,6 +203,136 @@ impl ShareMemory for GrantTable {
     fn revoke(&self, handle: GrantRef) -> ring_protocol::Result<()> {
         self.end_access(handle)
     }
+
+    fn abandon(&self, still_shared: &[GrantRef], pages: usize) {
+        // The references stay active (so never handed out again) and keep pointing at the pages.
+        let mut st = self.state.lock();
+        st.stats.abandoned += still_shared.len() as u64;
+        st.stats.leaked_pages += pages as u64;
+    }
+}
+
+/// Memory shared with a peer: a [`DmaBuf`] and the grants (one per page holding bytes of it, in page
+/// order) that let the peer reach it, owned together.
+///
+/// - [`revoke`](Self::revoke) ends every grant and gives the buffer back, or, if the peer still holds
+///   a grant, gives the handle back so the caller can try again later.
+/// - Dropping it ends what it can; if the peer still holds a grant, the pages are abandoned to the
+///   peer ([`ShareMemory::abandon`]): never freed, never reused, counted.
+///
+/// The CPU reaches the memory only through [`as_ptr`](Self::as_ptr) while it is shared (for rings,
+/// whose indices are atomics); drivers fill a buffer before sharing it and read it after taking it
+/// back. Generic over [`ShareMemory`], so the same handle serves any sharing mechanism.
+#[derive(Debug)]
+pub struct Granted<S: ShareMemory> {
+    sharer: S,
+    /// `None` only once handed back by `revoke`.
+    buf: Option<DmaBuf>,
+    /// Handles not yet revoked (all of them, in page order, until a revoke partly fails).
+    handles: Vec<S::Handle>,
+}
+
+/// A grant table's [`Granted`], as the Xen frontends hold them.
+pub type Grant = Granted<&'static GrantTable>;
+
+/// Why [`Granted::new`] did not share a buffer.
+#[derive(Debug)]
+pub struct NotGranted {
+    /// The buffer, back with the caller; empty if a grant made for it could not be ended (the peer
+    /// took hold of it at once), in which case its pages were abandoned as [`Granted`]'s drop does.
+    pub buf: DmaBuf,
+    /// What the sharing mechanism said.
+    pub error: ring_protocol::Error,
+}
+
+impl<S: ShareMemory> Granted<S> {
+    /// Shares the pages of `buf` (those holding its `len` bytes) with `peer`; `frame_of` gives the
+    /// frame a peer uses for the page containing a byte (e.g. [`XenDeviceHost::frame_of`]).
+    ///
+    /// # Errors
+    /// [`NotGranted`] with the sharing error (typically a full grant table); grants made before the
+    /// failure are ended first.
+    ///
+    /// [`XenDeviceHost::frame_of`]: super::blkfront::XenDeviceHost::frame_of
+    pub fn new(
+        sharer: S,
+        peer: DomId,
+        buf: DmaBuf,
+        access: Access,
+        frame_of: impl Fn(*const u8) -> XenPfn,
+    ) -> Result<Self, NotGranted> {
+        let pages = buf.len().div_ceil(PAGE_SIZE);
+        let mut me = Self {
+            sharer,
+            buf: Some(buf),
+            handles: Vec::with_capacity(pages),
+        };
+        for p in 0..pages {
+            let frame = frame_of(me.as_ptr().wrapping_add(p * PAGE_SIZE));
+            match me.sharer.share(peer, frame, access) {
+                Ok(h) => me.handles.push(h),
+                Err(error) => {
+                    // A peer can map a grant before being told about it: the rollback may fail too,
+                    // and then the pages are the peer's (the drop abandons them).
+                    let buf = me.revoke().unwrap_or_else(|held| {
+                        drop(held);
+                        DmaBuf::empty()
+                    });
+                    return Err(NotGranted { buf, error });
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    /// The handles the peer is given, one per page in page order (a reference per ring page or
+    /// request segment).
+    pub fn refs(&self) -> &[S::Handle] {
+        &self.handles
+    }
+
+    /// The CPU's address of the first byte. Valid as long as `self`; the peer may write the memory
+    /// at any time, so only atomic or volatile accesses are sound while it is shared.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.buf.as_ref().map_or(core::ptr::null(), DmaBuf::as_ptr)
+    }
+
+    /// Ends every grant and gives the buffer back, or gives `self` back (with only the handles the
+    /// peer still holds) if the peer still uses a page: try again later, or drop it to abandon the
+    /// pages.
+    ///
+    /// # Errors
+    /// `Err(self)` while the peer holds a grant.
+    pub fn revoke(mut self) -> Result<DmaBuf, Self> {
+        self.end_what_can_end();
+        if self.handles.is_empty() {
+            Ok(self.buf.take().unwrap_or_else(DmaBuf::empty))
+        } else {
+            Err(self)
+        }
+    }
+
+    fn end_what_can_end(&mut self) {
+        let sharer = &self.sharer;
+        // Anything but success (in use, or a reference the table does not know) keeps the handle:
+        // only a grant that certainly ended lets its page go.
+        self.handles.retain(|&h| sharer.revoke(h).is_err());
+    }
+}
+
+impl<S: ShareMemory> Drop for Granted<S> {
+    fn drop(&mut self) {
+        let Some(buf) = self.buf.take() else { return };
+        self.end_what_can_end();
+        if self.handles.is_empty() {
+            drop(buf);
+        } else {
+            // The peer can still reach these pages: they must never go back to the allocator.
+            self.sharer
+                .abandon(&self.handles, buf.capacity().div_ceil(PAGE_SIZE));
+            core::mem::forget(buf);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -287,5 +431,113 @@ mod tests {
             t.end_access(99).unwrap_err(),
             ring_protocol::Error::BadGrantRef { gref: 99 }
         );
+    }
+
+    use crate::dma::fake::FAKE_DMA;
+
+    /// The page number, cut to what a v1 entry holds (a stand-in frame, distinct per page here).
+    fn frame_of(p: *const u8) -> XenPfn {
+        (p as u64 >> 12) & 0xffff_ffff
+    }
+
+    fn patterned(pages: usize) -> DmaBuf {
+        crate::dma::fake::install();
+        let mut b = DmaBuf::new(pages * PAGE_SIZE - 100).unwrap();
+        for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+            *x = (i * 7 % 251) as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn granted_pages_come_back_only_once_every_grant_has_ended() {
+        let (t, xen) = table(16);
+        let buf = patterned(3);
+        let first = buf.as_ptr();
+        let g = Granted::new(&t, 0, buf, Access::ReadWrite, frame_of).unwrap();
+        let refs = g.refs().to_vec();
+        assert_eq!(refs.len(), 3, "one grant per page holding bytes");
+        for (i, &r) in refs.iter().enumerate() {
+            assert_eq!(
+                u64::from(xen[r as usize].frame),
+                frame_of(first.wrapping_add(i * PAGE_SIZE))
+            );
+        }
+        assert_eq!(g.as_ptr(), first);
+        // Xen: the peer maps the middle page.
+        t.flags(refs[1])
+            .fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
+        let g = g.revoke().unwrap_err();
+        assert_eq!(g.refs(), &refs[1..2], "only the held grant is left");
+        assert_eq!(t.stats().active, 1);
+        assert!(FAKE_DMA.is_live(first));
+        t.flags(refs[1])
+            .fetch_and(!(GTF_READING | GTF_WRITING), Ordering::SeqCst);
+        let back = g.revoke().unwrap();
+        assert_eq!(back.as_ptr(), first);
+        assert!(
+            back.as_slice()
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i * 7 % 251) as u8)
+        );
+        let s = t.stats();
+        assert_eq!((s.active, s.abandoned, s.leaked_pages), (0, 0, 0));
+    }
+
+    #[test]
+    fn xsa396_granted_dropped_while_the_peer_holds_it_abandons_and_counts_its_pages() {
+        let (t, xen) = table(16);
+        let buf = patterned(2);
+        let first = buf.as_ptr();
+        let g = Granted::new(&t, 4, buf, Access::ReadWrite, frame_of).unwrap();
+        let held = g.refs()[0];
+        t.flags(held)
+            .fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
+        drop(g);
+        let s = t.stats();
+        assert_eq!(
+            (s.active, s.abandoned, s.leaked_pages),
+            (1, 1, 2),
+            "the held grant stays, both pages of the buffer are leaked"
+        );
+        assert!(FAKE_DMA.is_live(first) && FAKE_DMA.is_live(first.wrapping_add(PAGE_SIZE)));
+        assert_eq!(
+            (
+                xen[held as usize].flags & GTF_PERMIT_ACCESS,
+                xen[held as usize].domid
+            ),
+            (GTF_PERMIT_ACCESS, 4)
+        );
+        // The held reference is never handed out again.
+        let mut fresh = alloc::vec::Vec::new();
+        while let Ok(r) = t.grant(4, 1, Access::ReadOnly) {
+            assert_ne!(r, held);
+            fresh.push(r);
+        }
+        assert_eq!(fresh.len(), 16 - 8 - 1);
+        // A grant the peer never touched ends on drop and its memory is freed.
+        for r in fresh {
+            t.end_access(r).unwrap();
+        }
+        let g = Granted::new(&t, 4, patterned(1), Access::ReadOnly, frame_of).unwrap();
+        drop(g);
+        assert_eq!(t.stats().leaked_pages, 2);
+        assert_eq!(t.stats().active, 1);
+    }
+
+    #[test]
+    fn a_buffer_that_cannot_be_granted_whole_comes_back_with_its_partial_grants_ended() {
+        let (t, _xen) = table(10); // 2 usable refs
+        let buf = patterned(3);
+        let first = buf.as_ptr();
+        let NotGranted { buf, error } = Granted::new(&t, 0, buf, Access::ReadOnly, frame_of).unwrap_err();
+        assert_eq!(error, ring_protocol::Error::GrantTableFull { capacity: 2 });
+        assert_eq!(buf.as_ptr(), first, "the caller gets its buffer back");
+        assert_eq!(t.stats().active, 0);
+        // An empty buffer needs no grant at all.
+        let g = Granted::new(&t, 0, DmaBuf::empty(), Access::ReadOnly, frame_of).unwrap();
+        assert!(g.refs().is_empty());
+        assert!(g.revoke().unwrap().is_empty());
     }
 }

@@ -12,6 +12,14 @@
 //! page again with a fresh grant. Ids are slot indices checked on every response; a packet spanning
 //! several slots (`NETRXF_more_data`, only with scatter-gather, which we do not request) or carrying
 //! extra-info slots is dropped and counted.
+//!
+//! Against a hostile backend: every shared page (the two rings, each posted receive buffer, each
+//! transmit buffer in flight) is a [`Grant`] owning the page and its grant, so nothing is freed
+//! while the backend can still reach it; what it keeps past disconnect is abandoned to it and
+//! counted. A response naming an id not in flight, a producer index past the requests outstanding,
+//! or a grant still held after its response halts the device: every later call fails with that
+//! error, other devices are untouched. A connection that fails after publishing its rings runs the
+//! close handshake (bounded) before letting them go.
 
 use alloc::format;
 use alloc::sync::Arc;
@@ -19,7 +27,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use ring_protocol::abi::event_channel::EvtchnPort;
-use ring_protocol::abi::grant_table::GrantRef;
 use ring_protocol::abi::netif::{
     NETIF_RSP_NULL, NETRXF_EXTRA_INFO, NETRXF_MORE_DATA, NetifRxRequest, NetifRxResponse, NetifTxRequest,
     NetifTxResponse,
@@ -27,14 +34,14 @@ use ring_protocol::abi::netif::{
 use ring_protocol::platform::{Access, Notify};
 use ring_protocol::ring::FrontRing;
 
-use super::blkfront::XenDeviceHost;
-use super::grant::GrantTable;
+use super::blkfront::{ABORT_TIMEOUT_US, XenDeviceHost};
+use super::grant::{Grant, GrantTable, Granted, NotGranted};
 use super::xenbus::{self, XenbusDevice, XenbusState};
-use super::xenstore::{NO_TX, XenStore, XsErrorKind, xs_kind};
+use super::xenstore::{NO_TX, XenStore};
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::{DmaBuf, PAGE_SIZE};
 use crate::net::{ETH_HEADER_LEN, NetDevice};
-use crate::wait::{IrqAck, SharedIrqAck, Waiter};
+use crate::wait::{IrqAck, SharedIrqAck, Waiter, wait_for};
 use crate::{Error, Result};
 
 /// xenbus keys of the network protocol (netif.h prose).
@@ -77,10 +84,14 @@ impl IrqAck for Irq {
     }
 }
 
-#[derive(Debug)]
-struct Slot {
-    page: DmaBuf,
-    gref: Option<GrantRef>,
+const DEVICE: &str = "xen-net";
+
+fn protocol(what: &'static str, value: u64) -> Error {
+    Error::Protocol {
+        device: DEVICE,
+        what,
+        value,
+    }
 }
 
 /// Counts of what netfront dropped.
@@ -100,13 +111,26 @@ pub struct NetFront<H: XenDeviceHost + 'static> {
     grants: &'static GrantTable,
     dev: XenbusDevice,
     mac: [u8; 6],
+    /// Declared before `ring_pages`: the rings' pointers go before their memory.
     tx: FrontRing<NetifTxRequest, NetifTxResponse>,
     rx: FrontRing<NetifRxRequest, NetifRxResponse>,
-    ring_pages: Vec<(DmaBuf, GrantRef)>,
-    port: EvtchnPort,
-    tx_slots: Vec<Slot>,
-    tx_free: Vec<u16>,
-    rx_slots: Vec<Slot>,
+    /// The tx and rx ring pages.
+    ring_pages: Vec<Grant>,
+    /// `None` once closed.
+    port: Option<EvtchnPort>,
+    /// Per tx id: the frame's page while its request is in flight.
+    tx_busy: Vec<Option<Grant>>,
+    /// Idle tx ids with their pages.
+    tx_idle: Vec<(u16, DmaBuf)>,
+    /// Per rx id: the buffer while posted.
+    rx_posted: Vec<Option<Grant>>,
+    /// Rx ids whose page could not be granted again yet (grant table full), with their pages.
+    rx_idle: Vec<(u16, DmaBuf)>,
+    /// Grants the backend still held after their response: kept, retried at disconnect, abandoned
+    /// if still held then.
+    stuck: Vec<Grant>,
+    /// Set once the backend broke the protocol; every later call fails with it.
+    broken: Option<Error>,
     drops: NetDrops,
     irq: Arc<Irq>,
 }
@@ -117,6 +141,7 @@ impl<H: XenDeviceHost> core::fmt::Debug for NetFront<H> {
             .field("dev", &self.dev.frontend)
             .field("mac", &self.mac)
             .field("drops", &self.drops)
+            .field("broken", &self.broken)
             .finish()
     }
 }
@@ -127,7 +152,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.trim().split(':');
     for b in &mut mac {
         let p = parts.next()?;
-        if p.len() != 2 {
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -135,12 +160,19 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// Whether `mac` can be an interface's own address: not multicast (nor broadcast), not all zero.
+pub fn is_unicast_mac(mac: [u8; 6]) -> bool {
+    mac[0] & 1 == 0 && mac != [0; 6]
+}
+
 impl<H: XenDeviceHost> NetFront<H> {
     /// Connects to the backend of `dev`.
     ///
     /// # Errors
     /// A XenStore failure, [`Error::XenbusTimeout`], [`Error::Unsupported`] if the backend cannot copy
-    /// received packets, [`Error::Protocol`] for a malformed MAC, grant or event channel failures.
+    /// received packets, [`Error::Protocol`] for a malformed or non-unicast MAC or a backend that
+    /// leaves the handshake, grant or event channel failures. Whatever failed, the pages shared so
+    /// far are ended, or abandoned to the backend (and counted) if it keeps holding them.
     pub fn connect<N: Notify>(
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
@@ -158,69 +190,41 @@ impl<H: XenDeviceHost> NetFront<H> {
             |s| matches!(s, XenbusState::InitWait | XenbusState::Connected),
             timeout_us,
         )?;
-        let rx_copy = match xs.read_u64(w, NO_TX, &dev.be(keys::FEATURE_RX_COPY)) {
-            Ok(v) => v == 1,
-            Err(e) if xs_kind(&e) == Some(&XsErrorKind::NotFound) => false,
-            Err(e) => return Err(e),
-        };
-        if !rx_copy {
+        if !xenbus::read_flag(xs, w, NO_TX, &dev.be(keys::FEATURE_RX_COPY))? {
             return Err(Error::Unsupported {
-                device: "xen-net",
+                device: DEVICE,
                 op: "receive copy (backend lacks feature-rx-copy)",
             });
         }
         let mac_text = xs.read_string(w, NO_TX, &dev.fe(keys::MAC))?;
-        let mac = parse_mac(&mac_text).ok_or(Error::Protocol {
-            device: "xen-net",
-            what: "malformed mac in XenStore (length shown)",
-            value: mac_text.len() as u64,
-        })?;
-        let mut ring_pages = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let page = DmaBuf::new(PAGE_SIZE)?;
-            let gref = grants
-                .grant(dev.backend_id, host.frame_of(page.as_ptr()), Access::ReadWrite)
-                .map_err(Error::Ring)?;
-            ring_pages.push((page, gref));
-        }
-        let tx_mem = core::ptr::NonNull::new(ring_pages[0].0.as_ptr().cast_mut()).expect("DMA page");
-        let rx_mem = core::ptr::NonNull::new(ring_pages[1].0.as_ptr().cast_mut()).expect("DMA page");
-        // SAFETY: each ring page is a zeroed DmaBuf kept in `self` for the ring's life, shared only with
-        // the backend through its grant.
+        let mac = parse_mac(&mac_text)
+            .filter(|&m| is_unicast_mac(m))
+            .ok_or(protocol(
+                "mac in XenStore malformed or not unicast (length shown)",
+                mac_text.len() as u64,
+            ))?;
+        let tx_buf = DmaBuf::new(PAGE_SIZE)?;
+        let rx_buf = DmaBuf::new(PAGE_SIZE)?;
+        let tx_mem = core::ptr::NonNull::new(tx_buf.as_ptr().cast_mut()).expect("DMA page");
+        let rx_mem = core::ptr::NonNull::new(rx_buf.as_ptr().cast_mut()).expect("DMA page");
+        // SAFETY: each ring page is a zeroed DmaBuf that moves into `ring_pages` below (its memory
+        // does not move with it), which lives as long as the rings (declared after them in `Self`);
+        // shared only with the backend, through its grant.
         let tx = unsafe { FrontRing::<NetifTxRequest, NetifTxResponse>::init(tx_mem, PAGE_SIZE) }
             .map_err(Error::Ring)?;
         // SAFETY: as above.
         let rx = unsafe { FrontRing::<NetifRxRequest, NetifRxResponse>::init(rx_mem, PAGE_SIZE) }
             .map_err(Error::Ring)?;
-        let port = host.alloc_unbound(dev.backend_id)?;
-        let (tx_ref, rx_ref) = (ring_pages[0].1, ring_pages[1].1);
-        let d = &dev;
-        xs.transaction(w, |xs, t| {
-            xs.write(w, t, &d.fe(keys::TX_RING_REF), format!("{tx_ref}").as_bytes())?;
-            xs.write(w, t, &d.fe(keys::RX_RING_REF), format!("{rx_ref}").as_bytes())?;
-            xs.write(w, t, &d.fe(keys::EVENT_CHANNEL), format!("{port}").as_bytes())?;
-            xs.write(w, t, &d.fe(keys::REQUEST_RX_COPY), b"1")?;
-            xs.write(w, t, &d.fe(keys::FEATURE_RX_NOTIFY), b"1")?;
-            xenbus::set_state(xs, w, t, d, XenbusState::Connected)
-        })?;
-        xenbus::wait_backend(
-            xs,
-            w,
-            &dev,
-            "Connected",
-            |s| s == XenbusState::Connected,
-            timeout_us,
-        )?;
-        let irq = Arc::new(Irq::default());
-        host.bind(port, irq.clone())?;
-        let mut tx_slots = Vec::with_capacity(TX_SLOTS);
-        for _ in 0..TX_SLOTS.min(tx.size() as usize) {
-            tx_slots.push(Slot {
-                page: DmaBuf::new(PAGE_SIZE)?,
-                gref: None,
-            });
+        let mut ring_pages = Vec::with_capacity(2);
+        for page in [tx_buf, rx_buf] {
+            let g = Granted::new(grants, dev.backend_id, page, Access::ReadWrite, |p| {
+                host.frame_of(p)
+            })
+            .map_err(|e| Error::Ring(e.error))?;
+            ring_pages.push(g);
         }
-        let tx_free = (0..tx_slots.len() as u16).rev().collect();
+        let port = host.alloc_unbound(dev.backend_id)?;
+        let rx_n = RX_BUFFERS.min(rx.size() as usize);
         let mut me = Self {
             host,
             grants,
@@ -229,22 +233,62 @@ impl<H: XenDeviceHost> NetFront<H> {
             tx,
             rx,
             ring_pages,
-            port,
-            tx_slots,
-            tx_free,
-            rx_slots: Vec::new(),
+            port: Some(port),
+            tx_busy: Vec::new(),
+            tx_idle: Vec::new(),
+            rx_posted: (0..rx_n).map(|_| None).collect(),
+            rx_idle: Vec::new(),
+            stuck: Vec::new(),
+            broken: None,
             drops: NetDrops::default(),
-            irq,
+            irq: Arc::new(Irq::default()),
         };
-        for id in 0..RX_BUFFERS.min(me.rx.size() as usize) {
-            me.rx_slots.push(Slot {
-                page: DmaBuf::new(PAGE_SIZE)?,
-                gref: None,
-            });
-            me.post_rx(id as u16)?;
+        match me.negotiate(xs, w, timeout_us) {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                // The backend may have mapped the rings and buffers by now: close the handshake so
+                // it lets go, then end what it let go of; the drop abandons the rest.
+                let t = timeout_us.min(ABORT_TIMEOUT_US);
+                let _ = xenbus::close(xs, w, &me.dev, t);
+                me.close_port();
+                me.release(w, t);
+                Err(e)
+            }
         }
-        me.push_rx()?;
-        Ok(me)
+    }
+
+    /// The connection steps from publishing the rings on.
+    fn negotiate<N: Notify>(&mut self, xs: &mut XenStore<N>, w: &dyn Waiter, timeout_us: u64) -> Result<()> {
+        let port = self.port.expect("open during connect");
+        let (tx_ref, rx_ref) = (self.ring_pages[0].refs()[0], self.ring_pages[1].refs()[0]);
+        let d = &self.dev;
+        xs.transaction(w, |xs, t| {
+            xs.write(w, t, &d.fe(keys::TX_RING_REF), format!("{tx_ref}").as_bytes())?;
+            xs.write(w, t, &d.fe(keys::RX_RING_REF), format!("{rx_ref}").as_bytes())?;
+            xs.write(w, t, &d.fe(keys::EVENT_CHANNEL), format!("{port}").as_bytes())?;
+            xs.write(w, t, &d.fe(keys::REQUEST_RX_COPY), b"1")?;
+            xs.write(w, t, &d.fe(keys::FEATURE_RX_NOTIFY), b"1")?;
+            xenbus::set_state(xs, w, t, d, XenbusState::Connected)
+        })?;
+        xenbus::wait_backend_or_refuse(
+            xs,
+            w,
+            d,
+            "Connected",
+            |s| s == XenbusState::Connected,
+            |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
+            timeout_us,
+        )?;
+        self.host.bind(port, self.irq.clone())?;
+        let tx_n = TX_SLOTS.min(self.tx.size() as usize);
+        self.tx_busy = (0..tx_n).map(|_| None).collect();
+        for id in (0..tx_n as u16).rev() {
+            self.tx_idle.push((id, DmaBuf::new(PAGE_SIZE)?));
+        }
+        for id in 0..self.rx_posted.len() as u16 {
+            self.post_rx(id, DmaBuf::new(PAGE_SIZE)?)?;
+        }
+        self.push_rx()
     }
 
     /// The xenbus device.
@@ -257,73 +301,125 @@ impl<H: XenDeviceHost> NetFront<H> {
         self.drops
     }
 
+    /// Why the device stopped, if the backend broke the protocol.
+    pub fn broken(&self) -> Option<&Error> {
+        self.broken.as_ref()
+    }
+
+    /// Grants the backend kept after their response (never reused).
+    pub fn stuck_grants(&self) -> usize {
+        self.stuck.iter().map(|g| g.refs().len()).sum()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.broken.clone().map_or(Ok(()), Err)
+    }
+
+    fn halt<T>(&mut self, e: Error) -> Result<T> {
+        self.broken.get_or_insert(e.clone());
+        Err(e)
+    }
+
+    fn close_port(&mut self) {
+        if let Some(port) = self.port.take() {
+            self.host.close(port);
+        }
+    }
+
     fn kick(&self) -> Result<()> {
+        let port = self.port.ok_or(protocol("event channel (already closed)", 0))?;
         self.irq.counters.notified(1);
-        self.host.notify(self.port)
+        self.host.notify(port)
     }
 
-    fn post_rx(&mut self, id: u16) -> Result<()> {
-        let slot = &mut self.rx_slots[id as usize];
-        let frame = self.host.frame_of(slot.page.as_ptr());
-        let gref = self
-            .grants
-            .grant(self.dev.backend_id, frame, Access::ReadWrite)
-            .map_err(Error::Ring)?;
-        slot.gref = Some(gref);
-        self.rx
-            .write_request(&NetifRxRequest { id, pad: 0, gref })
-            .map_err(Error::Ring)
-    }
-
-    fn push_rx(&mut self) -> Result<()> {
-        if self.rx.push_requests_and_check_notify().map_err(Error::Ring)? {
-            self.kick()?;
+    /// Grants `page` to the backend as rx buffer `id` and queues the request; if the grant fails
+    /// the page waits in `rx_idle` for the next try.
+    fn post_rx(&mut self, id: u16, page: DmaBuf) -> Result<()> {
+        let host = self.host;
+        let g = match Granted::new(self.grants, self.dev.backend_id, page, Access::ReadWrite, |p| {
+            host.frame_of(p)
+        }) {
+            Ok(g) => g,
+            Err(NotGranted { buf, error }) => {
+                if !buf.is_empty() {
+                    self.rx_idle.push((id, buf));
+                }
+                return Err(Error::Ring(error));
+            }
+        };
+        let gref = g.refs()[0];
+        self.rx_posted[usize::from(id)] = Some(g);
+        if let Err(e) = self.rx.write_request(&NetifRxRequest { id, pad: 0, gref }) {
+            return self.halt(Error::Ring(e));
         }
         Ok(())
     }
 
-    fn end(&mut self, gref: GrantRef) -> Result<()> {
-        self.grants.end_access(gref).map_err(Error::Ring)
+    fn push_rx(&mut self) -> Result<()> {
+        match self.rx.push_requests_and_check_notify() {
+            Ok(true) => self.kick(),
+            Ok(false) => Ok(()),
+            Err(e) => self.halt(Error::Ring(e)),
+        }
     }
 
     fn reap_tx(&mut self) -> Result<()> {
         loop {
-            let Some(rsp) = self.tx.read_response().map_err(Error::Ring)? else {
-                if self.tx.final_check_for_responses().map_err(Error::Ring)? {
-                    continue;
-                }
-                return Ok(());
+            let rsp = match self.tx.read_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => match self.tx.final_check_for_responses() {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(()),
+                    Err(e) => return self.halt(Error::Ring(e)),
+                },
+                Err(e) => return self.halt(Error::Ring(e)),
             };
             if rsp.status == NETIF_RSP_NULL {
                 continue;
             }
+            // `rsp` is our copy: the id is checked before it names anything.
             let id = rsp.id;
-            let Some(slot) = self.tx_slots.get_mut(id as usize) else {
-                return Err(Error::Protocol {
-                    device: "xen-net",
-                    what: "tx response id out of range",
-                    value: u64::from(id),
-                });
-            };
-            let Some(gref) = slot.gref.take() else {
-                return Err(Error::Protocol {
-                    device: "xen-net",
-                    what: "tx response for an idle slot",
-                    value: u64::from(id),
-                });
+            let Some(g) = self.tx_busy.get_mut(usize::from(id)).and_then(Option::take) else {
+                return self.halt(protocol("tx response id not in flight", u64::from(id)));
             };
             if rsp.status < 0 {
                 self.drops.tx_errors += 1;
             }
-            self.end(gref)?;
-            self.tx_free.push(id);
+            match g.revoke() {
+                Ok(page) => self.tx_idle.push((id, page)),
+                Err(held) => {
+                    self.stuck.push(held);
+                    return self.halt(protocol(
+                        "backend kept a tx grant after its response",
+                        u64::from(id),
+                    ));
+                }
+            }
         }
+    }
+
+    /// Ends every grant still alive (rings, posted rx buffers, tx in flight, stuck), retrying while
+    /// the backend holds some, up to `timeout_us`; the rest is abandoned to the backend (and
+    /// counted) when dropped.
+    fn release(&mut self, w: &dyn Waiter, timeout_us: u64) {
+        let mut held: Vec<Grant> = core::mem::take(&mut self.stuck);
+        held.extend(self.rx_posted.iter_mut().filter_map(Option::take));
+        held.extend(self.tx_busy.iter_mut().filter_map(Option::take));
+        held.append(&mut self.ring_pages);
+        let _ = wait_for(w, timeout_us, "the backend to let go of its grants", || {
+            held = core::mem::take(&mut held)
+                .into_iter()
+                .filter_map(|g| g.revoke().err())
+                .collect();
+            Ok(held.is_empty().then_some(()))
+        });
+        drop(held);
     }
 }
 
 impl<H: XenDeviceHost> NetDevice for NetFront<H> {
     fn name(&self) -> &'static str {
-        "xen-net"
+        DEVICE
     }
 
     fn mac(&self) -> [u8; 6] {
@@ -331,7 +427,7 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
     }
 
     fn link_up(&self) -> bool {
-        true
+        self.broken.is_none()
     }
 
     fn mtu(&self) -> usize {
@@ -339,6 +435,7 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
     }
 
     fn transmit(&mut self, frame: &[u8]) -> Result<()> {
+        self.check()?;
         if frame.len() < ETH_HEADER_LEN || frame.len() > MAX_FRAME {
             return Err(Error::BadLength {
                 op: "transmit",
@@ -347,60 +444,80 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
                 max: MAX_FRAME,
             });
         }
-        if self.tx_free.is_empty() || self.tx.is_full() {
+        if self.tx_idle.is_empty() || self.tx.is_full() {
             self.reap_tx()?;
         }
-        let Some(id) = self.tx_free.pop() else {
+        let Some((id, mut page)) = self.tx_idle.pop() else {
             return Err(Error::QueueFull {
-                device: "xen-net",
-                in_flight: self.tx_slots.len(),
+                device: DEVICE,
+                in_flight: self.tx_busy.len(),
             });
         };
-        let slot = &mut self.tx_slots[id as usize];
-        slot.page.as_mut_slice()[..frame.len()].copy_from_slice(frame);
-        let frame_no = self.host.frame_of(slot.page.as_ptr());
-        let gref = match self.grants.grant(self.dev.backend_id, frame_no, Access::ReadOnly) {
+        page.as_mut_slice()[..frame.len()].copy_from_slice(frame);
+        let host = self.host;
+        let g = match Granted::new(self.grants, self.dev.backend_id, page, Access::ReadOnly, |p| {
+            host.frame_of(p)
+        }) {
             Ok(g) => g,
-            Err(e) => {
-                self.tx_free.push(id);
-                return Err(Error::Ring(e));
+            Err(NotGranted { buf, error }) => {
+                if !buf.is_empty() {
+                    self.tx_idle.push((id, buf));
+                }
+                return Err(Error::Ring(error));
             }
         };
-        self.tx_slots[id as usize].gref = Some(gref);
+        let gref = g.refs()[0];
+        self.tx_busy[usize::from(id)] = Some(g);
         self.irq.counters.copied(frame.len() as u64);
-        self.tx
-            .write_request(&NetifTxRequest {
-                gref,
-                offset: 0,
-                flags: 0,
-                id,
-                size: frame.len() as u16,
-            })
-            .map_err(Error::Ring)?;
-        if self.tx.push_requests_and_check_notify().map_err(Error::Ring)? {
-            self.kick()?;
+        if let Err(e) = self.tx.write_request(&NetifTxRequest {
+            gref,
+            offset: 0,
+            flags: 0,
+            id,
+            size: frame.len() as u16,
+        }) {
+            return self.halt(Error::Ring(e));
         }
-        Ok(())
+        match self.tx.push_requests_and_check_notify() {
+            Ok(true) => self.kick(),
+            Ok(false) => Ok(()),
+            Err(e) => self.halt(Error::Ring(e)),
+        }
     }
 
     fn receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        self.check()?;
         self.reap_tx()?;
+        if let Some((id, page)) = self.rx_idle.pop() {
+            self.post_rx(id, page)?;
+            self.push_rx()?;
+        }
         loop {
-            let Some(rsp) = self.rx.read_response().map_err(Error::Ring)? else {
-                if self.rx.final_check_for_responses().map_err(Error::Ring)? {
-                    continue;
-                }
-                return Ok(None);
+            let rsp = match self.rx.read_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => match self.rx.final_check_for_responses() {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(None),
+                    Err(e) => return self.halt(Error::Ring(e)),
+                },
+                Err(e) => return self.halt(Error::Ring(e)),
             };
+            // `rsp` is our copy: the id is checked before it names anything.
             let id = rsp.id;
-            let Some(gref) = self.rx_slots.get_mut(id as usize).and_then(|s| s.gref.take()) else {
-                return Err(Error::Protocol {
-                    device: "xen-net",
-                    what: "rx response id not posted",
-                    value: u64::from(id),
-                });
+            let Some(g) = self.rx_posted.get_mut(usize::from(id)).and_then(Option::take) else {
+                return self.halt(protocol("rx response id not posted", u64::from(id)));
             };
-            self.end(gref)?;
+            let page = match g.revoke() {
+                Ok(page) => page,
+                Err(held) => {
+                    self.stuck.push(held);
+                    return self.halt(protocol(
+                        "backend kept an rx grant after its response",
+                        u64::from(id),
+                    ));
+                }
+            };
+            // The grant has ended: the backend can no longer change the page under us.
             let ok = rsp.status >= 0 && rsp.flags & (NETRXF_MORE_DATA | NETRXF_EXTRA_INFO) == 0;
             let off = usize::from(rsp.offset);
             let len = usize::try_from(rsp.status).unwrap_or(0);
@@ -415,11 +532,11 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
                 self.drops.rx_errors += 1;
                 None
             } else {
-                buf[..len].copy_from_slice(&self.rx_slots[id as usize].page.as_slice()[off..off + len]);
+                buf[..len].copy_from_slice(&page.as_slice()[off..off + len]);
                 self.irq.counters.copied(len as u64);
                 Some(len)
             };
-            self.post_rx(id)?;
+            self.post_rx(id, page)?;
             self.push_rx()?;
             if result.is_some() {
                 return Ok(result);
@@ -437,32 +554,31 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
 }
 
 impl<H: XenDeviceHost> NetFront<H> {
-    /// Disconnects (xenbus close handshake) and ends the ring grants and the event channel. Posted
-    /// receive buffers are ended too (the backend has unmapped them once it is closed).
+    /// Disconnects: the xenbus close handshake, then the event channel is closed and every grant is
+    /// ended (rings, posted receive buffers, transmits in flight). Grants the backend still holds
+    /// are retried for up to `timeout_us`, then abandoned to it (counted in the grant table's
+    /// `leaked_pages`). Resources are released even when the handshake fails.
+    ///
+    /// # Errors
+    /// The handshake's failure ([`Error::XenbusTimeout`] if the backend does not close).
     pub fn disconnect<N: Notify>(
         mut self,
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
         timeout_us: u64,
     ) -> Result<XenbusState> {
-        let seen = xenbus::close(xs, w, &self.dev, timeout_us)?;
-        self.host.close(self.port);
-        let mut kept = 0;
-        let rx_grefs: Vec<GrantRef> = self.rx_slots.iter_mut().filter_map(|s| s.gref.take()).collect();
-        let tx_grefs: Vec<GrantRef> = self.tx_slots.iter_mut().filter_map(|s| s.gref.take()).collect();
-        let ring: Vec<GrantRef> = self.ring_pages.iter().map(|(_, g)| *g).collect();
-        for g in rx_grefs.into_iter().chain(tx_grefs).chain(ring) {
-            if self.grants.end_access(g).is_err() {
-                kept += 1;
-            }
-        }
-        if kept > 0 {
-            // The backend still reaches some pages: they must never be reused.
-            core::mem::forget(core::mem::take(&mut self.rx_slots));
-            core::mem::forget(core::mem::take(&mut self.tx_slots));
-            core::mem::forget(core::mem::take(&mut self.ring_pages));
-        }
-        Ok(seen)
+        let seen = xenbus::close(xs, w, &self.dev, timeout_us);
+        self.close_port();
+        self.release(w, timeout_us);
+        seen
+    }
+}
+
+impl<H: XenDeviceHost> Drop for NetFront<H> {
+    /// Without [`disconnect`](Self::disconnect): closes the event channel; each grant ends, or its
+    /// pages are abandoned to the backend if it still holds them.
+    fn drop(&mut self) {
+        self.close_port();
     }
 }
 

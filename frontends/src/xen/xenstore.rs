@@ -6,9 +6,15 @@
 //! in between at any time and are queued for [`XenStore::next_watch_event`]. An `XS_ERROR` reply's
 //! payload (an errno name such as `ENOENT`) becomes a typed [`XsErrorKind`].
 //!
-//! Hardening: a reply header claiming more than [`XENSTORE_PAYLOAD_MAX`] bytes, an unknown message
-//! type or a reply to a request we did not send is a protocol error; the byte rings themselves halt
-//! on inconsistent indices. Every wait has a timeout.
+//! Hardening: a reply header claiming more than [`XENSTORE_PAYLOAD_MAX`] bytes halts the client (the
+//! byte stream cannot be resynchronised; every later call fails with that error); an unknown message
+//! type, a reply of another type than the request or a reply to a request we did not send is a
+//! protocol error for the request waiting; the late reply to a request that timed out is dropped
+//! (and counted). Response bytes are buffered up to one whole message at most, and at most
+//! [`MAX_QUEUED_EVENTS`] watch events wait in the queue (a repeat of a queued event is merged, the
+//! oldest is dropped beyond that; both counted), so a peer flooding watched nodes cannot make the
+//! guest allocate without bound. The byte rings themselves halt on inconsistent indices. Every wait
+//! has a timeout.
 //!
 //! Transactions: [`XenStore::transaction`] runs a closure inside `XS_TRANSACTION_START` /
 //! `XS_TRANSACTION_END` and runs it again when the commit fails with `EAGAIN` (another writer touched
@@ -32,6 +38,12 @@ use crate::{Error, Result};
 pub const TRANSACTION_RETRIES: u32 = 16;
 /// Default timeout for one request, in microseconds.
 pub const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
+/// Watch events kept queued at most.
+pub const MAX_QUEUED_EVENTS: usize = 64;
+/// Requests that timed out whose late replies are recognised (and dropped).
+const MAX_ABANDONED: usize = 8;
+/// A header and the largest payload.
+const MAX_MESSAGE: usize = 16 + XENSTORE_PAYLOAD_MAX;
 
 /// A XenStore error, by the name the daemon sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +170,10 @@ pub struct XsStats {
     pub watch_events: u64,
     /// Transactions retried after `EAGAIN`.
     pub retries: u64,
+    /// Watch events dropped because the queue was full, or merged with an identical queued one.
+    pub watch_events_dropped: u64,
+    /// Late replies to requests that had timed out, dropped.
+    pub late_replies: u64,
 }
 
 /// The client.
@@ -168,6 +184,10 @@ pub struct XenStore<N: Notify> {
     /// Bytes read from the response ring that do not yet form a whole message.
     partial: Vec<u8>,
     events: VecDeque<WatchEvent>,
+    /// Ids of requests that timed out (their replies may still come).
+    abandoned: VecDeque<u32>,
+    /// Set when the reply stream became unreadable; every later call fails with it.
+    halted: Option<Error>,
     timeout_us: u64,
     stats: XsStats,
 }
@@ -233,6 +253,8 @@ impl<N: Notify> XenStore<N> {
             next_req_id: 1,
             partial: Vec::new(),
             events: VecDeque::new(),
+            abandoned: VecDeque::new(),
+            halted: None,
             timeout_us: DEFAULT_TIMEOUT_US,
             stats: XsStats::default(),
         }
@@ -253,7 +275,17 @@ impl<N: Notify> XenStore<N> {
         self.notify.notify().map_err(Error::Ring)
     }
 
+    /// The error that halted the client, if any.
+    pub fn halted(&self) -> Option<&Error> {
+        self.halted.as_ref()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.halted.clone().map_or(Ok(()), Err)
+    }
+
     fn send(&mut self, waiter: &dyn Waiter, ty: XsdSockmsgType, tx: TxId, payload: &[u8]) -> Result<u32> {
+        self.check()?;
         if payload.len() > XENSTORE_PAYLOAD_MAX {
             return Err(Error::BadLength {
                 op: "xenstore request",
@@ -294,9 +326,12 @@ impl<N: Notify> XenStore<N> {
 
     /// Pulls available response bytes; returns one complete message if there is one.
     fn try_take_message(&mut self) -> Result<Option<(XsdSockmsg, Vec<u8>)>> {
+        self.check()?;
         let mut buf = [0u8; 256];
-        loop {
-            let t = self.ring.rx.read(&mut buf).map_err(Error::Ring)?;
+        // Never more than one whole message buffered: the rest stays in the ring.
+        while self.partial.len() < MAX_MESSAGE {
+            let room = (MAX_MESSAGE - self.partial.len()).min(buf.len());
+            let t = self.ring.rx.read(&mut buf[..room]).map_err(Error::Ring)?;
             if t.bytes == 0 {
                 break;
             }
@@ -313,7 +348,9 @@ impl<N: Notify> XenStore<N> {
             XsdSockmsg::read_from_bytes(&self.partial[..16]).map_err(|_| protocol("short header", 0))?;
         let len = header.len as usize;
         if len > XENSTORE_PAYLOAD_MAX {
-            return Err(protocol("reply payload length", u64::from(header.len)));
+            let e = protocol("reply payload length", u64::from(header.len));
+            self.halted = Some(e.clone());
+            return Err(e);
         }
         if self.partial.len() < 16 + len {
             return Ok(None);
@@ -332,12 +369,26 @@ impl<N: Notify> XenStore<N> {
                     let path = parts.next().unwrap_or_default();
                     let token = parts.next().unwrap_or_default();
                     self.stats.watch_events += 1;
-                    self.events.push_back(WatchEvent {
+                    let event = WatchEvent {
                         path: String::from_utf8_lossy(path).into_owned(),
                         token: String::from_utf8_lossy(token).into_owned(),
-                    });
+                    };
+                    if self.events.contains(&event) {
+                        // Watchers re-read what they watch: one queued copy tells them enough.
+                        self.stats.watch_events_dropped += 1;
+                        continue;
+                    }
+                    if self.events.len() >= MAX_QUEUED_EVENTS {
+                        self.events.pop_front();
+                        self.stats.watch_events_dropped += 1;
+                    }
+                    self.events.push_back(event);
                 }
                 Some(_) if Some(h.req_id) == req_id => return Ok(Some((h, payload))),
+                Some(_) if self.abandoned.contains(&h.req_id) => {
+                    self.abandoned.retain(|&id| id != h.req_id);
+                    self.stats.late_replies += 1;
+                }
                 Some(_) => return Err(protocol("reply to an unknown request id", u64::from(h.req_id))),
                 None => return Err(protocol("unknown message type", u64::from(h.type_))),
             }
@@ -355,9 +406,25 @@ impl<N: Notify> XenStore<N> {
         path: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>> {
+        if path.contains('\0') {
+            // A NUL would end the path early on the wire and shift what follows it.
+            return Err(xs_err(op, path, XsErrorKind::Invalid));
+        }
         let req_id = self.send(waiter, ty, tx, payload)?;
         let timeout = self.timeout_us;
-        let (h, reply) = wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id)))?;
+        let (h, reply) = match wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id))) {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, Error::Timeout { .. }) {
+                    // Its reply may still come: recognise it then instead of failing another request.
+                    if self.abandoned.len() >= MAX_ABANDONED {
+                        self.abandoned.pop_front();
+                    }
+                    self.abandoned.push_back(req_id);
+                }
+                return Err(e);
+            }
+        };
         match XsdSockmsgType::from_wire(h.type_) {
             Some(XsdSockmsgType::Error) => {
                 let name = reply.split(|&b| b == 0).next().unwrap_or_default();
@@ -397,14 +464,15 @@ impl<N: Notify> XenStore<N> {
         String::from_utf8(v).map_err(|e| protocol("non-UTF-8 value", e.utf8_error().valid_up_to() as u64))
     }
 
-    /// Reads node `path` as a decimal number.
+    /// Reads node `path` as a decimal number (see [`super::xenbus::parse_number`]).
     pub fn read_u64(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<u64> {
-        let s = self.read_string(waiter, tx, path)?;
-        s.trim().parse().map_err(|_| {
+        let v = self.read(waiter, tx, path)?;
+        super::xenbus::parse_number(&v).ok_or_else(|| {
+            let shown: String = String::from_utf8_lossy(&v[..v.len().min(32)]).into_owned();
             xs_err(
                 "read number",
                 path,
-                XsErrorKind::Other(format!("not a number: {s:?}")),
+                XsErrorKind::Other(format!("not a number: {shown:?}")),
             )
         })
     }

@@ -99,13 +99,14 @@ pub fn blk_integrity(p: &Params<'_>) -> Outcome {
         let closed = xen::store::with(|xs| dev.disconnect(xs, &w, 5_000_000))?
             .map_err(|e| alloc::format!("disconnect: {e}"))?;
         Ok(alloc::format!(
-            "{} mode={} capacity_sectors={} sector_size={} qd={} {label} closed_backend_state={}",
+            "{} mode={} capacity_sectors={} sector_size={} qd={} {label} closed_backend_state={} {}",
             report_fields(&r),
             mode.name(),
             info.capacity_sectors,
             info.sector_size,
             params.qd.min(info.max_in_flight),
-            closed as u8
+            closed as u8,
+            xen::devices::grant_report()
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
@@ -152,11 +153,13 @@ pub fn blk_hostile(p: &Params<'_>) -> Outcome {
             Ok::<_, alloc::string::String>((state, error))
         })??;
         kprintln!("PVKIT INFO blk-hostile backend error: {error}");
+        drop(dev);
         Ok(alloc::format!(
-            "honest_bytes={} published_req_prod={published} backend_state={} backend_error={}",
+            "honest_bytes={} published_req_prod={published} backend_state={} backend_error={} {}",
             honest.bytes,
             state as u8,
-            u8::from(!error.is_empty())
+            u8::from(!error.is_empty()),
+            xen::devices::grant_report()
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
@@ -211,9 +214,10 @@ pub fn blk_throughput(p: &Params<'_>) -> Outcome {
         }
         let ops: u64 = perfs.iter().map(|p| p.report.ops).sum();
         Ok(alloc::format!(
-            "phases={} ops={ops} mode={} stuck_grants={stuck} {label}",
+            "phases={} ops={ops} mode={} stuck_grants={stuck} {label} {}",
             perfs.len(),
-            mode.name()
+            mode.name(),
+            xen::devices::grant_report()
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
@@ -484,7 +488,7 @@ pub fn net_ping(p: &Params<'_>) -> Outcome {
         Ok(alloc::format!(
             "replies={count} size={size} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} peer_mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} \
              arp_us={arp_us} ping_us={ping_us} avg_rtt_us={} max_rtt_us={rtt_max} arp_answers={arp_answers} notifies={} irqs={} \
-             copied_bytes={} rx_dropped={} mode={} closed_backend_state={}",
+             copied_bytes={} rx_dropped={} mode={} closed_backend_state={} {}",
             mac[0],
             mac[1],
             mac[2],
@@ -503,7 +507,8 @@ pub fn net_ping(p: &Params<'_>) -> Outcome {
             c.bytes_copied,
             drops.rx_errors + drops.rx_unsupported,
             mode.name(),
-            closed as u8
+            closed as u8,
+            xen::devices::grant_report()
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)

@@ -62,6 +62,23 @@ pub fn grants() -> core::result::Result<&'static GrantTable, alloc::string::Stri
     GRANTS.call_once(setup_grants).as_ref().map_err(Clone::clone)
 }
 
+/// The grant table's figures as `key=value` fields for a report: grants still active, grants
+/// abandoned to a backend that kept them, and pages leaked because of that (0 with honest
+/// backends).
+pub fn grant_report() -> alloc::string::String {
+    let s = GRANTS
+        .get()
+        .and_then(|g| g.as_ref().ok())
+        .map(|g| g.stats())
+        .unwrap_or_default();
+    alloc::format!(
+        "grants_active={} grants_abandoned={} grant_leaked_pages={}",
+        s.active,
+        s.abandoned,
+        s.leaked_pages
+    )
+}
+
 /// Interrupt hooks per event-channel port.
 static ACKS: spin::Mutex<Vec<(EvtchnPort, SharedIrqAck)>> = spin::Mutex::new(Vec::new());
 
@@ -127,7 +144,8 @@ pub fn open_blk(
                 "device xen-blk absent (no vbd {index} in XenStore device/vbd)"
             ));
         };
-        BlkFront::connect(xs, &w, &HOST, grants, dev, opts).map_err(|e| alloc::format!("{e}"))
+        BlkFront::connect(xs, &w, &HOST, grants, dev, opts)
+            .map_err(|e| alloc::format!("{e} (after the failed connect: {})", grant_report()))
     })?
 }
 
@@ -148,6 +166,7 @@ pub fn open_net(
                 "device xen-net absent (no vif {index} in XenStore device/vif)"
             ));
         };
-        NetFront::connect(xs, &w, &HOST, grants, dev, timeout_us).map_err(|e| alloc::format!("{e}"))
+        NetFront::connect(xs, &w, &HOST, grants, dev, timeout_us)
+            .map_err(|e| alloc::format!("{e} (after the failed connect: {})", grant_report()))
     })?
 }

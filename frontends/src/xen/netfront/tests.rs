@@ -1,27 +1,35 @@
-//! netfront against a fake copy-mode netback that echoes every frame with the MACs swapped.
+//! netfront against a fake copy-mode netback that echoes every frame with the MACs swapped. Like
+//! Xen, the fake marks a grant in use (`GTF_reading`/`GTF_writing`) while it holds a mapping (the
+//! rings from connect to close); [`Mode`] turns it hostile.
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
-use ring_protocol::abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READONLY, GrantEntryV1};
+use ring_protocol::abi::grant_table::{
+    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1,
+};
 use ring_protocol::abi::xen::{DomId, XenPfn};
 use ring_protocol::ring::BackRing;
 use zerocopy::FromZeros;
 
 use super::super::xenstore::fake::FakeXenStore;
 use super::*;
+use crate::dma::fake::FAKE_DMA;
 use crate::wait::WaitMode;
 
 const BE: &str = "/local/domain/0/backend/vif/3/0";
 const FE: &str = "/local/domain/3/device/vif/0";
+const TABLE: usize = 256;
 
 #[derive(Default)]
 struct Host {
     frames: spin::Mutex<Vec<usize>>,
     ack: spin::Mutex<Option<SharedIrqAck>>,
+    closed: spin::Mutex<u32>,
 }
 
 impl XenDeviceHost for Host {
@@ -31,7 +39,9 @@ impl XenDeviceHost for Host {
     fn notify(&self, _: EvtchnPort) -> Result<()> {
         Ok(())
     }
-    fn close(&self, _: EvtchnPort) {}
+    fn close(&self, _: EvtchnPort) {
+        *self.closed.lock() += 1;
+    }
     fn bind(&self, _: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
         *self.ack.lock() = Some(ack);
         Ok(())
@@ -50,11 +60,38 @@ impl XenDeviceHost for Host {
 type TxBack = BackRing<NetifTxRequest, NetifTxResponse>;
 type RxBack = BackRing<NetifRxRequest, NetifRxResponse>;
 
+/// How the fake backend misbehaves (all off: honest).
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    /// Not there: stays in InitWait.
+    absent: bool,
+    /// Maps the rings, then refuses the connection (Closing).
+    refuse_after_map: bool,
+    /// Never unmaps the ring pages, even once closed.
+    keep_rings: bool,
+    /// Takes the first posted rx buffer, maps it writable and holds it for good.
+    hold_rx: bool,
+    /// Leaves tx pages mapped after answering.
+    keep_tx: bool,
+    /// Answers transmits with this id.
+    forge_tx_id: Option<u16>,
+    /// Publishes the tx `rsp_prod` this far past its real responses.
+    overrun_tx: u32,
+}
+
 struct World {
     daemon: RefCell<FakeXenStore>,
     host: &'static Host,
-    entries: &'static [GrantEntryV1],
+    entries: NonNull<GrantEntryV1>,
     rings: RefCell<Option<(TxBack, RxBack)>>,
+    mode: Mode,
+    /// Ring grants and pages while mapped.
+    ring_refs: RefCell<Vec<u32>>,
+    ring_ptrs: RefCell<Vec<*mut u8>>,
+    /// The rx buffer held (hold_rx): gref and page.
+    held_rx: Cell<Option<(u32, *mut u8)>>,
+    /// Tx grants left mapped (keep_tx) and their pages.
+    kept_tx: RefCell<Vec<(u32, *mut u8)>>,
     /// Answer the next rx request with this id instead of the real one (hostile backend).
     bogus_rx_id: Cell<Option<u16>>,
     now: Cell<u64>,
@@ -62,8 +99,22 @@ struct World {
 }
 
 impl World {
+    fn entry(&self, gref: u32) -> GrantEntryV1 {
+        assert!((gref as usize) < TABLE, "gref {gref} beyond the table");
+        // SAFETY: inside the leaked table; a copy, read while the frontend is not running.
+        unsafe { self.entries.as_ptr().wrapping_add(gref as usize).read_volatile() }
+    }
+
+    fn flags(&self, gref: u32) -> &AtomicU16 {
+        assert!((gref as usize) < TABLE);
+        // SAFETY: `flags` is the first, 2-aligned field of an entry in the leaked table; the grant
+        // table accesses it atomically too.
+        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().wrapping_add(gref as usize).cast::<u16>()) }
+    }
+
+    /// The page behind `gref`, after Xen's checks (a grant copy: no lasting mapping).
     fn page(&self, gref: u32, write: bool) -> *mut u8 {
-        let e = self.entries[gref as usize];
+        let e = self.entry(gref);
         assert_eq!(
             e.flags & GTF_PERMIT_ACCESS,
             GTF_PERMIT_ACCESS,
@@ -76,6 +127,19 @@ impl World {
         self.host.frames.lock()[(e.frame - 0x2000) as usize] as *mut u8
     }
 
+    /// A lasting mapping: Xen marks the grant in use until `unmap`.
+    fn map(&self, gref: u32, write: bool) -> *mut u8 {
+        let p = self.page(gref, write);
+        let bits = GTF_READING | if write { GTF_WRITING } else { 0 };
+        self.flags(gref).fetch_or(bits, Ordering::SeqCst);
+        p
+    }
+
+    fn unmap(&self, gref: u32) {
+        self.flags(gref)
+            .fetch_and(!(GTF_READING | GTF_WRITING), Ordering::SeqCst);
+    }
+
     fn read_fe(&self, key: &str) -> Option<u32> {
         let d = self.daemon.borrow();
         d.tree
@@ -83,33 +147,74 @@ impl World {
             .map(|v| core::str::from_utf8(v).unwrap().parse().unwrap())
     }
 
+    fn set_be_state(&self, s: &[u8]) {
+        self.daemon
+            .borrow_mut()
+            .external_write(&alloc::format!("{BE}/state"), s);
+    }
+
     fn run_backend(&self) {
+        let fe = self.read_fe("state");
+        if self.mode.absent {
+            return;
+        }
+        if matches!(fe, Some(5 | 6)) {
+            if !self.mode.keep_rings {
+                *self.rings.borrow_mut() = None;
+                for r in self.ring_refs.take() {
+                    self.unmap(r);
+                }
+            }
+            let d = self.daemon.borrow();
+            let closed = d.tree.get(&alloc::format!("{BE}/state")).map(Vec::as_slice) == Some(b"6");
+            drop(d);
+            if !closed {
+                self.set_be_state(b"6");
+            }
+            return;
+        }
         if self.rings.borrow().is_none() {
-            if self.read_fe("state") == Some(4) {
-                let tx = NonNull::new(self.page(self.read_fe("tx-ring-ref").unwrap(), true)).unwrap();
-                let rx = NonNull::new(self.page(self.read_fe("rx-ring-ref").unwrap(), true)).unwrap();
+            if fe == Some(4) && self.ring_refs.borrow().is_empty() {
+                let (tr, rr) = (
+                    self.read_fe("tx-ring-ref").unwrap(),
+                    self.read_fe("rx-ring-ref").unwrap(),
+                );
+                let tx = NonNull::new(self.map(tr, true)).unwrap();
+                let rx = NonNull::new(self.map(rr, true)).unwrap();
+                *self.ring_refs.borrow_mut() = vec![tr, rr];
+                *self.ring_ptrs.borrow_mut() = vec![tx.as_ptr(), rx.as_ptr()];
+                if self.mode.refuse_after_map {
+                    self.set_be_state(b"5");
+                    return;
+                }
                 // SAFETY: granted ring pages, used by this back end and the front end only.
                 let t = unsafe { BackRing::attach(tx, PAGE_SIZE, 0) }.unwrap();
                 // SAFETY: as above.
                 let r = unsafe { BackRing::attach(rx, PAGE_SIZE, 0) }.unwrap();
                 *self.rings.borrow_mut() = Some((t, r));
-                self.daemon
-                    .borrow_mut()
-                    .external_write(&alloc::format!("{BE}/state"), b"4");
+                self.set_be_state(b"4");
             }
-            return;
-        }
-        if self.read_fe("state") == Some(5) {
-            self.daemon
-                .borrow_mut()
-                .external_write(&alloc::format!("{BE}/state"), b"6");
             return;
         }
         let mut rings = self.rings.borrow_mut();
         let (tx, rx) = rings.as_mut().unwrap();
+        if self.mode.hold_rx
+            && self.held_rx.get().is_none()
+            && let Some(rreq) = rx.read_request().unwrap()
+        {
+            self.held_rx.set(Some((rreq.gref, self.map(rreq.gref, true))));
+        }
         let mut notify = false;
+        let mut answered = false;
         while let Some(req) = tx.read_request().unwrap() {
-            let src = self.page(req.gref, false);
+            answered = true;
+            let src = if self.mode.keep_tx {
+                let p = self.map(req.gref, false);
+                self.kept_tx.borrow_mut().push((req.gref, p));
+                p
+            } else {
+                self.page(req.gref, false)
+            };
             let len = usize::from(req.size);
             // SAFETY: the granted tx page holds `size` bytes at `offset` (within the page).
             let at = src.wrapping_add(usize::from(req.offset));
@@ -118,7 +223,7 @@ impl World {
             let (dst, srcmac) = frame.split_at_mut(6);
             dst.swap_with_slice(&mut srcmac[..6]);
             tx.write_response(&NetifTxResponse {
-                id: req.id,
+                id: self.mode.forge_tx_id.unwrap_or(req.id),
                 status: 0,
             })
             .unwrap();
@@ -142,6 +247,12 @@ impl World {
         }
         notify |= tx.push_responses_and_check_notify().unwrap();
         notify |= rx.push_responses_and_check_notify().unwrap();
+        if self.mode.overrun_tx > 0 && answered {
+            // SAFETY: `rsp_prod` is the 4-aligned u32 at byte 8 of the mapped tx ring page,
+            // accessed atomically by both ends.
+            let rsp_prod = unsafe { AtomicU32::from_ptr(self.ring_ptrs.borrow()[0].wrapping_add(8).cast()) };
+            rsp_prod.store(tx.rsp_prod_pvt() + self.mode.overrun_tx, Ordering::Release);
+        }
         if notify && let Some(a) = self.host.ack.lock().as_ref() {
             a.ack();
         }
@@ -176,29 +287,37 @@ impl Notify for NoKick {
 }
 
 fn world(rx_copy: bool, mac: &str) -> (XenStore<NoKick>, World, &'static GrantTable) {
+    world_with(if rx_copy { "1" } else { "" }, mac, Mode::default())
+}
+
+/// `rx_copy` is the backend's `feature-rx-copy` (empty: absent).
+fn world_with(rx_copy: &str, mac: &str, mode: Mode) -> (XenStore<NoKick>, World, &'static GrantTable) {
     crate::dma::fake::install();
     let (mut daemon, ring) = FakeXenStore::new(3);
     daemon.external_write("device/vif/0/backend", BE.as_bytes());
     daemon.external_write("device/vif/0/backend-id", b"0");
     daemon.external_write("device/vif/0/mac", mac.as_bytes());
     daemon.external_write(&alloc::format!("{BE}/state"), b"2");
-    if rx_copy {
-        daemon.external_write(&alloc::format!("{BE}/feature-rx-copy"), b"1");
+    if !rx_copy.is_empty() {
+        daemon.external_write(&alloc::format!("{BE}/feature-rx-copy"), rx_copy.as_bytes());
     }
     let entries: &'static mut [GrantEntryV1] =
-        Box::leak(vec![GrantEntryV1::new_zeroed(); 256].into_boxed_slice());
+        Box::leak(vec![GrantEntryV1::new_zeroed(); TABLE].into_boxed_slice());
     let p = NonNull::from(&mut entries[0]);
-    // SAFETY: leaked table memory; the fake backend only reads it.
-    let grants: &'static GrantTable = Box::leak(Box::new(unsafe { GrantTable::new(p, 256) }));
-    // SAFETY: read-only view of the same leaked memory.
-    let view: &'static [GrantEntryV1] = unsafe { core::slice::from_raw_parts(p.as_ptr(), 256) };
+    // SAFETY: leaked table memory; the fake backend reads it and sets Xen's in-use bits atomically.
+    let grants: &'static GrantTable = Box::leak(Box::new(unsafe { GrantTable::new(p, TABLE) }));
     (
         XenStore::new(ring, NoKick),
         World {
             daemon: RefCell::new(daemon),
             host: Box::leak(Box::default()),
-            entries: view,
+            entries: p,
             rings: RefCell::new(None),
+            mode,
+            ring_refs: RefCell::new(Vec::new()),
+            ring_ptrs: RefCell::new(Vec::new()),
+            held_rx: Cell::new(None),
+            kept_tx: RefCell::new(Vec::new()),
             bogus_rx_id: Cell::new(None),
             now: Cell::new(0),
             echoed: Cell::new(0),
@@ -209,7 +328,47 @@ fn world(rx_copy: bool, mac: &str) -> (XenStore<NoKick>, World, &'static GrantTa
 
 fn connect(xs: &mut XenStore<NoKick>, w: &World, grants: &'static GrantTable) -> Result<NetFront<Host>> {
     let dev = xenbus::enumerate(xs, w, "vif")?.remove(0);
-    NetFront::connect(xs, w, w.host, grants, dev, 1_000_000)
+    NetFront::connect(xs, w, w.host, grants, dev, 200_000)
+}
+
+fn stats(g: &GrantTable) -> (usize, u64, u64) {
+    let s = g.stats();
+    (s.active, s.abandoned, s.leaked_pages)
+}
+
+/// Asserts that `refs` still grant domain 0 access and are never handed out again.
+fn assert_still_granted_and_never_reused(w: &World, grants: &GrantTable, refs: &[u32]) {
+    for &r in refs {
+        let e = w.entry(r);
+        assert_eq!(
+            (e.flags & GTF_PERMIT_ACCESS, e.domid),
+            (GTF_PERMIT_ACCESS, 0),
+            "abandoned gref {r} still granted"
+        );
+    }
+    let mut fresh = Vec::new();
+    while let Ok(r) = grants.grant(0, 0x7777, Access::ReadOnly) {
+        assert!(!refs.contains(&r), "abandoned gref {r} handed out again");
+        fresh.push(r);
+    }
+    for r in fresh {
+        grants.end_access(r).unwrap();
+    }
+}
+
+/// A frame to our peer.
+fn frame(dev: &NetFront<Host>, len: usize, seed: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|j| (j * 7 + seed) as u8).collect();
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&dev.mac());
+    f
+}
+
+fn echo(dev: &mut NetFront<Host>, w: &World, f: &[u8]) -> Result<Vec<u8>> {
+    dev.transmit(f)?;
+    let mut buf = [0u8; 1600];
+    let n = crate::wait::wait_for(w, 100_000, "echo", || dev.receive(&mut buf))?;
+    Ok(buf[..n].to_vec())
 }
 
 #[test]
@@ -253,28 +412,218 @@ fn frames_round_trip_through_the_rings_and_buffers_are_reposted() {
     assert!(matches!(e, Error::BadLength { len: 1515, .. }), "{e:?}");
     let seen = dev.disconnect(&mut xs, &w, 1_000_000).unwrap();
     assert!(matches!(seen, XenbusState::Closing | XenbusState::Closed));
-    assert_eq!(grants.stats().active, 0, "every grant ended on disconnect");
+    assert_eq!(
+        stats(grants),
+        (0, 0, 0),
+        "every grant ended on disconnect, nothing leaked"
+    );
+    assert_eq!(*w.host.closed.lock(), 1);
 }
 
 #[test]
-fn a_response_for_a_buffer_never_posted_is_a_protocol_error() {
-    let (mut xs, w, grants) = world(true, "00:16:3e:00:00:01");
-    let mut dev = connect(&mut xs, &w, grants).unwrap();
-    w.bogus_rx_id.set(Some(999));
-    dev.transmit(&[0u8; 60]).unwrap();
-    let mut buf = [0u8; 1600];
-    let e = crate::wait::wait_for(&w, 100_000, "echo", || dev.receive(&mut buf)).unwrap_err();
-    assert!(
-        matches!(
+fn xsa155_forged_rx_id_is_refused_and_halts_the_device() {
+    for forged in [999u16, 64, u16::MAX] {
+        let (mut xs, w, grants) = world(true, "00:16:3e:00:00:01");
+        let mut dev = connect(&mut xs, &w, grants).unwrap();
+        let f = frame(&dev, 60, 1);
+        assert_eq!(echo(&mut dev, &w, &f).unwrap().len(), 60, "honest traffic first");
+        w.bogus_rx_id.set(Some(forged));
+        let e = echo(&mut dev, &w, &f).unwrap_err();
+        assert_eq!(
             e,
             Error::Protocol {
+                device: "xen-net",
                 what: "rx response id not posted",
-                value: 999,
-                ..
+                value: u64::from(forged)
             }
-        ),
-        "{e:?}"
+        );
+        assert_eq!(dev.broken(), Some(&e));
+        assert!(!dev.link_up());
+        assert_eq!(dev.transmit(&f).unwrap_err(), e, "halted");
+        assert_eq!(dev.receive(&mut [0u8; 1600]).unwrap_err(), e);
+        dev.disconnect(&mut xs, &w, 200_000).unwrap();
+        assert_eq!(stats(grants), (0, 0, 0), "every grant still ended");
+    }
+}
+
+#[test]
+fn hostile_backend_forging_a_tx_id_or_overrunning_rsp_prod_halts_the_device() {
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            forge_tx_id: Some(4000),
+            ..Mode::default()
+        },
     );
+    let mut dev = connect(&mut xs, &w, grants).unwrap();
+    let f = frame(&dev, 100, 2);
+    let e = echo(&mut dev, &w, &f).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Protocol {
+            device: "xen-net",
+            what: "tx response id not in flight",
+            value: 4000
+        }
+    );
+    assert_eq!(dev.transmit(&f).unwrap_err(), e);
+    dev.disconnect(&mut xs, &w, 200_000).unwrap();
+    assert_eq!(stats(grants), (0, 0, 0));
+
+    for overrun in [1u32, 300, u32::MAX / 2] {
+        let (mut xs, w, grants) = world_with(
+            "1",
+            "00:16:3e:00:00:01",
+            Mode {
+                overrun_tx: overrun,
+                ..Mode::default()
+            },
+        );
+        let mut dev = connect(&mut xs, &w, grants).unwrap();
+        let f = frame(&dev, 100, 3);
+        let e = echo(&mut dev, &w, &f).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Ring(ring_protocol::Error::ResponseOverrun { outstanding: 1, .. })
+            ),
+            "{overrun}: {e:?}"
+        );
+        assert_eq!(dev.transmit(&f).unwrap_err(), e);
+        dev.disconnect(&mut xs, &w, 200_000).unwrap();
+        assert_eq!(stats(grants), (0, 0, 0), "{overrun}");
+    }
+}
+
+#[test]
+fn xsa396_rx_buffer_still_mapped_at_disconnect_is_abandoned_not_freed() {
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            hold_rx: true,
+            ..Mode::default()
+        },
+    );
+    let mut dev = connect(&mut xs, &w, grants).unwrap();
+    // The backend sits on one posted buffer; traffic through the others is unaffected.
+    for i in 0..100 {
+        let f = frame(&dev, 60 + i, i);
+        let back = echo(&mut dev, &w, &f).unwrap();
+        assert_eq!(&back[12..], &f[12..]);
+    }
+    let (gref, page) = w.held_rx.get().expect("the backend took a buffer");
+    let seen = dev.disconnect(&mut xs, &w, 200_000).unwrap();
+    assert!(matches!(seen, XenbusState::Closing | XenbusState::Closed));
+    assert_eq!(stats(grants), (1, 1, 1), "that one page abandoned and counted");
+    assert!(FAKE_DMA.is_live(page), "the writable rx page was not freed");
+    assert_eq!(
+        w.entry(gref).flags & (GTF_PERMIT_ACCESS | GTF_READONLY),
+        GTF_PERMIT_ACCESS,
+        "still the writable grant it was"
+    );
+    assert_still_granted_and_never_reused(&w, grants, &[gref]);
+    // SAFETY: the abandoned page is leaked (never freed); writing it is what the backend can still do.
+    unsafe { page.write_volatile(0x5a) };
+}
+
+#[test]
+fn xsa396_connect_failing_after_the_backend_mapped_the_rings_abandons_them_if_it_keeps_them() {
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            refuse_after_map: true,
+            keep_rings: true,
+            ..Mode::default()
+        },
+    );
+    let e = connect(&mut xs, &w, grants).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Protocol {
+            device: "xenbus",
+            what: "backend left the handshake (its state shown)",
+            value: 5
+        }
+    );
+    assert_eq!(stats(grants), (2, 2, 2), "both ring pages abandoned");
+    let refs = w.ring_refs.borrow().clone();
+    for &p in w.ring_ptrs.borrow().iter() {
+        assert!(FAKE_DMA.is_live(p), "a ring page was freed while mapped");
+    }
+    assert_still_granted_and_never_reused(&w, grants, &refs);
+    assert_eq!(*w.host.closed.lock(), 1);
+
+    // The same refusal from a backend that unmaps on close: nothing leaks.
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            refuse_after_map: true,
+            ..Mode::default()
+        },
+    );
+    connect(&mut xs, &w, grants).unwrap_err();
+    assert!(!w.ring_ptrs.borrow().is_empty(), "the rings had been mapped");
+    assert_eq!(stats(grants), (0, 0, 0));
+}
+
+#[test]
+fn xsa396_backend_keeping_a_tx_grant_after_its_response_halts_and_the_page_is_never_freed() {
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            keep_tx: true,
+            ..Mode::default()
+        },
+    );
+    let mut dev = connect(&mut xs, &w, grants).unwrap();
+    let f = frame(&dev, 200, 4);
+    let e = echo(&mut dev, &w, &f).unwrap_err();
+    assert_eq!(
+        e,
+        Error::Protocol {
+            device: "xen-net",
+            what: "backend kept a tx grant after its response",
+            value: 0
+        }
+    );
+    assert_eq!(dev.stuck_grants(), 1);
+    let (gref, page) = w.kept_tx.borrow()[0];
+    assert!(FAKE_DMA.is_live(page));
+    assert_eq!(dev.transmit(&f).unwrap_err(), e);
+    dev.disconnect(&mut xs, &w, 200_000).unwrap();
+    assert_eq!(stats(grants), (1, 1, 1));
+    assert!(FAKE_DMA.is_live(page));
+    assert_still_granted_and_never_reused(&w, grants, &[gref]);
+}
+
+#[test]
+fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
+    let (mut xs, w, grants) = world_with(
+        "1",
+        "00:16:3e:00:00:01",
+        Mode {
+            absent: true,
+            ..Mode::default()
+        },
+    );
+    let e = connect(&mut xs, &w, grants).unwrap_err();
+    match e {
+        Error::XenbusTimeout(t) => assert_eq!((t.state, t.awaited), (2, "Connected")),
+        other => panic!("expected a xenbus timeout, got {other:?}"),
+    }
+    assert_eq!(stats(grants), (0, 0, 0), "ring grants ended, nothing leaked");
+    assert_eq!(*w.host.closed.lock(), 1, "event channel closed");
+    assert_eq!(
+        w.read_fe("state"),
+        Some(6),
+        "frontend gave the device up (Closed)"
+    );
+    assert!(w.now.get() < 2_000_000, "bounded: {} us", w.now.get());
 }
 
 #[test]
@@ -291,18 +640,31 @@ fn backend_without_rx_copy_or_a_bad_mac_is_refused() {
         ),
         "{e:?}"
     );
-    let (mut xs, w, grants) = world(true, "00:16:3e:00:01");
+    for mac in [
+        "00:16:3e:00:01",
+        "01:16:3e:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+        "00:00:00:00:00:00",
+        "+0:16:3e:00:00:01",
+        "00:16:3e:00:00:01:02",
+    ] {
+        let (mut xs, w, grants) = world(true, mac);
+        let e = connect(&mut xs, &w, grants).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Protocol {
+                    device: "xen-net",
+                    ..
+                }
+            ),
+            "{mac}: {e:?}"
+        );
+        assert_eq!(stats(grants), (0, 0, 0));
+    }
+    let (mut xs, w, grants) = world_with("2", "00:16:3e:00:00:01", Mode::default());
     let e = connect(&mut xs, &w, grants).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::Protocol {
-                device: "xen-net",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(format!("{e}").contains("feature-rx-copy"), "{e}");
     assert_eq!(
         parse_mac("aa:bb:cc:dd:ee:ff"),
         Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff])
@@ -310,4 +672,7 @@ fn backend_without_rx_copy_or_a_bad_mac_is_refused() {
     assert_eq!(parse_mac("aa:bb:cc:dd:ee:ff:00"), None);
     assert_eq!(parse_mac("aa:bb:cc:dd:ee:f"), None);
     assert_eq!(parse_mac("zz:bb:cc:dd:ee:ff"), None);
+    assert_eq!(parse_mac("+a:bb:cc:dd:ee:ff"), None);
+    assert!(is_unicast_mac([0x00, 0x16, 0x3e, 0, 0, 1]));
+    assert!(!is_unicast_mac([0x33, 0x33, 0, 0, 0, 1]));
 }

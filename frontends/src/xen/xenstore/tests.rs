@@ -255,3 +255,125 @@ fn hostile_daemon_replies_are_rejected_and_silence_times_out() {
         "{e:?}"
     );
 }
+
+#[test]
+fn hostile_daemon_oversized_reply_halts_the_client_for_good() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    let h = XsdSockmsg {
+        type_: XsdSockmsgType::Read as u32,
+        req_id: 1,
+        tx_id: 0,
+        len: u32::MAX,
+    };
+    w.daemon.borrow_mut().inject_raw(h.as_bytes());
+    let e = xs.read(&w, NO_TX, "x").unwrap_err();
+    assert_eq!(
+        e,
+        Error::Protocol {
+            device: "xenstore",
+            what: "reply payload length",
+            value: u64::from(u32::MAX)
+        }
+    );
+    // The stream cannot be resynchronised: every later call fails the same way, at once.
+    assert_eq!(xs.halted(), Some(&e));
+    let requests = xs.stats().requests;
+    assert_eq!(xs.write(&w, NO_TX, "y", b"1").unwrap_err(), e);
+    assert_eq!(xs.next_watch_event(&w, 1000).unwrap_err(), e);
+    assert_eq!(xs.stats().requests, requests, "nothing more sent");
+}
+
+#[test]
+fn hostile_daemon_late_reply_to_a_timed_out_request_is_dropped_not_taken_for_another() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.write(&w, NO_TX, "a", b"first").unwrap();
+    xs.write(&w, NO_TX, "b", b"second").unwrap();
+    w.daemon.borrow_mut().dead = true;
+    xs.set_timeout_us(500);
+    assert!(matches!(xs.read(&w, NO_TX, "a"), Err(Error::Timeout { .. })));
+    // The daemon wakes up and answers both the old request and the new one.
+    w.daemon.borrow_mut().dead = false;
+    xs.set_timeout_us(100_000);
+    assert_eq!(xs.read(&w, NO_TX, "b").unwrap(), b"second");
+    assert_eq!(xs.stats().late_replies, 1);
+    assert_eq!(xs.read(&w, NO_TX, "a").unwrap(), b"first");
+}
+
+#[test]
+fn hostile_daemon_reply_of_another_type_or_to_no_request_is_refused() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    // Our first request has id 1; a "directory" reply to our "read".
+    let h = XsdSockmsg {
+        type_: XsdSockmsgType::Directory as u32,
+        req_id: 1,
+        tx_id: 0,
+        len: 0,
+    };
+    w.daemon.borrow_mut().inject_raw(h.as_bytes());
+    let e = xs.read(&w, NO_TX, "x").unwrap_err();
+    assert_eq!(
+        e,
+        Error::Protocol {
+            device: "xenstore",
+            what: "reply of another type than the request",
+            value: XsdSockmsgType::Directory as u64
+        }
+    );
+    // An unknown message type.
+    let (mut xs, w) = setup(&kicks);
+    let h = XsdSockmsg {
+        type_: 999,
+        req_id: 1,
+        tx_id: 0,
+        len: 3,
+    };
+    let mut raw = alloc::vec::Vec::from(h.as_bytes());
+    raw.extend_from_slice(b"abc");
+    w.daemon.borrow_mut().inject_raw(&raw);
+    let e = xs.read(&w, NO_TX, "x").unwrap_err();
+    assert!(matches!(e, Error::Protocol { value: 999, .. }), "{e:?}");
+    // A path with a NUL in it never reaches the wire.
+    let (mut xs, w) = setup(&kicks);
+    let e = xs.write(&w, NO_TX, "a\0/evil", b"x").unwrap_err();
+    assert_eq!(xs_kind(&e), Some(&XsErrorKind::Invalid));
+    assert_eq!(xs.stats().requests, 0);
+}
+
+#[test]
+fn hostile_peer_flooding_watched_nodes_cannot_grow_the_event_queue() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.watch(&w, "backend", "tok").unwrap();
+    // 1000 distinct nodes, then one node written 500 times, all before we look.
+    for i in 0..1000 {
+        w.daemon
+            .borrow_mut()
+            .external_write(&format!("backend/n{i}"), b"x");
+    }
+    for _ in 0..500 {
+        w.daemon.borrow_mut().external_write("backend/state", b"4");
+    }
+    // A request pumps every event queued before its reply.
+    xs.write(&w, NO_TX, "other", b"1").unwrap();
+    let st = xs.stats();
+    assert_eq!(st.watch_events, 1 + 1000 + 500);
+    let mut queued = alloc::vec::Vec::new();
+    while let Ok(e) = xs.next_watch_event(&w, 100) {
+        queued.push(e.path);
+    }
+    assert_eq!(queued.len(), MAX_QUEUED_EVENTS);
+    assert_eq!(st.watch_events_dropped, 1 + 1000 + 500 - MAX_QUEUED_EVENTS as u64);
+    assert_eq!(
+        queued.last().map(String::as_str),
+        Some("/local/domain/7/backend/state"),
+        "the newest event survives"
+    );
+    assert_eq!(
+        queued.iter().filter(|p| p.ends_with("/backend/state")).count(),
+        1,
+        "repeats merged"
+    );
+}
