@@ -207,7 +207,7 @@ impl Results {
                     let rate: u64 = t
                         .perfs()
                         .filter(|p| {
-                            p.get("pattern") == Some("echo64")
+                            p.get("pattern").is_some_and(|p| p.starts_with("echo"))
                                 && p.get("dev").map(str::to_owned).or(dev_name.clone()).as_deref()
                                     == Some(&d.name())
                         })

@@ -262,7 +262,10 @@ impl Scenario {
             | Scenario::BlkThroughputAhci => 6,
             // IDE takes one request at a time: no queue-depth-32 phases.
             Scenario::BlkThroughputIde => 4,
-            Scenario::NetEchoVirtio | Scenario::NetEchoE1000 => 1,
+            // Packet rate with 64- and 1514-byte frames.
+            Scenario::NetEchoVirtio | Scenario::NetEchoE1000 => 2,
+            // The echo stream.
+            Scenario::ConsoleEchoVirtio | Scenario::ConsoleEchoUart => 1,
             _ => 0,
         };
         if phases.len() != expected_phases {
