@@ -286,7 +286,11 @@ impl Results {
         for name in tests_of(&self.cmdline) {
             let Some(d) = device_of_test(&name) else { continue };
             let Some(f) = pass_fields(t, &name) else { continue };
-            if f.get_u64("ops").is_none() || name.starts_with("blk-throughput@") {
+            // Throughput and console-echo figures are their phases' (the PERF lines).
+            if f.get_u64("ops").is_none()
+                || name.starts_with("blk-throughput@")
+                || name.starts_with("console-echo@")
+            {
                 continue;
             }
             let Some(i) = tr

@@ -69,6 +69,17 @@ pub enum XenScenario {
     /// `net` against our netback with a tap port on our switch instead of the echo peer: the guest's
     /// pings reach dom0's own kernel through netback, the switch and the tap interface.
     OursNetTap,
+    /// The generic net echo workload (`net-echo@xen-net`: verified echoes, then 64- and 1514-byte
+    /// packet-rate phases) through netfront and Linux netback to dom0's echo peer on the vif.
+    NetEcho,
+    /// The same against our netback, the echo peer on our switch answering.
+    OursNetEcho,
+    /// `blk-throughput@xen-blk` against Linux blkback (short phases): PERF lines with the exit and
+    /// hypercall counts.
+    BlkThroughput,
+    /// The generic console echo workload (`console-echo@xen-console`) over a secondary PV console
+    /// served by our daemon in echo mode.
+    ConsoleEcho,
 }
 
 /// Devices of a domain served by our `pvkit-xen-backend` (started in dom0 while the domain is
@@ -105,6 +116,8 @@ pub struct OurConsole {
     pub input: String,
     /// A line the guest must write into it.
     pub expect: String,
+    /// Echo every byte back (`--console DEVID:LOG:echo`); `input` and `expect` are then unused.
+    pub echo: bool,
 }
 
 /// Where dom0 finds our backend daemon.
@@ -262,6 +275,10 @@ impl XenScenario {
             XenScenario::OursBadInput => "ours-bad-input",
             XenScenario::OursHostileRing => "ours-hostile-ring",
             XenScenario::OursNetTap => "ours-net-tap",
+            XenScenario::NetEcho => "net-echo",
+            XenScenario::OursNetEcho => "ours-net-echo",
+            XenScenario::BlkThroughput => "blk-throughput",
+            XenScenario::ConsoleEcho => "console-echo",
         }
     }
 
@@ -315,6 +332,7 @@ impl XenScenario {
                             log: format!("/tmp/hvc1-{}.log", self.name()),
                             input: hvc1_input(nonce),
                             expect: format!("PVKIT-SELFCHECK hvc1 nonce={nonce}"),
+                            echo: false,
                         }),
                     })
                 } else {
@@ -439,6 +457,45 @@ impl XenScenario {
             XenScenario::OursNet => DomainSpec {
                 ours: ours(false, vec![format!("0:{GUEST_MAC}")]),
                 ..base(self.name(), net_cmdline())
+            },
+            XenScenario::NetEcho => DomainSpec {
+                vifs: vec![format!("mac={GUEST_MAC}, script={VIF_SCRIPT_PATH}")],
+                running: Some(echo_start()),
+                post: Some(echo_stop()),
+                ..base(self.name(), net_echo_cmdline())
+            },
+            XenScenario::OursNetEcho => DomainSpec {
+                ours: ours(false, vec![format!("0:{GUEST_MAC}")]),
+                ..base(self.name(), net_echo_cmdline())
+            },
+            XenScenario::BlkThroughput => DomainSpec {
+                host_disk: Some(HostDisk {
+                    sectors: BLK_SECTORS,
+                    fill_seed: 0x5eed_4e11,
+                }),
+                ..base(
+                    self.name(),
+                    format!("tests={BLK_THROUGHPUT_TEST} {BLK_THROUGHPUT_TEST}.ms={COST_PHASE_MS}"),
+                )
+            },
+            XenScenario::ConsoleEcho => DomainSpec {
+                ours: Some(OurDevices {
+                    console: Some(OurConsole {
+                        devid: 1,
+                        log: format!("/tmp/hvc1-{}.log", self.name()),
+                        input: String::new(),
+                        expect: String::new(),
+                        echo: true,
+                    }),
+                    ..Default::default()
+                }),
+                ..base(
+                    self.name(),
+                    format!(
+                        "tests={CONSOLE_ECHO_TEST} {CONSOLE_ECHO_TEST}.seed=7 \
+                         {CONSOLE_ECHO_TEST}.bytes={CONSOLE_ECHO_BYTES}"
+                    ),
+                )
             },
             XenScenario::OursBadInput => DomainSpec {
                 pre: Some(missing_image_check()),
@@ -571,6 +628,41 @@ impl XenScenario {
                     )),
                 }
             }
+            XenScenario::NetEcho | XenScenario::OursNetEcho => {
+                check_guest(r, &[NET_ECHO_TEST], &mut problems);
+                check_cost_fields(r, NET_ECHO_TEST, &["echo64", "echo1514"], &mut problems);
+                if self == XenScenario::NetEcho {
+                    // dom0's echo peer echoed every frame the guest verified.
+                    let guest = r
+                        .transcript
+                        .verdict(NET_ECHO_TEST)
+                        .and_then(|v| match v {
+                            Record::TestPass { fields, .. } => fields.get_u64("ops"),
+                            _ => None,
+                        })
+                        .unwrap_or(0)
+                        + r.transcript.perfs().filter_map(|p| p.get_u64("ops")).sum::<u64>();
+                    match r.checks.get_u64("echoed") {
+                        Some(n) if n == guest => {}
+                        other => problems.push(format!(
+                            "dom0's echo peer echoed {other:?} frames, the guest verified {guest}"
+                        )),
+                    }
+                }
+            }
+            XenScenario::BlkThroughput => {
+                check_guest(r, &[BLK_THROUGHPUT_TEST], &mut problems);
+                check_cost_fields(
+                    r,
+                    BLK_THROUGHPUT_TEST,
+                    &["randread4k", "randwrite4k", "seqread64k", "seqwrite64k"],
+                    &mut problems,
+                );
+            }
+            XenScenario::ConsoleEcho => {
+                check_guest(r, &[CONSOLE_ECHO_TEST], &mut problems);
+                check_cost_fields(r, CONSOLE_ECHO_TEST, &["stream"], &mut problems);
+            }
             XenScenario::BlkNoBackend => {
                 // The message must name the backend that never connected and its state.
                 check_refused(r, &[STUB_BACKEND, "state 2"], &mut problems);
@@ -663,6 +755,60 @@ impl XenScenario {
             }
         }
         problems
+    }
+}
+
+/// The cost scenarios' tests and parameters.
+const NET_ECHO_TEST: &str = "net-echo@xen-net";
+const BLK_THROUGHPUT_TEST: &str = "blk-throughput@xen-blk";
+const CONSOLE_ECHO_TEST: &str = "console-echo@xen-console";
+const COST_PHASE_MS: u64 = 100;
+const CONSOLE_ECHO_BYTES: u64 = 8192;
+
+fn net_echo_cmdline() -> String {
+    format!(
+        "tests={NET_ECHO_TEST} {NET_ECHO_TEST}.seed=7 {NET_ECHO_TEST}.frames=200 \
+         {NET_ECHO_TEST}.ms={COST_PHASE_MS}"
+    )
+}
+
+/// The cost fields every PERF line of `test` and its PASS line must carry under Xen PV: the
+/// patterns expected, exits with hypercalls by name (an event channel send at least), latency.
+fn check_cost_fields(r: &ScenarioReport, test: &str, patterns: &[&str], problems: &mut Vec<String>) {
+    let perfs: Vec<_> = r.transcript.perfs().collect();
+    for want in patterns {
+        if !perfs.iter().any(|p| p.get("pattern") == Some(want)) {
+            problems.push(format!("{test}: no PERF line with pattern={want}"));
+        }
+    }
+    let pass = match r.transcript.verdict(test) {
+        Some(Record::TestPass { fields, .. }) => Some(fields),
+        _ => None,
+    };
+    for f in perfs.into_iter().chain(pass) {
+        let what = format!("{test} {}", f.get("pattern").unwrap_or("PASS"));
+        let n = |k: &str| f.get_u64(k);
+        match (
+            n("exits"),
+            n("hypercalls"),
+            n("exits_pio"),
+            n("exits_mmio"),
+            n("exits_hlt"),
+        ) {
+            (Some(e), Some(h), Some(0), Some(0), Some(0)) if h > 0 && e == h => {}
+            other => problems.push(format!(
+                "{what}: exits/hypercalls/pio/mmio/hlt = {other:?}, expected only hypercalls (> 0) on Xen PV"
+            )),
+        }
+        if !f.get("hc").is_some_and(|hc| hc.contains("event_channel_op:")) {
+            problems.push(format!("{what}: hc={:?} names no event_channel_op", f.get("hc")));
+        }
+        if f.get("pattern").is_some() && n("lat_p50_ns").is_none_or(|l| l == 0) {
+            problems.push(format!(
+                "{what}: no latency (lat_p50_ns={:?})",
+                f.get("lat_p50_ns")
+            ));
+        }
     }
 }
 
@@ -759,15 +905,21 @@ fn backend_args(ours: &OurDevices, slot: Option<&DiskSlot>, bad_input: bool) -> 
     }
     if let Some(c) = &ours.console {
         // The input is a nonce-derived word: no shell quoting needed beyond the quotes.
-        let _ = write!(
-            a,
-            " --console {}:{} --console-input '{}'",
-            c.devid, c.log, c.input
-        );
+        let _ = write!(a, " --console {}:{}", c.devid, c.log);
+        if c.echo {
+            a.push_str(":echo");
+        } else {
+            let _ = write!(a, " --console-input '{}'", c.input);
+        }
     }
-    let _ = write!(a, " --echo-ip {DOM0_IP}");
+    // The echo peer at the workloads' peer address (`pvkit_frontends::workload::net::PEER_MAC`),
+    // so `net-echo@xen-net` frames reach it; ARP finds it at DOM0_IP either way.
+    let _ = write!(a, " --echo-ip {DOM0_IP} --echo-mac {WORKLOAD_PEER_MAC}");
     a
 }
+
+/// Where the guest's net echo workload sends its frames.
+const WORKLOAD_PEER_MAC: &str = "02:00:00:00:00:01";
 
 /// dom0 shell (`running`, the domain still paused): starts our daemon for the domain, waits for its
 /// ready line, runs `after_ready`.
@@ -810,8 +962,9 @@ pub fn backend_post(spec: &DomainSpec) -> Option<String> {
          fi\n\
          sed \"s/^/PVKIT-XEN SCENARIO $name NOTE backend: /\" $blog\n",
     );
-    if let Some(c) = &ours.console {
-        // The guest's tty turns each newline into CR LF.
+    if let Some(c) = ours.console.as_ref().filter(|c| !c.echo) {
+        // The guest's tty turns each newline into CR LF. (An echo console's log is the workload's
+        // random bytes: not shown.)
         let _ = writeln!(
             post,
             "tr -d '\\r' <{log} | sed \"s/^/PVKIT-XEN SCENARIO $name NOTE hvc{devid}: /\"",
@@ -947,7 +1100,23 @@ fn check_backend(ours: &OurDevices, r: &ScenarioReport, problems: &mut Vec<Strin
         }
     }
     if let Some(c) = &ours.console {
-        check_console(c, r, summary(&format!("console {}", c.devid)), problems);
+        let s = summary(&format!("console {}", c.devid));
+        if c.echo {
+            // Every byte the guest wrote went back.
+            match s {
+                Some(n)
+                    if count_in(n, "echoed").is_some_and(|e| e > 0)
+                        && count_in(n, "echoed") == count_in(n, "bytes_out")
+                        && count_in(n, "sink_errors") == Some(0) => {}
+                other => problems.push(format!(
+                    "our console backend's summary of console {} should show echoed = bytes_out > 0 \
+                     without sink errors: {other:?}",
+                    c.devid
+                )),
+            }
+        } else {
+            check_console(c, r, s, problems);
+        }
     }
 }
 
