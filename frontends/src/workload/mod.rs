@@ -47,8 +47,9 @@ pub struct Perf {
 /// Hooks the kernel gives a workload.
 ///
 /// A phase is exactly what lies between `phase(n)` and the following `phase(0)`: the workload
-/// calls `phase(n)` right before its first operation (after allocating what the phase needs) and
-/// `phase(0)` right after its last, then `perf` with the phase's figures. So an observer can
+/// calls `phase(n)` right before the phase's work (its latency histogram is allocated before; nothing
+/// is allocated per operation) and `phase(0)` right after its last operation, then `perf` with the
+/// phase's figures. So an observer can
 /// measure the phase itself (the kernel snapshots its exit counters after writing the start marker
 /// and before writing the end marker, keeping both marker writes outside).
 pub trait Observer {
