@@ -32,6 +32,12 @@ pub trait Waiter {
     /// Microseconds since some fixed point; monotonic.
     fn now_us(&self) -> u64;
 
+    /// Nanoseconds since the same point, for latencies; monotonic. The default scales
+    /// [`now_us`](Self::now_us); a platform with a finer clock (the TSC) gives it directly.
+    fn now_ns(&self) -> u64 {
+        self.now_us().saturating_mul(1000)
+    }
+
     /// How [`idle`](Self::idle) waits.
     fn mode(&self) -> WaitMode;
 

@@ -35,3 +35,8 @@ pub fn boot_instant() -> Instant {
 pub fn ticks_to_us(ticks: u64, hz: u64) -> u64 {
     (u128::from(ticks) * 1_000_000 / u128::from(hz.max(1))) as u64
 }
+
+/// Converts ticks to nanoseconds at `hz`.
+pub fn ticks_to_ns(ticks: u64, hz: u64) -> u64 {
+    (u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1))) as u64
+}

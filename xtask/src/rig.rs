@@ -207,7 +207,7 @@ impl Results {
                     let rate: u64 = t
                         .perfs()
                         .filter(|p| {
-                            p.get("pattern") == Some("echo64")
+                            p.get("pattern").is_some_and(|p| p.starts_with("echo"))
                                 && p.get("dev").map(str::to_owned).or(dev_name.clone()).as_deref()
                                     == Some(&d.name())
                         })
@@ -286,7 +286,11 @@ impl Results {
         for name in tests_of(&self.cmdline) {
             let Some(d) = device_of_test(&name) else { continue };
             let Some(f) = pass_fields(t, &name) else { continue };
-            if f.get_u64("ops").is_none() || name.starts_with("blk-throughput@") {
+            // Throughput and console-echo figures are their phases' (the PERF lines).
+            if f.get_u64("ops").is_none()
+                || name.starts_with("blk-throughput@")
+                || name.starts_with("console-echo@")
+            {
                 continue;
             }
             let Some(i) = tr

@@ -185,11 +185,22 @@ fn parse_line(line: &str) -> Option<Parsed> {
             let value = num(field(rest, "value")?)?;
             let (_, quoted) = rest.split_once(" name '")?;
             let region = quoted.strip_suffix('\'')?;
+            // A device that raises its interrupt inside the vCPU's own register access (AHCI
+            // completing synchronously, a UART, e1000) has the IOAPIC's delivery traced as a write
+            // to `apic-msi` at the message address (0xfee00000 + destination) with that vCPU's
+            // number. The guest's own local APIC accesses are at register offsets (EOI at 0xb0, never
+            // 0): such a write is an interrupt delivery, not a guest access.
+            let write = name.ends_with("write");
+            let cpu = if write && region == "apic-msi" && addr & 0xfff == 0 {
+                -1
+            } else {
+                cpu
+            };
             Some(Parsed {
                 event: Event::Access {
                     cpu,
                     region: region_key(region, addr),
-                    write: name.ends_with("write"),
+                    write,
                 },
                 addr,
                 value,
@@ -338,6 +349,10 @@ mod tests {
         lines.push("virtio_queue_notify vdev 0x1 n 0 vq 0x2".into());
         lines.push("virtio_notify vdev 0x1 vq 0x2".into());
         lines.push(access(true, -1, 0xfee00000, 0, "apic-msi"));
+        // The IOAPIC's delivery traced with the vCPU's number (a synchronous interrupt inside the
+        // guest's access), and the guest's own EOI.
+        lines.push(access(true, 0, 0xfee00000, 0x31, "apic-msi"));
+        lines.push(access(true, 0, 0xfee000b0, 0, "apic-msi"));
         lines.push(
             "12@1700000000.5:apic_deliver_irq dest 0 dest_mode 0 delivery_mode 0 vector 49 trigger_mode 1"
                 .into(),
@@ -358,7 +373,11 @@ mod tests {
             p1.guest["virtio-pci-isr-virtio-blk"],
             Access { reads: 1, writes: 0 }
         );
-        assert_eq!(p1.other["apic-msi"].writes, 1);
+        assert_eq!(
+            p1.other["apic-msi"].writes, 2,
+            "deliveries, whoever's number they carry"
+        );
+        assert_eq!(p1.guest["apic-msi"].writes, 1, "the guest's EOI");
         assert_eq!((p1.queue_notifies, p1.device_notifies), (1, 1));
         assert_eq!(p1.irqs_delivered(), 1);
         assert_eq!(p1.irqs[&49], 1);

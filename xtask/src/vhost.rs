@@ -30,8 +30,8 @@ use crate::{process, workspace};
 const LINUX_MIB: u32 = 256;
 /// Sectors of the images (32 MiB).
 const IMAGE_SECTORS: u64 = 65536;
-/// The echo peer's addresses (the daemon's defaults, spelled out on its command line).
-const PEER_MAC: &str = "02:00:00:00:00:01";
+/// The echo peer's address (the daemon's default, spelled out on its command line; its MAC is the
+/// workloads' `PEER_MAC`).
 const PEER_IP: &str = "10.0.2.1";
 const LINUX_IP: &str = "10.0.2.15";
 /// vCPUs of the Linux guest and request queues of its disk (multi-queue).
@@ -528,11 +528,12 @@ fn blk_reconnect(row: &Row, ctx: &Ctx, bins: &Bins, work: &Path, log: &Path) -> 
 /// verified went through the peer.
 fn net_echo(row: &Row, ctx: &Ctx, bins: &Bins, log: &Path, costs: &mut Vec<Measure>) -> Result<Vec<String>> {
     let socket = socket_dir()?.join("net-echo.sock");
+    let peer_mac = crate::peer::net_echo::mac_text(&pvkit_frontends::workload::net::PEER_MAC);
     let mut daemon = Daemon::start(
         &bins.net,
         &daemon_args(
             &socket,
-            &["--echo-peer", "--peer-mac", PEER_MAC, "--connections", "1"],
+            &["--echo-peer", "--peer-mac", &peer_mac, "--connections", "1"],
         ),
         &socket,
         log,

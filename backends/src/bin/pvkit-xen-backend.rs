@@ -14,7 +14,8 @@
 //! an `ERROR ... refused:` log line; the other devices go on. Vifs are ports of one L2 switch that
 //! also holds an echo peer (answers ARP, ping, UDP echo and pvkit's echo frames) at `--echo-ip`.
 //! A console (`--console 1:/tmp/hvc1.log`, `hvc1` in a Linux guest) appends the guest's output to
-//! the log file and, with `--console-input TEXT`, sends TEXT and a newline to the guest once.
+//! the log file and, with `--console-input TEXT`, sends TEXT and a newline to the guest once; with
+//! `--console 1:/tmp/hvc1.log:echo` it also writes every byte back to the guest.
 //! The daemon exits with status 0 once the domain is gone (all directories removed), or on
 //! SIGINT/SIGTERM after removing the directories.
 
@@ -50,8 +51,9 @@ struct Cli {
     /// A network interface: `DEVID:MAC`.
     #[arg(long, value_parser = parse_vif)]
     vif: Vec<Vif>,
-    /// A secondary console: `DEVID:LOGPATH` (DEVID 1 to 9; 0 is xenconsoled's). The guest's output
-    /// is appended to LOGPATH.
+    /// A secondary console: `DEVID:LOGPATH[:echo]` (DEVID 1 to 9; 0 is xenconsoled's). The guest's
+    /// output is appended to LOGPATH; with `:echo` it is also written back to the guest (the peer of
+    /// the console echo workload).
     #[arg(long, value_parser = parse_console)]
     console: Vec<Console>,
     /// A line sent to the guest (followed by a newline) on every `--console` once it connects.
@@ -95,10 +97,15 @@ struct Vif {
 struct Console {
     devid: u32,
     log: PathBuf,
+    echo: bool,
 }
 
 fn parse_console(s: &str) -> Result<Console, String> {
-    let (devid, log) = s.split_once(':').ok_or("expected DEVID:LOGPATH")?;
+    let (devid, log) = s.split_once(':').ok_or("expected DEVID:LOGPATH[:echo]")?;
+    let (log, echo) = match log.strip_suffix(":echo") {
+        Some(l) => (l, true),
+        None => (log, false),
+    };
     let devid: u32 = devid
         .parse()
         .map_err(|_| format!("console id {devid:?} is not a number"))?;
@@ -114,6 +121,7 @@ fn parse_console(s: &str) -> Result<Console, String> {
     Ok(Console {
         devid,
         log: log.into(),
+        echo,
     })
 }
 
@@ -218,7 +226,7 @@ fn run() -> Result<()> {
     }
     for c in &cli.console {
         let sink = ConsoleSink::file(&c.log).with_context(|| format!("console {}", c.devid))?;
-        tracing::info!(devid = c.devid, log = %c.log.display(), "console");
+        tracing::info!(devid = c.devid, log = %c.log.display(), echo = c.echo, "console");
         let input = cli.console_input.as_ref().map(|t| format!("{t}\n").into_bytes());
         devices.push((
             DeviceId {
@@ -226,7 +234,7 @@ fn run() -> Result<()> {
                 kind: "console",
                 devid: c.devid,
             },
-            Box::new(ConsoleBackend::new(gnt.clone(), sink, input)),
+            Box::new(ConsoleBackend::new(gnt.clone(), sink, input, c.echo)),
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -317,7 +325,16 @@ mod tests {
         assert_eq!(n.mac, [0, 0x16, 0x3e, 0, 0, 0x10]);
         assert!(parse_vif("0:00:16:3e").is_err());
         let c = parse_console("1:/tmp/hvc1.log").unwrap();
-        assert_eq!((c.devid, c.log), (1, PathBuf::from("/tmp/hvc1.log")));
+        assert_eq!(
+            (c.devid, c.log, c.echo),
+            (1, PathBuf::from("/tmp/hvc1.log"), false)
+        );
+        let c = parse_console("2:/tmp/hvc2.log:echo").unwrap();
+        assert_eq!(
+            (c.devid, c.log, c.echo),
+            (2, PathBuf::from("/tmp/hvc2.log"), true)
+        );
+        assert!(parse_console("1::echo").is_err(), "echo still needs a log path");
         assert!(parse_console("0:/tmp/x.log").unwrap_err().contains("start_info"));
         assert!(parse_console("10:/tmp/x.log").is_err());
         assert!(parse_console("1:").is_err());

@@ -14,6 +14,11 @@
 //! frees space). After moving bytes either way it notifies the frontend. Indices that claim more bytes
 //! than a ring holds halt this device (the byte ring's check); a sink that fails only loses output,
 //! counted in the summary.
+//!
+//! In echo mode the backend also writes every byte it reads back to the guest (after the input
+//! text, if any), as a peer for the guest's console echo workload. The bytes waiting to go back are
+//! bounded ([`ECHO_BACKLOG`]): once that many wait, the backend reads no more of the guest's output
+//! until the guest takes some, so a guest that writes without reading only fills its own ring.
 
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,9 @@ use super::gntdev::GntDev;
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::console::ConsoleSink;
 
+/// Most echoed bytes waiting for room in the guest's `in` ring (echo mode).
+pub const ECHO_BACKLOG: usize = 64 * 1024;
+
 /// A secondary console of one domain.
 #[derive(Debug)]
 pub struct ConsoleBackend {
@@ -33,16 +41,19 @@ pub struct ConsoleBackend {
     sink: Arc<Mutex<ConsoleSink>>,
     /// Input not yet handed to a connection (taken by the first one).
     input: Mutex<Option<Vec<u8>>>,
+    /// Write every byte read back to the guest.
+    echo: bool,
 }
 
 impl ConsoleBackend {
     /// A console whose output goes to `sink` and whose guest is sent `input` (if any) once it
-    /// connects.
-    pub fn new(gnt: Arc<GntDev>, sink: ConsoleSink, input: Option<Vec<u8>>) -> Self {
+    /// connects; with `echo`, also everything the guest writes.
+    pub fn new(gnt: Arc<GntDev>, sink: ConsoleSink, input: Option<Vec<u8>>, echo: bool) -> Self {
         ConsoleBackend {
             gnt,
             sink: Arc::new(Mutex::new(sink)),
             input: Mutex::new(input.filter(|i| !i.is_empty())),
+            echo,
         }
     }
 }
@@ -94,10 +105,11 @@ impl Backend for ConsoleBackend {
             port,
             local_port = channel.local_port(),
             input_bytes = input.len(),
+            echo = self.echo,
             "console page mapped"
         );
         Ok(Connected::new(
-            Pump::new(ring, self.sink.clone(), input),
+            Pump::new(ring, self.sink.clone(), input, self.echo),
             vec![map],
             channel,
         ))
@@ -118,15 +130,17 @@ struct Counts {
     batches: u64,
     sink_errors: u64,
     lost_out: u64,
+    echoed: u64,
 }
 
 /// The byte moving, apart from the event channel (so tests can drive it over a local page).
 struct Pump {
     ring: Duplex,
     sink: Arc<Mutex<ConsoleSink>>,
-    /// Input still to send, from `input_at`.
+    /// Input still to send, from `input_at` (in echo mode the echoed bytes are appended).
     input: Vec<u8>,
     input_at: usize,
+    echo: bool,
     buf: Box<[u8; XENCONS_OUT_SIZE]>,
     counts: Counts,
     /// Notifications sent to the frontend.
@@ -134,12 +148,13 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(ring: Duplex, sink: Arc<Mutex<ConsoleSink>>, input: Vec<u8>) -> Self {
+    fn new(ring: Duplex, sink: Arc<Mutex<ConsoleSink>>, input: Vec<u8>, echo: bool) -> Self {
         Pump {
             ring,
             sink,
             input,
             input_at: 0,
+            echo,
             buf: Box::new([0; XENCONS_OUT_SIZE]),
             counts: Counts::default(),
             notifies: 0,
@@ -150,7 +165,21 @@ impl Pump {
     /// as fits into the guest's ring. An error means the frontend's indices are impossible.
     fn step(&mut self) -> Result<Moved, String> {
         let halted = |e| format!("console ring halted: {e}");
-        let out = self.ring.rx.read(&mut self.buf[..]).map_err(halted)?.bytes;
+        // In echo mode take only what the backlog can hold; the rest waits in the guest's ring.
+        let room = if self.echo {
+            ECHO_BACKLOG
+                .saturating_sub(self.input.len() - self.input_at)
+                .min(self.buf.len())
+        } else {
+            self.buf.len()
+        };
+        let out = self.ring.rx.read(&mut self.buf[..room]).map_err(halted)?.bytes;
+        if out > 0 && self.echo {
+            self.input.drain(..self.input_at);
+            self.input_at = 0;
+            self.input.extend_from_slice(&self.buf[..out]);
+            self.counts.echoed += out as u64;
+        }
         if out > 0 {
             self.counts.bytes_out += out as u64;
             self.counts.batches += 1;
@@ -200,7 +229,7 @@ impl Engine for Pump {
         let c = &self.counts;
         format!(
             "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} events={} \
-             notifies={}",
+             notifies={} echoed={}",
             c.bytes_out,
             c.bytes_in,
             self.input.len() - self.input_at,
@@ -208,7 +237,8 @@ impl Engine for Pump {
             c.sink_errors,
             c.lost_out,
             events,
-            self.notifies
+            self.notifies,
+            c.echoed
         )
     }
 }
@@ -230,6 +260,10 @@ mod tests {
     }
 
     fn page(input: &[u8]) -> Page {
+        page_with(input, false)
+    }
+
+    fn page_with(input: &[u8], echo: bool) -> Page {
         // Leaked: the page must outlive both ends, whatever order a test drops things in.
         let intf = NonNull::from(Box::leak(Box::new(XenconsInterface::new_zeroed())));
         // SAFETY: the page lives for the rest of the process and is accessed only through these two
@@ -243,7 +277,7 @@ mod tests {
         Page {
             intf,
             guest,
-            pump: Pump::new(back, sink, input.to_vec()),
+            pump: Pump::new(back, sink, input.to_vec(), echo),
             log,
             _dir: dir,
         }
@@ -285,6 +319,58 @@ mod tests {
         assert_eq!(got, input);
         assert_eq!(p.pump.counts.bytes_in, 3000);
         assert_eq!(p.pump.input_at, p.pump.input.len());
+    }
+
+    #[test]
+    fn echo_mode_sends_every_byte_back_after_the_input_and_logs_it() {
+        let mut p = page_with(b"hi\n", true);
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let (mut sent, mut got) = (0, Vec::new());
+        let mut buf = [0u8; 900];
+        while got.len() < 3 + data.len() {
+            sent += p.guest.tx.write(&data[sent..]).unwrap().bytes;
+            p.pump.step().unwrap();
+            let n = p.guest.rx.read(&mut buf).unwrap().bytes;
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[..3], b"hi\n", "the input text first");
+        assert_eq!(&got[3..], &data[..], "then every byte the guest wrote, in order");
+        assert_eq!(p.pump.counts.echoed, data.len() as u64);
+        assert_eq!(p.pump.counts.bytes_in, 3 + data.len() as u64);
+        assert_eq!(
+            std::fs::read(&p.log).unwrap(),
+            data,
+            "echoed output is logged too"
+        );
+        assert!(p.pump.summary(0).ends_with(&format!("echoed={}", data.len())));
+    }
+
+    #[test]
+    fn echo_backlog_is_bounded_when_the_guest_does_not_read() {
+        let mut p = page_with(b"", true);
+        let chunk = [0x5au8; 1500];
+        // The guest writes and never reads: the backend holds at most ECHO_BACKLOG bytes, then
+        // leaves the rest in the guest's ring, which fills up.
+        let mut written = 0;
+        for _ in 0..200 {
+            written += p.guest.tx.write(&chunk).unwrap().bytes;
+            p.pump.step().unwrap();
+            assert!(p.pump.input.len() - p.pump.input_at <= ECHO_BACKLOG);
+        }
+        assert_eq!(p.pump.counts.echoed as usize, ECHO_BACKLOG + XENCONS_IN_SIZE);
+        assert_eq!(
+            written,
+            ECHO_BACKLOG + XENCONS_IN_SIZE + XENCONS_OUT_SIZE,
+            "backlog, the guest's in ring and its full out ring"
+        );
+        assert_eq!(p.guest.tx.free_space().unwrap(), 0);
+        // Once the guest reads, the echo resumes (the first step refills the in ring from the
+        // backlog, the next takes more output; `process` runs steps until nothing moves).
+        let mut buf = [0u8; 1024];
+        assert_eq!(p.guest.rx.read(&mut buf).unwrap().bytes, 1024);
+        p.pump.step().unwrap();
+        p.pump.step().unwrap();
+        assert!(p.pump.counts.echoed as usize > ECHO_BACKLOG + XENCONS_IN_SIZE);
     }
 
     #[test]

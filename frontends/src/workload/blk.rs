@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Observer, Perf, Report, Rng, crc32, mix};
+use super::{Histogram, Observer, Perf, Report, Rng, crc32, mix};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, Rejected};
 use crate::dma::DmaBuf;
 use crate::wait::{Waiter, wait_for};
@@ -31,7 +31,9 @@ struct Moved {
 }
 
 /// Runs jobs from `next` keeping up to `qd` in flight, with buffers of `buf_bytes` from a pool.
-/// `prepare` fills a write's buffer; `check` looks at each completed request.
+/// `prepare` fills a write's buffer; `check` looks at each completed request; `latency` gets each
+/// request's time from submission to the completion this loop saw.
+#[allow(clippy::too_many_arguments, reason = "one private helper of the workloads")]
 fn pipeline(
     dev: &mut dyn BlockDevice,
     waiter: &dyn Waiter,
@@ -40,26 +42,30 @@ fn pipeline(
     next: &mut dyn FnMut() -> Option<Job>,
     prepare: &mut dyn FnMut(&Job, &mut [u8]),
     check: &mut dyn FnMut(&Job, &[u8]) -> Result<()>,
+    latency: &mut Histogram,
 ) -> Result<Moved> {
     let ss = dev.info().sector_size;
     let mut pool = (0..qd)
         .map(|_| DmaBuf::new(buf_bytes))
         .collect::<Result<Vec<_>>>()?;
-    let mut slots: Vec<Option<Job>> = alloc::vec![None; qd];
+    // Per tag: the job and when it was submitted (ns).
+    let mut slots: Vec<Option<(Job, u64)>> = alloc::vec![None; qd];
     let mut in_flight = 0usize;
     let mut pending: Option<Job> = None;
     let mut exhausted = false;
     let mut moved = Moved::default();
     let mut finish =
-        |c: BlockCompletion, slots: &mut Vec<Option<Job>>, pool: &mut Vec<DmaBuf>| -> Result<()> {
-            let job = slots
-                .get_mut(c.tag as usize)
-                .and_then(Option::take)
-                .ok_or(Error::Protocol {
-                    device: "workload",
-                    what: "completion with unknown tag",
-                    value: c.tag,
-                })?;
+        |c: BlockCompletion, slots: &mut Vec<Option<(Job, u64)>>, pool: &mut Vec<DmaBuf>| -> Result<()> {
+            let (job, submitted) =
+                slots
+                    .get_mut(c.tag as usize)
+                    .and_then(Option::take)
+                    .ok_or(Error::Protocol {
+                        device: "workload",
+                        what: "completion with unknown tag",
+                        value: c.tag,
+                    })?;
+            latency.record(waiter.now_ns().saturating_sub(submitted));
             c.result?;
             check(&job, c.buf.as_slice())?;
             moved.ops += 1;
@@ -100,6 +106,7 @@ fn pipeline(
                     .iter()
                     .position(Option::is_none)
                     .expect("free slot when in_flight < qd");
+                let submitted = waiter.now_ns();
                 match dev.submit(BlockRequest {
                     tag: tag as u64,
                     op: job.op,
@@ -107,7 +114,7 @@ fn pipeline(
                     buf,
                 }) {
                     Ok(()) => {
-                        slots[tag] = Some(job);
+                        slots[tag] = Some((job, submitted));
                         in_flight += 1;
                     }
                     Err(Rejected {
@@ -239,6 +246,7 @@ pub fn integrity(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, p: &IntegrityPa
     }
     let writes = integrity_extents(info.capacity_sectors, p)?;
     let key = mix(p.seed ^ mix(p.nonce));
+    let mut latency = Histogram::new();
     let before = dev.counters();
     let t0 = waiter.now_us();
 
@@ -256,6 +264,7 @@ pub fn integrity(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, p: &IntegrityPa
         &mut || it.next(),
         &mut prepare,
         &mut |_, _| Ok(()),
+        &mut latency,
     )?;
 
     if info.flush {
@@ -272,6 +281,7 @@ pub fn integrity(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, p: &IntegrityPa
             &mut || once.take(),
             &mut |_, _| {},
             &mut |_, _| Ok(()),
+            &mut latency,
         )?;
         w.ops += f.ops;
     }
@@ -305,12 +315,14 @@ pub fn integrity(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, p: &IntegrityPa
         &mut || reads.next(),
         &mut |_, _| {},
         &mut check,
+        &mut latency,
     )?;
     Ok(Report {
         ops: w.ops + r.ops,
         bytes: w.bytes + r.bytes,
         guest_us: waiter.now_us().saturating_sub(t0),
         counters: dev.counters().since(&before),
+        latency: latency.summary(),
     })
 }
 
@@ -385,6 +397,7 @@ pub fn throughput(
         }
         let slots = info.capacity_sectors / u64::from(sectors);
         let mut seq = 0u64;
+        let mut latency = Histogram::new();
         let before = dev.counters();
         obs.phase(n as u8 + 1);
         let t0 = waiter.now_us();
@@ -404,9 +417,16 @@ pub fn throughput(
                 }
             })
         };
-        let m = pipeline(dev, waiter, qd, bytes, &mut next, &mut |_, _| {}, &mut |_, _| {
-            Ok(())
-        })?;
+        let m = pipeline(
+            dev,
+            waiter,
+            qd,
+            bytes,
+            &mut next,
+            &mut |_, _| {},
+            &mut |_, _| Ok(()),
+            &mut latency,
+        )?;
         let guest_us = waiter.now_us().saturating_sub(t0);
         obs.phase(0);
         let perf = Perf {
@@ -417,6 +437,7 @@ pub fn throughput(
                 bytes: m.bytes,
                 guest_us,
                 counters: dev.counters().since(&before),
+                latency: latency.summary(),
             },
         };
         obs.perf(&perf);
@@ -610,7 +631,40 @@ mod tests {
             let per_op = if p.pattern.contains("64k") { 65536 } else { 4096 };
             assert_eq!(p.report.bytes, p.report.ops * per_op);
             assert_eq!(p.report.counters.notifications, p.report.ops);
+            let l = p.report.latency;
+            assert_eq!(l.count, p.report.ops, "every request timed: {p:?}");
+            assert!(
+                l.p50_ns > 0 && l.p50_ns <= l.p99_ns && l.p99_ns <= l.max_ns,
+                "{l:?}"
+            );
         }
+    }
+
+    /// A device that takes more polls per request shows a higher latency; integrity runs time
+    /// every request (writes, the flush, reads).
+    #[test]
+    fn latency_follows_the_device() {
+        let clock = StepClock::new(1);
+        let p = IntegrityParams {
+            seed: 2,
+            nonce: 3,
+            qd: 1,
+            random_extents: 8,
+        };
+        let mut fast = disk();
+        fast.latency_polls = 1;
+        let quick = integrity(&mut fast, &clock, &p).unwrap();
+        let mut slow = disk();
+        slow.latency_polls = 40;
+        let slow = integrity(&mut slow, &clock, &p).unwrap();
+        assert_eq!(quick.latency.count, quick.ops);
+        assert_eq!(slow.latency.count, slow.ops);
+        assert!(
+            slow.latency.p50_ns >= quick.latency.p50_ns + 20_000,
+            "quick {:?} slow {:?}",
+            quick.latency,
+            slow.latency
+        );
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! In-guest workloads, generic over the device traits, run by the kernel's tests.
 //!
-//! Each returns what it measured: operations, bytes, elapsed guest time and the driver's own
-//! [`Counters`] over the run. Long runs are split into phases; around each phase the workload calls
-//! [`Observer::phase`] (the kernel turns that into a marker the host can see in its trace) and
-//! reports the phase's [`Perf`] through [`Observer::perf`].
+//! Each returns what it measured: operations, bytes, elapsed guest time, the driver's own
+//! [`Counters`] and the per-operation [`Latency`] (by the waiter's clock, [`Waiter::now_ns`]) over
+//! the run. Long runs are split into phases; around each phase the workload calls
+//! [`Observer::phase`] (the kernel turns that into a marker the host can see in its trace, and
+//! snapshots its own kernel-wide counts there) and reports the phase's [`Perf`] through
+//! [`Observer::perf`].
+//!
+//! [`Waiter::now_ns`]: crate::wait::Waiter::now_ns
 
 pub mod blk;
 pub mod console;
+pub mod latency;
 pub mod net;
 
 use crate::counters::Counters;
+pub use latency::{Histogram, Latency};
 
 /// What a workload did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +28,9 @@ pub struct Report {
     pub guest_us: u64,
     /// The driver's counts over the run.
     pub counters: Counters,
+    /// Per-operation latency (a block request from submission to the completion the workload saw;
+    /// a frame from sending to its echo; a console chunk from writing to its last byte's echo).
+    pub latency: Latency,
 }
 
 /// One measured phase of a throughput run.
@@ -36,10 +45,17 @@ pub struct Perf {
 }
 
 /// Hooks the kernel gives a workload.
+///
+/// A phase is exactly what lies between `phase(n)` and the following `phase(0)`: the workload
+/// calls `phase(n)` right before the phase's work (its latency histogram is allocated before; nothing
+/// is allocated per operation) and `phase(0)` right after its last operation, then `perf` with the
+/// phase's figures. So an observer can
+/// measure the phase itself (the kernel snapshots its exit counters after writing the start marker
+/// and before writing the end marker, keeping both marker writes outside).
 pub trait Observer {
-    /// Phase `n` (1, 2, ...) starts; 0: the last phase ended.
+    /// Phase `n` (1, 2, ...) starts; 0: the phase ended.
     fn phase(&mut self, n: u8);
-    /// A phase's figures, right after it ended.
+    /// A phase's figures, right after it ended (after `phase(0)`).
     fn perf(&mut self, perf: &Perf);
 }
 

@@ -8,7 +8,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Observer, Perf, Report, Rng, crc32};
+use super::{Histogram, Observer, Perf, Report, Rng, crc32};
 use crate::net::{ETH_HEADER_LEN, NetDevice};
 use crate::wait::{Waiter, wait_for};
 use crate::{Error, Result};
@@ -101,7 +101,9 @@ fn mac_u64(m: &[u8]) -> u64 {
 }
 
 /// Runs frames `0..count` with at most `window` unanswered; `len_of(seq)` gives each frame's data
-/// length. Returns (frames echoed, payload bytes both ways).
+/// length; `latency` gets each frame's time from sending to its echo. Returns (frames echoed,
+/// frame bytes both ways).
+#[allow(clippy::too_many_arguments, reason = "one private helper of the workloads")]
 fn run(
     dev: &mut dyn NetDevice,
     waiter: &dyn Waiter,
@@ -110,12 +112,13 @@ fn run(
     seed: u64,
     len_of: &dyn Fn(u32) -> usize,
     deadline_us: Option<u64>,
+    latency: &mut Histogram,
 ) -> Result<(u64, u64)> {
     let mac = dev.mac();
-    let mut frame = Vec::new();
+    let mut frame = Vec::with_capacity(ETH_HEADER_LEN + dev.mtu());
     let mut rx = alloc::vec![0u8; ETH_HEADER_LEN + dev.mtu() + 4];
-    // Sent and not yet echoed (at most `window`).
-    let mut outstanding: Vec<u32> = Vec::new();
+    // Sent and not yet echoed (at most `window`): sequence number and when it was sent (ns).
+    let mut outstanding: Vec<(u32, u64)> = Vec::with_capacity(window as usize);
     let (mut next, mut echoed, mut bytes) = (0u32, 0u32, 0u64);
     loop {
         let stop = deadline_us.is_some_and(|d| waiter.now_us() >= d);
@@ -127,10 +130,11 @@ fn run(
             let mut moved = false;
             while next < limit && next - echoed < window {
                 build_frame(mac, next, len_of(next), seed, &mut frame);
+                let sent = waiter.now_ns();
                 match dev.transmit(&frame) {
                     Ok(()) => {
                         bytes += frame.len() as u64;
-                        outstanding.push(next);
+                        outstanding.push((next, sent));
                         next += 1;
                         moved = true;
                     }
@@ -142,7 +146,7 @@ fn run(
                 let Some(seq) = check_echo(mac, &rx[..n], seed)? else {
                     continue;
                 };
-                let Some(at) = outstanding.iter().position(|&o| o == seq) else {
+                let Some(at) = outstanding.iter().position(|&(o, _)| o == seq) else {
                     return Err(Error::Mismatch {
                         what: "echo sequence number (unsent or repeated)",
                         index: seq.into(),
@@ -150,7 +154,8 @@ fn run(
                         found: seq.into(),
                     });
                 };
-                outstanding.swap_remove(at);
+                let (_, sent) = outstanding.swap_remove(at);
+                latency.record(waiter.now_ns().saturating_sub(sent));
                 echoed += 1;
                 bytes += n as u64;
                 moved = true;
@@ -160,8 +165,8 @@ fn run(
     }
 }
 
-/// Sends `count` frames of data lengths cycling through 0..=max (one at a time in flight... up to
-/// `window`) and verifies every echo.
+/// Sends `count` frames of data lengths cycling through 0, the largest, and random ones (up to
+/// `window` in flight) and verifies every echo.
 pub fn echo(
     dev: &mut dyn NetDevice,
     waiter: &dyn Waiter,
@@ -173,6 +178,7 @@ pub fn echo(
         return Err(Error::LinkDown { device: dev.name() });
     }
     let max = dev.mtu() - OVERHEAD;
+    let mut latency = Histogram::new();
     let before = dev.counters();
     let t0 = waiter.now_us();
     let lengths = move |seq: u32| match seq % 4 {
@@ -180,16 +186,33 @@ pub fn echo(
         1 => max,
         _ => (crate::workload::mix(u64::from(seq)) % (max as u64 + 1)) as usize,
     };
-    let (ops, bytes) = run(dev, waiter, count, window.max(1), seed, &lengths, None)?;
+    let (ops, bytes) = run(
+        dev,
+        waiter,
+        count,
+        window.max(1),
+        seed,
+        &lengths,
+        None,
+        &mut latency,
+    )?;
     Ok(Report {
         ops,
         bytes,
         guest_us: waiter.now_us().saturating_sub(t0),
         counters: dev.counters().since(&before),
+        latency: latency.summary(),
     })
 }
 
-/// Packet rate: minimum-size frames, `window` in flight, for `phase_us`; marker 1 around it.
+/// The packet-rate phases: pattern name and frame length as handed to the device (header and
+/// payload, without the FCS): 64 bytes (40 data bytes), and 1514 (a full 1500-byte payload, 1490
+/// data bytes).
+pub const RATE_PATTERNS: [(&str, usize); 2] = [("echo64", 64), ("echo1514", 1514)];
+
+/// Packet rate: for each of [`RATE_PATTERNS`] in turn (phase markers 1, 2), frames of that length
+/// with `window` in flight for `phase_us`, every echo verified. One [`Perf`] per phase; bytes count
+/// frames both ways. A pattern longer than the device's MTU allows is an error.
 pub fn rate(
     dev: &mut dyn NetDevice,
     waiter: &dyn Waiter,
@@ -197,34 +220,50 @@ pub fn rate(
     window: u32,
     seed: u64,
     obs: &mut dyn Observer,
-) -> Result<Perf> {
-    let before = dev.counters();
-    obs.phase(1);
-    let t0 = waiter.now_us();
-    let result = run(
-        dev,
-        waiter,
-        u32::MAX,
-        window.max(1),
-        seed,
-        &|_| 0,
-        Some(t0 + phase_us),
-    );
-    let guest_us = waiter.now_us().saturating_sub(t0);
-    obs.phase(0);
-    let (ops, bytes) = result?;
-    let perf = Perf {
-        pattern: "echo64",
-        qd: window.max(1) as usize,
-        report: Report {
-            ops,
-            bytes,
-            guest_us,
-            counters: dev.counters().since(&before),
-        },
-    };
-    obs.perf(&perf);
-    Ok(perf)
+) -> Result<Vec<Perf>> {
+    let mut out = Vec::with_capacity(RATE_PATTERNS.len());
+    for (i, &(pattern, frame_len)) in RATE_PATTERNS.iter().enumerate() {
+        let data = frame_len - ETH_HEADER_LEN - OVERHEAD;
+        if frame_len - ETH_HEADER_LEN > dev.mtu() {
+            return Err(Error::BadLength {
+                op: "rate-phase frame",
+                len: frame_len,
+                unit: 1,
+                max: ETH_HEADER_LEN + dev.mtu(),
+            });
+        }
+        let mut latency = Histogram::new();
+        let before = dev.counters();
+        obs.phase(i as u8 + 1);
+        let t0 = waiter.now_us();
+        let result = run(
+            dev,
+            waiter,
+            u32::MAX,
+            window.max(1),
+            seed,
+            &|_| data,
+            Some(t0 + phase_us),
+            &mut latency,
+        );
+        let guest_us = waiter.now_us().saturating_sub(t0);
+        obs.phase(0);
+        let (ops, bytes) = result?;
+        let perf = Perf {
+            pattern,
+            qd: window.max(1) as usize,
+            report: Report {
+                ops,
+                bytes,
+                guest_us,
+                counters: dev.counters().since(&before),
+                latency: latency.summary(),
+            },
+        };
+        obs.perf(&perf);
+        out.push(perf);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -240,6 +279,7 @@ mod tests {
         assert_eq!(r.ops, 100);
         assert_eq!(r.counters.notifications, 100);
         assert!(r.bytes >= 2 * 100 * 60);
+        assert_eq!(r.latency.count, 100);
     }
 
     #[test]
@@ -260,13 +300,132 @@ mod tests {
     }
 
     #[test]
-    fn rate_runs_until_the_deadline_with_markers() {
+    fn rate_runs_each_frame_size_until_the_deadline_with_markers() {
         let mut n = EchoNet::default();
         let mut rec = crate::workload::Recorder::default();
-        let p = rate(&mut n, &StepClock::new(3), 3000, 16, 1, &mut rec).unwrap();
-        assert_eq!(rec.phases, [1, 0]);
-        assert!(p.report.ops > 10, "{p:?}");
-        assert_eq!(p.report.bytes, p.report.ops * 2 * 60);
+        let perfs = rate(&mut n, &StepClock::new(3), 3000, 16, 1, &mut rec).unwrap();
+        assert_eq!(rec.phases, [1, 0, 2, 0]);
+        let names: Vec<_> = perfs.iter().map(|p| p.pattern).collect();
+        assert_eq!(names, ["echo64", "echo1514"]);
+        for (p, len) in perfs.iter().zip([64, 1514]) {
+            assert!(p.report.ops > 10, "{p:?}");
+            assert_eq!(
+                p.report.bytes,
+                p.report.ops * 2 * len,
+                "{len}-byte frames both ways"
+            );
+            assert_eq!(p.report.latency.count, p.report.ops, "every echo timed");
+            assert!(p.report.latency.p50_ns > 0);
+            assert!(p.report.latency.p50_ns <= p.report.latency.p99_ns);
+            assert!(p.report.latency.p99_ns <= p.report.latency.max_ns);
+        }
+        assert_eq!(rec.perfs, perfs);
+    }
+
+    /// A device that sends at most `mtu` payload bytes refuses the full-size phase up front.
+    #[test]
+    fn rate_refuses_frames_beyond_the_mtu() {
+        struct Small(EchoNet);
+        impl NetDevice for Small {
+            fn name(&self) -> &'static str {
+                "small"
+            }
+            fn mac(&self) -> [u8; 6] {
+                self.0.mac()
+            }
+            fn link_up(&self) -> bool {
+                true
+            }
+            fn mtu(&self) -> usize {
+                576
+            }
+            fn transmit(&mut self, f: &[u8]) -> Result<()> {
+                self.0.transmit(f)
+            }
+            fn receive(&mut self, b: &mut [u8]) -> Result<Option<usize>> {
+                self.0.receive(b)
+            }
+            fn irq_ack(&self) -> Option<crate::wait::SharedIrqAck> {
+                None
+            }
+            fn counters(&self) -> crate::counters::Counters {
+                self.0.counters()
+            }
+        }
+        let mut rec = crate::workload::Recorder::default();
+        let e = rate(
+            &mut Small(EchoNet::default()),
+            &StepClock::new(3),
+            1000,
+            4,
+            1,
+            &mut rec,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::BadLength { len: 1514, .. }), "{e:?}");
+        assert_eq!(rec.phases, [1, 0], "the 64-byte phase ran");
+    }
+
+    /// An echo device that hands out each echo only on the `delay`-th receive call.
+    struct Delayed {
+        net: EchoNet,
+        delay: u32,
+        calls: u32,
+    }
+
+    impl NetDevice for Delayed {
+        fn name(&self) -> &'static str {
+            "delayed"
+        }
+        fn mac(&self) -> [u8; 6] {
+            self.net.mac()
+        }
+        fn link_up(&self) -> bool {
+            true
+        }
+        fn mtu(&self) -> usize {
+            self.net.mtu()
+        }
+        fn transmit(&mut self, f: &[u8]) -> Result<()> {
+            self.net.transmit(f)
+        }
+        fn receive(&mut self, b: &mut [u8]) -> Result<Option<usize>> {
+            self.calls += 1;
+            if self.calls < self.delay {
+                return Ok(None);
+            }
+            let got = self.net.receive(b)?;
+            if got.is_some() {
+                self.calls = 0;
+            }
+            Ok(got)
+        }
+        fn irq_ack(&self) -> Option<crate::wait::SharedIrqAck> {
+            None
+        }
+        fn counters(&self) -> crate::counters::Counters {
+            self.net.counters()
+        }
+    }
+
+    /// Echoes that take longer show up in the latency.
+    #[test]
+    fn latency_follows_the_echo_delay() {
+        let clock = StepClock::new(1);
+        let fast = echo(&mut EchoNet::default(), &clock, 50, 1, 2).unwrap();
+        let mut slow_net = Delayed {
+            net: EchoNet::default(),
+            delay: 20,
+            calls: 0,
+        };
+        let slow = echo(&mut slow_net, &clock, 50, 1, 2).unwrap();
+        assert_eq!((fast.latency.count, slow.latency.count), (50, 50));
+        assert!(
+            slow.latency.p50_ns >= fast.latency.p50_ns + 10_000,
+            "fast {:?} slow {:?}",
+            fast.latency,
+            slow.latency
+        );
     }
 
     #[test]

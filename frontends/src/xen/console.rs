@@ -2,15 +2,33 @@
 //! (`ring_protocol::byte_ring::console_guest`) plus the event channel that notifies the console
 //! backend (xenconsoled for the primary console). Output goes into `out`, input comes from `in`;
 //! any byte moved in either direction notifies the backend (a writer may wait for room).
+//!
+//! - [`XenConsole`]: a console over a ring page and a notification, as the kernel's primary console
+//!   (the page and event channel named in `start_info`) uses it;
+//! - [`SecondaryConsole`]: a xenbus device of kind `console` (`device/console/<n>`, n >= 1; the
+//!   backend is not xenconsoled but whoever serves that device, e.g. pvkit's daemon): the frontend
+//!   allocates and grants the page (`struct xencons_interface`), allocates an event channel for the
+//!   backend, publishes `ring-ref` and `port` and says `Initialised`, then `Connected` once the
+//!   backend is.
 
+use alloc::format;
 use alloc::sync::Arc;
+use core::ptr::NonNull;
 
-use ring_protocol::byte_ring::Duplex;
-use ring_protocol::platform::Notify;
+use ring_protocol::abi::console::XenconsInterface;
+use ring_protocol::abi::event_channel::EvtchnPort;
+use ring_protocol::abi::grant_table::GrantRef;
+use ring_protocol::byte_ring::{Duplex, console_guest};
+use ring_protocol::platform::{Access, Notify};
 
+use super::blkfront::XenDeviceHost;
+use super::grant::GrantTable;
+use super::xenbus::{self, XenbusDevice, XenbusState};
+use super::xenstore::{NO_TX, XenStore};
 use crate::console::ConsoleDevice;
 use crate::counters::{AtomicCounters, Counters};
-use crate::wait::{IrqAck, SharedIrqAck};
+use crate::dma::{DmaBuf, PAGE_SIZE};
+use crate::wait::{IrqAck, SharedIrqAck, Waiter};
 use crate::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -102,6 +120,183 @@ impl<N: Notify> ConsoleDevice for XenConsole<N> {
         c
     }
 }
+
+/// Sends on one event channel through the platform.
+pub struct PortNotify<H: XenDeviceHost + 'static> {
+    host: &'static H,
+    port: EvtchnPort,
+}
+
+impl<H: XenDeviceHost + 'static> core::fmt::Debug for PortNotify<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PortNotify")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: XenDeviceHost + 'static> Notify for PortNotify<H> {
+    fn notify(&self) -> ring_protocol::Result<()> {
+        self.host
+            .notify(self.port)
+            .map_err(|e| ring_protocol::Error::NotifyFailed {
+                status: match e {
+                    Error::Hypercall { rc, .. } => i32::try_from(rc).unwrap_or(i32::MIN),
+                    _ => -1,
+                },
+            })
+    }
+}
+
+/// XenStore keys of the console device.
+mod keys {
+    pub const RING_REF: &str = "ring-ref";
+    pub const PORT: &str = "port";
+}
+
+/// A secondary PV console (`device/console/<n>`): see the module documentation.
+pub struct SecondaryConsole<H: XenDeviceHost + 'static> {
+    host: &'static H,
+    grants: &'static GrantTable,
+    dev: XenbusDevice,
+    /// The shared page; its grant; the event channel.
+    page: DmaBuf,
+    gref: GrantRef,
+    port: EvtchnPort,
+    con: XenConsole<PortNotify<H>>,
+}
+
+impl<H: XenDeviceHost + 'static> core::fmt::Debug for SecondaryConsole<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SecondaryConsole")
+            .field("dev", &self.dev)
+            .field("gref", &self.gref)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
+    /// Connects to `dev`'s backend (every handshake step waits at most `timeout_us`).
+    pub fn connect<N: Notify>(
+        xs: &mut XenStore<N>,
+        w: &dyn Waiter,
+        host: &'static H,
+        grants: &'static GrantTable,
+        dev: XenbusDevice,
+        timeout_us: u64,
+    ) -> Result<Self> {
+        xenbus::set_state(xs, w, NO_TX, &dev, XenbusState::Initialising)?;
+        xenbus::wait_backend(
+            xs,
+            w,
+            &dev,
+            "InitWait (ready for the frontend's details)",
+            |s| matches!(s, XenbusState::InitWait | XenbusState::Connected),
+            timeout_us,
+        )?;
+        let page = DmaBuf::new(PAGE_SIZE)?;
+        let intf = NonNull::new(page.as_ptr().cast_mut().cast::<XenconsInterface>()).expect("DMA page");
+        // SAFETY: a zeroed, page-aligned DmaBuf (larger than `XenconsInterface`) kept in `self` as
+        // long as the ring, shared only with the backend through its grant; this is its only guest
+        // end.
+        let ring = unsafe { console_guest(intf) }.map_err(Error::Ring)?;
+        let gref = grants
+            .grant(dev.backend_id, host.frame_of(page.as_ptr()), Access::ReadWrite)
+            .map_err(Error::Ring)?;
+        let port = match host.alloc_unbound(dev.backend_id) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = grants.end_access(gref);
+                return Err(e);
+            }
+        };
+        let con = XenConsole::new(ring, PortNotify { host, port });
+        let me = Self {
+            host,
+            grants,
+            dev,
+            page,
+            gref,
+            port,
+            con,
+        };
+        let d = &me.dev;
+        let handshake = (|| {
+            xs.transaction(w, |xs, t| {
+                xs.write(w, t, &d.fe(keys::RING_REF), format!("{gref}").as_bytes())?;
+                xs.write(w, t, &d.fe(keys::PORT), format!("{port}").as_bytes())?;
+                xenbus::set_state(xs, w, t, d, XenbusState::Initialised)
+            })?;
+            xenbus::wait_backend(xs, w, d, "Connected", |s| s == XenbusState::Connected, timeout_us)?;
+            xenbus::set_state(xs, w, NO_TX, d, XenbusState::Connected)?;
+            let ack = me.con.irq_ack().expect("a Xen console has an interrupt hook");
+            host.bind(port, ack)
+        })();
+        match handshake {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                me.release();
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the event channel and ends the page's grant; a page the backend still maps is
+    /// leaked, never reused. Returns whether it had to be kept.
+    fn release(self) -> bool {
+        self.host.close(self.port);
+        let kept = self.grants.end_access(self.gref).is_err();
+        if kept {
+            core::mem::forget(self.page);
+        }
+        kept
+    }
+
+    /// The xenbus device.
+    pub fn device(&self) -> &XenbusDevice {
+        &self.dev
+    }
+
+    /// Closes the device (frontend `Closing`, backend closes, frontend `Closed`), then closes the
+    /// event channel and ends the page's grant; a page the backend still maps is leaked, never
+    /// reused. Returns the backend state seen and whether the page had to be kept.
+    pub fn disconnect<N: Notify>(
+        self,
+        xs: &mut XenStore<N>,
+        w: &dyn Waiter,
+        timeout_us: u64,
+    ) -> Result<(XenbusState, bool)> {
+        let closed = xenbus::close(xs, w, &self.dev, timeout_us);
+        let kept = self.release();
+        Ok((closed?, kept))
+    }
+}
+
+impl<H: XenDeviceHost + 'static> ConsoleDevice for SecondaryConsole<H> {
+    fn name(&self) -> &'static str {
+        "xen-console"
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<usize> {
+        self.con.write(data)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.con.read(buf)
+    }
+
+    fn irq_ack(&self) -> Option<SharedIrqAck> {
+        self.con.irq_ack()
+    }
+
+    fn counters(&self) -> Counters {
+        self.con.counters()
+    }
+}
+
+#[cfg(test)]
+mod secondary_tests;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,8 @@
 //!   [`grant::Granted`], the handle that owns a shared page together with its grants.
 //! - [`xenbus`]: device enumeration and the frontend state machine.
 //! - [`blkfront`]: the block frontend, a [`crate::block::BlockDevice`].
-//! - [`console`]: the PV console ring as a [`crate::console::ConsoleDevice`].
+//! - [`console`]: the PV console ring as a [`crate::console::ConsoleDevice`], and secondary consoles
+//!   (`device/console/N`) with their xenbus handshake.
 //! - [`netfront`]: the network frontend, a [`crate::net::NetDevice`].
 //!
 //! What they need from the platform comes in as small pieces: a [`ring_protocol::platform::Notify`]

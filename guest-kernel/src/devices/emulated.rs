@@ -92,14 +92,14 @@ impl Mmio for MmioWindow {
     fn read32(&self, offset: usize) -> u32 {
         let addr = self.addr(offset);
         // SAFETY: `addr` is an aligned register inside the window (checked in `addr`), which `new`'s
-        // caller vouched is this device's, mapped uncached; volatile because it is a device register.
-        unsafe { core::ptr::read_volatile(addr as *const u32) }
+        // caller vouched is this device's, mapped uncached.
+        unsafe { crate::arch::x86_64::mmio::read32(addr) }
     }
 
     fn write32(&self, offset: usize, value: u32) {
         let addr = self.addr(offset);
         // SAFETY: as for read32; the write only affects this device.
-        unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+        unsafe { crate::arch::x86_64::mmio::write32(addr, value) }
     }
 }
 

@@ -113,6 +113,10 @@ impl Waiter for KernelWaiter {
         crate::time::ticks_to_us(crate::arch::read_tsc(), self.tsc_hz)
     }
 
+    fn now_ns(&self) -> u64 {
+        crate::time::ticks_to_ns(crate::arch::read_tsc(), self.tsc_hz)
+    }
+
     fn mode(&self) -> WaitMode {
         self.mode
     }
@@ -233,7 +237,7 @@ impl IrqLine {
 fn mmio_write32(addr: u64, value: u32) {
     // SAFETY: `addr` is an MSI-X table entry word inside a memory BAR that platform init mapped
     // uncached (checked against the BAR's size in pci_msix); writing it only affects that device.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+    unsafe { crate::arch::x86_64::mmio::write32(addr, value) }
 }
 
 /// Acks registered per vector. Changed only with interrupts off (single CPU), so the handler never

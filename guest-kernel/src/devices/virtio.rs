@@ -73,7 +73,8 @@ fn transport(
         device: d.bdf.device,
         function: d.bdf.function,
     };
-    Ok((VirtioPci::new(PortCam, df, mode, kind.0)?, d))
+    let traps = &crate::arch::x86_64::exits::EXITS;
+    Ok((VirtioPci::new(PortCam, df, mode, kind.0, traps)?, d))
 }
 
 /// Parses the `notify=` parameter (default exact).

@@ -149,14 +149,13 @@ fn parse_expect(list: &str) -> Result<Vec<(u16, u16)>, String> {
 }
 
 fn mmio_read32(addr: u64) -> u32 {
-    // SAFETY: `addr` lies in an assigned memory BAR, which platform init mapped uncached; volatile
-    // because it is a device register.
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
+    // SAFETY: `addr` lies in an assigned memory BAR, which platform init mapped uncached.
+    unsafe { crate::arch::x86_64::mmio::read32(addr) }
 }
 
 fn mmio_write32(addr: u64, value: u32) {
     // SAFETY: as for mmio_read32; the edu liveness register only stores the value.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+    unsafe { crate::arch::x86_64::mmio::write32(addr, value) }
 }
 
 pub fn run(params: &Params<'_>) -> Outcome {

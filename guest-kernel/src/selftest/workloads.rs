@@ -12,17 +12,20 @@
 //!
 //! Throughput phases are bracketed by a byte written to I/O port 0x402 (QEMU's `isa-debugcon`, if
 //! present): the phase number at the start, 0 at the end, so the host can split its trace counts.
+//! Each `PVKIT PERF` line carries the kernel-wide exit counts of its phase, taken after the start
+//! marker and before the end marker (`arch::x86_64::exits`), and the phase's latency percentiles.
 
 use alloc::string::String;
 
 use pvkit_frontends::block::BlockDevice;
 use pvkit_frontends::console::ConsoleDevice;
+use pvkit_frontends::counters::Exits;
 use pvkit_frontends::net::NetDevice;
 use pvkit_frontends::wait::{SharedIrqAck, WaitMode};
 use pvkit_frontends::workload::{self, Observer, Perf, Report};
 
 use super::{Outcome, Params, fail};
-use crate::arch::x86_64::port;
+use crate::arch::x86_64::{exits, port};
 use crate::devices::{self, IrqBinding, IrqLine, KernelWaiter, virtio};
 
 /// I/O port of QEMU's `isa-debugcon` used for phase markers.
@@ -61,46 +64,83 @@ fn session(p: &Params<'_>, ack: Option<SharedIrqAck>, line: Option<IrqLine>) -> 
     })
 }
 
-fn fields(r: &Report) -> String {
+/// A workload report's fields: `ops bytes guest_us notifies irqs copied_bytes` and the latency
+/// percentiles (`lat_p50_ns lat_p99_ns lat_max_ns`).
+pub(super) fn fields(r: &Report) -> String {
     alloc::format!(
-        "ops={} bytes={} guest_us={} notifies={} irqs={} copied_bytes={}",
+        "ops={} bytes={} guest_us={} notifies={} irqs={} copied_bytes={} {}",
         r.ops,
         r.bytes,
         r.guest_us,
         r.counters.notifications,
         r.counters.interrupts,
-        r.counters.bytes_copied
+        r.counters.bytes_copied,
+        r.latency.fields()
     )
 }
 
-/// Writes phase markers and prints `PVKIT PERF` lines.
-struct PerfPrinter<'a> {
-    dev: &'a str,
-    mode: WaitMode,
-    label: &'a str,
+/// Writes phase markers (with `markers`; Xen PV has no port 0x402), measures each phase's exits
+/// and prints its `PVKIT PERF` line.
+pub(super) struct PerfPrinter<'a> {
+    pub(super) dev: &'a str,
+    pub(super) mode: WaitMode,
+    pub(super) label: &'a str,
+    pub(super) markers: bool,
+    /// Exit counts at the start of the running phase, and those of the last phase that ended.
+    pub(super) start: Exits,
+    pub(super) last: Exits,
+}
+
+impl<'a> PerfPrinter<'a> {
+    /// A printer for `dev` in `mode`, appending `label` to each line.
+    pub(super) fn new(dev: &'a str, mode: WaitMode, label: &'a str, markers: bool) -> Self {
+        Self {
+            dev,
+            mode,
+            label,
+            markers,
+            start: Exits::default(),
+            last: Exits::default(),
+        }
+    }
 }
 
 impl Observer for PerfPrinter<'_> {
     fn phase(&mut self, n: u8) {
-        // SAFETY: port 0x402 is QEMU's isa-debugcon when present (it only logs the byte) and
-        // unclaimed otherwise (the write is dropped).
-        unsafe { port::outb(PHASE_PORT, n) };
+        // The marker writes stay outside the phase: count after the start marker, before the end
+        // marker (the host's trace splits phases at the same writes). Marker and snapshot go
+        // together with interrupts off, so an interrupt (its handler's register accesses) falls on
+        // the same side of the boundary for both.
+        crate::arch::without_interrupts(|| {
+            if n == 0 {
+                self.last = exits::snapshot().since(&self.start);
+            }
+            if self.markers {
+                // SAFETY: port 0x402 is QEMU's isa-debugcon when present (it only logs the byte)
+                // and unclaimed otherwise (the write is dropped).
+                unsafe { port::outb(PHASE_PORT, n) };
+            }
+            if n != 0 {
+                self.start = exits::snapshot();
+            }
+        });
     }
 
     fn perf(&mut self, perf: &Perf) {
         kprintln!(
-            "PVKIT PERF dev={} pattern={} qd={} mode={} {} {}",
+            "PVKIT PERF dev={} pattern={} qd={} mode={} {} {} {}",
             self.dev,
             perf.pattern,
             perf.qd,
             self.mode.name(),
             fields(&perf.report),
+            exits::fields(&self.last),
             self.label
         );
     }
 }
 
-fn seed(p: &Params<'_>) -> Result<u64, String> {
+pub(super) fn seed(p: &Params<'_>) -> Result<u64, String> {
     p.u64_in("seed", 1, 0..=u64::MAX)
 }
 
@@ -150,11 +190,7 @@ pub fn blk_throughput(
             },
         };
         let s = session(p, dev.irq_ack(), line)?;
-        let mut printer = PerfPrinter {
-            dev: dev.name(),
-            mode: s.mode,
-            label,
-        };
+        let mut printer = PerfPrinter::new(dev.name(), s.mode, label, true);
         let perfs = workload::blk::throughput(dev, &s.waiter, &params, &mut printer)
             .map_err(|e| alloc::format!("{e}"))?;
         if perfs.is_empty() {
@@ -185,39 +221,81 @@ pub fn blk_error(p: &Params<'_>, dev: &mut dyn BlockDevice, line: Option<IrqLine
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
 }
 
-/// `net-echo`: params `frames` (200), `window` (8), `ms` for the packet-rate phase (300, 0 = none).
+/// Parameters of [`net_echo_with`].
+pub(super) struct NetEchoParams {
+    pub(super) frames: u32,
+    pub(super) window: u32,
+    pub(super) ms: u64,
+    pub(super) seed: u64,
+}
+
+impl NetEchoParams {
+    /// `frames` (200), `window` (8), `ms` for each packet-rate phase (300, 0 = none), `seed`.
+    pub(super) fn parse(p: &Params<'_>) -> Result<Self, String> {
+        Ok(Self {
+            frames: p.u64_in("frames", 200, 1..=1_000_000)? as u32,
+            window: p.u64_in("window", 8, 1..=64)? as u32,
+            ms: p.u64_in("ms", 300, 0..=600_000)?,
+            seed: seed(p)?,
+        })
+    }
+}
+
+/// The net echo workload and its packet-rate phases (`echo64`, `echo1514`; the same seed, so the
+/// host peer can check every frame's data) over `dev`, waiting with `waiter`; the PASS fields.
+pub(super) fn net_echo_with(
+    dev: &mut dyn NetDevice,
+    waiter: &dyn pvkit_frontends::wait::Waiter,
+    n: &NetEchoParams,
+    markers: bool,
+    label: &str,
+) -> Result<String, String> {
+    let mode = waiter.mode();
+    let mac = dev.mac();
+    let r =
+        workload::net::echo(dev, waiter, n.frames, n.window, n.seed).map_err(|e| alloc::format!("{e}"))?;
+    if n.ms > 0 {
+        let mut printer = PerfPrinter::new(dev.name(), mode, label, markers);
+        workload::net::rate(dev, waiter, n.ms * 1000, n.window, n.seed, &mut printer)
+            .map_err(|e| alloc::format!("packet rate: {e}"))?;
+    }
+    Ok(alloc::format!(
+        "{} mode={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {label}",
+        fields(&r),
+        mode.name(),
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
+    ))
+}
+
+/// `net-echo`: params `frames` (200), `window` (8), `ms` for each packet-rate phase (300, 0 = none).
 pub fn net_echo(p: &Params<'_>, dev: &mut dyn NetDevice, line: Option<IrqLine>, label: &str) -> Outcome {
     let mut run = || -> Result<String, String> {
-        let frames = p.u64_in("frames", 200, 1..=1_000_000)? as u32;
-        let window = p.u64_in("window", 8, 1..=64)? as u32;
-        let ms = p.u64_in("ms", 300, 0..=600_000)?;
-        let seed = seed(p)?;
+        let n = NetEchoParams::parse(p)?;
         let s = session(p, dev.irq_ack(), line)?;
-        let mac = dev.mac();
-        let r =
-            workload::net::echo(dev, &s.waiter, frames, window, seed).map_err(|e| alloc::format!("{e}"))?;
-        if ms > 0 {
-            let mut printer = PerfPrinter {
-                dev: dev.name(),
-                mode: s.mode,
-                label,
-            };
-            workload::net::rate(dev, &s.waiter, ms * 1000, window, seed ^ 0x5a5a, &mut printer)
-                .map_err(|e| alloc::format!("packet rate: {e}"))?;
-        }
-        Ok(alloc::format!(
-            "{} mode={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {label}",
-            fields(&r),
-            s.mode.name(),
-            mac[0],
-            mac[1],
-            mac[2],
-            mac[3],
-            mac[4],
-            mac[5]
-        ))
+        net_echo_with(dev, &s.waiter, &n, true, label)
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// The console echo workload (one phase, PERF `pattern=stream`) over `dev`; the PASS fields.
+pub(super) fn console_echo_with(
+    dev: &mut dyn ConsoleDevice,
+    waiter: &dyn pvkit_frontends::wait::Waiter,
+    bytes: usize,
+    seed: u64,
+    markers: bool,
+    label: &str,
+) -> Result<String, String> {
+    let mode = waiter.mode();
+    let mut printer = PerfPrinter::new(dev.name(), mode, label, markers);
+    let r =
+        workload::console::echo(dev, waiter, bytes, seed, &mut printer).map_err(|e| alloc::format!("{e}"))?;
+    Ok(alloc::format!("{} mode={} {label}", fields(&r), mode.name()))
 }
 
 /// `console-echo`: param `bytes` (4096).
@@ -231,8 +309,7 @@ pub fn console_echo(
         let bytes = p.u64_in("bytes", 4096, 1..=16 * 1024 * 1024)? as usize;
         let seed = seed(p)?;
         let s = session(p, dev.irq_ack(), line)?;
-        let r = workload::console::echo(dev, &s.waiter, bytes, seed).map_err(|e| alloc::format!("{e}"))?;
-        Ok(alloc::format!("{} mode={} {label}", fields(&r), s.mode.name()))
+        console_echo_with(dev, &s.waiter, bytes, seed, true, label)
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
 }

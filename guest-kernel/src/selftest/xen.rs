@@ -29,15 +29,7 @@ pub const XEN_BLK_PARAMS: &[&str] = &[
 ];
 
 fn report_fields(r: &pvkit_frontends::workload::Report) -> alloc::string::String {
-    alloc::format!(
-        "ops={} bytes={} guest_us={} notifies={} irqs={} copied_bytes={}",
-        r.ops,
-        r.bytes,
-        r.guest_us,
-        r.counters.notifications,
-        r.counters.interrupts,
-        r.counters.bytes_copied
-    )
+    super::workloads::fields(r)
 }
 
 fn xen_mode(p: &Params<'_>) -> Result<WaitMode, alloc::string::String> {
@@ -165,27 +157,6 @@ pub fn blk_hostile(p: &Params<'_>) -> Outcome {
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
 }
 
-/// Prints `PVKIT PERF` lines (no phase markers: a PV domain has no port I/O).
-struct XenPerf<'a> {
-    mode: WaitMode,
-    label: &'a str,
-}
-
-impl pvkit_frontends::workload::Observer for XenPerf<'_> {
-    fn phase(&mut self, _: u8) {}
-
-    fn perf(&mut self, perf: &pvkit_frontends::workload::Perf) {
-        kprintln!(
-            "PVKIT PERF dev=xen-blk pattern={} qd={} mode={} {} {}",
-            perf.pattern,
-            perf.qd,
-            self.mode.name(),
-            report_fields(&perf.report),
-            self.label
-        );
-    }
-}
-
 /// `blk-throughput@xen-blk`: the shared throughput phases over blkfront (the 64 KiB phases use
 /// indirect requests when the backend offers them).
 pub fn blk_throughput(p: &Params<'_>) -> Outcome {
@@ -203,7 +174,8 @@ pub fn blk_throughput(p: &Params<'_>) -> Outcome {
         let mut dev = open_blk(p)?;
         let w = XenWaiter { mode };
         let label = blk_label(&dev);
-        let mut printer = XenPerf { mode, label: &label };
+        // No phase markers: a PV domain has no port I/O.
+        let mut printer = super::workloads::PerfPrinter::new("xen-blk", mode, &label, false);
         let perfs = pvkit_frontends::workload::blk::throughput(&mut dev, &w, &params, &mut printer)
             .map_err(|e| alloc::format!("{e}"))?;
         let stuck = dev.stuck_grants();
@@ -509,6 +481,77 @@ pub fn net_ping(p: &Params<'_>) -> Outcome {
             mode.name(),
             closed as u8,
             xen::devices::grant_report()
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// Parameters of `net-echo@xen-net`.
+pub const XEN_NET_ECHO_PARAMS: &[&str] = &["mode", "seed", "frames", "window", "ms", "index", "timeout_ms"];
+
+/// `net-echo@xen-net`: the generic net echo workload and its packet-rate phases (`echo64`,
+/// `echo1514`) over netfront; the peer behind the backend echoes every frame of the workload's
+/// EtherType with the MACs swapped (dom0's `pvkit-echo` on the vif behind Linux netback, or the
+/// echo peer on pvkit's switch). Params as for the other `net-echo` tests, plus `index`,
+/// `timeout_ms` (connection, 10000).
+pub fn net_echo(p: &Params<'_>) -> Outcome {
+    let run = || -> Result<alloc::string::String, alloc::string::String> {
+        let n = super::workloads::NetEchoParams::parse(p)?;
+        let index = p.u64_in("index", 0, 0..=15)? as usize;
+        let timeout_us = p.u64_in("timeout_ms", 10_000, 100..=600_000)? * 1000;
+        let mode = xen_mode(p)?;
+        if xen::start().is_none() {
+            return Err(alloc::string::String::from(
+                "device xen-net absent (not a Xen PV domain)",
+            ));
+        }
+        let mut dev = xen::devices::open_net(index, timeout_us)?;
+        let w = XenWaiter { mode };
+        let label = alloc::format!("vif={}", dev.device().id);
+        let out = super::workloads::net_echo_with(&mut dev, &w, &n, false, &label);
+        let drops = dev.drops();
+        let closed = xen::store::with(|xs| dev.disconnect(xs, &w, 5_000_000))?
+            .map_err(|e| alloc::format!("disconnect: {e}"))?;
+        Ok(alloc::format!(
+            "{} rx_dropped={} closed_backend_state={}",
+            out?,
+            drops.rx_errors + drops.rx_unsupported,
+            closed as u8
+        ))
+    };
+    run().map_or_else(|e| fail!("{e}"), Outcome::Pass)
+}
+
+/// Parameters of `console-echo@xen-console`.
+pub const XEN_CONSOLE_ECHO_PARAMS: &[&str] = &["mode", "seed", "bytes", "index", "timeout_ms"];
+
+/// `console-echo@xen-console`: the generic console echo workload (one phase, PERF
+/// `pattern=stream`) over a secondary PV console (`device/console/1` for `index` 0), whose backend
+/// writes back every byte it reads (pvkit's daemon with `--console 1:LOG:echo`). Params `bytes`
+/// (4096), `seed`, `mode`, `index`, `timeout_ms` (connection, 10000).
+pub fn console_echo(p: &Params<'_>) -> Outcome {
+    let run = || -> Result<alloc::string::String, alloc::string::String> {
+        let bytes = p.u64_in("bytes", 4096, 1..=16 * 1024 * 1024)? as usize;
+        let seed = super::workloads::seed(p)?;
+        let index = p.u64_in("index", 0, 0..=8)? as usize;
+        let timeout_us = p.u64_in("timeout_ms", 10_000, 100..=600_000)? * 1000;
+        let mode = xen_mode(p)?;
+        if xen::start().is_none() {
+            return Err(alloc::string::String::from(
+                "device xen-console absent (not a Xen PV domain)",
+            ));
+        }
+        let mut dev = xen::console::open_secondary(index, timeout_us)?;
+        let w = XenWaiter { mode };
+        let label = alloc::format!("console={}", dev.device().id);
+        let out = super::workloads::console_echo_with(&mut dev, &w, bytes, seed, false, &label);
+        let (closed, kept) = xen::store::with(|xs| dev.disconnect(xs, &w, 5_000_000))?
+            .map_err(|e| alloc::format!("disconnect: {e}"))?;
+        Ok(alloc::format!(
+            "{} closed_backend_state={} page_kept={}",
+            out?,
+            closed as u8,
+            u8::from(kept)
         ))
     };
     run().map_or_else(|e| fail!("{e}"), Outcome::Pass)

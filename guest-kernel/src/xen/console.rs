@@ -155,3 +155,26 @@ fn spin_out() -> bool {
     static SPINS: AtomicU64 = AtomicU64::new(0);
     SPINS.fetch_add(1, Ordering::Relaxed) > 200_000
 }
+
+/// A secondary console (`device/console/<n>`) as a workload device.
+pub type Secondary = pvkit_frontends::xen::console::SecondaryConsole<super::devices::KernelXenHost>;
+
+/// Opens the `index`-th secondary console of this domain (in id order: `device/console/1` first).
+pub fn open_secondary(index: usize, timeout_us: u64) -> Result<Secondary, alloc::string::String> {
+    use pvkit_frontends::xen::xenbus;
+    crate::devices::init_dma();
+    let grants = super::devices::grants()?;
+    let w = super::store::XenWaiter {
+        mode: pvkit_frontends::wait::WaitMode::Interrupt,
+    };
+    super::store::with(|xs| {
+        let devs = xenbus::enumerate(xs, &w, "console").map_err(|e| alloc::format!("{e}"))?;
+        let Some(dev) = devs.into_iter().nth(index) else {
+            return Err(alloc::format!(
+                "device xen-console absent (no console {index} in XenStore device/console)"
+            ));
+        };
+        Secondary::connect(xs, &w, &super::devices::HOST, grants, dev, timeout_us)
+            .map_err(|e| alloc::format!("{e}"))
+    })?
+}

@@ -38,6 +38,10 @@ impl Waiter for XenWaiter {
         super::time::now_ns() / 1000
     }
 
+    fn now_ns(&self) -> u64 {
+        super::time::now_ns()
+    }
+
     fn mode(&self) -> WaitMode {
         self.mode
     }

@@ -115,6 +115,14 @@ pub fn verify_frame(frame: &[u8], seed: u64) -> Result<Option<Frame>, String> {
 }
 
 /// The frame sent back: destination and source swapped.
+/// `02:00:00:00:00:01` for a MAC.
+pub fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 pub fn echo_of(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
     if out.len() >= 12 {

@@ -286,13 +286,21 @@ fn backend_args(ours: &OurDevices, slot: Option<&DiskSlot>) -> Vec<String> {
             devid,
             mode: ConsoleMode::Echo,
         }) => {
+            // The log is required by the option's syntax; in echo mode the daemon writes back
+            // what it reads instead of logging it.
             a.push("--console".to_owned());
-            a.push(format!("{devid}:echo"));
+            a.push(format!("{devid}:/tmp/console{devid}.log:echo"));
         }
         None => {}
     }
-    a.push("--echo-ip".to_owned());
-    a.push(DOM0_IP.to_owned());
+    // The switch's echo peer at dom0's address for ARP and ICMP, and at the workloads' peer MAC,
+    // so the echo workload's frames reach it.
+    a.extend([
+        "--echo-ip".to_owned(),
+        DOM0_IP.to_owned(),
+        "--echo-mac".to_owned(),
+        crate::peer::net_echo::mac_text(&pvkit_frontends::workload::net::PEER_MAC),
+    ]);
     a
 }
 
@@ -511,7 +519,6 @@ pub fn spec(row: &Row, nonce: &str, profile: Profile) -> DomainSpec {
             });
             s.ours = Some(o);
             words.extend(workload_params(row.workload, &row.test(), profile, row.variant));
-            words.push(format!("{}.index=1", row.test()));
         }
         Workload::ConsoleInput => {
             s.running
@@ -699,9 +706,19 @@ pub fn check(row: &Row, r: &ScenarioReport, nonce: &str, disk: Option<&DiskSlot>
                         check_hostile_ring(r, &mut problems);
                     }
                 }
-                Workload::NetEcho if row.backend == Backend::Linux => {
-                    check_dom0_echo(&run, r, test, &mut problems)
+                Workload::NetEcho => {
+                    check_cost_fields(r, test, &["echo64", "echo1514"], &mut problems);
+                    if row.backend == Backend::Linux {
+                        check_dom0_echo(&run, r, test, &mut problems);
+                    }
                 }
+                Workload::BlkThroughput => check_cost_fields(
+                    r,
+                    test,
+                    &["randread4k", "randwrite4k", "seqread64k", "seqwrite64k"],
+                    &mut problems,
+                ),
+                Workload::ConsoleEcho => check_cost_fields(r, test, &["stream"], &mut problems),
                 _ => {}
             }
         }
@@ -771,10 +788,50 @@ fn check_dom0_echo(run: &GuestRun<'_>, r: &ScenarioReport, test: &str, problems:
     let rate: u64 = r.transcript.perfs().filter_map(|p| p.get_u64("ops")).sum();
     let guest = fields.get_u64("ops").unwrap_or(0) + rate;
     match r.checks.get_u64("echoed") {
-        Some(n) if n >= guest => {}
+        Some(n) if n == guest => {}
         other => problems.push(format!(
             "dom0's echo peer echoed {other:?} frames, the guest verified {guest}"
         )),
+    }
+}
+
+/// The cost fields every PERF line of `test` and its PASS line must carry under Xen PV: the
+/// phases expected, exits that are all hypercalls (an event channel send among them), latency.
+fn check_cost_fields(r: &ScenarioReport, test: &str, patterns: &[&str], problems: &mut Vec<String>) {
+    let perfs: Vec<_> = r.transcript.perfs().collect();
+    for want in patterns {
+        if !perfs.iter().any(|p| p.get("pattern") == Some(want)) {
+            problems.push(format!("{test}: no PERF line with pattern={want}"));
+        }
+    }
+    let pass = match r.transcript.verdict(test) {
+        Some(Record::TestPass { fields, .. }) => Some(fields),
+        _ => None,
+    };
+    for f in perfs.into_iter().chain(pass) {
+        let what = format!("{test} {}", f.get("pattern").unwrap_or("PASS"));
+        let n = |k: &str| f.get_u64(k);
+        match (
+            n("exits"),
+            n("hypercalls"),
+            n("exits_pio"),
+            n("exits_mmio"),
+            n("exits_hlt"),
+        ) {
+            (Some(e), Some(h), Some(0), Some(0), Some(0)) if h > 0 && e == h => {}
+            other => problems.push(format!(
+                "{what}: exits/hypercalls/pio/mmio/hlt = {other:?}, expected only hypercalls (> 0) on Xen PV"
+            )),
+        }
+        if !f.get("hc").is_some_and(|hc| hc.contains("event_channel_op:")) {
+            problems.push(format!("{what}: hc={:?} names no event_channel_op", f.get("hc")));
+        }
+        if f.get("pattern").is_some() && n("lat_p50_ns").is_none_or(|l| l == 0) {
+            problems.push(format!(
+                "{what}: no latency (lat_p50_ns={:?})",
+                f.get("lat_p50_ns")
+            ));
+        }
     }
 }
 
@@ -965,14 +1022,15 @@ fn check_console(c: &OurConsole, r: &ScenarioReport, summary: Option<&String>, p
     let (log_expect, input) = match &c.mode {
         ConsoleMode::Log { expect, input, .. } => (expect, input),
         ConsoleMode::Echo => {
+            // Every byte the guest wrote went back.
             match summary {
                 Some(n)
-                    if count_in(n, "bytes_in").is_some_and(|b| b > 0)
-                        && count_in(n, "bytes_in") == count_in(n, "bytes_out")
-                        && count_in(n, "sink_errors").unwrap_or(0) == 0 => {}
+                    if count_in(n, "echoed").is_some_and(|e| e > 0)
+                        && count_in(n, "echoed") == count_in(n, "bytes_out")
+                        && count_in(n, "sink_errors") == Some(0) => {}
                 other => problems.push(format!(
-                    "our console backend's summary of console {} should show as many bytes echoed in as \
-                     out: {other:?}",
+                    "our console backend's summary of console {} should show echoed = bytes_out > 0 \
+                     without sink errors: {other:?}",
                     c.devid
                 )),
             }

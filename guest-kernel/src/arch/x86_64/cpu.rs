@@ -32,6 +32,7 @@ pub fn halt_forever() -> ! {
     }
     loop {
         interrupts::disable();
+        super::exits::hlt();
         ::x86_64::instructions::hlt();
     }
 }
@@ -92,5 +93,6 @@ pub fn enable_interrupts_and_halt() {
     if super::xen::active() {
         return super::xen::block();
     }
+    super::exits::hlt();
     interrupts::enable_and_hlt();
 }

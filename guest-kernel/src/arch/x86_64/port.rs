@@ -2,6 +2,11 @@
 //!
 //! Port accesses reach devices, so each function is `unsafe`: the caller names a port whose device it
 //! owns and knows the access has no effect beyond that device.
+//!
+//! Each access is counted in [`super::exits`]: one per instruction, and one per element for the
+//! string forms (`rep insw` of 256 words: 256), which is how QEMU's TCG executes and traces them
+//! (one device dispatch per element). KVM and real hardware handle a `rep ins/outs` in fewer exits
+//! (KVM batches a string instruction's elements into one exit to user space per page or so).
 
 use ::x86_64::instructions::port::Port;
 
@@ -10,6 +15,7 @@ use ::x86_64::instructions::port::Port;
 /// # Safety
 /// The caller owns the device behind `port` and reading it has no effect beyond that device.
 pub unsafe fn inb(port: u16) -> u8 {
+    super::exits::pio(1);
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u8>::new(port).read() }
 }
@@ -19,6 +25,7 @@ pub unsafe fn inb(port: u16) -> u8 {
 /// # Safety
 /// The caller owns the device behind `port` and the write has no effect beyond that device.
 pub unsafe fn outb(port: u16, value: u8) {
+    super::exits::pio(1);
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u8>::new(port).write(value) }
 }
@@ -28,6 +35,7 @@ pub unsafe fn outb(port: u16, value: u8) {
 /// # Safety
 /// As for [`inb`].
 pub unsafe fn inw(port: u16) -> u16 {
+    super::exits::pio(1);
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u16>::new(port).read() }
 }
@@ -37,6 +45,7 @@ pub unsafe fn inw(port: u16) -> u16 {
 /// # Safety
 /// As for [`outb`].
 pub unsafe fn outw(port: u16, value: u16) {
+    super::exits::pio(1);
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u16>::new(port).write(value) }
 }
@@ -46,6 +55,7 @@ pub unsafe fn outw(port: u16, value: u16) {
 /// # Safety
 /// As for [`inb`].
 pub unsafe fn inl(port: u16) -> u32 {
+    super::exits::pio(1);
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u32>::new(port).read() }
 }
@@ -55,6 +65,7 @@ pub unsafe fn inl(port: u16) -> u32 {
 /// # Safety
 /// As for [`outb`].
 pub unsafe fn outl(port: u16, value: u32) {
+    super::exits::pio(1);
     // SAFETY: forwarded from the caller.
     unsafe { Port::<u32>::new(port).write(value) }
 }
@@ -66,6 +77,7 @@ pub unsafe fn outl(port: u16, value: u32) {
 /// As for [`inb`]; each read may have the device's side effects (e.g. advance its data FIFO).
 pub unsafe fn insw(port: u16, buf: &mut [u8]) {
     let words = buf.len() / 2;
+    super::exits::pio(words as u64);
     // SAFETY: `rep insw` stores `words` words at `rdi` ascending (DF is clear per the ABI), all
     // inside `buf`; x86 needs no alignment for them. The port access is the caller's promise.
     unsafe {
@@ -85,6 +97,7 @@ pub unsafe fn insw(port: u16, buf: &mut [u8]) {
 /// As for [`outb`].
 pub unsafe fn outsw(port: u16, buf: &[u8]) {
     let words = buf.len() / 2;
+    super::exits::pio(words as u64);
     // SAFETY: `rep outsw` loads `words` words from `rsi` ascending, all inside `buf`; the port
     // access is the caller's promise.
     unsafe {
@@ -105,6 +118,7 @@ pub unsafe fn outsw(port: u16, buf: &[u8]) {
 /// As for [`insw`].
 pub unsafe fn insl(port: u16, buf: &mut [u8]) {
     let dwords = buf.len() / 4;
+    super::exits::pio(dwords as u64);
     // SAFETY: `rep insd` stores `dwords` dwords at `rdi` ascending (DF clear), all inside `buf`;
     // the port access is the caller's promise.
     unsafe {
@@ -124,6 +138,7 @@ pub unsafe fn insl(port: u16, buf: &mut [u8]) {
 /// As for [`outb`].
 pub unsafe fn outsl(port: u16, buf: &[u8]) {
     let dwords = buf.len() / 4;
+    super::exits::pio(dwords as u64);
     // SAFETY: `rep outsd` loads `dwords` dwords from `rsi` ascending, all inside `buf`; the port
     // access is the caller's promise.
     unsafe {

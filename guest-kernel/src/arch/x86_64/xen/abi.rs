@@ -17,10 +17,6 @@ pub const HYPERVISOR_MMU_UPDATE: u32 = 1;
 /// Hypercall `set_callbacks`.
 pub const HYPERVISOR_SET_CALLBACKS: u32 = 4;
 /// Hypercall `memory_op`.
-#[allow(
-    dead_code,
-    reason = "used by the Xen frontends glue (XenStore, grants, blkfront)"
-)]
 pub const HYPERVISOR_MEMORY_OP: u32 = 12;
 /// Hypercall `update_va_mapping`.
 pub const HYPERVISOR_UPDATE_VA_MAPPING: u32 = 14;
@@ -34,6 +30,28 @@ pub const HYPERVISOR_IRET: u32 = 23;
 pub const HYPERVISOR_VCPU_OP: u32 = 24;
 /// Hypercall `mmuext_op`.
 pub const HYPERVISOR_MMUEXT_OP: u32 = 26;
+
+/// The name of hypercall `nr` (`xen.h`'s `__HYPERVISOR_<name>`), for the hypercalls this kernel
+/// makes; `None` for others.
+pub fn hypercall_name(nr: u32) -> Option<&'static str> {
+    Some(match nr {
+        HYPERVISOR_SET_TRAP_TABLE => "set_trap_table",
+        HYPERVISOR_MMU_UPDATE => "mmu_update",
+        HYPERVISOR_SET_CALLBACKS => "set_callbacks",
+        HYPERVISOR_MEMORY_OP => "memory_op",
+        HYPERVISOR_UPDATE_VA_MAPPING => "update_va_mapping",
+        HYPERVISOR_SET_TIMER_OP => "set_timer_op",
+        HYPERVISOR_XEN_VERSION => "xen_version",
+        HYPERVISOR_CONSOLE_IO => "console_io",
+        HYPERVISOR_GRANT_TABLE_OP => "grant_table_op",
+        HYPERVISOR_IRET => "iret",
+        HYPERVISOR_VCPU_OP => "vcpu_op",
+        HYPERVISOR_MMUEXT_OP => "mmuext_op",
+        HYPERVISOR_SCHED_OP => "sched_op",
+        HYPERVISOR_EVENT_CHANNEL_OP => "event_channel_op",
+        _ => return None,
+    })
+}
 
 /// `console_io` command: write to the hypervisor console.
 pub const CONSOLEIO_WRITE: u64 = 0;

@@ -4,7 +4,8 @@
 //! 32-byte stub per hypercall number (`mov $nr, %eax; syscall; ret`, and a special one for `iret`).
 //! Arguments go in rdi, rsi, rdx, r10, r8 (the 64-bit PV ABI); the result comes back in rax; the
 //! stub's `syscall` clobbers rcx and r11, and a debug hypervisor may clobber the argument registers.
-//! Under PVH the page stays zero and nothing calls it.
+//! Under PVH the page stays zero and nothing calls it. Every call is counted by number in
+//! `arch::x86_64::exits` (the upcall's return through the `iret` stub is counted in `traps`).
 
 use crate::arch::x86_64::xen::abi::HYPERVISOR_IRET;
 
@@ -44,6 +45,7 @@ pub const IRET_STUB_OFFSET: u64 = HYPERVISOR_IRET as u64 * STUB_SIZE;
 /// and the operation must not break memory the kernel relies on (e.g. unmapping live pages).
 #[inline]
 pub unsafe fn hypercall5(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+    crate::arch::x86_64::exits::hypercall(nr);
     let target = page_address() + u64::from(nr) * STUB_SIZE;
     let ret: i64;
     // SAFETY: the caller guarantees a filled hypercall page and valid arguments. The stub preserves

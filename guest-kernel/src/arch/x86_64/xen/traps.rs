@@ -83,7 +83,7 @@ xen_pv_failsafe_entry:
     ud2
     .popsection
 "#,
-    upcall = sym crate::xen::events::handle_upcall,
+    upcall = sym upcall,
     failsafe = sym failsafe,
     iret_offset = const IRET_STUB_OFFSET,
     options(att_syntax)
@@ -93,6 +93,12 @@ unsafe extern "C" {
     static xen_pv_trap_stubs: u8;
     static xen_pv_upcall_entry: u8;
     static xen_pv_failsafe_entry: u8;
+}
+
+/// The upcall's Rust side: counts the `iret` hypercall the entry returns through, then dispatches.
+extern "C" fn upcall() {
+    crate::arch::x86_64::exits::hypercall(super::abi::HYPERVISOR_IRET);
+    crate::xen::events::handle_upcall();
 }
 
 extern "C" fn failsafe() -> ! {
