@@ -16,7 +16,7 @@ use ::vhost::VhostBackend;
 use ::vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use ::vhost::vhost_user::{Frontend, VhostUserFrontend};
 use pvkit_backends::block::{BlockCore, BlockOptions};
-use pvkit_backends::vhost::{blk::BlkConnections, serve};
+use pvkit_backends::vhost::{ServeOptions, blk::BlkConnections, serve};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const T_IN: u32 = 0;
@@ -89,7 +89,10 @@ fn requests_hostile_chains_and_reconnect() {
                 pool: None,
                 queues: 1,
             },
-            Some(2),
+            &ServeOptions {
+                max_connections: Some(2),
+                ..Default::default()
+            },
         )
     });
 

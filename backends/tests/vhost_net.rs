@@ -13,7 +13,7 @@ use ::vhost::vhost_user::Frontend;
 use common::{GuestMem, QSIZE, Queue, connect_retry, region, vring_config};
 use pvkit_backends::net::{EchoPeer, Switch};
 use pvkit_backends::vhost::net::NetConnections;
-use pvkit_backends::vhost::serve;
+use pvkit_backends::vhost::{ServeOptions, serve};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const HDR: usize = 12;
@@ -115,7 +115,13 @@ fn echo_broadcast_learning_and_oversized_frames() {
         .iter()
         .map(|s| {
             let (s, switch) = (s.clone(), switch.clone());
-            std::thread::spawn(move || serve("vhost-user-net-test", &s, NetConnections { switch }, Some(1)))
+            std::thread::spawn(move || {
+                let options = ServeOptions {
+                    max_connections: Some(1),
+                    ..Default::default()
+                };
+                serve("vhost-user-net-test", &s, NetConnections { switch }, &options)
+            })
         })
         .collect();
     let (mem_a, mem_b) = (GuestMem::new(), GuestMem::new());
