@@ -191,6 +191,11 @@ impl<'a> Queue<'a> {
         kick.write(1).unwrap();
     }
 
+    /// The driver's available index (what the next `kick` publishes).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// The device's used index.
     pub fn used_idx(&self) -> u16 {
         self.mem.u16_at(self.used + 2)
