@@ -677,13 +677,12 @@ fn check_eventfd(req: FrontendReq, fd: &OwnedFd) -> Result<(), Refused> {
     if !link.is_ok_and(|l| l.as_os_str() == "anon_inode:[eventfd]") {
         return Err(Refused::NotEventfd { req });
     }
-    // SAFETY: plain system calls on a descriptor we hold. The flag is on the open file description
-    // shared with the VMM: its eventfds are non-blocking already (QEMU's are).
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
+    // SAFETY: plain system call on a descriptor we hold.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above. The flag is on the open file description shared with the VMM: its
+        // eventfds are non-blocking already (QEMU's are), so it changes nothing for an honest one.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) };
     }
     Ok(())
 }
@@ -859,10 +858,8 @@ mod tests {
         assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
         if sealed {
             // SAFETY: plain system call on our descriptor.
-            assert_eq!(
-                unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-                0
-            );
+            let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+            assert_eq!(r, 0);
         }
         fd
     }
@@ -968,8 +965,10 @@ mod tests {
         let mut p = [0 as RawFd; 2];
         // SAFETY: pipe2 fills the two-element array.
         assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: fresh descriptors we own.
-        let (r, w) = unsafe { (File::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        // SAFETY: a fresh descriptor we own.
+        let r = unsafe { File::from_raw_fd(p[0]) };
+        // SAFETY: as above.
+        let w = unsafe { OwnedFd::from_raw_fd(p[1]) };
         let dups = (0..n).map(|_| w.try_clone().unwrap()).collect();
         (r, dups)
     }
@@ -1003,14 +1002,15 @@ mod tests {
         m.msg_controllen = space;
         // SAFETY: the control buffer has CMSG_SPACE(payload) bytes.
         let cmsg = unsafe { libc::CMSG_FIRSTHDR(&m) };
-        // SAFETY: as above; `cmsg` is the buffer's start.
-        unsafe {
-            cmsg.write(libc::cmsghdr {
-                cmsg_len: libc::CMSG_LEN(payload) as usize,
-                cmsg_level: libc::SOL_SOCKET,
-                cmsg_type: libc::SCM_RIGHTS,
-            })
+        // SAFETY: pure computation.
+        let cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+        let header = libc::cmsghdr {
+            cmsg_len,
+            cmsg_level: libc::SOL_SOCKET,
+            cmsg_type: libc::SCM_RIGHTS,
         };
+        // SAFETY: as above; `cmsg` is the buffer's start.
+        unsafe { cmsg.write(header) };
         // SAFETY: the data area has room for `payload` bytes.
         let data = unsafe { libc::CMSG_DATA(cmsg) };
         // SAFETY: as above.

@@ -411,13 +411,20 @@ pub fn send_fds(sock: &UnixStream, buf: &[u8], fds: &[RawFd]) -> std::io::Result
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = space;
     // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, room for one header and the data.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as usize;
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), payload as usize);
-    }
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: pure computation.
+    let cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+    let header = libc::cmsghdr {
+        cmsg_len,
+        cmsg_level: libc::SOL_SOCKET,
+        cmsg_type: libc::SCM_RIGHTS,
+    };
+    // SAFETY: `cmsg` is the start of the (u64-aligned) control buffer.
+    unsafe { cmsg.write(header) };
+    // SAFETY: the data area follows the header inside the buffer.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
+    // SAFETY: the data area has room for `payload` bytes; `fds` holds them.
+    unsafe { std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, payload as usize) };
     // SAFETY: `msg` describes live buffers and open descriptors.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
