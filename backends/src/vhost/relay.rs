@@ -1057,6 +1057,21 @@ mod tests {
     }
 
     #[test]
+    fn hostile_vmm_too_many_fds_never_reach_the_send_buffer() {
+        // The send side refuses more than MAX_FDS by itself: its control buffer is sized for them.
+        let (a, b) = UnixStream::pair().unwrap();
+        let (pipe, fds) = pipe_dups(29);
+        let r = send_with_fds(&a, &msg(5, 0, &[0u8; 8]), &fds);
+        assert!(matches!(r, Err(RelayError::Refused(Refused::TooManyFds { fds: 29 }))), "{r:?}");
+        let (pipe8, fds8) = pipe_dups(MAX_FDS);
+        send_with_fds(&a, &msg(5, 0, &[0u8; 8]), &fds8).unwrap();
+        let (m, got) = recv_msg(&b);
+        assert_eq!((m.len(), got.len()), (HDR_LEN + 8, MAX_FDS));
+        drop((fds, fds8, got));
+        assert!(all_closed(pipe) && all_closed(pipe8));
+    }
+
+    #[test]
     fn hostile_vmm_fds_on_messages_that_take_none() {
         let mut gate = Gate::new(policy());
         let r = check(&mut gate, FrontendReq::GET_FEATURES, &[], &[eventfd()]);
