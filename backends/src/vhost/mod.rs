@@ -102,6 +102,11 @@ pub enum QueueFault {
         /// What virtio-queue said.
         error: virtio_queue::Error,
     },
+    /// The available index says there is more, yet nothing could be taken from the ring (its
+    /// entries are outside guest memory: a queue size or memory table changed under the ring).
+    /// Asking again would never end.
+    #[error("the available index runs ahead of entries the device can read")]
+    Stalled,
 }
 
 impl QueueFault {
@@ -218,18 +223,29 @@ pub(crate) fn drive(
     if !active(vring) {
         return Ok(Drive::Idle);
     }
+    // Whether the re-enable said more was there: an honest driver published those entries before
+    // the index (release), so the next round takes at least one.
+    let mut pending = false;
     for _ in 0..ROUNDS_PER_EVENT {
         if event_idx {
             vring
                 .disable_notification()
                 .map_err(QueueFault::ring("disabling notifications"))?;
-            round(vring)?;
+            if !round(vring)? && pending {
+                // Unless the frontend stopped the ring meanwhile (GET_VRING_BASE).
+                return if active(vring) {
+                    Err(QueueFault::Stalled)
+                } else {
+                    Ok(Drive::Idle)
+                };
+            }
             if !vring
                 .enable_notification()
                 .map_err(QueueFault::ring("enabling notifications"))?
             {
                 return Ok(Drive::Idle);
             }
+            pending = true;
         } else if !round(vring)? {
             return Ok(Drive::Idle);
         }
@@ -450,4 +466,108 @@ pub fn on_shutdown_signal(socket: &Path, cleanup: impl FnOnce() + Send + 'static
         })
         .map_err(|e| daemon_err("starting the signal thread", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueOwnedT;
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+
+    const MEM: u64 = 0x10000;
+
+    /// A ready, enabled 256-entry vring with EVENT_IDX whose available ring starts 64 bytes before
+    /// the end of guest memory: its index and first entries are readable, the rest is not.
+    fn ring_at_the_edge() -> (Memory, Vring) {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap(),
+        );
+        let vring = Vring::new(mem.clone(), 256).unwrap();
+        vring.set_queue_size(256);
+        vring.set_queue_info(0x0, MEM - 64, 0x4000).unwrap();
+        vring.set_queue_event_idx(true);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        (mem, vring)
+    }
+
+    /// One round as the devices do it: take every available chain.
+    fn take_all(mem: &Memory, vring: &Vring) -> Result<bool, QueueFault> {
+        let m = mem.memory();
+        let mut state = vring.get_mut();
+        let chains: Vec<_> = state
+            .get_queue_mut()
+            .iter(m.clone())
+            .map_err(QueueFault::ring("reading the available ring"))?
+            .collect();
+        Ok(!chains.is_empty())
+    }
+
+    #[test]
+    fn cve_2016_5403_index_beyond_the_ring_is_a_fault_not_a_loop() {
+        let (mem, vring) = ring_at_the_edge();
+        // 300 entries published on a 256-entry ring.
+        mem.memory().write_obj(300u16, GuestAddress(MEM - 62)).unwrap();
+        let mut rounds = 0;
+        let r = drive(&vring, true, |v| {
+            rounds += 1;
+            take_all(&mem, v)
+        });
+        assert!(
+            matches!(
+                r,
+                Err(QueueFault::Ring {
+                    error: virtio_queue::Error::InvalidAvailRingIndex,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(rounds, 1);
+    }
+
+    #[test]
+    fn cve_2016_5403_entries_outside_memory_stall_is_a_fault_not_a_loop() {
+        let (mem, vring) = ring_at_the_edge();
+        // 100 entries published; only the first 30 (4 + 2 * 30 = 64 bytes) lie in guest memory.
+        mem.memory().write_obj(100u16, GuestAddress(MEM - 62)).unwrap();
+        let mut rounds = 0;
+        let r = drive(&vring, true, |v| {
+            rounds += 1;
+            take_all(&mem, v)
+        });
+        assert!(matches!(r, Err(QueueFault::Stalled)), "{r:?}");
+        assert_eq!(
+            rounds, 2,
+            "one round with the readable entries, one that took nothing"
+        );
+        assert_eq!(vring.queue_next_avail(), 30);
+    }
+
+    #[test]
+    fn drive_yields_after_its_share_of_rounds() {
+        let (mem, vring) = ring_at_the_edge();
+        // A driver that always has more: every round takes something, then the index moves on.
+        let mut rounds = 0u16;
+        let r = drive(&vring, true, |_| {
+            rounds += 1;
+            let next = vring_next_avail_plus(&vring, 1);
+            mem.memory().write_obj(next, GuestAddress(MEM - 62)).unwrap();
+            Ok(true)
+        });
+        assert_eq!(r.unwrap(), Drive::Yield);
+        assert_eq!(usize::from(rounds), ROUNDS_PER_EVENT);
+        // Without EVENT_IDX: rounds until one takes nothing, at most the same share.
+        let mut left = 2;
+        let r = drive(&vring, false, |_| {
+            left -= 1;
+            Ok(left > 0)
+        });
+        assert_eq!(r.unwrap(), Drive::Idle);
+        assert!(drive(&vring, false, |_| Ok(true)).unwrap() == Drive::Yield);
+    }
+
+    fn vring_next_avail_plus(vring: &Vring, n: u16) -> u16 {
+        vring.queue_next_avail().wrapping_add(n)
+    }
 }

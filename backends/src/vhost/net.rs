@@ -329,10 +329,14 @@ impl VhostNet {
     /// Delivers what can be delivered. Receive buffers only matter while a frame waits for one, so
     /// only then does it ask the driver for a kick (and re-checks, in case buffers came meanwhile).
     fn rx(&self, vring: &Vring) -> Result<Drive, QueueFault> {
+        // Whether the re-enable said buffers were there (see `drive`): then the next round must
+        // find one.
+        let mut pending = false;
         for _ in 0..ROUNDS_PER_EVENT {
             match self.process_rx(vring)? {
                 Rx::Empty => return Ok(Drive::Idle),
-                Rx::More => continue,
+                Rx::More => pending = false,
+                Rx::NeedBuffers if pending && super::active(vring) => return Err(QueueFault::Stalled),
                 Rx::NeedBuffers => {
                     if !self.event_idx.load(Ordering::Relaxed)
                         || !super::active(vring)
@@ -342,6 +346,7 @@ impl VhostNet {
                     {
                         return Ok(Drive::Idle);
                     }
+                    pending = true;
                 }
             }
         }

@@ -1062,7 +1062,10 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (pipe, fds) = pipe_dups(29);
         let r = send_with_fds(&a, &msg(5, 0, &[0u8; 8]), &fds);
-        assert!(matches!(r, Err(RelayError::Refused(Refused::TooManyFds { fds: 29 }))), "{r:?}");
+        assert!(
+            matches!(r, Err(RelayError::Refused(Refused::TooManyFds { fds: 29 }))),
+            "{r:?}"
+        );
         let (pipe8, fds8) = pipe_dups(MAX_FDS);
         send_with_fds(&a, &msg(5, 0, &[0u8; 8]), &fds8).unwrap();
         let (m, got) = recv_msg(&b);
