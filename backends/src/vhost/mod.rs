@@ -340,7 +340,7 @@ where
             Err(e) => {
                 // A local failure (descriptors or memory exhausted, ...): not the peer's doing to
                 // end the daemon for; wait a little so that a persistent one does not spin.
-                tracing::warn!("{name}: connection setup failed: {e}");
+                warn_limited!(options.log, "{name}: connection setup failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
