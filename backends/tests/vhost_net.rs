@@ -7,13 +7,20 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use ::vhost::VhostBackend;
 use ::vhost::vhost_user::Frontend;
-use common::{GuestMem, QSIZE, Queue, connect_retry, region, vring_config};
+use common::{
+    GuestMem, QSIZE, Queue, Spy, connect_retry, join_within, nth_backend, peak_rss_kib, region, vring_config,
+    wait_for,
+};
+use pvkit_backends::net::PortSink;
 use pvkit_backends::net::{EchoPeer, Switch};
-use pvkit_backends::vhost::net::NetConnections;
-use pvkit_backends::vhost::serve;
+use pvkit_backends::vhost::net::{NetConnections, VhostNet};
+use pvkit_backends::vhost::{ServeOptions, serve};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const HDR: usize = 12;
@@ -33,6 +40,11 @@ struct Guest<'a> {
 }
 
 fn attach<'a>(sock: &Path, mem: &'a GuestMem) -> Guest<'a> {
+    attach_with(sock, mem, 0)
+}
+
+/// Like [`attach`], with `extra` feature bits acked too (EVENT_IDX...).
+fn attach_with<'a>(sock: &Path, mem: &'a GuestMem, extra: u64) -> Guest<'a> {
     let fe = connect_retry(sock, 2);
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
@@ -41,8 +53,8 @@ fn attach<'a>(sock: &Path, mem: &'a GuestMem) -> Guest<'a> {
         0,
         "protocol features offered (QEMU needs them)"
     );
-    // VERSION_1 only: no EVENT_IDX, so every used buffer is signalled.
-    fe.set_features(1 << 32).unwrap();
+    // VERSION_1 only unless asked: no EVENT_IDX, so every used buffer is signalled.
+    fe.set_features((1 << 32) | extra).unwrap();
     fe.set_mem_table(&[region(mem)]).unwrap();
     let mut rx = Queue::new(mem, RX_BASE);
     let tx = Queue::new(mem, TX_BASE);
@@ -115,7 +127,13 @@ fn echo_broadcast_learning_and_oversized_frames() {
         .iter()
         .map(|s| {
             let (s, switch) = (s.clone(), switch.clone());
-            std::thread::spawn(move || serve("vhost-user-net-test", &s, NetConnections { switch }, Some(1)))
+            std::thread::spawn(move || {
+                let options = ServeOptions {
+                    max_connections: Some(1),
+                    ..Default::default()
+                };
+                serve("vhost-user-net-test", &s, NetConnections { switch }, &options)
+            })
         })
         .collect();
     let (mem_a, mem_b) = (GuestMem::new(), GuestMem::new());
@@ -171,4 +189,161 @@ fn echo_broadcast_learning_and_oversized_frames() {
     for s in servers {
         s.join().unwrap().unwrap();
     }
+}
+
+const EVENT_IDX: u64 = 1 << 29;
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+type Seen = Arc<std::sync::Mutex<Vec<std::sync::Weak<VhostNet>>>>;
+
+/// Serves `connections` connections on `sock` of `switch`, remembering the backends.
+fn serve_spied(
+    switch: &Arc<Switch>,
+    sock: &Path,
+    connections: usize,
+) -> (std::thread::JoinHandle<pvkit_backends::Result<()>>, Seen) {
+    let (spy, seen) = Spy::new(NetConnections {
+        switch: switch.clone(),
+    });
+    let sock = sock.to_owned();
+    let t = std::thread::spawn(move || {
+        let options = ServeOptions {
+            max_connections: Some(connections),
+            ..Default::default()
+        };
+        serve("vhost-user-net-test", &sock, spy, &options)
+    });
+    (t, seen)
+}
+
+/// A guest claims a 1 GiB transmit descriptor, then a chain of four (4 GiB): both are refused from
+/// the lengths alone, nothing is allocated for them (the daemon's peak memory does not move), they
+/// are counted, and the next frame is switched as usual.
+#[test]
+fn guest_sized_allocation_net_tx_1gib_descriptor_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Switch::new();
+    let peer = EchoPeer::attach(&switch, PEER, [10, 0, 2, 1]);
+    let sock = dir.path().join("a.sock");
+    let (server, seen) = serve_spied(&switch, &sock, 1);
+    let mem = GuestMem::new();
+    let mut a = attach(&sock, &mem);
+    let backend = nth_backend(&seen, 0);
+
+    let before = peak_rss_kib();
+    mem.write(0x20000, &[0u8; HDR]);
+    a.tx.add(&[(0x20000, 1 << 30, false)]);
+    a.tx.kick(&a.kicks[1]);
+    a.tx.wait_used(1);
+    a.tx.add(&[(0x20000, 1 << 30, false); 4]);
+    a.tx.kick(&a.kicks[1]);
+    a.tx.wait_used(1);
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+    assert_eq!(
+        backend.stats().oversized.load(Ordering::Relaxed),
+        2,
+        "both refused as oversized"
+    );
+    assert_eq!(backend.stats().tx_frames.load(Ordering::Relaxed), 0);
+
+    // A frame of the largest size allowed (1518 bytes) still goes through, and the next one too.
+    let body = vec![0x5au8; pvkit_backends::vhost::net::MAX_FRAME - 14];
+    a.next_tx_buf = 0x30000;
+    a.send(&mem, &frame(PEER, MAC_A, 0x88b5, &body));
+    assert_eq!(a.recv(&mem).1, frame(MAC_A, PEER, 0x88b5, &body));
+    let one_more = vec![0x5au8; pvkit_backends::vhost::net::MAX_FRAME - 13];
+    a.send(&mem, &frame(PEER, MAC_A, 0x88b5, &one_more));
+    assert_eq!(
+        backend.stats().oversized.load(Ordering::Relaxed),
+        3,
+        "one byte over: refused"
+    );
+    a.send(&mem, &frame(PEER, MAC_A, 0x88b5, b"still here"));
+    assert_eq!(a.recv(&mem).1, frame(MAC_A, PEER, 0x88b5, b"still here"));
+    assert_eq!(peer.stats().echoed.load(Ordering::Relaxed), 2);
+    drop(backend);
+    drop(a);
+    join_within(server, Duration::from_secs(10), "the daemon").unwrap();
+}
+
+/// Counts frames delivered to a test port.
+#[derive(Default)]
+struct Counter(std::sync::atomic::AtomicU64);
+
+impl PortSink for Counter {
+    fn deliver(&self, _frame: &[u8]) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The CVE-2016-5403 class with EVENT_IDX on vhost-user-net: guest A publishes a transmit index more
+/// than a ring ahead. A's device stops (no more rounds however often it kicks), its port leaves the
+/// switch at once (B's broadcasts are no longer queued for it), B is unaffected, and once A's
+/// frontend goes away its daemon is dropped (port gone for good) and a new connection on the same
+/// socket is served.
+#[test]
+fn cve_2016_5403_net_avail_index_runaway_stops_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Switch::new();
+    let _peer = EchoPeer::attach(&switch, PEER, [10, 0, 2, 1]);
+    let socks = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+    let (server_a, seen_a) = serve_spied(&switch, &socks[0], 2);
+    let (server_b, _seen_b) = serve_spied(&switch, &socks[1], 1);
+    let (mem_a, mem_b) = (GuestMem::new(), GuestMem::new());
+    let mut b = attach_with(&socks[1], &mem_b, EVENT_IDX);
+    {
+        let mut a = attach_with(&socks[0], &mem_a, EVENT_IDX);
+        let backend = nth_backend(&seen_a, 0);
+        a.send(&mem_a, &frame(PEER, MAC_A, 0x88b5, b"hello"));
+        assert_eq!(a.recv(&mem_a).1, frame(MAC_A, PEER, 0x88b5, b"hello"));
+        let _ = b.recv(&mem_b); // the flood of A's first frame
+        assert!(backend.port().is_some());
+
+        a.tx.publish_raw(a.tx.avail_idx().wrapping_add(QSIZE + 1), &a.kicks[1]);
+        assert!(
+            wait_for(Duration::from_secs(5), || backend.health().is_broken(1)),
+            "transmit queue stopped"
+        );
+        assert_eq!(backend.port(), None, "port left the switch");
+        let rounds = backend.health().rounds();
+        for _ in 0..200 {
+            a.kicks[1].write(1).unwrap();
+            a.kicks[0].write(1).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            backend.health().rounds(),
+            rounds,
+            "a stopped device is not looked at again"
+        );
+        assert_eq!(backend.health().faults(), 1);
+
+        // B's broadcast reaches the peer's side and a test port, but nothing is queued for A.
+        let counter = Arc::new(Counter::default());
+        let test_port = switch.add_port(counter.clone());
+        b.send(&mem_b, &frame([0xff; 6], MAC_B, 0x88b6, b"all"));
+        assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+        assert_eq!(backend.queued(), 0, "nothing queued for the stopped device");
+        switch.remove_port(test_port).unwrap();
+        // B still talks to the peer.
+        b.send(&mem_b, &frame(PEER, MAC_B, 0x88b5, b"b"));
+        assert_eq!(b.recv(&mem_b).1, frame(MAC_B, PEER, 0x88b5, b"b"));
+        drop(backend);
+        drop(a);
+    }
+    // A's socket serves a new connection; the old backend was dropped.
+    let mem_a2 = GuestMem::new();
+    let mut a2 = attach_with(&socks[0], &mem_a2, EVENT_IDX);
+    a2.send(&mem_a2, &frame(PEER, MAC_A, 0x88b5, b"again"));
+    assert_eq!(a2.recv(&mem_a2).1, frame(MAC_A, PEER, 0x88b5, b"again"));
+    assert!(
+        seen_a.lock().unwrap()[0].upgrade().is_none(),
+        "first backend released"
+    );
+    drop(a2);
+    drop(b);
+    join_within(server_a, Duration::from_secs(10), "daemon A").unwrap();
+    join_within(server_b, Duration::from_secs(10), "daemon B").unwrap();
 }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! After QEMU disconnects the daemon waits for the next connection. SIGINT/SIGTERM sync the image and
-//! exit with status 0.
+//! exit with status 0. Guest memory must be sealed against shrinking (memory-backend-memfd's default
+//! `seal=on`) unless `--allow-unsealed-memory` is given.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +46,10 @@ struct Cli {
     /// Serve this many connections, then exit (tests); default: forever.
     #[arg(long)]
     connections: Option<usize>,
+    /// Accept guest memory that is not sealed against shrinking (QEMU's memory-backend-memfd is, by
+    /// default): a VMM that shrank it would kill the daemon. Only with a trusted VMM.
+    #[arg(long)]
+    allow_unsealed_memory: bool,
 }
 
 fn main() {
@@ -88,7 +93,11 @@ fn run() -> Result<()> {
             pool,
             queues: usize::from(cli.queues),
         },
-        cli.connections,
+        &vhost::ServeOptions {
+            max_connections: cli.connections,
+            allow_unsealed_memory: cli.allow_unsealed_memory,
+            ..Default::default()
+        },
     )
     .context("vhost-user-blk")?;
     Ok(())

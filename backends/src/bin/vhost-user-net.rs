@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Each socket is one guest port; guests on different sockets reach each other through the switch.
-//! With `--echo-peer` the switch also has the host test port (MAC 02:00:00:00:00:01, IPv4 10.0.2.1 by
+//! Guest memory must be sealed against shrinking (memory-backend-memfd's default `seal=on`) unless
+//! `--allow-unsealed-memory` is given. With `--echo-peer` the switch also has the host test port (MAC 02:00:00:00:00:01, IPv4 10.0.2.1 by
 //! default): it sends pvkit echo frames back and answers ARP, ping and UDP echo (port 7).
 
 use std::net::Ipv4Addr;
@@ -38,6 +39,11 @@ struct Cli {
     /// Serve this many connections per socket, then exit (tests); default: forever.
     #[arg(long)]
     connections: Option<usize>,
+    /// Accept guest memory that is not sealed against shrinking (QEMU's memory-backend-memfd is, by
+    /// default): a VMM that shrank it would kill the daemon, and every guest's network with it.
+    /// Only with trusted VMMs.
+    #[arg(long)]
+    allow_unsealed_memory: bool,
 }
 
 fn parse_mac(s: &str) -> Result<Mac> {
@@ -84,12 +90,17 @@ fn run() -> Result<()> {
     let mut threads = Vec::new();
     for socket in cli.socket.clone() {
         let switch = switch.clone();
-        let connections = cli.connections;
+        // One log limit per socket: one guest's flood does not silence the others'.
+        let options = vhost::ServeOptions {
+            max_connections: cli.connections,
+            allow_unsealed_memory: cli.allow_unsealed_memory,
+            ..Default::default()
+        };
         threads.push(
             std::thread::Builder::new()
                 .name(format!("serve {}", socket.display()))
                 .spawn(move || {
-                    vhost::serve("vhost-user-net", &socket, NetConnections { switch }, connections)
+                    vhost::serve("vhost-user-net", &socket, NetConnections { switch }, &options)
                 })?,
         );
     }

@@ -5,8 +5,16 @@
 //! device-writable descriptor. Data moves between the image and guest memory with `preadv`/`pwritev`
 //! straight on the mapped guest pages (no bounce copy). With a worker pool the vring thread parses and
 //! queues, the workers execute and complete; without one (`workers == 0`) the vring thread executes.
+//!
+//! Everything in a chain is the guest's word and is bounded before it costs anything: at most
+//! [`MAX_CHAIN`] descriptors (an indirect table may claim 65535), [`SEG_MAX`] data descriptors (the
+//! advertised `seg_max`), [`MAX_REQUEST_BYTES`] of data, discard and write-zeroes limited to the
+//! advertised segment and sector counts; address arithmetic is checked. A refused request gets
+//! `VIRTIO_BLK_S_IOERR` (or `UNSUPP` where the spec says so) and a rate-limited warning; a broken ring
+//! stops its queue ([`Health`]).
 
 use std::io;
+use std::mem::offset_of;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,25 +23,69 @@ use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_blk as vb;
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap,
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryLoadGuard,
+    GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{DaemonBackend, ExitEvents, Memory, Vring, features};
+use super::{
+    DaemonBackend, Drive, ExitEvents, ExtraEvent, Health, Memory, QueueFault, Vring, drive, features,
+};
 use crate::block::{BlockCore, BlockQueue, Data, Op, Request, SECTOR_SIZE, Segment};
+use crate::ratelimit::RateLimit;
+use crate::warn_limited;
 
 /// Largest virtqueue the device offers.
 pub const QUEUE_SIZE: usize = 256;
+/// Data descriptors one request may have (advertised as `seg_max`): a chain is a header, at most
+/// this many data descriptors and a status byte.
+pub const SEG_MAX: usize = QUEUE_SIZE - 2;
+/// Most descriptors one chain may have; longer chains (an indirect table of up to 65535 entries)
+/// are refused without collecting them.
+pub const MAX_CHAIN: usize = QUEUE_SIZE;
+/// Most data bytes of one read or write. Not advertised (virtio-blk has no such field); Linux sends
+/// at most `max_sectors_kb` (1280 KiB by default), pvkit's guest 128 KiB. Bounds the `O_DIRECT`
+/// bounce buffer the core allocates for misaligned guest memory.
+pub const MAX_REQUEST_BYTES: u64 = 64 << 20;
+/// Largest discard in sectors (advertised as `max_discard_sectors`).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Segments per discard request (advertised as `max_discard_seg`).
+pub const MAX_DISCARD_SEG: u32 = 1;
+/// Largest write-zeroes in sectors (advertised as `max_write_zeroes_sectors`).
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 22;
+/// Segments per write-zeroes request (advertised as `max_write_zeroes_seg`).
+pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
+/// `discard_sector_alignment` advertised: 4 KiB.
+const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 /// Serial number returned for GET_ID (20 bytes, zero padded).
 const SERIAL: &[u8] = b"pvkit-vhost-user-blk";
 /// Size of `struct virtio_blk_config` up to and including `write_zeroes_may_unmap` + padding.
-const CONFIG_LEN: usize = 60;
-/// Largest discard / write-zeroes in sectors.
-const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+const CONFIG_LEN: usize = offset_of!(vb::virtio_blk_config, max_secure_erase_sectors);
+/// One discard / write-zeroes segment (`struct virtio_blk_discard_write_zeroes`).
+const DWZ_LEN: usize = size_of::<vb::virtio_blk_discard_write_zeroes>();
+const _: () = assert!(CONFIG_LEN == 60 && DWZ_LEN == 16);
+/// The most segments any request type takes (sizes the parse buffer).
+const MAX_DWZ_SEG: usize = if MAX_DISCARD_SEG > MAX_WRITE_ZEROES_SEG {
+    MAX_DISCARD_SEG as usize
+} else {
+    MAX_WRITE_ZEROES_SEG as usize
+};
+
+const S_OK: u8 = vb::VIRTIO_BLK_S_OK as u8;
+const S_IOERR: u8 = vb::VIRTIO_BLK_S_IOERR as u8;
+const S_UNSUPP: u8 = vb::VIRTIO_BLK_S_UNSUPP as u8;
 
 const fn bit(b: u32) -> u64 {
     1 << b
+}
+
+/// What completions need, shared with the worker pool's threads.
+#[derive(Debug)]
+struct Shared {
+    health: Health,
+    log: Arc<RateLimit>,
 }
 
 /// The vhost-user-blk backend for one connection.
@@ -44,6 +96,10 @@ pub struct VhostBlk {
     queues: usize,
     event_idx: AtomicBool,
     exit: ExitEvents,
+    /// One per queue: written when a handler yields with work left, so that it runs again after the
+    /// worker's other events (the exit event among them).
+    resume: Vec<EventFd>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for VhostBlk {
@@ -52,18 +108,25 @@ impl std::fmt::Debug for VhostBlk {
             .field("capacity", &self.core.capacity())
             .field("queues", &self.queues)
             .field("pool", &self.pool)
+            .field("health", &self.shared.health)
             .finish()
     }
 }
 
-/// Why a chain could not become a request (answered with `VIRTIO_BLK_S_IOERR`): no status byte,
-/// header too short, wrong direction, address outside guest memory.
-#[derive(Debug)]
-struct Bad(&'static str);
+/// Why a chain could not become a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bad {
+    /// Answered `VIRTIO_BLK_S_IOERR`: malformed (no status byte, short header, wrong direction,
+    /// outside guest memory, too long, an address that overflows).
+    IoErr(&'static str),
+    /// Answered `VIRTIO_BLK_S_UNSUPP`: well formed, but not something this device does (more
+    /// discard segments than advertised, unknown flags).
+    Unsupp(&'static str),
+}
 
 /// One parsed chain.
 struct Parsed {
-    /// Data descriptors after the header, before the status byte.
+    /// Data descriptors after the header, before the status byte: (address, length, device-writable).
     data: Vec<(GuestAddress, usize, bool)>,
     req_type: u32,
     sector: u64,
@@ -71,26 +134,38 @@ struct Parsed {
 
 type Guard = GuestMemoryLoadGuard<GuestMemoryMmap<()>>;
 
+/// Splits a chain into header, data and status byte. Returns the head index, the request (or why
+/// not), and the status byte's address if there is one to write.
 fn parse(
     chain: DescriptorChain<Guard>,
     mem: &GuestMemoryMmap<()>,
 ) -> (u16, Result<Parsed, Bad>, Option<GuestAddress>) {
     let head = chain.head_index();
-    let descs: Vec<_> = chain.collect();
+    let mut descs = Vec::with_capacity(4);
+    for d in chain {
+        if descs.len() == MAX_CHAIN {
+            // No status byte is trusted from a chain we did not read to its end.
+            return (head, Err(Bad::IoErr("chain longer than the queue")), None);
+        }
+        descs.push(d);
+    }
     let Some(last) = descs.last() else {
-        return (head, Err(Bad("empty chain")), None);
+        return (head, Err(Bad::IoErr("empty chain")), None);
     };
     if !last.is_write_only() || last.len() < 1 {
-        return (head, Err(Bad("no writable status byte")), None);
+        return (head, Err(Bad::IoErr("no writable status byte")), None);
     }
-    let status = GuestAddress(last.addr().0 + u64::from(last.len()) - 1);
+    let Some(status) = last.addr().checked_add(u64::from(last.len()) - 1) else {
+        return (head, Err(Bad::IoErr("status byte address overflows")), None);
+    };
+    let status = Some(status);
     // Header: the first 16 driver-readable bytes, possibly spread over descriptors.
     let mut header = [0u8; 16];
     let mut got = 0usize;
     let mut data = Vec::new();
     let n = descs.len();
     for (i, d) in descs.iter().enumerate() {
-        let mut addr = d.addr().0;
+        let mut addr = d.addr();
         let mut len = d.len() as usize;
         if i == n - 1 {
             len -= 1; // the status byte
@@ -99,27 +174,30 @@ fn parse(
             if d.is_write_only() {
                 return (
                     head,
-                    Err(Bad("header in a device-writable descriptor")),
-                    Some(status),
+                    Err(Bad::IoErr("header in a device-writable descriptor")),
+                    status,
                 );
             }
             let take = (16 - got).min(len);
-            if mem
-                .read_slice(&mut header[got..got + take], GuestAddress(addr))
-                .is_err()
-            {
-                return (head, Err(Bad("header outside guest memory")), Some(status));
+            if mem.read_slice(&mut header[got..got + take], addr).is_err() {
+                return (head, Err(Bad::IoErr("header outside guest memory")), status);
             }
             got += take;
-            addr += take as u64;
+            let Some(next) = addr.checked_add(take as u64) else {
+                return (head, Err(Bad::IoErr("header address overflows")), status);
+            };
+            addr = next;
             len -= take;
         }
         if len > 0 {
-            data.push((GuestAddress(addr), len, d.is_write_only()));
+            if addr.checked_add(len as u64).is_none() {
+                return (head, Err(Bad::IoErr("data address overflows")), status);
+            }
+            data.push((addr, len, d.is_write_only()));
         }
     }
     if got < 16 {
-        return (head, Err(Bad("header shorter than 16 bytes")), Some(status));
+        return (head, Err(Bad::IoErr("header shorter than 16 bytes")), status);
     }
     let req_type = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
     let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
@@ -130,29 +208,99 @@ fn parse(
             req_type,
             sector,
         }),
-        Some(status),
+        status,
     )
 }
 
-/// Host-virtual segments for guest ranges; every descriptor must have the direction `write`.
+/// Host-virtual segments for guest ranges; every descriptor must have the direction `write`, there
+/// may be at most [`SEG_MAX`] of them and [`MAX_REQUEST_BYTES`] in all.
 fn segments(
     mem: &GuestMemoryMmap<()>,
     data: &[(GuestAddress, usize, bool)],
     device_writes: bool,
-) -> Result<Vec<Segment>, Bad> {
-    let mut out = Vec::with_capacity(data.len());
-    for &(addr, len, w) in data {
+) -> Result<(Vec<Segment>, u64), Bad> {
+    if data.len() > SEG_MAX {
+        return Err(Bad::IoErr("more data descriptors than seg_max"));
+    }
+    let mut total = 0u64;
+    for &(_, len, w) in data {
         if w != device_writes {
-            return Err(Bad("data descriptor with the wrong direction"));
+            return Err(Bad::IoErr("data descriptor with the wrong direction"));
         }
+        total = total
+            .checked_add(len as u64)
+            .filter(|&t| t <= MAX_REQUEST_BYTES)
+            .ok_or(Bad::IoErr("more data than one request may carry"))?;
+    }
+    let mut out = Vec::with_capacity(data.len());
+    for &(addr, len, _) in data {
         for s in GuestMemoryBackend::get_slices(mem, addr, len) {
-            let s = s.map_err(|_| Bad("data outside guest memory"))?;
+            let s = s.map_err(|_| Bad::IoErr("data outside guest memory"))?;
             // SAFETY: the slice lies in a region of `mem`; the request keeps a load guard of that
             // memory (so the mapping stays) until it completes.
             out.push(unsafe { Segment::new(s.ptr_guard_mut().as_ptr(), s.len()) });
         }
     }
-    Ok(out)
+    Ok((out, total))
+}
+
+/// The ranges of a discard or write-zeroes request, checked against the advertised limits.
+/// At most [`MAX_DWZ_SEG`] segments are read, whatever the descriptors claim.
+fn dwz_ranges(
+    mem: &GuestMemoryMmap<()>,
+    data: &[(GuestAddress, usize, bool)],
+    write_zeroes: bool,
+) -> Result<Vec<(u64, u64)>, Bad> {
+    let (max_seg, max_sectors) = if write_zeroes {
+        (MAX_WRITE_ZEROES_SEG as usize, MAX_WRITE_ZEROES_SECTORS)
+    } else {
+        (MAX_DISCARD_SEG as usize, MAX_DISCARD_SECTORS)
+    };
+    let mut total = 0usize;
+    for &(_, len, w) in data {
+        if w {
+            return Err(Bad::IoErr("discard segments in a device-writable descriptor"));
+        }
+        total = total
+            .checked_add(len)
+            .ok_or(Bad::IoErr("discard segments overflow"))?;
+    }
+    if total == 0 || !total.is_multiple_of(DWZ_LEN) {
+        return Err(Bad::IoErr(
+            "discard data is not a whole number of 16-byte segments",
+        ));
+    }
+    if total / DWZ_LEN > max_seg {
+        return Err(Bad::Unsupp("more discard/write-zeroes segments than advertised"));
+    }
+    // Gather the (at most MAX_DWZ_SEG) segments, however the driver split them over descriptors.
+    let mut raw = [0u8; DWZ_LEN * MAX_DWZ_SEG];
+    let raw = &mut raw[..total];
+    let mut at = 0usize;
+    for &(addr, len, _) in data {
+        if mem.read_slice(&mut raw[at..at + len], addr).is_err() {
+            return Err(Bad::IoErr("discard segment outside guest memory"));
+        }
+        at += len;
+    }
+    let mut ranges = Vec::with_capacity(total / DWZ_LEN);
+    for seg in raw.chunks_exact(DWZ_LEN) {
+        let sector = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
+        let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
+        let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+        // virtio 1.2, 5.2.6.2: unknown flags, and the unmap flag on a discard, are UNSUPP.
+        if flags & !vb::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+            return Err(Bad::Unsupp("unknown discard/write-zeroes flags"));
+        }
+        if !write_zeroes && flags != 0 {
+            return Err(Bad::Unsupp("unmap flag on a discard"));
+        }
+        if sectors > max_sectors {
+            return Err(Bad::IoErr("more sectors than max_discard/write_zeroes_sectors"));
+        }
+        ranges.push((sector, u64::from(sectors)));
+    }
+    Ok(ranges)
 }
 
 /// A request ready to execute, plus what completing it needs.
@@ -165,58 +313,134 @@ struct Pending {
 }
 
 enum Kind {
+    /// A read, write or flush, and the used length to report on success (data bytes the device
+    /// wrote, without the status byte).
     Io(Request, u32),
     Discard(Vec<(u64, u64)>),
     Done(u8, u32),
 }
 
 impl VhostBlk {
-    /// A backend for one connection over `core`, sharing `pool` if given.
-    pub fn new(core: Arc<BlockCore>, pool: Option<Arc<BlockQueue>>, mem: Memory, queues: usize) -> Self {
-        VhostBlk {
+    /// A backend for one connection over `core`, sharing `pool` if given; `log` limits its
+    /// peer-triggered warnings.
+    pub fn new(
+        core: Arc<BlockCore>,
+        pool: Option<Arc<BlockQueue>>,
+        mem: Memory,
+        queues: usize,
+        log: Arc<RateLimit>,
+    ) -> crate::Result<Self> {
+        let queues = queues.clamp(1, 64);
+        let resume = (0..queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| crate::Error::Daemon {
+                what: "creating the resume eventfds".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(VhostBlk {
             core,
             pool,
             mem,
-            queues: queues.max(1),
+            queues,
             event_idx: AtomicBool::new(false),
             exit: ExitEvents::default(),
-        }
+            resume,
+            shared: Arc::new(Shared {
+                health: Health::new(queues),
+                log,
+            }),
+        })
+    }
+
+    /// Which queues are stopped.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// Event id of queue `q`'s resume eventfd (ids up to the number of queues are the library's).
+    fn resume_id(&self, q: usize) -> u16 {
+        (self.queues + 1 + q) as u16
     }
 
     fn config_space(&self) -> [u8; CONFIG_LEN] {
+        fn put(c: &mut [u8], at: usize, v: &[u8]) {
+            c[at..at + v.len()].copy_from_slice(v);
+        }
+        use vb::virtio_blk_config as C;
         let mut c = [0u8; CONFIG_LEN];
-        c[0..8].copy_from_slice(&self.core.capacity().to_le_bytes());
-        c[12..16].copy_from_slice(&((QUEUE_SIZE - 2) as u32).to_le_bytes()); // seg_max
-        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
-        c[34..36].copy_from_slice(&(self.queues as u16).to_le_bytes()); // num_queues
-        c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
-        c[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
-        c[44..48].copy_from_slice(&8u32.to_le_bytes()); // discard_sector_alignment (4 KiB)
-        c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
-        c[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
-        c[56] = 1; // write_zeroes_may_unmap
+        put(
+            &mut c,
+            offset_of!(C, capacity),
+            &self.core.capacity().to_le_bytes(),
+        );
+        put(&mut c, offset_of!(C, seg_max), &(SEG_MAX as u32).to_le_bytes());
+        put(
+            &mut c,
+            offset_of!(C, blk_size),
+            &(SECTOR_SIZE as u32).to_le_bytes(),
+        );
+        put(
+            &mut c,
+            offset_of!(C, num_queues),
+            &(self.queues as u16).to_le_bytes(),
+        );
+        put(
+            &mut c,
+            offset_of!(C, max_discard_sectors),
+            &MAX_DISCARD_SECTORS.to_le_bytes(),
+        );
+        put(
+            &mut c,
+            offset_of!(C, max_discard_seg),
+            &MAX_DISCARD_SEG.to_le_bytes(),
+        );
+        put(
+            &mut c,
+            offset_of!(C, discard_sector_alignment),
+            &DISCARD_ALIGNMENT_SECTORS.to_le_bytes(),
+        );
+        put(
+            &mut c,
+            offset_of!(C, max_write_zeroes_sectors),
+            &MAX_WRITE_ZEROES_SECTORS.to_le_bytes(),
+        );
+        put(
+            &mut c,
+            offset_of!(C, max_write_zeroes_seg),
+            &MAX_WRITE_ZEROES_SEG.to_le_bytes(),
+        );
+        c[offset_of!(C, write_zeroes_may_unmap)] = 1;
         c
     }
 
     fn prepare(&self, parsed: Result<Parsed, Bad>, mem: &Guard) -> Kind {
+        let refuse = |req_type: Option<u32>, bad: Bad| {
+            let (status, why) = match bad {
+                Bad::IoErr(why) => (S_IOERR, why),
+                Bad::Unsupp(why) => (S_UNSUPP, why),
+            };
+            match req_type {
+                Some(t) => warn_limited!(
+                    self.shared.log,
+                    "vhost-user-blk: refusing request type {t}: {why}"
+                ),
+                None => warn_limited!(self.shared.log, "vhost-user-blk: refusing a request: {why}"),
+            }
+            Kind::Done(status, 0)
+        };
         let p = match parsed {
             Ok(p) => p,
-            Err(Bad(why)) => {
-                tracing::warn!("vhost-user-blk: refusing a request: {why}");
-                return Kind::Done(vb::VIRTIO_BLK_S_IOERR as u8, 0);
-            }
+            Err(bad) => return refuse(None, bad),
         };
-        let fail = |why: &str| {
-            tracing::warn!("vhost-user-blk: refusing request type {}: {why}", p.req_type);
-            Kind::Done(vb::VIRTIO_BLK_S_IOERR as u8, 0)
-        };
+        let t = Some(p.req_type);
         match p.req_type {
             vb::VIRTIO_BLK_T_IN | vb::VIRTIO_BLK_T_OUT => {
                 let read = p.req_type == vb::VIRTIO_BLK_T_IN;
                 match segments(mem, &p.data, read) {
-                    Ok(segs) => {
-                        let len: usize = segs.iter().map(Segment::len).sum();
+                    Ok((segs, len)) => {
                         let op = if read { Op::Read } else { Op::Write { fua: false } };
+                        // Fits: len <= MAX_REQUEST_BYTES < u32::MAX.
                         let used = if read { len as u32 } else { 0 };
                         Kind::Io(
                             Request {
@@ -227,7 +451,7 @@ impl VhostBlk {
                             used,
                         )
                     }
-                    Err(Bad(why)) => fail(why),
+                    Err(bad) => refuse(t, bad),
                 }
             }
             vb::VIRTIO_BLK_T_FLUSH => Kind::Io(
@@ -242,47 +466,37 @@ impl VhostBlk {
                 let mut id = [0u8; vb::VIRTIO_BLK_ID_BYTES as usize];
                 id[..SERIAL.len()].copy_from_slice(SERIAL);
                 let Some(&(addr, len, true)) = p.data.first() else {
-                    return fail("GET_ID without a writable buffer");
+                    return refuse(t, Bad::IoErr("GET_ID without a writable buffer"));
                 };
                 let n = len.min(id.len());
                 if mem.write_slice(&id[..n], addr).is_err() {
-                    return fail("GET_ID buffer outside guest memory");
+                    return refuse(t, Bad::IoErr("GET_ID buffer outside guest memory"));
                 }
-                Kind::Done(vb::VIRTIO_BLK_S_OK as u8, n as u32)
+                Kind::Done(S_OK, n as u32)
             }
             vb::VIRTIO_BLK_T_DISCARD | vb::VIRTIO_BLK_T_WRITE_ZEROES => {
-                let mut ranges = Vec::new();
-                for &(addr, len, w) in &p.data {
-                    if w || len % 16 != 0 {
-                        return fail("discard segments malformed");
-                    }
-                    for k in 0..len / 16 {
-                        let mut seg = [0u8; 16];
-                        if mem
-                            .read_slice(&mut seg, GuestAddress(addr.0 + 16 * k as u64))
-                            .is_err()
-                        {
-                            return fail("discard segment outside guest memory");
-                        }
-                        let sector = u64::from_le_bytes(seg[0..8].try_into().expect("8"));
-                        let n = u32::from_le_bytes(seg[8..12].try_into().expect("4"));
-                        ranges.push((sector, u64::from(n)));
-                    }
+                if self.core.options().read_only {
+                    // Not offered on a read-only device.
+                    return Kind::Done(S_UNSUPP, 0);
                 }
-                Kind::Discard(ranges)
+                match dwz_ranges(mem, &p.data, p.req_type == vb::VIRTIO_BLK_T_WRITE_ZEROES) {
+                    Ok(ranges) => Kind::Discard(ranges),
+                    Err(bad) => refuse(t, bad),
+                }
             }
-            t => {
-                tracing::debug!("vhost-user-blk: unsupported request type {t}");
-                Kind::Done(vb::VIRTIO_BLK_S_UNSUPP as u8, 0)
+            other => {
+                tracing::debug!("vhost-user-blk: unsupported request type {other}");
+                Kind::Done(S_UNSUPP, 0)
             }
         }
     }
 
-    fn execute(core: &BlockCore, kind: Kind) -> (u8, u32) {
+    fn execute(core: &BlockCore, shared: &Shared, kind: Kind) -> (u8, u32) {
         match kind {
             Kind::Done(s, used) => (s, used),
-            Kind::Io(mut req, used) => io_status(core.execute(&mut req), used),
+            Kind::Io(mut req, used) => io_status(shared, core.execute(&mut req), used),
             Kind::Discard(ranges) => {
+                // At most MAX_DWZ_SEG ranges, each at most MAX_DISCARD_SECTORS: bounded work.
                 for (sector, sectors) in ranges {
                     let mut req = Request {
                         op: Op::Discard { sectors },
@@ -290,47 +504,76 @@ impl VhostBlk {
                         data: Data::None,
                     };
                     if let Err(e) = core.execute(&mut req) {
-                        tracing::warn!("vhost-user-blk: {e}");
-                        return (vb::VIRTIO_BLK_S_IOERR as u8, 0);
+                        warn_limited!(shared.log, "vhost-user-blk: {e}");
+                        return (S_IOERR, 0);
                     }
                 }
-                (vb::VIRTIO_BLK_S_OK as u8, 0)
+                (S_OK, 0)
             }
         }
     }
 
     /// Writes the status, puts the chain on the used ring, and interrupts the driver if it asked.
-    fn complete(vring: &Vring, mem: &Guard, head: u16, status: Option<GuestAddress>, st: u8, used: u32) {
+    /// A used ring that cannot be written stops queue `q`.
+    #[allow(clippy::too_many_arguments)]
+    fn complete(
+        shared: &Shared,
+        q: usize,
+        vring: &Vring,
+        mem: &Guard,
+        head: u16,
+        status: Option<GuestAddress>,
+        st: u8,
+        used: u32,
+    ) {
         let mut used = used;
         if let Some(addr) = status
             && mem.write_obj(st, addr).is_ok()
         {
-            used += 1;
+            used = used.saturating_add(1);
         }
         if let Err(e) = vring.add_used(head, used) {
-            tracing::warn!("vhost-user-blk: add_used({head}) failed: {e}");
+            shared.health.stop(
+                "vhost-user-blk",
+                q,
+                &QueueFault::Ring {
+                    op: "adding to the used ring",
+                    error: e,
+                },
+                &shared.log,
+            );
+            return;
         }
         if vring.needs_notification().unwrap_or(true) {
             let _ = vring.signal_used_queue();
         }
     }
 
-    fn process_queue(&self, vring: &Vring) -> io::Result<bool> {
+    /// One batch: every chain the driver has made available, at most a ring's worth.
+    fn process_queue(&self, q: usize, vring: &Vring) -> Result<bool, QueueFault> {
+        self.shared.health.count_round();
         let mem = self.mem.memory();
         let chains: Vec<_> = {
             let mut state = vring.get_mut();
-            let Ok(iter) = state.get_queue_mut().iter(mem.clone()) else {
-                return Ok(false);
-            };
-            iter.collect()
+            match state.get_queue_mut().iter(mem.clone()) {
+                Ok(iter) => iter.collect(),
+                // Stopped by the frontend meanwhile: nothing to do.
+                Err(virtio_queue::Error::QueueNotReady) => return Ok(false),
+                Err(e) => return Err(QueueFault::ring("reading the available ring")(e)),
+            }
         };
         let any = !chains.is_empty();
         for chain in chains {
+            if self.shared.health.is_broken(q) {
+                break;
+            }
             let (head, parsed, status) = parse(chain, &mem);
             let Some(status) = status else {
                 // No status byte to write: complete with nothing written.
-                tracing::warn!("vhost-user-blk: chain {head} has no status byte");
-                Self::complete(vring, &mem, head, None, 0, 0);
+                if let Err(Bad::IoErr(why) | Bad::Unsupp(why)) = parsed {
+                    warn_limited!(self.shared.log, "vhost-user-blk: chain {head}: {why}");
+                }
+                Self::complete(&self.shared, q, vring, &mem, head, None, 0, 0);
                 continue;
             };
             let kind = self.prepare(parsed, &mem);
@@ -340,12 +583,12 @@ impl VhostBlk {
                 kind,
                 mem: mem.clone(),
             };
-            self.dispatch(vring, pending);
+            self.dispatch(q, vring, pending);
         }
         Ok(any)
     }
 
-    fn dispatch(&self, vring: &Vring, p: Pending) {
+    fn dispatch(&self, q: usize, vring: &Vring, p: Pending) {
         let Pending {
             head,
             status,
@@ -354,10 +597,10 @@ impl VhostBlk {
         } = p;
         let kind = match (kind, &self.pool) {
             (Kind::Io(req, used), Some(pool)) => {
-                let (v, m) = (vring.clone(), mem.clone());
+                let (v, m, shared) = (vring.clone(), mem.clone(), self.shared.clone());
                 let done: crate::block::Completion = Box::new(move |_req, r| {
-                    let (st, used) = io_status(r, used);
-                    Self::complete(&v, &m, head, Some(status), st, used);
+                    let (st, used) = io_status(&shared, r, used);
+                    Self::complete(&shared, q, &v, &m, head, Some(status), st, used);
                 });
                 if let Err((mut req, done, _busy)) = pool.submit(req, done) {
                     // Queue full: execute on this thread; the completion does the rest.
@@ -368,17 +611,17 @@ impl VhostBlk {
             }
             (kind, _) => kind,
         };
-        let (st, used) = Self::execute(&self.core, kind);
-        Self::complete(vring, &mem, head, Some(status), st, used);
+        let (st, used) = Self::execute(&self.core, &self.shared, kind);
+        Self::complete(&self.shared, q, vring, &mem, head, Some(status), st, used);
     }
 }
 
-fn io_status(r: crate::Result<usize>, used: u32) -> (u8, u32) {
+fn io_status(shared: &Shared, r: crate::Result<usize>, used: u32) -> (u8, u32) {
     match r {
-        Ok(_) => (vb::VIRTIO_BLK_S_OK as u8, used),
+        Ok(_) => (S_OK, used),
         Err(e) => {
-            tracing::warn!("vhost-user-blk: {e}");
-            (vb::VIRTIO_BLK_S_IOERR as u8, 0)
+            warn_limited!(shared.log, "vhost-user-blk: {e}");
+            (S_IOERR, 0)
         }
     }
 }
@@ -386,6 +629,18 @@ fn io_status(r: crate::Result<usize>, used: u32) -> (u8, u32) {
 impl DaemonBackend for VhostBlk {
     fn exit_events(&self) -> &ExitEvents {
         &self.exit
+    }
+
+    fn listeners(&self) -> Vec<ExtraEvent> {
+        use std::os::fd::AsRawFd;
+        // Queue q is served by worker thread q (queues_per_thread).
+        (0..self.queues)
+            .map(|q| ExtraEvent {
+                thread: q,
+                fd: self.resume[q].as_raw_fd(),
+                id: self.resume_id(q),
+            })
+            .collect()
     }
 }
 
@@ -429,10 +684,11 @@ impl VhostUserBackend for VhostBlk {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // `size` is bounded by the message size the library accepted (4 KiB).
         let c = self.config_space();
         let start = (offset as usize).min(CONFIG_LEN);
-        let end = (offset as usize + size as usize).min(CONFIG_LEN);
-        let mut v = c[start..end].to_vec();
+        let end = (offset as usize).saturating_add(size as usize).min(CONFIG_LEN);
+        let mut v = c[start..end.max(start)].to_vec();
         v.resize(size as usize, 0);
         v
     }
@@ -451,6 +707,12 @@ impl VhostUserBackend for VhostBlk {
         self.exit.create()
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the frontend stops (resets) this ring; a stopped queue may start again.
+        self.shared.health.restart(queue_index as usize);
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,
@@ -461,21 +723,35 @@ impl VhostUserBackend for VhostBlk {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
-        let Some(vring) = vrings.get(device_event as usize) else {
+        let e = usize::from(device_event);
+        let q = if e < self.queues {
+            e
+        } else if let Some(q) = e.checked_sub(self.queues + 1).filter(|&q| q < self.queues) {
+            // A resume event: reset it (level-triggered) before anything else.
+            let _ = self.resume[q].read();
+            q
+        } else {
             return Err(io::Error::other(format!("unknown device event {device_event}")));
         };
-        if self.event_idx.load(Ordering::Relaxed) {
-            // Drain, re-enable notifications, and drain again if the driver queued meanwhile
-            // (the re-enable publishes avail_event; a request added before it would be missed).
-            loop {
-                vring.disable_notification().map_err(io::Error::other)?;
-                self.process_queue(vring)?;
-                if !vring.enable_notification().map_err(io::Error::other)? {
-                    break;
-                }
+        let Some(vring) = vrings.get(q) else {
+            return Err(io::Error::other(format!("no vring {q}")));
+        };
+        if self.shared.health.is_broken(q) {
+            // Stopped: the kick was consumed by the library; nothing is processed.
+            return Ok(());
+        }
+        match drive(vring, self.event_idx.load(Ordering::Relaxed), |v| {
+            self.process_queue(q, v)
+        }) {
+            Ok(Drive::Idle) => {}
+            Ok(Drive::Yield) => {
+                let _ = self.resume[q].write(1);
             }
-        } else {
-            self.process_queue(vring)?;
+            Err(fault) => {
+                self.shared
+                    .health
+                    .stop("vhost-user-blk", q, &fault, &self.shared.log);
+            }
         }
         Ok(())
     }
@@ -493,12 +769,13 @@ pub struct BlkConnections {
 }
 
 impl super::Connection<VhostBlk> for BlkConnections {
-    fn backend(&mut self, mem: &Memory) -> crate::Result<Arc<VhostBlk>> {
+    fn backend(&mut self, mem: &Memory, log: &Arc<RateLimit>) -> crate::Result<Arc<VhostBlk>> {
         Ok(Arc::new(VhostBlk::new(
             self.core.clone(),
             self.pool.clone(),
             mem.clone(),
             self.queues,
-        )))
+            log.clone(),
+        )?))
     }
 }

@@ -1,9 +1,14 @@
-//! Shared pieces of the vhost-user tests: a memfd as guest memory and a driver-side split virtqueue.
+//! Shared pieces of the vhost-user tests: a memfd as guest memory, a driver-side split virtqueue, a
+//! raw vhost-user frontend that sends whatever it is told (a hostile VMM), and helpers to watch the
+//! daemon (its backends, its peak memory, its threads ending in time).
 #![allow(dead_code)]
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{Ordering, fence};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ::vhost::vhost_user::Frontend;
@@ -14,6 +19,7 @@ pub const MEM_SIZE: usize = 1 << 20;
 pub const QSIZE: u16 = 16;
 const VIRTQ_DESC_F_NEXT: u16 = 1;
 const VIRTQ_DESC_F_WRITE: u16 = 2;
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 
 /// The shared "guest memory": a memfd mapped in this process.
 pub struct GuestMem {
@@ -22,14 +28,35 @@ pub struct GuestMem {
 }
 
 impl GuestMem {
+    /// Sealed against shrinking and growing, as QEMU's memory-backend-memfd does by default.
     pub fn new() -> Self {
+        Self::with_seals(true)
+    }
+
+    /// Without seals: the VMM could shrink the file under the daemon.
+    pub fn unsealed() -> Self {
+        Self::with_seals(false)
+    }
+
+    fn with_seals(sealed: bool) -> Self {
         // SAFETY: memfd_create with a valid NUL-terminated name.
-        let raw = unsafe { libc::memfd_create(c"pvkit-test-guest".as_ptr(), 0) };
+        let raw = unsafe { libc::memfd_create(c"pvkit-test-guest".as_ptr(), libc::MFD_ALLOW_SEALING) };
         assert!(raw >= 0, "memfd_create failed");
         // SAFETY: `raw` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: plain system call on our descriptor.
         assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), MEM_SIZE as i64) }, 0);
+        if sealed {
+            // SAFETY: plain system call on our descriptor.
+            let r = unsafe {
+                libc::fcntl(
+                    fd.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+                )
+            };
+            assert_eq!(r, 0, "sealing the memfd");
+        }
         // SAFETY: a new shared mapping of the whole memfd; checked for failure below.
         let base = unsafe {
             libc::mmap(
@@ -64,6 +91,11 @@ impl GuestMem {
         // SAFETY: in bounds of the mapping (asserted).
         unsafe { std::ptr::copy_nonoverlapping(self.base.wrapping_add(gpa), v.as_mut_ptr(), len) };
         v
+    }
+
+    /// Guest address of a host pointer into this memory.
+    pub fn gpa_of(&self, va: u64) -> usize {
+        (va - self.base as u64) as usize
     }
 
     pub fn u16_at(&self, gpa: usize) -> u16 {
@@ -126,6 +158,49 @@ impl<'a> Queue<'a> {
         head
     }
 
+    /// Adds a chain whose head descriptor points at an indirect table written at `table`, of
+    /// `bufs` (gpa, len, device-writable); returns its head.
+    pub fn add_indirect(&mut self, table: usize, bufs: &[(usize, u32, bool)]) -> u16 {
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let last = i == bufs.len() - 1;
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&(addr as u64).to_le_bytes());
+            d[8..12].copy_from_slice(&len.to_le_bytes());
+            let flags = if last { 0 } else { VIRTQ_DESC_F_NEXT } | if w { VIRTQ_DESC_F_WRITE } else { 0 };
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+            self.mem.write(table + 16 * i, &d);
+        }
+        let head = self.next_desc;
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&(table as u64).to_le_bytes());
+        d[8..12].copy_from_slice(&(16 * bufs.len() as u32).to_le_bytes());
+        d[12..14].copy_from_slice(&VIRTQ_DESC_F_INDIRECT.to_le_bytes());
+        self.mem.write(self.desc + 16 * head as usize, &d);
+        self.next_desc = (self.next_desc + 1) % QSIZE;
+        let slot = self.avail + 4 + 2 * (self.avail_idx % QSIZE) as usize;
+        self.mem.write(slot, &head.to_le_bytes());
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        head
+    }
+
+    /// A hostile driver: publishes `idx` as the available index (whatever was added) and kicks.
+    pub fn publish_raw(&self, idx: u16, kick: &EventFd) {
+        fence(Ordering::Release);
+        self.mem.write(self.avail + 2, &idx.to_le_bytes());
+        kick.write(1).unwrap();
+    }
+
+    /// The driver's available index (what the next `kick` publishes).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The device's used index.
+    pub fn used_idx(&self) -> u16 {
+        self.mem.u16_at(self.used + 2)
+    }
+
     /// Publishes the added chains and kicks.
     pub fn kick(&self, kick: &EventFd) {
         // Release: the descriptors and ring entries above are visible to the device before the
@@ -184,6 +259,191 @@ pub fn region(mem: &GuestMem) -> VhostUserMemoryRegionInfo {
         mmap_offset: 0,
         mmap_handle: mem.fd.as_raw_fd(),
     }
+}
+
+/// Waits up to `timeout` for `f` to hold.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+/// Joins `t` if it ends within `timeout`; panics otherwise (a hung daemon fails the test instead
+/// of hanging it).
+pub fn join_within<T>(t: std::thread::JoinHandle<T>, timeout: Duration, what: &str) -> T {
+    assert!(
+        wait_for(timeout, || t.is_finished()),
+        "{what} did not end within {timeout:?}"
+    );
+    t.join().expect("thread panicked")
+}
+
+/// The process's peak resident memory (VmHWM) in KiB.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A connection factory that remembers (weakly) every backend it built.
+pub struct Spy<C, B> {
+    pub inner: C,
+    pub seen: Arc<Mutex<Vec<Weak<B>>>>,
+}
+
+impl<C, B> Spy<C, B> {
+    pub fn new(inner: C) -> (Self, Arc<Mutex<Vec<Weak<B>>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        (
+            Spy {
+                inner,
+                seen: seen.clone(),
+            },
+            seen,
+        )
+    }
+}
+
+impl<B, C> pvkit_backends::vhost::Connection<B> for Spy<C, B>
+where
+    B: pvkit_backends::vhost::DaemonBackend,
+    C: pvkit_backends::vhost::Connection<B>,
+{
+    fn backend(
+        &mut self,
+        mem: &pvkit_backends::vhost::Memory,
+        log: &Arc<pvkit_backends::ratelimit::RateLimit>,
+    ) -> pvkit_backends::Result<Arc<B>> {
+        let b = self.inner.backend(mem, log)?;
+        self.seen.lock().unwrap().push(Arc::downgrade(&b));
+        Ok(b)
+    }
+}
+
+/// The `n`th backend built (waiting for it), if it is still alive.
+pub fn nth_backend<B>(seen: &Mutex<Vec<Weak<B>>>, n: usize) -> Arc<B> {
+    assert!(
+        wait_for(Duration::from_secs(10), || seen.lock().unwrap().len() > n),
+        "backend {n} built"
+    );
+    seen.lock().unwrap()[n].upgrade().expect("backend alive")
+}
+
+/// A vhost-user frontend that sends raw messages: a hostile VMM.
+pub struct RawFrontend {
+    pub sock: UnixStream,
+}
+
+pub const F_VERSION: u32 = 1;
+pub const F_NEED_REPLY: u32 = 8;
+
+impl RawFrontend {
+    pub fn connect(sock: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(sock) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    return RawFrontend { sock: s };
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("connecting to {}: {e}", sock.display()),
+            }
+        }
+    }
+
+    /// Sends one message with `fds` attached (any number: the kernel allows 253 per sendmsg).
+    pub fn send(&self, req: u32, flags: u32, payload: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&req.to_le_bytes());
+        m.extend_from_slice(&flags.to_le_bytes());
+        m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        m.extend_from_slice(payload);
+        send_fds(&self.sock, &m, fds)
+    }
+
+    /// Reads one reply (header + payload); `None` once the daemon closed the connection.
+    pub fn reply(&self) -> Option<Vec<u8>> {
+        let mut hdr = [0u8; 12];
+        (&self.sock).read_exact(&mut hdr).ok()?;
+        let len = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+        let mut p = vec![0u8; len];
+        (&self.sock).read_exact(&mut p).ok()?;
+        Some([&hdr[..], &p].concat())
+    }
+
+    /// Whether the daemon closed the connection (reads EOF within the read timeout).
+    pub fn closed(&self) -> bool {
+        let mut b = [0u8; 64];
+        loop {
+            match (&self.sock).read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// sendmsg with SCM_RIGHTS for any number of descriptors (a Vec-sized control buffer).
+pub fn send_fds(sock: &UnixStream, buf: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    if fds.is_empty() {
+        return (&*sock).write_all(buf);
+    }
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: plain data, zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, room for one header and the data.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: pure computation.
+    let cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+    let header = libc::cmsghdr {
+        cmsg_len,
+        cmsg_level: libc::SOL_SOCKET,
+        cmsg_type: libc::SCM_RIGHTS,
+    };
+    // SAFETY: `cmsg` is the start of the (u64-aligned) control buffer.
+    unsafe { cmsg.write(header) };
+    // SAFETY: the data area follows the header inside the buffer.
+    let data = unsafe { libc::CMSG_DATA(cmsg) };
+    // SAFETY: the data area has room for `payload` bytes; `fds` holds them.
+    unsafe { std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, payload as usize) };
+    // SAFETY: `msg` describes live buffers and open descriptors.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    (&*sock).write_all(&buf[n as usize..])
+}
+
+/// A SET_MEM_TABLE payload for `regions` (gpa, size, user address, mmap offset).
+pub fn mem_table_payload(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&(regions.len() as u32).to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    for &(gpa, size, uva, off) in regions {
+        for v in [gpa, size, uva, off] {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    p
 }
 
 /// Connects to `sock`, retrying while the server starts.
