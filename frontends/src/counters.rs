@@ -97,6 +97,9 @@ pub struct Exits {
     pub pio: u64,
     /// Device register accesses through memory (MMIO).
     pub mmio: u64,
+    /// MMIO accesses to the interrupt controllers (local APIC: EOI, timer; IOAPIC): the cost of
+    /// taking interrupts, kept apart from the devices' registers.
+    pub irqchip: u64,
     /// Halts waiting for an interrupt (`sti; hlt`).
     pub hlt: u64,
     /// Hypercalls by number (see [`HYPERCALL_SLOTS`]).
@@ -108,6 +111,7 @@ impl Default for Exits {
         Self {
             pio: 0,
             mmio: 0,
+            irqchip: 0,
             hlt: 0,
             hypercalls: [0; HYPERCALL_SLOTS],
         }
@@ -127,6 +131,7 @@ impl Exits {
         Exits {
             pio: self.pio.saturating_sub(earlier.pio),
             mmio: self.mmio.saturating_sub(earlier.mmio),
+            irqchip: self.irqchip.saturating_sub(earlier.irqchip),
             hlt: self.hlt.saturating_sub(earlier.hlt),
             hypercalls,
         }
@@ -137,12 +142,13 @@ impl Exits {
         self.hypercalls.iter().sum()
     }
 
-    /// Everything: port I/O + MMIO + hypercalls + halts.
+    /// Everything: port I/O + MMIO (devices and interrupt controllers) + hypercalls + halts.
     pub fn total(&self) -> u64 {
-        self.pio + self.mmio + self.hypercalls_total() + self.hlt
+        self.pio + self.mmio + self.irqchip + self.hypercalls_total() + self.hlt
     }
 
-    /// The `key=value` fields of a report line: `exits= exits_pio= exits_mmio= hypercalls= exits_hlt=`
+    /// The `key=value` fields of a report line: `exits= exits_pio= exits_mmio= exits_irqchip=
+    /// hypercalls= exits_hlt=`
     /// and, if there were hypercalls, `hc=<name>:<n>,...` sorted by name; `name(nr)` names hypercall
     /// `nr` (`None`: shown as `hc<nr>`).
     pub fn fields<'a>(&'a self, name: &'a dyn Fn(usize) -> Option<&'static str>) -> ExitFields<'a> {
@@ -169,10 +175,11 @@ impl core::fmt::Display for ExitFields<'_> {
         let e = self.exits;
         write!(
             f,
-            "exits={} exits_pio={} exits_mmio={} hypercalls={} exits_hlt={}",
+            "exits={} exits_pio={} exits_mmio={} exits_irqchip={} hypercalls={} exits_hlt={}",
             e.total(),
             e.pio,
             e.mmio,
+            e.irqchip,
             e.hypercalls_total(),
             e.hlt
         )?;
@@ -202,6 +209,7 @@ impl core::fmt::Display for ExitFields<'_> {
 pub struct AtomicExits {
     pio: AtomicU64,
     mmio: AtomicU64,
+    irqchip: AtomicU64,
     hlt: AtomicU64,
     hypercalls: [AtomicU64; HYPERCALL_SLOTS],
 }
@@ -219,6 +227,7 @@ impl AtomicExits {
         Self {
             pio: AtomicU64::new(0),
             mmio: AtomicU64::new(0),
+            irqchip: AtomicU64::new(0),
             hlt: AtomicU64::new(0),
             hypercalls: [const { AtomicU64::new(0) }; HYPERCALL_SLOTS],
         }
@@ -232,6 +241,11 @@ impl AtomicExits {
     /// Counts `n` MMIO exits.
     pub fn mmio(&self, n: u64) {
         self.mmio.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` MMIO exits to an interrupt controller.
+    pub fn irqchip(&self, n: u64) {
+        self.irqchip.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one halt.
@@ -254,6 +268,7 @@ impl AtomicExits {
         Exits {
             pio: self.pio.load(Ordering::Relaxed),
             mmio: self.mmio.load(Ordering::Relaxed),
+            irqchip: self.irqchip.load(Ordering::Relaxed),
             hlt: self.hlt.load(Ordering::Relaxed),
             hypercalls,
         }
@@ -318,6 +333,7 @@ mod tests {
         let before = e.snapshot();
         e.pio(256);
         TrapCounter::mmio(&e, 2);
+        e.irqchip(3);
         e.hlt();
         for _ in 0..5 {
             e.hypercall(32);
@@ -326,7 +342,7 @@ mod tests {
         e.hypercall(29);
         e.hypercall(1000); // beyond the table: the last slot
         let d = e.snapshot().since(&before);
-        assert_eq!((d.pio, d.mmio, d.hlt), (256, 2, 1));
+        assert_eq!((d.pio, d.mmio, d.irqchip, d.hlt), (256, 2, 3, 1));
         assert_eq!(d.hypercalls[32], 5);
         assert_eq!(
             d.hypercalls[29], 1,
@@ -334,7 +350,7 @@ mod tests {
         );
         assert_eq!(d.hypercalls[HYPERCALL_SLOTS - 1], 1);
         assert_eq!(d.hypercalls_total(), 8);
-        assert_eq!(d.total(), 256 + 2 + 1 + 8);
+        assert_eq!(d.total(), 256 + 2 + 3 + 1 + 8);
         let name = |nr: usize| match nr {
             20 => Some("grant_table_op"),
             29 => Some("sched_op"),
@@ -343,7 +359,7 @@ mod tests {
         };
         assert_eq!(
             alloc::format!("{}", d.fields(&name)),
-            "exits=267 exits_pio=256 exits_mmio=2 hypercalls=8 exits_hlt=1 \
+            "exits=270 exits_pio=256 exits_mmio=2 exits_irqchip=3 hypercalls=8 exits_hlt=1 \
              hc=event_channel_op:5,grant_table_op:1,hc63:1,sched_op:1"
         );
         // No hypercalls: no `hc=` field at all.
@@ -353,7 +369,7 @@ mod tests {
         };
         assert_eq!(
             alloc::format!("{}", quiet.fields(&name)),
-            "exits=4 exits_pio=0 exits_mmio=4 hypercalls=0 exits_hlt=0"
+            "exits=4 exits_pio=0 exits_mmio=4 exits_irqchip=0 hypercalls=0 exits_hlt=0"
         );
     }
 }

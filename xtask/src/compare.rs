@@ -3,9 +3,11 @@
 //!
 //! Units (per operation = divided by the phase's ops; a block op is a request, a net op an echoed
 //! frame, a console op a byte echoed):
-//! - exits/op: every guest action that left the guest (trapped port I/O and MMIO accesses,
-//!   hypercalls, halts), counted by the guest;
-//! - hcalls/op: the hypercalls among them (Xen PV);
+//! - exits/op: every guest action that left the guest, counted by the guest, and its parts:
+//!   dev/op (trapped port I/O and MMIO accesses to device registers: doorbells, ATA and AHCI
+//!   registers, the PIO data port), irqc/op (interrupt-controller accesses: EOIs), hlt/op (halts
+//!   while waiting) and hcalls/op (hypercalls, Xen PV; there the halt is `SCHEDOP_block` and the
+//!   return from an interrupt the `iret` hypercall);
 //! - notif/op: the driver's notifications (virtio kicks, doorbells, command writes, event
 //!   channel sends);
 //! - irqs/op: interrupts or event upcalls the driver took;
@@ -68,6 +70,15 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
 /// The figures of a phase, per op.
 pub fn exits_per_op(m: &Measure) -> Option<f64> {
     m.exits.map(|e| m.per_op(e))
+}
+pub fn dev_per_op(m: &Measure) -> Option<f64> {
+    Some(m.per_op(m.exits_pio? + m.exits_mmio?))
+}
+pub fn irqchip_per_op(m: &Measure) -> Option<f64> {
+    m.exits_irqchip.map(|e| m.per_op(e))
+}
+pub fn hlt_per_op(m: &Measure) -> Option<f64> {
+    m.exits_hlt.map(|e| m.per_op(e))
 }
 pub fn hypercalls_per_op(m: &Measure) -> Option<f64> {
     m.hypercalls.map(|e| m.per_op(e))
@@ -189,6 +200,9 @@ pub fn render(series: &[Series], bad: &[(Row, Verdict)], traced: bool) -> String
                     s.row.transport.name().to_owned(),
                     path_label(&s.row),
                     col(exits_per_op),
+                    col(dev_per_op),
+                    col(irqchip_per_op),
+                    col(hlt_per_op),
                     col(hypercalls_per_op),
                     col(notifies_per_op),
                     col(irqs_per_op),
@@ -216,6 +230,9 @@ pub fn render(series: &[Series], bad: &[(Row, Verdict)], traced: bool) -> String
             "transport",
             "path (env device (backend))",
             "exits/op",
+            "dev/op",
+            "irqc/op",
+            "hlt/op",
             "hcalls/op",
             "notif/op",
             "irqs/op",

@@ -44,6 +44,7 @@ pub struct Cost {
     /// devices and interrupt controllers), when it reports them.
     pub guest_exits_pio: Option<u64>,
     pub guest_exits_mmio: Option<u64>,
+    pub guest_exits_irqchip: Option<u64>,
     /// Trapped accesses to the device's regions.
     pub device_traps: u64,
     /// Kicks QEMU saw (`virtio_queue_notify`), and those of them that went through an ioeventfd.
@@ -105,6 +106,7 @@ impl Cost {
             copied_bytes: num("copied_bytes"),
             guest_exits_pio: f.get_u64("exits_pio"),
             guest_exits_mmio: f.get_u64("exits_mmio"),
+            guest_exits_irqchip: f.get_u64("exits_irqchip"),
             device_traps,
             host_kicks: c.queue_notifies,
             ioeventfd_kicks,
@@ -266,6 +268,8 @@ pub struct Measure {
     pub exits: Option<u64>,
     pub exits_pio: Option<u64>,
     pub exits_mmio: Option<u64>,
+    /// Interrupt-controller register accesses (EOI, IOAPIC), counted apart from the devices'.
+    pub exits_irqchip: Option<u64>,
     pub exits_hlt: Option<u64>,
     pub hypercalls: Option<u64>,
     /// Hypercalls by name (`event_channel_op`, `grant_table_op`, ...).
@@ -305,6 +309,7 @@ impl Measure {
             exits: f.get_u64("exits"),
             exits_pio: f.get_u64("exits_pio"),
             exits_mmio: f.get_u64("exits_mmio"),
+            exits_irqchip: f.get_u64("exits_irqchip"),
             exits_hlt: f.get_u64("exits_hlt"),
             hypercalls: f.get_u64("hypercalls"),
             hc,

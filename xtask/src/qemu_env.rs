@@ -412,7 +412,8 @@ pub fn cost_bounds(row: &Row, costs: &[Cost]) -> Vec<String> {
                 problems.push(format!("{what}: {text}"));
             }
         };
-        if let (Some(g_pio), Some(g_mmio)) = (c.guest_exits_pio, c.guest_exits_mmio) {
+        if let (Some(g_pio), Some(g_dev_mmio)) = (c.guest_exits_pio, c.guest_exits_mmio) {
+            let g_mmio = g_dev_mmio + c.guest_exits_irqchip.unwrap_or(0);
             // Equal one request at a time; deeper, an ioeventfd can merge doorbell writes that
             // come before QEMU reads it into one `virtio_queue_notify`, so QEMU may see fewer, by
             // at most the kicks.

@@ -114,6 +114,7 @@ struct Raw<'a> {
     exits: Option<u64>,
     exits_pio: Option<u64>,
     exits_mmio: Option<u64>,
+    exits_irqchip: Option<u64>,
     exits_hlt: Option<u64>,
     hypercalls: Option<u64>,
     hypercalls_by_name: Vec<(String, u64)>,
@@ -144,6 +145,7 @@ fn raw(rounds: &[Vec<CellResult>]) -> Vec<Raw<'_>> {
                     exits: m.exits,
                     exits_pio: m.exits_pio,
                     exits_mmio: m.exits_mmio,
+                    exits_irqchip: m.exits_irqchip,
                     exits_hlt: m.exits_hlt,
                     hypercalls: m.hypercalls,
                     hypercalls_by_name: m.hc.clone(),
@@ -163,12 +165,12 @@ fn csv(records: &[Raw<'_>]) -> String {
     let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
     let mut s = String::from(
         "round,row,env,transport,backend,device,pattern,qd,ops,bytes,guest_us,exits,exits_pio,exits_mmio,\
-         exits_hlt,hypercalls,notifications,interrupts,copied_bytes,lat_p50_ns,lat_p99_ns\n",
+         exits_irqchip,exits_hlt,hypercalls,notifications,interrupts,copied_bytes,lat_p50_ns,lat_p99_ns\n",
     );
     for r in records {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.round,
             r.row,
             r.env,
@@ -183,6 +185,7 @@ fn csv(records: &[Raw<'_>]) -> String {
             opt(r.exits),
             opt(r.exits_pio),
             opt(r.exits_mmio),
+            opt(r.exits_irqchip),
             opt(r.exits_hlt),
             opt(r.hypercalls),
             r.notifications,
@@ -586,12 +589,13 @@ fn markdown(
         "## What the figures mean\n\n\
          Every figure is counted by the guest itself, per operation of the workload phase (a block op is one \
          request; a net op one frame sent and its echo received; a console op one byte echoed):\n\n\
-         - **exits/op**: guest actions that leave the guest: trapped port I/O and MMIO register accesses (every \
-           device and interrupt controller, counted by the drivers' register accessors), hypercalls (Xen PV: every \
-           hypercall, by number, including event channel sends, grant table ops and the `iret` that ends each event \
-           upcall), and halts while waiting. On QEMU, `cargo xtask test` checks the guest's register-access count \
-           against QEMU's own trace of the same phase.\n\
-         - **hcalls/op**: the hypercalls among the exits.\n\
+         - **exits/op**: guest actions that leave the guest, and their parts: **dev/op**, trapped port I/O and MMIO \
+           accesses to device registers (doorbells, ATA and AHCI registers, the PIO data port; counted by the \
+           drivers' register accessors); **irqc/op**, interrupt-controller accesses (the local APIC's EOI); \
+           **hlt/op**, halts while waiting; **hcalls/op**, hypercalls (Xen PV: every hypercall, by number, including \
+           event channel sends, grant table ops, the `SCHEDOP_block` that is PV's halt and the `iret` that ends each \
+           event upcall). On QEMU, `cargo xtask test` checks the guest's register-access count against QEMU's own \
+           trace of the same phase.\n\
          - **notif/op**: the driver's notifications to its device: virtio kicks, doorbell or command register writes, \
            event channel sends.\n\
          - **irqs/op**: interrupts (or event upcalls) the driver took as its own.\n\
@@ -642,6 +646,9 @@ fn markdown(
                             s.row.transport.name().to_owned(),
                             compare::path_label(&s.row),
                             cell(s, compare::exits_per_op),
+                            cell(s, compare::dev_per_op),
+                            cell(s, compare::irqchip_per_op),
+                            cell(s, compare::hlt_per_op),
                             cell(s, compare::hypercalls_per_op),
                             cell(s, compare::notifies_per_op),
                             cell(s, compare::irqs_per_op),
@@ -665,6 +672,9 @@ fn markdown(
                 "transport",
                 "path",
                 "exits/op",
+                "dev/op",
+                "irqc/op",
+                "hlt/op",
                 "hcalls/op",
                 "notif/op",
                 "irqs/op",

@@ -56,12 +56,12 @@ static IOAPIC_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 fn mmio_read(addr: u64) -> u32 {
     // SAFETY: `addr` is a 4-byte aligned register of the local APIC or IOAPIC, mapped uncached by
     // paging::init before apic::init runs.
-    unsafe { super::mmio::read32(addr) }
+    unsafe { super::mmio::irqchip_read32(addr) }
 }
 
 fn mmio_write(addr: u64, value: u32) {
     // SAFETY: as for mmio_read; register writes only affect the interrupt controller.
-    unsafe { super::mmio::write32(addr, value) }
+    unsafe { super::mmio::irqchip_write32(addr, value) }
 }
 
 fn lapic_read(reg: u64) -> u32 {

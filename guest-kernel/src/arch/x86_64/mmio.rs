@@ -22,3 +22,26 @@ pub unsafe fn write32(addr: u64, value: u32) {
     // SAFETY: the caller's promise.
     unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
 }
+
+/// Reads a 32-bit interrupt-controller register (local APIC, IOAPIC) at `addr`, counted as an
+/// `irqchip` exit.
+///
+/// # Safety
+/// As for [`read32`], for a register of the local APIC or the IOAPIC.
+#[inline]
+pub unsafe fn irqchip_read32(addr: u64) -> u32 {
+    super::exits::irqchip(1);
+    // SAFETY: the caller's promise; volatile because the controller changes it.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// Writes a 32-bit interrupt-controller register at `addr`, counted as an `irqchip` exit.
+///
+/// # Safety
+/// As for [`irqchip_read32`]; the write has no effect beyond the interrupt controller.
+#[inline]
+pub unsafe fn irqchip_write32(addr: u64, value: u32) {
+    super::exits::irqchip(1);
+    // SAFETY: the caller's promise.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
+}
