@@ -30,7 +30,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
-use super::ratelimit::{RateLimit, limited_warn};
+use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
 use crate::block::{BlockCore, Data, Op, Request};
@@ -101,6 +101,10 @@ impl Backend for BlkBackend {
         k
     }
 
+    fn frontend_reads(&self, so_far: &Frontend) -> Vec<String> {
+        frontend_reads(so_far)
+    }
+
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
         if let Some(p) = front.get(keys::PROTOCOL)
             && p != XEN_IO_PROTO_ABI_X86_64
@@ -129,7 +133,8 @@ impl Backend for BlkBackend {
             .map_err(|e| format!("ring of {} bytes unusable: {e}", map.len()))?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
-        tracing::info!(
+        limited_info!(
+            self.log,
             device = %id,
             ring_pages = refs.len(),
             slots = ring.size(),
@@ -148,6 +153,30 @@ impl Backend for BlkBackend {
         )?;
         Ok(Connected::new(engine, vec![map], channel))
     }
+}
+
+/// The frontend keys blkif needs: protocol, ring order, ring reference(s), event channel; the
+/// `ring-ref0..N` of a multi-page ring once the order is known.
+fn frontend_reads(so_far: &Frontend) -> Vec<String> {
+    let mut k: Vec<String> = [
+        keys::PROTOCOL,
+        keys::RING_PAGE_ORDER,
+        keys::RING_REF,
+        keys::EVENT_CHANNEL,
+    ]
+    .map(String::from)
+    .into();
+    match so_far.opt_number(keys::RING_PAGE_ORDER) {
+        Ok(Some(order)) if (1..=u64::from(MAX_RING_PAGE_ORDER)).contains(&order) => {
+            k.extend((0..1u32 << order).map(|i| format!("{}{i}", keys::RING_REF)));
+        }
+        // A one-page ring published as `ring-ref0` (only asked for when `ring-ref` is absent).
+        Ok(None | Some(0)) if !so_far.is_empty() && so_far.get(keys::RING_REF).is_none() => {
+            k.push(format!("{}0", keys::RING_REF));
+        }
+        _ => {}
+    }
+    k
 }
 
 /// `ring-ref`, or `ring-ref0..N` for a multi-page ring.
@@ -922,6 +951,28 @@ mod tests {
         assert!(direct_pieces(&req).is_err());
         req.nr_segments = 11;
         assert_eq!(direct_pieces(&req).ok().unwrap().len(), 11);
+    }
+
+    #[test]
+    fn frontend_reads_name_the_ring_refs_of_the_order_read() {
+        let first = frontend_reads(&Frontend::default());
+        assert_eq!(
+            first,
+            ["protocol", "ring-page-order", "ring-ref", "event-channel"]
+        );
+        let order2 = Frontend::from_keys(vec![("ring-page-order".into(), "2".into())]);
+        assert_eq!(
+            &frontend_reads(&order2)[4..],
+            ["ring-ref0", "ring-ref1", "ring-ref2", "ring-ref3"]
+        );
+        let too_big = Frontend::from_keys(vec![("ring-page-order".into(), "30".into())]);
+        assert_eq!(
+            frontend_reads(&too_big).len(),
+            4,
+            "no 2^30 keys for a refused order"
+        );
+        let one_page = Frontend::from_keys(vec![("event-channel".into(), "5".into())]);
+        assert_eq!(frontend_reads(&one_page)[4], "ring-ref0");
     }
 
     #[test]

@@ -56,6 +56,10 @@ impl Backend for ConsoleBackend {
         vec![("type".into(), "pvkit".into())]
     }
 
+    fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
+        vec!["ring-ref".into(), "port".into()]
+    }
+
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
         if id.devid == 0 {
             return Err("console 0 is the domain's start_info console (xenconsoled's)".into());

@@ -38,7 +38,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
-use super::ratelimit::{RateLimit, limited_warn};
+use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 pub use crate::net::format_mac;
 use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
@@ -101,6 +101,18 @@ impl Backend for NetBackend {
         ]
     }
 
+    fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
+        [
+            "request-rx-copy",
+            "multi-queue-num-queues",
+            "tx-ring-ref",
+            "rx-ring-ref",
+            "event-channel",
+        ]
+        .map(String::from)
+        .into()
+    }
+
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
         if front.opt_number("request-rx-copy")? != Some(1) {
             return Err("the frontend does not request rx-copy (the only receive mode offered)".into());
@@ -132,7 +144,7 @@ impl Backend for NetBackend {
             .map_err(|e| format!("rx ring unusable: {e}"))?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
-        tracing::info!(device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
+        limited_info!(self.log, device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
         let engine = NetRing::new(
             tx,
