@@ -16,7 +16,8 @@
 //! Each vif's switch port is bound to its `--vif` MAC (frames from any other source address are
 //! dropped and counted), as is the echo peer's; the MACs must be distinct unicast addresses.
 //! A console (`--console 1:/tmp/hvc1.log`, `hvc1` in a Linux guest) appends the guest's output to
-//! the log file and, with `--console-input TEXT`, sends TEXT and a newline to the guest once.
+//! the log file (at most `--console-log-max` bytes, then rotated to one `.1` file) and, with
+//! `--console-input TEXT`, sends TEXT and a newline to the guest once.
 //! The daemon exits with status 0 once the domain is gone (all directories removed), or on
 //! SIGINT/SIGTERM after removing the directories.
 
@@ -59,6 +60,10 @@ struct Cli {
     /// A line sent to the guest (followed by a newline) on every `--console` once it connects.
     #[arg(long)]
     console_input: Option<String>,
+    /// Bytes a console's log file holds at most; a full log is renamed to LOGPATH.1 (replacing
+    /// it) and started over, so a guest occupies at most twice this on disk per console.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    console_log_max: u64,
     /// IPv4 address of the switch's echo peer.
     #[arg(long, default_value = "10.99.0.1")]
     echo_ip: std::net::Ipv4Addr,
@@ -248,7 +253,8 @@ fn run() -> Result<()> {
         ));
     }
     for c in &cli.console {
-        let sink = ConsoleSink::file(&c.log).with_context(|| format!("console {}", c.devid))?;
+        let sink = ConsoleSink::file_capped(&c.log, cli.console_log_max)
+            .with_context(|| format!("console {}", c.devid))?;
         tracing::info!(devid = c.devid, log = %c.log.display(), "console");
         let input = cli.console_input.as_ref().map(|t| format!("{t}\n").into_bytes());
         devices.push((

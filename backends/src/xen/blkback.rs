@@ -1152,7 +1152,7 @@ mod tests {
         rig.grants.grant(10, 0x5a);
         rig.grants.grant(99, 0);
         // An indirect list whose third segment ends past its page.
-        let mut segs = vec![seg(10, 0, 7); 4];
+        let mut segs = [seg(10, 0, 7); 4];
         segs[2] = seg(10, 3, 8);
         rig.grants.poke(99, 0, segs.as_bytes());
         let mut ind = BlkifRequestIndirect {

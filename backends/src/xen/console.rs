@@ -13,7 +13,9 @@
 //! once, sent from the moment the device connects, as much as fits and the rest whenever the guest
 //! frees space). After moving bytes either way it notifies the frontend. Indices that claim more bytes
 //! than a ring holds halt this device (the byte ring's check); a sink that fails only loses output,
-//! counted in the summary.
+//! counted in the summary and logged at a bounded rate. A log file sink is normally capped
+//! ([`ConsoleSink::file_capped`]: rotated to one `.1` file), so a guest that prints without end
+//! occupies a bounded amount of the host's disk.
 
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,7 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
+use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::console::ConsoleSink;
 
@@ -33,6 +36,8 @@ pub struct ConsoleBackend {
     sink: Arc<Mutex<ConsoleSink>>,
     /// Input not yet handed to a connection (taken by the first one).
     input: Mutex<Option<Vec<u8>>>,
+    /// The device's log budget, across its connections.
+    log: Arc<RateLimit>,
 }
 
 impl ConsoleBackend {
@@ -43,6 +48,7 @@ impl ConsoleBackend {
             gnt,
             sink: Arc::new(Mutex::new(sink)),
             input: Mutex::new(input.filter(|i| !i.is_empty())),
+            log: Arc::new(RateLimit::default()),
         }
     }
 }
@@ -92,7 +98,8 @@ impl Backend for ConsoleBackend {
             .map_err(|_| "console input lock poisoned".to_owned())?
             .take()
             .unwrap_or_default();
-        tracing::info!(
+        limited_info!(
+            self.log,
             device = %id,
             gref,
             port,
@@ -101,7 +108,7 @@ impl Backend for ConsoleBackend {
             "console page mapped"
         );
         Ok(Connected::new(
-            Pump::new(ring, self.sink.clone(), input),
+            Pump::new(ring, self.sink.clone(), input, self.log.clone()),
             vec![map],
             channel,
         ))
@@ -135,10 +142,11 @@ struct Pump {
     counts: Counts,
     /// Notifications sent to the frontend.
     notifies: u64,
+    log: Arc<RateLimit>,
 }
 
 impl Pump {
-    fn new(ring: Duplex, sink: Arc<Mutex<ConsoleSink>>, input: Vec<u8>) -> Self {
+    fn new(ring: Duplex, sink: Arc<Mutex<ConsoleSink>>, input: Vec<u8>, log: Arc<RateLimit>) -> Self {
         Pump {
             ring,
             sink,
@@ -147,6 +155,7 @@ impl Pump {
             buf: Box::new([0; XENCONS_OUT_SIZE]),
             counts: Counts::default(),
             notifies: 0,
+            log,
         }
     }
 
@@ -166,9 +175,7 @@ impl Pump {
             if let Err(e) = r {
                 self.counts.sink_errors += 1;
                 self.counts.lost_out += out as u64;
-                if self.counts.sink_errors == 1 {
-                    tracing::warn!("console output lost (later failures only counted): {e}");
-                }
+                limited_warn!(self.log, "console output lost: {e}");
             }
         }
         let mut inp = 0;
@@ -202,15 +209,18 @@ impl Engine for Pump {
 
     fn summary(&self, events: u64) -> String {
         let c = &self.counts;
+        let sink = self.sink.lock().map(|s| s.counts()).unwrap_or_default();
         format!(
-            "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} events={} \
-             notifies={}",
+            "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} \
+             log_rotations={} log_dropped={} events={} notifies={}",
             c.bytes_out,
             c.bytes_in,
             self.input.len() - self.input_at,
             c.batches,
             c.sink_errors,
             c.lost_out,
+            sink.rotations,
+            sink.dropped,
             events,
             self.notifies
         )
@@ -243,11 +253,11 @@ mod tests {
         let back = unsafe { console_backend(intf) }.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("hvc1.log");
-        let sink = Arc::new(Mutex::new(ConsoleSink::file(&log).unwrap()));
+        let sink = Arc::new(Mutex::new(ConsoleSink::file_capped(&log, 64 * 1024).unwrap()));
         Page {
             intf,
             guest,
-            pump: Pump::new(back, sink, input.to_vec()),
+            pump: Pump::new(back, sink, input.to_vec(), Arc::new(RateLimit::default())),
             log,
             _dir: dir,
         }
@@ -309,5 +319,35 @@ mod tests {
         assert!(e.contains("halted") && e.contains("4005"), "{e}");
         assert!(p.pump.step().is_err(), "stays halted");
         assert_eq!(std::fs::read(&p.log).unwrap(), b"boot\n");
+    }
+
+    /// A guest printing 1 MiB through its console capped at 64 KiB: the host keeps at most two
+    /// files of 64 KiB with the newest output, the pump counts every byte, the summary says how
+    /// often the log rotated.
+    #[test]
+    fn console_log_cap_bounds_what_a_printing_guest_leaves_on_disk() {
+        let mut p = page(b"");
+        let data: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 253) as u8).collect();
+        let mut sent = 0;
+        while sent < data.len() {
+            sent += p.guest.tx.write(&data[sent..]).unwrap().bytes;
+            p.pump.step().unwrap();
+        }
+        while p.pump.step().unwrap() != Moved::default() {}
+        assert_eq!(p.pump.counts.bytes_out, 1_048_576);
+        let cur = std::fs::read(&p.log).unwrap();
+        let old = std::fs::read(p.log.with_extension("log.1")).unwrap();
+        assert!(cur.len() <= 64 * 1024 && old.len() <= 64 * 1024);
+        let tail = [old.as_slice(), cur.as_slice()].concat();
+        assert_eq!(&data[data.len() - tail.len()..], &tail[..]);
+        let summary = Engine::summary(&p.pump, 0);
+        assert!(summary.contains("log_dropped=0"), "{summary}");
+        let rotations: u64 = summary
+            .split("log_rotations=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(rotations >= 14, "{summary}");
     }
 }

@@ -15,8 +15,10 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 struct Bucket {
     tokens: u32,
     last: Instant,
+    /// Held back since the last line that passed.
+    pending: u64,
+    /// Held back in all.
     suppressed: u64,
-    suppressed_total: u64,
 }
 
 /// A thread-safe token bucket: up to `burst` lines at once, then one per `interval`.
@@ -43,8 +45,8 @@ impl RateLimit {
             bucket: Mutex::new(Bucket {
                 tokens: burst,
                 last: Instant::now(),
+                pending: 0,
                 suppressed: 0,
-                suppressed_total: 0,
             }),
         }
     }
@@ -77,20 +79,17 @@ impl RateLimit {
             b.tokens = self.burst;
         }
         if b.tokens == 0 {
+            b.pending += 1;
             b.suppressed += 1;
-            b.suppressed_total += 1;
             return None;
         }
         b.tokens -= 1;
-        Some(std::mem::take(&mut b.suppressed))
+        Some(std::mem::take(&mut b.pending))
     }
 
     /// Lines held back so far in all.
     pub fn suppressed(&self) -> u64 {
-        self.bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .suppressed_total
+        self.bucket.lock().unwrap_or_else(|p| p.into_inner()).suppressed
     }
 }
 

@@ -602,9 +602,12 @@ mod tests {
 
     use crate::xen::xenstore::fake::FakeXenstored;
 
+    /// The snapshots a [`Probe`] was given, one per connect attempt.
+    type Snapshots = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
     /// A backend that reads the keys a ring protocol needs, records what it got and refuses.
     struct Probe {
-        got: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+        got: Snapshots,
     }
 
     impl Backend for Probe {
