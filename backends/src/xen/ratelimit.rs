@@ -93,12 +93,15 @@ impl RateLimit {
     }
 }
 
-/// Logs at `warn` through a [`RateLimit`], with the count of lines held back before it:
+/// Logs at `warn` through a [`RateLimit`], with the count of lines held back before it (a
+/// `suppressed=N` field, absent when none were):
 /// `limited_warn!(limit, device = %name, "request failed: {why}")`.
 macro_rules! limited_warn {
     ($limit:expr, $($rest:tt)+) => {
-        if let Some(suppressed) = $limit.allow() {
-            tracing::warn!(suppressed, $($rest)+);
+        match $limit.allow() {
+            Some(0) => tracing::warn!($($rest)+),
+            Some(suppressed) => tracing::warn!(suppressed, $($rest)+),
+            None => {}
         }
     };
 }
@@ -106,8 +109,10 @@ macro_rules! limited_warn {
 /// As `limited_warn!` at `error`.
 macro_rules! limited_error {
     ($limit:expr, $($rest:tt)+) => {
-        if let Some(suppressed) = $limit.allow() {
-            tracing::error!(suppressed, $($rest)+);
+        match $limit.allow() {
+            Some(0) => tracing::error!($($rest)+),
+            Some(suppressed) => tracing::error!(suppressed, $($rest)+),
+            None => {}
         }
     };
 }
@@ -115,8 +120,10 @@ macro_rules! limited_error {
 /// As `limited_warn!` at `info`.
 macro_rules! limited_info {
     ($limit:expr, $($rest:tt)+) => {
-        if let Some(suppressed) = $limit.allow() {
-            tracing::info!(suppressed, $($rest)+);
+        match $limit.allow() {
+            Some(0) => tracing::info!($($rest)+),
+            Some(suppressed) => tracing::info!(suppressed, $($rest)+),
+            None => {}
         }
     };
 }
