@@ -1,9 +1,15 @@
 //! The console core: a guest console's byte stream written to a log file or a Unix socket.
+//!
+//! A log file can be capped ([`ConsoleSink::file_capped`]): once the next write would take it past
+//! the cap, it is renamed to `PATH.1` (replacing the previous one) and a new `PATH` is started, so a
+//! guest that writes without end occupies at most twice the cap on the host's disk and the newest
+//! output is always kept. Bytes that do not fit even an empty file (a single write larger than the
+//! cap) are dropped and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
@@ -11,23 +17,109 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub enum ConsoleSink {
     /// Appended to a log file.
-    File(File),
+    File(FileSink),
     /// Streamed to a connected Unix socket.
     Socket(UnixStream),
 }
 
+/// A console log file, optionally capped.
+#[derive(Debug)]
+pub struct FileSink {
+    file: File,
+    path: PathBuf,
+    /// Bytes in the current file.
+    len: u64,
+    cap: Option<u64>,
+    rotations: u64,
+    dropped: u64,
+}
+
+/// What a capped log did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// Times the file was renamed to `PATH.1` and started over.
+    pub rotations: u64,
+    /// Bytes dropped (a single write larger than the cap).
+    pub dropped: u64,
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|error| Error::Console {
+            what: path.display().to_string(),
+            error,
+        })
+}
+
+impl FileSink {
+    /// The rotated file's path: `PATH.1`.
+    pub fn rotated_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".1");
+        p.into()
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        let old = self.rotated_path();
+        std::fs::rename(&self.path, &old).map_err(|error| Error::Console {
+            what: format!("{} -> {}", self.path.display(), old.display()),
+            error,
+        })?;
+        self.file = open_append(&self.path)?;
+        self.len = 0;
+        self.rotations += 1;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut bytes = bytes;
+        if let Some(cap) = self.cap {
+            let n = bytes.len() as u64;
+            if n > cap {
+                // Keep the newest `cap` bytes of this write.
+                let drop = (n - cap) as usize;
+                self.dropped += drop as u64;
+                bytes = &bytes[drop..];
+            }
+            if self.len + bytes.len() as u64 > cap && self.len > 0 {
+                self.rotate()?;
+            }
+        }
+        self.file.write_all(bytes).map_err(|error| Error::Console {
+            what: self.path.display().to_string(),
+            error,
+        })?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
 impl ConsoleSink {
-    /// Appends to (creating) a log file.
+    /// Appends to (creating) a log file, without a cap.
     pub fn file(path: &Path) -> Result<Self> {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map(ConsoleSink::File)
-            .map_err(|error| Error::Console {
-                what: path.display().to_string(),
-                error,
-            })
+        Self::open_file(path, None)
+    }
+
+    /// Appends to (creating) a log file of at most `cap` bytes (at least 1), rotated to `PATH.1`
+    /// when full.
+    pub fn file_capped(path: &Path, cap: u64) -> Result<Self> {
+        Self::open_file(path, Some(cap.max(1)))
+    }
+
+    fn open_file(path: &Path, cap: Option<u64>) -> Result<Self> {
+        let file = open_append(path)?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(ConsoleSink::File(FileSink {
+            file,
+            path: path.to_owned(),
+            len,
+            cap,
+            rotations: 0,
+            dropped: 0,
+        }))
     }
 
     /// Connects to a listening Unix socket.
@@ -40,16 +132,27 @@ impl ConsoleSink {
             })
     }
 
-    /// Writes all of `bytes` in order.
+    /// Writes all of `bytes` in order (a capped file may rotate first, or keep only the newest
+    /// part of a write larger than its cap).
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let (r, what) = match self {
-            ConsoleSink::File(f) => (f.write_all(bytes), "file"),
-            ConsoleSink::Socket(s) => (s.write_all(bytes), "socket"),
-        };
-        r.map_err(|error| Error::Console {
-            what: what.into(),
-            error,
-        })
+        match self {
+            ConsoleSink::File(f) => f.write(bytes),
+            ConsoleSink::Socket(s) => s.write_all(bytes).map_err(|error| Error::Console {
+                what: "socket".into(),
+                error,
+            }),
+        }
+    }
+
+    /// What a capped log did (zeros for other sinks).
+    pub fn counts(&self) -> SinkCounts {
+        match self {
+            ConsoleSink::File(f) => SinkCounts {
+                rotations: f.rotations,
+                dropped: f.dropped,
+            },
+            ConsoleSink::Socket(_) => SinkCounts::default(),
+        }
     }
 }
 
@@ -70,6 +173,44 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"boot ok\nsecond\n");
         let e = ConsoleSink::file(Path::new("/nonexistent/dir/x.log")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/dir/x.log"));
+    }
+
+    /// A guest writing 1 MiB into a console capped at 10,000 bytes: the host holds at most two
+    /// files of at most 10,000 bytes, the newest output is in the current one, the one before it in
+    /// `.1`, in order.
+    #[test]
+    fn console_log_cap_rotates_to_one_old_file_and_keeps_the_newest_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hvc1.log");
+        let mut s = ConsoleSink::file_capped(&p, 10_000).unwrap();
+        let data: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+        for chunk in data.chunks(2048) {
+            s.write(chunk).unwrap();
+        }
+        let (cur, old) = (
+            std::fs::read(&p).unwrap(),
+            std::fs::read(dir.path().join("hvc1.log.1")).unwrap(),
+        );
+        assert!(
+            cur.len() <= 10_000 && old.len() <= 10_000,
+            "{} {}",
+            cur.len(),
+            old.len()
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no third file");
+        let tail = [old.as_slice(), cur.as_slice()].concat();
+        assert_eq!(
+            &data[data.len() - tail.len()..],
+            &tail[..],
+            "the newest bytes, in order"
+        );
+        let c = s.counts();
+        assert_eq!(c.dropped, 0);
+        assert!(c.rotations >= 100, "{c:?}");
+        // A single write larger than the cap keeps its newest 10,000 bytes.
+        s.write(&data[..20_000]).unwrap();
+        assert_eq!(s.counts().dropped, 10_000);
+        assert_eq!(std::fs::read(&p).unwrap(), &data[10_000..20_000]);
     }
 
     #[test]

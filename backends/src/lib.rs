@@ -92,6 +92,23 @@ pub enum Error {
         /// Its length.
         len: usize,
     },
+    /// A frame longer than the switch carries.
+    #[error("frame of {len} bytes is longer than {max} bytes")]
+    FrameTooLong {
+        /// Its length.
+        len: usize,
+        /// The longest allowed.
+        max: usize,
+    },
+    /// A frame whose source address its port may not use (another port's, a group address, or
+    /// not the address the port is bound to).
+    #[error("port {port} may not send from {mac}")]
+    SourceNotAllowed {
+        /// The sending port.
+        port: usize,
+        /// The source address.
+        mac: String,
+    },
     /// A port id the switch does not know.
     #[error("no port {port} on the switch")]
     NoSuchPort {

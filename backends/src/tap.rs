@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::net::{PortId, PortSink, Switch};
+use crate::net::{PortId, PortPolicy, PortSink, Switch};
 use crate::{Error, Result};
 
 /// `TUNSETIFF` (`_IOW('T', 202, int)`).
@@ -18,8 +18,12 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 /// `IFF_NO_PI`: no packet information header before each frame.
 const IFF_NO_PI: libc::c_short = 0x1000;
-/// Largest frame read from the interface.
+/// Largest frame read from the interface (the switch refuses anything beyond its MTU, counted in
+/// its `bad_length`).
 const MAX_FRAME: usize = 65_536;
+/// Addresses learned on the tap's port at most (the host, and whatever it bridges or routes for):
+/// the tap is a learning port, but it cannot claim an address a guest port is bound to.
+pub const TAP_LEARNED: usize = 256;
 
 /// `struct ifreq` with the flags member of its union (40 bytes on x86_64).
 #[repr(C)]
@@ -94,7 +98,9 @@ impl TapPort {
             port: std::sync::OnceLock::new(),
             stats: TapStats::default(),
         });
-        let port = switch.add_port(tap.clone());
+        let port = switch
+            .add_port_with(tap.clone(), PortPolicy::Learning { max: TAP_LEARNED })
+            .expect("a learning port binds nothing");
         tap.port.set(port).expect("port set once");
         let (reader, sw) = (tap.clone(), Arc::downgrade(switch));
         std::thread::Builder::new()

@@ -1,5 +1,6 @@
 //! The switch's tap port against the host's own network stack: the kernel (through a real tap
-//! interface) sends UDP datagrams to the switch's echo peer and gets them back.
+//! interface) sends UDP datagrams to the switch's echo peer (on a port bound to its MAC) and gets
+//! them back; the tap's learning port learns the host's address and cannot take the peer's.
 //!
 //! Needs root (creating an interface) and `/dev/net/tun`, as pvkit's test machines have; without
 //! them the test fails saying so.
@@ -40,7 +41,8 @@ fn host_kernel_reaches_the_echo_peer_through_the_tap_port() {
     let name = "pvkit-tap-t0";
     let _cleanup = Cleanup(name);
     let switch = Switch::new();
-    let echo = EchoPeer::attach(&switch, [2, 0x70, 0x76, 0x6b, 0x69, 0x74], [10, 77, 0, 1]);
+    let peer_mac = [2, 0x70, 0x76, 0x6b, 0x69, 0x74];
+    let echo = EchoPeer::try_attach(&switch, peer_mac, [10, 77, 0, 1]).unwrap();
     let tap = TapPort::attach(&switch, name).expect("creating the tap interface");
     ip(&format!("addr add 10.77.0.2/24 dev {name}"));
     ip(&format!("link set {name} up"));
@@ -67,4 +69,15 @@ fn host_kernel_reaches_the_echo_peer_through_the_tap_port() {
     });
     assert!(counted, "{:?}", tap.stats());
     assert_eq!(tap.stats().write_errors.load(Ordering::Relaxed), 0);
+    // The host's address was learned on the tap's port; nothing it sent was refused; the peer's
+    // address stays bound to the peer, and a frame from the tap claiming it is refused.
+    let port = switch.port_counts(tap.port()).unwrap();
+    assert!(port.learned >= 1 && port.spoofed == 0, "{port:?}");
+    assert_eq!(switch.lookup(&peer_mac), Some(echo.port()));
+    let mut forged = vec![0xff; 6];
+    forged.extend_from_slice(&peer_mac);
+    forged.extend_from_slice(&[0x08, 0x06]);
+    forged.extend_from_slice(&[0; 28]);
+    assert!(switch.send(tap.port(), &forged).is_err());
+    assert_eq!(switch.port_counts(tap.port()).unwrap().spoofed, 1);
 }

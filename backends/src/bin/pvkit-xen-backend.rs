@@ -13,8 +13,11 @@
 //! (see `pvkit_backends::xen`). A device whose frontend publishes something unusable is refused with
 //! an `ERROR ... refused:` log line; the other devices go on. Vifs are ports of one L2 switch that
 //! also holds an echo peer (answers ARP, ping, UDP echo and pvkit's echo frames) at `--echo-ip`.
+//! Each vif's switch port is bound to its `--vif` MAC (frames from any other source address are
+//! dropped and counted), as is the echo peer's; the MACs must be distinct unicast addresses.
 //! A console (`--console 1:/tmp/hvc1.log`, `hvc1` in a Linux guest) appends the guest's output to
-//! the log file and, with `--console-input TEXT`, sends TEXT and a newline to the guest once; with
+//! the log file (at most `--console-log-max` bytes, then rotated to one `.1` file) and, with
+//! `--console-input TEXT`, sends TEXT and a newline to the guest once; with
 //! `--console 1:/tmp/hvc1.log:echo` it also writes every byte back to the guest.
 //! The daemon exits with status 0 once the domain is gone (all directories removed), or on
 //! SIGINT/SIGTERM after removing the directories.
@@ -59,6 +62,10 @@ struct Cli {
     /// A line sent to the guest (followed by a newline) on every `--console` once it connects.
     #[arg(long)]
     console_input: Option<String>,
+    /// Bytes a console's log file holds at most; a full log is renamed to LOGPATH.1 (replacing
+    /// it) and started over, so a guest occupies at most twice this on disk per console.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    console_log_max: u64,
     /// IPv4 address of the switch's echo peer.
     #[arg(long, default_value = "10.99.0.1")]
     echo_ip: std::net::Ipv4Addr,
@@ -166,6 +173,28 @@ fn parse_vif(s: &str) -> Result<Vif, String> {
     })
 }
 
+/// The switch binds each vif's port to its MAC (and the echo peer's to its own): they must be
+/// unicast and distinct.
+fn check_macs(cli: &Cli) -> Result<()> {
+    let mut macs: Vec<(String, Mac)> = cli
+        .vif
+        .iter()
+        .map(|v| (format!("vif {}", v.devid), v.mac))
+        .collect();
+    if !cli.vif.is_empty() && !cli.no_echo_peer {
+        macs.push(("the echo peer".into(), cli.echo_mac));
+    }
+    for (i, (who, mac)) in macs.iter().enumerate() {
+        if mac[0] & 1 != 0 {
+            bail!("{who}: MAC {} is a multicast address", format_mac(mac));
+        }
+        if let Some((other, _)) = macs[..i].iter().find(|(_, m)| m == mac) {
+            bail!("{who} and {other} have the same MAC {}", format_mac(mac));
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     pvkit_backends::vhost::init_logging();
     if let Err(e) = run() {
@@ -202,9 +231,16 @@ fn run() -> Result<()> {
             Box::new(BlkBackend::new(Arc::new(core), gnt.clone())),
         ));
     }
+    check_macs(&cli)?;
     let switch = Switch::new();
-    let echo = (!cli.vif.is_empty() && !cli.no_echo_peer)
-        .then(|| EchoPeer::attach(&switch, cli.echo_mac, cli.echo_ip.octets()));
+    let echo = if !cli.vif.is_empty() && !cli.no_echo_peer {
+        Some(
+            EchoPeer::try_attach(&switch, cli.echo_mac, cli.echo_ip.octets())
+                .context("the echo peer's --echo-mac")?,
+        )
+    } else {
+        None
+    };
     let tap = match &cli.tap {
         Some(name) => {
             let t = TapPort::attach(&switch, name).with_context(|| format!("tap interface {name}"))?;
@@ -225,7 +261,8 @@ fn run() -> Result<()> {
         ));
     }
     for c in &cli.console {
-        let sink = ConsoleSink::file(&c.log).with_context(|| format!("console {}", c.devid))?;
+        let sink = ConsoleSink::file_capped(&c.log, cli.console_log_max)
+            .with_context(|| format!("console {}", c.devid))?;
         tracing::info!(devid = c.devid, log = %c.log.display(), echo = c.echo, "console");
         let input = cli.console_input.as_ref().map(|t| format!("{t}\n").into_bytes());
         devices.push((
@@ -297,8 +334,10 @@ fn run() -> Result<()> {
         ok &= t.join().unwrap_or(false);
     }
     if let Some(t) = &tap {
-        tracing::info!(tap = %t.name(), "tap: {:?}", t.stats());
+        let port = switch.port_counts(t.port()).unwrap_or_default();
+        tracing::info!(tap = %t.name(), "tap: {:?}, port {port:?}", t.stats());
     }
+    tracing::info!("switch: {:?}", switch.stats());
     if let Some(e) = echo {
         let s = e.stats();
         tracing::info!("echo peer: {s:?}");
@@ -339,5 +378,32 @@ mod tests {
         assert!(parse_console("10:/tmp/x.log").is_err());
         assert!(parse_console("1:").is_err());
         assert!(parse_console("hvc1").is_err());
+    }
+
+    #[test]
+    fn vif_and_echo_macs_must_be_distinct_unicast_addresses() {
+        let cli = |args: &[&str]| Cli::parse_from([&["pvkit-xen-backend", "--domid", "1"], args].concat());
+        assert!(
+            check_macs(&cli(&[
+                "--vif",
+                "0:00:16:3e:00:00:10",
+                "--vif",
+                "1:00:16:3e:00:00:11"
+            ]))
+            .is_ok()
+        );
+        let e = check_macs(&cli(&[
+            "--vif",
+            "0:00:16:3e:00:00:10",
+            "--vif",
+            "1:00:16:3e:00:00:10",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("same MAC"), "{e}");
+        let e = check_macs(&cli(&["--vif", "0:02:70:76:6b:69:74"])).unwrap_err();
+        assert!(e.to_string().contains("echo peer"), "{e}");
+        assert!(check_macs(&cli(&["--vif", "0:02:70:76:6b:69:74", "--no-echo-peer"])).is_ok());
+        let e = check_macs(&cli(&["--vif", "0:01:00:5e:00:00:01"])).unwrap_err();
+        assert!(e.to_string().contains("multicast"), "{e}");
     }
 }

@@ -13,7 +13,9 @@
 //! once, sent from the moment the device connects, as much as fits and the rest whenever the guest
 //! frees space). After moving bytes either way it notifies the frontend. Indices that claim more bytes
 //! than a ring holds halt this device (the byte ring's check); a sink that fails only loses output,
-//! counted in the summary.
+//! counted in the summary and logged at a bounded rate. A log file sink is normally capped
+//! ([`ConsoleSink::file_capped`]: rotated to one `.1` file), so a guest that prints without end
+//! occupies a bounded amount of the host's disk.
 //!
 //! In echo mode the backend also writes every byte it reads back to the guest (after the input
 //! text, if any), as a peer for the guest's console echo workload. The bytes waiting to go back are
@@ -28,6 +30,7 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
+use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
 use crate::console::ConsoleSink;
 
@@ -43,6 +46,8 @@ pub struct ConsoleBackend {
     input: Mutex<Option<Vec<u8>>>,
     /// Write every byte read back to the guest.
     echo: bool,
+    /// The device's log budget, across its connections.
+    log: Arc<RateLimit>,
 }
 
 impl ConsoleBackend {
@@ -54,6 +59,7 @@ impl ConsoleBackend {
             sink: Arc::new(Mutex::new(sink)),
             input: Mutex::new(input.filter(|i| !i.is_empty())),
             echo,
+            log: Arc::new(RateLimit::default()),
         }
     }
 }
@@ -65,6 +71,10 @@ impl Backend for ConsoleBackend {
 
     fn backend_keys(&self, _id: &DeviceId) -> Vec<(String, String)> {
         vec![("type".into(), "pvkit".into())]
+    }
+
+    fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
+        vec!["ring-ref".into(), "port".into()]
     }
 
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
@@ -99,7 +109,8 @@ impl Backend for ConsoleBackend {
             .map_err(|_| "console input lock poisoned".to_owned())?
             .take()
             .unwrap_or_default();
-        tracing::info!(
+        limited_info!(
+            self.log,
             device = %id,
             gref,
             port,
@@ -109,7 +120,7 @@ impl Backend for ConsoleBackend {
             "console page mapped"
         );
         Ok(Connected::new(
-            Pump::new(ring, self.sink.clone(), input, self.echo),
+            Pump::new(ring, self.sink.clone(), input, self.echo, self.log.clone()),
             vec![map],
             channel,
         ))
@@ -145,10 +156,17 @@ struct Pump {
     counts: Counts,
     /// Notifications sent to the frontend.
     notifies: u64,
+    log: Arc<RateLimit>,
 }
 
 impl Pump {
-    fn new(ring: Duplex, sink: Arc<Mutex<ConsoleSink>>, input: Vec<u8>, echo: bool) -> Self {
+    fn new(
+        ring: Duplex,
+        sink: Arc<Mutex<ConsoleSink>>,
+        input: Vec<u8>,
+        echo: bool,
+        log: Arc<RateLimit>,
+    ) -> Self {
         Pump {
             ring,
             sink,
@@ -158,6 +176,7 @@ impl Pump {
             buf: Box::new([0; XENCONS_OUT_SIZE]),
             counts: Counts::default(),
             notifies: 0,
+            log,
         }
     }
 
@@ -191,9 +210,7 @@ impl Pump {
             if let Err(e) = r {
                 self.counts.sink_errors += 1;
                 self.counts.lost_out += out as u64;
-                if self.counts.sink_errors == 1 {
-                    tracing::warn!("console output lost (later failures only counted): {e}");
-                }
+                limited_warn!(self.log, "console output lost: {e}");
             }
         }
         let mut inp = 0;
@@ -227,15 +244,18 @@ impl Engine for Pump {
 
     fn summary(&self, events: u64) -> String {
         let c = &self.counts;
+        let sink = self.sink.lock().map(|s| s.counts()).unwrap_or_default();
         format!(
-            "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} events={} \
-             notifies={} echoed={}",
+            "bytes_out={} bytes_in={} input_left={} batches={} sink_errors={} lost_out={} \
+             log_rotations={} log_dropped={} events={} notifies={} echoed={}",
             c.bytes_out,
             c.bytes_in,
             self.input.len() - self.input_at,
             c.batches,
             c.sink_errors,
             c.lost_out,
+            sink.rotations,
+            sink.dropped,
             events,
             self.notifies,
             c.echoed
@@ -273,11 +293,11 @@ mod tests {
         let back = unsafe { console_backend(intf) }.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("hvc1.log");
-        let sink = Arc::new(Mutex::new(ConsoleSink::file(&log).unwrap()));
+        let sink = Arc::new(Mutex::new(ConsoleSink::file_capped(&log, 64 * 1024).unwrap()));
         Page {
             intf,
             guest,
-            pump: Pump::new(back, sink, input.to_vec(), echo),
+            pump: Pump::new(back, sink, input.to_vec(), echo, Arc::new(RateLimit::default())),
             log,
             _dir: dir,
         }
@@ -391,5 +411,35 @@ mod tests {
         assert!(e.contains("halted") && e.contains("4005"), "{e}");
         assert!(p.pump.step().is_err(), "stays halted");
         assert_eq!(std::fs::read(&p.log).unwrap(), b"boot\n");
+    }
+
+    /// A guest printing 1 MiB through its console capped at 64 KiB: the host keeps at most two
+    /// files of 64 KiB with the newest output, the pump counts every byte, the summary says how
+    /// often the log rotated.
+    #[test]
+    fn console_log_cap_bounds_what_a_printing_guest_leaves_on_disk() {
+        let mut p = page(b"");
+        let data: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 253) as u8).collect();
+        let mut sent = 0;
+        while sent < data.len() {
+            sent += p.guest.tx.write(&data[sent..]).unwrap().bytes;
+            p.pump.step().unwrap();
+        }
+        while p.pump.step().unwrap() != Moved::default() {}
+        assert_eq!(p.pump.counts.bytes_out, 1_048_576);
+        let cur = std::fs::read(&p.log).unwrap();
+        let old = std::fs::read(p.log.with_extension("log.1")).unwrap();
+        assert!(cur.len() <= 64 * 1024 && old.len() <= 64 * 1024);
+        let tail = [old.as_slice(), cur.as_slice()].concat();
+        assert_eq!(&data[data.len() - tail.len()..], &tail[..]);
+        let summary = Engine::summary(&p.pump, 0);
+        assert!(summary.contains("log_dropped=0"), "{summary}");
+        let rotations: u64 = summary
+            .split("log_rotations=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(rotations >= 14, "{summary}");
     }
 }

@@ -384,10 +384,15 @@ mod fake {
 
     use super::{GrantCopy, GrantError, GrantPiece, PAGE_SIZE, check_pieces};
 
+    /// Something the "guest" does whenever the backend copies from it (tests of double fetches:
+    /// the guest rewrites what the backend already read).
+    type Hook = Box<dyn FnMut() + Send>;
+
     /// A frontend's granted pages, in local memory.
     pub(crate) struct FakeGrants {
         domid: DomId,
         pages: Mutex<HashMap<u32, Vec<u8>>>,
+        on_copy_from: Mutex<Option<Hook>>,
     }
 
     impl FakeGrants {
@@ -396,7 +401,19 @@ mod fake {
             FakeGrants {
                 domid,
                 pages: Mutex::new(HashMap::new()),
+                on_copy_from: Mutex::new(None),
             }
+        }
+
+        /// Runs `f` at the start of every later copy from the guest (before any byte is copied).
+        pub(crate) fn on_copy_from_guest(&self, f: impl FnMut() + Send + 'static) {
+            *self.on_copy_from.lock().unwrap() = Some(Box::new(f));
+        }
+
+        /// Rewrites bytes of grant `gref`'s page (the guest changing its memory).
+        pub(crate) fn poke(&self, gref: u32, offset: usize, bytes: &[u8]) {
+            self.pages.lock().unwrap().get_mut(&gref).expect("granted")[offset..offset + bytes.len()]
+                .copy_from_slice(bytes);
         }
 
         /// The current contents of grant `gref`'s page.
@@ -444,6 +461,9 @@ mod fake {
             pieces: &[GrantPiece],
             dst: &mut [u8],
         ) -> Result<(), GrantError> {
+            if let Some(hook) = self.on_copy_from.lock().unwrap().as_mut() {
+                hook();
+            }
             let n = dst.len();
             self.each(domid, pieces, n, |page, p, at| {
                 let (o, l) = (usize::from(p.offset), usize::from(p.len));

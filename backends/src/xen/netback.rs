@@ -3,16 +3,24 @@
 //! Offered: receive by copy (`feature-rx-copy`; the frontend posts pages, the backend copies frames
 //! into them), notification of newly posted receive buffers (`feature-rx-notify`), one queue, one
 //! event channel for both rings. Not offered: scatter-gather, GSO, multicast control, split event
-//! channels. Frames therefore fit one page each way (the frontend's MTU stays 1500).
+//! channels. Frames are therefore at most [`MAX_FRAME`] bytes (1514: the frontend's MTU of 1500
+//! plus the Ethernet header) each way.
 //!
 //! Transmit: each packet (its first slot gives the whole size, `NETTXF_more_data` chains further
-//! slots, `NETTXF_extra_info` is followed by extra-info slots) is copied out with one grant copy,
-//! validated, its IPv4 TCP/UDP checksum filled in when the frontend left it blank
-//! (`NETTXF_csum_blank`, which Linux does since IPv4 checksum offload needs no feature key), and sent
-//! into the switch. Every slot gets its response (`NETIF_RSP_NULL` for extra-info slots); a malformed
-//! packet gets `NETIF_RSP_ERROR` on all its slots and is dropped. Receive: frames the switch queued
-//! for this port are copied into posted buffers; while none is posted the oldest frame waits (the
-//! port's queue is bounded and counts what it drops).
+//! slots, `NETTXF_extra_info` is followed by extra-info slots) is read slot by slot into local copies,
+//! and everything after that looks only at the copies: the chain is bounded
+//! ([`XEN_NETIF_NR_SLOTS_MIN`] data slots, one extra-info slot per type), the size is checked
+//! against [`MAX_FRAME`] before anything is copied, extra-info types that were not offered (GSO,
+//! multicast control) are refused, every slot must stay inside its page. Then the data is copied out
+//! with one grant copy, its IPv4 TCP/UDP checksum filled in when the frontend left it blank
+//! (`NETTXF_csum_blank`, which Linux does since IPv4 checksum offload needs no feature key), and the
+//! frame is sent into the switch on a port bound to the vif's MAC (frames from any other source
+//! address are dropped there). Every slot gets its response (`NETIF_RSP_NULL` for extra-info slots);
+//! a malformed or refused packet gets `NETIF_RSP_ERROR` on all its slots and is dropped, counted, and
+//! logged at a bounded rate. Receive: frames the switch queued for this port are copied into posted
+//! buffers; while none is posted the oldest frame waits, and the port's queue holds at most
+//! [`PORT_QUEUE`] frames (beyond that the switch drops and counts), so a guest that posts no
+//! buffers costs dom0 a bounded amount of memory.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -20,7 +28,8 @@ use std::sync::Arc;
 use ring_protocol::abi::netif::{
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_CSUM_BLANK, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
     NetifExtraInfo, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse,
-    XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_NR_SLOTS_MIN,
+    XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_TYPE_HASH, XEN_NETIF_EXTRA_TYPE_MAX,
+    XEN_NETIF_EXTRA_TYPE_MCAST_ADD, XEN_NETIF_EXTRA_TYPE_MCAST_DEL, XEN_NETIF_NR_SLOTS_MIN,
 };
 use ring_protocol::abi::xen::DomId;
 use ring_protocol::ring::BackRing;
@@ -29,15 +38,22 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
+use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
-use crate::net::{Mac, PortId, QueuedPort, Switch};
+pub use crate::net::format_mac;
+use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
 
-/// Frames queued for a guest port before the switch drops.
-const PORT_QUEUE: usize = 256;
-/// Malformed packets logged one by one before the log only counts them.
-const LOGGED_FAILURES: u64 = 16;
+/// Frames queued for a guest port before the switch drops (at most 256 x 1518 bytes).
+pub const PORT_QUEUE: usize = 256;
 /// Smallest frame: an Ethernet header.
-const ETH_HLEN: usize = 14;
+const ETH_HLEN: usize = ETH_HEADER_LEN;
+/// Longest frame either way: no `feature-sg`, no GSO, so the frontend's MTU of 1500 bytes.
+pub const MAX_FRAME: usize = ETH_HEADER_LEN + ETH_DATA_LEN;
+/// Data slots one packet may span: the minimum every netback accepts (`netif.h`). A 1514-byte
+/// frame needs at most two.
+pub const MAX_DATA_SLOTS: usize = XEN_NETIF_NR_SLOTS_MIN;
+/// Extra-info slots one packet may carry: one of each type.
+pub const MAX_EXTRA_SLOTS: usize = XEN_NETIF_EXTRA_TYPE_MAX as usize - 1;
 
 /// A vif on the switch.
 #[derive(Debug)]
@@ -45,18 +61,21 @@ pub struct NetBackend {
     switch: Arc<Switch>,
     gnt: Arc<GntDev>,
     mac: Mac,
+    /// The device's log budget, across its connections.
+    log: Arc<RateLimit>,
 }
 
 impl NetBackend {
-    /// A vif whose frontend gets MAC `mac`, attached to `switch` once connected.
+    /// A vif whose frontend gets MAC `mac`, attached to `switch` once connected on a port bound to
+    /// `mac`.
     pub fn new(switch: Arc<Switch>, gnt: Arc<GntDev>, mac: Mac) -> Self {
-        NetBackend { switch, gnt, mac }
+        NetBackend {
+            switch,
+            gnt,
+            mac,
+            log: Arc::new(RateLimit::default()),
+        }
     }
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(m: &Mac) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl Backend for NetBackend {
@@ -80,6 +99,18 @@ impl Backend for NetBackend {
             ("feature-gso-tcpv6".into(), "0".into()),
             ("feature-split-event-channels".into(), "0".into()),
         ]
+    }
+
+    fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
+        [
+            "request-rx-copy",
+            "multi-queue-num-queues",
+            "tx-ring-ref",
+            "rx-ring-ref",
+            "event-channel",
+        ]
+        .map(String::from)
+        .into()
     }
 
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
@@ -113,9 +144,18 @@ impl Backend for NetBackend {
             .map_err(|e| format!("rx ring unusable: {e}"))?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
-        tracing::info!(device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
+        limited_info!(self.log, device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
-        let engine = NetRing::new(tx, rx, self.switch.clone(), gnt, id.domid, id.to_string())?;
+        let engine = NetRing::new(
+            tx,
+            rx,
+            self.switch.clone(),
+            self.mac,
+            gnt,
+            id.domid,
+            id.to_string(),
+            self.log.clone(),
+        )?;
         Ok(Connected::new(engine, vec![tx_map, rx_map], channel))
     }
 }
@@ -125,9 +165,13 @@ struct Counts {
     tx_packets: u64,
     tx_bytes: u64,
     tx_errors: u64,
+    /// Transmitted packets refused for claiming more than [`MAX_FRAME`] bytes.
+    tx_oversize: u64,
     rx_packets: u64,
     rx_bytes: u64,
     rx_dropped: u64,
+    /// Frames for the guest longer than [`MAX_FRAME`] (a VLAN-tagged frame from the tap), dropped.
+    rx_oversize: u64,
     notifies: u64,
     checksums_filled: u64,
 }
@@ -146,6 +190,7 @@ struct NetRing {
     name: String,
     /// A frame taken from the queue that waits for a posted receive buffer.
     pending: Option<Vec<u8>>,
+    log: Arc<RateLimit>,
     counts: Counts,
 }
 
@@ -170,13 +215,16 @@ impl Engine for NetRing {
 }
 
 impl NetRing {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         tx: BackRing<NetifTxRequest, NetifTxResponse>,
         rx: BackRing<NetifRxRequest, NetifRxResponse>,
         switch: Arc<Switch>,
+        mac: Mac,
         gnt: Arc<dyn GrantCopy>,
         domid: DomId,
         name: String,
+        log: Arc<RateLimit>,
     ) -> Result<Self, String> {
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
         let w = wake.clone();
@@ -186,7 +234,9 @@ impl NetRing {
                 let _ = w.write(1);
             }),
         );
-        let sw_port = switch.add_port(queue.clone());
+        let sw_port = switch
+            .add_port_with(queue.clone(), PortPolicy::Bound(mac))
+            .map_err(|e| format!("switch port: {e}"))?;
         Ok(NetRing {
             tx,
             rx,
@@ -198,6 +248,7 @@ impl NetRing {
             domid,
             name,
             pending: None,
+            log,
             counts: Counts::default(),
         })
     }
@@ -221,17 +272,23 @@ impl NetRing {
 
     fn summary(&self, events: u64) -> String {
         let c = &self.counts;
+        let port = self.switch.port_counts(self.sw_port).unwrap_or_default();
         format!(
-            "tx_packets={} tx_bytes={} tx_errors={} checksums_filled={} rx_packets={} rx_bytes={} \
-             rx_dropped={} queue_dropped={} events={} notifies={}",
+            "tx_packets={} tx_bytes={} tx_errors={} tx_oversize={} tx_spoofed={} checksums_filled={} \
+             rx_packets={} rx_bytes={} rx_dropped={} rx_oversize={} queue_dropped={} logs_suppressed={} \
+             events={} notifies={}",
             c.tx_packets,
             c.tx_bytes,
             c.tx_errors,
+            c.tx_oversize,
+            port.spoofed,
             c.checksums_filled,
             c.rx_packets,
             c.rx_bytes,
             c.rx_dropped,
+            c.rx_oversize,
             self.queue.dropped(),
+            self.log.suppressed(),
             events,
             c.notifies
         )
@@ -246,17 +303,16 @@ impl NetRing {
     /// Serves the transmit ring until empty; returns whether requests arrived after the final check.
     fn transmit(&mut self, notify: &mut bool) -> Result<bool, String> {
         while let Some(first) = self.tx.read_request().map_err(halted)? {
-            // Collect the packet's slots: data slots and extra-info slots, in ring order.
+            // Collect the packet's slots, each copied out of the ring once: data slots and
+            // extra-info slots, in ring order. A chain longer than allowed is still consumed to its
+            // end (at most the ring's size: the ring refuses more unanswered requests), so the
+            // ring stays in step, and refused as a whole.
             let mut slots: Vec<(NetifTxRequest, bool)> = vec![(first, false)];
             let mut problem: Option<String> = None;
             let mut extras = first.flags & NETTXF_EXTRA_INFO != 0;
             let mut more = first.flags & NETTXF_MORE_DATA != 0;
+            let (mut data_slots, mut extra_slots) = (1usize, 0usize);
             while extras || more {
-                if slots.len() > XEN_NETIF_NR_SLOTS_MIN + 4 {
-                    problem.get_or_insert_with(|| {
-                        format!("packet spans more than {XEN_NETIF_NR_SLOTS_MIN} slots")
-                    });
-                }
                 let Some(next) = self.tx.read_request().map_err(halted)? else {
                     problem.get_or_insert_with(|| "packet's next slot is not on the ring".into());
                     break;
@@ -266,10 +322,20 @@ impl NetRing {
                         .expect("slot holds extra info")
                         .0;
                     extras = info.flags & XEN_NETIF_EXTRA_FLAG_MORE != 0;
+                    extra_slots += 1;
                     slots.push((next, true));
                 } else {
                     more = next.flags & NETTXF_MORE_DATA != 0;
+                    data_slots += 1;
                     slots.push((next, false));
+                }
+                if data_slots > MAX_DATA_SLOTS || extra_slots > MAX_EXTRA_SLOTS {
+                    problem.get_or_insert_with(|| {
+                        format!(
+                            "packet spans more than {MAX_DATA_SLOTS} data slots or {MAX_EXTRA_SLOTS} extra-info \
+                             slots"
+                        )
+                    });
                 }
             }
             let result = match problem {
@@ -280,9 +346,7 @@ impl NetRing {
                 Ok(()) => NETIF_RSP_OKAY,
                 Err(why) => {
                     self.counts.tx_errors += 1;
-                    if self.counts.tx_errors <= LOGGED_FAILURES {
-                        tracing::warn!(device = %self.name, id = first.id, "transmit refused: {why}");
-                    }
+                    limited_warn!(self.log, device = %self.name, id = first.id, "transmit refused: {why}");
                     NETIF_RSP_ERROR
                 }
             };
@@ -298,19 +362,39 @@ impl NetRing {
         self.tx.final_check_for_requests().map_err(halted)
     }
 
-    /// Copies one packet out, validates it and sends it into the switch.
+    /// Validates one packet (our copies of its slots), copies it out and sends it into the switch.
     fn packet(&mut self, slots: &[(NetifTxRequest, bool)]) -> Result<(), String> {
+        for (req, _) in slots.iter().filter(|(_, e)| *e) {
+            let info = NetifExtraInfo::read_from_prefix(req.as_bytes())
+                .expect("slot holds extra info")
+                .0;
+            match info.type_ {
+                XEN_NETIF_EXTRA_TYPE_HASH => {} // a hint we have no use for
+                XEN_NETIF_EXTRA_TYPE_GSO => return Err("GSO extra info, but GSO was not offered".into()),
+                XEN_NETIF_EXTRA_TYPE_MCAST_ADD | XEN_NETIF_EXTRA_TYPE_MCAST_DEL => {
+                    return Err("multicast control extra info, but it was not offered".into());
+                }
+                t => return Err(format!("extra info of unknown type {t}")),
+            }
+        }
         let data: Vec<&NetifTxRequest> = slots.iter().filter(|(_, e)| !e).map(|(r, _)| r).collect();
         let total = usize::from(data[0].size);
+        if total > MAX_FRAME {
+            self.counts.tx_oversize += 1;
+            return Err(format!("{total}-byte packet exceeds the MTU ({MAX_FRAME} bytes)"));
+        }
+        if total < ETH_HLEN {
+            return Err(format!("{total}-byte packet is shorter than an Ethernet header"));
+        }
         let rest: usize = data[1..].iter().map(|r| usize::from(r.size)).sum();
-        if rest > total {
+        let Some(first_len) = total.checked_sub(rest) else {
             return Err(format!(
                 "packet size {total} is smaller than its later slots ({rest} bytes)"
             ));
-        }
+        };
         let mut pieces = Vec::with_capacity(data.len());
         for (i, r) in data.iter().enumerate() {
-            let len = if i == 0 { total - rest } else { usize::from(r.size) };
+            let len = if i == 0 { first_len } else { usize::from(r.size) };
             if usize::from(r.offset) + len > PAGE_SIZE {
                 return Err(format!(
                     "slot {i}: {len} bytes at offset {} cross the page's end",
@@ -320,11 +404,9 @@ impl NetRing {
             pieces.push(GrantPiece {
                 gref: r.gref,
                 offset: r.offset,
+                // At most PAGE_SIZE (checked above).
                 len: len as u16,
             });
-        }
-        if total < ETH_HLEN {
-            return Err(format!("{total}-byte packet is shorter than an Ethernet header"));
         }
         let mut frame = vec![0u8; total];
         self.gnt
@@ -333,15 +415,19 @@ impl NetRing {
         if data[0].flags & NETTXF_CSUM_BLANK != 0 && fill_l4_checksum(&mut frame) {
             self.counts.checksums_filled += 1;
         }
+        self.switch
+            .send(self.sw_port, &frame)
+            .map_err(|e| e.to_string())?;
         self.counts.tx_packets += 1;
         self.counts.tx_bytes += total as u64;
-        self.switch.send(self.sw_port, &frame).map_err(|e| e.to_string())
+        Ok(())
     }
 
     /// Moves queued frames into posted receive buffers; returns whether more work showed up.
     fn receive(&mut self, notify: &mut bool) -> Result<bool, String> {
         while let Some(frame) = self.pending.take().or_else(|| self.queue.pop()) {
-            if frame.len() > PAGE_SIZE {
+            if frame.len() > MAX_FRAME {
+                self.counts.rx_oversize += 1;
                 self.counts.rx_dropped += 1;
                 continue;
             }
@@ -366,9 +452,7 @@ impl NetRing {
                 }
                 Err(e) => {
                     self.counts.rx_dropped += 1;
-                    if self.counts.rx_dropped <= LOGGED_FAILURES {
-                        tracing::warn!(device = %self.name, id = req.id, "receive buffer refused: {e}");
-                    }
+                    limited_warn!(self.log, device = %self.name, id = req.id, "receive buffer refused: {e}");
                     NETIF_RSP_ERROR
                 }
             };
@@ -463,12 +547,22 @@ mod tests {
         // SAFETY: as said.
         let brx = unsafe { BackRing::new(rm.as_ptr(), rm.len()) }.unwrap();
         let switch = Switch::new();
-        let echo = EchoPeer::attach(&switch, PEER, [10, 99, 0, 1]);
+        let echo = EchoPeer::try_attach(&switch, PEER, [10, 99, 0, 1]).unwrap();
         let sniffer = QueuedPort::new(64, Box::new(|| {}));
         switch.add_port(sniffer.clone());
         let grants = Arc::new(FakeGrants::new(DOMID));
         let gnt: Arc<dyn GrantCopy> = grants.clone();
-        let back = NetRing::new(btx, brx, switch, gnt, DOMID, "vif test".into()).unwrap();
+        let back = NetRing::new(
+            btx,
+            brx,
+            switch,
+            GUEST,
+            gnt,
+            DOMID,
+            "vif test".into(),
+            Arc::new(RateLimit::default()),
+        )
+        .unwrap();
         Rig {
             tx,
             rx,
@@ -487,6 +581,18 @@ mod tests {
         f.extend_from_slice(&ETHERTYPE_PVKIT_ECHO.to_be_bytes());
         f.extend((0..len - 14).map(|i| i as u8));
         f
+    }
+
+    /// An extra-info slot of `type_` with `flags` (as it sits in a tx ring slot).
+    fn extra_slot(id: u16, type_: u8, flags: u8) -> NetifTxRequest {
+        let mut r = tx_req(id, 0, 0, 0, 0);
+        let info = NetifExtraInfo {
+            type_,
+            flags,
+            u: [0; 6],
+        };
+        r.as_mut_bytes()[..8].copy_from_slice(info.as_bytes());
+        r
     }
 
     fn tx_req(id: u16, gref: u32, offset: u16, size: u16, flags: u16) -> NetifTxRequest {
@@ -575,23 +681,24 @@ mod tests {
     #[test]
     fn chained_and_extra_info_slots_get_one_response_each() {
         let mut rig = rig();
-        let frame = echo_frame(3000);
-        rig.fill(30, 2000, &frame[..2000]);
-        rig.fill(31, 0, &frame[2000..]);
+        // A frame whose buffer crosses a page boundary (as Linux's linear data does): two slots.
+        let frame = echo_frame(1400);
+        rig.fill(30, 3000, &frame[..1096]);
+        rig.fill(31, 0, &frame[1096..]);
         let rsp = rig.transmit(&[
-            tx_req(1, 30, 2000, 3000, NETTXF_MORE_DATA | NETTXF_EXTRA_INFO),
-            // An extra-info slot (GSO type none), then the chained data slot.
-            tx_req(2, 0, 0, 0, 0),
-            tx_req(3, 31, 0, 1000, 0),
+            tx_req(1, 30, 3000, 1400, NETTXF_MORE_DATA | NETTXF_EXTRA_INFO),
+            // An extra-info slot (a hash hint, ignored), then the chained data slot.
+            extra_slot(2, XEN_NETIF_EXTRA_TYPE_HASH, 0),
+            tx_req(3, 31, 0, 304, 0),
         ]);
         assert_eq!(
             rsp,
             vec![(1, NETIF_RSP_OKAY), (2, NETIF_RSP_NULL), (3, NETIF_RSP_OKAY)]
         );
         let rsp = rig.receive(&[40]);
-        assert_eq!(rsp[0].status, 3000);
+        assert_eq!(rsp[0].status, 1400);
         assert_eq!(
-            &rig.grants.page(40)[14..3000],
+            &rig.grants.page(40)[14..1400],
             &frame[14..],
             "reassembled in order"
         );
@@ -660,6 +767,214 @@ mod tests {
         req_prod.store(rig.tx.size() + 9, std::sync::atomic::Ordering::Release);
         let e = rig.back.process(&mut || Ok(())).unwrap_err();
         assert!(e.contains("ring halted"), "{e}");
+    }
+
+    fn echoed(rig: &Rig) -> u64 {
+        rig.echo.stats().echoed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// No `feature-sg`, no GSO: a packet claiming more than 1514 bytes is refused with an error
+    /// before anything is copied, whether in one slot or chained; frames longer than that from the
+    /// switch (a VLAN-tagged frame from a tap) never reach the guest. All counted.
+    #[test]
+    fn netback_oversize_frame_is_refused_with_an_error_and_counted() {
+        let mut rig = rig();
+        let big = echo_frame(MAX_FRAME);
+        rig.fill(70, 0, &big);
+        rig.fill(71, 0, &[0; 100]);
+        let rsp = rig.transmit(&[
+            tx_req(1, 70, 0, 4000, 0),
+            tx_req(2, 70, 0, MAX_FRAME as u16 + 1, NETTXF_MORE_DATA),
+            tx_req(3, 71, 0, 1, 0),
+            tx_req(4, 70, 0, u16::MAX, 0),
+            tx_req(5, 70, 0, MAX_FRAME as u16, 0),
+        ]);
+        assert_eq!(
+            rsp,
+            vec![
+                (1, NETIF_RSP_ERROR),
+                (2, NETIF_RSP_ERROR),
+                (3, NETIF_RSP_ERROR),
+                (4, NETIF_RSP_ERROR),
+                (5, NETIF_RSP_OKAY),
+            ]
+        );
+        assert_eq!((rig.back.counts.tx_oversize, rig.back.counts.tx_packets), (3, 1));
+        assert_eq!(echoed(&rig), 1, "only the 1514-byte frame reached the switch");
+        // From the switch: a 1518-byte frame (the switch's limit) for the guest is dropped at the
+        // vif, a 1514-byte one is delivered.
+        let sender = QueuedPort::new(4, Box::new(|| {}));
+        let sp = rig.back.switch.add_port(sender);
+        let mut vlan = echo_frame(crate::net::MAX_FRAME_LEN);
+        vlan[0..6].copy_from_slice(&GUEST);
+        vlan[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x77]);
+        rig.back.switch.send(sp, &vlan).unwrap();
+        let rsp = rig.receive(&[80, 81]);
+        assert_eq!(rsp.len(), 1, "the echo of frame 5 only");
+        assert_eq!(rsp[0].status, MAX_FRAME as i16);
+        assert_eq!(rig.back.counts.rx_oversize, 1);
+    }
+
+    /// XSA-39 class: malformed slot chains. A chain of more data slots than allowed, a chain with
+    /// too many extra-info slots, a chain the frontend never ends and an extra-info type that was
+    /// not offered are each refused on every slot, the work is bounded by the ring, and the next
+    /// packet goes through.
+    #[test]
+    fn xsa39_netback_overlong_and_malformed_slot_chains_are_refused_and_the_ring_goes_on() {
+        let mut rig = rig();
+        rig.fill(50, 0, &echo_frame(200));
+        let mut slots = Vec::new();
+        // 40 chained data slots (more than the 18 allowed).
+        slots.push(tx_req(100, 50, 0, 200, NETTXF_MORE_DATA));
+        for i in 1..40u16 {
+            let flags = if i < 39 { NETTXF_MORE_DATA } else { 0 };
+            slots.push(tx_req(100 + i, 50, 0, 0, flags));
+        }
+        // Six extra-info slots chained with XEN_NETIF_EXTRA_FLAG_MORE (at most 4 types exist).
+        slots.push(tx_req(200, 50, 0, 200, NETTXF_EXTRA_INFO));
+        for i in 1..=6u16 {
+            let more = if i < 6 { XEN_NETIF_EXTRA_FLAG_MORE } else { 0 };
+            slots.push(extra_slot(200 + i, XEN_NETIF_EXTRA_TYPE_HASH, more));
+        }
+        // A GSO extra (GSO was not offered), and an unknown extra type.
+        slots.push(tx_req(300, 50, 0, 200, NETTXF_EXTRA_INFO));
+        slots.push(extra_slot(301, XEN_NETIF_EXTRA_TYPE_GSO, 0));
+        slots.push(tx_req(310, 50, 0, 200, NETTXF_EXTRA_INFO));
+        slots.push(extra_slot(311, 0, 0));
+        // A good packet.
+        slots.push(tx_req(400, 50, 0, 200, 0));
+        // A chain that never ends: its last published slot says more data follows.
+        slots.push(tx_req(500, 50, 0, 200, NETTXF_MORE_DATA));
+        slots.push(tx_req(501, 50, 0, 0, NETTXF_MORE_DATA));
+        let rsp = rig.transmit(&slots);
+        assert_eq!(rsp.len(), slots.len(), "every slot answered once");
+        let status_of = |id: u16| rsp.iter().find(|(i, _)| *i == id).map(|(_, s)| *s);
+        assert!((100..140).all(|id| status_of(id) == Some(NETIF_RSP_ERROR)));
+        assert_eq!(status_of(200), Some(NETIF_RSP_ERROR));
+        assert!((201..=206).all(|id| status_of(id) == Some(NETIF_RSP_NULL)));
+        assert_eq!(
+            (status_of(300), status_of(301), status_of(310), status_of(311)),
+            (
+                Some(NETIF_RSP_ERROR),
+                Some(NETIF_RSP_NULL),
+                Some(NETIF_RSP_ERROR),
+                Some(NETIF_RSP_NULL)
+            )
+        );
+        assert_eq!(status_of(400), Some(NETIF_RSP_OKAY));
+        assert_eq!(
+            (status_of(500), status_of(501)),
+            (Some(NETIF_RSP_ERROR), Some(NETIF_RSP_ERROR))
+        );
+        assert_eq!((rig.back.counts.tx_errors, rig.back.counts.tx_packets), (5, 1));
+        assert_eq!(echoed(&rig), 1);
+        // And the ring goes on.
+        assert_eq!(
+            rig.transmit(&[tx_req(600, 50, 0, 200, 0)]),
+            vec![(600, NETIF_RSP_OKAY)]
+        );
+    }
+
+    /// XSA-155 class (double fetch) for transmit: the guest rewrites a slot (size, offset, grant)
+    /// after the backend read it, while the backend copies the data. The frame that reaches the
+    /// switch is the one the original slot described.
+    #[test]
+    fn xsa155_netback_acts_on_its_copy_of_the_slots() {
+        let mut rig = rig();
+        let frame = echo_frame(600);
+        rig.fill(10, 100, &frame);
+        rig.fill(11, 0, &echo_frame(1500));
+        let slot = rig._mem.0.as_ptr().as_ptr() as usize
+            + 64
+            + (rig.tx.req_prod_pvt() % rig.tx.size()) as usize * 12;
+        rig.grants.on_copy_from_guest(move || {
+            // gref 11, offset 0, flags 0, id 1, size 1500: three 32-bit words.
+            for (i, w) in [11u32, 0, 1 | (1500 << 16)].into_iter().enumerate() {
+                // SAFETY: a 4-aligned word of the tx ring's slot, in memory that outlives the
+                // rig's rings; accessed atomically like the rings' own accesses.
+                let word = unsafe { std::sync::atomic::AtomicU32::from_ptr((slot + 4 * i) as *mut u32) };
+                word.store(w, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        assert_eq!(
+            rig.transmit(&[tx_req(1, 10, 100, 600, 0)]),
+            vec![(1, NETIF_RSP_OKAY)]
+        );
+        assert_eq!(rig.back.counts.tx_bytes, 600);
+        let rsp = rig.receive(&[20]);
+        assert_eq!(rsp[0].status, 600, "the echo of the original 600 bytes");
+        assert_eq!(&rig.grants.page(20)[14..600], &frame[14..]);
+    }
+
+    /// XSA-392 class: a guest that posts no receive buffers. Ten thousand frames for it cost dom0
+    /// at most the port's queue (256 frames) plus one waiting frame; the rest are dropped and
+    /// counted; the sender and the other ports go on; buffers posted later get the oldest frames.
+    #[test]
+    fn xsa392_netback_receive_queue_is_bounded_while_the_guest_posts_nothing() {
+        let mut rig = rig();
+        let other = QueuedPort::new(16, Box::new(|| {}));
+        let op = rig
+            .back
+            .switch
+            .add_port_with(other.clone(), PortPolicy::Bound([2, 0, 0, 0, 0, 0x55]))
+            .unwrap();
+        let sender = QueuedPort::new(4, Box::new(|| {}));
+        let sp = rig
+            .back
+            .switch
+            .add_port_with(sender, PortPolicy::Bound([2, 0, 0, 0, 0, 0x66]))
+            .unwrap();
+        for i in 0..10_000u32 {
+            let mut f = echo_frame(100);
+            f[0..6].copy_from_slice(&GUEST);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x66]);
+            f[14..18].copy_from_slice(&i.to_be_bytes());
+            rig.back.switch.send(sp, &f).unwrap();
+            if i % 1000 == 0 {
+                rig.back.process(&mut || Ok(())).unwrap();
+                let mut g = f.clone();
+                g[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x55]);
+                rig.back.switch.send(sp, &g).unwrap();
+            }
+        }
+        rig.back.process(&mut || Ok(())).unwrap();
+        assert_eq!(rig.back.queue.len(), PORT_QUEUE);
+        assert!(rig.back.pending.is_some());
+        assert_eq!(rig.back.queue.dropped(), 10_000 - PORT_QUEUE as u64 - 1);
+        assert_eq!(other.len(), 10, "the other port got every frame for it");
+        assert_eq!(rig.back.switch.lookup(&[2, 0, 0, 0, 0, 0x55]), Some(op));
+        // Buffers posted now receive the oldest frames first, in order.
+        let grefs: Vec<u32> = (0..200).map(|i| 3000 + i).collect();
+        let rsp = rig.receive(&grefs);
+        assert_eq!(rsp.len(), 200);
+        for (k, &g) in grefs.iter().enumerate() {
+            assert_eq!(
+                &rig.grants.page(g)[14..18],
+                &(k as u32).to_be_bytes(),
+                "frame {k}"
+            );
+        }
+    }
+
+    /// A vif sending from any address but its own (another guest's, the echo peer's): the frame is
+    /// refused with an error, counted on its switch port, and never reaches the switch.
+    #[test]
+    fn switch_mac_spoof_through_netback_is_refused_and_counted() {
+        let mut rig = rig();
+        let mut f = echo_frame(200);
+        f[6..12].copy_from_slice(&PEER);
+        rig.fill(90, 0, &f);
+        let mut g = echo_frame(200);
+        g[6..12].copy_from_slice(&[0x02, 0xde, 0xad, 0xbe, 0xef, 0x01]);
+        rig.fill(91, 0, &g);
+        let rsp = rig.transmit(&[tx_req(1, 90, 0, 200, 0), tx_req(2, 91, 0, 200, 0)]);
+        assert_eq!(rsp, vec![(1, NETIF_RSP_ERROR), (2, NETIF_RSP_ERROR)]);
+        let counts = rig.back.switch.port_counts(rig.back.sw_port).unwrap();
+        assert_eq!((counts.spoofed, counts.frames_in), (2, 2));
+        assert_eq!(echoed(&rig), 0);
+        assert!(rig.sniffer.is_empty());
+        assert_eq!(rig.back.switch.lookup(&PEER), Some(rig.echo.port()));
+        assert!(rig.back.summary(0).contains("tx_spoofed=2"));
     }
 
     /// An Ethernet + IPv4 + UDP frame with `payload`, checksum field zero.

@@ -7,11 +7,19 @@
 //!   `frontend`, `frontend-id`, `online`, `state` and the features the backend offers.
 //!
 //! [`run_device`] creates both, says `InitWait`, and then follows the frontend: once it is
-//! `Initialised` or `Connected` the [`Backend`] reads the frontend's keys and maps its rings (refusing
-//! the device with a clear log line and an `error` node if any of it is bad), a thread serves the
-//! rings, and the backend says `Connected`; `Closing`/`Closed` from the frontend stop the rings, and a
-//! frontend that starts over (`Initialising`) gets `InitWait` again. When the domain is gone (its home
-//! directory removed), the device's directories are removed and [`run_device`] returns.
+//! `Initialised` or `Connected` the [`Backend`] maps its rings from the frontend keys it names
+//! ([`Backend::frontend_reads`]: only those are read, one round trip each, at most
+//! [`MAX_FRONTEND_READS`]; a guest's other keys cost nothing), refusing the device with a log line
+//! and an `error` node if any of it is bad; a thread serves the rings, and the backend says
+//! `Connected`; `Closing`/`Closed` from the frontend stop the rings, and a frontend that starts over
+//! (`Initialising`) gets `InitWait` again. When the domain is gone (its home directory removed), the
+//! device's directories are removed and [`run_device`] returns.
+//!
+//! What the guest controls is bounded: the watch on its `state` node is exact (events for nodes a
+//! guest creates below it are dropped on arrival), the client's event queue is bounded and merges
+//! repeats ([`super::xenstore`]), an event of the frontend's watch costs one read, and the lines a
+//! guest can cause (refusals, reconnects, protocol violations) are logged through a per-device
+//! [`RateLimit`].
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -25,8 +33,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::evtchn::{self, EventChannel};
 use super::gntdev::GrantMapping;
+use super::ratelimit::{RateLimit, limited_error, limited_info};
 use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
 use crate::Result;
+
+/// Frontend keys read per connect attempt at most (a 16-page blkif ring needs 19).
+pub const MAX_FRONTEND_READS: usize = 32;
+/// Rounds of [`Backend::frontend_reads`] per connect attempt at most.
+const MAX_READ_ROUNDS: usize = 4;
 
 /// One device's place in XenStore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,8 +166,13 @@ pub trait Backend: Send + 'static {
     /// Keys of the backend directory besides `frontend`, `frontend-id`, `online` and `state`
     /// (features, sizes).
     fn backend_keys(&self, id: &DeviceId) -> Vec<(String, String)>;
-    /// Reads the frontend's ring references and event channel from `front` (a snapshot of the
-    /// frontend directory's keys) and maps the rings. An `Err` refuses the device with that reason.
+    /// The frontend keys [`connect`](Self::connect) looks at, given the ones read so far: called
+    /// with an empty snapshot first, then again with what was read until it names nothing new
+    /// (keys that depend on others, like `ring-ref0..N` on `ring-page-order`). Only these are read.
+    fn frontend_reads(&self, so_far: &Frontend) -> Vec<String>;
+    /// Reads the frontend's ring references and event channel from `front` (a snapshot of the keys
+    /// named by [`frontend_reads`](Self::frontend_reads)) and maps the rings. An `Err` refuses the
+    /// device with that reason.
     fn connect(&self, id: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String>;
 }
 
@@ -188,6 +207,11 @@ impl Frontend {
     /// A snapshot with the given keys (for tests and callers that read XenStore themselves).
     pub fn from_keys(keys: Vec<(String, String)>) -> Self {
         Frontend { keys }
+    }
+
+    /// Whether nothing was read (the first [`Backend::frontend_reads`] call).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -299,15 +323,32 @@ fn set_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, s: XenbusStat
     )
 }
 
-fn read_front<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId) -> Result<Frontend> {
+/// Reads the frontend keys `be` names (see [`Backend::frontend_reads`]), each once, at most
+/// [`MAX_FRONTEND_READS`] of them: the snapshot `connect` validates.
+fn read_front<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, be: &dyn Backend) -> Result<Frontend> {
     let dir = id.frontend();
-    let mut keys = Vec::new();
-    for k in xs.directory(NO_TX, &dir)? {
-        if let Some(v) = xs.read_string(NO_TX, &format!("{dir}/{k}"))? {
-            keys.push((k, v));
+    let mut front = Frontend::default();
+    let mut asked: Vec<String> = Vec::new();
+    for _ in 0..MAX_READ_ROUNDS {
+        let new: Vec<String> = be
+            .frontend_reads(&front)
+            .into_iter()
+            .filter(|k| !asked.contains(k) && !k.is_empty() && !k.contains('/'))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for k in new {
+            if asked.len() >= MAX_FRONTEND_READS {
+                return Ok(front);
+            }
+            if let Some(v) = xs.read_string(NO_TX, &format!("{dir}/{k}"))? {
+                front.keys.push((k.clone(), v));
+            }
+            asked.push(k);
         }
     }
-    Ok(Frontend { keys })
+    Ok(front)
 }
 
 fn front_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId) -> Result<Option<XenbusState>> {
@@ -331,18 +372,23 @@ struct Halted {
 }
 
 impl Serving {
-    fn start(id: &DeviceId, mut rings: Box<dyn Rings>, halted: Arc<Halted>) -> std::io::Result<Serving> {
+    fn start(
+        id: &DeviceId,
+        mut rings: Box<dyn Rings>,
+        halted: Arc<Halted>,
+        log: Arc<RateLimit>,
+    ) -> std::io::Result<Serving> {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let (stop2, name) = (stop.clone(), id.to_string());
         let thread = std::thread::Builder::new()
             .name(format!("{}-{}-{}", id.kind, id.domid, id.devid))
             .spawn(move || {
                 if let Err(e) = serve(&mut *rings, &stop2) {
-                    tracing::error!(device = %name, "frontend broke the protocol, device halted: {e}");
+                    limited_error!(log, device = %name, "frontend broke the protocol, device halted: {e}");
                     *halted.why.lock().expect("halt reason") = Some(e);
                     let _ = halted.signal.write(1);
                 }
-                tracing::info!(device = %name, "disconnected: {}", rings.summary());
+                limited_info!(log, device = %name, "disconnected: {}", rings.summary());
             })?;
         Ok(Serving { stop, thread })
     }
@@ -400,17 +446,33 @@ fn drain(fd: std::os::fd::RawFd) {
     unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
 }
 
+/// Watch token of the frontend's `state` node.
+const FE_TOKEN: &str = "fe";
+/// Watch token of `@releaseDomain`.
+const RELEASE_TOKEN: &str = "release";
+
 /// Creates `id`'s directories and runs its state machine until the domain is gone (see the module
 /// documentation). `ready` is called once the device waits for its frontend.
 pub fn run_device<S: Read + Write + AsRawFd>(
-    mut xs: XenStore<S>,
+    xs: XenStore<S>,
     id: DeviceId,
     be: &dyn Backend,
     ready: impl FnOnce(),
 ) -> Result<()> {
+    run_device_with(xs, id, be, ready, Arc::new(RateLimit::default()))
+}
+
+/// [`run_device`] with the device's log budget given (shared with whatever else logs for it).
+pub fn run_device_with<S: Read + Write + AsRawFd>(
+    mut xs: XenStore<S>,
+    id: DeviceId,
+    be: &dyn Backend,
+    ready: impl FnOnce(),
+    log: Arc<RateLimit>,
+) -> Result<()> {
     create_device(&mut xs, &id, be)?;
-    xs.watch(&format!("{}/state", id.frontend()), "fe")?;
-    xs.watch("@releaseDomain", "release")?;
+    xs.watch_exact(&format!("{}/state", id.frontend()), FE_TOKEN)?;
+    xs.watch("@releaseDomain", RELEASE_TOKEN)?;
     tracing::info!(device = %id, backend = %id.backend(), "waiting for the frontend (InitWait)");
     ready();
     let mut state = XenbusState::InitWait;
@@ -436,27 +498,30 @@ pub fn run_device<S: Read + Write + AsRawFd>(
             state = XenbusState::Closing;
             continue;
         }
-        let _ev = xs.next_watch_event()?;
-        if xs.read(NO_TX, &id.home())?.is_none() {
-            tracing::info!(device = %id, "domain gone, removing the device");
-            break;
+        let ev = xs.next_watch_event()?;
+        if ev.token == RELEASE_TOKEN {
+            // Some domain was released: ours?
+            if xs.read(NO_TX, &id.home())?.is_none() {
+                tracing::info!(device = %id, "domain gone, removing the device");
+                break;
+            }
+            continue;
         }
         let fe = front_state(&mut xs, &id)?;
         match (state, fe) {
             (XenbusState::InitWait, Some(XenbusState::Initialised | XenbusState::Connected)) => {
-                let front = read_front(&mut xs, &id)?;
-                match be
-                    .connect(&id, &front)
-                    .and_then(|r| Serving::start(&id, r, halted.clone()).map_err(|e| format!("thread: {e}")))
-                {
+                let front = read_front(&mut xs, &id, be)?;
+                match be.connect(&id, &front).and_then(|r| {
+                    Serving::start(&id, r, halted.clone(), log.clone()).map_err(|e| format!("thread: {e}"))
+                }) {
                     Ok(s) => {
                         serving = Some(s);
                         set_state(&mut xs, &id, XenbusState::Connected)?;
                         state = XenbusState::Connected;
-                        tracing::info!(device = %id, "connected");
+                        limited_info!(log, device = %id, "connected");
                     }
                     Err(why) => {
-                        tracing::error!(device = %id, "refused: {why}");
+                        limited_error!(log, device = %id, "refused: {why}");
                         xs.write(NO_TX, &format!("{}/error", id.backend()), why.as_bytes())?;
                         set_state(&mut xs, &id, XenbusState::Closing)?;
                         state = XenbusState::Closing;
@@ -483,7 +548,7 @@ pub fn run_device<S: Read + Write + AsRawFd>(
                 let _ = xs.rm(NO_TX, &format!("{}/error", id.backend()));
                 set_state(&mut xs, &id, XenbusState::InitWait)?;
                 state = XenbusState::InitWait;
-                tracing::info!(device = %id, "frontend starts over: InitWait");
+                limited_info!(log, device = %id, "frontend starts over: InitWait");
             }
             _ => {}
         }
@@ -530,5 +595,157 @@ mod tests {
         assert_eq!(id.backend(), "/local/domain/0/backend/vbd/7/51712");
         assert_eq!(perms_frontend(7)[0].domid, 7);
         assert_eq!(perms_backend(7)[1].access, Access::Read);
+    }
+
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::Ordering;
+
+    use crate::xen::xenstore::fake::FakeXenstored;
+
+    /// The snapshots a [`Probe`] was given, one per connect attempt.
+    type Snapshots = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
+    /// A backend that reads the keys a ring protocol needs, records what it got and refuses.
+    struct Probe {
+        got: Snapshots,
+    }
+
+    impl Backend for Probe {
+        fn frontend_keys(&self, _: &DeviceId) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn backend_keys(&self, _: &DeviceId) -> Vec<(String, String)> {
+            vec![("feature-x".into(), "1".into())]
+        }
+        fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
+            vec!["ring-ref".into(), "event-channel".into()]
+        }
+        fn connect(&self, _: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String> {
+            self.got.lock().unwrap().push(front.keys.clone());
+            Err("probe: refused".into())
+        }
+    }
+
+    fn wait_for(store: &FakeXenstored, path: &str, value: &str) {
+        for _ in 0..10_000 {
+            if store.get(path).as_deref() == Some(value.as_bytes()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("{path} never became {value:?}");
+    }
+
+    /// The guest writes 1000 junk keys into its frontend directory, then `Initialised`: the
+    /// backend's connect attempt costs XenStore a handful of round trips, not one per key, and
+    /// the backend sees only the keys it reads.
+    #[test]
+    fn xenstore_connect_reads_only_the_protocol_keys() {
+        let store = FakeXenstored::new();
+        let mut toolstack = store.connect();
+        toolstack.mkdir(NO_TX, "/local/domain/7").unwrap();
+        let id = DeviceId {
+            domid: 7,
+            kind: "vbd",
+            devid: 51712,
+        };
+        let xs = store.connect();
+        let stats = xs.stats();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe { got: got.clone() };
+        let dev = {
+            let id = id.clone();
+            std::thread::spawn(move || run_device(xs, id, &probe, || {}))
+        };
+        let (fe, be) = (id.frontend(), id.backend());
+        wait_for(&store, &format!("{be}/state"), "2");
+        let mut guest: XenStore<UnixStream> = store.connect();
+        // As many keys as a directory listing can carry (more and the whole listing fails).
+        for i in 0..400 {
+            guest.write(NO_TX, &format!("{fe}/j{i}"), b"x").unwrap();
+        }
+        guest.write(NO_TX, &format!("{fe}/ring-ref"), b"8").unwrap();
+        guest.write(NO_TX, &format!("{fe}/event-channel"), b"9").unwrap();
+        let before = stats.requests.load(Ordering::Relaxed);
+        guest.write(NO_TX, &format!("{fe}/state"), b"3").unwrap();
+        wait_for(&store, &format!("{be}/state"), "5");
+        let round_trips = stats.requests.load(Ordering::Relaxed) - before;
+        eprintln!("round trips for one connect attempt: {round_trips}");
+        let keys = got.lock().unwrap()[0].clone();
+        assert!(keys.iter().any(|(k, v)| k == "ring-ref" && v == "8"));
+        assert!(
+            keys.iter().all(|(k, _)| !k.starts_with('j')),
+            "junk read: {}",
+            keys.len()
+        );
+        // One read of the frontend's state, one per key named, the error node, the state: 5. (Before
+        // the keys were named, one connect attempt here cost 410: a directory listing and a read of
+        // every key the guest had written.)
+        assert!(round_trips <= 5, "{round_trips} round trips");
+        store.release_domain(7);
+        dev.join().unwrap().unwrap();
+        assert!(store.get(&be).is_none(), "backend directory removed");
+    }
+
+    /// A guest that floods the nodes below its `state` (10,000 writes), writes more keys than a
+    /// directory listing can carry, and then flips between `Initialising` and `Initialised` 30
+    /// times: the flood costs the backend no XenStore request at all, each connect attempt a
+    /// bounded number, and the refusals are logged at a bounded rate.
+    #[test]
+    fn xenstore_watch_flood_below_state_and_a_reconnect_loop_are_bounded() {
+        let store = FakeXenstored::new();
+        store.connect().mkdir(NO_TX, "/local/domain/7").unwrap();
+        let id = DeviceId {
+            domid: 7,
+            kind: "vif",
+            devid: 0,
+        };
+        let xs = store.connect();
+        let stats = xs.stats();
+        let log = Arc::new(RateLimit::new(4, std::time::Duration::from_secs(3600)));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe { got: got.clone() };
+        let dev = {
+            let (id, log) = (id.clone(), log.clone());
+            std::thread::spawn(move || run_device_with(xs, id, &probe, || {}, log))
+        };
+        let (fe, be) = (id.frontend(), id.backend());
+        wait_for(&store, &format!("{be}/state"), "2");
+        let mut guest = store.connect();
+        for i in 0..2000 {
+            guest.write(NO_TX, &format!("{fe}/junk-key-{i}"), b"x").unwrap();
+        }
+        guest.write(NO_TX, &format!("{fe}/ring-ref"), b"8").unwrap();
+        guest.write(NO_TX, &format!("{fe}/event-channel"), b"9").unwrap();
+        let before = stats.requests.load(Ordering::Relaxed);
+        for i in 0..10_000 {
+            guest.write(NO_TX, &format!("{fe}/state/{i}"), b"3").unwrap();
+        }
+        // Let the backend see them all (a sync point: its own next request comes after).
+        guest.write(NO_TX, &format!("{fe}/state"), b"1").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let flood = stats.requests.load(Ordering::Relaxed) - before;
+        assert!(flood <= 2, "the flood below state cost {flood} requests");
+        assert!(stats.events_filtered.load(Ordering::Relaxed) >= 10_000);
+
+        let before = stats.requests.load(Ordering::Relaxed);
+        for _ in 0..30 {
+            guest.write(NO_TX, &format!("{fe}/state"), b"3").unwrap();
+            wait_for(&store, &format!("{be}/state"), "5");
+            guest.write(NO_TX, &format!("{fe}/state"), b"1").unwrap();
+            wait_for(&store, &format!("{be}/state"), "2");
+        }
+        let per_cycle = (stats.requests.load(Ordering::Relaxed) - before) as f64 / 30.0;
+        eprintln!("XenStore requests per refused connect cycle: {per_cycle}");
+        assert!(per_cycle <= 9.0, "{per_cycle} requests per cycle");
+        assert_eq!(got.lock().unwrap().len(), 30, "thirty connect attempts");
+        assert!(
+            got.lock().unwrap().iter().all(|k| k.len() == 2),
+            "only the two keys, every time"
+        );
+        // 30 refusals and 30 restarts: 4 lines passed, the rest counted.
+        assert_eq!(log.suppressed(), 60 - 4);
+        store.release_domain(7);
+        dev.join().unwrap().unwrap();
     }
 }

@@ -4,13 +4,21 @@
 //! length) and the payload, replies in request order, watch events interleaved at any point.
 //!
 //! Requests are synchronous; watch events that arrive while waiting for a reply are queued and handed
-//! out by [`XenStore::next_watch_event`].
+//! out by [`XenStore::next_watch_event`]. What other domains write decides how many events arrive, so
+//! the queue is bounded ([`MAX_QUEUED_EVENTS`]): an event equal to one already queued is merged into
+//! it, a watch registered with [`XenStore::watch_exact`] drops events for paths below the watched
+//! node on arrival, and when the queue is full a token that already has an event queued loses the new
+//! one, a token that has none gets one event for its watched path once the queue has drained. Events
+//! therefore mean "look again": a consumer re-reads what it watches on each, and then misses no
+//! change. Everything dropped or merged is counted ([`ClientStats`]).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XsdSockmsg, XsdSockmsgType};
 use zerocopy::{FromBytes, IntoBytes};
@@ -82,12 +90,42 @@ impl Perm {
     }
 }
 
+/// Watch events queued at most per connection.
+pub const MAX_QUEUED_EVENTS: usize = 64;
+
+/// What a connection did with its requests and the watch events it received.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Requests sent (each is one round trip to the daemon).
+    pub requests: AtomicU64,
+    /// Watch events queued for the consumer.
+    pub events_queued: AtomicU64,
+    /// Events merged into an equal one already queued.
+    pub events_coalesced: AtomicU64,
+    /// Events dropped because the queue was full (their token is looked at again anyway).
+    pub events_dropped: AtomicU64,
+    /// Events for paths below an exact watch's node, or for no watch of ours, dropped on arrival.
+    pub events_filtered: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Watch {
+    path: String,
+    token: String,
+    exact: bool,
+}
+
 /// A XenStore connection.
 #[derive(Debug)]
 pub struct XenStore<S: Read + Write> {
     stream: S,
     next_req: u32,
     events: VecDeque<WatchEvent>,
+    watches: Vec<Watch>,
+    /// Tokens whose event was dropped on a full queue while none of theirs was queued: each gets one
+    /// event for its watched path once the queue is empty.
+    overflowed: Vec<String>,
+    stats: Arc<ClientStats>,
 }
 
 impl XenStore<File> {
@@ -194,7 +232,15 @@ impl<S: Read + Write> XenStore<S> {
             stream,
             next_req: 1,
             events: VecDeque::new(),
+            watches: Vec::new(),
+            overflowed: Vec::new(),
+            stats: Arc::new(ClientStats::default()),
         }
+    }
+
+    /// The connection's counts (shared: they stay readable after the client moved elsewhere).
+    pub fn stats(&self) -> Arc<ClientStats> {
+        self.stats.clone()
     }
 
     fn io(what: &str, error: std::io::Error) -> Error {
@@ -235,6 +281,7 @@ impl<S: Read + Write> XenStore<S> {
         }
         let req_id = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let hdr = XsdSockmsg {
             type_: ty as u32,
             req_id,
@@ -271,15 +318,39 @@ impl<S: Read + Write> XenStore<S> {
 
     fn queue_event(&mut self, payload: &[u8]) -> Result<()> {
         let mut parts = split_nul(payload).into_iter();
-        match (parts.next(), parts.next()) {
-            (Some(path), Some(token)) => {
-                self.events.push_back(WatchEvent { path, token });
-                Ok(())
-            }
-            _ => Err(Error::XenStoreProtocol(format!(
+        let (Some(path), Some(token)) = (parts.next(), parts.next()) else {
+            return Err(Error::XenStoreProtocol(format!(
                 "watch event without path and token: {payload:?}"
-            ))),
+            )));
+        };
+        let count = |c: &AtomicU64| {
+            c.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        };
+        // Ours, and (for an exact watch) for the watched node itself?
+        let wanted = self
+            .watches
+            .iter()
+            .any(|w| w.token == token && (!w.exact || w.path == path));
+        if !wanted {
+            return count(&self.stats.events_filtered);
         }
+        if self.events.iter().any(|e| e.path == path && e.token == token) {
+            return count(&self.stats.events_coalesced);
+        }
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            if !self.events.iter().any(|e| e.token == token) && !self.overflowed.contains(&token) {
+                self.overflowed.push(token);
+            }
+            return count(&self.stats.events_dropped);
+        }
+        self.events.push_back(WatchEvent { path, token });
+        count(&self.stats.events_queued)
+    }
+
+    /// Events queued now (at most [`MAX_QUEUED_EVENTS`]).
+    pub fn queued_events(&self) -> usize {
+        self.events.len() + self.overflowed.len()
     }
 
     fn path0(path: &str) -> Vec<u8> {
@@ -354,10 +425,30 @@ impl<S: Read + Write> XenStore<S> {
     /// Watches `path` (and everything below it); events carry `token`. XenStore fires each new watch
     /// once at registration.
     pub fn watch(&mut self, path: &str, token: &str) -> Result<()> {
+        self.add_watch(path, token, false)
+    }
+
+    /// Watches the node `path` only: XenStore also reports changes below it (which whoever owns the
+    /// node can create at will), and those events are dropped on arrival, never queued.
+    pub fn watch_exact(&mut self, path: &str, token: &str) -> Result<()> {
+        self.add_watch(path, token, true)
+    }
+
+    fn add_watch(&mut self, path: &str, token: &str, exact: bool) -> Result<()> {
         let mut p = Self::path0(path);
         p.extend_from_slice(token.as_bytes());
         p.push(0);
-        self.request(XsdSockmsgType::Watch, NO_TX, &p, path).map(drop)
+        // Known before the request, so the registration event (which may come first) is kept.
+        self.watches.push(Watch {
+            path: path.to_owned(),
+            token: token.to_owned(),
+            exact,
+        });
+        let r = self.request(XsdSockmsgType::Watch, NO_TX, &p, path).map(drop);
+        if r.is_err() {
+            self.watches.pop();
+        }
+        r
     }
 
     /// Removes a watch.
@@ -365,13 +456,15 @@ impl<S: Read + Write> XenStore<S> {
         let mut p = Self::path0(path);
         p.extend_from_slice(token.as_bytes());
         p.push(0);
-        self.request(XsdSockmsgType::Unwatch, NO_TX, &p, path).map(drop)
+        self.request(XsdSockmsgType::Unwatch, NO_TX, &p, path)?;
+        self.watches.retain(|w| !(w.path == path && w.token == token));
+        Ok(())
     }
 
     /// Whether watch events are already queued (so [`next_watch_event`](Self::next_watch_event)
     /// will not block).
     pub fn has_queued_events(&self) -> bool {
-        !self.events.is_empty()
+        !self.events.is_empty() || !self.overflowed.is_empty()
     }
 
     /// The next watch event: a queued one, or the next from the stream (blocking).
@@ -379,6 +472,16 @@ impl<S: Read + Write> XenStore<S> {
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(e);
+            }
+            if !self.overflowed.is_empty() {
+                let token = self.overflowed.remove(0);
+                let path = self
+                    .watches
+                    .iter()
+                    .find(|w| w.token == token)
+                    .map(|w| w.path.clone())
+                    .unwrap_or_default();
+                return Ok(WatchEvent { path, token });
             }
             let (h, p) = self.read_msg()?;
             if XsdSockmsgType::from_wire(h.type_) != Some(XsdSockmsgType::WatchEvent) {
@@ -436,130 +539,214 @@ impl<S: Read + Write> XenStore<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
+pub(crate) mod fake {
+    //! A small xenstored for host tests: one store shared by any number of connections (a backend
+    //! and a "guest" or "toolstack" writing beside it), nodes, permissions, watches (an event goes
+    //! to the watching connection, before the reply of the write that fired it when that is the
+    //! same connection), `@releaseDomain`, and transactions whose first commit conflicts. Every
+    //! connection's requests are counted.
 
-    /// A small xenstored: a flat map of nodes, permissions, watches (fired before the reply of the
-    /// write that triggers them, the order a real daemon may use), transactions whose first commit
-    /// conflicts.
-    fn fake_daemon(mut s: UnixStream) {
-        let mut nodes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        let mut perms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut watches: Vec<(String, String)> = Vec::new();
-        let mut commits = 0;
-        let send = |s: &mut UnixStream, ty: u32, req: u32, tx: u32, p: &[u8]| {
-            let h = XsdSockmsg {
-                type_: ty,
-                req_id: req,
-                tx_id: tx,
-                len: p.len() as u32,
-            };
-            let mut m = h.as_bytes().to_vec();
-            m.extend_from_slice(p);
-            s.write_all(&m).unwrap();
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+
+    use ring_protocol::abi::xenstore::{XsdSockmsg, XsdSockmsgType};
+    use zerocopy::{FromBytes, IntoBytes};
+
+    use super::{XenStore, split_nul};
+
+    #[derive(Default)]
+    struct State {
+        nodes: BTreeMap<String, Vec<u8>>,
+        perms: BTreeMap<String, Vec<String>>,
+        /// (connection, path, token).
+        watches: Vec<(usize, String, String)>,
+        conns: Vec<Arc<Mutex<UnixStream>>>,
+        commits: u32,
+    }
+
+    /// The store.
+    #[derive(Clone, Default)]
+    pub(crate) struct FakeXenstored {
+        state: Arc<Mutex<State>>,
+    }
+
+    fn send(s: &Mutex<UnixStream>, ty: u32, req: u32, tx: u32, p: &[u8]) {
+        let h = XsdSockmsg {
+            type_: ty,
+            req_id: req,
+            tx_id: tx,
+            len: p.len() as u32,
         };
-        loop {
-            let mut hdr = [0u8; 16];
-            if s.read_exact(&mut hdr).is_err() {
-                return;
-            }
-            let h = XsdSockmsg::read_from_bytes(&hdr).unwrap();
-            let mut p = vec![0; h.len as usize];
-            s.read_exact(&mut p).unwrap();
-            let parts = split_nul(&p);
-            let path = parts.first().cloned().unwrap_or_default();
-            let ok = |s: &mut UnixStream, body: &[u8]| send(s, h.type_, h.req_id, h.tx_id, body);
-            let err = |s: &mut UnixStream, name: &str| {
-                send(
-                    s,
-                    XsdSockmsgType::Error as u32,
-                    h.req_id,
-                    h.tx_id,
-                    format!("{name}\0").as_bytes(),
-                )
+        let mut m = h.as_bytes().to_vec();
+        m.extend_from_slice(p);
+        // A connection whose client went away just stops receiving.
+        let _ = s.lock().unwrap().write_all(&m);
+    }
+
+    /// Whether a change of `changed` fires a watch on `watched` (the node, anything below it, or
+    /// a removed ancestor).
+    fn fires(watched: &str, changed: &str, removed: bool) -> bool {
+        let below = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+        below(changed, watched) || (removed && below(watched, changed))
+    }
+
+    impl FakeXenstored {
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+
+        /// A new client connection to the store.
+        pub(crate) fn connect(&self) -> XenStore<UnixStream> {
+            let (a, b) = UnixStream::pair().unwrap();
+            let conn = {
+                let mut st = self.state.lock().unwrap();
+                st.conns.push(Arc::new(Mutex::new(b.try_clone().unwrap())));
+                st.conns.len() - 1
             };
-            match XsdSockmsgType::from_wire(h.type_).unwrap() {
-                XsdSockmsgType::Read => match nodes.get(&path) {
-                    Some(v) => ok(&mut s, &v.clone()),
-                    None => err(&mut s, "ENOENT"),
-                },
-                XsdSockmsgType::Write => {
-                    let at = p.iter().position(|&b| b == 0).unwrap() + 1;
-                    nodes.insert(path.clone(), p[at..].to_vec());
-                    for (w, token) in &watches {
-                        if path.starts_with(w.as_str()) {
-                            send(
-                                &mut s,
-                                XsdSockmsgType::WatchEvent as u32,
-                                0,
-                                0,
-                                format!("{path}\0{token}\0").as_bytes(),
-                            );
-                        }
-                    }
-                    ok(&mut s, b"OK\0");
-                }
-                XsdSockmsgType::Mkdir => {
-                    nodes.entry(path).or_default();
-                    ok(&mut s, b"OK\0");
-                }
-                XsdSockmsgType::Rm => {
-                    nodes.retain(|k, _| !(k == &path || k.starts_with(&format!("{path}/"))));
-                    ok(&mut s, b"OK\0");
-                }
-                XsdSockmsgType::Directory => {
-                    let prefix = format!("{path}/");
-                    let mut names: Vec<String> = nodes
-                        .keys()
-                        .filter_map(|k| k.strip_prefix(&prefix))
-                        .map(|r| r.split('/').next().unwrap().to_owned())
-                        .collect();
-                    names.dedup();
-                    let body: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
-                    ok(&mut s, &body);
-                }
-                XsdSockmsgType::SetPerms => {
-                    perms.insert(path, parts[1..].to_vec());
-                    ok(&mut s, b"OK\0");
-                }
-                XsdSockmsgType::GetPerms => match perms.get(&path) {
-                    Some(list) => {
-                        let body: Vec<u8> = list.iter().flat_map(|n| n.bytes().chain([0])).collect();
-                        ok(&mut s, &body);
-                    }
-                    None => err(&mut s, "ENOENT"),
-                },
-                XsdSockmsgType::Watch => {
-                    watches.push((path.clone(), parts[1].clone()));
-                    ok(&mut s, b"OK\0");
+            let store = self.clone();
+            std::thread::spawn(move || store.serve(conn, b));
+            XenStore::new(a)
+        }
+
+        /// Fires `path` for every watch it concerns.
+        fn fire(st: &State, path: &str, removed: bool) {
+            for (c, w, token) in &st.watches {
+                if fires(w, path, removed) {
+                    let ev = format!("{path}\0{token}\0");
                     send(
-                        &mut s,
+                        &st.conns[*c],
                         XsdSockmsgType::WatchEvent as u32,
                         0,
                         0,
-                        format!("{path}\0{}\0", parts[1]).as_bytes(),
+                        ev.as_bytes(),
                     );
                 }
-                XsdSockmsgType::TransactionStart => ok(&mut s, b"7\0"),
-                XsdSockmsgType::TransactionEnd => {
-                    assert_eq!(h.tx_id, 7, "transaction id carried in the header");
-                    commits += 1;
-                    if commits == 1 {
-                        err(&mut s, "EAGAIN");
-                    } else {
-                        ok(&mut s, b"OK\0");
-                    }
+            }
+        }
+
+        /// The toolstack destroying domain `domid`: its home directory goes, `@releaseDomain` fires.
+        pub(crate) fn release_domain(&self, domid: u16) {
+            let mut st = self.state.lock().unwrap();
+            let home = format!("/local/domain/{domid}");
+            st.nodes
+                .retain(|k, _| !(k == &home || k.starts_with(&format!("{home}/"))));
+            Self::fire(&st, &home, true);
+            Self::fire(&st, "@releaseDomain", false);
+        }
+
+        /// The value of a node, read directly.
+        pub(crate) fn get(&self, path: &str) -> Option<Vec<u8>> {
+            self.state.lock().unwrap().nodes.get(path).cloned()
+        }
+
+        fn serve(&self, conn: usize, mut s: UnixStream) {
+            loop {
+                let mut hdr = [0u8; 16];
+                if s.read_exact(&mut hdr).is_err() {
+                    let mut st = self.state.lock().unwrap();
+                    st.watches.retain(|(c, _, _)| *c != conn);
+                    return;
                 }
-                _ => err(&mut s, "EINVAL"),
+                let h = XsdSockmsg::read_from_bytes(&hdr).unwrap();
+                let mut p = vec![0; h.len as usize];
+                s.read_exact(&mut p).unwrap();
+                let parts = split_nul(&p);
+                let path = parts.first().cloned().unwrap_or_default();
+                let mut st = self.state.lock().unwrap();
+                let out = st.conns[conn].clone();
+                let ok = |body: &[u8]| {
+                    if body.len() > super::XENSTORE_PAYLOAD_MAX {
+                        // What xenstored answers when a reply would not fit a message.
+                        send(&out, XsdSockmsgType::Error as u32, h.req_id, h.tx_id, b"E2BIG\0");
+                    } else {
+                        send(&out, h.type_, h.req_id, h.tx_id, body);
+                    }
+                };
+                let err = |name: &str| {
+                    send(
+                        &out,
+                        XsdSockmsgType::Error as u32,
+                        h.req_id,
+                        h.tx_id,
+                        format!("{name}\0").as_bytes(),
+                    )
+                };
+                match XsdSockmsgType::from_wire(h.type_).unwrap() {
+                    XsdSockmsgType::Read => match st.nodes.get(&path) {
+                        Some(v) => ok(&v.clone()),
+                        None => err("ENOENT"),
+                    },
+                    XsdSockmsgType::Write => {
+                        let at = p.iter().position(|&b| b == 0).unwrap() + 1;
+                        st.nodes.insert(path.clone(), p[at..].to_vec());
+                        Self::fire(&st, &path, false);
+                        ok(b"OK\0");
+                    }
+                    XsdSockmsgType::Mkdir => {
+                        st.nodes.entry(path.clone()).or_default();
+                        Self::fire(&st, &path, false);
+                        ok(b"OK\0");
+                    }
+                    XsdSockmsgType::Rm => {
+                        st.nodes
+                            .retain(|k, _| !(k == &path || k.starts_with(&format!("{path}/"))));
+                        Self::fire(&st, &path, true);
+                        ok(b"OK\0");
+                    }
+                    XsdSockmsgType::Directory => {
+                        let prefix = format!("{path}/");
+                        let mut names: Vec<String> = st
+                            .nodes
+                            .keys()
+                            .filter_map(|k| k.strip_prefix(&prefix))
+                            .map(|r| r.split('/').next().unwrap().to_owned())
+                            .collect();
+                        names.dedup();
+                        let body: Vec<u8> = names.iter().flat_map(|n| n.bytes().chain([0])).collect();
+                        ok(&body);
+                    }
+                    XsdSockmsgType::SetPerms => {
+                        st.perms.insert(path, parts[1..].to_vec());
+                        ok(b"OK\0");
+                    }
+                    XsdSockmsgType::GetPerms => match st.perms.get(&path) {
+                        Some(list) => {
+                            let body: Vec<u8> = list.iter().flat_map(|n| n.bytes().chain([0])).collect();
+                            ok(&body);
+                        }
+                        None => err("ENOENT"),
+                    },
+                    XsdSockmsgType::Watch => {
+                        st.watches.push((conn, path.clone(), parts[1].clone()));
+                        ok(b"OK\0");
+                        let ev = format!("{path}\0{}\0", parts[1]);
+                        send(&out, XsdSockmsgType::WatchEvent as u32, 0, 0, ev.as_bytes());
+                    }
+                    XsdSockmsgType::TransactionStart => ok(b"7\0"),
+                    XsdSockmsgType::TransactionEnd => {
+                        assert_eq!(h.tx_id, 7, "transaction id carried in the header");
+                        st.commits += 1;
+                        if st.commits == 1 {
+                            err("EAGAIN");
+                        } else {
+                            ok(b"OK\0");
+                        }
+                    }
+                    _ => err("EINVAL"),
+                }
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn client() -> XenStore<UnixStream> {
-        let (a, b) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || fake_daemon(b));
-        XenStore::new(a)
+        fake::FakeXenstored::new().connect()
     }
 
     #[test]
@@ -656,5 +843,65 @@ mod tests {
         t.join().unwrap();
         let e = xs.write(NO_TX, "/a", &vec![b'x'; 5000]).unwrap_err();
         assert!(matches!(e, Error::XenStoreProtocol(_)), "{e}");
+    }
+
+    /// Another domain writing under a watched node 10,000 times while the client is busy: the
+    /// client's queue never holds more than [`MAX_QUEUED_EVENTS`], repeated paths merge, an exact
+    /// watch drops events below its node on arrival, a token whose events were dropped still gets
+    /// one, and everything is counted.
+    #[test]
+    fn xenstore_watch_flood_is_bounded_coalesced_filtered_and_counted() {
+        let store = fake::FakeXenstored::new();
+        let mut xs = store.connect();
+        let fe = "/local/domain/7/device/vbd/51712";
+        xs.watch_exact(&format!("{fe}/state"), "fe").unwrap();
+        xs.watch("/local/domain/7/data", "data").unwrap();
+        xs.watch("@releaseDomain", "release").unwrap();
+        let stats = xs.stats();
+        xs.read(NO_TX, "/nothing").unwrap();
+        assert_eq!(xs.queued_events(), 3, "one registration event each");
+        let guest = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let mut g = store.connect();
+                for i in 0..10_000 {
+                    // Below the exact watch: filtered. The same node over and over: merged.
+                    g.write(NO_TX, &format!("{fe}/state/junk{i}"), b"x").unwrap();
+                    g.write(NO_TX, &format!("{fe}/state"), b"3").unwrap();
+                    // Distinct nodes below the plain watch: the queue fills up.
+                    g.write(NO_TX, &format!("/local/domain/7/data/n{i}"), b"x")
+                        .unwrap();
+                }
+            }
+        });
+        // The client's own requests read the interleaved events meanwhile.
+        while !guest.is_finished() {
+            xs.read(NO_TX, "/nothing").unwrap();
+            assert!(xs.queued_events() <= MAX_QUEUED_EVENTS + 1);
+        }
+        guest.join().unwrap();
+        xs.read(NO_TX, "/nothing").unwrap();
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert!(xs.queued_events() <= MAX_QUEUED_EVENTS + 1);
+        assert_eq!(n(&stats.events_filtered), 10_000, "state/junk*");
+        assert!(n(&stats.events_coalesced) >= 9_000, "state written 10,000 times");
+        assert!(
+            n(&stats.events_dropped) >= 10_000 - MAX_QUEUED_EVENTS as u64,
+            "data/n*"
+        );
+        // The domain goes away while the queue is full: its token still gets an event.
+        store.release_domain(7);
+        xs.read(NO_TX, "/nothing").unwrap();
+        let mut tokens = Vec::new();
+        while xs.has_queued_events() {
+            tokens.push(xs.next_watch_event().unwrap().token);
+        }
+        assert!(
+            tokens.iter().any(|t| t == "release"),
+            "the release survived a full queue"
+        );
+        assert!(tokens.iter().any(|t| t == "fe"));
+        assert!(tokens.len() <= MAX_QUEUED_EVENTS + 1);
+        assert!(store.get("/local/domain/7/data/n0").is_none());
     }
 }
