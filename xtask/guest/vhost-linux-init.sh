@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=sh
 # Init of the Debian Linux guest of the vhost-user scenario (qemu-pvh/pvkit-vhost-user/linux-peer):
 # loads the virtio modules listed in /modules.list, writes 8 MiB of random data to the disk with
 # O_DIRECT and reads it back, reads the host's half, discards a MiB, pings the echo peer.
@@ -12,7 +13,8 @@ mount -t devtmpfs dev /dev
 ip=10.0.2.15
 peer=10.0.2.1
 pings=8
-for w in $(cat /proc/cmdline); do
+read -r cmdline </proc/cmdline
+for w in $cmdline; do
     case $w in
     pvkit.ip=*) ip=${w#*=} ;;
     pvkit.peer=*) peer=${w#*=} ;;
@@ -29,7 +31,9 @@ while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do
 done
 echo "PVKIT-LINUX vda_sectors=$(cat /sys/block/vda/size)"
 echo "PVKIT-LINUX discard_max=$(cat /sys/block/vda/queue/discard_max_bytes)"
-echo "PVKIT-LINUX hw_queues=$(ls /sys/block/vda/mq | wc -l)"
+# shellcheck disable=SC2046 # one word per queue directory
+set -- /sys/block/vda/mq/*
+echo "PVKIT-LINUX hw_queues=$#"
 dd if=/dev/urandom of=/tmp/data bs=1M count=8 2>/dev/null
 echo "PVKIT-LINUX wrote_sha256=$(sha256sum /tmp/data | cut -d' ' -f1)"
 dd if=/tmp/data of=/dev/vda bs=1M oflag=direct conv=fsync 2>/dev/null || echo "PVKIT-LINUX FAIL dd write"

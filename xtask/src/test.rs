@@ -62,6 +62,9 @@ const SHORTHANDS: &[(&str, &str)] = &[
     ("vhost", "backend=pvkit-vhost-user"),
 ];
 
+/// The reason of a stage or row left out on request.
+const NOT_SELECTED: &str = "not selected";
+
 /// The shell programs the harness ships, checked with shellcheck.
 pub const SHELL_PROGRAMS: &[&str] = &[
     "xtask/xen/init.sh",
@@ -152,6 +155,7 @@ impl Ctx2 {
             .unwrap_or_default();
         match line.verdict.reason() {
             None => eprintln!("    PASS {}{t}", line.name),
+            Some(NOT_SELECTED) => {}
             Some(why) => {
                 eprintln!("    {} {}{t}: {why}", line.verdict.label(), line.name);
                 if line.verdict.is_bad()
@@ -245,7 +249,7 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         lines: Vec::new(),
     };
     let started = Instant::now();
-    let skip_note = "not selected (--only/--skip/--no-miri)";
+    let skip_note = NOT_SELECTED;
 
     // Provisioning first: the host tests need the Xen headers, the rows QEMU, the shell stage
     // shellcheck.
@@ -322,7 +326,7 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     ];
     let mut sc = Command::new("shellcheck");
     sc.current_dir(workspace::root())
-        .args(["--shell=sh", "--external-sources", "--source-path=SCRIPTDIR"])
+        .args(["--external-sources", "--source-path=SCRIPTDIR"])
         .args(SHELL_PROGRAMS);
     stages.push((Group::Shellcheck, "shellcheck", sc));
     stages.push((
@@ -466,6 +470,7 @@ fn row_line(c: &outcome::CellResult) -> Line {
 fn print_table(lines: &[Line], total: Duration) {
     let cells: Vec<Vec<String>> = lines
         .iter()
+        .filter(|l| l.verdict.reason() != Some(NOT_SELECTED))
         .map(|l| {
             vec![
                 l.name.clone(),
@@ -487,9 +492,11 @@ fn print_table(lines: &[Line], total: Duration) {
         "{}",
         table::render(&["stage / scenario", "result", "time", "log"], &cells)
     );
+    // Skips with a reason of their own (an environment this host cannot run) one by one; those left
+    // out on request as one count.
     let skipped: Vec<&Line> = lines
         .iter()
-        .filter(|l| matches!(l.verdict, Verdict::Skip(_)))
+        .filter(|l| matches!(&l.verdict, Verdict::Skip(why) if why != NOT_SELECTED))
         .collect();
     if !skipped.is_empty() {
         println!();
@@ -497,6 +504,13 @@ fn print_table(lines: &[Line], total: Duration) {
         for l in skipped {
             println!("  {}: {}", l.name, l.verdict.reason().unwrap_or_default());
         }
+    }
+    let unselected = lines
+        .iter()
+        .filter(|l| matches!(&l.verdict, Verdict::Skip(why) if why == NOT_SELECTED))
+        .count();
+    if unselected > 0 {
+        println!("{unselected} stages and rows not selected (--only/--skip/--scenario/--no-miri)");
     }
     let bad: Vec<&Line> = lines.iter().filter(|l| l.verdict.is_bad()).collect();
     if !bad.is_empty() {

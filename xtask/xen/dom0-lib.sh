@@ -103,7 +103,7 @@ stub_vbd() { # BACKEND-TYPE VBD
 missing_image_check() { # BACKEND VBD MISSING-IMAGE HOSTILE-IMAGE
     out=$("$1" --domid 0 --vbd "$2:$3" 2>&1)
     check missing_image_exit=$?
-    echo "$out" | sed "s/^/PVKIT-XEN SCENARIO $name NOTE missing-image: /"
+    printf '%s\n' "$out" | sed "s/^/PVKIT-XEN SCENARIO $name NOTE missing-image: /"
     dd if=/dev/zero of="$4" bs=512 count=2048 2>/dev/null
 }
 

@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck shell=sh
 # pvkit dom0 init: PID 1 of the Xen harness's dom0 (packed into its initramfs by xtask, see
 # xtask/src/xen/). It starts the Xen toolstack, runs the domU scenarios listed in /pvkit/scenarios
 # one after another, reports everything on its console (hvc0, i.e. Xen's serial line) as
@@ -123,6 +124,7 @@ run_scenario() {
         if [ -z "$created" ] && domid=$(xl domid "$name" 2>/dev/null); then
             created=1
             say "SCENARIO $name CREATED domid=$domid create_ms=$(($(now_ms) - t0))"
+            # shellcheck disable=SC1090,SC1091 # generated per scenario
             [ -f "$dir/running" ] && . "$dir/running"
             [ -n "$paused" ] && { xl unpause "$name" || note "xl unpause failed"; }
         fi
@@ -157,6 +159,7 @@ run_scenario() {
     fi
     rm -f /var/log/xen/xen-hotplug.log
     dump_console "$name"
+    # shellcheck disable=SC1090,SC1091 # generated per scenario
     [ -f "$dir/post" ] && . "$dir/post"
     say "SCENARIO $name END reason=$reason run_ms=$run_ms"
 }

@@ -1,4 +1,7 @@
 #!/bin/sh
+# shellcheck shell=sh
+# The domU runs it with busybox ash, whose `read -t` (a timeout) POSIX sh lacks.
+# shellcheck disable=SC3045
 # Init of the harness's Linux PV domU (rows xen-pv/linux/linux-peer and xen-pv/pvkit-xen/linux-peer):
 # writes the nonce to the start of its disk, writes and reads back a pattern, pings dom0 over its
 # vif, a line each way through hvc1 if asked (pvkit.hvc1=1), reads a line dom0 types on its
@@ -8,8 +11,20 @@ mkdir -p /proc /sys /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for w in $(cat /proc/cmdline); do
-    case $w in pvkit.*=*) k=${w%%=*}; eval "${k#pvkit.}=\${w#*=}" ;; esac
+nonce=
+ip=
+peer=
+pings=1
+hvc1=0
+read -r cmdline </proc/cmdline
+for w in $cmdline; do
+    case $w in
+    pvkit.nonce=*) nonce=${w#*=} ;;
+    pvkit.ip=*) ip=${w#*=} ;;
+    pvkit.peer=*) peer=${w#*=} ;;
+    pvkit.pings=*) pings=${w#*=} ;;
+    pvkit.hvc1=*) hvc1=${w#*=} ;;
+    esac
 done
 for ko in /modules/*.ko; do insmod "$ko"; done
 for _ in $(seq 300); do [ -b /dev/xvda ] && [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
@@ -45,7 +60,7 @@ echo "PVKIT-SELFCHECK ping=${got:-0}/$pings"
 # With pvkit.hvc1=1 our daemon serves device/console/1, which hvc_xen makes hvc1 (every /dev/hvcN
 # node exists anyway, so wait for the xenbus device's driver). One open for the write and the read:
 # input the tty took in while open is dropped at its last close.
-if [ "${hvc1:-0}" = 1 ]; then
+if [ "$hvc1" = 1 ]; then
     for _ in $(seq 50); do [ -e /sys/bus/xen/devices/console-1/driver ] && break; sleep 0.1; done
     if [ -e /sys/bus/xen/devices/console-1/driver ]; then
         (
