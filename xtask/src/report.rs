@@ -314,7 +314,7 @@ fn draw(path: &Path, series: &[Series], class: Class, chart: Chart) -> Result<()
         (1e-3, 1.0)
     };
     let n = bars.len().max(1);
-    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    let labels: Vec<String> = bars.iter().rev().map(|b| b.0.clone()).collect();
     let mut c = ChartBuilder::on(&root)
         .caption(chart.title(class), ("sans-serif", 18))
         .margin(10)
@@ -333,6 +333,8 @@ fn draw(path: &Path, series: &[Series], class: Class, chart: Chart) -> Result<()
             Chart::Latency => "us",
         })
         .draw()?;
+    // The first phase on top.
+    let bars: Vec<_> = bars.into_iter().rev().collect();
     c.draw_series(bars.iter().enumerate().map(|(i, (_, t, s, _))| {
         let mut r = Rectangle::new(
             [
@@ -363,10 +365,24 @@ fn draw(path: &Path, series: &[Series], class: Class, chart: Chart) -> Result<()
         c.draw_series(bars.iter().enumerate().filter_map(|(i, (_, _, _, e))| {
             e.map(|e| Circle::new((e.median.max(lo), SegmentValue::CenterOf(i)), 4, BLACK.filled()))
         }))?
-        .label("p99")
+        .label("p99 (bar: p50)")
         .legend(|(x, y)| Circle::new((x, y), 4, BLACK.filled()));
-        c.configure_series_labels().border_style(BLACK).draw()?;
     }
+    // Which colour is which transport.
+    for t in [Transport::Xen, Transport::Virtio, Transport::Emulated] {
+        if bars.iter().any(|b| b.1 == t) {
+            c.draw_series(std::iter::empty::<Circle<(f64, SegmentValue<usize>), i32>>())?
+                .label(t.name())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], transport_color(t).filled())
+                });
+        }
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -482,7 +498,7 @@ fn cell(s: &Series, f: fn(&Measure) -> Option<f64>) -> String {
 
 fn md_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = format!(
-        "| {} |\n|{}|\n",
+        "| {} |\n|{}\n",
         header.join(" | "),
         header.iter().map(|_| " --- |").collect::<String>()
     );
@@ -847,6 +863,10 @@ mod tests {
         }
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
         assert!(md.contains("TCG time is not hardware time"), "{md}");
+        assert!(
+            md.contains("| --- | --- |\n") && !md.contains("||"),
+            "tables are well-formed"
+        );
         assert!(md.contains("## pvkit vhost-user-blk vs QEMU's virtio-blk"));
         assert!(md.contains("1.25x"), "vhost 500 vs qemu 400 ops: {md}");
         assert!(md.contains("## pvkit blkback vs Linux's blkback"));

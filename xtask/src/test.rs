@@ -19,6 +19,9 @@ use crate::{TestArgs, exec, process, provision, table, workspace};
 /// Groups of stages, for `--only` / `--skip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
+    /// a clean clone of HEAD, with the guest target removed from the toolchain, runs the README's
+    /// `cargo xtask run` (restricted to one path) and must set itself up
+    FreshClone,
     /// cargo fmt --check
     Fmt,
     /// clippy -D warnings, host crates and the guest kernel
@@ -37,6 +40,7 @@ pub enum Group {
 
 impl Group {
     const ALL: &[(Group, &str)] = &[
+        (Group::FreshClone, "fresh-clone"),
         (Group::Fmt, "fmt"),
         (Group::Clippy, "clippy"),
         (Group::Shellcheck, "shellcheck"),
@@ -286,6 +290,14 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         }
     };
 
+    if !process::interrupted() {
+        if sel.selected(Group::FreshClone) {
+            fresh_clone(&mut ctx);
+        } else {
+            ctx.skip(Group::FreshClone, "fresh-clone", skip_note);
+        }
+    }
+
     let cargo = |args: &[&str]| {
         let mut c = workspace::cargo();
         c.args(args);
@@ -453,6 +465,88 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         println!("TEST RESULT: PASS");
         Ok(0)
     }
+}
+
+/// The `fresh-clone` stage: `git clone` of HEAD into `<target>/xtask/fresh-clone`, the guest target
+/// removed from the pinned toolchain, then the README's `cargo xtask run` in the clone (one path, so
+/// it stays short); it must add the target itself and pass. The target is put back afterwards
+/// whatever happened.
+fn fresh_clone(ctx: &mut Ctx2) {
+    let name = "fresh-clone";
+    eprintln!("==> {name}: clean clone of HEAD, guest target removed, cargo xtask run");
+    let log = workspace::log_dir().join(format!("{name}.log"));
+    let t0 = Instant::now();
+    let dir = workspace::xtask_dir().join("fresh-clone");
+    let repro = "cargo xtask test --only fresh-clone".to_owned();
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(workspace::log_dir())?;
+        let mut f = File::create(&log)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut steps: Vec<Command> = Vec::new();
+        let mut clone = Command::new("git");
+        clone
+            .args(["clone", "--quiet", "--no-hardlinks"])
+            .arg(workspace::root())
+            .arg(&dir);
+        steps.push(clone);
+        steps.push(crate::toolchain::rustup(&[
+            "target",
+            "remove",
+            workspace::GUEST_TARGET,
+        ]));
+        let mut run = Command::new("cargo");
+        workspace::sanitize(&mut run);
+        run.current_dir(&dir)
+            .env("CARGO_TARGET_DIR", workspace::target_dir().join("fresh-clone"))
+            .args([
+                "xtask",
+                "run",
+                "--hypervisor",
+                "qemu",
+                "--only",
+                "backend=qemu,device=virtio-blk",
+            ]);
+        steps.push(run);
+        for mut cmd in steps {
+            writeln!(f, "# command: {}", workspace::display_command(&cmd))?;
+            let out = cmd
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running {}", workspace::display_command(&cmd)))?;
+            f.write_all(&out.stdout)?;
+            f.write_all(&out.stderr)?;
+            writeln!(f, "# exit: {}", out.status)?;
+            if !out.status.success() {
+                bail!("`{}` failed: {}", workspace::display_command(&cmd), out.status);
+            }
+        }
+        let text = std::fs::read_to_string(&log)?;
+        for want in [
+            "lacks target(s) x86_64-unknown-none",
+            "comparison: the same units on every path",
+            "RESULT: PASS",
+        ] {
+            if !text.contains(want) {
+                bail!("the clone's `cargo xtask run` did not print `{want}`");
+            }
+        }
+        Ok(())
+    })();
+    // Put the target back for the stages that follow, whatever happened above.
+    let restored = crate::toolchain::ensure_again();
+    let verdict = match (result, restored) {
+        (Ok(()), Ok(())) => Verdict::Pass,
+        (Err(e), _) => Verdict::Fail(format!("{e:#}")),
+        (Ok(()), Err(e)) => Verdict::Fail(format!("putting the guest target back failed: {e:#}")),
+    };
+    ctx.record(Line {
+        name: name.to_owned(),
+        verdict,
+        time: Some(t0.elapsed()),
+        log: Some(log),
+        repro: Some(repro),
+        class: Group::FreshClone.name().to_owned(),
+    });
 }
 
 /// A matrix row as a line of the table.

@@ -94,7 +94,7 @@ fn sysroot() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn rustup(args: &[&str]) -> Command {
+pub fn rustup(args: &[&str]) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace::root()).args(args);
     workspace::sanitize(&mut cmd);
@@ -108,6 +108,11 @@ pub fn ensure() -> Result<()> {
     DONE.get_or_init(|| ensure_uncached().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// [`ensure`] again, not cached (after a stage took a target away on purpose).
+pub fn ensure_again() -> Result<()> {
+    ensure_uncached()
 }
 
 fn ensure_uncached() -> Result<()> {
