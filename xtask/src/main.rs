@@ -72,21 +72,22 @@ enum Cmd {
     ///
     /// Runs the comparison rows of the scenario matrix (`cargo xtask test --list` shows them under
     /// "run by": block throughput, net echo and console echo on every path) plus the QEMU
-    /// platform self-tests, and prints one table per class with exits/op, hypercalls/op,
-    /// notifications/op, interrupts/op, bytes copied/op, ops/s and latency percentiles, all counted
-    /// by the guest. TCG by default; QEMU and the Xen packages are installed on first use. Logs:
-    /// <target>/xtask/logs/run-*.log. With --tests it instead boots QEMU once with those tests.
+    /// platform self-tests (hello, cpuid, heap, timer, pci), and prints one table per class with
+    /// exits/op (device registers, interrupt controller, halts, hypercalls), notifications/op,
+    /// interrupts/op, bytes copied/op, ops/s and latency percentiles, all counted by the guest. TCG by default; QEMU and the Xen packages are installed on first use. Logs:
+    /// target/xtask/logs/run-*.log. With --tests it instead boots QEMU once with those tests.
     Run(RunArgs),
-    /// Run every test (what CI runs): fmt, clippy, shellcheck, host tests, loom, Miri, then every
-    /// row of the scenario matrix (QEMU PVH, vhost-user, one Xen boot with all Xen PV rows).
+    /// Run every test (what CI runs): a fresh clone that must set itself up, fmt, clippy,
+    /// shellcheck, docs, host tests, loom, Miri, then every row of the scenario matrix (QEMU PVH,
+    /// vhost-user, one Xen boot with all Xen PV rows).
     ///
-    /// Each stage's output goes to <target>/xtask/logs/<stage>.log, each row's console (with its
-    /// QEMU command line) to <target>/xtask/logs/test-<row>.log. Ends with a result table
+    /// Each stage's output goes to target/xtask/logs/STAGE.log, each row's console (with its
+    /// QEMU command line) to target/xtask/logs/test-ROW.log. Ends with a result table
     /// (PASS/FAIL/CRASH/SKIP, each failure with the command that reproduces it), a JUnit XML file
-    /// (<target>/xtask/junit.xml), and exits non-zero if anything failed or crashed.
+    /// (target/xtask/junit.xml), and exits non-zero if anything failed or crashed.
     Test(TestArgs),
     /// Benchmarks: the comparison rows over several rounds, written up as a report
-    /// (<target>/xtask/report/: report.md, SVG charts, raw CSV and JSON), after the ring-protocol
+    /// (target/xtask/report/: report.md, SVG charts, raw CSV and JSON), after the ring-protocol
     /// cargo benches. Extra arguments go to cargo bench.
     Bench(BenchArgs),
     /// Install what `run` and `test` need (QEMU >= 10, libxen-dev, shellcheck, nightly Miri);
@@ -140,7 +141,7 @@ pub struct RunArgs {
     /// Extra kernel command-line words for --tests (e.g. "timer.hz=250 timer.ms=500").
     #[arg(long, default_value = "")]
     pub append: String,
-    /// Devices of a --tests boot.
+    /// Devices of a --tests boot (every device of the table by default).
     #[arg(
         long,
         value_delimiter = ',',
@@ -158,10 +159,30 @@ pub struct RunArgs {
     pub verbose: bool,
 }
 
+impl RunArgs {
+    /// The `--devices` default, as clap shows it.
+    #[cfg(test)]
+    fn default_devices() -> String {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").expect("run exists");
+        let arg = run
+            .get_arguments()
+            .find(|a| a.get_id() == "devices")
+            .expect("--devices exists");
+        arg.get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// What `test` runs; by default everything.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Run only these: stage groups (fmt, clippy, shellcheck, host-tests, loom, miri, matrix),
+    /// Run only these: stage groups (fresh-clone, fmt, clippy, shellcheck, docs, host-tests, loom,
+    /// miri, matrix),
     /// shorthands for matrix rows (qemu, xen, vhost), or matrix column filters (`env=xen-pv`,
     /// `backend=pvkit-xen|linux`, `transport=virtio`, `workload=blk-integrity`, `device=ide`,
     /// `sets=run`); filters of one column are alternatives, different columns must all match.
@@ -261,5 +282,38 @@ fn dispatch(cli: Cli) -> Result<i32> {
             eprintln!("provision: done");
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    fn help(sub: &str) -> String {
+        let mut cmd = super::Cli::command();
+        cmd.find_subcommand_mut(sub)
+            .unwrap_or_else(|| panic!("no subcommand {sub}"))
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn help_names_every_group_shorthand_and_self_test() {
+        let test = help("test");
+        for g in crate::test::group_names() {
+            assert!(test.contains(g), "`test --help` does not name group {g}");
+        }
+        for s in crate::test::shorthand_names() {
+            assert!(test.contains(s), "`test --help` does not name shorthand {s}");
+        }
+        let run = help("run");
+        for w in crate::run::self_test_names() {
+            assert!(run.contains(w), "`run --help` does not name self-test {w}");
+        }
+        let default_devices = crate::RunArgs::default_devices();
+        assert!(
+            run.contains(&default_devices),
+            "`run --help` shows the --devices default"
+        );
     }
 }

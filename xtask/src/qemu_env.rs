@@ -49,7 +49,7 @@ pub struct Ctx {
     pub tag: String,
 }
 
-/// The log of a row: `<logs>/<tag>-<row name with / as _>.log`.
+/// The log of a row: `target/xtask/logs/<tag>-<row name with / as _>.log`.
 pub fn log_of(tag: &str, row: &Row) -> PathBuf {
     workspace::log_dir().join(format!("{tag}-{}.log", row.name().replace(['/', '+'], "_")))
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the comparison rows over several rounds, written up in
-//! `<target>/xtask/report/`: `report.md` (what each figure means, the machine, the versions and
+//! `target/xtask/report/`: `report.md` (what each figure means, the machine, the versions and
 //! settings, min/median/max over the rounds, the two backend-vs-backend sections), SVG charts drawn
 //! with plotters (exits/op on a log scale, ops/s, latency per path), and the raw figures as CSV and
 //! JSON.

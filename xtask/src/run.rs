@@ -25,6 +25,12 @@ const SELF_TESTS: &[Workload] = &[
     Workload::Pci,
 ];
 
+/// The self-tests' names (for `--help`'s test).
+#[cfg(test)]
+pub fn self_test_names() -> Vec<&'static str> {
+    SELF_TESTS.iter().map(|w| w.name()).collect()
+}
+
 /// The rows of `cargo xtask run`: the QEMU self-tests and the comparison rows, restricted by
 /// `hypervisor` and the column filters `only`.
 pub fn rows(hypervisor: Hypervisor, only: &[String]) -> Result<Vec<&'static Row>> {

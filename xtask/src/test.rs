@@ -1,5 +1,5 @@
 //! `cargo xtask test`: every check CI runs, as stages, then every row of the scenario matrix; ends
-//! with a result table, a JUnit XML file beside it (`<target>/xtask/junit.xml`) and a plain
+//! with a result table, a JUnit XML file beside it (`target/xtask/junit.xml`) and a plain
 //! closing line.
 
 use std::fs::File;
@@ -28,6 +28,9 @@ pub enum Group {
     Clippy,
     /// shellcheck on every shell program the harness ships (dom0, guests)
     Shellcheck,
+    /// rustdoc with warnings as errors (host crates and the guest kernel), ring-protocol's
+    /// `cargo publish --dry-run`, and `--help` of the main commands
+    Docs,
     /// cargo test for the host crates (includes the C differential tests)
     HostTests,
     /// loom model checking of ring-protocol
@@ -44,6 +47,7 @@ impl Group {
         (Group::Fmt, "fmt"),
         (Group::Clippy, "clippy"),
         (Group::Shellcheck, "shellcheck"),
+        (Group::Docs, "docs"),
         (Group::HostTests, "host-tests"),
         (Group::Loom, "loom"),
         (Group::Miri, "miri"),
@@ -65,6 +69,18 @@ const SHORTHANDS: &[(&str, &str)] = &[
     ("xen", "env=xen-pv"),
     ("vhost", "backend=pvkit-vhost-user"),
 ];
+
+/// The names of the stage groups (for `--help`'s test).
+#[cfg(test)]
+pub fn group_names() -> Vec<&'static str> {
+    Group::ALL.iter().map(|(_, n)| *n).collect()
+}
+
+/// The names of the `--only` shorthands.
+#[cfg(test)]
+pub fn shorthand_names() -> Vec<&'static str> {
+    SHORTHANDS.iter().map(|(n, _)| *n).collect()
+}
 
 /// The reason of a stage or row left out on request.
 const NOT_SELECTED: &str = "not selected";
@@ -175,7 +191,7 @@ impl Ctx2 {
         self.lines.push(line);
     }
 
-    /// Runs a command as stage `name`, output to `<logs>/<name>.log`.
+    /// Runs a command as stage `name`, output to `target/xtask/logs/<name>.log`.
     fn command(&mut self, group: Group, name: &str, mut cmd: Command) -> bool {
         eprintln!("==> {name}: {}", workspace::display_command(&cmd));
         let log = workspace::log_dir().join(format!("{name}.log"));
@@ -341,6 +357,10 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         .args(["--external-sources", "--source-path=SCRIPTDIR"])
         .args(SHELL_PROGRAMS);
     stages.push((Group::Shellcheck, "shellcheck", sc));
+    // Every crate of the workspace and the guest kernel, documented with warnings as errors.
+    let mut doc = cargo(&["doc", "-p", "xtask", "--no-deps"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    stages.push((Group::Docs, "docs-xtask", doc));
     stages.push((
         Group::HostTests,
         "host-tests",
@@ -467,7 +487,7 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     }
 }
 
-/// The `fresh-clone` stage: `git clone` of HEAD into `<target>/xtask/fresh-clone`, the guest target
+/// The `fresh-clone` stage: `git clone` of HEAD into `target/xtask/fresh-clone`, the guest target
 /// removed from the pinned toolchain, then the README's `cargo xtask run` in the clone (one path, so
 /// it stays short); it must add the target itself and pass. The target is put back afterwards
 /// whatever happened.

@@ -12,7 +12,7 @@
 //! them; a backend without an exit event makes that drop hang. Both backends here hand out a fresh
 //! exit event per worker ([`ExitEvents`]), so each finished connection's daemon is dropped and its
 //! threads joined before the next accept (no threads or mappings accumulate across reconnects).
-//! For the same reason no event handler may loop for as long as a peer likes: [`drive`] processes at
+//! For the same reason no event handler may loop for as long as a peer likes: `drive` processes at
 //! most [`ROUNDS_PER_EVENT`] batches per event and then yields through a resume eventfd, and a queue
 //! the driver broke is stopped ([`Health`]) instead of being asked again.
 

@@ -1,5 +1,5 @@
 //! The Debian bookworm packages the Xen harness is built from: fetched with `apt-get download` (no
-//! system install), unpacked with `dpkg-deb -x` into one tree, cached under `<target>/xtask/xen/`
+//! system install), unpacked with `dpkg-deb -x` into one tree, cached under `target/xtask/xen/`
 //! and keyed by the exact package file names (which carry the versions).
 
 use std::path::{Path, PathBuf};
