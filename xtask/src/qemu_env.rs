@@ -196,7 +196,7 @@ pub fn show(verbose: bool) -> impl FnMut(Seen<'_>) {
     move |seen| match seen {
         Seen::Console(_, Some(Record::TestStart { name })) if verbose => eprintln!("      [ .. ] {name}"),
         Seen::Console(_, Some(Record::TestPass { name, .. })) if verbose => eprintln!("      [PASS] {name}"),
-        Seen::Console(_, Some(Record::TestFail { name, reason })) => {
+        Seen::Console(_, Some(Record::TestFail { name, reason })) if verbose => {
             eprintln!("      [FAIL] {name}: {reason}")
         }
         Seen::Console(line, _) if verbose => eprintln!("      | {line}"),
