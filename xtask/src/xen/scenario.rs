@@ -111,10 +111,34 @@ pub struct DiskSlot {
     pub loop_dev: String,
 }
 
+/// The kind of domain xl builds (`type=` in its config): the environment of the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainType {
+    /// Classic paravirtualized (`xen-pv`).
+    Pv,
+    /// PVH: HVM container, PV interfaces, no device model (`xen-pvh`; no rows yet).
+    #[allow(dead_code)]
+    Pvh,
+    /// HVM with QEMU in dom0 as the device model (`xen-hvm`; no rows yet).
+    #[allow(dead_code)]
+    Hvm,
+}
+
+impl DomainType {
+    fn xl_name(self) -> &'static str {
+        match self {
+            DomainType::Pv => "pv",
+            DomainType::Pvh => "pvh",
+            DomainType::Hvm => "hvm",
+        }
+    }
+}
+
 /// One domU run inside the harness boot.
 #[derive(Debug, Clone)]
 pub struct DomainSpec {
     pub name: String,
+    pub domain_type: DomainType,
     pub kernel: Kernel,
     pub cmdline: String,
     pub memory_mib: u32,
@@ -150,6 +174,7 @@ impl DomainSpec {
     fn new(name: &str, cmdline: String) -> DomainSpec {
         DomainSpec {
             name: name.to_owned(),
+            domain_type: DomainType::Pv,
             kernel: Kernel::Pvkit,
             cmdline,
             memory_mib: GUEST_MEMORY_MIB,
@@ -169,7 +194,7 @@ impl DomainSpec {
         let mut c = String::new();
         let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let _ = writeln!(c, "name = \"{}\"", q(&self.name));
-        c.push_str("type = \"pv\"\n");
+        let _ = writeln!(c, "type = \"{}\"", self.domain_type.xl_name());
         match self.kernel {
             Kernel::Pvkit => {
                 let _ = writeln!(c, "kernel = \"{GUEST_PATH}\"");
