@@ -159,64 +159,155 @@ pub fn path_label(r: &Row) -> String {
     )
 }
 
-fn fmt(v: Option<Spread>, digits: usize, rounds: usize) -> String {
-    match v {
-        None => "-".to_owned(),
-        Some(s) if rounds <= 1 => format!("{:.*}", digits, s.median),
-        Some(s) => format!(
-            "{:.*} [{:.*}-{:.*}]",
-            digits, s.median, digits, s.min, digits, s.max
-        ),
+/// One column of the comparison: its header, the figure, and its digits (`None`: by size).
+#[derive(Clone, Copy)]
+pub struct Figure {
+    pub header: &'static str,
+    pub get: fn(&Measure) -> Option<f64>,
+    pub digits: Option<usize>,
+}
+
+/// The columns every path gets, in the terminal table and in the report.
+pub const FIGURES: &[Figure] = &[
+    Figure {
+        header: "exits/op",
+        get: exits_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "dev/op",
+        get: dev_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "irqc/op",
+        get: irqchip_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "hlt/op",
+        get: hlt_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "hcalls/op",
+        get: hypercalls_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "notif/op",
+        get: notifies_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "irqs/op",
+        get: irqs_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "copied B/op",
+        get: copies_per_op,
+        digits: None,
+    },
+    Figure {
+        header: "ops/s",
+        get: ops_per_s,
+        digits: Some(0),
+    },
+    Figure {
+        header: "p50 us",
+        get: p50_us,
+        digits: Some(1),
+    },
+    Figure {
+        header: "p99 us",
+        get: p99_us,
+        digits: Some(1),
+    },
+];
+
+/// QEMU's view of the exits (traced runs only).
+pub const HOST_EXITS: Figure = Figure {
+    header: "QEMU exits/op",
+    get: host_exits_per_op,
+    digits: None,
+};
+
+/// The columns that say which path and phase a line is.
+pub const KEY_HEADERS: [&str; 4] = ["phase", "qd", "transport", "path (env device (backend))"];
+
+/// Digits for a per-op figure: small ones need more.
+fn digits(median: f64) -> usize {
+    match median.abs() {
+        x if x < 1.0 => 3,
+        x if x < 100.0 => 2,
+        _ => 0,
     }
 }
 
-/// Digits for a per-op figure: small ones need more.
-fn digits(v: Option<Spread>) -> usize {
-    match v.map(|s| s.median.abs()) {
-        Some(x) if x < 1.0 => 3,
-        Some(x) if x < 100.0 => 2,
-        _ => 0,
+/// A figure of a series: the median, and with several rounds `[min-max]`.
+pub fn cell(s: &Series, f: &Figure) -> String {
+    match spread(&s.values(f.get)) {
+        None => "-".to_owned(),
+        Some(v) => {
+            let d = f.digits.unwrap_or_else(|| digits(v.median));
+            if s.rounds.len() > 1 {
+                format!("{:.*} [{:.*}-{:.*}]", d, v.median, d, v.min, d, v.max)
+            } else {
+                format!("{:.*}", d, v.median)
+            }
+        }
     }
+}
+
+/// One line of a class's table: the key columns, then every figure (and QEMU's when `traced`).
+pub fn line(s: &Series, traced: bool) -> Vec<String> {
+    let mut l = vec![
+        s.pattern.clone(),
+        if s.qd == 0 {
+            "-".to_owned()
+        } else {
+            s.qd.to_string()
+        },
+        s.row.transport.name().to_owned(),
+        path_label(&s.row),
+    ];
+    l.extend(FIGURES.iter().map(|f| cell(s, f)));
+    if traced {
+        l.push(cell(s, &HOST_EXITS));
+    }
+    l
+}
+
+/// The headers of [`line`].
+pub fn headers(traced: bool) -> Vec<&'static str> {
+    let mut h: Vec<&str> = KEY_HEADERS.to_vec();
+    h.extend(FIGURES.iter().map(|f| f.header));
+    if traced {
+        h.push(HOST_EXITS.header);
+    }
+    h
+}
+
+/// A class's lines: its phases in the order they ran, every path of each phase.
+pub fn class_lines(series: &[Series], class: Class, traced: bool) -> Vec<Vec<String>> {
+    phases(series, class)
+        .into_iter()
+        .flat_map(|(pattern, qd)| {
+            series
+                .iter()
+                .filter(move |s| s.class() == class && s.pattern == pattern && s.qd == qd)
+                .map(|s| line(s, traced))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// The comparison tables. With several rounds each cell is `median [min-max]`.
 pub fn render(series: &[Series], bad: &[(Row, Verdict)], traced: bool) -> String {
     let mut out = String::new();
-    let rounds = series.iter().map(|s| s.rounds.len()).max().unwrap_or(0);
     for class in [Class::Block, Class::Net, Class::Console] {
-        let mut cells: Vec<Vec<String>> = Vec::new();
-        for (pattern, qd) in phases(series, class) {
-            for s in series
-                .iter()
-                .filter(|s| s.class() == class && s.pattern == pattern && s.qd == qd)
-            {
-                let col = |f: fn(&Measure) -> Option<f64>| {
-                    let v = spread(&s.values(f));
-                    fmt(v, digits(v), rounds)
-                };
-                let mut line = vec![
-                    pattern.clone(),
-                    if qd == 0 { "-".to_owned() } else { qd.to_string() },
-                    s.row.transport.name().to_owned(),
-                    path_label(&s.row),
-                    col(exits_per_op),
-                    col(dev_per_op),
-                    col(irqchip_per_op),
-                    col(hlt_per_op),
-                    col(hypercalls_per_op),
-                    col(notifies_per_op),
-                    col(irqs_per_op),
-                    col(copies_per_op),
-                    fmt(spread(&s.values(ops_per_s)), 0, rounds),
-                    fmt(spread(&s.values(p50_us)), 1, rounds),
-                    fmt(spread(&s.values(p99_us)), 1, rounds),
-                ];
-                if traced {
-                    line.push(col(host_exits_per_op));
-                }
-                cells.push(line);
-            }
-        }
+        let cells = class_lines(series, class, traced);
         let class_bad: Vec<&(Row, Verdict)> = bad
             .iter()
             .filter(|(r, _)| r.device.map(|d| d.class()) == Some(class))
@@ -224,28 +315,8 @@ pub fn render(series: &[Series], bad: &[(Row, Verdict)], traced: bool) -> String
         if cells.is_empty() && class_bad.is_empty() {
             continue;
         }
-        let mut header = vec![
-            "phase",
-            "qd",
-            "transport",
-            "path (env device (backend))",
-            "exits/op",
-            "dev/op",
-            "irqc/op",
-            "hlt/op",
-            "hcalls/op",
-            "notif/op",
-            "irqs/op",
-            "copied B/op",
-            "ops/s",
-            "p50 us",
-            "p99 us",
-        ];
-        if traced {
-            header.push("QEMU exits/op");
-        }
         out.push_str(&format!("\n{} ({})\n", class.name(), unit(class)));
-        out.push_str(&table::render(&header, &cells));
+        out.push_str(&table::render(&headers(traced), &cells));
         for (r, v) in class_bad {
             out.push_str(&format!(
                 "  {} {}: {}\n",
@@ -287,11 +358,8 @@ pub fn hypercall_breakdown(s: &Series) -> String {
 mod tests {
     use super::*;
     use crate::console::Fields;
-    use crate::matrix::MATRIX;
 
-    fn row(name: &str) -> Row {
-        *MATRIX.iter().find(|r| r.name() == name).unwrap()
-    }
+    use crate::matrix::named as row;
 
     fn cell(name: &str, perf: &[&str]) -> CellResult {
         let mut c = CellResult::new(&row(name), Verdict::Pass);

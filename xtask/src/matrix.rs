@@ -464,6 +464,15 @@ pub const MATRIX: &[Row] = &[
     variant(io(W::NetPing, E::XenPv, B::PvkitXen, D::XenNet, T), Variant::Tap),
 ];
 
+/// The row called `name` (for tests).
+#[cfg(test)]
+pub fn named(name: &str) -> Row {
+    *MATRIX
+        .iter()
+        .find(|r| r.name() == name)
+        .unwrap_or_else(|| panic!("no row {name}"))
+}
+
 /// A filter on the matrix: `column=value[,value...]` terms (values of one column are
 /// alternatives, different columns must all match), and row names or `*` patterns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -232,6 +232,18 @@ pub fn qemu_problems() -> Vec<String> {
     )
 }
 
+/// Makes sure QEMU is there (what `run`, `bench` and the Xen harness need).
+pub fn ensure_qemu() -> Result<()> {
+    ensure(
+        Needs {
+            qemu: true,
+            xen_headers: false,
+            shellcheck: false,
+        },
+        false,
+    )
+}
+
 /// Makes sure `needs` are met: installs them on Debian 12 as root, otherwise fails with the exact
 /// commands to run. With `dry_run`, only prints what it would do.
 pub fn ensure(needs: Needs, dry_run: bool) -> Result<()> {

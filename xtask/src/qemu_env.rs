@@ -494,12 +494,7 @@ mod tests {
     use crate::matrix::{Env, MATRIX};
     use crate::trace::{Access, Counts};
 
-    fn row(name: &str) -> Row {
-        *MATRIX
-            .iter()
-            .find(|r| r.name() == name)
-            .unwrap_or_else(|| panic!("no row {name}"))
-    }
+    use crate::matrix::named as row;
 
     #[test]
     fn command_lines_are_derived_from_the_row() {

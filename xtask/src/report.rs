@@ -33,14 +33,7 @@ pub fn bench(args: &BenchArgs) -> Result<i32> {
         cmd.args(["bench", "-p", "ring-protocol"]).args(&args.args);
         workspace::run_visible(&mut cmd)?;
     }
-    provision::ensure(
-        provision::Needs {
-            qemu: true,
-            xen_headers: false,
-            shellcheck: false,
-        },
-        false,
-    )?;
+    provision::ensure_qemu()?;
     let elf = workspace::build_guest()?;
     let rows: Vec<&Row> = crate::run::rows(Hypervisor::All, &args.only)?
         .into_iter()
@@ -475,25 +468,12 @@ fn environment() -> Vec<(String, String)> {
     ]
 }
 
-/// `name`'s spread of `f`, formatted.
-fn cell(s: &Series, f: fn(&Measure) -> Option<f64>) -> String {
-    match spread(&s.values(f)) {
-        None => "-".to_owned(),
-        Some(v) => {
-            let d = if v.median.abs() < 1.0 {
-                3
-            } else if v.median.abs() < 100.0 {
-                2
-            } else {
-                0
-            };
-            if s.rounds.len() > 1 {
-                format!("{:.*} ({:.*}-{:.*})", d, v.median, d, v.min, d, v.max)
-            } else {
-                format!("{:.*}", d, v.median)
-            }
-        }
-    }
+/// The comparison's column `header`.
+fn fig(header: &str) -> compare::Figure {
+    *compare::FIGURES
+        .iter()
+        .find(|f| f.header == header)
+        .expect("a column of the comparison")
 }
 
 fn md_table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -541,23 +521,23 @@ fn versus(series: &[Series], env: Env, dev: Dev, base: Backend, ours: Backend) -
         rows.push(vec![
             x.pattern.clone(),
             x.qd.to_string(),
-            cell(x, compare::ops_per_s),
-            cell(y, compare::ops_per_s),
+            compare::cell(x, &fig("ops/s")),
+            compare::cell(y, &fig("ops/s")),
             ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
             format!(
                 "{} / {}",
-                cell(x, compare::exits_per_op),
-                cell(y, compare::exits_per_op)
+                compare::cell(x, &fig("exits/op")),
+                compare::cell(y, &fig("exits/op"))
             ),
             format!(
                 "{} / {}",
-                cell(x, compare::notifies_per_op),
-                cell(y, compare::notifies_per_op)
+                compare::cell(x, &fig("notif/op")),
+                compare::cell(y, &fig("notif/op"))
             ),
             format!(
                 "{} / {}",
-                cell(x, compare::irqs_per_op),
-                cell(y, compare::irqs_per_op)
+                compare::cell(x, &fig("irqs/op")),
+                compare::cell(y, &fig("irqs/op"))
             ),
         ]);
     }
@@ -649,58 +629,12 @@ fn markdown(
     ]);
     md.push_str(&md_table(&["", ""], &env_rows));
     for class in [Class::Block, Class::Net, Class::Console] {
-        let rows: Vec<Vec<String>> = compare::phases(series, class)
-            .into_iter()
-            .flat_map(|(p, qd)| {
-                series
-                    .iter()
-                    .filter(move |s| s.class() == class && s.pattern == p && s.qd == qd)
-                    .map(|s| {
-                        vec![
-                            s.pattern.clone(),
-                            if s.qd == 0 { "-".into() } else { s.qd.to_string() },
-                            s.row.transport.name().to_owned(),
-                            compare::path_label(&s.row),
-                            cell(s, compare::exits_per_op),
-                            cell(s, compare::dev_per_op),
-                            cell(s, compare::irqchip_per_op),
-                            cell(s, compare::hlt_per_op),
-                            cell(s, compare::hypercalls_per_op),
-                            cell(s, compare::notifies_per_op),
-                            cell(s, compare::irqs_per_op),
-                            cell(s, compare::copies_per_op),
-                            cell(s, compare::ops_per_s),
-                            cell(s, compare::p50_us),
-                            cell(s, compare::p99_us),
-                        ]
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let rows = compare::class_lines(series, class, false);
         if rows.is_empty() {
             continue;
         }
         let _ = writeln!(md, "\n## {} ({})\n", class.name(), compare::unit(class));
-        md.push_str(&md_table(
-            &[
-                "phase",
-                "qd",
-                "transport",
-                "path",
-                "exits/op",
-                "dev/op",
-                "irqc/op",
-                "hlt/op",
-                "hcalls/op",
-                "notif/op",
-                "irqs/op",
-                "copied B/op",
-                "ops/s",
-                "p50 us",
-                "p99 us",
-            ],
-            &rows,
-        ));
+        md.push_str(&md_table(&compare::headers(false), &rows));
         for (c, chart, path) in charts.iter().filter(|(c, _, _)| *c == class) {
             let file = path
                 .file_name()

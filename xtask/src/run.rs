@@ -55,14 +55,7 @@ pub fn rows(hypervisor: Hypervisor, only: &[String]) -> Result<Vec<&'static Row>
 }
 
 pub fn run(args: &RunArgs) -> Result<i32> {
-    provision::ensure(
-        provision::Needs {
-            qemu: true,
-            xen_headers: false,
-            shellcheck: false,
-        },
-        false,
-    )?;
+    provision::ensure_qemu()?;
     if args.accel == Accel::Kvm
         && let Some(why) = KvmHost::detect().unusable()
     {

@@ -66,14 +66,7 @@ pub fn run_harness(
     on_line: impl FnMut(&str),
 ) -> Result<Harness> {
     let mut timings = Timings::default();
-    provision::ensure(
-        provision::Needs {
-            qemu: true,
-            xen_headers: false,
-            shellcheck: false,
-        },
-        false,
-    )?;
+    provision::ensure_qemu()?;
     let cache = cache_dir();
     std::fs::create_dir_all(&cache)?;
     let t0 = Instant::now();

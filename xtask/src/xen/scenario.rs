@@ -1214,12 +1214,7 @@ mod tests {
     use crate::matrix::{Env, MATRIX};
     use crate::xen::report::HarnessReport;
 
-    fn row(name: &str) -> Row {
-        *MATRIX
-            .iter()
-            .find(|r| r.name() == name)
-            .unwrap_or_else(|| panic!("no row {name}"))
-    }
+    use crate::matrix::named as row;
 
     fn xen_rows() -> Vec<Row> {
         MATRIX.iter().filter(|r| r.env == Env::XenPv).copied().collect()
