@@ -30,6 +30,8 @@ pub mod layout {
         fn pv_abi_facts_get(count: *mut usize) -> *const Fact;
         fn pv_abi_str_facts_get(count: *mut usize) -> *const StrFact;
         fn pv_xsd_errors_get(count: *mut usize) -> *const XsdErrors;
+        fn pv_virtio_facts_get(count: *mut usize) -> *const Fact;
+        fn pv_virtio_ring_facts_get(count: *mut usize) -> *const Fact;
     }
 
     /// Reads a C string the C side keeps in static storage.
@@ -63,6 +65,23 @@ pub mod layout {
         facts
             .iter()
             // SAFETY: every name is a string literal in the C file.
+            .map(|f| (unsafe { static_str(f.name) }, f.value))
+            .collect()
+    }
+
+    /// The virtio facts (`tests/c/virtio_layout.c`, Linux's uapi headers), in the same form, plus
+    /// the split ring's event-field offsets as the header's accessors compute them.
+    pub fn virtio_facts() -> Vec<(String, i64)> {
+        // The second C function fills a static table on each call: one caller at a time.
+        static FILLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FILLING.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: both functions have `table`'s contract (tests/c/virtio_layout.c); the table the
+        // second fills is only rewritten under `FILLING`, with the same values, and read below.
+        let (facts, ring) = unsafe { (table(pv_virtio_facts_get), table(pv_virtio_ring_facts_get)) };
+        facts
+            .iter()
+            .chain(ring)
+            // SAFETY: every name is a string literal or a static buffer in the C file.
             .map(|f| (unsafe { static_str(f.name) }, f.value))
             .collect()
     }

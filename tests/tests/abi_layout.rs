@@ -6,6 +6,9 @@
 //! constant (ioctl request numbers as the header macros compute them). This test builds the same list
 //! from the Rust definitions and requires the two to match entry for entry: a fact missing on either
 //! side fails too, so neither list can silently shrink.
+//!
+//! `tests/c/virtio_layout.c` does the same for `ring_protocol::abi::virtio` against Linux's uapi
+//! headers (`/usr/include/linux/virtio_*.h`).
 
 use std::collections::BTreeMap;
 use std::mem::{align_of, offset_of, size_of};
@@ -18,6 +21,7 @@ use ring_protocol::abi::errno;
 use ring_protocol::abi::event_channel::*;
 use ring_protocol::abi::grant_table::*;
 use ring_protocol::abi::netif::*;
+use ring_protocol::abi::virtio::{self, *};
 use ring_protocol::abi::xen::*;
 use ring_protocol::abi::xenstore::*;
 
@@ -39,6 +43,19 @@ macro_rules! impl_int {
 }
 impl_int!(u8 => false, u16 => false, u32 => false, u64 => false, usize => false,
           i8 => true, i16 => true, i32 => true, i64 => true);
+
+/// virtio's little-endian field types: unsigned, like the `__virtio*` / `__le*` they stand for.
+macro_rules! impl_le {
+    ($($t:ty),*) => {$(
+        impl Int for $t {
+            const SIGNED: bool = false;
+            fn fact(self) -> i64 {
+                i64::try_from(self.get()).expect("value fits in i64")
+            }
+        }
+    )*};
+}
+impl_le!(virtio::Le16, virtio::Le32, virtio::Le64);
 
 fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
     size_of::<F>()
@@ -604,9 +621,9 @@ fn dom0_ioctl_facts(f: &mut Facts) {
     k!(f, IOCTL_EVTCHN_NOTIFY => sys::IOCTL_EVTCHN_NOTIFY);
 }
 
-#[test]
-fn every_size_offset_and_constant_matches_the_system_xen_headers() {
-    let c: Vec<(String, i64)> = layout::facts();
+/// Every mismatch between the C and the Rust facts (a value that differs, or a fact only one side
+/// lists), and the C facts as a map.
+fn compare(c: Vec<(String, i64)>, rust: Facts) -> (Vec<String>, BTreeMap<String, i64>) {
     let mut c_map = BTreeMap::new();
     for (name, value) in &c {
         assert!(
@@ -614,8 +631,7 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
             "C fact {name} listed twice"
         );
     }
-    let rust = rust_facts().0;
-
+    let rust = rust.0;
     let mut problems = Vec::new();
     for (name, cv) in &c_map {
         match rust.get(name) {
@@ -629,20 +645,30 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
             problems.push(format!("{name}: Rust says {rv}, C side does not list it"));
         }
     }
+    (problems, c_map)
+}
+
+/// (sizes, alignments, offsets, signedness) entries among `facts`.
+fn kinds(facts: &BTreeMap<String, i64>) -> (usize, usize, usize, usize) {
+    let count = |prefix: &str| facts.keys().filter(|k| k.starts_with(prefix)).count();
+    (
+        count("sizeof("),
+        count("alignof("),
+        count("offsetof("),
+        count("signed("),
+    )
+}
+
+#[test]
+fn every_size_offset_and_constant_matches_the_system_xen_headers() {
+    let (problems, c_map) = compare(layout::facts(), rust_facts());
     assert!(
         problems.is_empty(),
         "{} ABI mismatches:\n{}",
         problems.len(),
         problems.join("\n")
     );
-
-    let count = |prefix: &str| c_map.keys().filter(|k| k.starts_with(prefix)).count();
-    let (sizes, aligns, offsets, signs) = (
-        count("sizeof("),
-        count("alignof("),
-        count("offsetof("),
-        count("signed("),
-    );
+    let (sizes, aligns, offsets, signs) = kinds(&c_map);
     println!(
         "checked {} facts against /usr/include/xen: {sizes} sizes ({} types + {} fields/typedefs), {aligns} \
          alignments, {offsets} field offsets, {signs} signedness, {} constants",
@@ -653,6 +679,207 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
     );
     // The table must really cover the ABI: at least one size per struct pvkit defines.
     assert!(aligns >= 37, "only {aligns} types checked");
+}
+
+/// `ring_protocol::abi::virtio` as facts named like `tests/c/virtio_layout.c`'s.
+fn virtio_facts() -> Facts {
+    let mut f = Facts::default();
+    /// Size only: the Rust types have alignment 1 by design (see virtio_layout.c).
+    macro_rules! size {
+        ($c:ident, $t:ty) => {
+            f.add(concat!("sizeof(", stringify!($c), ")"), size_of::<$t>() as i64);
+        };
+    }
+    /// The offset of a trailing flexible array: where the Rust header type ends.
+    macro_rules! tail {
+        ($c:ident . $cf:ident => $t:ty) => {
+            f.add(
+                concat!("offsetof(", stringify!($c), ".", stringify!($cf), ")"),
+                size_of::<$t>() as i64,
+            );
+        };
+    }
+
+    // virtio_config.h
+    k!(f, VIRTIO_CONFIG_S_ACKNOWLEDGE => VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    k!(f, VIRTIO_CONFIG_S_DRIVER => VIRTIO_CONFIG_S_DRIVER);
+    k!(f, VIRTIO_CONFIG_S_DRIVER_OK => VIRTIO_CONFIG_S_DRIVER_OK);
+    k!(f, VIRTIO_CONFIG_S_FEATURES_OK => VIRTIO_CONFIG_S_FEATURES_OK);
+    k!(f, VIRTIO_CONFIG_S_NEEDS_RESET => VIRTIO_CONFIG_S_NEEDS_RESET);
+    k!(f, VIRTIO_CONFIG_S_FAILED => VIRTIO_CONFIG_S_FAILED);
+    k!(f, VIRTIO_F_ANY_LAYOUT => VIRTIO_F_ANY_LAYOUT);
+    k!(f, VIRTIO_F_VERSION_1 => VIRTIO_F_VERSION_1);
+    k!(f, VIRTIO_F_ACCESS_PLATFORM => VIRTIO_F_ACCESS_PLATFORM);
+    k!(f, VIRTIO_F_RING_PACKED => VIRTIO_F_RING_PACKED);
+    k!(f, VIRTIO_F_IN_ORDER => VIRTIO_F_IN_ORDER);
+
+    // virtio_ring.h
+    k!(f, VIRTIO_RING_F_INDIRECT_DESC => VIRTIO_RING_F_INDIRECT_DESC);
+    k!(f, VIRTIO_RING_F_EVENT_IDX => VIRTIO_RING_F_EVENT_IDX);
+    k!(f, VRING_DESC_F_NEXT => VRING_DESC_F_NEXT);
+    k!(f, VRING_DESC_F_WRITE => VRING_DESC_F_WRITE);
+    k!(f, VRING_DESC_F_INDIRECT => VRING_DESC_F_INDIRECT);
+    k!(f, VRING_USED_F_NO_NOTIFY => VRING_USED_F_NO_NOTIFY);
+    k!(f, VRING_AVAIL_F_NO_INTERRUPT => VRING_AVAIL_F_NO_INTERRUPT);
+    k!(f, VRING_DESC_ALIGN_SIZE => VRING_DESC_ALIGN_SIZE);
+    k!(f, VRING_AVAIL_ALIGN_SIZE => VRING_AVAIL_ALIGN_SIZE);
+    k!(f, VRING_USED_ALIGN_SIZE => VRING_USED_ALIGN_SIZE);
+    size!(vring_desc, VirtqDesc);
+    int!(f, vring_desc.addr => VirtqDesc, addr);
+    int!(f, vring_desc.len => VirtqDesc, len);
+    int!(f, vring_desc.flags => VirtqDesc, flags);
+    int!(f, vring_desc.next => VirtqDesc, next);
+    size!(vring_avail, VirtqAvail);
+    int!(f, vring_avail.flags => VirtqAvail, flags);
+    int!(f, vring_avail.idx => VirtqAvail, idx);
+    tail!(vring_avail.ring => VirtqAvail);
+    size!(vring_used_elem, VirtqUsedElem);
+    int!(f, vring_used_elem.id => VirtqUsedElem, id);
+    int!(f, vring_used_elem.len => VirtqUsedElem, len);
+    size!(vring_used, VirtqUsed);
+    int!(f, vring_used.flags => VirtqUsed, flags);
+    int!(f, vring_used.idx => VirtqUsed, idx);
+    tail!(vring_used.ring => VirtqUsed);
+    for n in [8u16, 128, 256] {
+        f.add(
+            &format!("used_event_offset({n})"),
+            VirtqAvail::used_event_offset(n) as i64,
+        );
+        f.add(
+            &format!("avail_event_offset({n})"),
+            VirtqUsed::avail_event_offset(n) as i64,
+        );
+    }
+
+    // virtio_blk.h
+    k!(f, VIRTIO_BLK_F_SIZE_MAX => VIRTIO_BLK_F_SIZE_MAX);
+    k!(f, VIRTIO_BLK_F_SEG_MAX => VIRTIO_BLK_F_SEG_MAX);
+    k!(f, VIRTIO_BLK_F_GEOMETRY => VIRTIO_BLK_F_GEOMETRY);
+    k!(f, VIRTIO_BLK_F_RO => VIRTIO_BLK_F_RO);
+    k!(f, VIRTIO_BLK_F_BLK_SIZE => VIRTIO_BLK_F_BLK_SIZE);
+    k!(f, VIRTIO_BLK_F_FLUSH => VIRTIO_BLK_F_FLUSH);
+    k!(f, VIRTIO_BLK_F_TOPOLOGY => VIRTIO_BLK_F_TOPOLOGY);
+    k!(f, VIRTIO_BLK_F_CONFIG_WCE => VIRTIO_BLK_F_CONFIG_WCE);
+    k!(f, VIRTIO_BLK_F_MQ => VIRTIO_BLK_F_MQ);
+    k!(f, VIRTIO_BLK_F_DISCARD => VIRTIO_BLK_F_DISCARD);
+    k!(f, VIRTIO_BLK_F_WRITE_ZEROES => VIRTIO_BLK_F_WRITE_ZEROES);
+    k!(f, VIRTIO_BLK_F_SECURE_ERASE => VIRTIO_BLK_F_SECURE_ERASE);
+    k!(f, VIRTIO_BLK_ID_BYTES => VIRTIO_BLK_ID_BYTES);
+    k!(f, VIRTIO_BLK_T_IN => VIRTIO_BLK_T_IN);
+    k!(f, VIRTIO_BLK_T_OUT => VIRTIO_BLK_T_OUT);
+    k!(f, VIRTIO_BLK_T_FLUSH => VIRTIO_BLK_T_FLUSH);
+    k!(f, VIRTIO_BLK_T_GET_ID => VIRTIO_BLK_T_GET_ID);
+    k!(f, VIRTIO_BLK_T_DISCARD => VIRTIO_BLK_T_DISCARD);
+    k!(f, VIRTIO_BLK_T_WRITE_ZEROES => VIRTIO_BLK_T_WRITE_ZEROES);
+    k!(f, VIRTIO_BLK_T_SECURE_ERASE => VIRTIO_BLK_T_SECURE_ERASE);
+    k!(f, VIRTIO_BLK_S_OK => VIRTIO_BLK_S_OK);
+    k!(f, VIRTIO_BLK_S_IOERR => VIRTIO_BLK_S_IOERR);
+    k!(f, VIRTIO_BLK_S_UNSUPP => VIRTIO_BLK_S_UNSUPP);
+    k!(f, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP => VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+    size!(virtio_blk_geometry, VirtioBlkGeometry);
+    int!(f, virtio_blk_geometry.cylinders => VirtioBlkGeometry, cylinders);
+    int!(f, virtio_blk_geometry.heads => VirtioBlkGeometry, heads);
+    int!(f, virtio_blk_geometry.sectors => VirtioBlkGeometry, sectors);
+    size!(virtio_blk_config, VirtioBlkConfig);
+    int!(f, virtio_blk_config.capacity => VirtioBlkConfig, capacity);
+    int!(f, virtio_blk_config.size_max => VirtioBlkConfig, size_max);
+    int!(f, virtio_blk_config.seg_max => VirtioBlkConfig, seg_max);
+    field!(f, virtio_blk_config.geometry => VirtioBlkConfig, geometry);
+    int!(f, virtio_blk_config.blk_size => VirtioBlkConfig, blk_size);
+    int!(f, virtio_blk_config.physical_block_exp => VirtioBlkConfig, physical_block_exp);
+    int!(f, virtio_blk_config.alignment_offset => VirtioBlkConfig, alignment_offset);
+    int!(f, virtio_blk_config.min_io_size => VirtioBlkConfig, min_io_size);
+    int!(f, virtio_blk_config.opt_io_size => VirtioBlkConfig, opt_io_size);
+    int!(f, virtio_blk_config.wce => VirtioBlkConfig, wce);
+    int!(f, virtio_blk_config.unused => VirtioBlkConfig, unused);
+    int!(f, virtio_blk_config.num_queues => VirtioBlkConfig, num_queues);
+    int!(f, virtio_blk_config.max_discard_sectors => VirtioBlkConfig, max_discard_sectors);
+    int!(f, virtio_blk_config.max_discard_seg => VirtioBlkConfig, max_discard_seg);
+    int!(f, virtio_blk_config.discard_sector_alignment => VirtioBlkConfig, discard_sector_alignment);
+    int!(f, virtio_blk_config.max_write_zeroes_sectors => VirtioBlkConfig, max_write_zeroes_sectors);
+    int!(f, virtio_blk_config.max_write_zeroes_seg => VirtioBlkConfig, max_write_zeroes_seg);
+    int!(f, virtio_blk_config.write_zeroes_may_unmap => VirtioBlkConfig, write_zeroes_may_unmap);
+    field!(f, virtio_blk_config.unused1 => VirtioBlkConfig, unused1);
+    int!(f, virtio_blk_config.max_secure_erase_sectors => VirtioBlkConfig, max_secure_erase_sectors);
+    int!(f, virtio_blk_config.max_secure_erase_seg => VirtioBlkConfig, max_secure_erase_seg);
+    int!(f, virtio_blk_config.secure_erase_sector_alignment => VirtioBlkConfig, secure_erase_sector_alignment);
+    size!(virtio_blk_outhdr, VirtioBlkOuthdr);
+    int!(f, virtio_blk_outhdr.type => VirtioBlkOuthdr, type_);
+    int!(f, virtio_blk_outhdr.ioprio => VirtioBlkOuthdr, ioprio);
+    int!(f, virtio_blk_outhdr.sector => VirtioBlkOuthdr, sector);
+    size!(virtio_blk_discard_write_zeroes, VirtioBlkDiscardWriteZeroes);
+    int!(f, virtio_blk_discard_write_zeroes.sector => VirtioBlkDiscardWriteZeroes, sector);
+    int!(f, virtio_blk_discard_write_zeroes.num_sectors => VirtioBlkDiscardWriteZeroes, num_sectors);
+    int!(f, virtio_blk_discard_write_zeroes.flags => VirtioBlkDiscardWriteZeroes, flags);
+
+    // virtio_net.h
+    k!(f, VIRTIO_NET_F_CSUM => VIRTIO_NET_F_CSUM);
+    k!(f, VIRTIO_NET_F_GUEST_CSUM => VIRTIO_NET_F_GUEST_CSUM);
+    k!(f, VIRTIO_NET_F_MTU => VIRTIO_NET_F_MTU);
+    k!(f, VIRTIO_NET_F_MAC => VIRTIO_NET_F_MAC);
+    k!(f, VIRTIO_NET_F_MRG_RXBUF => VIRTIO_NET_F_MRG_RXBUF);
+    k!(f, VIRTIO_NET_F_STATUS => VIRTIO_NET_F_STATUS);
+    k!(f, VIRTIO_NET_F_CTRL_VQ => VIRTIO_NET_F_CTRL_VQ);
+    k!(f, VIRTIO_NET_F_MQ => VIRTIO_NET_F_MQ);
+    k!(f, VIRTIO_NET_S_LINK_UP => VIRTIO_NET_S_LINK_UP);
+    k!(f, VIRTIO_NET_S_ANNOUNCE => VIRTIO_NET_S_ANNOUNCE);
+    k!(f, VIRTIO_NET_HDR_F_NEEDS_CSUM => VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    k!(f, VIRTIO_NET_HDR_F_DATA_VALID => VIRTIO_NET_HDR_F_DATA_VALID);
+    k!(f, VIRTIO_NET_HDR_GSO_NONE => VIRTIO_NET_HDR_GSO_NONE);
+    k!(f, VIRTIO_NET_HDR_GSO_TCPV4 => VIRTIO_NET_HDR_GSO_TCPV4);
+    k!(f, VIRTIO_NET_HDR_GSO_UDP => VIRTIO_NET_HDR_GSO_UDP);
+    k!(f, VIRTIO_NET_HDR_GSO_TCPV6 => VIRTIO_NET_HDR_GSO_TCPV6);
+    k!(f, VIRTIO_NET_HDR_GSO_ECN => VIRTIO_NET_HDR_GSO_ECN);
+    size!(virtio_net_config, VirtioNetConfig);
+    field!(f, virtio_net_config.mac => VirtioNetConfig, mac);
+    int!(f, virtio_net_config.status => VirtioNetConfig, status);
+    int!(f, virtio_net_config.max_virtqueue_pairs => VirtioNetConfig, max_virtqueue_pairs);
+    int!(f, virtio_net_config.mtu => VirtioNetConfig, mtu);
+    int!(f, virtio_net_config.speed => VirtioNetConfig, speed);
+    int!(f, virtio_net_config.duplex => VirtioNetConfig, duplex);
+    int!(f, virtio_net_config.rss_max_key_size => VirtioNetConfig, rss_max_key_size);
+    int!(f, virtio_net_config.rss_max_indirection_table_length => VirtioNetConfig, rss_max_indirection_table_length);
+    int!(f, virtio_net_config.supported_hash_types => VirtioNetConfig, supported_hash_types);
+    size!(virtio_net_hdr, VirtioNetHdr);
+    int!(f, virtio_net_hdr.flags => VirtioNetHdr, flags);
+    int!(f, virtio_net_hdr.gso_type => VirtioNetHdr, gso_type);
+    int!(f, virtio_net_hdr.hdr_len => VirtioNetHdr, hdr_len);
+    int!(f, virtio_net_hdr.gso_size => VirtioNetHdr, gso_size);
+    int!(f, virtio_net_hdr.csum_start => VirtioNetHdr, csum_start);
+    int!(f, virtio_net_hdr.csum_offset => VirtioNetHdr, csum_offset);
+    size!(virtio_net_hdr_v1, VirtioNetHdrV1);
+    int!(f, virtio_net_hdr_v1.flags => VirtioNetHdrV1, flags);
+    int!(f, virtio_net_hdr_v1.gso_type => VirtioNetHdrV1, gso_type);
+    int!(f, virtio_net_hdr_v1.hdr_len => VirtioNetHdrV1, hdr_len);
+    int!(f, virtio_net_hdr_v1.gso_size => VirtioNetHdrV1, gso_size);
+    int!(f, virtio_net_hdr_v1.csum_start => VirtioNetHdrV1, csum_start);
+    int!(f, virtio_net_hdr_v1.csum_offset => VirtioNetHdrV1, csum_offset);
+    int!(f, virtio_net_hdr_v1.num_buffers => VirtioNetHdrV1, num_buffers);
+    f
+}
+
+#[test]
+fn every_virtio_size_offset_and_constant_matches_the_linux_uapi_headers() {
+    let (problems, c_map) = compare(layout::virtio_facts(), virtio_facts());
+    assert!(
+        problems.is_empty(),
+        "{} virtio ABI mismatches:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    let (sizes, _, offsets, signs) = kinds(&c_map);
+    println!(
+        "checked {} facts against /usr/include/linux/virtio_*.h: {sizes} sizes, {offsets} field offsets, \
+         {signs} signedness, {} constants and ring offsets",
+        c_map.len(),
+        c_map.len() - sizes - offsets - signs,
+    );
+    // One size per virtio type pvkit defines.
+    let types = c_map
+        .keys()
+        .filter(|k| k.starts_with("sizeof(") && !k.contains('.'))
+        .count();
+    assert!(types >= 11, "only {types} virtio types checked");
 }
 
 #[test]
