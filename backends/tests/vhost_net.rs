@@ -21,6 +21,7 @@ use pvkit_backends::net::PortSink;
 use pvkit_backends::net::{EchoPeer, Switch};
 use pvkit_backends::vhost::net::{NetConnections, VhostNet};
 use pvkit_backends::vhost::{ServeOptions, serve};
+use ring_protocol::abi::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, feature};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const HDR: usize = 12;
@@ -49,12 +50,12 @@ fn attach_with<'a>(sock: &Path, mem: &'a GuestMem, extra: u64) -> Guest<'a> {
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
     assert_ne!(
-        features & (1 << 30),
+        features & PROTOCOL_FEATURES,
         0,
         "protocol features offered (QEMU needs them)"
     );
     // VERSION_1 only unless asked: no EVENT_IDX, so every used buffer is signalled.
-    fe.set_features((1 << 32) | extra).unwrap();
+    fe.set_features(feature(VIRTIO_F_VERSION_1) | extra).unwrap();
     fe.set_mem_table(&[region(mem)]).unwrap();
     let mut rx = Queue::new(mem, RX_BASE);
     let tx = Queue::new(mem, TX_BASE);
@@ -191,7 +192,10 @@ fn echo_broadcast_learning_and_oversized_frames() {
     }
 }
 
-const EVENT_IDX: u64 = 1 << 29;
+const EVENT_IDX: u64 = feature(VIRTIO_RING_F_EVENT_IDX);
+/// The vhost-user feature bit that allows protocol-feature negotiation.
+const PROTOCOL_FEATURES: u64 =
+    ::vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 

@@ -687,7 +687,10 @@ fn virtio_facts() -> Facts {
     /// Size only: the Rust types have alignment 1 by design (see virtio_layout.c).
     macro_rules! size {
         ($c:ident, $t:ty) => {
-            f.add(concat!("sizeof(", stringify!($c), ")"), size_of::<$t>() as i64);
+            f.add(
+                concat!("sizeof(", stringify!($c), ")"),
+                size_of::<$t>() as i64,
+            );
         };
     }
     /// The offset of a trailing flexible array: where the Rust header type ends.
