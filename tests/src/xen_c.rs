@@ -29,6 +29,7 @@ pub mod layout {
     unsafe extern "C" {
         fn pv_abi_facts_get(count: *mut usize) -> *const Fact;
         fn pv_abi_str_facts_get(count: *mut usize) -> *const StrFact;
+        fn pv_abi_computed_facts_get(count: *mut usize) -> *const Fact;
         fn pv_xsd_errors_get(count: *mut usize) -> *const XsdErrors;
         fn pv_virtio_facts_get(count: *mut usize) -> *const Fact;
         fn pv_virtio_ring_facts_get(count: *mut usize) -> *const Fact;
@@ -60,10 +61,15 @@ pub mod layout {
     /// Every numeric fact (`sizeof(T)`, `alignof(T)`, `offsetof(T.f)`, `sizeof(T.f)`, `signed(T.f)`,
     /// or a constant's C name) with its value.
     pub fn facts() -> Vec<(String, i64)> {
-        // SAFETY: `pv_abi_facts_get` has `table`'s contract (tests/c/abi_layout.c).
-        let facts = unsafe { table(pv_abi_facts_get) };
+        // The computed table is filled on each call: one caller at a time.
+        static FILLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FILLING.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: both functions have `table`'s contract (tests/c/abi_layout.c); the computed table
+        // is only rewritten under `FILLING`, with the same values, and read below.
+        let (facts, computed) = unsafe { (table(pv_abi_facts_get), table(pv_abi_computed_facts_get)) };
         facts
             .iter()
+            .chain(computed)
             // SAFETY: every name is a string literal in the C file.
             .map(|f| (unsafe { static_str(f.name) }, f.value))
             .collect()

@@ -8,10 +8,11 @@
 //! memory (never mapped by us, so never writable, as Xen requires of page tables), zeroed by Xen
 //! (`MMUEXT_CLEAR_PAGE`) and linked with `mmu_update`; the data PTEs are then written in batches.
 
-use crate::arch::x86_64::xen::abi::{
-    MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPDATE, MMUEXT_CLEAR_PAGE, MmuUpdate, MmuextOp, PTE_ACCESSED,
-    PTE_ADDR_MASK, PTE_DIRTY, PTE_PRESENT, PTE_RW, PTE_USER, UVMF_INVLPG,
+use ring_protocol::abi::pv::{
+    MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPDATE, MMUEXT_CLEAR_PAGE, MmuUpdate, MmuextOp, UVMF_INVLPG,
 };
+use x86_64::structures::paging::PageTableFlags;
+
 use crate::arch::x86_64::xen::{self as hv, HypercallError};
 
 /// A page-aligned window of `N` pages in the kernel image whose virtual addresses get other frames
@@ -81,6 +82,15 @@ pub unsafe fn unmap_page(va: u64) -> Result<(), HypercallError> {
     unsafe { hv::update_va_mapping(va, 0, UVMF_INVLPG) }.map(|_| ())
 }
 
+/// x86 page-table entry bits (the hardware's, from the `x86_64` crate).
+const PTE_PRESENT: u64 = PageTableFlags::PRESENT.bits();
+const PTE_RW: u64 = PageTableFlags::WRITABLE.bits();
+/// Xen sets it on 64-bit PV kernel mappings anyway.
+const PTE_USER: u64 = PageTableFlags::USER_ACCESSIBLE.bits();
+const PTE_ACCESSED: u64 = PageTableFlags::ACCESSED.bits();
+const PTE_DIRTY: u64 = PageTableFlags::DIRTY.bits();
+/// Machine address bits of a PTE (bits 12..52).
+const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const TABLE_FLAGS: u64 = PTE_PRESENT | PTE_RW | PTE_USER | PTE_ACCESSED | PTE_DIRTY;
 const DATA_FLAGS: u64 = PTE_PRESENT | PTE_RW | PTE_ACCESSED | PTE_DIRTY;
 const BATCH: usize = 256;

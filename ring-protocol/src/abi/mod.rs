@@ -8,10 +8,13 @@
 
 pub mod blkif;
 pub mod console;
+pub mod elfnote;
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
 pub mod netif;
+pub mod pv;
+pub mod pvh;
 pub mod virtio;
 pub mod xen;
 pub mod xenbus;
