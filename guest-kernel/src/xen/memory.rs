@@ -8,6 +8,7 @@
 //! memory (never mapped by us, so never writable, as Xen requires of page tables), zeroed by Xen
 //! (`MMUEXT_CLEAR_PAGE`) and linked with `mmu_update`; the data PTEs are then written in batches.
 
+use ring_protocol::abi::PAGE_SIZE;
 use ring_protocol::abi::pv::{
     MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPDATE, MMUEXT_CLEAR_PAGE, MmuUpdate, MmuextOp, UVMF_INVLPG,
 };
@@ -18,7 +19,9 @@ use crate::arch::x86_64::xen::{self as hv, HypercallError};
 /// A page-aligned window of `N` pages in the kernel image whose virtual addresses get other frames
 /// mapped over them (shared info, grant-table frames). Only ever accessed through raw pointers.
 #[repr(C, align(4096))]
-pub struct PageWindow<const N: usize>(core::cell::UnsafeCell<[[u8; 4096]; N]>);
+pub struct PageWindow<const N: usize>(core::cell::UnsafeCell<[[u8; PAGE_SIZE]; N]>);
+// The `align` attribute needs a literal: it must be the page size.
+const _: () = assert!(core::mem::align_of::<PageWindow<1>>() == PAGE_SIZE);
 
 // SAFETY: the window's memory is only reached through raw pointers by code that coordinates its use
 // (each window has one owner module).
@@ -27,7 +30,7 @@ unsafe impl<const N: usize> Sync for PageWindow<N> {}
 impl<const N: usize> PageWindow<N> {
     /// A zeroed window (in `.bss`).
     pub const fn new() -> Self {
-        Self(core::cell::UnsafeCell::new([[0; 4096]; N]))
+        Self(core::cell::UnsafeCell::new([[0; PAGE_SIZE]; N]))
     }
 
     /// Virtual address of its first page.

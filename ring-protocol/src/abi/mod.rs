@@ -15,6 +15,7 @@ pub mod grant_table;
 pub mod netif;
 pub mod pv;
 pub mod pvh;
+pub mod pvkit_echo;
 pub mod virtio;
 pub mod xen;
 pub mod xenbus;
