@@ -64,9 +64,11 @@ pub mod layout {
         // The computed table is filled on each call: one caller at a time.
         static FILLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = FILLING.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: both functions have `table`'s contract (tests/c/abi_layout.c); the computed table
-        // is only rewritten under `FILLING`, with the same values, and read below.
-        let (facts, computed) = unsafe { (table(pv_abi_facts_get), table(pv_abi_computed_facts_get)) };
+        // SAFETY: `pv_abi_facts_get` has `table`'s contract (tests/c/abi_layout.c).
+        let facts = unsafe { table(pv_abi_facts_get) };
+        // SAFETY: as above; the computed table is only rewritten under `FILLING`, with the same
+        // values, and read below.
+        let computed = unsafe { table(pv_abi_computed_facts_get) };
         facts
             .iter()
             .chain(computed)
@@ -81,9 +83,11 @@ pub mod layout {
         // The second C function fills a static table on each call: one caller at a time.
         static FILLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = FILLING.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: both functions have `table`'s contract (tests/c/virtio_layout.c); the table the
-        // second fills is only rewritten under `FILLING`, with the same values, and read below.
-        let (facts, ring) = unsafe { (table(pv_virtio_facts_get), table(pv_virtio_ring_facts_get)) };
+        // SAFETY: `pv_virtio_facts_get` has `table`'s contract (tests/c/virtio_layout.c).
+        let facts = unsafe { table(pv_virtio_facts_get) };
+        // SAFETY: as above; the table it fills is only rewritten under `FILLING`, with the same
+        // values, and read below.
+        let ring = unsafe { table(pv_virtio_ring_facts_get) };
         facts
             .iter()
             .chain(ring)
