@@ -186,13 +186,14 @@ mod tests {
     fn registers_read_and_write_the_words_at_their_offsets() {
         let mut regs = vec![0u32; 8];
         regs[2] = 0xdead_beef;
-        let w = window(&mut regs);
-        assert_eq!(w.read32(8), 0xdead_beef);
-        w.write32(28, 7);
-        w.write32(0, 0x1234_5678);
-        assert_eq!((w.read32(28), w.read32(0)), (7, 0x1234_5678));
-        assert_eq!(w.len(), 32);
-        drop(w);
+        {
+            let w = window(&mut regs);
+            assert_eq!(w.read32(8), 0xdead_beef);
+            w.write32(28, 7);
+            w.write32(0, 0x1234_5678);
+            assert_eq!((w.read32(28), w.read32(0)), (7, 0x1234_5678));
+            assert_eq!(w.len(), 32);
+        }
         assert_eq!(regs[7], 7);
         assert_eq!(regs[0], 0x1234_5678);
     }
