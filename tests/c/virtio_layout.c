@@ -15,6 +15,7 @@
 #include <linux/virtio_ring.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_net.h>
+#include <linux/virtio_pci.h>
 
 struct pv_fact {
     const char *name;
@@ -48,6 +49,26 @@ static const struct pv_fact pv_virtio_facts[] = {
     SIZE(vring_avail), INT(vring_avail, flags), INT(vring_avail, idx), OFFSET(vring_avail, ring),
     SIZE(vring_used_elem), INT(vring_used_elem, id), INT(vring_used_elem, len),
     SIZE(vring_used), INT(vring_used, flags), INT(vring_used, idx), OFFSET(vring_used, ring),
+
+    /* virtio_pci.h */
+    K(VIRTIO_PCI_CAP_COMMON_CFG), K(VIRTIO_PCI_CAP_NOTIFY_CFG), K(VIRTIO_PCI_CAP_ISR_CFG),
+    K(VIRTIO_PCI_CAP_DEVICE_CFG), K(VIRTIO_PCI_CAP_PCI_CFG), K(VIRTIO_MSI_NO_VECTOR),
+    SIZE(virtio_pci_cap), INT(virtio_pci_cap, cap_vndr), INT(virtio_pci_cap, cap_next),
+    INT(virtio_pci_cap, cap_len), INT(virtio_pci_cap, cfg_type), INT(virtio_pci_cap, bar),
+    INT(virtio_pci_cap, id), FIELD(virtio_pci_cap, padding), INT(virtio_pci_cap, offset),
+    INT(virtio_pci_cap, length),
+    SIZE(virtio_pci_notify_cap), FIELD(virtio_pci_notify_cap, cap),
+    INT(virtio_pci_notify_cap, notify_off_multiplier),
+    SIZE(virtio_pci_common_cfg), INT(virtio_pci_common_cfg, device_feature_select),
+    INT(virtio_pci_common_cfg, device_feature), INT(virtio_pci_common_cfg, guest_feature_select),
+    INT(virtio_pci_common_cfg, guest_feature), INT(virtio_pci_common_cfg, msix_config),
+    INT(virtio_pci_common_cfg, num_queues), INT(virtio_pci_common_cfg, device_status),
+    INT(virtio_pci_common_cfg, config_generation), INT(virtio_pci_common_cfg, queue_select),
+    INT(virtio_pci_common_cfg, queue_size), INT(virtio_pci_common_cfg, queue_msix_vector),
+    INT(virtio_pci_common_cfg, queue_enable), INT(virtio_pci_common_cfg, queue_notify_off),
+    INT(virtio_pci_common_cfg, queue_desc_lo), INT(virtio_pci_common_cfg, queue_desc_hi),
+    INT(virtio_pci_common_cfg, queue_avail_lo), INT(virtio_pci_common_cfg, queue_avail_hi),
+    INT(virtio_pci_common_cfg, queue_used_lo), INT(virtio_pci_common_cfg, queue_used_hi),
 
     /* virtio_blk.h */
     K(VIRTIO_BLK_F_SIZE_MAX), K(VIRTIO_BLK_F_SEG_MAX), K(VIRTIO_BLK_F_GEOMETRY), K(VIRTIO_BLK_F_RO),

@@ -946,6 +946,47 @@ fn virtio_facts() -> Facts {
         );
     }
 
+    // virtio_pci.h
+    k!(f, VIRTIO_PCI_CAP_COMMON_CFG => VIRTIO_PCI_CAP_COMMON_CFG);
+    k!(f, VIRTIO_PCI_CAP_NOTIFY_CFG => VIRTIO_PCI_CAP_NOTIFY_CFG);
+    k!(f, VIRTIO_PCI_CAP_ISR_CFG => VIRTIO_PCI_CAP_ISR_CFG);
+    k!(f, VIRTIO_PCI_CAP_DEVICE_CFG => VIRTIO_PCI_CAP_DEVICE_CFG);
+    k!(f, VIRTIO_PCI_CAP_PCI_CFG => VIRTIO_PCI_CAP_PCI_CFG);
+    k!(f, VIRTIO_MSI_NO_VECTOR => VIRTIO_MSI_NO_VECTOR);
+    size!(virtio_pci_cap, VirtioPciCap);
+    int!(f, virtio_pci_cap.cap_vndr => VirtioPciCap, cap_vndr);
+    int!(f, virtio_pci_cap.cap_next => VirtioPciCap, cap_next);
+    int!(f, virtio_pci_cap.cap_len => VirtioPciCap, cap_len);
+    int!(f, virtio_pci_cap.cfg_type => VirtioPciCap, cfg_type);
+    int!(f, virtio_pci_cap.bar => VirtioPciCap, bar);
+    int!(f, virtio_pci_cap.id => VirtioPciCap, id);
+    field!(f, virtio_pci_cap.padding => VirtioPciCap, padding);
+    int!(f, virtio_pci_cap.offset => VirtioPciCap, offset);
+    int!(f, virtio_pci_cap.length => VirtioPciCap, length);
+    size!(virtio_pci_notify_cap, VirtioPciNotifyCap);
+    field!(f, virtio_pci_notify_cap.cap => VirtioPciNotifyCap, cap);
+    int!(f, virtio_pci_notify_cap.notify_off_multiplier => VirtioPciNotifyCap, notify_off_multiplier);
+    size!(virtio_pci_common_cfg, VirtioPciCommonCfg);
+    int!(f, virtio_pci_common_cfg.device_feature_select => VirtioPciCommonCfg, device_feature_select);
+    int!(f, virtio_pci_common_cfg.device_feature => VirtioPciCommonCfg, device_feature);
+    int!(f, virtio_pci_common_cfg.guest_feature_select => VirtioPciCommonCfg, guest_feature_select);
+    int!(f, virtio_pci_common_cfg.guest_feature => VirtioPciCommonCfg, guest_feature);
+    int!(f, virtio_pci_common_cfg.msix_config => VirtioPciCommonCfg, msix_config);
+    int!(f, virtio_pci_common_cfg.num_queues => VirtioPciCommonCfg, num_queues);
+    int!(f, virtio_pci_common_cfg.device_status => VirtioPciCommonCfg, device_status);
+    int!(f, virtio_pci_common_cfg.config_generation => VirtioPciCommonCfg, config_generation);
+    int!(f, virtio_pci_common_cfg.queue_select => VirtioPciCommonCfg, queue_select);
+    int!(f, virtio_pci_common_cfg.queue_size => VirtioPciCommonCfg, queue_size);
+    int!(f, virtio_pci_common_cfg.queue_msix_vector => VirtioPciCommonCfg, queue_msix_vector);
+    int!(f, virtio_pci_common_cfg.queue_enable => VirtioPciCommonCfg, queue_enable);
+    int!(f, virtio_pci_common_cfg.queue_notify_off => VirtioPciCommonCfg, queue_notify_off);
+    int!(f, virtio_pci_common_cfg.queue_desc_lo => VirtioPciCommonCfg, queue_desc_lo);
+    int!(f, virtio_pci_common_cfg.queue_desc_hi => VirtioPciCommonCfg, queue_desc_hi);
+    int!(f, virtio_pci_common_cfg.queue_avail_lo => VirtioPciCommonCfg, queue_avail_lo);
+    int!(f, virtio_pci_common_cfg.queue_avail_hi => VirtioPciCommonCfg, queue_avail_hi);
+    int!(f, virtio_pci_common_cfg.queue_used_lo => VirtioPciCommonCfg, queue_used_lo);
+    int!(f, virtio_pci_common_cfg.queue_used_hi => VirtioPciCommonCfg, queue_used_hi);
+
     // virtio_blk.h
     k!(f, VIRTIO_BLK_F_SIZE_MAX => VIRTIO_BLK_F_SIZE_MAX);
     k!(f, VIRTIO_BLK_F_SEG_MAX => VIRTIO_BLK_F_SEG_MAX);
@@ -1074,7 +1115,7 @@ fn every_virtio_size_offset_and_constant_matches_the_linux_uapi_headers() {
         .keys()
         .filter(|k| k.starts_with("sizeof(") && !k.contains('.'))
         .count();
-    assert!(types >= 11, "only {types} virtio types checked");
+    assert!(types >= 14, "only {types} virtio types checked");
 }
 
 #[test]

@@ -181,6 +181,112 @@ impl VirtqUsed {
     }
 }
 
+// ---- virtio_pci.h: the modern PCI transport ----
+
+/// [`VirtioPciCap::cfg_type`]: the common configuration structure ([`VirtioPciCommonCfg`]).
+pub const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
+/// [`VirtioPciCap::cfg_type`]: the notification area ([`VirtioPciNotifyCap`]).
+pub const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
+/// [`VirtioPciCap::cfg_type`]: the ISR status byte.
+pub const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
+/// [`VirtioPciCap::cfg_type`]: the device-specific configuration space.
+pub const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+/// [`VirtioPciCap::cfg_type`]: the PCI configuration access window.
+pub const VIRTIO_PCI_CAP_PCI_CFG: u8 = 5;
+/// An MSI-X vector number meaning "none" (also what a device answers when it refuses a vector).
+pub const VIRTIO_MSI_NO_VECTOR: u16 = 0xffff;
+
+/// A vendor-specific PCI capability locating one virtio structure in a BAR.
+#[doc(alias = "virtio_pci_cap")]
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+pub struct VirtioPciCap {
+    /// PCI capability id (vendor-specific, 0x09).
+    pub cap_vndr: u8,
+    /// Next capability.
+    pub cap_next: u8,
+    /// Capability length.
+    pub cap_len: u8,
+    /// `VIRTIO_PCI_CAP_*`.
+    pub cfg_type: u8,
+    /// The BAR holding the structure.
+    pub bar: u8,
+    /// Tells apart several capabilities of one type.
+    pub id: u8,
+    /// Padding.
+    pub padding: [u8; 2],
+    /// Offset of the structure in the BAR.
+    pub offset: Le32,
+    /// Length of the structure.
+    pub length: Le32,
+}
+const _: () = assert!(size_of::<VirtioPciCap>() == 16);
+
+/// The notification capability: a [`VirtioPciCap`] and the multiplier of `queue_notify_off`.
+#[doc(alias = "virtio_pci_notify_cap")]
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+pub struct VirtioPciNotifyCap {
+    /// The capability header.
+    pub cap: VirtioPciCap,
+    /// A queue's doorbell is at `queue_notify_off * notify_off_multiplier` in the area.
+    pub notify_off_multiplier: Le32,
+}
+const _: () = assert!(size_of::<VirtioPciNotifyCap>() == 20);
+
+/// The common configuration structure of a modern virtio-pci device (in a BAR).
+#[doc(alias = "virtio_pci_common_cfg")]
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+pub struct VirtioPciCommonCfg {
+    /// Which 32 bits of the device's features `device_feature` shows.
+    pub device_feature_select: Le32,
+    /// The device's features (the selected 32 bits).
+    pub device_feature: Le32,
+    /// Which 32 bits of the driver's features `guest_feature` takes.
+    pub guest_feature_select: Le32,
+    /// The driver's features (the selected 32 bits).
+    pub guest_feature: Le32,
+    /// MSI-X vector for configuration changes.
+    pub msix_config: Le16,
+    /// Queues the device has.
+    pub num_queues: Le16,
+    /// `VIRTIO_CONFIG_S_*`.
+    pub device_status: u8,
+    /// Changes whenever the device changes its config space.
+    pub config_generation: u8,
+    /// The queue the `queue_*` fields below address.
+    pub queue_select: Le16,
+    /// Its size.
+    pub queue_size: Le16,
+    /// Its MSI-X vector.
+    pub queue_msix_vector: Le16,
+    /// Whether it is enabled.
+    pub queue_enable: Le16,
+    /// Its doorbell's offset in the notification area, in multiplier units.
+    pub queue_notify_off: Le16,
+    /// Descriptor table address, low 32 bits.
+    pub queue_desc_lo: Le32,
+    /// Descriptor table address, high 32 bits.
+    pub queue_desc_hi: Le32,
+    /// Driver area address, low 32 bits.
+    pub queue_avail_lo: Le32,
+    /// Driver area address, high 32 bits.
+    pub queue_avail_hi: Le32,
+    /// Device area address, low 32 bits.
+    pub queue_used_lo: Le32,
+    /// Device area address, high 32 bits.
+    pub queue_used_hi: Le32,
+}
+const _: () = assert!(size_of::<VirtioPciCommonCfg>() == 0x38);
+const _: () = assert!(offset_of!(VirtioPciCommonCfg, queue_select) == 0x16);
+
 // ---- virtio_blk.h ----
 
 /// Feature bit: `size_max` holds the largest segment size.
