@@ -1,5 +1,5 @@
 //! virtio-net on the crate's split `VirtQueue` (queue 0 receive, queue 1 transmit), one descriptor
-//! per frame: a [`DmaBuf`] holding `virtio_net_hdr_v1` (12 bytes, all zero: no offloads) and the
+//! per frame: a [`DmaBuf`](crate::dma::DmaBuf) holding `virtio_net_hdr_v1` (12 bytes, all zero: no offloads) and the
 //! frame. Frames are copied once each way between the caller's slice and the DMA buffer (counted in
 //! `bytes_copied`).
 //!

@@ -36,7 +36,7 @@ pub const SIF_VIRT_P2M_4TOOLS: u32 = 1 << 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct StartInfo {
-    /// "xen-<version>-<platform>".
+    /// `"xen-<version>-<platform>"`.
     pub magic: [u8; 32],
     /// Pages allocated to the domain.
     pub nr_pages: u64,
