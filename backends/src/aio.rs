@@ -65,7 +65,7 @@ const IOCB_CMD_PWRITE: u16 = 1;
 const IOCB_FLAG_RESFD: u32 = 1;
 
 /// Size of a page of [`IoBuf`] memory.
-const PAGE: usize = 4096;
+const PAGE: usize = ring_protocol::abi::PAGE_SIZE;
 
 /// What the queue refuses or fails at.
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,8 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::{Error, Result};
 
-/// Bytes per sector, the unit of every block protocol here.
-pub const SECTOR_SIZE: u64 = 512;
+/// Bytes per sector, the unit of every block protocol here ([`ring_protocol::abi::SECTOR_SIZE`]).
+pub const SECTOR_SIZE: u64 = ring_protocol::abi::SECTOR_SIZE as u64;
 
 /// Alignment of bounce buffers used for `O_DIRECT` when the caller's memory is not aligned.
 const DIRECT_ALIGN: usize = 4096;

@@ -38,7 +38,7 @@ pub const ETH_DATA_LEN: usize = 1500;
 pub const MAX_FRAME_LEN: usize = ETH_HEADER_LEN + ETH_DATA_LEN + 4;
 
 /// EtherType of pvkit's echo frames (IEEE local experimental 1).
-pub const ETHERTYPE_PVKIT_ECHO: u16 = 0x88b5;
+pub use ring_protocol::abi::pvkit_echo::ETHERTYPE as ETHERTYPE_PVKIT_ECHO;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 
@@ -690,19 +690,19 @@ mod tests {
         let (pb, qb) = port(&sw);
         let (_pc, qc) = port(&sw);
         // Unknown destination: flooded to everyone but the sender.
-        let f1 = frame(B, A, 0x88b5, b"hello b");
+        let f1 = frame(B, A, ETHERTYPE_PVKIT_ECHO, b"hello b");
         sw.send(pa, &f1).unwrap();
         assert!(drain(&qa).is_empty());
         assert_eq!(drain(&qb), vec![f1.clone()]);
         assert_eq!(drain(&qc), vec![f1]);
         assert_eq!(sw.lookup(&A), Some(pa));
         // B answers: A is known now, so only A gets it; B is learned too.
-        let f2 = frame(A, B, 0x88b5, b"hello a");
+        let f2 = frame(A, B, ETHERTYPE_PVKIT_ECHO, b"hello a");
         sw.send(pb, &f2).unwrap();
         assert_eq!(drain(&qa), vec![f2]);
         assert!(drain(&qb).is_empty() && drain(&qc).is_empty());
         // And A to B is unicast from now on.
-        let f3 = frame(B, A, 0x88b5, b"again");
+        let f3 = frame(B, A, ETHERTYPE_PVKIT_ECHO, b"again");
         sw.send(pa, &f3).unwrap();
         assert_eq!(drain(&qb), vec![f3.clone()]);
         assert!(drain(&qc).is_empty());
@@ -715,7 +715,7 @@ mod tests {
         // A port that moves is relearned; a removed port is forgotten and floods again.
         sw.remove_port(pb).unwrap();
         assert_eq!(sw.lookup(&B), None);
-        sw.send(pa, &frame(B, A, 0x88b5, b"x")).unwrap();
+        sw.send(pa, &frame(B, A, ETHERTYPE_PVKIT_ECHO, b"x")).unwrap();
         assert_eq!(drain(&qc).len(), 1);
         assert!(matches!(
             sw.send(pa, &[0u8; 10]),
@@ -731,7 +731,7 @@ mod tests {
         let q = QueuedPort::new(2, Box::new(|| {}));
         sw.add_port(q.clone());
         for i in 0..5u8 {
-            sw.send(pa, &frame(B, A, 0x88b5, &[i])).unwrap();
+            sw.send(pa, &frame(B, A, ETHERTYPE_PVKIT_ECHO, &[i])).unwrap();
         }
         assert_eq!(q.len(), 2);
         assert_eq!(q.dropped(), 3);
@@ -741,7 +741,7 @@ mod tests {
     #[test]
     fn echo_peer_answers_pvkit_arp_ping_and_udp() {
         let sw = Switch::new();
-        let peer_mac = [2, 0, 0, 0, 0, 1];
+        let peer_mac = ring_protocol::abi::pvkit_echo::PEER_MAC;
         let peer_ip = [10, 0, 2, 1];
         let peer = EchoPeer::try_attach(&sw, peer_mac, peer_ip).unwrap();
         let (g, q) = port(&sw);
@@ -870,14 +870,17 @@ mod tests {
             );
         }
         // A multicast source and an unknown one are refused too; its own address passes.
-        assert!(sw.send(ga, &frame(B, [3, 0, 0, 0, 0, 1], 0x88b5, b"x")).is_err());
-        assert!(sw.send(ga, &frame(B, C, 0x88b5, b"x")).is_err());
-        sw.send(ga, &frame(B, A, 0x88b5, b"hello")).unwrap();
+        assert!(
+            sw.send(ga, &frame(B, [3, 0, 0, 0, 0, 1], ETHERTYPE_PVKIT_ECHO, b"x"))
+                .is_err()
+        );
+        assert!(sw.send(ga, &frame(B, C, ETHERTYPE_PVKIT_ECHO, b"x")).is_err());
+        sw.send(ga, &frame(B, A, ETHERTYPE_PVKIT_ECHO, b"hello")).unwrap();
         assert_eq!(sw.port_counts(ga).unwrap().spoofed, 5);
         assert_eq!(sw.port_counts(ga).unwrap().frames_in, 6);
         assert_eq!(sw.stats().spoofed.load(Ordering::Relaxed), 5);
         // Nothing the spoofer sent reached anyone but B's one good frame; the table is unchanged.
-        assert_eq!(drain(&qb), vec![frame(B, A, 0x88b5, b"hello")]);
+        assert_eq!(drain(&qb), vec![frame(B, A, ETHERTYPE_PVKIT_ECHO, b"hello")]);
         assert!(drain(&qt).is_empty());
         assert_eq!(peer.stats().arp.load(Ordering::Relaxed), 0);
         assert_eq!(
@@ -911,19 +914,21 @@ mod tests {
         let (gb, qb) = bound(&sw, B);
         let (tap, qt) = learning(&sw, 16);
         let (vm, qv) = learning(&sw, 64);
-        sw.send(tap, &frame(B, HOST, 0x88b5, b"host to b")).unwrap();
+        sw.send(tap, &frame(B, HOST, ETHERTYPE_PVKIT_ECHO, b"host to b"))
+            .unwrap();
         assert_eq!(drain(&qb).len(), 1);
-        let b_to_host = frame(HOST, B, 0x88b5, b"b to host");
+        let b_to_host = frame(HOST, B, ETHERTYPE_PVKIT_ECHO, b"b to host");
         let flooded_before = sw.stats().flooded.load(Ordering::Relaxed);
 
         let (mut at_tap, mut at_b, mut at_a, mut at_vm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (sender, seed) in [(ga, 1), (vm, 3)] {
             for (i, src) in random_macs(100_000, seed).enumerate() {
-                let _ = sw.send(sender, &frame(C, src, 0x88b5, &[]));
+                let _ = sw.send(sender, &frame(C, src, ETHERTYPE_PVKIT_ECHO, &[]));
                 // Meanwhile B and the host talk.
                 if i % 10_000 == 0 {
                     sw.send(gb, &b_to_host).unwrap();
-                    sw.send(tap, &frame(B, HOST, 0x88b5, b"host to b")).unwrap();
+                    sw.send(tap, &frame(B, HOST, ETHERTYPE_PVKIT_ECHO, b"host to b"))
+                        .unwrap();
                     at_tap.extend(drain(&qt));
                     at_b.extend(drain(&qb));
                     at_a.extend(drain(&qa));
@@ -963,11 +968,13 @@ mod tests {
     fn a_full_table_stops_learning_and_keeps_every_entry() {
         let sw = Switch::new();
         let (tap, _qt) = learning(&sw, 16);
-        sw.send(tap, &frame(BCAST, HOST, 0x88b5, &[])).unwrap();
+        sw.send(tap, &frame(BCAST, HOST, ETHERTYPE_PVKIT_ECHO, &[]))
+            .unwrap();
         let greedy: Vec<(PortId, Arc<QueuedPort>)> = (0..3).map(|_| learning(&sw, 2000)).collect();
         for (i, (p, _)) in greedy.iter().enumerate() {
             for src in random_macs(2000, 100 + 2 * i as u64) {
-                sw.send(*p, &frame(BCAST, src, 0x88b5, &[])).unwrap();
+                sw.send(*p, &frame(BCAST, src, ETHERTYPE_PVKIT_ECHO, &[]))
+                    .unwrap();
             }
         }
         let learned: usize = greedy
@@ -982,7 +989,7 @@ mod tests {
         assert_eq!(sw.lookup(&HOST), Some(tap));
         // Removing a port frees its entries for the others.
         sw.remove_port(greedy[0].0).unwrap();
-        sw.send(tap, &frame(BCAST, C, 0x88b5, &[])).unwrap();
+        sw.send(tap, &frame(BCAST, C, ETHERTYPE_PVKIT_ECHO, &[])).unwrap();
         assert_eq!(sw.lookup(&C), Some(tap));
     }
 
@@ -991,7 +998,7 @@ mod tests {
         let sw = Switch::new();
         let (ga, _) = bound(&sw, A);
         let (_, qb) = bound(&sw, B);
-        let mut f = frame(B, A, 0x88b5, &vec![0; MAX_FRAME_LEN - 14]);
+        let mut f = frame(B, A, ETHERTYPE_PVKIT_ECHO, &vec![0; MAX_FRAME_LEN - 14]);
         sw.send(ga, &f).unwrap();
         f.push(0);
         assert!(matches!(

@@ -27,22 +27,29 @@ use pvkit_backends::vhost::blk::{MAX_DISCARD_SECTORS, VhostBlk};
 use pvkit_backends::vhost::{ServeOptions, blk::BlkConnections, serve};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-const EVENT_IDX: u64 = 1 << 29;
+use ring_protocol::abi::virtio::{
+    Le32, Le64, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_S_IOERR as S_IOERR, VIRTIO_BLK_S_OK as S_OK, VIRTIO_BLK_S_UNSUPP as S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD as T_DISCARD, VIRTIO_BLK_T_FLUSH as T_FLUSH, VIRTIO_BLK_T_IN as T_IN,
+    VIRTIO_BLK_T_OUT as T_OUT, VIRTIO_BLK_T_WRITE_ZEROES as T_WRITE_ZEROES, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioBlkConfig, VirtioBlkDiscardWriteZeroes,
+    VirtioBlkOuthdr, feature,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+const EVENT_IDX: u64 = feature(VIRTIO_RING_F_EVENT_IDX);
+/// The vhost-user feature bit that allows protocol-feature negotiation.
+const PROTOCOL_FEATURES: u64 =
+    ::vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 const IMAGE_SECTORS: u64 = 2048;
 
 fn header(t: u32, sector: u64) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    h[0..4].copy_from_slice(&t.to_le_bytes());
-    h[8..16].copy_from_slice(&sector.to_le_bytes());
-    h
+    let h = VirtioBlkOuthdr {
+        type_: Le32::new(t),
+        ioprio: Le32::ZERO,
+        sector: Le64::new(sector),
+    };
+    h.as_bytes().try_into().expect("16 bytes")
 }
 
 /// Connects and sets up queue 0; returns the frontend and its kick/call eventfds.
@@ -69,9 +76,15 @@ fn connect_with(sock: &Path, mem: &GuestMem, extra: u64) -> (Frontend, EventFd, 
     let mut fe = connect_retry(sock, 1);
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
-    for bit in [32u32, 9, 12, 13, 30] {
-        assert_ne!(features & (1 << bit), 0, "feature bit {bit} offered");
+    for bit in [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_MQ,
+        VIRTIO_BLK_F_DISCARD,
+    ] {
+        assert_ne!(features & feature(bit), 0, "feature bit {bit} offered");
     }
+    assert_ne!(features & PROTOCOL_FEATURES, 0, "protocol features offered");
     let proto = fe.get_protocol_features().unwrap();
     assert!(
         proto.contains(VhostUserProtocolFeatures::CONFIG),
@@ -81,16 +94,14 @@ fn connect_with(sock: &Path, mem: &GuestMem, extra: u64) -> (Frontend, EventFd, 
         .unwrap();
     // VERSION_1, FLUSH, protocol features; no EVENT_IDX unless asked, so every completion
     // interrupts.
-    fe.set_features((1 << 32) | (1 << 9) | (1 << 30) | extra).unwrap();
+    fe.set_features(feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_BLK_F_FLUSH) | PROTOCOL_FEATURES | extra)
+        .unwrap();
     assert_eq!(fe.get_queue_num().unwrap(), 1);
     let (_, cfg) = fe
         .get_config(0, 60, VhostUserConfigFlags::WRITABLE, &[0u8; 60])
         .unwrap();
-    assert_eq!(
-        u64::from_le_bytes(cfg[0..8].try_into().unwrap()),
-        IMAGE_SECTORS,
-        "capacity in the config space"
-    );
+    let (cfg, _) = VirtioBlkConfig::read_from_prefix(&[&cfg[..], &[0; 12]].concat()).unwrap();
+    assert_eq!(cfg.capacity.get(), IMAGE_SECTORS, "capacity in the config space");
     fe.set_mem_table(&[region(mem)]).unwrap();
     let (kick, call) = setup_queue(&mut fe, mem, 0);
     (fe, kick, call)
@@ -335,7 +346,11 @@ fn cve_2016_5403_blk_avail_index_runaway_stops_the_queue() {
 fn unbounded_discard_limited_to_the_advertised_segments_and_sectors() {
     let server = Server::start(1, Arc::new(RateLimit::peer_log()));
     let mem = GuestMem::new();
-    let (mut fe, kick, _call) = connect_with(&server.sock, &mem, (1 << 13) | (1 << 14));
+    let (mut fe, kick, _call) = connect_with(
+        &server.sock,
+        &mem,
+        feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES),
+    );
     let (_, cfg) = fe
         .get_config(0, 60, VhostUserConfigFlags::WRITABLE, &[0u8; 60])
         .unwrap();
@@ -346,12 +361,13 @@ fn unbounded_discard_limited_to_the_advertised_segments_and_sectors() {
         "max_discard_sectors, max_discard_seg, max_write_zeroes_sectors, max_write_zeroes_seg"
     );
     let seg = |sector: u64, sectors: u32, flags: u32| {
-        [
-            &sector.to_le_bytes()[..],
-            &sectors.to_le_bytes(),
-            &flags.to_le_bytes(),
-        ]
-        .concat()
+        VirtioBlkDiscardWriteZeroes {
+            sector: Le64::new(sector),
+            num_sectors: Le32::new(sectors),
+            flags: Le32::new(flags),
+        }
+        .as_bytes()
+        .to_vec()
     };
     let mut q = Queue::new(&mem, 0);
     // (type, segment bytes, descriptor length claimed)
@@ -412,7 +428,7 @@ fn unbounded_discard_limited_to_the_advertised_segments_and_sectors() {
 fn guest_sized_request_bounds_blk() {
     let server = Server::start(1, Arc::new(RateLimit::peer_log()));
     let mem = GuestMem::new();
-    let (fe, kick, _call) = connect_with(&server.sock, &mem, 1 << 28);
+    let (fe, kick, _call) = connect_with(&server.sock, &mem, feature(VIRTIO_RING_F_INDIRECT_DESC));
     let mut q = Queue::new(&mem, 0);
     // 300 descriptors through an indirect table at 0x20000.
     mem.write(0x1000, &header(T_IN, 0));
@@ -525,7 +541,8 @@ fn hostile_vmm_blk_connections_refused_and_the_daemon_goes_on() {
     let fe = connect_retry(&server.sock, 1);
     fe.set_owner().unwrap();
     fe.get_features().unwrap();
-    fe.set_features((1 << 32) | (1 << 30)).unwrap();
+    fe.set_features(feature(VIRTIO_F_VERSION_1) | PROTOCOL_FEATURES)
+        .unwrap();
     let mut r = region(&mem);
     r.memory_size *= 2;
     let refused = fe

@@ -21,10 +21,12 @@ use pvkit_backends::net::PortSink;
 use pvkit_backends::net::{EchoPeer, Switch};
 use pvkit_backends::vhost::net::{NetConnections, VhostNet};
 use pvkit_backends::vhost::{ServeOptions, serve};
+use ring_protocol::abi::pvkit_echo::{ETHERTYPE, PEER_MAC};
+use ring_protocol::abi::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, feature};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const HDR: usize = 12;
-const PEER: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const PEER: [u8; 6] = PEER_MAC;
 const RX_BASE: usize = 0x0;
 const TX_BASE: usize = 0x1000;
 /// Receive buffers: 16 of 2 KiB from 0x10000.
@@ -49,12 +51,12 @@ fn attach_with<'a>(sock: &Path, mem: &'a GuestMem, extra: u64) -> Guest<'a> {
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
     assert_ne!(
-        features & (1 << 30),
+        features & PROTOCOL_FEATURES,
         0,
         "protocol features offered (QEMU needs them)"
     );
     // VERSION_1 only unless asked: no EVENT_IDX, so every used buffer is signalled.
-    fe.set_features((1 << 32) | extra).unwrap();
+    fe.set_features(feature(VIRTIO_F_VERSION_1) | extra).unwrap();
     fe.set_mem_table(&[region(mem)]).unwrap();
     let mut rx = Queue::new(mem, RX_BASE);
     let tx = Queue::new(mem, TX_BASE);
@@ -145,13 +147,13 @@ fn echo_broadcast_learning_and_oversized_frames() {
     // Echo: A -> peer -> A, addresses swapped, payload intact. The flood of A's first frame (the
     // peer is not learned yet) also reaches B.
     let body: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
-    a.send(&mem_a, &frame(PEER, mac_a, 0x88b5, &body));
+    a.send(&mem_a, &frame(PEER, mac_a, ETHERTYPE, &body));
     let (_, echoed) = a.recv(&mem_a);
-    assert_eq!(echoed, frame(mac_a, PEER, 0x88b5, &body));
+    assert_eq!(echoed, frame(mac_a, PEER, ETHERTYPE, &body));
     let (_, flooded) = b.recv(&mem_b);
     assert_eq!(
         flooded,
-        frame(PEER, mac_a, 0x88b5, &body),
+        frame(PEER, mac_a, ETHERTYPE, &body),
         "unknown destination flooded"
     );
     assert_eq!(peer.stats().echoed.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -191,7 +193,10 @@ fn echo_broadcast_learning_and_oversized_frames() {
     }
 }
 
-const EVENT_IDX: u64 = 1 << 29;
+const EVENT_IDX: u64 = feature(VIRTIO_RING_F_EVENT_IDX);
+/// The vhost-user feature bit that allows protocol-feature negotiation.
+const PROTOCOL_FEATURES: u64 =
+    ::vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 
@@ -251,17 +256,17 @@ fn guest_sized_allocation_net_tx_1gib_descriptor_refused_without_allocating() {
     // A frame of the largest size allowed (1518 bytes) still goes through, and the next one too.
     let body = vec![0x5au8; pvkit_backends::vhost::net::MAX_FRAME - 14];
     a.next_tx_buf = 0x30000;
-    a.send(&mem, &frame(PEER, MAC_A, 0x88b5, &body));
-    assert_eq!(a.recv(&mem).1, frame(MAC_A, PEER, 0x88b5, &body));
+    a.send(&mem, &frame(PEER, MAC_A, ETHERTYPE, &body));
+    assert_eq!(a.recv(&mem).1, frame(MAC_A, PEER, ETHERTYPE, &body));
     let one_more = vec![0x5au8; pvkit_backends::vhost::net::MAX_FRAME - 13];
-    a.send(&mem, &frame(PEER, MAC_A, 0x88b5, &one_more));
+    a.send(&mem, &frame(PEER, MAC_A, ETHERTYPE, &one_more));
     assert_eq!(
         backend.stats().oversized.load(Ordering::Relaxed),
         3,
         "one byte over: refused"
     );
-    a.send(&mem, &frame(PEER, MAC_A, 0x88b5, b"still here"));
-    assert_eq!(a.recv(&mem).1, frame(MAC_A, PEER, 0x88b5, b"still here"));
+    a.send(&mem, &frame(PEER, MAC_A, ETHERTYPE, b"still here"));
+    assert_eq!(a.recv(&mem).1, frame(MAC_A, PEER, ETHERTYPE, b"still here"));
     assert_eq!(peer.stats().echoed.load(Ordering::Relaxed), 2);
     drop(backend);
     drop(a);
@@ -296,8 +301,8 @@ fn cve_2016_5403_net_avail_index_runaway_stops_the_device() {
     {
         let mut a = attach_with(&socks[0], &mem_a, EVENT_IDX);
         let backend = nth_backend(&seen_a, 0);
-        a.send(&mem_a, &frame(PEER, MAC_A, 0x88b5, b"hello"));
-        assert_eq!(a.recv(&mem_a).1, frame(MAC_A, PEER, 0x88b5, b"hello"));
+        a.send(&mem_a, &frame(PEER, MAC_A, ETHERTYPE, b"hello"));
+        assert_eq!(a.recv(&mem_a).1, frame(MAC_A, PEER, ETHERTYPE, b"hello"));
         let _ = b.recv(&mem_b); // the flood of A's first frame
         assert!(backend.port().is_some());
 
@@ -328,16 +333,16 @@ fn cve_2016_5403_net_avail_index_runaway_stops_the_device() {
         assert_eq!(backend.queued(), 0, "nothing queued for the stopped device");
         switch.remove_port(test_port).unwrap();
         // B still talks to the peer.
-        b.send(&mem_b, &frame(PEER, MAC_B, 0x88b5, b"b"));
-        assert_eq!(b.recv(&mem_b).1, frame(MAC_B, PEER, 0x88b5, b"b"));
+        b.send(&mem_b, &frame(PEER, MAC_B, ETHERTYPE, b"b"));
+        assert_eq!(b.recv(&mem_b).1, frame(MAC_B, PEER, ETHERTYPE, b"b"));
         drop(backend);
         drop(a);
     }
     // A's socket serves a new connection; the old backend was dropped.
     let mem_a2 = GuestMem::new();
     let mut a2 = attach_with(&socks[0], &mem_a2, EVENT_IDX);
-    a2.send(&mem_a2, &frame(PEER, MAC_A, 0x88b5, b"again"));
-    assert_eq!(a2.recv(&mem_a2).1, frame(MAC_A, PEER, 0x88b5, b"again"));
+    a2.send(&mem_a2, &frame(PEER, MAC_A, ETHERTYPE, b"again"));
+    assert_eq!(a2.recv(&mem_a2).1, frame(MAC_A, PEER, ETHERTYPE, b"again"));
     assert!(
         seen_a.lock().unwrap()[0].upgrade().is_none(),
         "first backend released"

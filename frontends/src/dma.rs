@@ -13,7 +13,7 @@ use core::ptr::NonNull;
 use crate::{Error, Result};
 
 /// Size of a DMA page.
-pub const PAGE_SIZE: usize = 4096;
+pub use ring_protocol::abi::PAGE_SIZE;
 
 /// A run of physically contiguous pages handed out by a [`DmaAllocator`].
 #[derive(Debug)]

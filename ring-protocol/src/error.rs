@@ -106,6 +106,43 @@ pub enum Error {
         /// Number of ids in the table.
         capacity: usize,
     },
+    /// A XenStore message's payload is longer than the protocol allows: claimed by a peer's header
+    /// (the byte stream cannot be resynchronised; stop reading it), or asked for by the caller.
+    #[error("XenStore payload of {len} bytes exceeds the protocol's 4096")]
+    XsPayloadTooLong {
+        /// The payload length.
+        len: u64,
+    },
+    /// A XenStore request's string argument (path, token, permission) contains a NUL byte, which
+    /// would end it early on the wire.
+    #[error("XenStore argument contains a NUL byte")]
+    XsNulInArgument,
+    /// A XenStore peer sent a message type xs_wire.h does not define.
+    #[error("XenStore message of unknown type {ty}")]
+    XsUnknownType {
+        /// The type number.
+        ty: u32,
+    },
+    /// A XenStore peer sent a message whose payload does not have the form its type requires.
+    #[error("malformed XenStore message: {what}")]
+    XsMalformed {
+        /// What was wrong.
+        what: &'static str,
+    },
+    /// A XenStore peer answered another request than the one waiting, or with another type.
+    #[error(
+        "expected the XenStore reply of type {expected_type} to request {expected_id}, got type {got_type} for request {got_id}"
+    )]
+    XsUnexpectedReply {
+        /// The request's type.
+        expected_type: u32,
+        /// The request's id.
+        expected_id: u32,
+        /// The message's type.
+        got_type: u32,
+        /// The message's request id.
+        got_id: u32,
+    },
     /// The platform could not notify the peer (for instance a closed event channel).
     #[error("notifying the peer failed with status {status}")]
     NotifyFailed {

@@ -3,8 +3,11 @@
 //! - [`ring`]: request/response rings with the layout of Xen's `io/ring.h` ([`ring::FrontRing`],
 //!   [`ring::BackRing`]), plus [`ring::IdSlab`] to validate ids returned by a peer.
 //! - [`byte_ring`]: the console and XenStore byte rings.
-//! - [`abi`]: data layouts of the Xen protocols (blkif, netif, console, XenStore, grant tables).
+//! - [`abi`]: data layouts of the Xen protocols (blkif, netif, console, XenStore, grant tables, the
+//!   PV and PVH guest ABI) and of virtio (split ring, blk, net).
 //! - [`platform`]: the traits drivers consume to notify a peer and share memory with it.
+//! - [`xenstore`]: the XenStore wire codec (framing, bounded parsing, reply matching) every
+//!   XenStore client uses.
 //!
 //! `no_std`; the `alloc` feature adds heap-backed helpers ([`ring::SharedPages`], [`ring::IdSlabBox`]),
 //! `std` implies `alloc`.
@@ -33,5 +36,6 @@ mod error;
 pub mod platform;
 pub mod ring;
 mod sync;
+pub mod xenstore;
 
 pub use error::{Error, Result};

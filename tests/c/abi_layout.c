@@ -24,6 +24,11 @@
 #include <xen/io/console.h>
 #include <xen/io/xs_wire.h>
 #include <xen/io/protocols.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include <xen/version.h>
+#include <xen/elfnote.h>
+#include <xen/arch-x86/hvm/start_info.h>
 #include <xen/sys/gntdev.h>
 #include <xen/sys/evtchn.h>
 
@@ -59,9 +64,95 @@ static const struct pv_fact pv_abi_facts[] = {
     { "sizeof(domid_t)", (long long)sizeof(domid_t) },
     { "sizeof(xen_pfn_t)", (long long)sizeof(xen_pfn_t) },
     K(XEN_PAGE_SHIFT),
-    K(__HYPERVISOR_console_io), K(__HYPERVISOR_grant_table_op), K(__HYPERVISOR_sched_op),
-    K(__HYPERVISOR_event_channel_op), K(__HYPERVISOR_hvm_op),
+    K(__HYPERVISOR_set_trap_table), K(__HYPERVISOR_mmu_update), K(__HYPERVISOR_set_gdt),
+    K(__HYPERVISOR_stack_switch), K(__HYPERVISOR_set_callbacks), K(__HYPERVISOR_fpu_taskswitch),
+    K(__HYPERVISOR_sched_op_compat), K(__HYPERVISOR_platform_op), K(__HYPERVISOR_set_debugreg),
+    K(__HYPERVISOR_get_debugreg), K(__HYPERVISOR_update_descriptor), K(__HYPERVISOR_memory_op),
+    K(__HYPERVISOR_multicall), K(__HYPERVISOR_update_va_mapping), K(__HYPERVISOR_set_timer_op),
+    K(__HYPERVISOR_event_channel_op_compat), K(__HYPERVISOR_xen_version),
+    K(__HYPERVISOR_console_io), K(__HYPERVISOR_physdev_op_compat), K(__HYPERVISOR_grant_table_op),
+    K(__HYPERVISOR_vm_assist), K(__HYPERVISOR_update_va_mapping_otherdomain), K(__HYPERVISOR_iret),
+    K(__HYPERVISOR_vcpu_op), K(__HYPERVISOR_set_segment_base), K(__HYPERVISOR_mmuext_op),
+    K(__HYPERVISOR_xsm_op), K(__HYPERVISOR_nmi_op), K(__HYPERVISOR_sched_op),
+    K(__HYPERVISOR_callback_op), K(__HYPERVISOR_xenoprof_op), K(__HYPERVISOR_event_channel_op),
+    K(__HYPERVISOR_physdev_op), K(__HYPERVISOR_hvm_op), K(__HYPERVISOR_sysctl),
+    K(__HYPERVISOR_domctl), K(__HYPERVISOR_kexec_op), K(__HYPERVISOR_tmem_op),
+    K(__HYPERVISOR_argo_op), K(__HYPERVISOR_xenpmu_op), K(__HYPERVISOR_dm_op),
+    K(__HYPERVISOR_hypfs_op),
     K(VIRQ_TIMER), K(VIRQ_DEBUG), K(VIRQ_CONSOLE),
+
+    /* The x86_64 PV guest ABI: xen.h, arch-x86/xen.h, arch-x86/xen-x86_64.h */
+    K(MAX_GUEST_CMDLINE), K(SIF_PRIVILEGED), K(SIF_INITDOMAIN), K(SIF_MULTIBOOT_MOD),
+    K(SIF_MOD_START_PFN), K(SIF_VIRT_P2M_4TOOLS),
+    TYPE(start_info), FIELD(start_info, magic), INT(start_info, nr_pages),
+    INT(start_info, shared_info), INT(start_info, flags), INT(start_info, store_mfn),
+    INT(start_info, store_evtchn), INT(start_info, console.domU.mfn),
+    INT(start_info, console.domU.evtchn), INT(start_info, console.dom0.info_off),
+    INT(start_info, console.dom0.info_size), INT(start_info, pt_base),
+    INT(start_info, nr_pt_frames), INT(start_info, mfn_list), INT(start_info, mod_start),
+    INT(start_info, mod_len), FIELD(start_info, cmd_line), INT(start_info, first_p2m_pfn),
+    INT(start_info, nr_p2m_frames),
+    K(XEN_LEGACY_MAX_VCPUS), K(EVTCHN_2L_NR_CHANNELS),
+    K(XEN_PVCLOCK_TSC_STABLE_BIT), K(XEN_PVCLOCK_GUEST_STOPPED),
+    TYPE(vcpu_time_info), INT(vcpu_time_info, version), INT(vcpu_time_info, pad0),
+    INT(vcpu_time_info, tsc_timestamp), INT(vcpu_time_info, system_time),
+    INT(vcpu_time_info, tsc_to_system_mul), INT(vcpu_time_info, tsc_shift),
+    INT(vcpu_time_info, flags), FIELD(vcpu_time_info, pad1),
+    TYPE(arch_vcpu_info), INT(arch_vcpu_info, cr2), INT(arch_vcpu_info, pad),
+    TYPE(vcpu_info), INT(vcpu_info, evtchn_upcall_pending), INT(vcpu_info, evtchn_upcall_mask),
+    INT(vcpu_info, evtchn_pending_sel), FIELD(vcpu_info, arch), FIELD(vcpu_info, time),
+    TYPE(arch_shared_info), INT(arch_shared_info, max_pfn),
+    INT(arch_shared_info, pfn_to_mfn_frame_list_list), INT(arch_shared_info, nmi_reason),
+    INT(arch_shared_info, p2m_cr3), INT(arch_shared_info, p2m_vaddr),
+    INT(arch_shared_info, p2m_generation),
+    TYPE(shared_info), FIELD(shared_info, vcpu_info), FIELD(shared_info, evtchn_pending),
+    FIELD(shared_info, evtchn_mask), INT(shared_info, wc_version), INT(shared_info, wc_sec),
+    INT(shared_info, wc_nsec), INT(shared_info, wc_sec_hi), FIELD(shared_info, arch),
+    TYPE(trap_info), INT(trap_info, vector), INT(trap_info, flags), INT(trap_info, cs),
+    INT(trap_info, address),
+    K(FLAT_KERNEL_CS), K(FLAT_KERNEL_SS), K(MACH2PHYS_VIRT_START),
+    K(MMU_NORMAL_PT_UPDATE), K(MMU_MACHPHYS_UPDATE), K(MMU_PT_UPDATE_PRESERVE_AD),
+    TYPE(mmu_update), INT(mmu_update, ptr), INT(mmu_update, val),
+    K(MMUEXT_PIN_L1_TABLE), K(MMUEXT_PIN_L2_TABLE), K(MMUEXT_PIN_L3_TABLE), K(MMUEXT_PIN_L4_TABLE),
+    K(MMUEXT_UNPIN_TABLE), K(MMUEXT_NEW_BASEPTR), K(MMUEXT_TLB_FLUSH_LOCAL),
+    K(MMUEXT_INVLPG_LOCAL), K(MMUEXT_TLB_FLUSH_ALL), K(MMUEXT_INVLPG_ALL), K(MMUEXT_CLEAR_PAGE),
+    K(MMUEXT_COPY_PAGE),
+    TYPE(mmuext_op), INT(mmuext_op, cmd), FIELD(mmuext_op, arg1), FIELD(mmuext_op, arg2),
+    K(UVMF_NONE), K(UVMF_TLB_FLUSH), K(UVMF_INVLPG), K(UVMF_FLUSHTYPE_MASK), K(UVMF_LOCAL),
+    K(UVMF_ALL),
+    K(CONSOLEIO_write), K(CONSOLEIO_read),
+
+    /* sched.h, version.h, vcpu.h */
+    K(SCHEDOP_yield), K(SCHEDOP_block), K(SCHEDOP_shutdown), K(SCHEDOP_poll),
+    K(SHUTDOWN_poweroff), K(SHUTDOWN_reboot), K(SHUTDOWN_suspend), K(SHUTDOWN_crash),
+    K(SHUTDOWN_watchdog),
+    TYPE(sched_shutdown), INT(sched_shutdown, reason),
+    K(XENVER_version), K(XENVER_extraversion), K(XENVER_capabilities), K(XENVER_get_features),
+    K(XENVER_pagesize),
+    K(VCPUOP_up), K(VCPUOP_down), K(VCPUOP_is_up), K(VCPUOP_set_periodic_timer),
+    K(VCPUOP_stop_periodic_timer), K(VCPUOP_set_singleshot_timer),
+    K(VCPUOP_stop_singleshot_timer), K(VCPUOP_register_vcpu_info),
+
+    /* elfnote.h */
+    K(XEN_ELFNOTE_INFO), K(XEN_ELFNOTE_ENTRY), K(XEN_ELFNOTE_HYPERCALL_PAGE),
+    K(XEN_ELFNOTE_VIRT_BASE), K(XEN_ELFNOTE_PADDR_OFFSET), K(XEN_ELFNOTE_XEN_VERSION),
+    K(XEN_ELFNOTE_GUEST_OS), K(XEN_ELFNOTE_GUEST_VERSION), K(XEN_ELFNOTE_LOADER),
+    K(XEN_ELFNOTE_PAE_MODE), K(XEN_ELFNOTE_FEATURES), K(XEN_ELFNOTE_MOD_START_PFN),
+    K(XEN_ELFNOTE_SUPPORTED_FEATURES), K(XEN_ELFNOTE_PHYS32_ENTRY),
+
+    /* arch-x86/hvm/start_info.h (PVH) */
+    K(XEN_HVM_START_MAGIC_VALUE), K(XEN_HVM_MEMMAP_TYPE_RAM), K(XEN_HVM_MEMMAP_TYPE_RESERVED),
+    K(XEN_HVM_MEMMAP_TYPE_ACPI), K(XEN_HVM_MEMMAP_TYPE_NVS), K(XEN_HVM_MEMMAP_TYPE_UNUSABLE),
+    TYPE(hvm_start_info), INT(hvm_start_info, magic), INT(hvm_start_info, version),
+    INT(hvm_start_info, flags), INT(hvm_start_info, nr_modules), INT(hvm_start_info, modlist_paddr),
+    INT(hvm_start_info, cmdline_paddr), INT(hvm_start_info, rsdp_paddr),
+    INT(hvm_start_info, memmap_paddr), INT(hvm_start_info, memmap_entries),
+    INT(hvm_start_info, reserved),
+    TYPE(hvm_modlist_entry), INT(hvm_modlist_entry, paddr), INT(hvm_modlist_entry, size),
+    INT(hvm_modlist_entry, cmdline_paddr), INT(hvm_modlist_entry, reserved),
+    TYPE(hvm_memmap_table_entry), INT(hvm_memmap_table_entry, addr),
+    INT(hvm_memmap_table_entry, size), INT(hvm_memmap_table_entry, type),
+    INT(hvm_memmap_table_entry, reserved),
 
     /* errno.h (Xen's) */
     K(XEN_EPERM), K(XEN_ENOENT), K(XEN_ESRCH), K(XEN_EIO), K(XEN_E2BIG), K(XEN_EAGAIN),
@@ -241,6 +332,23 @@ const struct pv_fact *pv_abi_facts_get(size_t *count)
 {
     *count = sizeof(pv_abi_facts) / sizeof(pv_abi_facts[0]);
     return pv_abi_facts;
+}
+
+/*
+ * Facts only code can compute: what the trap_info flag macros set and read. Filled on each call
+ * (the same values every time).
+ */
+static struct pv_fact pv_abi_computed_facts[2];
+
+const struct pv_fact *pv_abi_computed_facts_get(size_t *count)
+{
+    struct trap_info t = { 0 };
+    TI_SET_IF(&t, 1);
+    pv_abi_computed_facts[0] = (struct pv_fact){ "TI_SET_IF(1).flags", t.flags };
+    t.flags = 0xff;
+    pv_abi_computed_facts[1] = (struct pv_fact){ "TI_GET_DPL(0xff)", TI_GET_DPL(&t) };
+    *count = 2;
+    return pv_abi_computed_facts;
 }
 
 static const struct pv_str_fact pv_abi_str_facts[] = {

@@ -29,7 +29,10 @@ pub mod layout {
     unsafe extern "C" {
         fn pv_abi_facts_get(count: *mut usize) -> *const Fact;
         fn pv_abi_str_facts_get(count: *mut usize) -> *const StrFact;
+        fn pv_abi_computed_facts_get(count: *mut usize) -> *const Fact;
         fn pv_xsd_errors_get(count: *mut usize) -> *const XsdErrors;
+        fn pv_virtio_facts_get(count: *mut usize) -> *const Fact;
+        fn pv_virtio_ring_facts_get(count: *mut usize) -> *const Fact;
     }
 
     /// Reads a C string the C side keeps in static storage.
@@ -58,11 +61,37 @@ pub mod layout {
     /// Every numeric fact (`sizeof(T)`, `alignof(T)`, `offsetof(T.f)`, `sizeof(T.f)`, `signed(T.f)`,
     /// or a constant's C name) with its value.
     pub fn facts() -> Vec<(String, i64)> {
+        // The computed table is filled on each call: one caller at a time.
+        static FILLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FILLING.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: `pv_abi_facts_get` has `table`'s contract (tests/c/abi_layout.c).
         let facts = unsafe { table(pv_abi_facts_get) };
+        // SAFETY: as above; the computed table is only rewritten under `FILLING`, with the same
+        // values, and read below.
+        let computed = unsafe { table(pv_abi_computed_facts_get) };
         facts
             .iter()
+            .chain(computed)
             // SAFETY: every name is a string literal in the C file.
+            .map(|f| (unsafe { static_str(f.name) }, f.value))
+            .collect()
+    }
+
+    /// The virtio facts (`tests/c/virtio_layout.c`, Linux's uapi headers), in the same form, plus
+    /// the split ring's event-field offsets as the header's accessors compute them.
+    pub fn virtio_facts() -> Vec<(String, i64)> {
+        // The second C function fills a static table on each call: one caller at a time.
+        static FILLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FILLING.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `pv_virtio_facts_get` has `table`'s contract (tests/c/virtio_layout.c).
+        let facts = unsafe { table(pv_virtio_facts_get) };
+        // SAFETY: as above; the table it fills is only rewritten under `FILLING`, with the same
+        // values, and read below.
+        let ring = unsafe { table(pv_virtio_ring_facts_get) };
+        facts
+            .iter()
+            .chain(ring)
+            // SAFETY: every name is a string literal or a static buffer in the C file.
             .map(|f| (unsafe { static_str(f.name) }, f.value))
             .collect()
     }

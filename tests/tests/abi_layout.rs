@@ -6,6 +6,9 @@
 //! constant (ioctl request numbers as the header macros compute them). This test builds the same list
 //! from the Rust definitions and requires the two to match entry for entry: a fact missing on either
 //! side fails too, so neither list can silently shrink.
+//!
+//! `tests/c/virtio_layout.c` does the same for `ring_protocol::abi::virtio` against Linux's uapi
+//! headers (`/usr/include/linux/virtio_*.h`).
 
 use std::collections::BTreeMap;
 use std::mem::{align_of, offset_of, size_of};
@@ -18,8 +21,10 @@ use ring_protocol::abi::errno;
 use ring_protocol::abi::event_channel::*;
 use ring_protocol::abi::grant_table::*;
 use ring_protocol::abi::netif::*;
+use ring_protocol::abi::virtio::{self, *};
 use ring_protocol::abi::xen::*;
 use ring_protocol::abi::xenstore::*;
+use ring_protocol::abi::{elfnote, pv, pvh};
 
 /// Integer types, and whether they are signed.
 trait Int: Copy {
@@ -39,6 +44,19 @@ macro_rules! impl_int {
 }
 impl_int!(u8 => false, u16 => false, u32 => false, u64 => false, usize => false,
           i8 => true, i16 => true, i32 => true, i64 => true);
+
+/// virtio's little-endian field types: unsigned, like the `__virtio*` / `__le*` they stand for.
+macro_rules! impl_le {
+    ($($t:ty),*) => {$(
+        impl Int for $t {
+            const SIGNED: bool = false;
+            fn fact(self) -> i64 {
+                i64::try_from(self.get()).expect("value fits in i64")
+            }
+        }
+    )*};
+}
+impl_le!(virtio::Le16, virtio::Le32, virtio::Le64);
 
 fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
     size_of::<F>()
@@ -118,14 +136,17 @@ fn rust_facts() -> Facts {
     f.add("sizeof(domid_t)", size_of::<DomId>() as i64);
     f.add("sizeof(xen_pfn_t)", size_of::<XenPfn>() as i64);
     k!(f, XEN_PAGE_SHIFT => XEN_PAGE_SHIFT);
-    k!(f, __HYPERVISOR_console_io => HYPERVISOR_CONSOLE_IO);
-    k!(f, __HYPERVISOR_grant_table_op => HYPERVISOR_GRANT_TABLE_OP);
-    k!(f, __HYPERVISOR_sched_op => HYPERVISOR_SCHED_OP);
-    k!(f, __HYPERVISOR_event_channel_op => HYPERVISOR_EVENT_CHANNEL_OP);
-    k!(f, __HYPERVISOR_hvm_op => HYPERVISOR_HVM_OP);
+    // Every hypercall number by its xen.h name: checks the numbers and the names
+    // `hypercall_name` reports.
+    for &(nr, name) in HYPERCALLS {
+        f.add(&format!("__HYPERVISOR_{name}"), i64::from(nr));
+        assert_eq!(hypercall_name(nr), Some(name));
+    }
     k!(f, VIRQ_TIMER => VIRQ_TIMER);
     k!(f, VIRQ_DEBUG => VIRQ_DEBUG);
     k!(f, VIRQ_CONSOLE => VIRQ_CONSOLE);
+
+    pv_guest_facts(&mut f);
 
     // errno.h
     k!(f, XEN_EPERM => errno::EPERM);
@@ -490,6 +511,194 @@ fn rust_facts() -> Facts {
     f
 }
 
+/// The x86_64 PV guest ABI (`ring_protocol::abi::pv`), its ELF notes and the PVH start info.
+fn pv_guest_facts(f: &mut Facts) {
+    use pv::*;
+    use pvh::*;
+
+    k!(f, MAX_GUEST_CMDLINE => MAX_GUEST_CMDLINE);
+    k!(f, SIF_PRIVILEGED => SIF_PRIVILEGED);
+    k!(f, SIF_INITDOMAIN => SIF_INITDOMAIN);
+    k!(f, SIF_MULTIBOOT_MOD => SIF_MULTIBOOT_MOD);
+    k!(f, SIF_MOD_START_PFN => SIF_MOD_START_PFN);
+    k!(f, SIF_VIRT_P2M_4TOOLS => SIF_VIRT_P2M_4TOOLS);
+    ty!(f, start_info, StartInfo);
+    field!(f, start_info.magic => StartInfo, magic);
+    int!(f, start_info.nr_pages => StartInfo, nr_pages);
+    int!(f, start_info.shared_info => StartInfo, shared_info);
+    int!(f, start_info.flags => StartInfo, flags);
+    int!(f, start_info.store_mfn => StartInfo, store_mfn);
+    int!(f, start_info.store_evtchn => StartInfo, store_evtchn);
+    // The console union: domU's mfn and evtchn are our fields; dom0's two u32 overlay the mfn.
+    let console = offset_of!(StartInfo, console_mfn) as i64;
+    for (c, offset, size) in [
+        ("domU.mfn", console, size_of::<XenPfn>()),
+        ("domU.evtchn", offset_of!(StartInfo, console_evtchn) as i64, 4),
+        ("dom0.info_off", console, 4),
+        ("dom0.info_size", console + 4, 4),
+    ] {
+        f.add(&format!("offsetof(start_info.console.{c})"), offset);
+        f.add(&format!("sizeof(start_info.console.{c})"), size as i64);
+        f.add(&format!("signed(start_info.console.{c})"), 0);
+    }
+    int!(f, start_info.pt_base => StartInfo, pt_base);
+    int!(f, start_info.nr_pt_frames => StartInfo, nr_pt_frames);
+    int!(f, start_info.mfn_list => StartInfo, mfn_list);
+    int!(f, start_info.mod_start => StartInfo, mod_start);
+    int!(f, start_info.mod_len => StartInfo, mod_len);
+    field!(f, start_info.cmd_line => StartInfo, cmd_line);
+    int!(f, start_info.first_p2m_pfn => StartInfo, first_p2m_pfn);
+    int!(f, start_info.nr_p2m_frames => StartInfo, nr_p2m_frames);
+    k!(f, XEN_LEGACY_MAX_VCPUS => XEN_LEGACY_MAX_VCPUS);
+    k!(f, EVTCHN_2L_NR_CHANNELS => EVTCHN_2L_NR_CHANNELS);
+    k!(f, XEN_PVCLOCK_TSC_STABLE_BIT => XEN_PVCLOCK_TSC_STABLE_BIT);
+    k!(f, XEN_PVCLOCK_GUEST_STOPPED => XEN_PVCLOCK_GUEST_STOPPED);
+    ty!(f, vcpu_time_info, VcpuTimeInfo);
+    int!(f, vcpu_time_info.version => VcpuTimeInfo, version);
+    int!(f, vcpu_time_info.pad0 => VcpuTimeInfo, pad0);
+    int!(f, vcpu_time_info.tsc_timestamp => VcpuTimeInfo, tsc_timestamp);
+    int!(f, vcpu_time_info.system_time => VcpuTimeInfo, system_time);
+    int!(f, vcpu_time_info.tsc_to_system_mul => VcpuTimeInfo, tsc_to_system_mul);
+    int!(f, vcpu_time_info.tsc_shift => VcpuTimeInfo, tsc_shift);
+    int!(f, vcpu_time_info.flags => VcpuTimeInfo, flags);
+    field!(f, vcpu_time_info.pad1 => VcpuTimeInfo, pad1);
+    ty!(f, arch_vcpu_info, ArchVcpuInfo);
+    int!(f, arch_vcpu_info.cr2 => ArchVcpuInfo, cr2);
+    int!(f, arch_vcpu_info.pad => ArchVcpuInfo, pad);
+    ty!(f, vcpu_info, VcpuInfo);
+    int!(f, vcpu_info.evtchn_upcall_pending => VcpuInfo, evtchn_upcall_pending);
+    int!(f, vcpu_info.evtchn_upcall_mask => VcpuInfo, evtchn_upcall_mask);
+    int!(f, vcpu_info.evtchn_pending_sel => VcpuInfo, evtchn_pending_sel);
+    field!(f, vcpu_info.arch => VcpuInfo, arch);
+    field!(f, vcpu_info.time => VcpuInfo, time);
+    ty!(f, arch_shared_info, ArchSharedInfo);
+    int!(f, arch_shared_info.max_pfn => ArchSharedInfo, max_pfn);
+    int!(f, arch_shared_info.pfn_to_mfn_frame_list_list => ArchSharedInfo, pfn_to_mfn_frame_list_list);
+    int!(f, arch_shared_info.nmi_reason => ArchSharedInfo, nmi_reason);
+    int!(f, arch_shared_info.p2m_cr3 => ArchSharedInfo, p2m_cr3);
+    int!(f, arch_shared_info.p2m_vaddr => ArchSharedInfo, p2m_vaddr);
+    int!(f, arch_shared_info.p2m_generation => ArchSharedInfo, p2m_generation);
+    ty!(f, shared_info, SharedInfo);
+    field!(f, shared_info.vcpu_info => SharedInfo, vcpu_info);
+    field!(f, shared_info.evtchn_pending => SharedInfo, evtchn_pending);
+    field!(f, shared_info.evtchn_mask => SharedInfo, evtchn_mask);
+    int!(f, shared_info.wc_version => SharedInfo, wc_version);
+    int!(f, shared_info.wc_sec => SharedInfo, wc_sec);
+    int!(f, shared_info.wc_nsec => SharedInfo, wc_nsec);
+    int!(f, shared_info.wc_sec_hi => SharedInfo, wc_sec_hi);
+    field!(f, shared_info.arch => SharedInfo, arch);
+    ty!(f, trap_info, TrapInfo);
+    int!(f, trap_info.vector => TrapInfo, vector);
+    int!(f, trap_info.flags => TrapInfo, flags);
+    int!(f, trap_info.cs => TrapInfo, cs);
+    int!(f, trap_info.address => TrapInfo, address);
+    f.add("TI_SET_IF(1).flags", i64::from(TI_MASK_EVENTS));
+    f.add("TI_GET_DPL(0xff)", i64::from(TI_DPL_MASK));
+    k!(f, FLAT_KERNEL_CS => FLAT_KERNEL_CS);
+    k!(f, FLAT_KERNEL_SS => FLAT_KERNEL_SS);
+    // Above i64::MAX: compared as the C side's (long long) cast gives it.
+    f.add("MACH2PHYS_VIRT_START", MACH2PHYS_VIRT_START as i64);
+    k!(f, MMU_NORMAL_PT_UPDATE => MMU_NORMAL_PT_UPDATE);
+    k!(f, MMU_MACHPHYS_UPDATE => MMU_MACHPHYS_UPDATE);
+    k!(f, MMU_PT_UPDATE_PRESERVE_AD => MMU_PT_UPDATE_PRESERVE_AD);
+    ty!(f, mmu_update, MmuUpdate);
+    int!(f, mmu_update.ptr => MmuUpdate, ptr);
+    int!(f, mmu_update.val => MmuUpdate, val);
+    k!(f, MMUEXT_PIN_L1_TABLE => MMUEXT_PIN_L1_TABLE);
+    k!(f, MMUEXT_PIN_L2_TABLE => MMUEXT_PIN_L2_TABLE);
+    k!(f, MMUEXT_PIN_L3_TABLE => MMUEXT_PIN_L3_TABLE);
+    k!(f, MMUEXT_PIN_L4_TABLE => MMUEXT_PIN_L4_TABLE);
+    k!(f, MMUEXT_UNPIN_TABLE => MMUEXT_UNPIN_TABLE);
+    k!(f, MMUEXT_NEW_BASEPTR => MMUEXT_NEW_BASEPTR);
+    k!(f, MMUEXT_TLB_FLUSH_LOCAL => MMUEXT_TLB_FLUSH_LOCAL);
+    k!(f, MMUEXT_INVLPG_LOCAL => MMUEXT_INVLPG_LOCAL);
+    k!(f, MMUEXT_TLB_FLUSH_ALL => MMUEXT_TLB_FLUSH_ALL);
+    k!(f, MMUEXT_INVLPG_ALL => MMUEXT_INVLPG_ALL);
+    k!(f, MMUEXT_CLEAR_PAGE => MMUEXT_CLEAR_PAGE);
+    k!(f, MMUEXT_COPY_PAGE => MMUEXT_COPY_PAGE);
+    ty!(f, mmuext_op, MmuextOp);
+    int!(f, mmuext_op.cmd => MmuextOp, cmd);
+    field!(f, mmuext_op.arg1 => MmuextOp, arg1);
+    field!(f, mmuext_op.arg2 => MmuextOp, arg2);
+    k!(f, UVMF_NONE => UVMF_NONE);
+    k!(f, UVMF_TLB_FLUSH => UVMF_TLB_FLUSH);
+    k!(f, UVMF_INVLPG => UVMF_INVLPG);
+    k!(f, UVMF_FLUSHTYPE_MASK => UVMF_FLUSHTYPE_MASK);
+    k!(f, UVMF_LOCAL => UVMF_LOCAL);
+    k!(f, UVMF_ALL => UVMF_ALL);
+    k!(f, CONSOLEIO_write => CONSOLEIO_WRITE);
+    k!(f, CONSOLEIO_read => CONSOLEIO_READ);
+    k!(f, SCHEDOP_yield => SCHEDOP_YIELD);
+    k!(f, SCHEDOP_block => SCHEDOP_BLOCK);
+    k!(f, SCHEDOP_shutdown => SCHEDOP_SHUTDOWN);
+    k!(f, SCHEDOP_poll => SCHEDOP_POLL);
+    k!(f, SHUTDOWN_poweroff => SHUTDOWN_POWEROFF);
+    k!(f, SHUTDOWN_reboot => SHUTDOWN_REBOOT);
+    k!(f, SHUTDOWN_suspend => SHUTDOWN_SUSPEND);
+    k!(f, SHUTDOWN_crash => SHUTDOWN_CRASH);
+    k!(f, SHUTDOWN_watchdog => SHUTDOWN_WATCHDOG);
+    ty!(f, sched_shutdown, SchedShutdown);
+    int!(f, sched_shutdown.reason => SchedShutdown, reason);
+    k!(f, XENVER_version => XENVER_VERSION);
+    k!(f, XENVER_extraversion => XENVER_EXTRAVERSION);
+    k!(f, XENVER_capabilities => XENVER_CAPABILITIES);
+    k!(f, XENVER_get_features => XENVER_GET_FEATURES);
+    k!(f, XENVER_pagesize => XENVER_PAGESIZE);
+    k!(f, VCPUOP_up => VCPUOP_UP);
+    k!(f, VCPUOP_down => VCPUOP_DOWN);
+    k!(f, VCPUOP_is_up => VCPUOP_IS_UP);
+    k!(f, VCPUOP_set_periodic_timer => VCPUOP_SET_PERIODIC_TIMER);
+    k!(f, VCPUOP_stop_periodic_timer => VCPUOP_STOP_PERIODIC_TIMER);
+    k!(f, VCPUOP_set_singleshot_timer => VCPUOP_SET_SINGLESHOT_TIMER);
+    k!(f, VCPUOP_stop_singleshot_timer => VCPUOP_STOP_SINGLESHOT_TIMER);
+    k!(f, VCPUOP_register_vcpu_info => VCPUOP_REGISTER_VCPU_INFO);
+
+    // elfnote.h
+    k!(f, XEN_ELFNOTE_INFO => elfnote::ELFNOTE_INFO);
+    k!(f, XEN_ELFNOTE_ENTRY => elfnote::ELFNOTE_ENTRY);
+    k!(f, XEN_ELFNOTE_HYPERCALL_PAGE => elfnote::ELFNOTE_HYPERCALL_PAGE);
+    k!(f, XEN_ELFNOTE_VIRT_BASE => elfnote::ELFNOTE_VIRT_BASE);
+    k!(f, XEN_ELFNOTE_PADDR_OFFSET => elfnote::ELFNOTE_PADDR_OFFSET);
+    k!(f, XEN_ELFNOTE_XEN_VERSION => elfnote::ELFNOTE_XEN_VERSION);
+    k!(f, XEN_ELFNOTE_GUEST_OS => elfnote::ELFNOTE_GUEST_OS);
+    k!(f, XEN_ELFNOTE_GUEST_VERSION => elfnote::ELFNOTE_GUEST_VERSION);
+    k!(f, XEN_ELFNOTE_LOADER => elfnote::ELFNOTE_LOADER);
+    k!(f, XEN_ELFNOTE_PAE_MODE => elfnote::ELFNOTE_PAE_MODE);
+    k!(f, XEN_ELFNOTE_FEATURES => elfnote::ELFNOTE_FEATURES);
+    k!(f, XEN_ELFNOTE_MOD_START_PFN => elfnote::ELFNOTE_MOD_START_PFN);
+    k!(f, XEN_ELFNOTE_SUPPORTED_FEATURES => elfnote::ELFNOTE_SUPPORTED_FEATURES);
+    k!(f, XEN_ELFNOTE_PHYS32_ENTRY => elfnote::ELFNOTE_PHYS32_ENTRY);
+
+    // arch-x86/hvm/start_info.h
+    k!(f, XEN_HVM_START_MAGIC_VALUE => HVM_START_MAGIC_VALUE);
+    k!(f, XEN_HVM_MEMMAP_TYPE_RAM => HVM_MEMMAP_TYPE_RAM);
+    k!(f, XEN_HVM_MEMMAP_TYPE_RESERVED => HVM_MEMMAP_TYPE_RESERVED);
+    k!(f, XEN_HVM_MEMMAP_TYPE_ACPI => HVM_MEMMAP_TYPE_ACPI);
+    k!(f, XEN_HVM_MEMMAP_TYPE_NVS => HVM_MEMMAP_TYPE_NVS);
+    k!(f, XEN_HVM_MEMMAP_TYPE_UNUSABLE => HVM_MEMMAP_TYPE_UNUSABLE);
+    ty!(f, hvm_start_info, HvmStartInfo);
+    int!(f, hvm_start_info.magic => HvmStartInfo, magic);
+    int!(f, hvm_start_info.version => HvmStartInfo, version);
+    int!(f, hvm_start_info.flags => HvmStartInfo, flags);
+    int!(f, hvm_start_info.nr_modules => HvmStartInfo, nr_modules);
+    int!(f, hvm_start_info.modlist_paddr => HvmStartInfo, modlist_paddr);
+    int!(f, hvm_start_info.cmdline_paddr => HvmStartInfo, cmdline_paddr);
+    int!(f, hvm_start_info.rsdp_paddr => HvmStartInfo, rsdp_paddr);
+    int!(f, hvm_start_info.memmap_paddr => HvmStartInfo, memmap_paddr);
+    int!(f, hvm_start_info.memmap_entries => HvmStartInfo, memmap_entries);
+    int!(f, hvm_start_info.reserved => HvmStartInfo, reserved);
+    ty!(f, hvm_modlist_entry, HvmModlistEntry);
+    int!(f, hvm_modlist_entry.paddr => HvmModlistEntry, paddr);
+    int!(f, hvm_modlist_entry.size => HvmModlistEntry, size);
+    int!(f, hvm_modlist_entry.cmdline_paddr => HvmModlistEntry, cmdline_paddr);
+    int!(f, hvm_modlist_entry.reserved => HvmModlistEntry, reserved);
+    ty!(f, hvm_memmap_table_entry, HvmMemmapTableEntry);
+    int!(f, hvm_memmap_table_entry.addr => HvmMemmapTableEntry, addr);
+    int!(f, hvm_memmap_table_entry.size => HvmMemmapTableEntry, size);
+    int!(f, hvm_memmap_table_entry.type => HvmMemmapTableEntry, type_);
+    int!(f, hvm_memmap_table_entry.reserved => HvmMemmapTableEntry, reserved);
+}
+
 /// `xen/sys/gntdev.h` and `xen/sys/evtchn.h` against `pvkit_backends::xen::sys`.
 fn dom0_ioctl_facts(f: &mut Facts) {
     use sys::{GntdevCopyForeign, GntdevCopyPtr, GntdevGrantCopySegment as Segment};
@@ -604,9 +813,9 @@ fn dom0_ioctl_facts(f: &mut Facts) {
     k!(f, IOCTL_EVTCHN_NOTIFY => sys::IOCTL_EVTCHN_NOTIFY);
 }
 
-#[test]
-fn every_size_offset_and_constant_matches_the_system_xen_headers() {
-    let c: Vec<(String, i64)> = layout::facts();
+/// Every mismatch between the C and the Rust facts (a value that differs, or a fact only one side
+/// lists), and the C facts as a map.
+fn compare(c: Vec<(String, i64)>, rust: Facts) -> (Vec<String>, BTreeMap<String, i64>) {
     let mut c_map = BTreeMap::new();
     for (name, value) in &c {
         assert!(
@@ -614,8 +823,7 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
             "C fact {name} listed twice"
         );
     }
-    let rust = rust_facts().0;
-
+    let rust = rust.0;
     let mut problems = Vec::new();
     for (name, cv) in &c_map {
         match rust.get(name) {
@@ -629,20 +837,30 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
             problems.push(format!("{name}: Rust says {rv}, C side does not list it"));
         }
     }
+    (problems, c_map)
+}
+
+/// (sizes, alignments, offsets, signedness) entries among `facts`.
+fn kinds(facts: &BTreeMap<String, i64>) -> (usize, usize, usize, usize) {
+    let count = |prefix: &str| facts.keys().filter(|k| k.starts_with(prefix)).count();
+    (
+        count("sizeof("),
+        count("alignof("),
+        count("offsetof("),
+        count("signed("),
+    )
+}
+
+#[test]
+fn every_size_offset_and_constant_matches_the_system_xen_headers() {
+    let (problems, c_map) = compare(layout::facts(), rust_facts());
     assert!(
         problems.is_empty(),
         "{} ABI mismatches:\n{}",
         problems.len(),
         problems.join("\n")
     );
-
-    let count = |prefix: &str| c_map.keys().filter(|k| k.starts_with(prefix)).count();
-    let (sizes, aligns, offsets, signs) = (
-        count("sizeof("),
-        count("alignof("),
-        count("offsetof("),
-        count("signed("),
-    );
+    let (sizes, aligns, offsets, signs) = kinds(&c_map);
     println!(
         "checked {} facts against /usr/include/xen: {sizes} sizes ({} types + {} fields/typedefs), {aligns} \
          alignments, {offsets} field offsets, {signs} signedness, {} constants",
@@ -652,7 +870,252 @@ fn every_size_offset_and_constant_matches_the_system_xen_headers() {
         c_map.len() - sizes - aligns - offsets - signs,
     );
     // The table must really cover the ABI: at least one size per struct pvkit defines.
-    assert!(aligns >= 37, "only {aligns} types checked");
+    assert!(aligns >= 50, "only {aligns} types checked");
+}
+
+/// `ring_protocol::abi::virtio` as facts named like `tests/c/virtio_layout.c`'s.
+fn virtio_facts() -> Facts {
+    let mut f = Facts::default();
+    /// Size only: the Rust types have alignment 1 by design (see virtio_layout.c).
+    macro_rules! size {
+        ($c:ident, $t:ty) => {
+            f.add(
+                concat!("sizeof(", stringify!($c), ")"),
+                size_of::<$t>() as i64,
+            );
+        };
+    }
+    /// The offset of a trailing flexible array: where the Rust header type ends.
+    macro_rules! tail {
+        ($c:ident . $cf:ident => $t:ty) => {
+            f.add(
+                concat!("offsetof(", stringify!($c), ".", stringify!($cf), ")"),
+                size_of::<$t>() as i64,
+            );
+        };
+    }
+
+    // virtio_config.h
+    k!(f, VIRTIO_CONFIG_S_ACKNOWLEDGE => VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    k!(f, VIRTIO_CONFIG_S_DRIVER => VIRTIO_CONFIG_S_DRIVER);
+    k!(f, VIRTIO_CONFIG_S_DRIVER_OK => VIRTIO_CONFIG_S_DRIVER_OK);
+    k!(f, VIRTIO_CONFIG_S_FEATURES_OK => VIRTIO_CONFIG_S_FEATURES_OK);
+    k!(f, VIRTIO_CONFIG_S_NEEDS_RESET => VIRTIO_CONFIG_S_NEEDS_RESET);
+    k!(f, VIRTIO_CONFIG_S_FAILED => VIRTIO_CONFIG_S_FAILED);
+    k!(f, VIRTIO_F_ANY_LAYOUT => VIRTIO_F_ANY_LAYOUT);
+    k!(f, VIRTIO_F_VERSION_1 => VIRTIO_F_VERSION_1);
+    k!(f, VIRTIO_F_ACCESS_PLATFORM => VIRTIO_F_ACCESS_PLATFORM);
+    k!(f, VIRTIO_F_RING_PACKED => VIRTIO_F_RING_PACKED);
+    k!(f, VIRTIO_F_IN_ORDER => VIRTIO_F_IN_ORDER);
+
+    // virtio_ring.h
+    k!(f, VIRTIO_RING_F_INDIRECT_DESC => VIRTIO_RING_F_INDIRECT_DESC);
+    k!(f, VIRTIO_RING_F_EVENT_IDX => VIRTIO_RING_F_EVENT_IDX);
+    k!(f, VRING_DESC_F_NEXT => VRING_DESC_F_NEXT);
+    k!(f, VRING_DESC_F_WRITE => VRING_DESC_F_WRITE);
+    k!(f, VRING_DESC_F_INDIRECT => VRING_DESC_F_INDIRECT);
+    k!(f, VRING_USED_F_NO_NOTIFY => VRING_USED_F_NO_NOTIFY);
+    k!(f, VRING_AVAIL_F_NO_INTERRUPT => VRING_AVAIL_F_NO_INTERRUPT);
+    k!(f, VRING_DESC_ALIGN_SIZE => VRING_DESC_ALIGN_SIZE);
+    k!(f, VRING_AVAIL_ALIGN_SIZE => VRING_AVAIL_ALIGN_SIZE);
+    k!(f, VRING_USED_ALIGN_SIZE => VRING_USED_ALIGN_SIZE);
+    size!(vring_desc, VirtqDesc);
+    int!(f, vring_desc.addr => VirtqDesc, addr);
+    int!(f, vring_desc.len => VirtqDesc, len);
+    int!(f, vring_desc.flags => VirtqDesc, flags);
+    int!(f, vring_desc.next => VirtqDesc, next);
+    size!(vring_avail, VirtqAvail);
+    int!(f, vring_avail.flags => VirtqAvail, flags);
+    int!(f, vring_avail.idx => VirtqAvail, idx);
+    tail!(vring_avail.ring => VirtqAvail);
+    size!(vring_used_elem, VirtqUsedElem);
+    int!(f, vring_used_elem.id => VirtqUsedElem, id);
+    int!(f, vring_used_elem.len => VirtqUsedElem, len);
+    size!(vring_used, VirtqUsed);
+    int!(f, vring_used.flags => VirtqUsed, flags);
+    int!(f, vring_used.idx => VirtqUsed, idx);
+    tail!(vring_used.ring => VirtqUsed);
+    for n in [8u16, 128, 256] {
+        f.add(
+            &format!("used_event_offset({n})"),
+            VirtqAvail::used_event_offset(n) as i64,
+        );
+        f.add(
+            &format!("avail_event_offset({n})"),
+            VirtqUsed::avail_event_offset(n) as i64,
+        );
+    }
+
+    // virtio_pci.h
+    k!(f, VIRTIO_PCI_CAP_COMMON_CFG => VIRTIO_PCI_CAP_COMMON_CFG);
+    k!(f, VIRTIO_PCI_CAP_NOTIFY_CFG => VIRTIO_PCI_CAP_NOTIFY_CFG);
+    k!(f, VIRTIO_PCI_CAP_ISR_CFG => VIRTIO_PCI_CAP_ISR_CFG);
+    k!(f, VIRTIO_PCI_CAP_DEVICE_CFG => VIRTIO_PCI_CAP_DEVICE_CFG);
+    k!(f, VIRTIO_PCI_CAP_PCI_CFG => VIRTIO_PCI_CAP_PCI_CFG);
+    k!(f, VIRTIO_MSI_NO_VECTOR => VIRTIO_MSI_NO_VECTOR);
+    size!(virtio_pci_cap, VirtioPciCap);
+    int!(f, virtio_pci_cap.cap_vndr => VirtioPciCap, cap_vndr);
+    int!(f, virtio_pci_cap.cap_next => VirtioPciCap, cap_next);
+    int!(f, virtio_pci_cap.cap_len => VirtioPciCap, cap_len);
+    int!(f, virtio_pci_cap.cfg_type => VirtioPciCap, cfg_type);
+    int!(f, virtio_pci_cap.bar => VirtioPciCap, bar);
+    int!(f, virtio_pci_cap.id => VirtioPciCap, id);
+    field!(f, virtio_pci_cap.padding => VirtioPciCap, padding);
+    int!(f, virtio_pci_cap.offset => VirtioPciCap, offset);
+    int!(f, virtio_pci_cap.length => VirtioPciCap, length);
+    size!(virtio_pci_notify_cap, VirtioPciNotifyCap);
+    field!(f, virtio_pci_notify_cap.cap => VirtioPciNotifyCap, cap);
+    int!(f, virtio_pci_notify_cap.notify_off_multiplier => VirtioPciNotifyCap, notify_off_multiplier);
+    size!(virtio_pci_common_cfg, VirtioPciCommonCfg);
+    int!(f, virtio_pci_common_cfg.device_feature_select => VirtioPciCommonCfg, device_feature_select);
+    int!(f, virtio_pci_common_cfg.device_feature => VirtioPciCommonCfg, device_feature);
+    int!(f, virtio_pci_common_cfg.guest_feature_select => VirtioPciCommonCfg, guest_feature_select);
+    int!(f, virtio_pci_common_cfg.guest_feature => VirtioPciCommonCfg, guest_feature);
+    int!(f, virtio_pci_common_cfg.msix_config => VirtioPciCommonCfg, msix_config);
+    int!(f, virtio_pci_common_cfg.num_queues => VirtioPciCommonCfg, num_queues);
+    int!(f, virtio_pci_common_cfg.device_status => VirtioPciCommonCfg, device_status);
+    int!(f, virtio_pci_common_cfg.config_generation => VirtioPciCommonCfg, config_generation);
+    int!(f, virtio_pci_common_cfg.queue_select => VirtioPciCommonCfg, queue_select);
+    int!(f, virtio_pci_common_cfg.queue_size => VirtioPciCommonCfg, queue_size);
+    int!(f, virtio_pci_common_cfg.queue_msix_vector => VirtioPciCommonCfg, queue_msix_vector);
+    int!(f, virtio_pci_common_cfg.queue_enable => VirtioPciCommonCfg, queue_enable);
+    int!(f, virtio_pci_common_cfg.queue_notify_off => VirtioPciCommonCfg, queue_notify_off);
+    int!(f, virtio_pci_common_cfg.queue_desc_lo => VirtioPciCommonCfg, queue_desc_lo);
+    int!(f, virtio_pci_common_cfg.queue_desc_hi => VirtioPciCommonCfg, queue_desc_hi);
+    int!(f, virtio_pci_common_cfg.queue_avail_lo => VirtioPciCommonCfg, queue_avail_lo);
+    int!(f, virtio_pci_common_cfg.queue_avail_hi => VirtioPciCommonCfg, queue_avail_hi);
+    int!(f, virtio_pci_common_cfg.queue_used_lo => VirtioPciCommonCfg, queue_used_lo);
+    int!(f, virtio_pci_common_cfg.queue_used_hi => VirtioPciCommonCfg, queue_used_hi);
+
+    // virtio_blk.h
+    k!(f, VIRTIO_BLK_F_SIZE_MAX => VIRTIO_BLK_F_SIZE_MAX);
+    k!(f, VIRTIO_BLK_F_SEG_MAX => VIRTIO_BLK_F_SEG_MAX);
+    k!(f, VIRTIO_BLK_F_GEOMETRY => VIRTIO_BLK_F_GEOMETRY);
+    k!(f, VIRTIO_BLK_F_RO => VIRTIO_BLK_F_RO);
+    k!(f, VIRTIO_BLK_F_BLK_SIZE => VIRTIO_BLK_F_BLK_SIZE);
+    k!(f, VIRTIO_BLK_F_FLUSH => VIRTIO_BLK_F_FLUSH);
+    k!(f, VIRTIO_BLK_F_TOPOLOGY => VIRTIO_BLK_F_TOPOLOGY);
+    k!(f, VIRTIO_BLK_F_CONFIG_WCE => VIRTIO_BLK_F_CONFIG_WCE);
+    k!(f, VIRTIO_BLK_F_MQ => VIRTIO_BLK_F_MQ);
+    k!(f, VIRTIO_BLK_F_DISCARD => VIRTIO_BLK_F_DISCARD);
+    k!(f, VIRTIO_BLK_F_WRITE_ZEROES => VIRTIO_BLK_F_WRITE_ZEROES);
+    k!(f, VIRTIO_BLK_F_SECURE_ERASE => VIRTIO_BLK_F_SECURE_ERASE);
+    k!(f, VIRTIO_BLK_ID_BYTES => VIRTIO_BLK_ID_BYTES);
+    k!(f, VIRTIO_BLK_T_IN => VIRTIO_BLK_T_IN);
+    k!(f, VIRTIO_BLK_T_OUT => VIRTIO_BLK_T_OUT);
+    k!(f, VIRTIO_BLK_T_FLUSH => VIRTIO_BLK_T_FLUSH);
+    k!(f, VIRTIO_BLK_T_GET_ID => VIRTIO_BLK_T_GET_ID);
+    k!(f, VIRTIO_BLK_T_DISCARD => VIRTIO_BLK_T_DISCARD);
+    k!(f, VIRTIO_BLK_T_WRITE_ZEROES => VIRTIO_BLK_T_WRITE_ZEROES);
+    k!(f, VIRTIO_BLK_T_SECURE_ERASE => VIRTIO_BLK_T_SECURE_ERASE);
+    k!(f, VIRTIO_BLK_S_OK => VIRTIO_BLK_S_OK);
+    k!(f, VIRTIO_BLK_S_IOERR => VIRTIO_BLK_S_IOERR);
+    k!(f, VIRTIO_BLK_S_UNSUPP => VIRTIO_BLK_S_UNSUPP);
+    k!(f, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP => VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+    size!(virtio_blk_geometry, VirtioBlkGeometry);
+    int!(f, virtio_blk_geometry.cylinders => VirtioBlkGeometry, cylinders);
+    int!(f, virtio_blk_geometry.heads => VirtioBlkGeometry, heads);
+    int!(f, virtio_blk_geometry.sectors => VirtioBlkGeometry, sectors);
+    size!(virtio_blk_config, VirtioBlkConfig);
+    int!(f, virtio_blk_config.capacity => VirtioBlkConfig, capacity);
+    int!(f, virtio_blk_config.size_max => VirtioBlkConfig, size_max);
+    int!(f, virtio_blk_config.seg_max => VirtioBlkConfig, seg_max);
+    field!(f, virtio_blk_config.geometry => VirtioBlkConfig, geometry);
+    int!(f, virtio_blk_config.blk_size => VirtioBlkConfig, blk_size);
+    int!(f, virtio_blk_config.physical_block_exp => VirtioBlkConfig, physical_block_exp);
+    int!(f, virtio_blk_config.alignment_offset => VirtioBlkConfig, alignment_offset);
+    int!(f, virtio_blk_config.min_io_size => VirtioBlkConfig, min_io_size);
+    int!(f, virtio_blk_config.opt_io_size => VirtioBlkConfig, opt_io_size);
+    int!(f, virtio_blk_config.wce => VirtioBlkConfig, wce);
+    int!(f, virtio_blk_config.unused => VirtioBlkConfig, unused);
+    int!(f, virtio_blk_config.num_queues => VirtioBlkConfig, num_queues);
+    int!(f, virtio_blk_config.max_discard_sectors => VirtioBlkConfig, max_discard_sectors);
+    int!(f, virtio_blk_config.max_discard_seg => VirtioBlkConfig, max_discard_seg);
+    int!(f, virtio_blk_config.discard_sector_alignment => VirtioBlkConfig, discard_sector_alignment);
+    int!(f, virtio_blk_config.max_write_zeroes_sectors => VirtioBlkConfig, max_write_zeroes_sectors);
+    int!(f, virtio_blk_config.max_write_zeroes_seg => VirtioBlkConfig, max_write_zeroes_seg);
+    int!(f, virtio_blk_config.write_zeroes_may_unmap => VirtioBlkConfig, write_zeroes_may_unmap);
+    field!(f, virtio_blk_config.unused1 => VirtioBlkConfig, unused1);
+    int!(f, virtio_blk_config.max_secure_erase_sectors => VirtioBlkConfig, max_secure_erase_sectors);
+    int!(f, virtio_blk_config.max_secure_erase_seg => VirtioBlkConfig, max_secure_erase_seg);
+    int!(f, virtio_blk_config.secure_erase_sector_alignment => VirtioBlkConfig, secure_erase_sector_alignment);
+    size!(virtio_blk_outhdr, VirtioBlkOuthdr);
+    int!(f, virtio_blk_outhdr.type => VirtioBlkOuthdr, type_);
+    int!(f, virtio_blk_outhdr.ioprio => VirtioBlkOuthdr, ioprio);
+    int!(f, virtio_blk_outhdr.sector => VirtioBlkOuthdr, sector);
+    size!(virtio_blk_discard_write_zeroes, VirtioBlkDiscardWriteZeroes);
+    int!(f, virtio_blk_discard_write_zeroes.sector => VirtioBlkDiscardWriteZeroes, sector);
+    int!(f, virtio_blk_discard_write_zeroes.num_sectors => VirtioBlkDiscardWriteZeroes, num_sectors);
+    int!(f, virtio_blk_discard_write_zeroes.flags => VirtioBlkDiscardWriteZeroes, flags);
+
+    // virtio_net.h
+    k!(f, VIRTIO_NET_F_CSUM => VIRTIO_NET_F_CSUM);
+    k!(f, VIRTIO_NET_F_GUEST_CSUM => VIRTIO_NET_F_GUEST_CSUM);
+    k!(f, VIRTIO_NET_F_MTU => VIRTIO_NET_F_MTU);
+    k!(f, VIRTIO_NET_F_MAC => VIRTIO_NET_F_MAC);
+    k!(f, VIRTIO_NET_F_MRG_RXBUF => VIRTIO_NET_F_MRG_RXBUF);
+    k!(f, VIRTIO_NET_F_STATUS => VIRTIO_NET_F_STATUS);
+    k!(f, VIRTIO_NET_F_CTRL_VQ => VIRTIO_NET_F_CTRL_VQ);
+    k!(f, VIRTIO_NET_F_MQ => VIRTIO_NET_F_MQ);
+    k!(f, VIRTIO_NET_S_LINK_UP => VIRTIO_NET_S_LINK_UP);
+    k!(f, VIRTIO_NET_S_ANNOUNCE => VIRTIO_NET_S_ANNOUNCE);
+    k!(f, VIRTIO_NET_HDR_F_NEEDS_CSUM => VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    k!(f, VIRTIO_NET_HDR_F_DATA_VALID => VIRTIO_NET_HDR_F_DATA_VALID);
+    k!(f, VIRTIO_NET_HDR_GSO_NONE => VIRTIO_NET_HDR_GSO_NONE);
+    k!(f, VIRTIO_NET_HDR_GSO_TCPV4 => VIRTIO_NET_HDR_GSO_TCPV4);
+    k!(f, VIRTIO_NET_HDR_GSO_UDP => VIRTIO_NET_HDR_GSO_UDP);
+    k!(f, VIRTIO_NET_HDR_GSO_TCPV6 => VIRTIO_NET_HDR_GSO_TCPV6);
+    k!(f, VIRTIO_NET_HDR_GSO_ECN => VIRTIO_NET_HDR_GSO_ECN);
+    size!(virtio_net_config, VirtioNetConfig);
+    field!(f, virtio_net_config.mac => VirtioNetConfig, mac);
+    int!(f, virtio_net_config.status => VirtioNetConfig, status);
+    int!(f, virtio_net_config.max_virtqueue_pairs => VirtioNetConfig, max_virtqueue_pairs);
+    int!(f, virtio_net_config.mtu => VirtioNetConfig, mtu);
+    int!(f, virtio_net_config.speed => VirtioNetConfig, speed);
+    int!(f, virtio_net_config.duplex => VirtioNetConfig, duplex);
+    int!(f, virtio_net_config.rss_max_key_size => VirtioNetConfig, rss_max_key_size);
+    int!(f, virtio_net_config.rss_max_indirection_table_length => VirtioNetConfig, rss_max_indirection_table_length);
+    int!(f, virtio_net_config.supported_hash_types => VirtioNetConfig, supported_hash_types);
+    size!(virtio_net_hdr, VirtioNetHdr);
+    int!(f, virtio_net_hdr.flags => VirtioNetHdr, flags);
+    int!(f, virtio_net_hdr.gso_type => VirtioNetHdr, gso_type);
+    int!(f, virtio_net_hdr.hdr_len => VirtioNetHdr, hdr_len);
+    int!(f, virtio_net_hdr.gso_size => VirtioNetHdr, gso_size);
+    int!(f, virtio_net_hdr.csum_start => VirtioNetHdr, csum_start);
+    int!(f, virtio_net_hdr.csum_offset => VirtioNetHdr, csum_offset);
+    size!(virtio_net_hdr_v1, VirtioNetHdrV1);
+    int!(f, virtio_net_hdr_v1.flags => VirtioNetHdrV1, flags);
+    int!(f, virtio_net_hdr_v1.gso_type => VirtioNetHdrV1, gso_type);
+    int!(f, virtio_net_hdr_v1.hdr_len => VirtioNetHdrV1, hdr_len);
+    int!(f, virtio_net_hdr_v1.gso_size => VirtioNetHdrV1, gso_size);
+    int!(f, virtio_net_hdr_v1.csum_start => VirtioNetHdrV1, csum_start);
+    int!(f, virtio_net_hdr_v1.csum_offset => VirtioNetHdrV1, csum_offset);
+    int!(f, virtio_net_hdr_v1.num_buffers => VirtioNetHdrV1, num_buffers);
+    f
+}
+
+#[test]
+fn every_virtio_size_offset_and_constant_matches_the_linux_uapi_headers() {
+    let (problems, c_map) = compare(layout::virtio_facts(), virtio_facts());
+    assert!(
+        problems.is_empty(),
+        "{} virtio ABI mismatches:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    let (sizes, _, offsets, signs) = kinds(&c_map);
+    println!(
+        "checked {} facts against /usr/include/linux/virtio_*.h: {sizes} sizes, {offsets} field offsets, \
+         {signs} signedness, {} constants and ring offsets",
+        c_map.len(),
+        c_map.len() - sizes - offsets - signs,
+    );
+    // One size per virtio type pvkit defines.
+    let types = c_map
+        .keys()
+        .filter(|k| k.starts_with("sizeof(") && !k.contains('.'))
+        .count();
+    assert!(types >= 14, "only {types} virtio types checked");
 }
 
 #[test]

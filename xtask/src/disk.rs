@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use pvkit_frontends::workload::blk::{IntegrityParams, fill_sector, integrity_extents};
 use pvkit_frontends::workload::{crc32, mix};
 
-pub const SECTOR: usize = 512;
+pub const SECTOR: usize = ring_protocol::abi::SECTOR_SIZE;
 
 /// One image file.
 #[derive(Debug, Clone)]

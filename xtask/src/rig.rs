@@ -24,9 +24,9 @@ use crate::trace;
 
 /// Sectors of each disk image (16 MiB: room for the integrity extents and random 64 KiB I/O).
 pub const DISK_SECTORS: u64 = 32 * 1024;
-/// The guest's defaults (guest-kernel/README.md).
-const DEFAULT_SEED: u64 = 1;
-const DEFAULT_EXTENTS: u64 = 64;
+/// The guest's defaults.
+const DEFAULT_SEED: u64 = pvkit_frontends::workload::defaults::SEED;
+const DEFAULT_EXTENTS: u64 = pvkit_frontends::workload::defaults::INTEGRITY_EXTENTS as u64;
 /// Upper bounds for the peers (far above any scenario; they only stop a runaway).
 const MAX_FRAMES: u64 = 10_000_000;
 const MAX_CONSOLE_BYTES: u64 = 64 << 20;

@@ -16,14 +16,11 @@ use crate::qemu_env::Ctx;
 use crate::rig::Rig;
 use crate::{Hypervisor, RunArgs, provision, table, workspace};
 
-/// The guest's safe self-tests (its default list), run before the comparison.
-const SELF_TESTS: &[Workload] = &[
-    Workload::Hello,
-    Workload::Cpuid,
-    Workload::Heap,
-    Workload::Timer,
-    Workload::Pci,
-];
+/// Whether `w` is one of the guest's safe self-tests (its default list,
+/// [`pvkit_frontends::workload::DEFAULT_TESTS`]), run before the comparison.
+fn self_test(w: Workload) -> bool {
+    pvkit_frontends::workload::DEFAULT_TESTS.contains(&w.name())
+}
 
 /// The self-tests' names (for `--help`'s test).
 #[cfg(test)]
@@ -43,7 +40,7 @@ pub fn rows(hypervisor: Hypervisor, only: &[String]) -> Result<Vec<&'static Row>
         Hypervisor::Xen => e.is_xen(),
         Hypervisor::All => true,
     };
-    let self_test = |r: &Row| r.env == Env::QemuPvh && SELF_TESTS.contains(&r.workload);
+    let self_test = |r: &Row| r.env == Env::QemuPvh && self_test(r.workload);
     let rows: Vec<&Row> = MATRIX
         .iter()
         .filter(|r| env_ok(r.env) && (r.compares() || (self_test(r) && f.is_empty())) && f.matches(r))
@@ -245,6 +242,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_default_guest_test_has_a_qemu_row() {
+        for name in pvkit_frontends::workload::DEFAULT_TESTS {
+            let w = Workload::from_name(name).unwrap_or_else(|| panic!("{name} is not a workload"));
+            assert!(
+                MATRIX.iter().any(|r| r.env == Env::QemuPvh && r.workload == w),
+                "no qemu-pvh row runs the default test {name}"
+            );
+        }
+    }
+
+    #[test]
     fn the_run_is_the_self_tests_and_the_comparison() {
         let all = rows(Hypervisor::All, &[]).unwrap();
         assert!(all.iter().any(|r| r.name() == "qemu-pvh/hello"));
@@ -252,10 +260,7 @@ mod tests {
             all.iter()
                 .any(|r| r.name() == "xen-pv/pvkit-xen/blk-throughput@xen-blk")
         );
-        assert!(
-            all.iter()
-                .all(|r| r.compares() || SELF_TESTS.contains(&r.workload))
-        );
+        assert!(all.iter().all(|r| r.compares() || self_test(r.workload)));
         let xen = rows(Hypervisor::Xen, &[]).unwrap();
         assert!(!xen.is_empty() && xen.iter().all(|r| r.env == Env::XenPv && r.compares()));
         let emulated = rows(Hypervisor::Qemu, &["transport=emulated".to_owned()]).unwrap();

@@ -31,7 +31,7 @@ pub const EVENTS: &[&str] = &[
 ];
 
 /// The I/O port of the `isa-debugcon` that carries phase markers (the guest's contract).
-pub const PHASE_PORT: u64 = 0x402;
+pub const PHASE_PORT: u64 = pvkit_frontends::workload::PHASE_PORT as u64;
 /// The kernel console's UART (COM1) transmit register.
 const CONSOLE_THR: u64 = 0x3f8;
 
@@ -344,7 +344,7 @@ mod tests {
         let mut lines = vec!["ioapic_set_irq vector: 4 level: 0".to_owned()];
         lines.extend(console("PVKIT BOOT x\nPVKIT TEST blk@virtio-blk START\n"));
         lines.push(access(false, 0, 0xc0000000, 1, "virtio-pci-common-virtio-blk"));
-        lines.push(access(true, 0, 0x402, 1, "isa-debugcon"));
+        lines.push(access(true, 0, PHASE_PORT, 1, "isa-debugcon"));
         lines.push(access(false, 0, 0xc0001000, 1, "virtio-pci-isr-virtio-blk"));
         lines.push("virtio_queue_notify vdev 0x1 n 0 vq 0x2".into());
         lines.push("virtio_notify vdev 0x1 vq 0x2".into());
@@ -357,10 +357,10 @@ mod tests {
             "12@1700000000.5:apic_deliver_irq dest 0 dest_mode 0 delivery_mode 0 vector 49 trigger_mode 1"
                 .into(),
         );
-        lines.push(access(true, 0, 0x402, 0, "isa-debugcon"));
-        lines.push(access(true, 0, 0x402, 2, "isa-debugcon"));
+        lines.push(access(true, 0, PHASE_PORT, 0, "isa-debugcon"));
+        lines.push(access(true, 0, PHASE_PORT, 2, "isa-debugcon"));
         lines.push(access(true, 0, 0x2f8, b'x'.into(), "serial"));
-        lines.push(access(true, 0, 0x402, 0, "isa-debugcon"));
+        lines.push(access(true, 0, PHASE_PORT, 0, "isa-debugcon"));
         lines.extend(console("PVKIT TEST blk@virtio-blk PASS ops=1\n"));
         lines.push(access(false, 0, 0xc0001000, 1, "virtio-pci-isr-virtio-blk"));
         let t = parse(lines.join("\n").as_bytes()).unwrap();
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn an_open_phase_or_test_is_reported() {
         let mut lines = console("PVKIT TEST t START\n");
-        lines.push(access(true, 0, 0x402, 3, "isa-debugcon"));
+        lines.push(access(true, 0, PHASE_PORT, 3, "isa-debugcon"));
         let t = parse(lines.join("\n").as_bytes()).unwrap();
         assert_eq!(t.unterminated, vec!["phase 3", "test t"]);
     }

@@ -357,7 +357,8 @@ fn blk_once(
     let mut notes = vec![format!("guest PASS in {:.2} s", r.wall.as_secs_f64())];
     match row.workload {
         Workload::BlkIntegrity => {
-            let extents = crate::rig::param(&append, &row.test(), "extents").unwrap_or(64);
+            let extents = crate::rig::param(&append, &row.test(), "extents")
+                .unwrap_or(pvkit_frontends::workload::defaults::INTEGRITY_EXTENTS as u64);
             let check = img.verify_integrity(WORKLOAD_SEED, extents as usize, true)?;
             notes.push(format!(
                 "image holds the guest's pattern: {} extents, {} sectors, crc32 {:#010x}; every other sector untouched",

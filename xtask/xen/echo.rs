@@ -9,7 +9,8 @@
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
 
-/// The workloads' EtherType (`pvkit_frontends::workload::net::ETHERTYPE`).
+/// The workloads' EtherType. This program is built without crates, so it cannot import
+/// `ring_protocol::abi::pvkit_echo::ETHERTYPE`; xtask's unit tests check the two are equal.
 pub const ETHERTYPE: u16 = 0x88b5;
 const AF_PACKET: c_int = 17;
 const SOCK_RAW: c_int = 3;

@@ -1,6 +1,6 @@
 //! vhost-user-blk: virtio-blk requests from the vrings, executed by the block core.
 //!
-//! A request is a descriptor chain: a 16-byte header (type u32, reserved u32, sector u64, all
+//! A request is a descriptor chain: a 16-byte header ([`VirtioBlkOuthdr`]: type, reserved, sector,
 //! little-endian) in the driver-readable part, the data, and a one-byte status in the last,
 //! device-writable descriptor. Data moves between the image and guest memory with `preadv`/`pwritev`
 //! straight on the mapped guest pages (no bounce copy). With a worker pool the vring thread parses and
@@ -18,9 +18,16 @@ use std::mem::offset_of;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ring_protocol::abi::virtio::{
+    Le16, Le32, Le64, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, VirtioBlkConfig, VirtioBlkDiscardWriteZeroes, VirtioBlkOuthdr,
+    feature,
+};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_bindings::virtio_blk as vb;
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryLoadGuard,
@@ -29,6 +36,7 @@ use vm_memory::{
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::{
     DaemonBackend, Drive, ExitEvents, ExtraEvent, Health, Memory, QueueFault, Vring, drive, features,
@@ -61,11 +69,13 @@ pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 /// Serial number returned for GET_ID (20 bytes, zero padded).
 const SERIAL: &[u8] = b"pvkit-vhost-user-blk";
-/// Size of `struct virtio_blk_config` up to and including `write_zeroes_may_unmap` + padding.
-const CONFIG_LEN: usize = offset_of!(vb::virtio_blk_config, max_secure_erase_sectors);
-/// One discard / write-zeroes segment (`struct virtio_blk_discard_write_zeroes`).
-const DWZ_LEN: usize = size_of::<vb::virtio_blk_discard_write_zeroes>();
-const _: () = assert!(CONFIG_LEN == 60 && DWZ_LEN == 16);
+/// The config space this device offers: `struct virtio_blk_config` up to and including
+/// `write_zeroes_may_unmap` and its padding (no secure erase).
+const CONFIG_LEN: usize = offset_of!(VirtioBlkConfig, max_secure_erase_sectors);
+/// The request header.
+const HEADER_LEN: usize = size_of::<VirtioBlkOuthdr>();
+/// One discard / write-zeroes segment.
+const DWZ_LEN: usize = size_of::<VirtioBlkDiscardWriteZeroes>();
 /// The most segments any request type takes (sizes the parse buffer).
 const MAX_DWZ_SEG: usize = if MAX_DISCARD_SEG > MAX_WRITE_ZEROES_SEG {
     MAX_DISCARD_SEG as usize
@@ -73,13 +83,9 @@ const MAX_DWZ_SEG: usize = if MAX_DISCARD_SEG > MAX_WRITE_ZEROES_SEG {
     MAX_WRITE_ZEROES_SEG as usize
 };
 
-const S_OK: u8 = vb::VIRTIO_BLK_S_OK as u8;
-const S_IOERR: u8 = vb::VIRTIO_BLK_S_IOERR as u8;
-const S_UNSUPP: u8 = vb::VIRTIO_BLK_S_UNSUPP as u8;
-
-const fn bit(b: u32) -> u64 {
-    1 << b
-}
+const S_OK: u8 = VIRTIO_BLK_S_OK;
+const S_IOERR: u8 = VIRTIO_BLK_S_IOERR;
+const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP;
 
 /// What completions need, shared with the worker pool's threads.
 #[derive(Debug)]
@@ -160,7 +166,7 @@ fn parse(
     };
     let status = Some(status);
     // Header: the first 16 driver-readable bytes, possibly spread over descriptors.
-    let mut header = [0u8; 16];
+    let mut header = [0u8; HEADER_LEN];
     let mut got = 0usize;
     let mut data = Vec::new();
     let n = descs.len();
@@ -170,7 +176,7 @@ fn parse(
         if i == n - 1 {
             len -= 1; // the status byte
         }
-        if got < 16 && len > 0 {
+        if got < HEADER_LEN && len > 0 {
             if d.is_write_only() {
                 return (
                     head,
@@ -178,7 +184,7 @@ fn parse(
                     status,
                 );
             }
-            let take = (16 - got).min(len);
+            let take = (HEADER_LEN - got).min(len);
             if mem.read_slice(&mut header[got..got + take], addr).is_err() {
                 return (head, Err(Bad::IoErr("header outside guest memory")), status);
             }
@@ -196,11 +202,11 @@ fn parse(
             data.push((addr, len, d.is_write_only()));
         }
     }
-    if got < 16 {
+    if got < HEADER_LEN {
         return (head, Err(Bad::IoErr("header shorter than 16 bytes")), status);
     }
-    let req_type = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
-    let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let header = VirtioBlkOuthdr::read_from_bytes(&header).expect("a whole header");
+    let (req_type, sector) = (header.type_.get(), header.sector.get());
     (
         head,
         Ok(Parsed {
@@ -285,11 +291,10 @@ fn dwz_ranges(
     }
     let mut ranges = Vec::with_capacity(total / DWZ_LEN);
     for seg in raw.chunks_exact(DWZ_LEN) {
-        let sector = u64::from_le_bytes(seg[0..8].try_into().expect("8 bytes"));
-        let sectors = u32::from_le_bytes(seg[8..12].try_into().expect("4 bytes"));
-        let flags = u32::from_le_bytes(seg[12..16].try_into().expect("4 bytes"));
+        let seg = VirtioBlkDiscardWriteZeroes::read_from_bytes(seg).expect("a whole segment");
+        let (sector, sectors, flags) = (seg.sector.get(), seg.num_sectors.get(), seg.flags.get());
         // virtio 1.2, 5.2.6.2: unknown flags, and the unmap flag on a discard, are UNSUPP.
-        if flags & !vb::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+        if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
             return Err(Bad::Unsupp("unknown discard/write-zeroes flags"));
         }
         if !write_zeroes && flags != 0 {
@@ -363,55 +368,21 @@ impl VhostBlk {
         (self.queues + 1 + q) as u16
     }
 
-    fn config_space(&self) -> [u8; CONFIG_LEN] {
-        fn put(c: &mut [u8], at: usize, v: &[u8]) {
-            c[at..at + v.len()].copy_from_slice(v);
+    fn config_space(&self) -> VirtioBlkConfig {
+        VirtioBlkConfig {
+            capacity: Le64::new(self.core.capacity()),
+            seg_max: Le32::new(SEG_MAX as u32),
+            blk_size: Le32::new(SECTOR_SIZE as u32),
+            // At most 64 (clamped in `new`).
+            num_queues: Le16::new(self.queues as u16),
+            max_discard_sectors: Le32::new(MAX_DISCARD_SECTORS),
+            max_discard_seg: Le32::new(MAX_DISCARD_SEG),
+            discard_sector_alignment: Le32::new(DISCARD_ALIGNMENT_SECTORS),
+            max_write_zeroes_sectors: Le32::new(MAX_WRITE_ZEROES_SECTORS),
+            max_write_zeroes_seg: Le32::new(MAX_WRITE_ZEROES_SEG),
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
         }
-        use vb::virtio_blk_config as C;
-        let mut c = [0u8; CONFIG_LEN];
-        put(
-            &mut c,
-            offset_of!(C, capacity),
-            &self.core.capacity().to_le_bytes(),
-        );
-        put(&mut c, offset_of!(C, seg_max), &(SEG_MAX as u32).to_le_bytes());
-        put(
-            &mut c,
-            offset_of!(C, blk_size),
-            &(SECTOR_SIZE as u32).to_le_bytes(),
-        );
-        put(
-            &mut c,
-            offset_of!(C, num_queues),
-            &(self.queues as u16).to_le_bytes(),
-        );
-        put(
-            &mut c,
-            offset_of!(C, max_discard_sectors),
-            &MAX_DISCARD_SECTORS.to_le_bytes(),
-        );
-        put(
-            &mut c,
-            offset_of!(C, max_discard_seg),
-            &MAX_DISCARD_SEG.to_le_bytes(),
-        );
-        put(
-            &mut c,
-            offset_of!(C, discard_sector_alignment),
-            &DISCARD_ALIGNMENT_SECTORS.to_le_bytes(),
-        );
-        put(
-            &mut c,
-            offset_of!(C, max_write_zeroes_sectors),
-            &MAX_WRITE_ZEROES_SECTORS.to_le_bytes(),
-        );
-        put(
-            &mut c,
-            offset_of!(C, max_write_zeroes_seg),
-            &MAX_WRITE_ZEROES_SEG.to_le_bytes(),
-        );
-        c[offset_of!(C, write_zeroes_may_unmap)] = 1;
-        c
     }
 
     fn prepare(&self, parsed: Result<Parsed, Bad>, mem: &Guard) -> Kind {
@@ -435,8 +406,8 @@ impl VhostBlk {
         };
         let t = Some(p.req_type);
         match p.req_type {
-            vb::VIRTIO_BLK_T_IN | vb::VIRTIO_BLK_T_OUT => {
-                let read = p.req_type == vb::VIRTIO_BLK_T_IN;
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
+                let read = p.req_type == VIRTIO_BLK_T_IN;
                 match segments(mem, &p.data, read) {
                     Ok((segs, len)) => {
                         let op = if read { Op::Read } else { Op::Write { fua: false } };
@@ -454,7 +425,7 @@ impl VhostBlk {
                     Err(bad) => refuse(t, bad),
                 }
             }
-            vb::VIRTIO_BLK_T_FLUSH => Kind::Io(
+            VIRTIO_BLK_T_FLUSH => Kind::Io(
                 Request {
                     op: Op::Flush,
                     sector: 0,
@@ -462,8 +433,8 @@ impl VhostBlk {
                 },
                 0,
             ),
-            vb::VIRTIO_BLK_T_GET_ID => {
-                let mut id = [0u8; vb::VIRTIO_BLK_ID_BYTES as usize];
+            VIRTIO_BLK_T_GET_ID => {
+                let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
                 id[..SERIAL.len()].copy_from_slice(SERIAL);
                 let Some(&(addr, len, true)) = p.data.first() else {
                     return refuse(t, Bad::IoErr("GET_ID without a writable buffer"));
@@ -474,12 +445,12 @@ impl VhostBlk {
                 }
                 Kind::Done(S_OK, n as u32)
             }
-            vb::VIRTIO_BLK_T_DISCARD | vb::VIRTIO_BLK_T_WRITE_ZEROES => {
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
                 if self.core.options().read_only {
                     // Not offered on a read-only device.
                     return Kind::Done(S_UNSUPP, 0);
                 }
-                match dwz_ranges(mem, &p.data, p.req_type == vb::VIRTIO_BLK_T_WRITE_ZEROES) {
+                match dwz_ranges(mem, &p.data, p.req_type == VIRTIO_BLK_T_WRITE_ZEROES) {
                     Ok(ranges) => Kind::Discard(ranges),
                     Err(bad) => refuse(t, bad),
                 }
@@ -661,14 +632,14 @@ impl VhostUserBackend for VhostBlk {
             | features::INDIRECT_DESC
             | features::EVENT_IDX
             | features::PROTOCOL_FEATURES
-            | bit(vb::VIRTIO_BLK_F_SEG_MAX)
-            | bit(vb::VIRTIO_BLK_F_BLK_SIZE)
-            | bit(vb::VIRTIO_BLK_F_FLUSH)
-            | bit(vb::VIRTIO_BLK_F_MQ);
+            | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_BLK_SIZE)
+            | feature(VIRTIO_BLK_F_FLUSH)
+            | feature(VIRTIO_BLK_F_MQ);
         if self.core.options().read_only {
-            f |= bit(vb::VIRTIO_BLK_F_RO);
+            f |= feature(VIRTIO_BLK_F_RO);
         } else {
-            f |= bit(vb::VIRTIO_BLK_F_DISCARD) | bit(vb::VIRTIO_BLK_F_WRITE_ZEROES);
+            f |= feature(VIRTIO_BLK_F_DISCARD) | feature(VIRTIO_BLK_F_WRITE_ZEROES);
         }
         f
     }
@@ -685,7 +656,8 @@ impl VhostUserBackend for VhostBlk {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         // `size` is bounded by the message size the library accepted (4 KiB).
-        let c = self.config_space();
+        let config = self.config_space();
+        let c = &config.as_bytes()[..CONFIG_LEN];
         let start = (offset as usize).min(CONFIG_LEN);
         let end = (offset as usize).saturating_add(size as usize).min(CONFIG_LEN);
         let mut v = c[start..end.max(start)].to_vec();

@@ -41,12 +41,16 @@ pub type Vring = VringRwLock<Memory>;
 
 /// virtio feature bits shared by both devices.
 pub(crate) mod features {
+    use ring_protocol::abi::virtio::{
+        VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, feature,
+    };
+
     /// VIRTIO_F_VERSION_1.
-    pub const VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    pub const VERSION_1: u64 = feature(VIRTIO_F_VERSION_1);
     /// VIRTIO_RING_F_INDIRECT_DESC.
-    pub const INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+    pub const INDIRECT_DESC: u64 = feature(VIRTIO_RING_F_INDIRECT_DESC);
     /// VIRTIO_RING_F_EVENT_IDX.
-    pub const EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    pub const EVENT_IDX: u64 = feature(VIRTIO_RING_F_EVENT_IDX);
     /// The vhost-user bit saying protocol features may be negotiated.
     pub const PROTOCOL_FEATURES: u64 =
         vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();

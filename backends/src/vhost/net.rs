@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ring_protocol::abi::virtio::{Le16, VirtioNetHdrV1};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueOwnedT;
@@ -23,6 +24,7 @@ use vm_memory::{Bytes, GuestAddressSpace};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use zerocopy::IntoBytes;
 
 use super::{
     Connection, DaemonBackend, Drive, ExitEvents, ExtraEvent, Health, Memory, QueueFault, ROUNDS_PER_EVENT,
@@ -31,8 +33,8 @@ use super::{
 use crate::net::{ETH_HEADER_LEN, PortId, QueuedPort, Switch};
 use crate::ratelimit::RateLimit;
 
-/// Size of the virtio-net header with VERSION_1.
-pub const NET_HDR_LEN: usize = 12;
+/// Size of the virtio-net header with VERSION_1 (`virtio_net_hdr_v1`).
+pub const NET_HDR_LEN: usize = size_of::<VirtioNetHdrV1>();
 /// Largest Ethernet frame a guest may transmit: MTU 1500 (no MTU feature is offered, so the driver's
 /// is the default), the header, a VLAN tag.
 pub const MAX_FRAME: usize = ETH_HEADER_LEN + 1500 + 4;
@@ -278,8 +280,11 @@ impl VhostNet {
                 break Rx::NeedBuffers;
             };
             let head = chain.head_index();
-            let mut hdr = [0u8; NET_HDR_LEN];
-            hdr[10] = 1; // num_buffers
+            let hdr = VirtioNetHdrV1 {
+                num_buffers: Le16::new(1),
+                ..Default::default()
+            };
+            let hdr = hdr.as_bytes();
             let total = NET_HDR_LEN + frame.len();
             let mut written = 0usize;
             for d in chain {

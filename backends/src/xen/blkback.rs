@@ -18,6 +18,7 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use ring_protocol::abi::SECTOR_SIZE;
 use ring_protocol::abi::blkif::{
     BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP,
@@ -78,8 +79,8 @@ impl Backend for BlkBackend {
             ("type".into(), "pvkit".into()),
             ("mode".into(), if ro { "r" } else { "w" }.into()),
             (keys::SECTORS.into(), self.core.capacity().to_string()),
-            (keys::SECTOR_SIZE.into(), "512".into()),
-            (keys::PHYSICAL_SECTOR_SIZE.into(), "512".into()),
+            (keys::SECTOR_SIZE.into(), SECTOR_SIZE.to_string()),
+            (keys::PHYSICAL_SECTOR_SIZE.into(), SECTOR_SIZE.to_string()),
             (keys::INFO.into(), if ro { VDISK_READONLY } else { 0 }.to_string()),
             (keys::MAX_RING_PAGE_ORDER.into(), MAX_RING_PAGE_ORDER.to_string()),
             (
@@ -93,7 +94,7 @@ impl Backend for BlkBackend {
         if !ro {
             k.extend([
                 (keys::FEATURE_DISCARD.into(), "1".into()),
-                ("discard-granularity".into(), "4096".into()),
+                ("discard-granularity".into(), PAGE_SIZE.to_string()),
                 ("discard-alignment".into(), "0".into()),
                 ("discard-secure".into(), "0".into()),
             ]);
@@ -616,7 +617,7 @@ fn direct_pieces(req: &BlkifRequest) -> Result<Vec<GrantPiece>, Refusal> {
 
 /// Each segment covers sectors `first_sect..=last_sect` of its page.
 fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refusal> {
-    const SECTORS_PER_PAGE: u8 = (PAGE_SIZE / 512) as u8;
+    const SECTORS_PER_PAGE: u8 = (PAGE_SIZE / SECTOR_SIZE) as u8;
     segs.iter()
         .enumerate()
         .map(|(i, s)| {
@@ -628,8 +629,8 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
             }
             Ok(GrantPiece {
                 gref: s.gref,
-                offset: u16::from(s.first_sect) * 512,
-                len: u16::from(s.last_sect - s.first_sect + 1) * 512,
+                offset: u16::from(s.first_sect) * SECTOR_SIZE as u16,
+                len: u16::from(s.last_sect - s.first_sect + 1) * SECTOR_SIZE as u16,
             })
         })
         .collect()

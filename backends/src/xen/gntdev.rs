@@ -30,7 +30,7 @@ use super::sys::{
 /// The grant device node.
 pub const GNTDEV_PATH: &str = "/dev/xen/gntdev";
 /// Size of a grantable page.
-pub const PAGE_SIZE: usize = 4096;
+pub use ring_protocol::abi::PAGE_SIZE;
 
 /// What went wrong with a grant operation.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,8 @@
 //! device) or the xenstored Unix socket speak the same wire protocol (`xs_wire.h`, layouts in
 //! [`ring_protocol::abi::xenstore`]): a 16-byte header (type, request id, transaction id, payload
 //! length) and the payload, replies in request order, watch events interleaved at any point.
+//! Messages are framed and checked by the wire codec the guest's client uses too
+//! ([`ring_protocol::xenstore`]).
 //!
 //! Requests are synchronous; watch events that arrive while waiting for a reply are queued and handed
 //! out by [`XenStore::next_watch_event`]. What other domains write decides how many events arrive, so
@@ -20,8 +22,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XsdSockmsg, XsdSockmsgType};
-use zerocopy::{FromBytes, IntoBytes};
+use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XsdSockmsg};
+use ring_protocol::xenstore::{self as wire, HEADER_LEN, Incoming, Request};
 
 use crate::{Error, Result};
 
@@ -216,13 +218,13 @@ pub fn open(socket: Option<&Path>) -> Result<XenStore<Connection>> {
 }
 
 fn split_nul(payload: &[u8]) -> Vec<String> {
-    let body = payload.strip_suffix(&[0]).unwrap_or(payload);
-    if body.is_empty() {
-        return Vec::new();
-    }
-    body.split(|&b| b == 0)
+    wire::strings(payload)
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect()
+}
+
+fn lossy(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
 }
 
 impl<S: Read + Write> XenStore<S> {
@@ -252,19 +254,21 @@ impl<S: Read + Write> XenStore<S> {
 
     /// Reads one message: header, then payload (bounded by the protocol's maximum).
     fn read_msg(&mut self) -> Result<(XsdSockmsg, Vec<u8>)> {
-        let mut hdr = [0u8; 16];
+        let mut hdr = [0u8; HEADER_LEN];
         self.stream
             .read_exact(&mut hdr)
             .map_err(|e| Self::io("reading a reply header", e))?;
-        let hdr = XsdSockmsg::read_from_bytes(&hdr).expect("16 bytes");
-        let len = hdr.len as usize;
-        if len > XENSTORE_PAYLOAD_MAX {
-            return Err(Error::XenStoreProtocol(format!(
-                "message type {} claims {len} payload bytes (maximum {XENSTORE_PAYLOAD_MAX})",
-                hdr.type_
-            )));
-        }
-        let mut payload = vec![0u8; len];
+        let hdr = match wire::parse_header(&hdr) {
+            Ok(h) => h.expect("a whole header"),
+            Err(ring_protocol::Error::XsPayloadTooLong { len }) => {
+                return Err(Error::XenStoreProtocol(format!(
+                    "message type {} claims {len} payload bytes (maximum {XENSTORE_PAYLOAD_MAX})",
+                    u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"))
+                )));
+            }
+            Err(e) => return Err(Error::XenStoreProtocol(e.to_string())),
+        };
+        let mut payload = vec![0u8; hdr.len as usize];
         self.stream
             .read_exact(&mut payload)
             .map_err(|e| Self::io("reading a reply payload", e))?;
@@ -272,60 +276,43 @@ impl<S: Read + Write> XenStore<S> {
     }
 
     /// Sends one request and returns its reply's payload; queues watch events met on the way.
-    fn request(&mut self, ty: XsdSockmsgType, tx: TxId, payload: &[u8], path: &str) -> Result<Vec<u8>> {
-        if payload.len() > XENSTORE_PAYLOAD_MAX {
-            return Err(Error::XenStoreProtocol(format!(
-                "{ty:?} of {path}: request payload of {} bytes exceeds {XENSTORE_PAYLOAD_MAX}",
-                payload.len()
-            )));
-        }
+    /// `path` names the request in errors.
+    fn request(&mut self, req: Request<'_>, tx: TxId, path: &str) -> Result<Vec<u8>> {
+        let ty = req.msg_type();
         let req_id = self.next_req;
+        let mut msg = Vec::new();
+        req.encode(req_id, tx, &mut msg)
+            .map_err(|e| Error::XenStoreProtocol(format!("{ty:?} of {path:?}: {e}")))?;
         self.next_req = self.next_req.wrapping_add(1);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let hdr = XsdSockmsg {
-            type_: ty as u32,
-            req_id,
-            tx_id: tx,
-            len: payload.len() as u32,
-        };
-        let mut msg = hdr.as_bytes().to_vec();
-        msg.extend_from_slice(payload);
         // One write per message: the xenbus device wants whole messages.
         self.stream
             .write_all(&msg)
             .map_err(|e| Self::io("sending a request", e))?;
         loop {
             let (h, p) = self.read_msg()?;
-            match XsdSockmsgType::from_wire(h.type_) {
-                Some(XsdSockmsgType::WatchEvent) => self.queue_event(&p)?,
-                Some(XsdSockmsgType::Error) if h.req_id == req_id => {
-                    return Err(Error::XenStore {
-                        op: ty,
-                        path: path.to_owned(),
-                        error: split_nul(&p).into_iter().next().unwrap_or_default(),
-                    });
-                }
-                Some(t) if t == ty && h.req_id == req_id => return Ok(p),
-                _ => {
-                    return Err(Error::XenStoreProtocol(format!(
-                        "expected the reply to {ty:?} #{req_id}, got type {} #{}",
-                        h.type_, h.req_id
-                    )));
+            let proto = |e: ring_protocol::Error| {
+                Error::XenStoreProtocol(format!("waiting for the reply to {ty:?} #{req_id}: {e}"))
+            };
+            match wire::classify(&h, &p).map_err(proto)? {
+                Incoming::WatchEvent { path, token } => self.queue_event(lossy(path), lossy(token)),
+                Incoming::Reply => {
+                    return match wire::reply_result(&h, &p, ty, req_id).map_err(proto)? {
+                        Ok(_) => Ok(p),
+                        Err(name) => Err(Error::XenStore {
+                            op: ty,
+                            path: path.to_owned(),
+                            error: lossy(name),
+                        }),
+                    };
                 }
             }
         }
     }
 
-    fn queue_event(&mut self, payload: &[u8]) -> Result<()> {
-        let mut parts = split_nul(payload).into_iter();
-        let (Some(path), Some(token)) = (parts.next(), parts.next()) else {
-            return Err(Error::XenStoreProtocol(format!(
-                "watch event without path and token: {payload:?}"
-            )));
-        };
+    fn queue_event(&mut self, path: String, token: String) {
         let count = |c: &AtomicU64| {
             c.fetch_add(1, Ordering::Relaxed);
-            Ok(())
         };
         // Ours, and (for an exact watch) for the watched node itself?
         let wanted = self
@@ -353,15 +340,9 @@ impl<S: Read + Write> XenStore<S> {
         self.events.len() + self.overflowed.len()
     }
 
-    fn path0(path: &str) -> Vec<u8> {
-        let mut v = path.as_bytes().to_vec();
-        v.push(0);
-        v
-    }
-
     /// The value of `path`, or `None` if it does not exist.
     pub fn read(&mut self, tx: TxId, path: &str) -> Result<Option<Vec<u8>>> {
-        match self.request(XsdSockmsgType::Read, tx, &Self::path0(path), path) {
+        match self.request(Request::Read { path }, tx, path) {
             Ok(v) => Ok(Some(v)),
             Err(Error::XenStore { error, .. }) if error == "ENOENT" => Ok(None),
             Err(e) => Err(e),
@@ -377,42 +358,36 @@ impl<S: Read + Write> XenStore<S> {
 
     /// Writes `value` to `path`, creating it (and its parents).
     pub fn write(&mut self, tx: TxId, path: &str, value: &[u8]) -> Result<()> {
-        let mut p = Self::path0(path);
-        p.extend_from_slice(value);
-        self.request(XsdSockmsgType::Write, tx, &p, path).map(drop)
+        self.request(Request::Write { path, value }, tx, path).map(drop)
     }
 
     /// Creates a directory node.
     pub fn mkdir(&mut self, tx: TxId, path: &str) -> Result<()> {
-        self.request(XsdSockmsgType::Mkdir, tx, &Self::path0(path), path)
-            .map(drop)
+        self.request(Request::Mkdir { path }, tx, path).map(drop)
     }
 
     /// Removes a node and everything below it.
     pub fn rm(&mut self, tx: TxId, path: &str) -> Result<()> {
-        self.request(XsdSockmsgType::Rm, tx, &Self::path0(path), path)
-            .map(drop)
+        self.request(Request::Rm { path }, tx, path).map(drop)
     }
 
     /// The names of a node's children.
     pub fn directory(&mut self, tx: TxId, path: &str) -> Result<Vec<String>> {
-        self.request(XsdSockmsgType::Directory, tx, &Self::path0(path), path)
+        self.request(Request::Directory { path }, tx, path)
             .map(|p| split_nul(&p))
     }
 
     /// Sets a node's permission list (owner first).
     pub fn set_perms(&mut self, tx: TxId, path: &str, perms: &[Perm]) -> Result<()> {
-        let mut p = Self::path0(path);
-        for perm in perms {
-            p.extend_from_slice(perm.encode().as_bytes());
-            p.push(0);
-        }
-        self.request(XsdSockmsgType::SetPerms, tx, &p, path).map(drop)
+        let perms: Vec<String> = perms.iter().map(|p| p.encode()).collect();
+        let perms: Vec<&str> = perms.iter().map(String::as_str).collect();
+        self.request(Request::SetPerms { path, perms: &perms }, tx, path)
+            .map(drop)
     }
 
     /// A node's permission list.
     pub fn get_perms(&mut self, tx: TxId, path: &str) -> Result<Vec<Perm>> {
-        let p = self.request(XsdSockmsgType::GetPerms, tx, &Self::path0(path), path)?;
+        let p = self.request(Request::GetPerms { path }, tx, path)?;
         split_nul(&p)
             .iter()
             .map(|s| {
@@ -435,16 +410,15 @@ impl<S: Read + Write> XenStore<S> {
     }
 
     fn add_watch(&mut self, path: &str, token: &str, exact: bool) -> Result<()> {
-        let mut p = Self::path0(path);
-        p.extend_from_slice(token.as_bytes());
-        p.push(0);
         // Known before the request, so the registration event (which may come first) is kept.
         self.watches.push(Watch {
             path: path.to_owned(),
             token: token.to_owned(),
             exact,
         });
-        let r = self.request(XsdSockmsgType::Watch, NO_TX, &p, path).map(drop);
+        let r = self
+            .request(Request::Watch { path, token }, NO_TX, path)
+            .map(drop);
         if r.is_err() {
             self.watches.pop();
         }
@@ -453,10 +427,7 @@ impl<S: Read + Write> XenStore<S> {
 
     /// Removes a watch.
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<()> {
-        let mut p = Self::path0(path);
-        p.extend_from_slice(token.as_bytes());
-        p.push(0);
-        self.request(XsdSockmsgType::Unwatch, NO_TX, &p, path)?;
+        self.request(Request::Unwatch { path, token }, NO_TX, path)?;
         self.watches.retain(|w| !(w.path == path && w.token == token));
         Ok(())
     }
@@ -484,29 +455,31 @@ impl<S: Read + Write> XenStore<S> {
                 return Ok(WatchEvent { path, token });
             }
             let (h, p) = self.read_msg()?;
-            if XsdSockmsgType::from_wire(h.type_) != Some(XsdSockmsgType::WatchEvent) {
-                return Err(Error::XenStoreProtocol(format!(
-                    "unsolicited message of type {} #{} while waiting for a watch event",
-                    h.type_, h.req_id
-                )));
+            match wire::classify(&h, &p) {
+                Ok(Incoming::WatchEvent { path, token }) => self.queue_event(lossy(path), lossy(token)),
+                Ok(Incoming::Reply) | Err(ring_protocol::Error::XsUnknownType { .. }) => {
+                    return Err(Error::XenStoreProtocol(format!(
+                        "unsolicited message of type {} #{} while waiting for a watch event",
+                        h.type_, h.req_id
+                    )));
+                }
+                Err(e) => return Err(Error::XenStoreProtocol(e.to_string())),
             }
-            self.queue_event(&p)?;
         }
     }
 
     /// Starts a transaction.
     pub fn transaction_start(&mut self) -> Result<TxId> {
-        let p = self.request(XsdSockmsgType::TransactionStart, NO_TX, b"\0", "")?;
-        let s = split_nul(&p).into_iter().next().unwrap_or_default();
-        s.parse()
-            .map_err(|_| Error::XenStoreProtocol(format!("transaction id {s:?}")))
+        let p = self.request(Request::TransactionStart, NO_TX, "")?;
+        wire::transaction_id(&p).ok_or_else(|| {
+            Error::XenStoreProtocol(format!("transaction id {:?}", lossy(wire::first_string(&p))))
+        })
     }
 
     /// Ends a transaction: commits it (`Ok(true)`), or reports a conflict (`Ok(false)`, `EAGAIN`:
     /// redo it), or aborts it when `commit` is false.
     pub fn transaction_end(&mut self, tx: TxId, commit: bool) -> Result<bool> {
-        let arg: &[u8] = if commit { b"T\0" } else { b"F\0" };
-        match self.request(XsdSockmsgType::TransactionEnd, tx, arg, "") {
+        match self.request(Request::TransactionEnd { commit }, tx, "") {
             Ok(_) => Ok(true),
             Err(Error::XenStore { error, .. }) if error == "EAGAIN" => Ok(false),
             Err(e) => Err(e),
@@ -743,6 +716,9 @@ pub(crate) mod fake {
 
 #[cfg(test)]
 mod tests {
+    use ring_protocol::abi::xenstore::XsdSockmsgType;
+    use zerocopy::{FromBytes, IntoBytes};
+
     use super::*;
 
     fn client() -> XenStore<UnixStream> {
@@ -843,6 +819,24 @@ mod tests {
         t.join().unwrap();
         let e = xs.write(NO_TX, "/a", &vec![b'x'; 5000]).unwrap_err();
         assert!(matches!(e, Error::XenStoreProtocol(_)), "{e}");
+    }
+
+    #[test]
+    fn a_nul_in_a_path_or_token_is_refused_before_sending() {
+        let store = fake::FakeXenstored::new();
+        let mut xs = store.connect();
+        let stats = xs.stats();
+        for e in [
+            xs.write(NO_TX, "/a\0/local/domain/0/x", b"1").unwrap_err(),
+            xs.watch("/a", "t\0x").unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("NUL"), "{e}");
+        }
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 0, "nothing was sent");
+        assert!(store.get("/a").is_none());
+        // The connection is still in step.
+        xs.write(NO_TX, "/a", b"1").unwrap();
+        assert_eq!(xs.read(NO_TX, "/a").unwrap().as_deref(), Some(&b"1"[..]));
     }
 
     /// Another domain writing under a watched node 10,000 times while the client is busy: the

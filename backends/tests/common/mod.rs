@@ -13,13 +13,28 @@ use std::time::{Duration, Instant};
 
 use ::vhost::vhost_user::Frontend;
 use ::vhost::{VhostUserMemoryRegionInfo, VringConfigData};
+use ring_protocol::abi::virtio::{
+    Le16, Le32, Le64, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VirtqAvail, VirtqDesc,
+    VirtqUsed, VirtqUsedElem,
+};
 use vmm_sys_util::eventfd::EventFd;
+use zerocopy::{FromBytes, IntoBytes};
 
 pub const MEM_SIZE: usize = 1 << 20;
 pub const QSIZE: u16 = 16;
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
-const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+const DESC_LEN: usize = size_of::<VirtqDesc>();
+const AVAIL_IDX: usize = std::mem::offset_of!(VirtqAvail, idx);
+const USED_IDX: usize = std::mem::offset_of!(VirtqUsed, idx);
+
+/// A descriptor, as the driver writes it.
+fn desc(addr: usize, len: u32, flags: u16, next: u16) -> VirtqDesc {
+    VirtqDesc {
+        addr: Le64::new(addr as u64),
+        len: Le32::new(len),
+        flags: Le16::new(flags),
+        next: Le16::new(next),
+    }
+}
 
 /// The shared "guest memory": a memfd mapped in this process.
 pub struct GuestMem {
@@ -143,16 +158,12 @@ impl<'a> Queue<'a> {
         for (i, &(addr, len, w)) in bufs.iter().enumerate() {
             let idx = (self.next_desc + i as u16) % QSIZE;
             let last = i == bufs.len() - 1;
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&(addr as u64).to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            let flags = if last { 0 } else { VIRTQ_DESC_F_NEXT } | if w { VIRTQ_DESC_F_WRITE } else { 0 };
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&((idx + 1) % QSIZE).to_le_bytes());
-            self.mem.write(self.desc + 16 * idx as usize, &d);
+            let flags = if last { 0 } else { VRING_DESC_F_NEXT } | if w { VRING_DESC_F_WRITE } else { 0 };
+            let d = desc(addr, len, flags, (idx + 1) % QSIZE);
+            self.mem.write(self.desc + DESC_LEN * idx as usize, d.as_bytes());
         }
         self.next_desc = (self.next_desc + bufs.len() as u16) % QSIZE;
-        let slot = self.avail + 4 + 2 * (self.avail_idx % QSIZE) as usize;
+        let slot = self.avail + VirtqAvail::ring_offset(self.avail_idx % QSIZE);
         self.mem.write(slot, &head.to_le_bytes());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         head
@@ -163,22 +174,15 @@ impl<'a> Queue<'a> {
     pub fn add_indirect(&mut self, table: usize, bufs: &[(usize, u32, bool)]) -> u16 {
         for (i, &(addr, len, w)) in bufs.iter().enumerate() {
             let last = i == bufs.len() - 1;
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&(addr as u64).to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            let flags = if last { 0 } else { VIRTQ_DESC_F_NEXT } | if w { VIRTQ_DESC_F_WRITE } else { 0 };
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
-            self.mem.write(table + 16 * i, &d);
+            let flags = if last { 0 } else { VRING_DESC_F_NEXT } | if w { VRING_DESC_F_WRITE } else { 0 };
+            let d = desc(addr, len, flags, (i + 1) as u16);
+            self.mem.write(table + DESC_LEN * i, d.as_bytes());
         }
         let head = self.next_desc;
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&(table as u64).to_le_bytes());
-        d[8..12].copy_from_slice(&(16 * bufs.len() as u32).to_le_bytes());
-        d[12..14].copy_from_slice(&VIRTQ_DESC_F_INDIRECT.to_le_bytes());
-        self.mem.write(self.desc + 16 * head as usize, &d);
+        let d = desc(table, (DESC_LEN * bufs.len()) as u32, VRING_DESC_F_INDIRECT, 0);
+        self.mem.write(self.desc + DESC_LEN * head as usize, d.as_bytes());
         self.next_desc = (self.next_desc + 1) % QSIZE;
-        let slot = self.avail + 4 + 2 * (self.avail_idx % QSIZE) as usize;
+        let slot = self.avail + VirtqAvail::ring_offset(self.avail_idx % QSIZE);
         self.mem.write(slot, &head.to_le_bytes());
         self.avail_idx = self.avail_idx.wrapping_add(1);
         head
@@ -187,7 +191,7 @@ impl<'a> Queue<'a> {
     /// A hostile driver: publishes `idx` as the available index (whatever was added) and kicks.
     pub fn publish_raw(&self, idx: u16, kick: &EventFd) {
         fence(Ordering::Release);
-        self.mem.write(self.avail + 2, &idx.to_le_bytes());
+        self.mem.write(self.avail + AVAIL_IDX, &idx.to_le_bytes());
         kick.write(1).unwrap();
     }
 
@@ -198,7 +202,7 @@ impl<'a> Queue<'a> {
 
     /// The device's used index.
     pub fn used_idx(&self) -> u16 {
-        self.mem.u16_at(self.used + 2)
+        self.mem.u16_at(self.used + USED_IDX)
     }
 
     /// Publishes the added chains and kicks.
@@ -206,14 +210,15 @@ impl<'a> Queue<'a> {
         // Release: the descriptors and ring entries above are visible to the device before the
         // index that hands them over.
         fence(Ordering::Release);
-        self.mem.write(self.avail + 2, &self.avail_idx.to_le_bytes());
+        self.mem
+            .write(self.avail + AVAIL_IDX, &self.avail_idx.to_le_bytes());
         kick.write(1).unwrap();
     }
 
     /// Waits for `n` more used entries; returns (id, len) of each.
     pub fn wait_used(&mut self, n: u16) -> Vec<(u32, u32)> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.mem.u16_at(self.used + 2).wrapping_sub(self.used_seen) < n {
+        while self.mem.u16_at(self.used + USED_IDX).wrapping_sub(self.used_seen) < n {
             assert!(
                 Instant::now() < deadline,
                 "device did not complete {n} requests in 10 s"
@@ -224,14 +229,13 @@ impl<'a> Queue<'a> {
         fence(Ordering::Acquire);
         (0..n)
             .map(|_| {
-                let e = self
-                    .mem
-                    .read(self.used + 4 + 8 * (self.used_seen % QSIZE) as usize, 8);
+                let e = self.mem.read(
+                    self.used + VirtqUsed::ring_offset(self.used_seen % QSIZE),
+                    size_of::<VirtqUsedElem>(),
+                );
+                let e = VirtqUsedElem::read_from_bytes(&e).unwrap();
                 self.used_seen = self.used_seen.wrapping_add(1);
-                (
-                    u32::from_le_bytes(e[0..4].try_into().unwrap()),
-                    u32::from_le_bytes(e[4..8].try_into().unwrap()),
-                )
+                (e.id.get(), e.len.get())
             })
             .collect()
     }

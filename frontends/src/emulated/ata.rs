@@ -3,7 +3,7 @@
 //! capacity and features from. Pure logic: no I/O, host-tested.
 
 /// Bytes in one ATA logical sector (the drivers reject disks that report another size).
-pub const SECTOR_SIZE: usize = 512;
+pub use ring_protocol::abi::SECTOR_SIZE;
 
 /// ATA command opcodes (ACS-3).
 pub mod cmd {

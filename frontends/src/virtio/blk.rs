@@ -9,7 +9,13 @@ use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 
 use bitflags::bitflags;
+use ring_protocol::abi::virtio::{
+    Le32, Le64, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VirtioBlkConfig, VirtioBlkOuthdr, feature,
+};
 use virtio_drivers::queue::VirtQueue;
+use zerocopy::IntoBytes;
 
 use super::VirtioHal;
 use super::transport::{VirtioPci, VirtioTransport, need_event};
@@ -25,35 +31,30 @@ pub const QUEUE_SIZE: usize = 128;
 /// Requests in flight at most: three descriptors each.
 pub const MAX_IN_FLIGHT: usize = QUEUE_SIZE / 3;
 /// virtio-blk sectors are always 512 bytes.
-pub const SECTOR_SIZE: usize = 512;
+pub use ring_protocol::abi::SECTOR_SIZE;
 /// Largest request we issue (one data descriptor).
 const MAX_REQUEST_BYTES: usize = 128 * 1024;
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = size_of::<VirtioBlkOuthdr>();
 /// Offset of the status bytes in the metadata page.
 const STATUS_BASE: usize = 2048;
 const NO_SLOT: u16 = u16::MAX;
 
-// Request types and status values (virtio spec 5.2.6).
-const VIRTIO_BLK_T_IN: u32 = 0;
-const VIRTIO_BLK_T_OUT: u32 = 1;
-const VIRTIO_BLK_T_FLUSH: u32 = 4;
-const VIRTIO_BLK_S_OK: u8 = 0;
 /// Written before submission; a device that completes without writing the status is caught.
 const STATUS_UNSET: u8 = 0xff;
 
-// Offsets in struct virtio_blk_config.
-const CONFIG_CAPACITY: usize = 0;
-const CONFIG_SIZE_MAX: usize = 8;
+// Offsets in the config space.
+const CONFIG_CAPACITY: usize = core::mem::offset_of!(VirtioBlkConfig, capacity);
+const CONFIG_SIZE_MAX: usize = core::mem::offset_of!(VirtioBlkConfig, size_max);
 
 bitflags! {
     /// virtio-blk feature bits we care about.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     struct Features: u64 {
-        const SIZE_MAX = 1 << 1;
-        const RO = 1 << 5;
-        const FLUSH = 1 << 9;
-        const RING_EVENT_IDX = 1 << 29;
-        const VERSION_1 = 1 << 32;
+        const SIZE_MAX = feature(VIRTIO_BLK_F_SIZE_MAX);
+        const RO = feature(VIRTIO_BLK_F_RO);
+        const FLUSH = feature(VIRTIO_BLK_F_FLUSH);
+        const RING_EVENT_IDX = feature(VIRTIO_RING_F_EVENT_IDX);
+        const VERSION_1 = feature(VIRTIO_F_VERSION_1);
     }
 }
 
@@ -276,11 +277,13 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
         };
         let sector = if req.op == BlockOp::Flush { 0 } else { req.sector };
         {
+            let header = VirtioBlkOuthdr {
+                type_: Le32::new(kind),
+                ioprio: Le32::ZERO,
+                sector: Le64::new(sector),
+            };
             let m = self.meta.as_mut_slice();
-            let h = &mut m[slot * HEADER_LEN..(slot + 1) * HEADER_LEN];
-            h[0..4].copy_from_slice(&kind.to_le_bytes());
-            h[4..8].fill(0);
-            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            m[slot * HEADER_LEN..(slot + 1) * HEADER_LEN].copy_from_slice(header.as_bytes());
             m[STATUS_BASE + slot] = STATUS_UNSET;
         }
         let op = req.op;

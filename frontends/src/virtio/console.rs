@@ -7,6 +7,7 @@
 use alloc::sync::Arc;
 
 use bitflags::bitflags;
+use ring_protocol::abi::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, feature};
 use virtio_drivers::transport::Transport;
 
 use super::pair::QueuePair;
@@ -27,8 +28,8 @@ pub const TX_BUFFERS: usize = 4;
 bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     struct Features: u64 {
-        const RING_EVENT_IDX = 1 << 29;
-        const VERSION_1 = 1 << 32;
+        const RING_EVENT_IDX = feature(VIRTIO_RING_F_EVENT_IDX);
+        const VERSION_1 = feature(VIRTIO_F_VERSION_1);
     }
 }
 

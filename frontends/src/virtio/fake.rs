@@ -9,23 +9,27 @@
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
+use ring_protocol::abi::SECTOR_SIZE;
+use ring_protocol::abi::virtio::{
+    Le16, Le32, Le64, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE, VirtioBlkConfig, VirtioBlkOuthdr, VirtioNetConfig, VirtioNetHdrV1, VirtqAvail,
+    VirtqDesc, VirtqUsed, VirtqUsedElem, feature,
+};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{Error as VirtioError, PhysAddr, Result as VirtioResult};
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{FromBytes, Immutable, IntoBytes, Unaligned};
 
 use super::transport::VirtioTransport;
 use crate::counters::AtomicCounters;
 use crate::dma;
 use crate::wait::{IrqAck, SharedIrqAck};
 
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
-const F_EVENT_IDX: u64 = 1 << 29;
-const F_VERSION_1: u64 = 1 << 32;
-const DESC_NEXT: u16 = 1;
-const DESC_WRITE: u16 = 2;
+const F_EVENT_IDX: u64 = feature(VIRTIO_RING_F_EVENT_IDX);
 
 /// The interrupt line of the fake: raised when the device publishes used entries.
 #[derive(Debug, Default)]
@@ -78,17 +82,19 @@ pub struct FakeBlk {
     avail_event: Arc<AtomicU16>,
     irq: Arc<FakeIrq>,
     counters: Arc<AtomicCounters>,
-    config: [u8; 64],
+    config: VirtioBlkConfig,
 }
 
 impl FakeBlk {
     /// A zeroed disk of `sectors` 512-byte sectors.
     pub fn new(sectors: u64) -> Self {
         let counters = Arc::new(AtomicCounters::new());
-        let mut config = [0u8; 64];
-        config[..8].copy_from_slice(&sectors.to_le_bytes());
+        let config = VirtioBlkConfig {
+            capacity: Le64::new(sectors),
+            ..Default::default()
+        };
         Self {
-            disk: vec![0; sectors as usize * 512],
+            disk: vec![0; sectors as usize * SECTOR_SIZE],
             read_only: false,
             event_idx: true,
             reverse: false,
@@ -123,20 +129,47 @@ impl FakeBlk {
             .cast()
     }
 
+    /// Reads a `T` (an ABI type of alignment 1) at `bus`.
+    fn rd<T: FromBytes + Unaligned>(bus: u64) -> T {
+        // SAFETY: `bus` lies in a queue area or buffer the driver allocated from the fake allocator
+        // and keeps alive while the queue exists; `T` has alignment 1.
+        unsafe { Self::ptr::<T>(bus).read() }
+    }
+
+    /// Writes a `T` (an ABI type of alignment 1) at `bus`.
+    fn wr<T: IntoBytes + Unaligned>(bus: u64, v: T) {
+        // SAFETY: as in `rd`.
+        unsafe { Self::ptr::<T>(bus).write(v) }
+    }
+
     fn rd16(bus: u64) -> u16 {
-        // SAFETY: `bus` lies in a queue area the driver allocated from the fake allocator and keeps
-        // alive while the queue exists; unaligned-safe read.
-        unsafe { Self::ptr::<u16>(bus).read_unaligned() }
+        Self::rd::<Le16>(bus).get()
     }
 
     fn wr16(bus: u64, v: u16) {
-        // SAFETY: as in rd16.
-        unsafe { Self::ptr::<u16>(bus).write_unaligned(v) }
+        Self::wr(bus, Le16::new(v));
     }
 
-    fn wr32(bus: u64, v: u32) {
-        // SAFETY: as in rd16.
-        unsafe { Self::ptr::<u32>(bus).write_unaligned(v) }
+    /// `avail.ring[index % size]` of queue `q`.
+    fn avail_head(q: &Queue, index: u16) -> u16 {
+        Self::rd16(q.avail + VirtqAvail::ring_offset(index % q.size) as u64)
+    }
+
+    /// Writes `used.ring[index % size]` of queue `q`.
+    fn put_used(q: &Queue, index: u16, id: u32, len: u32) {
+        let at = q.used + VirtqUsed::ring_offset(index % q.size) as u64;
+        Self::wr(
+            at,
+            VirtqUsedElem {
+                id: Le32::new(id),
+                len: Le32::new(len),
+            },
+        );
+    }
+
+    /// Descriptor `i` of queue `q`.
+    fn desc(q: &Queue, i: u16) -> VirtqDesc {
+        Self::rd(q.desc + (size_of::<VirtqDesc>() * usize::from(i)) as u64)
     }
 
     fn bytes<'a>(bus: u64, len: u32) -> &'a mut [u8] {
@@ -152,10 +185,10 @@ impl FakeBlk {
             return;
         }
         let mut done: Vec<(u32, u32)> = Vec::new();
-        let avail_idx = Self::rd16(q.avail + 2);
+        let avail_idx = Self::rd16(q.avail + offset_of!(VirtqAvail, idx) as u64);
         let mut last = q.last_avail;
         while last != avail_idx {
-            let head = Self::rd16(q.avail + 4 + 2 * u64::from(last % q.size));
+            let head = Self::avail_head(&q, last);
             done.push((u32::from(head), self.execute(head)));
             last = last.wrapping_add(1);
         }
@@ -168,19 +201,17 @@ impl FakeBlk {
             if let Some(bad) = self.bad_used_id.take() {
                 id = bad;
             }
-            let slot = q.used + 4 + 8 * u64::from(used_idx % q.size);
-            Self::wr32(slot, id);
-            Self::wr32(slot + 4, len);
+            Self::put_used(&q, used_idx, id, len);
             used_idx = used_idx.wrapping_add(1);
         }
         if used_idx != q.used_idx {
-            Self::wr16(q.used + 2, used_idx);
+            Self::wr16(q.used + offset_of!(VirtqUsed, idx) as u64, used_idx);
             self.queue.used_idx = used_idx;
             self.irq.raised.store(true, Ordering::Relaxed);
         }
         if self.features & F_EVENT_IDX != 0 {
             // Kick me for the next index I have not seen.
-            let at = q.used + 4 + 8 * u64::from(q.size);
+            let at = q.used + VirtqUsed::avail_event_offset(q.size) as u64;
             Self::wr16(at, last);
             self.avail_event.store(last, Ordering::Relaxed);
         }
@@ -192,40 +223,35 @@ impl FakeBlk {
         let mut bufs: Vec<(u64, u32, bool)> = Vec::new();
         let mut i = head;
         for _ in 0..q.size {
-            let d = q.desc + 16 * u64::from(i);
-            // SAFETY: descriptor table entry inside the driver's descriptor area.
-            let addr = unsafe { Self::ptr::<u64>(d).read_unaligned() };
-            // SAFETY: as above, its length field.
-            let len = unsafe { Self::ptr::<u32>(d + 8).read_unaligned() };
-            let flags = Self::rd16(d + 12);
-            bufs.push((addr, len, flags & DESC_WRITE != 0));
-            if flags & DESC_NEXT == 0 {
+            let d = Self::desc(&q, i);
+            let flags = d.flags.get();
+            bufs.push((d.addr.get(), d.len.get(), flags & VRING_DESC_F_WRITE != 0));
+            if flags & VRING_DESC_F_NEXT == 0 {
                 break;
             }
-            i = Self::rd16(d + 14);
+            i = d.next.get();
         }
-        let hdr = Self::bytes(bufs[0].0, 16);
-        let kind = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
-        let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
+        let hdr: VirtioBlkOuthdr = Self::rd(bufs[0].0);
+        let (kind, sector) = (hdr.type_.get(), hdr.sector.get());
         let (status_addr, _, _) = *bufs.last().unwrap();
         let data = &bufs[1..bufs.len() - 1];
         let mut written = 1;
-        let mut status = 0u8;
-        let mut at = sector as usize * 512;
+        let mut status = VIRTIO_BLK_S_OK;
+        let mut at = sector as usize * SECTOR_SIZE;
         for &(addr, len, device_writes) in data {
             let range = at..at + len as usize;
             if range.end > self.disk.len() {
-                status = 1;
+                status = VIRTIO_BLK_S_IOERR;
                 break;
             }
             match (kind, device_writes) {
-                (0, true) => {
+                (VIRTIO_BLK_T_IN, true) => {
                     Self::bytes(addr, len).copy_from_slice(&self.disk[range]);
                     written += len;
                 }
-                (1, false) if self.read_only => status = 1,
-                (1, false) => self.disk[range].copy_from_slice(Self::bytes(addr, len)),
-                _ => status = 2,
+                (VIRTIO_BLK_T_OUT, false) if self.read_only => status = VIRTIO_BLK_S_IOERR,
+                (VIRTIO_BLK_T_OUT, false) => self.disk[range].copy_from_slice(Self::bytes(addr, len)),
+                _ => status = VIRTIO_BLK_S_UNSUPP,
             }
             at += len as usize;
         }
@@ -240,10 +266,14 @@ impl Transport for FakeBlk {
     }
 
     fn read_device_features(&mut self) -> u64 {
-        F_VERSION_1
-            | F_FLUSH
+        feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_BLK_F_FLUSH)
             | if self.event_idx { F_EVENT_IDX } else { 0 }
-            | if self.read_only { F_RO } else { 0 }
+            | if self.read_only {
+                feature(VIRTIO_BLK_F_RO)
+            } else {
+                0
+            }
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {
@@ -309,12 +339,7 @@ impl Transport for FakeBlk {
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> VirtioResult<T> {
-        let end = offset + core::mem::size_of::<T>();
-        let bytes = self
-            .config
-            .get(offset..end)
-            .ok_or(VirtioError::ConfigSpaceTooSmall)?;
-        T::read_from_bytes(bytes).map_err(|_| VirtioError::ConfigSpaceTooSmall)
+        read_config(self.config.as_bytes(), offset)
     }
 
     fn write_config_space<T: IntoBytes + Immutable>(
@@ -356,18 +381,27 @@ pub struct FakeNet {
     avail_event: [u16; 2],
     irq: Arc<FakeIrq>,
     counters: Arc<AtomicCounters>,
-    config: [u8; 12],
+    config: VirtioNetConfig,
 }
 
-const NET_HDR: usize = 12;
+const NET_HDR: usize = size_of::<VirtioNetHdrV1>();
+
+/// A `T` at `offset` of a config space.
+fn read_config<T: FromBytes>(config: &[u8], offset: usize) -> VirtioResult<T> {
+    let end = offset + size_of::<T>();
+    let bytes = config.get(offset..end).ok_or(VirtioError::ConfigSpaceTooSmall)?;
+    T::read_from_bytes(bytes).map_err(|_| VirtioError::ConfigSpaceTooSmall)
+}
 
 impl FakeNet {
     /// A device with MAC 52:54:00:00:00:07, link up.
     pub fn new() -> Self {
         let counters = Arc::new(AtomicCounters::new());
-        let mut config = [0u8; 12];
-        config[..6].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 7]);
-        config[6] = 1; // status: link up
+        let config = VirtioNetConfig {
+            mac: [0x52, 0x54, 0, 0, 0, 7],
+            status: VIRTIO_NET_S_LINK_UP.into(),
+            ..Default::default()
+        };
         Self {
             bad_rx_len: None,
             status: 0,
@@ -393,30 +427,30 @@ impl FakeNet {
     /// Takes the next available chain of queue `q` (single descriptor): (head, bus address, length).
     fn pop(&mut self, q: usize) -> Option<(u16, u64, u32)> {
         let qu = self.queues[q];
-        if qu.size == 0 || qu.last_avail == FakeBlk::rd16(qu.avail + 2) {
+        if qu.size == 0 || qu.last_avail == FakeBlk::rd16(qu.avail + offset_of!(VirtqAvail, idx) as u64) {
             return None;
         }
-        let head = FakeBlk::rd16(qu.avail + 4 + 2 * u64::from(qu.last_avail % qu.size));
-        let d = qu.desc + 16 * u64::from(head);
-        // SAFETY: descriptor table entry inside the driver's descriptor area.
-        let addr = unsafe { FakeBlk::ptr::<u64>(d).read_unaligned() };
-        // SAFETY: as above, its length field.
-        let len = unsafe { FakeBlk::ptr::<u32>(d + 8).read_unaligned() };
+        let head = FakeBlk::avail_head(&qu, qu.last_avail);
+        let d = FakeBlk::desc(&qu, head);
         self.queues[q].last_avail = qu.last_avail.wrapping_add(1);
         if self.features & F_EVENT_IDX != 0 {
             self.avail_event[q] = self.queues[q].last_avail;
-            FakeBlk::wr16(qu.used + 4 + 8 * u64::from(qu.size), self.avail_event[q]);
+            FakeBlk::wr16(
+                qu.used + VirtqUsed::avail_event_offset(qu.size) as u64,
+                self.avail_event[q],
+            );
         }
-        Some((head, addr, len))
+        Some((head, d.addr.get(), d.len.get()))
     }
 
     fn push(&mut self, q: usize, head: u16, len: u32) {
         let qu = self.queues[q];
-        let slot = qu.used + 4 + 8 * u64::from(qu.used_idx % qu.size);
-        FakeBlk::wr32(slot, head.into());
-        FakeBlk::wr32(slot + 4, len);
+        FakeBlk::put_used(&qu, qu.used_idx, head.into(), len);
         self.queues[q].used_idx = qu.used_idx.wrapping_add(1);
-        FakeBlk::wr16(qu.used + 2, self.queues[q].used_idx);
+        FakeBlk::wr16(
+            qu.used + offset_of!(VirtqUsed, idx) as u64,
+            self.queues[q].used_idx,
+        );
         self.irq.raised.store(true, Ordering::Relaxed);
     }
 
@@ -437,7 +471,7 @@ impl FakeNet {
             };
             let frame = self.pending.pop_front().expect("not empty");
             let buf = FakeBlk::bytes(addr, len);
-            buf[..NET_HDR].fill(0);
+            buf[..NET_HDR].copy_from_slice(VirtioNetHdrV1::default().as_bytes());
             buf[NET_HDR..NET_HDR + frame.len()].copy_from_slice(&frame);
             let used = self.bad_rx_len.take().unwrap_or((NET_HDR + frame.len()) as u32);
             self.push(0, head, used);
@@ -457,7 +491,7 @@ impl Transport for FakeNet {
     }
 
     fn read_device_features(&mut self) -> u64 {
-        F_VERSION_1 | F_EVENT_IDX | (1 << 5) | (1 << 16)
+        feature(VIRTIO_F_VERSION_1) | F_EVENT_IDX | feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS)
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {
@@ -521,12 +555,7 @@ impl Transport for FakeNet {
     }
 
     fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> VirtioResult<T> {
-        let end = offset + core::mem::size_of::<T>();
-        let bytes = self
-            .config
-            .get(offset..end)
-            .ok_or(VirtioError::ConfigSpaceTooSmall)?;
-        T::read_from_bytes(bytes).map_err(|_| VirtioError::ConfigSpaceTooSmall)
+        read_config(self.config.as_bytes(), offset)
     }
 
     fn write_config_space<T: IntoBytes + Immutable>(

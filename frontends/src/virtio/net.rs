@@ -1,5 +1,5 @@
 //! virtio-net on the crate's split `VirtQueue` (queue 0 receive, queue 1 transmit), one descriptor
-//! per frame: a [`DmaBuf`] holding `virtio_net_hdr_v1` (12 bytes, all zero: no offloads) and the
+//! per frame: a [`DmaBuf`](crate::dma::DmaBuf) holding `virtio_net_hdr_v1` (12 bytes, all zero: no offloads) and the
 //! frame. Frames are copied once each way between the caller's slice and the DMA buffer (counted in
 //! `bytes_copied`).
 //!
@@ -11,6 +11,12 @@
 use alloc::sync::Arc;
 
 use bitflags::bitflags;
+use ring_protocol::abi::virtio::{
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VIRTIO_RING_F_EVENT_IDX,
+    VirtioNetConfig, VirtioNetHdrV1, feature,
+};
+
+use zerocopy::IntoBytes;
 
 use super::pair::QueuePair;
 use super::transport::{VirtioPci, VirtioTransport};
@@ -27,22 +33,21 @@ const RX_BUFFERS: usize = 16;
 /// Transmit buffers in flight at most.
 const TX_BUFFERS: usize = 16;
 /// `virtio_net_hdr_v1` (with `num_buffers`), the header every buffer starts with under VERSION_1.
-const HDR_LEN: usize = 12;
+const HDR_LEN: usize = size_of::<VirtioNetHdrV1>();
 /// Header + the largest frame (1514 bytes), rounded up.
 const BUF_LEN: usize = 2048;
 const MTU: usize = 1500;
-/// `virtio_net_config`: mac at 0, status at 6 (bit 0 = link up).
-const CONFIG_MAC: usize = 0;
-const CONFIG_STATUS: usize = 6;
-const STATUS_LINK_UP: u16 = 1;
+/// Offsets in the config space.
+const CONFIG_MAC: usize = core::mem::offset_of!(VirtioNetConfig, mac);
+const CONFIG_STATUS: usize = core::mem::offset_of!(VirtioNetConfig, status);
 
 bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     struct Features: u64 {
-        const MAC = 1 << 5;
-        const STATUS = 1 << 16;
-        const RING_EVENT_IDX = 1 << 29;
-        const VERSION_1 = 1 << 32;
+        const MAC = feature(VIRTIO_NET_F_MAC);
+        const STATUS = feature(VIRTIO_NET_F_STATUS);
+        const RING_EVENT_IDX = feature(VIRTIO_RING_F_EVENT_IDX);
+        const VERSION_1 = feature(VIRTIO_F_VERSION_1);
     }
 }
 
@@ -131,7 +136,7 @@ impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
             || self
                 .transport
                 .read_config_space::<u16>(CONFIG_STATUS)
-                .is_ok_and(|s| s & STATUS_LINK_UP != 0)
+                .is_ok_and(|s| s & VIRTIO_NET_S_LINK_UP != 0)
     }
 
     fn mtu(&self) -> usize {
@@ -153,7 +158,8 @@ impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
         let queued = self
             .queues
             .send(&mut self.transport, HDR_LEN + frame.len(), |bytes| {
-                bytes[..HDR_LEN].fill(0);
+                // No offloads: an all-zero header.
+                bytes[..HDR_LEN].copy_from_slice(VirtioNetHdrV1::default().as_bytes());
                 bytes[HDR_LEN..].copy_from_slice(frame);
                 counters.copied(frame.len() as u64);
             })?;

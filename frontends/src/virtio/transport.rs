@@ -21,10 +21,14 @@ use alloc::sync::Arc;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
-use virtio_drivers::transport::pci::{
-    PciTransport, VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
+use core::mem::{offset_of, size_of};
+
+use ring_protocol::abi::virtio::{
+    VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG,
+    VirtioPciCap, VirtioPciCommonCfg, VirtioPciNotifyCap,
 };
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{PhysAddr, Result as VirtioResult};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -79,19 +83,18 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
 
 /// PCI vendor-specific capability id.
 const PCI_CAP_ID_VNDR: u8 = 0x09;
-/// Offsets inside `virtio_pci_cap`.
-const CAP_BAR: u8 = 4;
-const CAP_OFFSET: u8 = 8;
-const CAP_LENGTH: u8 = 12;
-const CAP_NOTIFY_OFF_MULTIPLIER: u8 = 16;
+/// Offsets inside `virtio_pci_cap` (config-space offsets from the capability).
+const CAP_BAR: u8 = offset_of!(VirtioPciCap, bar) as u8;
+const CAP_OFFSET: u8 = offset_of!(VirtioPciCap, offset) as u8;
+const CAP_LENGTH: u8 = offset_of!(VirtioPciCap, length) as u8;
+const CAP_NOTIFY_OFF_MULTIPLIER: u8 = offset_of!(VirtioPciNotifyCap, notify_off_multiplier) as u8;
 /// Offsets inside `virtio_pci_common_cfg`.
-const COMMON_MSIX_CONFIG: usize = 0x10;
-const COMMON_QUEUE_SELECT: usize = 0x16;
-const COMMON_QUEUE_MSIX_VECTOR: usize = 0x1a;
-/// `VIRTIO_MSI_NO_VECTOR`.
-const NO_VECTOR: u16 = 0xffff;
-const COMMON_QUEUE_NOTIFY_OFF: usize = 0x1e;
-const COMMON_LEN: u32 = 0x38;
+const COMMON_MSIX_CONFIG: usize = offset_of!(VirtioPciCommonCfg, msix_config);
+const COMMON_QUEUE_SELECT: usize = offset_of!(VirtioPciCommonCfg, queue_select);
+const COMMON_QUEUE_MSIX_VECTOR: usize = offset_of!(VirtioPciCommonCfg, queue_msix_vector);
+const NO_VECTOR: u16 = VIRTIO_MSI_NO_VECTOR;
+const COMMON_QUEUE_NOTIFY_OFF: usize = offset_of!(VirtioPciCommonCfg, queue_notify_off);
+const COMMON_LEN: u32 = size_of::<VirtioPciCommonCfg>() as u32;
 /// Queues whose doorbell is cached.
 const MAX_QUEUES: usize = 8;
 /// Status reads a reset waits for the device to read back 0.

@@ -171,10 +171,10 @@ pub struct IntegrityParams {
 impl Default for IntegrityParams {
     fn default() -> Self {
         Self {
-            seed: 1,
+            seed: super::defaults::SEED,
             nonce: 0,
-            qd: 8,
-            random_extents: 64,
+            qd: super::defaults::INTEGRITY_QD,
+            random_extents: super::defaults::INTEGRITY_EXTENTS,
         }
     }
 }
@@ -343,10 +343,10 @@ pub struct ThroughputParams {
 impl Default for ThroughputParams {
     fn default() -> Self {
         Self {
-            seed: 1,
-            phase_us: 300_000,
-            qd: 32,
-            random_bytes: 4096,
+            seed: super::defaults::SEED,
+            phase_us: super::defaults::PHASE_MS * 1000,
+            qd: super::defaults::THROUGHPUT_QD,
+            random_bytes: super::defaults::RANDOM_BYTES,
         }
     }
 }

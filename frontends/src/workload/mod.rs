@@ -17,6 +17,38 @@ pub mod net;
 use crate::counters::Counters;
 pub use latency::{Histogram, Latency};
 
+/// I/O port of QEMU's `isa-debugcon` that the guest writes phase markers to (the kernel's
+/// [`Observer::phase`]: the phase number at its start, 0 at its end); the host splits its trace of
+/// device accesses at those writes.
+pub const PHASE_PORT: u16 = 0x402;
+
+/// The guest kernel's tests when its command line names none (`tests=` absent), in order: the safe
+/// platform checks. `cargo xtask run` runs the same list before its comparison.
+pub const DEFAULT_TESTS: &[&str] = &["hello", "cpuid", "heap", "timer", "pci"];
+
+/// The workloads' parameter defaults: what the guest's tests use when the command line gives none,
+/// and what the host's checks (xtask) assume then.
+pub mod defaults {
+    /// `seed`: offsets, patterns and payloads.
+    pub const SEED: u64 = 1;
+    /// `blk-integrity` `qd`.
+    pub const INTEGRITY_QD: usize = 8;
+    /// `blk-integrity` `extents`: random extents written.
+    pub const INTEGRITY_EXTENTS: usize = 64;
+    /// `blk-throughput` `qd`: the deep queue depth.
+    pub const THROUGHPUT_QD: usize = 32;
+    /// `ms`: length of each throughput or packet-rate phase.
+    pub const PHASE_MS: u64 = 300;
+    /// `blk-throughput` `bs`: bytes of the random requests.
+    pub const RANDOM_BYTES: usize = 4096;
+    /// `net-echo` `frames`.
+    pub const NET_FRAMES: u32 = 200;
+    /// `net-echo` `window`: frames in flight.
+    pub const NET_WINDOW: u32 = 8;
+    /// `console-echo` `bytes`.
+    pub const CONSOLE_BYTES: usize = 4096;
+}
+
 /// What a workload did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Report {

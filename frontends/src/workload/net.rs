@@ -13,10 +13,7 @@ use crate::net::{ETH_HEADER_LEN, NetDevice};
 use crate::wait::{Waiter, wait_for};
 use crate::{Error, Result};
 
-/// Local experimental EtherType.
-pub const ETHERTYPE: u16 = 0x88b5;
-/// Where frames are sent (a locally administered address; the peer answers whatever it is).
-pub const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+pub use ring_protocol::abi::pvkit_echo::{ETHERTYPE, PEER_MAC};
 /// Longest the workload waits for an echo.
 pub const ECHO_TIMEOUT_US: u64 = 5_000_000;
 /// Payload bytes that are not data: seq + len + crc.

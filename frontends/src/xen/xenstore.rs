@@ -1,8 +1,8 @@
 //! A XenStore client over the guest end of the XenStore ring page.
 //!
-//! Requests are an [`XsdSockmsg`] header plus payload written into the request ring (in pieces if the
-//! 1 KiB ring is fuller than the message), the peer is notified, and the reply is assembled from the
-//! response ring. Replies carry the request's `req_id`; watch events (`XS_WATCH_EVENT`) can arrive
+//! Messages are framed and parsed by the shared wire codec ([`ring_protocol::xenstore`]): a request
+//! is written into the request ring (in pieces if the 1 KiB ring is fuller than the message), the
+//! peer is notified, and the reply is assembled from the response ring. Replies carry the request's `req_id`; watch events (`XS_WATCH_EVENT`) can arrive
 //! in between at any time and are queued for [`XenStore::next_watch_event`]. An `XS_ERROR` reply's
 //! payload (an errno name such as `ENOENT`) becomes a typed [`XsErrorKind`].
 //!
@@ -26,10 +26,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XSD_ERRORS, XsdSockmsg, XsdSockmsgType};
+use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XSD_ERRORS, XsdSockmsg};
 use ring_protocol::byte_ring::Duplex;
 use ring_protocol::platform::Notify;
-use zerocopy::{FromBytes, IntoBytes};
+use ring_protocol::xenstore::{self as wire, Incoming, MAX_MESSAGE, Request};
 
 use crate::wait::{Waiter, wait_for};
 use crate::{Error, Result};
@@ -42,8 +42,6 @@ pub const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
 pub const MAX_QUEUED_EVENTS: usize = 64;
 /// Requests that timed out whose late replies are recognised (and dropped).
 const MAX_ABANDONED: usize = 8;
-/// A header and the largest payload.
-const MAX_MESSAGE: usize = 16 + XENSTORE_PAYLOAD_MAX;
 
 /// A XenStore error, by the name the daemon sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,27 +282,20 @@ impl<N: Notify> XenStore<N> {
         self.halted.clone().map_or(Ok(()), Err)
     }
 
-    fn send(&mut self, waiter: &dyn Waiter, ty: XsdSockmsgType, tx: TxId, payload: &[u8]) -> Result<u32> {
+    fn send(&mut self, waiter: &dyn Waiter, req: &Request<'_>, tx: TxId) -> Result<u32> {
         self.check()?;
-        if payload.len() > XENSTORE_PAYLOAD_MAX {
-            return Err(Error::BadLength {
+        let req_id = self.next_req_id;
+        let mut msg = Vec::new();
+        req.encode(req_id, tx.0, &mut msg).map_err(|e| match e {
+            ring_protocol::Error::XsPayloadTooLong { len } => Error::BadLength {
                 op: "xenstore request",
-                len: payload.len(),
+                len: len as usize,
                 unit: 1,
                 max: XENSTORE_PAYLOAD_MAX,
-            });
-        }
-        let req_id = self.next_req_id;
+            },
+            other => Error::Ring(other),
+        })?;
         self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
-        let header = XsdSockmsg {
-            type_: ty as u32,
-            req_id,
-            tx_id: tx.0,
-            len: payload.len() as u32,
-        };
-        let mut msg = Vec::with_capacity(16 + payload.len());
-        msg.extend_from_slice(header.as_bytes());
-        msg.extend_from_slice(payload);
         let mut sent = 0;
         let timeout = self.timeout_us;
         while sent < msg.len() {
@@ -341,33 +332,28 @@ impl<N: Notify> XenStore<N> {
                 self.kick()?;
             }
         }
-        if self.partial.len() < 16 {
-            return Ok(None);
+        match wire::split_message(&self.partial) {
+            Ok(None) => Ok(None),
+            Ok(Some((header, payload, used))) => {
+                let payload = payload.to_vec();
+                self.partial.drain(..used);
+                Ok(Some((header, payload)))
+            }
+            Err(ring_protocol::Error::XsPayloadTooLong { len }) => {
+                // The byte stream cannot be resynchronised: halt.
+                let e = protocol("reply payload length", len);
+                self.halted = Some(e.clone());
+                Err(e)
+            }
+            Err(e) => Err(Error::Ring(e)),
         }
-        let header =
-            XsdSockmsg::read_from_bytes(&self.partial[..16]).map_err(|_| protocol("short header", 0))?;
-        let len = header.len as usize;
-        if len > XENSTORE_PAYLOAD_MAX {
-            let e = protocol("reply payload length", u64::from(header.len));
-            self.halted = Some(e.clone());
-            return Err(e);
-        }
-        if self.partial.len() < 16 + len {
-            return Ok(None);
-        }
-        let payload = self.partial[16..16 + len].to_vec();
-        self.partial.drain(..16 + len);
-        Ok(Some((header, payload)))
     }
 
     /// Takes whatever has arrived, queueing watch events; returns the reply to `req_id` if it came.
     fn pump(&mut self, req_id: Option<u32>) -> Result<Option<(XsdSockmsg, Vec<u8>)>> {
         while let Some((h, payload)) = self.try_take_message()? {
-            match XsdSockmsgType::from_wire(h.type_) {
-                Some(XsdSockmsgType::WatchEvent) => {
-                    let mut parts = payload.split(|&b| b == 0);
-                    let path = parts.next().unwrap_or_default();
-                    let token = parts.next().unwrap_or_default();
+            match wire::classify(&h, &payload) {
+                Ok(Incoming::WatchEvent { path, token }) => {
                     self.stats.watch_events += 1;
                     let event = WatchEvent {
                         path: String::from_utf8_lossy(path).into_owned(),
@@ -384,33 +370,46 @@ impl<N: Notify> XenStore<N> {
                     }
                     self.events.push_back(event);
                 }
-                Some(_) if Some(h.req_id) == req_id => return Ok(Some((h, payload))),
-                Some(_) if self.abandoned.contains(&h.req_id) => {
+                Ok(Incoming::Reply) if Some(h.req_id) == req_id => return Ok(Some((h, payload))),
+                Ok(Incoming::Reply) if self.abandoned.contains(&h.req_id) => {
                     self.abandoned.retain(|&id| id != h.req_id);
                     self.stats.late_replies += 1;
                 }
-                Some(_) => return Err(protocol("reply to an unknown request id", u64::from(h.req_id))),
-                None => return Err(protocol("unknown message type", u64::from(h.type_))),
+                Ok(Incoming::Reply) => {
+                    return Err(protocol("reply to an unknown request id", u64::from(h.req_id)));
+                }
+                Err(ring_protocol::Error::XsUnknownType { ty }) => {
+                    return Err(protocol("unknown message type", u64::from(ty)));
+                }
+                Err(ring_protocol::Error::XsMalformed { .. }) => {
+                    return Err(protocol(
+                        "watch event without a path and a token",
+                        payload.len() as u64,
+                    ));
+                }
+                Err(e) => return Err(Error::Ring(e)),
             }
         }
         Ok(None)
     }
 
-    /// One request/reply round trip. Returns the reply payload.
+    /// One request/reply round trip. Returns the reply payload. `op` and `path` name the request
+    /// in errors.
     fn request(
         &mut self,
         waiter: &dyn Waiter,
         op: &'static str,
-        ty: XsdSockmsgType,
+        req: Request<'_>,
         tx: TxId,
         path: &str,
-        payload: &[u8],
     ) -> Result<Vec<u8>> {
-        if path.contains('\0') {
+        let req_id = match self.send(waiter, &req, tx) {
             // A NUL would end the path early on the wire and shift what follows it.
-            return Err(xs_err(op, path, XsErrorKind::Invalid));
-        }
-        let req_id = self.send(waiter, ty, tx, payload)?;
+            Err(Error::Ring(ring_protocol::Error::XsNulInArgument)) => {
+                return Err(xs_err(op, path, XsErrorKind::Invalid));
+            }
+            other => other?,
+        };
         let timeout = self.timeout_us;
         let (h, reply) = match wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id))) {
             Ok(r) => r,
@@ -425,37 +424,23 @@ impl<N: Notify> XenStore<N> {
                 return Err(e);
             }
         };
-        match XsdSockmsgType::from_wire(h.type_) {
-            Some(XsdSockmsgType::Error) => {
-                let name = reply.split(|&b| b == 0).next().unwrap_or_default();
-                Err(xs_err(
-                    op,
-                    path,
-                    XsErrorKind::from_name(&String::from_utf8_lossy(name)),
-                ))
-            }
-            Some(t) if t == ty => Ok(reply),
-            _ => Err(protocol(
+        match wire::reply_result(&h, &reply, req.msg_type(), req_id) {
+            Ok(Ok(_)) => Ok(reply),
+            Ok(Err(name)) => Err(xs_err(
+                op,
+                path,
+                XsErrorKind::from_name(&String::from_utf8_lossy(name)),
+            )),
+            Err(_) => Err(protocol(
                 "reply of another type than the request",
                 u64::from(h.type_),
             )),
         }
     }
 
-    fn path_payload(path: &str, extra: &[&[u8]]) -> Vec<u8> {
-        let mut p = Vec::with_capacity(path.len() + 1);
-        p.extend_from_slice(path.as_bytes());
-        p.push(0);
-        for e in extra {
-            p.extend_from_slice(e);
-        }
-        p
-    }
-
     /// Reads node `path`.
     pub fn read(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<Vec<u8>> {
-        let p = Self::path_payload(path, &[]);
-        self.request(waiter, "read", XsdSockmsgType::Read, tx, path, &p)
+        self.request(waiter, "read", Request::Read { path }, tx, path)
     }
 
     /// Reads node `path` as UTF-8 text.
@@ -479,31 +464,26 @@ impl<N: Notify> XenStore<N> {
 
     /// Writes `value` to node `path` (creating it).
     pub fn write(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str, value: &[u8]) -> Result<()> {
-        let p = Self::path_payload(path, &[value]);
-        self.request(waiter, "write", XsdSockmsgType::Write, tx, path, &p)
+        self.request(waiter, "write", Request::Write { path, value }, tx, path)
             .map(|_| ())
     }
 
     /// Creates node `path`.
     pub fn mkdir(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<()> {
-        let p = Self::path_payload(path, &[]);
-        self.request(waiter, "mkdir", XsdSockmsgType::Mkdir, tx, path, &p)
+        self.request(waiter, "mkdir", Request::Mkdir { path }, tx, path)
             .map(|_| ())
     }
 
     /// Removes node `path` and its children.
     pub fn rm(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<()> {
-        let p = Self::path_payload(path, &[]);
-        self.request(waiter, "rm", XsdSockmsgType::Rm, tx, path, &p)
+        self.request(waiter, "rm", Request::Rm { path }, tx, path)
             .map(|_| ())
     }
 
     /// The children of node `path`.
     pub fn directory(&mut self, waiter: &dyn Waiter, tx: TxId, path: &str) -> Result<Vec<String>> {
-        let p = Self::path_payload(path, &[]);
-        let reply = self.request(waiter, "directory", XsdSockmsgType::Directory, tx, path, &p)?;
-        Ok(reply
-            .split(|&b| b == 0)
+        let reply = self.request(waiter, "directory", Request::Directory { path }, tx, path)?;
+        Ok(wire::strings(&reply)
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect())
@@ -512,35 +492,26 @@ impl<N: Notify> XenStore<N> {
     /// The home path of domain `domid` (`/local/domain/<domid>`).
     pub fn domain_path(&mut self, waiter: &dyn Waiter, domid: u16) -> Result<String> {
         let id = format!("{domid}");
-        let p = Self::path_payload(&id, &[]);
         let reply = self.request(
             waiter,
             "get_domain_path",
-            XsdSockmsgType::GetDomainPath,
+            Request::GetDomainPath { domid },
             NO_TX,
             &id,
-            &p,
         )?;
-        let s = reply.split(|&b| b == 0).next().unwrap_or_default();
-        Ok(String::from_utf8_lossy(s).into_owned())
+        Ok(String::from_utf8_lossy(wire::first_string(&reply)).into_owned())
     }
 
     /// Watches `path` (and everything below it); events carry `token`. The daemon fires the watch once
     /// right away.
     pub fn watch(&mut self, waiter: &dyn Waiter, path: &str, token: &str) -> Result<()> {
-        let mut tok = Vec::from(token.as_bytes());
-        tok.push(0);
-        let p = Self::path_payload(path, &[&tok]);
-        self.request(waiter, "watch", XsdSockmsgType::Watch, NO_TX, path, &p)
+        self.request(waiter, "watch", Request::Watch { path, token }, NO_TX, path)
             .map(|_| ())
     }
 
     /// Removes a watch.
     pub fn unwatch(&mut self, waiter: &dyn Waiter, path: &str, token: &str) -> Result<()> {
-        let mut tok = Vec::from(token.as_bytes());
-        tok.push(0);
-        let p = Self::path_payload(path, &[&tok]);
-        self.request(waiter, "unwatch", XsdSockmsgType::Unwatch, NO_TX, path, &p)
+        self.request(waiter, "unwatch", Request::Unwatch { path, token }, NO_TX, path)
             .map(|_| ())
     }
 
@@ -562,33 +533,24 @@ impl<N: Notify> XenStore<N> {
 
     /// Starts a transaction.
     pub fn transaction_start(&mut self, waiter: &dyn Waiter) -> Result<TxId> {
-        let reply = self.request(
-            waiter,
-            "transaction_start",
-            XsdSockmsgType::TransactionStart,
-            NO_TX,
-            "",
-            b"\0",
-        )?;
-        let s = String::from_utf8_lossy(reply.split(|&b| b == 0).next().unwrap_or_default()).into_owned();
-        s.parse::<u32>()
-            .ok()
-            .filter(|&id| id != 0)
-            .map(TxId)
-            .ok_or_else(|| protocol("transaction id that is not a non-zero number", s.len() as u64))
+        let reply = self.request(waiter, "transaction_start", Request::TransactionStart, NO_TX, "")?;
+        wire::transaction_id(&reply).map(TxId).ok_or_else(|| {
+            protocol(
+                "transaction id that is not a non-zero number",
+                wire::first_string(&reply).len() as u64,
+            )
+        })
     }
 
     /// Ends a transaction: commits it if `commit`, else aborts it. A conflicting commit fails with
     /// [`XsErrorKind::Again`].
     pub fn transaction_end(&mut self, waiter: &dyn Waiter, tx: TxId, commit: bool) -> Result<()> {
-        let p: &[u8] = if commit { b"T\0" } else { b"F\0" };
         self.request(
             waiter,
             "transaction_end",
-            XsdSockmsgType::TransactionEnd,
+            Request::TransactionEnd { commit },
             tx,
             "",
-            p,
         )
         .map(|_| ())
     }

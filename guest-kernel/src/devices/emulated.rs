@@ -18,7 +18,7 @@ use pvkit_frontends::console::ConsoleDevice;
 use pvkit_frontends::emulated::ahci::AhciDisk;
 use pvkit_frontends::emulated::e1000::E1000;
 use pvkit_frontends::emulated::ide::{IdeChannel, IdeDisk, PioWidth};
-use pvkit_frontends::emulated::io::Mmio;
+use pvkit_frontends::emulated::io::{Mmio, VolatileMmio};
 use pvkit_frontends::emulated::uart16550::UartConsole;
 use pvkit_frontends::net::NetDevice;
 use pvkit_frontends::{Error, Result};
@@ -61,45 +61,35 @@ impl<D: ?Sized> core::fmt::Debug for Opened<D> {
     }
 }
 
-/// A PCI memory BAR's registers, mapped uncached by platform init (identity mapping).
-#[derive(Debug, Clone, Copy)]
-pub struct MmioWindow {
-    base: u64,
-    len: usize,
-}
+/// A PCI memory BAR's registers, mapped uncached by platform init (identity mapping): the
+/// drivers' [`VolatileMmio`] window, each access counted as a device exit
+/// (`arch::x86_64::exits`).
+#[derive(Debug, Clone)]
+pub struct MmioWindow(VolatileMmio);
 
 impl MmioWindow {
     /// The registers at `base..base + len`.
     ///
     /// # Safety
-    /// The range is one device's register window, mapped uncached, and the driver given this
-    /// window is the only one driving that device.
+    /// The range is one device's register window, 4-byte aligned and mapped uncached, and the
+    /// driver given this window is the only one driving that device.
     pub unsafe fn new(base: u64, len: usize) -> Self {
-        Self { base, len }
-    }
-
-    fn addr(&self, offset: usize) -> u64 {
-        assert!(
-            offset.is_multiple_of(4) && offset + 4 <= self.len,
-            "MMIO offset {offset:#x} outside the {:#x}-byte window or unaligned",
-            self.len
-        );
-        self.base + offset as u64
+        let base = core::ptr::NonNull::new(base as *mut u8).expect("BAR at address 0");
+        // SAFETY: forwarded from the caller: one device's window, mapped for the run, used only
+        // through this value.
+        Self(unsafe { VolatileMmio::new(base, len) })
     }
 }
 
 impl Mmio for MmioWindow {
     fn read32(&self, offset: usize) -> u32 {
-        let addr = self.addr(offset);
-        // SAFETY: `addr` is an aligned register inside the window (checked in `addr`), which `new`'s
-        // caller vouched is this device's, mapped uncached.
-        unsafe { crate::arch::x86_64::mmio::read32(addr) }
+        crate::arch::x86_64::exits::mmio(1);
+        self.0.read32(offset)
     }
 
     fn write32(&self, offset: usize, value: u32) {
-        let addr = self.addr(offset);
-        // SAFETY: as for read32; the write only affects this device.
-        unsafe { crate::arch::x86_64::mmio::write32(addr, value) }
+        crate::arch::x86_64::exits::mmio(1);
+        self.0.write32(offset, value);
     }
 }
 

@@ -10,10 +10,10 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::x86_64::boot::xen_pv::bootstrap_mapped_end;
-use crate::arch::x86_64::xen::abi::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, VCPUOP_STOP_PERIODIC_TIMER};
 use crate::arch::x86_64::xen::{self as hv, traps};
 use crate::boot::BootInfo;
 use crate::xen::{self, events, memory};
+use ring_protocol::abi::pv::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, VCPUOP_STOP_PERIODIC_TIMER};
 
 /// The page the shared-info frame is mapped over (its own frame is given up).
 static SHARED_INFO_SLOT: memory::PageWindow<1> = memory::PageWindow::new();
@@ -66,7 +66,7 @@ pub fn init(info: &'static BootInfo) {
     unsafe { hv::set_callbacks(traps::upcall_entry(), traps::failsafe_entry()) }
         .unwrap_or_else(|e| panic!("{e}"));
     // Some Xen versions start a 100 Hz periodic timer on vCPU 0; the kernel's timer is one-shot.
-    let _ = hv::vcpu_op_noarg(VCPUOP_STOP_PERIODIC_TIMER, 0);
+    let _ = hv::vcpu_op_noarg(VCPUOP_STOP_PERIODIC_TIMER.into(), 0);
 
     let start = state.first_free_pfn;
     let floor = state.table_floor_pfn;

@@ -1,6 +1,7 @@
 //! The in-kernel test runner.
 //!
-//! The command line names the tests (`tests=a,b`; default: every test marked `default`) and their
+//! The command line names the tests (`tests=a,b`; default:
+//! [`DEFAULT_TESTS`](pvkit_frontends::workload::DEFAULT_TESTS)) and their
 //! parameters (`<test>.<param>=<value>`). Each test prints `PVKIT TEST <name> START`, then `PASS
 //! [key=value ...]` or `FAIL <reason>`; the run ends with `PVKIT SUMMARY passed=<n> failed=<m>` and
 //! `PVKIT EXIT <0|1>`. A test that faults or panics is failed by `fatal`, which calls
@@ -81,199 +82,166 @@ impl Params<'_> {
 pub struct Test {
     /// Name on the command line and in the output.
     pub name: &'static str,
-    /// Runs when no `tests=` is given.
-    pub default: bool,
     /// Parameters it accepts (`<name>.<param>=`).
     pub params: &'static [&'static str],
     /// The test.
     pub run: fn(&Params<'_>) -> Outcome,
 }
 
-/// Every test, in default order.
+/// Every test.
 pub static TESTS: &[Test] = &[
     Test {
         name: "hello",
-        default: true,
         params: &["mem_mib"],
         run: hello::run,
     },
     Test {
         name: "cpuid",
-        default: true,
         params: &["expect"],
         run: cpuid::run,
     },
     Test {
         name: "heap",
-        default: true,
         params: &["rounds", "seed"],
         run: heap::run,
     },
     Test {
         name: "timer",
-        default: true,
         params: &["hz", "ms", "tolerance"],
         run: timer::run,
     },
     Test {
         name: "pci",
-        default: true,
         params: &["expect"],
         run: pci::run,
     },
     Test {
         name: "uart",
-        default: false,
         params: &["bytes"],
         run: uart::run,
     },
     Test {
         name: "fault-pagefault",
-        default: false,
         params: &[],
         run: fault::pagefault,
     },
     Test {
         name: "fault-panic",
-        default: false,
         params: &[],
         run: fault::panic,
     },
     Test {
         name: "fault-stack",
-        default: false,
         params: &[],
         run: fault::stack_overflow,
     },
     Test {
         name: "blk-integrity@virtio-blk",
-        default: false,
         params: workloads::VIRTIO_BLK_PARAMS,
         run: workloads::blk_integrity_virtio,
     },
     Test {
         name: "blk-throughput@virtio-blk",
-        default: false,
         params: workloads::VIRTIO_BLK_PARAMS,
         run: workloads::blk_throughput_virtio,
     },
     Test {
         name: "blk-error@virtio-blk",
-        default: false,
         params: workloads::VIRTIO_BLK_PARAMS,
         run: workloads::blk_error_virtio,
     },
     Test {
         name: "net-echo@virtio-net",
-        default: false,
         params: workloads::VIRTIO_NET_PARAMS,
         run: workloads::net_echo_virtio,
     },
     Test {
         name: "console-echo@virtio-console",
-        default: false,
         params: workloads::VIRTIO_CONSOLE_PARAMS,
         run: workloads::console_echo_virtio,
     },
     Test {
         name: "blk-integrity@ide",
-        default: false,
         params: emulated::IDE_PARAMS,
         run: emulated::blk_integrity_ide,
     },
     Test {
         name: "blk-throughput@ide",
-        default: false,
         params: emulated::IDE_PARAMS,
         run: emulated::blk_throughput_ide,
     },
     Test {
         name: "blk-error@ide",
-        default: false,
         params: emulated::IDE_PARAMS,
         run: emulated::blk_error_ide,
     },
     Test {
         name: "blk-integrity@ahci",
-        default: false,
         params: emulated::AHCI_PARAMS,
         run: emulated::blk_integrity_ahci,
     },
     Test {
         name: "blk-throughput@ahci",
-        default: false,
         params: emulated::AHCI_PARAMS,
         run: emulated::blk_throughput_ahci,
     },
     Test {
         name: "blk-error@ahci",
-        default: false,
         params: emulated::AHCI_PARAMS,
         run: emulated::blk_error_ahci,
     },
     Test {
         name: "net-echo@e1000",
-        default: false,
         params: emulated::E1000_PARAMS,
         run: emulated::net_echo_e1000,
     },
     Test {
         name: "console-echo@uart",
-        default: false,
         params: emulated::UART_PARAMS,
         run: emulated::console_echo_uart,
     },
     Test {
         name: "blk-integrity@xen-blk",
-        default: false,
         params: xen::XEN_BLK_PARAMS,
         run: xen::blk_integrity,
     },
     Test {
         name: "blk-hostile@xen-blk",
-        default: false,
         params: xen::XEN_BLK_PARAMS,
         run: xen::blk_hostile,
     },
     Test {
         name: "blk-throughput@xen-blk",
-        default: false,
         params: xen::XEN_BLK_PARAMS,
         run: xen::blk_throughput,
     },
     Test {
         name: "console-input@xen-console",
-        default: false,
         params: xen::XEN_CONSOLE_PARAMS,
         run: xen::console_input,
     },
     Test {
         name: "net-ping@xen-net",
-        default: false,
         params: xen::XEN_NET_PARAMS,
         run: xen::net_ping,
     },
     Test {
         name: "net-echo@xen-net",
-        default: false,
         params: xen::XEN_NET_ECHO_PARAMS,
         run: xen::net_echo,
     },
     Test {
         name: "console-echo@xen-console",
-        default: false,
         params: xen::XEN_CONSOLE_ECHO_PARAMS,
         run: xen::console_echo,
     },
     Test {
         name: "evtchn",
-        default: false,
         params: &[],
         run: xen::evtchn,
     },
     Test {
         name: "xenstore",
-        default: false,
         params: xen::XENSTORE_PARAMS,
         run: xen::xenstore,
     },
@@ -299,19 +267,20 @@ pub fn run_from_cmdline(info: &BootInfo) -> u8 {
             crate::boot::CMDLINE_MAX
         ));
     }
-    let selected: Vec<(usize, &'static Test)> = match &line.tests {
-        Some(names) => names
-            .iter()
-            .filter_map(|n| {
-                let found = find(n);
-                if found.is_none() {
-                    errors.push(alloc::format!("unknown test '{n}'"));
-                }
-                found
-            })
-            .collect(),
-        None => TESTS.iter().enumerate().filter(|(_, t)| t.default).collect(),
-    };
+    let names: &[&str] = line
+        .tests
+        .as_deref()
+        .unwrap_or(pvkit_frontends::workload::DEFAULT_TESTS);
+    let selected: Vec<(usize, &'static Test)> = names
+        .iter()
+        .filter_map(|n| {
+            let found = find(n);
+            if found.is_none() {
+                errors.push(alloc::format!("unknown test '{n}'"));
+            }
+            found
+        })
+        .collect();
     for &(test, param, value) in &line.params {
         match find(test) {
             Some((_, t)) if t.params.contains(&param) => {}

@@ -22,14 +22,11 @@ use pvkit_frontends::console::ConsoleDevice;
 use pvkit_frontends::counters::Exits;
 use pvkit_frontends::net::NetDevice;
 use pvkit_frontends::wait::{SharedIrqAck, WaitMode};
-use pvkit_frontends::workload::{self, Observer, Perf, Report};
+use pvkit_frontends::workload::{self, Observer, PHASE_PORT, Perf, Report, defaults};
 
 use super::{Outcome, Params, fail};
 use crate::arch::x86_64::{exits, port};
 use crate::devices::{self, IrqBinding, IrqLine, KernelWaiter, virtio};
-
-/// I/O port of QEMU's `isa-debugcon` used for phase markers.
-pub const PHASE_PORT: u16 = 0x402;
 
 /// The waiter and, in interrupt mode, the routed interrupt, for the length of a test.
 struct Session {
@@ -141,7 +138,7 @@ impl Observer for PerfPrinter<'_> {
 }
 
 pub(super) fn seed(p: &Params<'_>) -> Result<u64, String> {
-    p.u64_in("seed", 1, 0..=u64::MAX)
+    p.u64_in("seed", defaults::SEED, 0..=u64::MAX)
 }
 
 /// `blk-integrity`: params `qd` (8), `extents` (64).
@@ -155,8 +152,8 @@ pub fn blk_integrity(
         let params = workload::blk::IntegrityParams {
             seed: seed(p)?,
             nonce: crate::arch::read_tsc(),
-            qd: p.u64_in("qd", 8, 1..=256)? as usize,
-            random_extents: p.u64_in("extents", 64, 1..=4096)? as usize,
+            qd: p.u64_in("qd", defaults::INTEGRITY_QD as u64, 1..=256)? as usize,
+            random_extents: p.u64_in("extents", defaults::INTEGRITY_EXTENTS as u64, 1..=4096)? as usize,
         };
         let s = session(p, dev.irq_ack(), line)?;
         let info = dev.info();
@@ -182,9 +179,9 @@ pub fn blk_throughput(
     let mut run = || -> Result<String, String> {
         let params = workload::blk::ThroughputParams {
             seed: seed(p)?,
-            phase_us: p.u64_in("ms", 300, 1..=600_000)? * 1000,
-            qd: p.u64_in("qd", 32, 1..=256)? as usize,
-            random_bytes: match p.u64_in("bs", 4096, 512..=4096)? {
+            phase_us: p.u64_in("ms", defaults::PHASE_MS, 1..=600_000)? * 1000,
+            qd: p.u64_in("qd", defaults::THROUGHPUT_QD as u64, 1..=256)? as usize,
+            random_bytes: match p.u64_in("bs", defaults::RANDOM_BYTES as u64, 512..=4096)? {
                 b @ (512 | 4096) => b as usize,
                 b => return Err(alloc::format!("bs={b}: only 512 or 4096")),
             },
@@ -233,9 +230,9 @@ impl NetEchoParams {
     /// `frames` (200), `window` (8), `ms` for each packet-rate phase (300, 0 = none), `seed`.
     pub(super) fn parse(p: &Params<'_>) -> Result<Self, String> {
         Ok(Self {
-            frames: p.u64_in("frames", 200, 1..=1_000_000)? as u32,
-            window: p.u64_in("window", 8, 1..=64)? as u32,
-            ms: p.u64_in("ms", 300, 0..=600_000)?,
+            frames: p.u64_in("frames", defaults::NET_FRAMES.into(), 1..=1_000_000)? as u32,
+            window: p.u64_in("window", defaults::NET_WINDOW.into(), 1..=64)? as u32,
+            ms: p.u64_in("ms", defaults::PHASE_MS, 0..=600_000)?,
             seed: seed(p)?,
         })
     }
@@ -306,7 +303,7 @@ pub fn console_echo(
     label: &str,
 ) -> Outcome {
     let mut run = || -> Result<String, String> {
-        let bytes = p.u64_in("bytes", 4096, 1..=16 * 1024 * 1024)? as usize;
+        let bytes = p.u64_in("bytes", defaults::CONSOLE_BYTES as u64, 1..=16 * 1024 * 1024)? as usize;
         let seed = seed(p)?;
         let s = session(p, dev.irq_ack(), line)?;
         console_echo_with(dev, &s.waiter, bytes, seed, true, label)

@@ -8,6 +8,7 @@
 //! - [`hello_info`]: Xen lines of the `hello` report.
 
 use pvkit_frontends::wait::WaitMode;
+use pvkit_frontends::workload::defaults;
 use pvkit_frontends::xen::xenstore::{NO_TX, XsErrorKind, xs_kind};
 
 use super::{Outcome, Params, fail};
@@ -76,10 +77,10 @@ fn blk_label(
 pub fn blk_integrity(p: &Params<'_>) -> Outcome {
     let run = || -> Result<alloc::string::String, alloc::string::String> {
         let params = pvkit_frontends::workload::blk::IntegrityParams {
-            seed: p.u64_in("seed", 1, 0..=u64::MAX)?,
+            seed: super::workloads::seed(p)?,
             nonce: crate::arch::read_tsc(),
-            qd: p.u64_in("qd", 8, 1..=256)? as usize,
-            random_extents: p.u64_in("extents", 64, 1..=4096)? as usize,
+            qd: p.u64_in("qd", defaults::INTEGRITY_QD as u64, 1..=256)? as usize,
+            random_extents: p.u64_in("extents", defaults::INTEGRITY_EXTENTS as u64, 1..=4096)? as usize,
         };
         let mode = xen_mode(p)?;
         let mut dev = open_blk(p)?;
@@ -117,7 +118,7 @@ pub fn blk_hostile(p: &Params<'_>) -> Outcome {
             mode: WaitMode::Interrupt,
         };
         let params = pvkit_frontends::workload::blk::IntegrityParams {
-            seed: p.u64_in("seed", 1, 0..=u64::MAX)?,
+            seed: super::workloads::seed(p)?,
             nonce: crate::arch::read_tsc(),
             qd: 1,
             random_extents: 1,
@@ -162,10 +163,10 @@ pub fn blk_hostile(p: &Params<'_>) -> Outcome {
 pub fn blk_throughput(p: &Params<'_>) -> Outcome {
     let run = || -> Result<alloc::string::String, alloc::string::String> {
         let params = pvkit_frontends::workload::blk::ThroughputParams {
-            seed: p.u64_in("seed", 1, 0..=u64::MAX)?,
-            phase_us: p.u64_in("ms", 300, 1..=600_000)? * 1000,
-            qd: p.u64_in("qd", 32, 1..=256)? as usize,
-            random_bytes: match p.u64_in("bs", 4096, 512..=4096)? {
+            seed: super::workloads::seed(p)?,
+            phase_us: p.u64_in("ms", defaults::PHASE_MS, 1..=600_000)? * 1000,
+            qd: p.u64_in("qd", defaults::THROUGHPUT_QD as u64, 1..=256)? as usize,
+            random_bytes: match p.u64_in("bs", defaults::RANDOM_BYTES as u64, 512..=4096)? {
                 b @ (512 | 4096) => b as usize,
                 b => return Err(alloc::format!("bs={b}: only 512 or 4096")),
             },
@@ -531,7 +532,7 @@ pub const XEN_CONSOLE_ECHO_PARAMS: &[&str] = &["mode", "seed", "bytes", "index",
 /// (4096), `seed`, `mode`, `index`, `timeout_ms` (connection, 10000).
 pub fn console_echo(p: &Params<'_>) -> Outcome {
     let run = || -> Result<alloc::string::String, alloc::string::String> {
-        let bytes = p.u64_in("bytes", 4096, 1..=16 * 1024 * 1024)? as usize;
+        let bytes = p.u64_in("bytes", defaults::CONSOLE_BYTES as u64, 1..=16 * 1024 * 1024)? as usize;
         let seed = super::workloads::seed(p)?;
         let index = p.u64_in("index", 0, 0..=8)? as usize;
         let timeout_us = p.u64_in("timeout_ms", 10_000, 100..=600_000)? * 1000;

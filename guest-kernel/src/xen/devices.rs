@@ -11,6 +11,7 @@ use pvkit_frontends::xen::grant::GrantTable;
 use pvkit_frontends::xen::netfront::NetFront;
 use pvkit_frontends::xen::xenbus;
 use pvkit_frontends::{Error, Result};
+use ring_protocol::abi::PAGE_SIZE;
 use ring_protocol::abi::event_channel::EvtchnPort;
 use ring_protocol::abi::grant_table::{GNTST_OKAY, GNTTABOP_SETUP_TABLE, GnttabSetupTable, GrantEntryV1};
 use ring_protocol::abi::xen::{DomId, XenPfn};
@@ -43,7 +44,7 @@ fn setup_grants() -> core::result::Result<GrantTable, alloc::string::String> {
     let base = GRANT_WINDOW.va();
     for (i, &mfn) in frames.iter().enumerate() {
         // SAFETY: the window is ours and unused; from here on its pages are the grant table.
-        unsafe { super::memory::map_machine_page(base + i as u64 * 4096, mfn) }
+        unsafe { super::memory::map_machine_page(base + (i * PAGE_SIZE) as u64, mfn) }
             .map_err(|e| alloc::format!("mapping grant frame {i} (mfn {mfn:#x}): {e}"))?;
     }
     let entries = NonNull::new(base as *mut GrantEntryV1).expect("static window");
@@ -52,7 +53,7 @@ fn setup_grants() -> core::result::Result<GrantTable, alloc::string::String> {
     Ok(unsafe {
         GrantTable::new(
             entries,
-            GRANT_FRAMES * 4096 / core::mem::size_of::<GrantEntryV1>(),
+            GRANT_FRAMES * PAGE_SIZE / core::mem::size_of::<GrantEntryV1>(),
         )
     })
 }

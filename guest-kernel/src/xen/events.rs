@@ -17,7 +17,16 @@ use ring_protocol::abi::event_channel::{
 };
 use ring_protocol::abi::xen::DomId;
 
-use crate::arch::x86_64::xen::abi::{NR_EVENT_CHANNELS, shared};
+use core::mem::offset_of;
+
+use ring_protocol::abi::event_channel::EVTCHN_2L_NR_CHANNELS as NR_EVENT_CHANNELS;
+use ring_protocol::abi::pv::{SharedInfo, VcpuInfo};
+
+/// Offsets in the shared-info page (vCPU 0's `vcpu_info` is at its start).
+const EVTCHN_PENDING: usize = offset_of!(SharedInfo, evtchn_pending);
+const EVTCHN_MASK: usize = offset_of!(SharedInfo, evtchn_mask);
+const PENDING_SEL: usize = offset_of!(VcpuInfo, evtchn_pending_sel);
+const UPCALL_PENDING: usize = offset_of!(VcpuInfo, evtchn_upcall_pending);
 use crate::arch::x86_64::xen::{self as hv, HypercallError};
 
 /// A port handler, called from the upcall with upcalls masked.
@@ -51,7 +60,7 @@ pub unsafe fn init(va: u64) {
     // Release: pairs with the Acquire in `word`.
     SHARED.store(va as usize, Ordering::Release);
     for w in 0..64 {
-        word(shared::EVTCHN_MASK, w).store(u64::MAX, Ordering::SeqCst);
+        word(EVTCHN_MASK, w).store(u64::MAX, Ordering::SeqCst);
     }
 }
 
@@ -92,7 +101,7 @@ pub fn clear_handler(port: EvtchnPort) {
 pub fn mask(port: EvtchnPort) {
     let p = port as usize;
     // SeqCst: a locked OR, as Xen's own bit operations on the bitmap.
-    word(shared::EVTCHN_MASK, p / 64).fetch_or(1 << (p % 64), Ordering::SeqCst);
+    word(EVTCHN_MASK, p / 64).fetch_or(1 << (p % 64), Ordering::SeqCst);
 }
 
 /// Unmasks `port`; Xen re-raises an event that arrived while it was masked.
@@ -105,14 +114,14 @@ pub fn unmask(port: EvtchnPort) -> Result<(), HypercallError> {
 /// Whether `port` has an undelivered event (masked ports included).
 pub fn is_pending(port: EvtchnPort) -> bool {
     let p = port as usize;
-    word(shared::EVTCHN_PENDING, p / 64).load(Ordering::SeqCst) & (1 << (p % 64)) != 0
+    word(EVTCHN_PENDING, p / 64).load(Ordering::SeqCst) & (1 << (p % 64)) != 0
 }
 
 /// Clears `port`'s pending bit; returns whether it was set. (For polled ports.)
 pub fn take_pending(port: EvtchnPort) -> bool {
     let p = port as usize;
     let bit = 1u64 << (p % 64);
-    word(shared::EVTCHN_PENDING, p / 64).fetch_and(!bit, Ordering::SeqCst) & bit != 0
+    word(EVTCHN_PENDING, p / 64).fetch_and(!bit, Ordering::SeqCst) & bit != 0
 }
 
 /// Signals the remote end of `port`.
@@ -182,14 +191,14 @@ pub extern "C" fn handle_upcall() {
         // has the layout of u64.
         unsafe { &*((page + base) as *const [AtomicU64; 64]) }
     };
-    let sel = (page + shared::PENDING_SEL) as *mut u64;
+    let sel = (page + PENDING_SEL) as *mut u64;
     // SAFETY: vcpu_info 0's selector word (8-aligned) in the mapped page, updated by Xen atomically.
     let pending_sel = unsafe { AtomicU64::from_ptr(sel) };
     let w = PendingWords {
-        upcall_pending: vcpu_byte(shared::UPCALL_PENDING),
+        upcall_pending: vcpu_byte(UPCALL_PENDING),
         pending_sel,
-        pending: words(shared::EVTCHN_PENDING),
-        mask: words(shared::EVTCHN_MASK),
+        pending: words(EVTCHN_PENDING),
+        mask: words(EVTCHN_MASK),
     };
     scan(w, dispatch);
 }

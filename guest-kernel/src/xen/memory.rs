@@ -8,16 +8,20 @@
 //! memory (never mapped by us, so never writable, as Xen requires of page tables), zeroed by Xen
 //! (`MMUEXT_CLEAR_PAGE`) and linked with `mmu_update`; the data PTEs are then written in batches.
 
-use crate::arch::x86_64::xen::abi::{
-    MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPDATE, MMUEXT_CLEAR_PAGE, MmuUpdate, MmuextOp, PTE_ACCESSED,
-    PTE_ADDR_MASK, PTE_DIRTY, PTE_PRESENT, PTE_RW, PTE_USER, UVMF_INVLPG,
+use ring_protocol::abi::PAGE_SIZE;
+use ring_protocol::abi::pv::{
+    MACH2PHYS_VIRT_START, MMU_NORMAL_PT_UPDATE, MMUEXT_CLEAR_PAGE, MmuUpdate, MmuextOp, UVMF_INVLPG,
 };
+use x86_64::structures::paging::PageTableFlags;
+
 use crate::arch::x86_64::xen::{self as hv, HypercallError};
 
 /// A page-aligned window of `N` pages in the kernel image whose virtual addresses get other frames
 /// mapped over them (shared info, grant-table frames). Only ever accessed through raw pointers.
 #[repr(C, align(4096))]
-pub struct PageWindow<const N: usize>(core::cell::UnsafeCell<[[u8; 4096]; N]>);
+pub struct PageWindow<const N: usize>(core::cell::UnsafeCell<[[u8; PAGE_SIZE]; N]>);
+// The `align` attribute needs a literal: it must be the page size.
+const _: () = assert!(core::mem::align_of::<PageWindow<1>>() == PAGE_SIZE);
 
 // SAFETY: the window's memory is only reached through raw pointers by code that coordinates its use
 // (each window has one owner module).
@@ -26,7 +30,7 @@ unsafe impl<const N: usize> Sync for PageWindow<N> {}
 impl<const N: usize> PageWindow<N> {
     /// A zeroed window (in `.bss`).
     pub const fn new() -> Self {
-        Self(core::cell::UnsafeCell::new([[0; 4096]; N]))
+        Self(core::cell::UnsafeCell::new([[0; PAGE_SIZE]; N]))
     }
 
     /// Virtual address of its first page.
@@ -81,6 +85,15 @@ pub unsafe fn unmap_page(va: u64) -> Result<(), HypercallError> {
     unsafe { hv::update_va_mapping(va, 0, UVMF_INVLPG) }.map(|_| ())
 }
 
+/// x86 page-table entry bits (the hardware's, from the `x86_64` crate).
+const PTE_PRESENT: u64 = PageTableFlags::PRESENT.bits();
+const PTE_RW: u64 = PageTableFlags::WRITABLE.bits();
+/// Xen sets it on 64-bit PV kernel mappings anyway.
+const PTE_USER: u64 = PageTableFlags::USER_ACCESSIBLE.bits();
+const PTE_ACCESSED: u64 = PageTableFlags::ACCESSED.bits();
+const PTE_DIRTY: u64 = PageTableFlags::DIRTY.bits();
+/// Machine address bits of a PTE (bits 12..52).
+const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 const TABLE_FLAGS: u64 = PTE_PRESENT | PTE_RW | PTE_USER | PTE_ACCESSED | PTE_DIRTY;
 const DATA_FLAGS: u64 = PTE_PRESENT | PTE_RW | PTE_ACCESSED | PTE_DIRTY;
 const BATCH: usize = 256;

@@ -10,7 +10,7 @@ pub mod memory;
 pub mod store;
 pub mod time;
 
-use crate::arch::x86_64::xen::abi::StartInfo;
+use ring_protocol::abi::pv::{SIF_INITDOMAIN, StartInfo};
 
 /// What the PV entry learned, kept for the rest of the run.
 #[derive(Debug, Clone, Copy)]
@@ -40,5 +40,5 @@ pub fn start() -> Option<&'static StartState> {
 
 /// Whether this domain is dom0 (then the console is Xen's own, through `console_io`).
 pub fn is_initial_domain() -> bool {
-    start().is_some_and(|s| s.si.flags & crate::arch::x86_64::xen::abi::SIF_INITDOMAIN != 0)
+    start().is_some_and(|s| s.si.flags & SIF_INITDOMAIN != 0)
 }

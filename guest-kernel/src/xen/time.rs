@@ -13,8 +13,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 use ring_protocol::abi::event_channel::EvtchnPort;
 
-use crate::arch::x86_64::xen::abi::{VIRQ_TIMER, VcpuTimeInfo, shared};
 use crate::arch::x86_64::xen::{self as hv, HypercallError};
+use ring_protocol::abi::pv::{VcpuInfo, VcpuTimeInfo};
+use ring_protocol::abi::xen::VIRQ_TIMER;
 
 /// Shared-info page (0 until [`init`]).
 static SHARED: AtomicUsize = AtomicUsize::new(0);
@@ -41,7 +42,7 @@ pub fn snapshot() -> Option<VcpuTimeInfo> {
     if page == 0 {
         return None;
     }
-    let p = (page + shared::TIME) as *const VcpuTimeInfo;
+    let p = (page + core::mem::offset_of!(VcpuInfo, time)) as *const VcpuTimeInfo;
     loop {
         // SAFETY: the record is in the mapped shared page (init contract); `version` is 4-aligned and
         // Xen writes it; only atomic reads of it are made here.

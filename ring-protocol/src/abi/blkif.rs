@@ -64,7 +64,7 @@ pub const VDISK_READONLY: u32 = 0x4;
 
 /// log2 of the sector size that sector numbers and `first_sect`/`last_sect` count in, unless
 /// `feature-large-sector-size` was negotiated (blkif.h prose; no C macro).
-pub const BLKIF_SECTOR_SHIFT: u32 = 9;
+pub const BLKIF_SECTOR_SHIFT: u32 = super::SECTOR_SHIFT;
 /// The sector size that sector numbers count in by default (see [`BLKIF_SECTOR_SHIFT`]).
 pub const BLKIF_SECTOR_SIZE: u64 = 1 << BLKIF_SECTOR_SHIFT;
 

@@ -9,6 +9,11 @@ use super::xen::DomId;
 #[doc(alias = "evtchn_port_t")]
 pub type EvtchnPort = u32;
 
+/// Event channels of the 2-level ABI on x86_64 (a bit per channel in the shared-info page's
+/// `evtchn_pending`/`evtchn_mask`: 64 words of 64 bits, one selector bit per word).
+#[doc(alias = "NR_EVENT_CHANNELS")]
+pub const EVTCHN_2L_NR_CHANNELS: usize = 64 * 64;
+
 /// Connect to a port another domain allocated with `alloc_unbound`.
 #[doc(alias = "EVTCHNOP_bind_interdomain")]
 pub const EVTCHNOP_BIND_INTERDOMAIN: u32 = 0;

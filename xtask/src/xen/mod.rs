@@ -410,9 +410,15 @@ mod tests {
     use super::echo_peer::{ETHERTYPE, echo_frame};
 
     #[test]
+    fn echo_peer_speaks_the_workloads_ethertype() {
+        // echo.rs is built with plain rustc (no crates), so it carries its own copy.
+        assert_eq!(ETHERTYPE, pvkit_frontends::workload::net::ETHERTYPE);
+    }
+
+    #[test]
     fn echo_peer_swaps_macs_of_workload_frames_only() {
         let guest = [0x00, 0x16, 0x3e, 0, 0, 0x10];
-        let peer = [0x02, 0, 0, 0, 0, 0x01];
+        let peer = pvkit_frontends::workload::net::PEER_MAC;
         let mut frame = Vec::new();
         frame.extend_from_slice(&peer);
         frame.extend_from_slice(&guest);

@@ -359,7 +359,7 @@ fn assert_still_granted_and_never_reused(w: &World, grants: &GrantTable, refs: &
 /// A frame to our peer.
 fn frame(dev: &NetFront<Host>, len: usize, seed: usize) -> Vec<u8> {
     let mut f: Vec<u8> = (0..len).map(|j| (j * 7 + seed) as u8).collect();
-    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[..6].copy_from_slice(&crate::workload::net::PEER_MAC);
     f[6..12].copy_from_slice(&dev.mac());
     f
 }
@@ -391,13 +391,13 @@ fn frames_round_trip_through_the_rings_and_buffers_are_reposted() {
     for i in 0..300usize {
         let len = 14 + (i * 97) % 1501;
         let mut f: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
-        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[..6].copy_from_slice(&crate::workload::net::PEER_MAC);
         f[6..12].copy_from_slice(&dev.mac());
         dev.transmit(&f).unwrap();
         let n = crate::wait::wait_for(&w, 100_000, "echo", || dev.receive(&mut buf)).unwrap();
         assert_eq!(n, len);
         assert_eq!(&buf[..6], &dev.mac());
-        assert_eq!(&buf[6..12], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(&buf[6..12], &crate::workload::net::PEER_MAC);
         assert_eq!(&buf[12..n], &f[12..]);
     }
     assert_eq!(w.echoed.get(), 300);

@@ -2,7 +2,9 @@ use alloc::string::String;
 use alloc::vec;
 use core::cell::{Cell, RefCell};
 
+use ring_protocol::abi::xenstore::XsdSockmsgType;
 use ring_protocol::platform::Notify;
+use zerocopy::IntoBytes;
 
 use super::fake::FakeXenStore;
 use super::*;

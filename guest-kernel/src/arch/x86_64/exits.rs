@@ -59,6 +59,6 @@ pub fn snapshot() -> Exits {
 /// `exits=.. exits_pio=.. exits_mmio=.. exits_irqchip=.. hypercalls=.. exits_hlt=.. [hc=..]` of `e`, hypercalls
 /// named after the PV ABI.
 pub fn fields(e: &Exits) -> alloc::string::String {
-    let name = |nr: usize| super::xen::abi::hypercall_name(nr as u32);
+    let name = |nr: usize| ring_protocol::abi::xen::hypercall_name(nr as u32);
     alloc::format!("{}", e.fields(&name))
 }

@@ -8,63 +8,17 @@
 //! with 2 MiB pages, enables PAE, long mode and paging, loads a minimal 64-bit GDT, switches to the
 //! boot stack and calls [`pvh_rust_entry`]. The final page tables, GDT and IDT are built later in Rust.
 
-use core::mem::{offset_of, size_of};
+use core::mem::size_of;
+
+use ring_protocol::abi::elfnote::ELFNOTE_PHYS32_ENTRY;
+use ring_protocol::abi::pvh::{HVM_START_MAGIC_VALUE, HvmMemmapTableEntry, HvmStartInfo};
+use zerocopy::FromBytes;
 
 use crate::boot::{BootInfo, CMDLINE_MAX, MemoryKind, MemoryMap, MemoryRegion};
 use crate::platform::{self, Platform};
 
-/// `XEN_HVM_START_MAGIC_VALUE` ("xEn3" with the 0x80 bit of the "E" set).
-pub const START_MAGIC: u32 = 0x336e_c578;
-/// `XEN_ELFNOTE_PHYS32_ENTRY`.
-pub const ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// Memory the boot page tables identity-map (1 GiB); loader structures must lie below it.
 pub const BOOT_MAPPED: u64 = 1 << 30;
-
-/// `struct hvm_start_info` (xen/include/public/arch-x86/hvm/start_info.h).
-#[doc(alias = "hvm_start_info")]
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-pub struct HvmStartInfo {
-    /// [`START_MAGIC`].
-    pub magic: u32,
-    /// Structure version; the memory map exists from version 1 on.
-    pub version: u32,
-    /// `SIF_*` flags.
-    pub flags: u32,
-    /// Number of modules.
-    pub nr_modules: u32,
-    /// Physical address of the module list.
-    pub modlist_paddr: u64,
-    /// Physical address of the NUL-terminated command line (0 = none).
-    pub cmdline_paddr: u64,
-    /// Physical address of the ACPI RSDP (0 = none).
-    pub rsdp_paddr: u64,
-    /// Physical address of the memory map (version >= 1).
-    pub memmap_paddr: u64,
-    /// Entries in the memory map (version >= 1).
-    pub memmap_entries: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-const _: () = assert!(size_of::<HvmStartInfo>() == 56);
-const _: () = assert!(offset_of!(HvmStartInfo, cmdline_paddr) == 24);
-const _: () = assert!(offset_of!(HvmStartInfo, memmap_paddr) == 40);
-
-/// `struct hvm_memmap_table_entry`.
-#[doc(alias = "hvm_memmap_table_entry")]
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-pub struct HvmMemmapEntry {
-    /// Base address.
-    pub addr: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// `XEN_HVM_MEMMAP_TYPE_*` (e820 numbering).
-    pub ty: u32,
-    /// Must be zero.
-    pub reserved: u32,
-}
-const _: () = assert!(size_of::<HvmMemmapEntry>() == 24);
 
 core::arch::global_asm!(
     r#"
@@ -175,7 +129,7 @@ pvh_start32:
     jmp 3b
     .popsection
 "#,
-    magic = const START_MAGIC,
+    magic = const HVM_START_MAGIC_VALUE,
     note_type = const ELFNOTE_PHYS32_ENTRY,
     rust_entry = sym pvh_rust_entry,
     options(att_syntax)
@@ -205,21 +159,18 @@ fn phys_slice(paddr: u64, len: u64, what: &str) -> &'static [u8] {
 
 fn read_start_info(paddr: u64) -> BootInfo {
     let raw = phys_slice(paddr, size_of::<HvmStartInfo>() as u64, "start_info");
-    // SAFETY: `raw` covers size_of::<HvmStartInfo>() readable bytes; every bit pattern is a valid
-    // HvmStartInfo (integers only); read_unaligned tolerates any alignment.
-    let si = unsafe { core::ptr::read_unaligned(raw.as_ptr().cast::<HvmStartInfo>()) };
+    let si = HvmStartInfo::read_from_bytes(raw).expect("phys_slice returned the size asked for");
 
     let mut memory = MemoryMap::new();
     if si.version >= 1 && si.memmap_entries > 0 {
-        let len = u64::from(si.memmap_entries) * size_of::<HvmMemmapEntry>() as u64;
+        let len = u64::from(si.memmap_entries) * size_of::<HvmMemmapTableEntry>() as u64;
         let bytes = phys_slice(si.memmap_paddr, len, "memory map");
-        for chunk in bytes.chunks_exact(size_of::<HvmMemmapEntry>()) {
-            // SAFETY: `chunk` has exactly size_of::<HvmMemmapEntry>() bytes; integers only.
-            let e = unsafe { core::ptr::read_unaligned(chunk.as_ptr().cast::<HvmMemmapEntry>()) };
+        for chunk in bytes.chunks_exact(size_of::<HvmMemmapTableEntry>()) {
+            let e = HvmMemmapTableEntry::read_from_bytes(chunk).expect("a whole entry");
             memory.push(MemoryRegion {
                 start: e.addr,
                 len: e.size,
-                kind: MemoryKind::from_e820(e.ty),
+                kind: MemoryKind::from_e820(e.type_),
             });
         }
     } else {

@@ -13,27 +13,17 @@
 
 use core::mem::size_of;
 
-use crate::arch::x86_64::xen::{self as hv, abi::StartInfo};
+use ring_protocol::abi::PAGE_SIZE;
+use ring_protocol::abi::elfnote::{
+    ELFNOTE_ENTRY, ELFNOTE_FEATURES, ELFNOTE_GUEST_OS, ELFNOTE_HYPERCALL_PAGE, ELFNOTE_LOADER,
+    ELFNOTE_PADDR_OFFSET, ELFNOTE_VIRT_BASE, ELFNOTE_XEN_VERSION,
+};
+use ring_protocol::abi::pv::{SIF_MOD_START_PFN, StartInfo};
+
+use crate::arch::x86_64::xen as hv;
 use crate::boot::{BootInfo, CMDLINE_MAX, MemoryKind, MemoryMap, MemoryRegion, kernel_image};
 use crate::platform::{self, Platform};
 use crate::xen::StartState;
-
-/// `XEN_ELFNOTE_ENTRY`.
-pub const ELFNOTE_ENTRY: u32 = 1;
-/// `XEN_ELFNOTE_HYPERCALL_PAGE`.
-pub const ELFNOTE_HYPERCALL_PAGE: u32 = 2;
-/// `XEN_ELFNOTE_VIRT_BASE`.
-pub const ELFNOTE_VIRT_BASE: u32 = 3;
-/// `XEN_ELFNOTE_PADDR_OFFSET`.
-pub const ELFNOTE_PADDR_OFFSET: u32 = 4;
-/// `XEN_ELFNOTE_XEN_VERSION`.
-pub const ELFNOTE_XEN_VERSION: u32 = 5;
-/// `XEN_ELFNOTE_GUEST_OS`.
-pub const ELFNOTE_GUEST_OS: u32 = 6;
-/// `XEN_ELFNOTE_LOADER`.
-pub const ELFNOTE_LOADER: u32 = 8;
-/// `XEN_ELFNOTE_FEATURES`.
-pub const ELFNOTE_FEATURES: u32 = 10;
 
 core::arch::global_asm!(
     r#"
@@ -105,7 +95,7 @@ xen_pv_start:
 );
 
 /// Page size.
-const PAGE: u64 = 4096;
+const PAGE: u64 = PAGE_SIZE as u64;
 /// Xen guarantees this much mapped padding after the last bootstrap element.
 const GUARANTEED_PADDING: u64 = 512 * 1024;
 /// The bootstrap mapping ends on this alignment.
@@ -135,7 +125,7 @@ fn page_up(x: u64) -> u64 {
 fn layout(si: StartInfo, start_info_va: u64, xen_stack: u64) -> StartState {
     let module_end = if si.mod_len == 0 {
         0
-    } else if si.flags & hv::abi::SIF_MOD_START_PFN != 0 {
+    } else if si.flags & SIF_MOD_START_PFN != 0 {
         si.mod_start * PAGE + si.mod_len
     } else {
         si.mod_start + si.mod_len

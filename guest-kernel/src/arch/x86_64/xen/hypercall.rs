@@ -7,7 +7,7 @@
 //! Under PVH the page stays zero and nothing calls it. Every call is counted by number in
 //! `arch::x86_64::exits` (the upcall's return through the `iret` stub is counted in `traps`).
 
-use crate::arch::x86_64::xen::abi::HYPERVISOR_IRET;
+use ring_protocol::abi::xen::HYPERVISOR_IRET;
 
 core::arch::global_asm!(
     r#"

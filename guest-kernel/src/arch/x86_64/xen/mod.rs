@@ -1,19 +1,29 @@
-//! Xen PV support at the architecture level: the hypercall leaf ([`hypercall`]), the ABI layouts
-//! ([`abi`]), the exception and event-upcall entry paths ([`traps`]) and typed hypercall wrappers
-//! (here). Also the PV replacements for privileged instructions a 64-bit PV kernel (which runs in
+//! Xen PV support at the architecture level: the hypercall leaf ([`hypercall`]), the exception and
+//! event-upcall entry paths ([`traps`]) and typed hypercall wrappers (here). The ABI they speak
+//! (`start_info`, `vcpu_info`, hypercall numbers and commands) is `ring_protocol::abi::{xen, pv}`. Also the PV replacements for privileged instructions a 64-bit PV kernel (which runs in
 //! ring 3) cannot execute: the "interrupt flag" is the vCPU's `evtchn_upcall_mask`, halting is
 //! `SCHEDOP_block`, and CPUID goes through Xen's forced-emulation prefix so Xen's policy (with its
 //! signature) is what the kernel sees.
 
-pub mod abi;
 pub mod hypercall;
 pub mod traps;
 
+use core::mem::offset_of;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
-use self::abi::*;
 use self::hypercall::hypercall5;
 use super::cpu::CpuidResult;
+use ring_protocol::abi::pv::{
+    ArchVcpuInfo, CONSOLEIO_WRITE, MmuUpdate, MmuextOp, SCHEDOP_BLOCK, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD,
+    SchedShutdown, TrapInfo, VcpuInfo, XENVER_VERSION,
+};
+pub use ring_protocol::abi::xen::DOMID_SELF;
+use ring_protocol::abi::xen::{
+    HYPERVISOR_CONSOLE_IO, HYPERVISOR_EVENT_CHANNEL_OP, HYPERVISOR_GRANT_TABLE_OP, HYPERVISOR_MEMORY_OP,
+    HYPERVISOR_MMU_UPDATE, HYPERVISOR_MMUEXT_OP, HYPERVISOR_SCHED_OP, HYPERVISOR_SET_CALLBACKS,
+    HYPERVISOR_SET_TIMER_OP, HYPERVISOR_SET_TRAP_TABLE, HYPERVISOR_UPDATE_VA_MAPPING, HYPERVISOR_VCPU_OP,
+    HYPERVISOR_XEN_VERSION,
+};
 
 /// Set once by the PV entry, before anything else runs.
 static PV: AtomicBool = AtomicBool::new(false);
@@ -57,7 +67,7 @@ fn vcpu_byte(offset: usize) -> Option<&'static AtomicU8> {
 /// Masks event upcalls; returns whether they were masked before. (Xen starts a vCPU masked; before
 /// the shared-info page is mapped there is nothing to unmask, so this reports "masked".)
 pub fn mask_events() -> bool {
-    match vcpu_byte(shared::UPCALL_MASK) {
+    match vcpu_byte(offset_of!(VcpuInfo, evtchn_upcall_mask)) {
         // Relaxed: the mask is only read by Xen on this vCPU's own CPU (xen.h), no ordering needed
         // beyond program order, which a compiler fence keeps.
         Some(mask) => {
@@ -71,8 +81,10 @@ pub fn mask_events() -> bool {
 
 /// Unmasks event upcalls and, if an event arrived while masked, has Xen deliver it now.
 pub fn unmask_events() {
-    let (Some(mask), Some(pending)) = (vcpu_byte(shared::UPCALL_MASK), vcpu_byte(shared::UPCALL_PENDING))
-    else {
+    let (Some(mask), Some(pending)) = (
+        vcpu_byte(offset_of!(VcpuInfo, evtchn_upcall_mask)),
+        vcpu_byte(offset_of!(VcpuInfo, evtchn_upcall_pending)),
+    ) else {
         return;
     };
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -83,7 +95,7 @@ pub fn unmask_events() {
     core::sync::atomic::fence(Ordering::SeqCst);
     if pending.load(Ordering::Relaxed) != 0 {
         // Any hypercall returns through Xen's event check, which delivers the upcall.
-        let _ = xen_version(XENVER_VERSION);
+        let _ = xen_version(u64::from(XENVER_VERSION));
     }
 }
 
@@ -101,13 +113,13 @@ pub fn without_events<T>(f: impl FnOnce() -> T) -> T {
 /// return upcalls are enabled (like `sti; hlt`).
 pub fn block() {
     // SAFETY: SCHEDOP_block takes no argument and only deschedules this vCPU.
-    unsafe { hypercall5(HYPERVISOR_SCHED_OP, SCHEDOP_BLOCK, 0, 0, 0, 0) };
+    unsafe { hypercall5(HYPERVISOR_SCHED_OP, SCHEDOP_BLOCK.into(), 0, 0, 0, 0) };
 }
 
 /// Gives up the CPU for a moment.
 pub fn yield_cpu() {
     // SAFETY: SCHEDOP_yield takes no argument.
-    unsafe { hypercall5(HYPERVISOR_SCHED_OP, SCHEDOP_YIELD, 0, 0, 0, 0) };
+    unsafe { hypercall5(HYPERVISOR_SCHED_OP, SCHEDOP_YIELD.into(), 0, 0, 0, 0) };
 }
 
 /// CPUID through Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`): Xen traps it and
@@ -167,7 +179,7 @@ pub fn console_io_write(bytes: &[u8]) -> Result<i64, HypercallError> {
     let rc = unsafe {
         hypercall5(
             HYPERVISOR_CONSOLE_IO,
-            CONSOLEIO_WRITE,
+            CONSOLEIO_WRITE.into(),
             bytes.len() as u64,
             bytes.as_ptr() as u64,
             0,
@@ -184,7 +196,7 @@ pub fn shutdown(reason: u32) -> HypercallError {
     let rc = unsafe {
         hypercall5(
             HYPERVISOR_SCHED_OP,
-            SCHEDOP_SHUTDOWN,
+            SCHEDOP_SHUTDOWN.into(),
             (&raw const arg) as u64,
             0,
             0,
@@ -315,9 +327,6 @@ pub unsafe fn mmu_update(reqs: &[MmuUpdate]) -> Result<i64, HypercallError> {
     check("mmu_update", rc)
 }
 
-/// `DOMID_SELF`, as hypercalls take it.
-pub const DOMID_SELF: u16 = ring_protocol::abi::xen::DOMID_SELF;
-
 /// Extended MMU operations.
 ///
 /// # Safety
@@ -355,8 +364,10 @@ pub fn saved_cr2() -> u64 {
     if base.is_null() {
         return 0;
     }
-    let cr2 = base.wrapping_add(shared::ARCH_CR2).cast::<u64>();
-    // SAFETY: the page is mapped (set_vcpu_info contract); the u64 at ARCH_CR2 is 8-aligned and only
+    let cr2 = base
+        .wrapping_add(offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2))
+        .cast::<u64>();
+    // SAFETY: the page is mapped (set_vcpu_info contract); `arch.cr2` is 8-aligned and only
     // written by Xen on this vCPU before it delivers #PF to us.
     unsafe { core::ptr::read_volatile(cr2) }
 }

@@ -12,8 +12,8 @@
 //!   mask on entry and saved the previous state there), so unmasking and returning are one atomic
 //!   step and no event can slip in between.
 
-use super::abi::{FLAT_KERNEL_CS, TI_MASK_EVENTS, TrapInfo};
 use super::hypercall::IRET_STUB_OFFSET;
+use ring_protocol::abi::pv::{FLAT_KERNEL_CS, TI_MASK_EVENTS, TrapInfo};
 
 /// Exceptions routed through the PV trap table: the architectural ones a kernel can raise.
 pub const TRAP_VECTORS: core::ops::Range<u8> = 0..20;
@@ -97,7 +97,7 @@ unsafe extern "C" {
 
 /// The upcall's Rust side: counts the `iret` hypercall the entry returns through, then dispatches.
 extern "C" fn upcall() {
-    crate::arch::x86_64::exits::hypercall(super::abi::HYPERVISOR_IRET);
+    crate::arch::x86_64::exits::hypercall(ring_protocol::abi::xen::HYPERVISOR_IRET);
     crate::xen::events::handle_upcall();
 }
 
