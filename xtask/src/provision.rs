@@ -20,6 +20,8 @@ pub const BACKPORTS_SOURCE: &str = "Types: deb\nURIs: http://deb.debian.org/debi
                                     Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
 /// The header the differential tests compile against (package libxen-dev).
 pub const XEN_RING_HEADER: &str = "/usr/include/xen/io/ring.h";
+/// The Linux uapi header the virtio cross-check compiles against (package linux-libc-dev).
+pub const VIRTIO_RING_HEADER: &str = "/usr/include/linux/virtio_ring.h";
 
 /// `major.minor.micro`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,7 +103,7 @@ impl Facts {
             qemu_path: qemu_path.display().to_string(),
             qemu,
             qboot: Path::new(QBOOT).is_file(),
-            xen_headers: Path::new(XEN_RING_HEADER).is_file(),
+            xen_headers: Path::new(XEN_RING_HEADER).is_file() && Path::new(VIRTIO_RING_HEADER).is_file(),
             shellcheck: Command::new("shellcheck")
                 .arg("--version")
                 .output()
@@ -163,7 +165,7 @@ impl Step {
             ),
             Step::AptUpdate => "apt-get update".to_owned(),
             Step::InstallQemu => "apt-get install -y -t bookworm-backports qemu-system-x86".to_owned(),
-            Step::InstallXenHeaders => "apt-get install -y libxen-dev".to_owned(),
+            Step::InstallXenHeaders => "apt-get install -y libxen-dev linux-libc-dev".to_owned(),
             Step::InstallShellcheck => "apt-get install -y shellcheck".to_owned(),
         }
     }
@@ -211,7 +213,9 @@ fn missing(facts: &Facts, needs: Needs) -> Vec<String> {
         }
     }
     if needs.xen_headers && !facts.xen_headers {
-        out.push(format!("{XEN_RING_HEADER} is missing (libxen-dev)"));
+        out.push(format!(
+            "{XEN_RING_HEADER} or {VIRTIO_RING_HEADER} is missing (libxen-dev, linux-libc-dev)"
+        ));
     }
     if needs.shellcheck && !facts.shellcheck {
         out.push("shellcheck is not installed".to_owned());
@@ -357,7 +361,7 @@ pub fn ensure_simulated(mut needs: Needs, dry_run: bool, sim: &Simulation) -> Re
                 .with_context(|| format!("writing {BACKPORTS_FILE}"))?,
             Step::AptUpdate => apt(&["update"])?,
             Step::InstallQemu => apt(&["install", "-y", "-t", "bookworm-backports", "qemu-system-x86"])?,
-            Step::InstallXenHeaders => apt(&["install", "-y", "libxen-dev"])?,
+            Step::InstallXenHeaders => apt(&["install", "-y", "libxen-dev", "linux-libc-dev"])?,
             Step::InstallShellcheck => apt(&["install", "-y", "shellcheck"])?,
         }
     }
@@ -558,7 +562,8 @@ mod tests {
             m,
             vec![
                 "QEMU 7.2.0 is older than 10",
-                "/usr/include/xen/io/ring.h is missing (libxen-dev)"
+                "/usr/include/xen/io/ring.h or /usr/include/linux/virtio_ring.h is missing (libxen-dev, \
+                 linux-libc-dev)"
             ]
         );
     }

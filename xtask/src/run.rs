@@ -25,7 +25,7 @@ fn self_test(w: Workload) -> bool {
 /// The self-tests' names (for `--help`'s test).
 #[cfg(test)]
 pub fn self_test_names() -> Vec<&'static str> {
-    SELF_TESTS.iter().map(|w| w.name()).collect()
+    pvkit_frontends::workload::DEFAULT_TESTS.to_vec()
 }
 
 /// The rows of `cargo xtask run`: the QEMU self-tests and the comparison rows, restricted by
