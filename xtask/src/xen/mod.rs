@@ -3,15 +3,18 @@
 //! - `packages`: the Debian packages, fetched with `apt-get download`, unpacked, cached by version;
 //! - `elf`, `cpio`: `DT_NEEDED` / `.modinfo` reading and the newc writer the images need;
 //! - `dom0`: dom0's initramfs (busybox, bash, toolstack, libraries, modules, `xtask/xen/init.sh`);
-//! - `scenario`: what each domU is and what its report must show;
-//! - `boot`: the QEMU command and runner; `report`: the serial log split per scenario.
+//! - `domain`: a domU and dom0's part around it (xl config, hook calls, our daemon's arguments);
+//! - `scenario`: the domU of each Xen PV row of the matrix; `checks`: what its report must show;
+//! - `boot`: the Xen machine on the one QEMU runner; `report`: the serial log split per domain.
 //!
 //! One Xen boot runs every requested scenario in turn (dom0's init creates each domU with `xl`,
 //! waits for it, forwards its console and dom0's checks over the serial line, then powers off).
 
 pub mod boot;
+pub mod checks;
 pub mod cpio;
 pub mod dom0;
+pub mod domain;
 pub mod elf;
 pub mod packages;
 pub mod report;
@@ -385,8 +388,8 @@ pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
                         .perfs()
                         .map(crate::costs::Measure::from_perf)
                         .collect();
-                    let problems = scenario::check(row, r, &nonce, bundle.slot(&spec.name));
-                    let crash = match scenario::guest_end(r) {
+                    let problems = checks::check(row, r, &nonce, bundle.slot(&spec.name));
+                    let crash = match checks::guest_end(r) {
                         crate::checks::GuestEnd::Crash(why) => Some(why),
                         _ => None,
                     };
