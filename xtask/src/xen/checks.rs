@@ -448,6 +448,79 @@ pub(super) fn check_backend(row: &Row, ours: &OurDevices, r: &ScenarioReport, pr
     if let Some(c) = &ours.console {
         check_console(c, r, summary(&format!("console {}", c.devid)), problems);
     }
+    let dev = match row.workload {
+        Workload::BlkThroughput => format!("vbd {XVDA}"),
+        Workload::NetEcho => "vif 0".to_owned(),
+        Workload::ConsoleEcho => "console 1".to_owned(),
+        _ => return,
+    };
+    if let Some(n) = summary(&dev) {
+        cross_check(row, r, n, problems);
+    }
+}
+
+/// The guest's counts of a comparison row against what our daemon counted for the same device:
+/// the requests, frames or bytes it served, the notifications it received (the guest sent at least
+/// as many: event channel sends coalesce while one is pending) and the ones it sent (the guest took
+/// at most as many upcalls).
+pub(super) fn cross_check(row: &Row, r: &ScenarioReport, summary: &str, problems: &mut Vec<String>) {
+    let test = row.test();
+    let Some(Record::TestPass { fields, .. }) = r.transcript.verdict(&test) else {
+        return;
+    };
+    let perf_sum = |k: &str| -> u64 { r.transcript.perfs().filter_map(|p| p.get_u64(k)).sum() };
+    let pass = |k: &str| fields.get_u64(k).unwrap_or(0);
+    let daemon = |k: &str| count_in(summary, k).unwrap_or(0);
+    let what = format!("{test}: the guest's and our daemon's counts");
+    match row.workload {
+        Workload::BlkThroughput => {
+            // Every request the guest completed is one the daemon served, and nothing else ran.
+            if pass("ops") != daemon("requests") {
+                problems.push(format!(
+                    "{what}: the guest completed {} requests, blkback served {}",
+                    pass("ops"),
+                    daemon("requests")
+                ));
+            }
+        }
+        Workload::NetEcho => {
+            // The guest's verified frames and its rate phases' echoes all crossed netback; a rate
+            // phase may end with its window (8 frames) still in flight.
+            let guest = pass("ops") + perf_sum("ops");
+            let (tx, rx) = (daemon("tx_packets"), daemon("rx_packets"));
+            if tx < guest || tx > guest + 16 || rx != tx {
+                problems.push(format!(
+                    "{what}: the guest verified {guest} echoes, netback carried {tx} frames out and {rx} back"
+                ));
+            }
+        }
+        Workload::ConsoleEcho => {
+            if pass("ops") != daemon("echoed") {
+                problems.push(format!(
+                    "{what}: the guest verified {} bytes echoed, the console backend echoed {}",
+                    pass("ops"),
+                    daemon("echoed")
+                ));
+            }
+        }
+        _ => return,
+    }
+    // On the console, whose one phase is the whole test, the notifications add up too: the
+    // guest's sends cover the events the daemon got (sends coalesce while one is pending), the
+    // daemon's sends cover the upcalls the guest took. (netfront also sends while connecting,
+    // outside its counted workload, so there only the frames are compared.)
+    if row.workload == Workload::ConsoleEcho
+        && (daemon("events") > pass("notifies") || pass("irqs") > daemon("notifies"))
+    {
+        problems.push(format!(
+            "{what}: the guest sent {} notifications and took {} upcalls, the daemon received {} events \
+             and sent {} notifications",
+            pass("notifies"),
+            pass("irqs"),
+            daemon("events"),
+            daemon("notifies")
+        ));
+    }
 }
 
 /// Our console both ways. Log mode: the guest's line is in dom0's log of it, the guest read the
@@ -923,5 +996,79 @@ mod tests {
         assert_eq!(problems(log("5", halted)), Vec::<String>::new());
         assert!(!problems(log("4", halted)).is_empty(), "still connected");
         assert!(!problems(log("5", "connected")).is_empty(), "nothing logged");
+    }
+
+    #[test]
+    fn our_daemons_counts_must_match_the_guests() {
+        let summary = |dev: &str, counts: &str| {
+            format!(
+                "PVKIT-XEN SCENARIO s NOTE backend: INFO x: disconnected: {counts} device={dev} of domain 4\n"
+            )
+        };
+        let problems = |r: &Row, console: &[&str], counts: String| {
+            let mut text = String::from("PVKIT-XEN SCENARIO s BEGIN\n");
+            for l in console {
+                text.push_str(&format!("PVKIT-XEN CONSOLE s | {l}\n"));
+            }
+            text.push_str(&counts);
+            let h = report(&text);
+            let mut p = Vec::new();
+            let line = h.scenario("s").unwrap().notes[0].clone();
+            cross_check(r, h.scenario("s").unwrap(), &line, &mut p);
+            p
+        };
+        let blk = row("xen-pv/pvkit-xen/blk-throughput@xen-blk");
+        let pass = "PVKIT TEST blk-throughput@xen-blk PASS phases=6 ops=71 mode=irq";
+        assert!(
+            problems(
+                &blk,
+                &[pass],
+                summary("vbd 51712", "requests=71 failed=0 events=8 notifies=27")
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            problems(&blk, &[pass], summary("vbd 51712", "requests=70 failed=0")).len(),
+            1
+        );
+        let net = row("xen-pv/pvkit-xen/net-echo@xen-net");
+        let lines = [
+            "PVKIT PERF dev=xen-net pattern=echo64 ops=480 notifies=60 irqs=60",
+            "PVKIT PERF dev=xen-net pattern=echo1514 ops=296 notifies=37 irqs=37",
+            "PVKIT TEST net-echo@xen-net PASS ops=200 notifies=25 irqs=25",
+        ];
+        let counts = |tx: u64, rx: u64| {
+            summary(
+                "vif 0",
+                &format!("tx_packets={tx} rx_packets={rx} events=124 notifies=122"),
+            )
+        };
+        assert!(problems(&net, &lines, counts(976, 976)).is_empty());
+        assert!(
+            !problems(&net, &lines, counts(900, 900)).is_empty(),
+            "frames the daemon never saw"
+        );
+        assert!(
+            !problems(&net, &lines, counts(976, 970)).is_empty(),
+            "frames not echoed"
+        );
+        let con = row("xen-pv/pvkit-xen/console-echo@xen-console");
+        let pass = ["PVKIT TEST console-echo@xen-console PASS ops=8192 notifies=31 irqs=8"];
+        let counts = |echoed: u64, events: u64, notifies: u64| {
+            summary(
+                "console 1",
+                &format!("bytes_in=8192 echoed={echoed} events={events} notifies={notifies}"),
+            )
+        };
+        assert!(problems(&con, &pass, counts(8192, 12, 8)).is_empty());
+        assert!(!problems(&con, &pass, counts(8000, 12, 8)).is_empty());
+        assert!(
+            !problems(&con, &pass, counts(8192, 40, 8)).is_empty(),
+            "more events than sends"
+        );
+        assert!(
+            !problems(&con, &pass, counts(8192, 12, 7)).is_empty(),
+            "more upcalls than notifications"
+        );
     }
 }
