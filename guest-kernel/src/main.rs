@@ -19,7 +19,6 @@ mod console;
 
 mod arch;
 mod boot;
-mod cmdline;
 mod devices;
 mod drivers;
 mod error;

@@ -1,26 +1,29 @@
 //! blkfront against a fake blkback: the fake runs the backend's half of xenbus in a fake XenStore
-//! and serves the ring through the grant table's entries, the way Xen would resolve them. Like Xen,
-//! it marks a grant `GTF_reading`/`GTF_writing` while it has the page mapped (the ring from connect
-//! to close, data pages while it serves their request), so a frontend that ends a grant too early
-//! sees it refused. [`Mode`] turns it hostile in the ways a real backend domain could.
+//! and serves the ring through `ring_protocol`'s fake grant table, the way Xen would resolve the
+//! grants. Like Xen, it marks a grant `GTF_reading`/`GTF_writing` while it has the page mapped (the
+//! ring from connect to close, data pages while it serves their request), so a frontend that ends a
+//! grant too early sees it refused. [`Mode`] turns it hostile in the ways a real backend domain
+//! could.
 
 use alloc::boxed::Box;
+use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use ring_protocol::abi::blkif::{
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BlkifRequestIndirect,
+    BlkifRequestSegment,
 };
-use ring_protocol::abi::grant_table::{
-    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1,
-};
+use ring_protocol::abi::grant_table::GTF_PERMIT_ACCESS;
+use ring_protocol::platform::fake::FakeGrantTable;
+use ring_protocol::platform::{Access, ShareMemory};
 use ring_protocol::ring::BackRing;
-use zerocopy::FromZeros;
+use zerocopy::{FromBytes, IntoBytes};
 
-use super::super::grant::GrantStats;
+use super::super::evtchn::fake::{FIRST_PORT, FakeEventChannels};
 use super::super::xenstore::fake::FakeXenStore;
 use super::*;
 use crate::block;
@@ -31,42 +34,10 @@ const BE: &str = "/local/domain/0/backend/vbd/3/51712";
 const FE: &str = "/local/domain/3/device/vbd/51712";
 const SECTORS: u64 = 4096;
 const TABLE: usize = 64;
+/// The backend's domain.
+const BACKEND: u16 = 0;
 
-/// Page frames handed out by `frame_of` (frame n = index n), so the fake backend can find pages.
-#[derive(Default)]
-struct Host {
-    frames: spin::Mutex<Vec<usize>>,
-    notifies: spin::Mutex<u64>,
-    ack: spin::Mutex<Option<SharedIrqAck>>,
-    closed: spin::Mutex<u32>,
-}
-
-impl XenDeviceHost for Host {
-    fn alloc_unbound(&self, _: DomId) -> Result<EvtchnPort> {
-        Ok(17)
-    }
-    fn notify(&self, port: EvtchnPort) -> Result<()> {
-        assert_eq!(port, 17);
-        *self.notifies.lock() += 1;
-        Ok(())
-    }
-    fn close(&self, _: EvtchnPort) {
-        *self.closed.lock() += 1;
-    }
-    fn bind(&self, _: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
-        *self.ack.lock() = Some(ack);
-        Ok(())
-    }
-    fn frame_of(&self, virt: *const u8) -> XenPfn {
-        let page = virt as usize & !(PAGE_SIZE - 1);
-        let mut f = self.frames.lock();
-        let n = f.iter().position(|&p| p == page).unwrap_or_else(|| {
-            f.push(page);
-            f.len() - 1
-        });
-        n as XenPfn + 0x1000
-    }
-}
+type Dev = BlkFront<&'static FakeGrantTable, &'static FakeEventChannels>;
 
 /// How the fake backend misbehaves (all off: an honest backend).
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,57 +75,29 @@ struct Backend {
     requests: Vec<u8>,
     answered: usize,
     flips: u64,
-    /// Data grants left mapped (keep_data).
-    kept: Vec<u32>,
+    /// Data grants left mapped (keep_data), with the access they were mapped with.
+    kept: Vec<(u32, Access)>,
 }
 
 struct World {
     daemon: RefCell<FakeXenStore>,
     be: RefCell<Backend>,
-    host: &'static Host,
-    entries: NonNull<GrantEntryV1>,
+    grants: &'static FakeGrantTable,
+    events: &'static FakeEventChannels,
     now: Cell<u64>,
 }
 
 impl World {
-    fn entry(&self, gref: u32) -> GrantEntryV1 {
-        assert!((gref as usize) < TABLE, "gref {gref} beyond the table");
-        // SAFETY: inside the leaked table; a copy, read while the frontend is not running.
-        unsafe { self.entries.as_ptr().wrapping_add(gref as usize).read_volatile() }
-    }
-
-    fn flags(&self, gref: u32) -> &AtomicU16 {
-        assert!((gref as usize) < TABLE);
-        // SAFETY: `flags` is the first, 2-aligned field of an entry in the leaked table; the grant
-        // table accesses it atomically too.
-        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().wrapping_add(gref as usize).cast::<u16>()) }
-    }
-
     /// What Xen does when the backend maps `gref`: check the grant, mark it in use.
-    fn map(&self, gref: u32, write: bool) -> *mut u8 {
-        let e = self.entry(gref);
-        assert_eq!(
-            e.flags & GTF_PERMIT_ACCESS,
-            GTF_PERMIT_ACCESS,
-            "gref {gref} not granted"
-        );
-        assert_eq!(e.domid, 0, "granted to the backend's domain");
-        if write {
-            assert_eq!(
-                e.flags & GTF_READONLY,
-                0,
-                "backend write through a read-only grant {gref}"
-            );
-        }
-        let bits = GTF_READING | if write { GTF_WRITING } else { 0 };
-        self.flags(gref).fetch_or(bits, Ordering::SeqCst);
-        let frames = self.host.frames.lock();
-        frames[(e.frame - 0x1000) as usize] as *mut u8
+    fn map(&self, gref: u32, access: Access) -> *mut u8 {
+        self.grants
+            .peer_map(BACKEND, gref, access)
+            .unwrap_or_else(|e| panic!("backend mapping gref {gref}: {e}"))
+            .as_ptr()
     }
 
-    fn unmap(&self, gref: u32) {
-        self.flags(gref)
-            .fetch_and(!(GTF_READING | GTF_WRITING), Ordering::SeqCst);
+    fn unmap(&self, gref: u32, access: Access) {
+        self.grants.peer_unmap(BACKEND, gref, access).unwrap();
     }
 
     fn node(&self, path: &str) -> Option<u64> {
@@ -185,7 +128,7 @@ impl World {
                     .map(|i| self.node(&format!("{FE}/ring-ref{i}")).unwrap() as u32)
                     .collect()
             };
-            let pages: Vec<*mut u8> = refs.iter().map(|&r| self.map(r, true)).collect();
+            let pages: Vec<*mut u8> = refs.iter().map(|&r| self.map(r, Access::ReadWrite)).collect();
             for (i, p) in pages.iter().enumerate() {
                 assert_eq!(*p as usize, pages[0] as usize + i * PAGE_SIZE, "contiguous ring");
             }
@@ -224,7 +167,7 @@ impl World {
             if !mode.keep_ring {
                 be.ring = None;
                 for r in core::mem::take(&mut be.ring_refs) {
-                    self.unmap(r);
+                    self.unmap(r, Access::ReadWrite);
                 }
             }
             drop(be);
@@ -243,9 +186,7 @@ impl World {
                 let claimed = be.answered as u32 + reqs.len() as u32;
                 be.answered = claimed as usize;
                 self.rsp_prod(&be).store(claimed, Ordering::Release);
-                if let Some(a) = self.host.ack.lock().as_ref() {
-                    a.ack();
-                }
+                self.events.raise_all();
             }
             return;
         }
@@ -259,15 +200,12 @@ impl World {
                 let mut segs = Vec::new();
                 let pages: Vec<u32> = ind.indirect_grefs[..n.div_ceil(512)].to_vec();
                 for i in 0..n {
-                    let page = self.map(pages[i / 512], false);
-                    // SAFETY: a granted indirect page holds up to 512 segment descriptors.
-                    let at = page.wrapping_add((i % 512) * 8).cast::<BlkifRequestSegment>();
-                    // SAFETY: as above.
-                    let s = unsafe { core::ptr::read_unaligned(at) };
-                    segs.push(s);
-                }
-                for &p in &pages {
-                    self.unmap(p);
+                    // A grant copy of one segment descriptor out of its indirect page.
+                    let mut raw = [0u8; 8];
+                    self.grants
+                        .peer_read(BACKEND, pages[i / 512], (i % 512) * 8, &mut raw)
+                        .unwrap();
+                    segs.push(BlkifRequestSegment::read_from_bytes(&raw).unwrap());
                 }
                 (ind.indirect_op, ind.sector_number, segs)
             } else {
@@ -279,7 +217,12 @@ impl World {
             };
             let mut at = sector as usize * 512;
             for s in &segs {
-                let page = self.map(s.gref, op == BLKIF_OP_READ);
+                let access = if op == BLKIF_OP_READ {
+                    Access::ReadWrite
+                } else {
+                    Access::ReadOnly
+                };
+                let page = self.map(s.gref, access);
                 let off = s.first_sect as usize * 512;
                 let len = (s.last_sect as usize - s.first_sect as usize + 1) * 512;
                 // SAFETY: the page is a granted 4 KiB page; off + len <= 4096.
@@ -293,9 +236,9 @@ impl World {
                 }
                 at += len;
                 if mode.keep_data {
-                    be.kept.push(s.gref);
+                    be.kept.push((s.gref, access));
                 } else {
-                    self.unmap(s.gref);
+                    self.unmap(s.gref, access);
                 }
             }
             let status = if matches!(op, BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_FLUSH_DISKCACHE) {
@@ -323,8 +266,8 @@ impl World {
             let real = be.ring.as_ref().unwrap().rsp_prod_pvt();
             self.rsp_prod(&be).store(real + mode.overrun, Ordering::Release);
         }
-        if notify && let Some(a) = self.host.ack.lock().as_ref() {
-            a.ack();
+        if notify {
+            self.events.raise_all();
         }
     }
 
@@ -363,8 +306,7 @@ impl Notify for NoKick {
 }
 
 /// A world whose backend publishes the usual keys, then `keys` over them, and behaves per `mode`.
-fn world_with(keys: &[(&str, &str)], mode: Mode) -> (XenStore<NoKick>, World, &'static GrantTable) {
-    crate::dma::fake::install();
+fn world_with(keys: &[(&str, &str)], mode: Mode) -> (XenStore<NoKick>, World, &'static FakeGrantTable) {
     let (mut daemon, ring) = FakeXenStore::new(3);
     daemon.external_write("device/vbd/51712/backend", BE.as_bytes());
     daemon.external_write("device/vbd/51712/backend-id", b"0");
@@ -382,12 +324,8 @@ fn world_with(keys: &[(&str, &str)], mode: Mode) -> (XenStore<NoKick>, World, &'
     {
         daemon.external_write(&format!("{BE}/{k}"), v.as_bytes());
     }
-    let entries: &'static mut [GrantEntryV1] =
-        Box::leak(vec![GrantEntryV1::new_zeroed(); TABLE].into_boxed_slice());
-    let p = NonNull::from(&mut entries[0]);
-    // SAFETY: leaked table memory; the fake backend reads it and sets Xen's in-use bits atomically.
-    let grants: &'static GrantTable = Box::leak(Box::new(unsafe { GrantTable::new(p, TABLE) }));
-    let host: &'static Host = Box::leak(Box::default());
+    let grants: &'static FakeGrantTable = Box::leak(Box::new(FakeGrantTable::new(TABLE)));
+    let events: &'static FakeEventChannels = Box::leak(Box::default());
     (
         XenStore::new(ring, NoKick),
         World {
@@ -403,15 +341,15 @@ fn world_with(keys: &[(&str, &str)], mode: Mode) -> (XenStore<NoKick>, World, &'
                 flips: 0,
                 kept: Vec::new(),
             }),
-            host,
-            entries: p,
+            grants,
+            events,
             now: Cell::new(0),
         },
         grants,
     )
 }
 
-fn world(max_order: &str, indirect: &str, mode: Mode) -> (XenStore<NoKick>, World, &'static GrantTable) {
+fn world(max_order: &str, indirect: &str, mode: Mode) -> (XenStore<NoKick>, World, &'static FakeGrantTable) {
     world_with(
         &[
             ("max-ring-page-order", max_order),
@@ -421,14 +359,23 @@ fn world(max_order: &str, indirect: &str, mode: Mode) -> (XenStore<NoKick>, Worl
     )
 }
 
+fn platform(w: &World) -> XenPlatform<&'static FakeGrantTable, &'static FakeEventChannels> {
+    XenPlatform {
+        grants: w.grants,
+        events: w.events,
+        dma: crate::dma::fake::dma(),
+    }
+}
+
 fn connect(
     xs: &mut XenStore<NoKick>,
     w: &World,
-    grants: &'static GrantTable,
+    grants: &'static FakeGrantTable,
     opts: BlkOptions,
-) -> Result<BlkFront<Host>> {
+) -> Result<Dev> {
+    assert!(core::ptr::eq(grants, w.grants));
     let dev = xenbus::enumerate(xs, w, "vbd")?.remove(0);
-    BlkFront::connect(xs, w, w.host, grants, dev, opts)
+    BlkFront::connect(xs, w, platform(w), dev, opts)
 }
 
 /// Short timeouts: the hostile tests wait for things that never happen.
@@ -439,14 +386,10 @@ fn quick() -> BlkOptions {
     }
 }
 
-fn stats(g: &GrantTable) -> (usize, u64, u64) {
-    let GrantStats {
-        active,
-        abandoned,
-        leaked_pages,
-        ..
-    } = g.stats();
-    (active, abandoned, leaked_pages)
+/// (grants active, grants abandoned, pages abandoned with them).
+fn stats(g: &FakeGrantTable) -> (usize, usize, usize) {
+    let s = g.stats();
+    (s.active, s.abandoned, s.abandoned_pages)
 }
 
 /// The ring references the frontend published.
@@ -459,24 +402,28 @@ fn published_ring_refs(w: &World) -> Vec<u32> {
     }
 }
 
-/// Asserts that `refs` still grant domain 0 access to the frames they did and are never handed
-/// out again while the table fills up.
-fn assert_still_granted_and_never_reused(w: &World, grants: &GrantTable, refs: &[u32]) {
+/// Asserts that `refs` still grant the backend's domain access to the pages they did and are never
+/// handed out again while the table fills up.
+fn assert_still_granted_and_never_reused(grants: &FakeGrantTable, refs: &[u32]) {
     for &r in refs {
-        let e = w.entry(r);
+        let e = grants.entry(r).unwrap();
         assert_eq!(
             (e.flags & GTF_PERMIT_ACCESS, e.domid),
-            (GTF_PERMIT_ACCESS, 0),
+            (GTF_PERMIT_ACCESS, BACKEND),
             "abandoned gref {r} still granted"
         );
     }
+    #[repr(C, align(4096))]
+    struct Page([u8; PAGE_SIZE]);
+    let page = NonNull::from(Box::leak(Box::new(Page([0; PAGE_SIZE])))).cast::<u8>();
     let mut fresh = Vec::new();
-    while let Ok(r) = grants.grant(0, 0x7777, ring_protocol::platform::Access::ReadOnly) {
+    // SAFETY: a leaked page, never freed; nothing reads it.
+    while let Ok(r) = unsafe { grants.share(BACKEND, page, Access::ReadOnly) } {
         assert!(!refs.contains(&r), "abandoned gref {r} handed out again");
         fresh.push(r);
     }
     for r in fresh {
-        grants.end_access(r).unwrap();
+        grants.revoke(r).unwrap();
     }
 }
 
@@ -485,12 +432,12 @@ fn read_req(tag: u64, sector: u64, len: usize) -> BlockRequest {
         tag,
         op: BlockOp::Read,
         sector,
-        buf: DmaBuf::new(len).unwrap(),
+        buf: DmaBuf::new(crate::dma::fake::dma(), len).unwrap(),
     }
 }
 
 /// Polls until something other than "nothing yet" comes back (bounded).
-fn next(dev: &mut BlkFront<Host>, w: &World) -> Result<BlockCompletion> {
+fn next(dev: &mut Dev, w: &World) -> Result<BlockCompletion> {
     crate::wait::wait_for(w, 100_000, "a completion", || dev.poll())
 }
 
@@ -567,7 +514,7 @@ fn multi_page_ring_direct_and_indirect_requests_round_trip_and_grants_are_ended(
     }
     tags.sort_unstable();
     assert_eq!(tags, (0..20).collect::<Vec<_>>());
-    assert!(*w.host.notifies.lock() >= 1);
+    assert!(w.events.take_notifies(FIRST_PORT) >= 1);
 
     let seen = dev.disconnect(&mut xs, &w, 1_000_000).unwrap();
     assert!(matches!(seen, XenbusState::Closing | XenbusState::Closed));
@@ -577,7 +524,8 @@ fn multi_page_ring_direct_and_indirect_requests_round_trip_and_grants_are_ended(
         (0, 0, 0),
         "ring grants ended on disconnect, nothing leaked"
     );
-    assert_eq!(*w.host.closed.lock(), 1, "event channel closed once");
+    assert_eq!(w.events.closed(), 1, "event channel closed once");
+    assert!(w.events.is_closed(FIRST_PORT));
 }
 
 #[test]
@@ -625,7 +573,7 @@ fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
         other => panic!("expected a xenbus timeout, got {other:?}"),
     }
     assert_eq!(stats(grants), (0, 0, 0), "the ring's grant ended, nothing leaked");
-    assert_eq!(*w.host.closed.lock(), 1, "event channel closed");
+    assert_eq!(w.events.closed(), 1, "event channel closed");
     assert_eq!(w.fe_state(), 6, "frontend gave the device up (Closed)");
     assert!(w.now.get() < 2_000_000, "bounded: {} us", w.now.get());
 }
@@ -657,7 +605,7 @@ fn xsa396_backend_that_maps_the_ring_and_never_connects_gets_the_ring_abandoned_
             "ring page {p} freed while mapped"
         );
     }
-    assert_still_granted_and_never_reused(&w, grants, &refs);
+    assert_still_granted_and_never_reused(grants, &refs);
 }
 
 #[test]
@@ -687,7 +635,7 @@ fn xsa396_connect_failing_after_the_backend_mapped_the_ring_abandons_it_and_coun
     assert_eq!(stats(grants), (2, 2, 2));
     let ring = w.be.borrow().ring_ptr.unwrap();
     assert!(FAKE_DMA.is_live(ring) && FAKE_DMA.is_live(ring.wrapping_add(PAGE_SIZE)));
-    assert_still_granted_and_never_reused(&w, grants, &refs);
+    assert_still_granted_and_never_reused(grants, &refs);
     assert_eq!(w.fe_state(), 6, "frontend Closed");
     // The page is still the backend's, untouched by anyone else: what it writes stays.
     // SAFETY: the abandoned ring page is leaked (never freed), so it stays valid.
@@ -943,8 +891,8 @@ fn xsa396_backend_keeping_a_data_grant_after_its_response_halts_and_the_page_is_
         "two data pages and the ring page abandoned"
     );
     assert!(FAKE_DMA.is_live(data) && FAKE_DMA.is_live(data.wrapping_add(PAGE_SIZE)));
-    let all: Vec<u32> = kept.iter().chain(&ring_refs).copied().collect();
-    assert_still_granted_and_never_reused(&w, grants, &all);
+    let all: Vec<u32> = kept.iter().map(|&(r, _)| r).chain(ring_refs).collect();
+    assert_still_granted_and_never_reused(grants, &all);
 }
 
 #[test]
@@ -962,8 +910,8 @@ fn xsa396_a_backend_that_lets_go_late_gets_its_grants_ended_not_abandoned() {
     let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
     dev.submit(read_req(5, 0, 512)).map_err(|r| r.error).unwrap();
     assert!(next(&mut dev, &w).unwrap().result.is_err());
-    for r in core::mem::take(&mut w.be.borrow_mut().kept) {
-        w.unmap(r);
+    for (r, access) in core::mem::take(&mut w.be.borrow_mut().kept) {
+        w.unmap(r, access);
     }
     dev.disconnect(&mut xs, &w, 200_000).unwrap();
     assert_eq!(stats(grants), (0, 0, 0));
@@ -1011,4 +959,34 @@ fn hostile_backend_flipping_state_on_close_cannot_hold_disconnect() {
     assert_eq!(w.fe_state(), 6, "frontend Closed anyway");
     // It never unmapped the ring: abandoned, counted.
     assert_eq!(stats(grants), (1, 1, 1));
+}
+
+#[cfg(feature = "hostile-frontend")]
+#[test]
+fn hostile_frontend_publishes_an_index_a_correct_backend_refuses() {
+    let (mut xs, w, grants) = world("0", "0", Mode::default());
+    let mut dev = connect(&mut xs, &w, grants, BlkOptions::default()).unwrap();
+    block::write(&mut dev, &w, 0, &[1u8; 512]).unwrap();
+    let before = w.events.take_notifies(FIRST_PORT);
+    let published = dev.publish_impossible_requests().unwrap();
+    assert_eq!(
+        published,
+        1 + 32 + 7,
+        "a ring's worth and more past the one request made"
+    );
+    assert_eq!(
+        w.events.take_notifies(FIRST_PORT),
+        1,
+        "the backend is told ({before} before)"
+    );
+    // What the backend's ring says about it (the fake backend is not run: it would stop there).
+    let e =
+        w.be.borrow_mut()
+            .ring
+            .as_mut()
+            .unwrap()
+            .read_request()
+            .unwrap_err();
+    assert!(matches!(e, ring_protocol::Error::RequestOverrun { .. }), "{e:?}");
+    drop(dev);
 }
