@@ -200,6 +200,7 @@ pub mod fake {
     /// spin lock inside): a backend thread may serve the peer side while the frontend grants.
     #[derive(Debug)]
     pub struct FakeGrantTable {
+        owner: DomId,
         inner: spin::Mutex<Inner>,
     }
 
@@ -241,9 +242,17 @@ pub mod fake {
     }
 
     impl FakeGrantTable {
-        /// A table with `entries` references in all (including the reserved ones).
+        /// A table with `entries` references in all (including the reserved ones), of a guest whose
+        /// domain id does not matter (1).
         pub fn new(entries: usize) -> Self {
+            Self::with_owner(entries, 1)
+        }
+
+        /// A table of domain `owner` (what a backend names as the granting domain, e.g. in a grant
+        /// copy: an adapter refuses other domains as Xen does with `GNTST_bad_domain`).
+        pub fn with_owner(entries: usize, owner: DomId) -> Self {
             Self {
+                owner,
                 inner: spin::Mutex::new(Inner {
                     entries: vec![GrantEntryV1::default(); entries],
                     in_use: vec![false; entries],
@@ -253,6 +262,11 @@ pub mod fake {
                     stats: FakeGrantStats::default(),
                 }),
             }
+        }
+
+        /// The granting domain.
+        pub fn owner(&self) -> DomId {
+            self.owner
         }
 
         /// The raw entry for `gref`, as the hypervisor would see it.
@@ -569,6 +583,7 @@ pub mod fake {
             assert_eq!(gt.frame_of(b.as_ptr()), Some(FIRST_FRAME + 1));
             assert_eq!(gt.active(), 2);
             assert_eq!(gt.granted_to(OTHER), [w]);
+            assert_eq!((gt.owner(), FakeGrantTable::with_owner(16, 3).owner()), (1, 3));
             // The same page granted again keeps its frame.
             let again = share(&gt, PEER, a, Access::ReadWrite).unwrap();
             assert_eq!(gt.entry(again).unwrap().frame, FIRST_FRAME);
