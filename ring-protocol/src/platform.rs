@@ -520,9 +520,27 @@ pub mod fake {
         #[repr(C, align(4096))]
         struct Page([u8; XEN_PAGE_SIZE]);
 
-        /// A leaked page, reached only through its pointer (as a driver's shared page is).
-        fn page() -> NonNull<u8> {
-            NonNull::from(Box::leak(Box::new(Page([0; XEN_PAGE_SIZE])))).cast()
+        /// Pages for one test, reached only through their pointers (as a driver's shared pages
+        /// are) and freed when the test ends.
+        #[derive(Default)]
+        struct Pages(core::cell::RefCell<Vec<NonNull<Page>>>);
+
+        impl Pages {
+            fn page(&self) -> NonNull<u8> {
+                let p = NonNull::from(Box::leak(Box::new(Page([0; XEN_PAGE_SIZE]))));
+                self.0.borrow_mut().push(p);
+                p.cast()
+            }
+        }
+
+        impl Drop for Pages {
+            fn drop(&mut self) {
+                for p in self.0.take() {
+                    // SAFETY: each came from Box::leak above and is freed once, after the test's
+                    // last use of it.
+                    drop(unsafe { Box::from_raw(p.as_ptr()) });
+                }
+            }
         }
 
         fn share(gt: &FakeGrantTable, peer: DomId, page: NonNull<u8>, access: Access) -> Result<GrantRef> {
@@ -564,8 +582,9 @@ pub mod fake {
 
         #[test]
         fn share_writes_a_real_v1_entry_and_skips_reserved_refs() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let (a, b) = (page(), page());
+            let (a, b) = (pages.page(), pages.page());
             let r = share(&gt, PEER, a, Access::ReadOnly).unwrap();
             assert_eq!(r, GNTTAB_NR_RESERVED_ENTRIES);
             let e = gt.entry(r).unwrap();
@@ -591,8 +610,9 @@ pub mod fake {
 
         #[test]
         fn revoke_while_mapped_fails_and_keeps_the_grant_until_unmapped() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let p = page();
+            let p = pages.page();
             let r = share(&gt, PEER, p, Access::ReadWrite).unwrap();
             let mapped = gt.peer_map(PEER, r, Access::ReadWrite).unwrap();
             assert_eq!(mapped, p, "the peer reaches the granted page itself");
@@ -632,8 +652,9 @@ pub mod fake {
 
         #[test]
         fn peer_access_is_checked_against_domain_and_readonly() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let r = share(&gt, PEER, page(), Access::ReadOnly).unwrap();
+            let r = share(&gt, PEER, pages.page(), Access::ReadOnly).unwrap();
             assert_eq!(
                 gt.peer_map(OTHER, r, Access::ReadOnly),
                 Err(Error::GrantAccessDenied {
@@ -668,8 +689,9 @@ pub mod fake {
 
         #[test]
         fn data_flows_between_granting_side_and_peer_through_the_real_page() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let p = page();
+            let p = pages.page();
             write_page(p, 100, b"hello peer");
             let r = share(&gt, PEER, p, Access::ReadWrite).unwrap();
             let mut buf = [0u8; 10];
@@ -699,16 +721,17 @@ pub mod fake {
 
         #[test]
         fn table_fills_up_revoked_refs_are_reused_and_abandoned_ones_never() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(GNTTAB_NR_RESERVED_ENTRIES as usize + 3);
             let refs: Vec<_> = (0..3)
-                .map(|_| share(&gt, PEER, page(), Access::ReadOnly).unwrap())
+                .map(|_| share(&gt, PEER, pages.page(), Access::ReadOnly).unwrap())
                 .collect();
             assert_eq!(
-                share(&gt, PEER, page(), Access::ReadOnly),
+                share(&gt, PEER, pages.page(), Access::ReadOnly),
                 Err(Error::GrantTableFull { capacity: 11 })
             );
             gt.revoke(refs[1]).unwrap();
-            let p = page();
+            let p = pages.page();
             assert_eq!(share(&gt, PEER, p, Access::ReadOnly), Ok(refs[1]));
             assert_eq!(gt.entry(refs[1]).unwrap().frame, gt.frame_of(p.as_ptr()).unwrap());
             // A held grant given up on stays granted and out of circulation.
@@ -717,9 +740,9 @@ pub mod fake {
             gt.abandon(&refs[..1], 1);
             assert_eq!(gt.abandoned(), (1, 1));
             gt.revoke(refs[2]).unwrap();
-            assert_eq!(share(&gt, PEER, page(), Access::ReadOnly), Ok(refs[2]));
+            assert_eq!(share(&gt, PEER, pages.page(), Access::ReadOnly), Ok(refs[2]));
             assert_eq!(
-                share(&gt, PEER, page(), Access::ReadOnly),
+                share(&gt, PEER, pages.page(), Access::ReadOnly),
                 Err(Error::GrantTableFull { capacity: 11 })
             );
             assert_eq!(
@@ -731,8 +754,9 @@ pub mod fake {
         #[test]
         #[should_panic(expected = "not page-aligned")]
         fn sharing_an_unaligned_address_is_a_caller_bug() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let p = page();
+            let p = pages.page();
             let _ = share(
                 &gt,
                 PEER,

@@ -60,7 +60,12 @@ impl<G, E> core::fmt::Debug for XenPlatform<G, E> {
 }
 
 /// The sharing mechanisms a Xen frontend can grant through: any [`ShareMemory`] whose handles are
-/// grant references, cheap to clone (a reference to the table).
+/// grant references, cheap to clone (a reference to the table). Implemented for every such type.
+///
+/// # Safety
+///
+/// Nothing beyond [`ShareMemory`]'s contract, which its implementations already uphold (it is an
+/// `unsafe` trait); this one only names the bound.
 pub trait GrantMemory: ShareMemory<Handle = GrantRef> + Clone {}
 
 impl<G: ShareMemory<Handle = GrantRef> + Clone> GrantMemory for G {}
