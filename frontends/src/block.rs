@@ -2,11 +2,12 @@
 //!
 //! A [`BlockDevice`] takes requests without blocking ([`BlockDevice::submit`]) and hands back
 //! completions ([`BlockDevice::poll`]), so several requests can be in flight. Each request owns its
-//! [`DmaBuf`] while the device works on it and gives it back in the completion. The free functions
-//! [`read`], [`write`] and [`flush`] wrap one request each and wait for it through a [`Waiter`].
+//! [`DmaBuf`] while the device works on it and gives it back in the completion; buffers come from
+//! the allocator the device names ([`BlockDevice::dma`]). The free functions [`read()`], [`write()`]
+//! and [`flush()`] wrap one request each and wait for it through a [`Waiter`].
 
 use crate::counters::Counters;
-use crate::dma::DmaBuf;
+use crate::dma::{DmaAllocator, DmaBuf};
 use crate::wait::{SharedIrqAck, Waiter, wait_for};
 use crate::{Error, Result};
 
@@ -119,6 +120,10 @@ pub trait BlockDevice {
 
     /// The driver's own counts.
     fn counters(&self) -> Counters;
+
+    /// The DMA memory the device can reach: request buffers should come from it (the platform gave
+    /// it to the driver when it opened the device).
+    fn dma(&self) -> &'static dyn DmaAllocator;
 }
 
 /// Checks a request against `info`; drivers call this first in `submit`.
@@ -177,7 +182,7 @@ pub fn run_one(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, mut req: BlockReq
 
 /// Reads `len` bytes at `sector`; returns them in a fresh buffer.
 pub fn read(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, sector: u64, len: usize) -> Result<DmaBuf> {
-    let buf = DmaBuf::new(len)?;
+    let buf = DmaBuf::new(dev.dma(), len)?;
     run_one(
         dev,
         waiter,
@@ -192,7 +197,7 @@ pub fn read(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, sector: u64, len: us
 
 /// Writes `data` at `sector` (copied into a DMA buffer first).
 pub fn write(dev: &mut dyn BlockDevice, waiter: &dyn Waiter, sector: u64, data: &[u8]) -> Result<()> {
-    let mut buf = DmaBuf::new(data.len())?;
+    let mut buf = DmaBuf::new(dev.dma(), data.len())?;
     buf.as_mut_slice().copy_from_slice(data);
     run_one(
         dev,
@@ -353,6 +358,10 @@ pub mod fake {
         fn counters(&self) -> Counters {
             self.counters
         }
+
+        fn dma(&self) -> &'static dyn DmaAllocator {
+            crate::dma::fake::dma()
+        }
     }
 }
 
@@ -364,7 +373,6 @@ mod tests {
 
     #[test]
     fn blocking_helpers_round_trip_and_check_bounds() {
-        crate::dma::fake::install();
         let clock = StepClock::new(1);
         let mut d = MemDisk::new(64, 512, 4);
         let data: alloc::vec::Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();

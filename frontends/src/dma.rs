@@ -4,9 +4,10 @@
 //! differ. They allocate [`DmaBuf`]s, hand [`DmaBuf::bus_addr`] to the device and touch the bytes
 //! through [`DmaBuf::as_slice`] / [`DmaBuf::as_mut_slice`].
 //!
-//! The platform registers one [`DmaAllocator`] at boot with [`set_allocator`]; every [`DmaBuf`] comes
-//! from it and returns its pages on drop. Host tests register [`fake::FakeDma`], whose bus addresses
-//! deliberately differ from the virtual ones.
+//! The platform implements [`DmaAllocator`] and hands it (`&'static dyn DmaAllocator`) to each driver
+//! it opens; there is no global allocator. Every [`DmaBuf`] remembers the allocator it came from and
+//! gives its pages back to it on drop. Host tests use `fake::FakeDma` (feature `test-utils`), whose
+//! bus addresses deliberately differ from the virtual ones.
 
 use core::ptr::NonNull;
 
@@ -26,15 +27,18 @@ pub struct DmaRegion {
     pub pages: usize,
 }
 
-/// The platform's source of DMA memory.
+/// The platform's source of DMA memory (the role of virtio-drivers' `Hal::dma_alloc`, as a value
+/// each driver is given).
 ///
 /// # Safety
-/// Implementations guarantee that a region returned by [`alloc_pages`](Self::alloc_pages) is zeroed,
-/// page-aligned, physically contiguous, valid for reads and writes of `pages * PAGE_SIZE` bytes, not
-/// aliased by any other allocation until it is given back to [`free_pages`](Self::free_pages), and
-/// reachable by devices at `bus`; and that [`bus_address`](Self::bus_address) returns the address at
-/// which a device reaches the byte at `virt`.
-pub unsafe trait DmaAllocator: Sync {
+/// Drivers hand the memory to devices and peers and build slices over it, so implementations
+/// guarantee that a region returned by [`alloc_pages`](Self::alloc_pages) is zeroed, page-aligned,
+/// physically contiguous, valid for reads and writes of `pages * PAGE_SIZE` bytes, not aliased by any
+/// other allocation until it is given back to [`free_pages`](Self::free_pages), and reachable by
+/// devices at `bus`; that [`bus_address`](Self::bus_address) returns the address at which a device
+/// reaches the byte at `virt`; and that [`virt_address`](Self::virt_address), when it answers, names
+/// memory of a region this allocator handed out and has not taken back.
+pub unsafe trait DmaAllocator: Sync + core::fmt::Debug {
     /// Allocates `pages` (≥ 1) zeroed, contiguous pages, or `None` if memory is short.
     fn alloc_pages(&self, pages: usize) -> Option<DmaRegion>;
 
@@ -59,53 +63,43 @@ pub unsafe trait DmaAllocator: Sync {
     }
 }
 
-static ALLOCATOR: spin::Once<&'static dyn DmaAllocator> = spin::Once::new();
-
-/// Registers the platform's allocator. Only the first call succeeds.
-pub fn set_allocator(allocator: &'static dyn DmaAllocator) -> Result<()> {
-    let mut fresh = false;
-    ALLOCATOR.call_once(|| {
-        fresh = true;
-        allocator
-    });
-    if fresh {
-        Ok(())
-    } else {
-        Err(Error::DmaAllocatorSet)
-    }
-}
-
-/// The registered allocator.
-pub fn allocator() -> Result<&'static dyn DmaAllocator> {
-    ALLOCATOR.get().copied().ok_or(Error::NoDmaAllocator)
-}
-
 /// An owned, zeroed, physically contiguous, page-aligned buffer of `len` bytes (rounded up to
-/// whole pages underneath). Freed on drop. A zero-length buffer ([`DmaBuf::empty`]) owns no memory.
-#[derive(Debug)]
+/// whole pages underneath), from the allocator given to [`DmaBuf::new`], to which it returns on
+/// drop. A zero-length buffer ([`DmaBuf::empty`]) owns no memory.
 pub struct DmaBuf {
-    region: Option<DmaRegion>,
+    region: Option<(DmaRegion, &'static dyn DmaAllocator)>,
     len: usize,
 }
 
-// SAFETY: a DmaBuf owns its region exclusively (DmaAllocator's contract), like a Box<[u8]>.
+impl core::fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DmaBuf")
+            .field("region", &self.region.as_ref().map(|(r, _)| r))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+// SAFETY: a DmaBuf owns its region exclusively (DmaAllocator's contract), like a Box<[u8]>; its
+// allocator is `Sync`, so giving the region back from another thread is fine.
 unsafe impl Send for DmaBuf {}
 // SAFETY: shared access only hands out `&[u8]`.
 unsafe impl Sync for DmaBuf {}
 
 impl DmaBuf {
-    /// Allocates a zeroed buffer of `len` bytes from the registered allocator.
-    pub fn new(len: usize) -> Result<Self> {
+    /// Allocates a zeroed buffer of `len` bytes from `dma`.
+    ///
+    /// # Errors
+    /// [`Error::DmaExhausted`] if the allocator has no memory.
+    pub fn new(dma: &'static dyn DmaAllocator, len: usize) -> Result<Self> {
         if len == 0 {
             return Ok(Self::empty());
         }
         let pages = len.div_ceil(PAGE_SIZE);
-        let region = allocator()?
-            .alloc_pages(pages)
-            .ok_or(Error::DmaExhausted { pages })?;
+        let region = dma.alloc_pages(pages).ok_or(Error::DmaExhausted { pages })?;
         debug_assert!(region.pages >= pages);
         Ok(Self {
-            region: Some(region),
+            region: Some((region, dma)),
             len,
         })
     }
@@ -113,6 +107,11 @@ impl DmaBuf {
     /// A buffer of no bytes (for requests that carry no data, such as a flush).
     pub const fn empty() -> Self {
         Self { region: None, len: 0 }
+    }
+
+    /// The allocator the buffer came from (`None` for an empty buffer).
+    pub fn allocator(&self) -> Option<&'static dyn DmaAllocator> {
+        self.region.as_ref().map(|&(_, dma)| dma)
     }
 
     /// Length in bytes.
@@ -127,7 +126,7 @@ impl DmaBuf {
 
     /// Bytes available in the underlying pages (≥ [`len`](Self::len)).
     pub fn capacity(&self) -> usize {
-        self.region.as_ref().map_or(0, |r| r.pages * PAGE_SIZE)
+        self.region.as_ref().map_or(0, |(r, _)| r.pages * PAGE_SIZE)
     }
 
     /// Changes the length within [`capacity`](Self::capacity) (bytes past the old length keep their
@@ -142,26 +141,21 @@ impl DmaBuf {
 
     /// The address a device uses for the first byte (0 for an empty buffer).
     pub fn bus_addr(&self) -> u64 {
-        self.region.as_ref().map_or(0, |r| r.bus)
-    }
-
-    /// Alias of [`bus_addr`](Self::bus_addr), as the plan names it.
-    pub fn phys(&self) -> u64 {
-        self.bus_addr()
+        self.region.as_ref().map_or(0, |(r, _)| r.bus)
     }
 
     /// The CPU's view of the first byte.
     pub fn as_ptr(&self) -> *const u8 {
         self.region
             .as_ref()
-            .map_or(NonNull::dangling().as_ptr(), |r| r.virt.as_ptr())
+            .map_or(NonNull::dangling().as_ptr(), |(r, _)| r.virt.as_ptr())
     }
 
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         match &self.region {
             // SAFETY: the region is valid for pages * PAGE_SIZE ≥ len bytes and owned by self.
-            Some(r) => unsafe { core::slice::from_raw_parts(r.virt.as_ptr(), self.len) },
+            Some((r, _)) => unsafe { core::slice::from_raw_parts(r.virt.as_ptr(), self.len) },
             None => &[],
         }
     }
@@ -170,7 +164,7 @@ impl DmaBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.region {
             // SAFETY: as in as_slice; `&mut self` makes the access exclusive.
-            Some(r) => unsafe { core::slice::from_raw_parts_mut(r.virt.as_ptr(), self.len) },
+            Some((r, _)) => unsafe { core::slice::from_raw_parts_mut(r.virt.as_ptr(), self.len) },
             None => &mut [],
         }
     }
@@ -178,14 +172,11 @@ impl DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
-        if let Some(region) = self.region.take() {
-            // A DmaBuf with a region was made by `new`, so the allocator is registered.
-            if let Ok(a) = allocator() {
-                // SAFETY: the region came from this allocator and is given back once; the buffer
-                // owned it, so nobody else uses it (a driver keeps a request's DmaBuf until the device
-                // is done with it).
-                unsafe { a.free_pages(region) };
-            }
+        if let Some((region, dma)) = self.region.take() {
+            // SAFETY: the region came from `dma` and is given back once; the buffer owned it, so
+            // nobody else uses it (a driver keeps a request's DmaBuf until the device is done with it,
+            // and a page a peer may still reach is leaked with `mem::forget`, never dropped).
+            unsafe { dma.free_pages(region) };
         }
     }
 }
@@ -271,16 +262,12 @@ pub mod fake {
         }
     }
 
-    /// The fake registered by [`install`].
+    /// One fake for every test (its checks are per address, so tests can share it).
     pub static FAKE_DMA: FakeDma = FakeDma::new();
 
-    /// Registers [`FAKE_DMA`] as the allocator (idempotent, for tests running in parallel).
-    pub fn install() {
-        let _ = set_allocator(&FAKE_DMA);
-        assert!(
-            core::ptr::addr_eq(allocator().expect("registered"), &FAKE_DMA),
-            "another allocator was registered first"
-        );
+    /// [`FAKE_DMA`] as the allocator drivers are given.
+    pub fn dma() -> &'static dyn DmaAllocator {
+        &FAKE_DMA
     }
 }
 
@@ -289,9 +276,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffer_is_zeroed_aligned_and_writable() {
-        fake::install();
-        let mut b = DmaBuf::new(5000).unwrap();
+    fn buffer_is_zeroed_aligned_writable_and_goes_back_to_its_allocator() {
+        let mut b = DmaBuf::new(fake::dma(), 5000).unwrap();
+        let first = b.as_ptr();
+        assert!(fake::FAKE_DMA.is_live(first));
+        assert!(core::ptr::addr_eq(b.allocator().unwrap(), &fake::FAKE_DMA));
         assert_eq!(b.len(), 5000);
         assert_eq!(b.capacity(), 2 * PAGE_SIZE);
         assert_eq!(b.as_ptr() as usize % PAGE_SIZE, 0);
@@ -302,6 +291,35 @@ mod tests {
         assert!(b.set_len(8192));
         assert!(!b.set_len(8193));
         assert_eq!(b.len(), 8192);
+        drop(b);
+        assert!(!fake::FAKE_DMA.is_live(first), "freed on drop");
+    }
+
+    #[test]
+    fn an_allocator_out_of_memory_is_a_typed_error() {
+        #[derive(Debug)]
+        struct Empty;
+        // SAFETY: hands out nothing, so it cannot break the contract.
+        unsafe impl DmaAllocator for Empty {
+            fn alloc_pages(&self, _: usize) -> Option<DmaRegion> {
+                None
+            }
+            unsafe fn free_pages(&self, _: DmaRegion) {
+                unreachable!("nothing was handed out")
+            }
+            fn bus_address(&self, _: *const u8) -> Option<u64> {
+                None
+            }
+        }
+        static EMPTY: Empty = Empty;
+        assert_eq!(
+            DmaBuf::new(&EMPTY, 3 * PAGE_SIZE).unwrap_err(),
+            Error::DmaExhausted { pages: 3 }
+        );
+        assert!(
+            DmaBuf::new(&EMPTY, 0).unwrap().is_empty(),
+            "no memory needed for no bytes"
+        );
     }
 
     #[test]
@@ -309,6 +327,7 @@ mod tests {
         let b = DmaBuf::empty();
         assert!(b.is_empty());
         assert_eq!(b.bus_addr(), 0);
+        assert!(b.allocator().is_none());
         assert_eq!(b.as_slice(), &[] as &[u8]);
     }
 }

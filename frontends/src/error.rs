@@ -83,12 +83,6 @@ pub enum Error {
         /// The offending value.
         value: u64,
     },
-    /// No DMA allocator was registered with [`crate::dma::set_allocator`].
-    #[error("no DMA allocator registered")]
-    NoDmaAllocator,
-    /// A second [`crate::dma::set_allocator`] call.
-    #[error("a DMA allocator is already registered")]
-    DmaAllocatorSet,
     /// The DMA allocator could not supply the memory.
     #[error("DMA allocation of {pages} pages failed")]
     DmaExhausted {

@@ -28,6 +28,13 @@ impl WaitMode {
 }
 
 /// The platform's clock and idle loop, as drivers and workloads need them.
+///
+/// # Safety
+///
+/// A safe trait: drivers bound every wait by [`now_us`](Self::now_us), so a clock that stands still
+/// or an [`idle`](Self::idle) that never sleeps makes them spin or time out early, never touch memory
+/// they should not. The contract for them to work: the clock is monotonic, and `idle` returns at
+/// least every few milliseconds.
 pub trait Waiter {
     /// Microseconds since some fixed point; monotonic.
     fn now_us(&self) -> u64;
@@ -74,9 +81,14 @@ pub fn wait_for<T>(
     }
 }
 
-/// What an interrupt handler calls for a device. Implementations touch only the device's interrupt
-/// status register and atomics, so they are safe to run while the driver itself is interrupted
-/// mid-operation.
+/// What an interrupt handler calls for a device. Drivers implement it; the platform calls it from
+/// the handler of the device's interrupt (an IOAPIC vector, an MSI-X vector, an event channel).
+///
+/// # Safety
+///
+/// A safe trait. Implementations touch only the device's interrupt status register and atomics, so
+/// they are safe to run while the driver itself is interrupted mid-operation; one that took a lock the
+/// driver holds would deadlock, not corrupt memory.
 pub trait IrqAck: Send + Sync {
     /// Acknowledges the device's interrupt (deasserting a level-triggered line); returns whether the
     /// device had raised it. Counts it in the driver's [`crate::counters::Counters::interrupts`].
@@ -148,7 +160,7 @@ mod tests {
             }
             other => panic!("expected timeout, got {other:?}"),
         }
-        let e = wait_for::<()>(&clock, 100, "error", || Err(Error::NoDmaAllocator)).unwrap_err();
-        assert_eq!(e, Error::NoDmaAllocator);
+        let e = wait_for::<()>(&clock, 100, "error", || Err(Error::DmaExhausted { pages: 3 })).unwrap_err();
+        assert_eq!(e, Error::DmaExhausted { pages: 3 });
     }
 }

@@ -1,5 +1,5 @@
 //! The kernel console: formatted output to whatever the platform uses (COM1 on the PC platform, the
-//! Xen console ring on Xen PV later). One lock keeps a `kprintln!` line in one piece; the fatal path
+//! PV console ring, or Xen's own console in dom0, on Xen PV). One lock keeps a `kprintln!` line in one piece; the fatal path
 //! bypasses the lock so a panic or exception that interrupted a printer still gets its report out.
 
 use core::fmt::{self, Write};
@@ -17,7 +17,7 @@ impl Write for Sink {
     }
 }
 
-/// Backend of [`kprint!`] and [`kprintln!`].
+/// Backend of `kprint!` and `kprintln!`.
 pub fn print(args: fmt::Arguments<'_>) {
     crate::arch::without_interrupts(|| {
         let _guard = LOCK.lock();

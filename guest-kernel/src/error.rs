@@ -74,5 +74,5 @@ pub enum Error {
     },
 }
 
-/// Result with the kernel's [`Error`].
+/// Result with the kernel's [`enum@Error`].
 pub type Result<T> = core::result::Result<T, Error>;

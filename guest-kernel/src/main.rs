@@ -1,14 +1,17 @@
 //! pvkit guest kernel.
 //!
-//! One ELF, entered either through PVH (`XEN_ELFNOTE_PHYS32_ENTRY`, what QEMU's `-kernel` boots) or,
-//! from issue 4 on, through the classic Xen PV entry. Each entry builds a [`boot::BootInfo`], picks the
+//! One ELF, entered either through PVH (`XEN_ELFNOTE_PHYS32_ENTRY`, what QEMU's `-kernel` boots) or
+//! through the classic Xen PV entry. Each entry builds a [`boot::BootInfo`], picks the
 //! [`platform::Platform`] it belongs to and calls [`kernel_main`]. From there on the kernel is the same:
 //! it brings the platform up, parses the command line and runs the named self-tests, reporting
 //! `PVKIT ...` lines on the console (the contract is in `guest-kernel/README.md`).
 //!
 //! Layering: `arch` is the only place with `asm!`; `drivers` hold device logic behind small register
-//! and config-space traits; `platform` ties a boot environment to its devices; `selftest` is the test
-//! runner; `fatal` is the one way a run ends badly (exceptions and panics both land there).
+//! and config-space traits; `platform` ties a boot environment to its devices; `devices` and `xen`
+//! implement the traits of `pvkit_frontends::platform` (DMA memory, event channels, grant frames,
+//! the waiters, the virtio platform) and hand them to the drivers; `selftest` is the test runner
+//! (its command line, parameters and result lines are `pvkit_frontends::runner`, host-tested);
+//! `fatal` is the one way a run ends badly (exceptions and panics both land there).
 #![no_std]
 #![no_main]
 
@@ -19,7 +22,6 @@ mod console;
 
 mod arch;
 mod boot;
-mod cmdline;
 mod devices;
 mod drivers;
 mod error;

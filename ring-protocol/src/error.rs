@@ -100,6 +100,12 @@ pub enum Error {
         /// The id the peer returned.
         id: u64,
     },
+    /// An id claimed for a new request is already in flight (two requests would share it).
+    #[error("id {id} is already in flight")]
+    IdAlreadyInFlight {
+        /// The id.
+        id: u64,
+    },
     /// Every id is in flight.
     #[error("all {capacity} ids are in flight")]
     IdsExhausted {

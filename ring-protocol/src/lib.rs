@@ -9,7 +9,7 @@
 //! - [`xenstore`]: the XenStore wire codec (framing, bounded parsing, reply matching) every
 //!   XenStore client uses.
 //!
-//! `no_std`; the `alloc` feature adds heap-backed helpers ([`ring::SharedPages`], [`ring::IdSlabBox`]),
+//! `no_std`; the `alloc` feature adds heap-backed helpers (`ring::SharedPages`, `ring::IdSlabBox`),
 //! `std` implies `alloc`.
 //!
 //! # Testing

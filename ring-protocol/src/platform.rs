@@ -2,17 +2,26 @@
 //! share pages of their memory with it ([`ShareMemory`]).
 //!
 //! These traits describe what a driver consumes, not everything a provider offers. The guest kernel
-//! implements them with event channels and grant tables (or virtio kicks and DMA addresses), the host
-//! backends with their own mechanisms, and the test doubles in [`fake`] with plain memory.
+//! implements them with event channels and grant tables, the host backends with their own mechanisms,
+//! and the test doubles in `fake` (feature `test-utils`) with plain memory: a counting notifier and an
+//! in-memory grant table that also plays Xen for the peer, so a test can put a real frontend and a
+//! real backend on the two sides of it.
+
+use core::ptr::NonNull;
 
 use crate::Result;
-use crate::abi::xen::{DomId, XenPfn};
+use crate::abi::xen::DomId;
 
 /// Tells the peer of a ring that there is work for it: an event channel send under Xen, a queue
 /// notification (kick) under virtio.
 ///
 /// Rings decide *whether* a notification is needed (`push_*_and_check_notify`); this trait only
 /// delivers it.
+///
+/// # Safety
+///
+/// A safe trait: a notification carries no data, so an implementation that loses or duplicates
+/// notifications can make a driver slow or time out, never touch memory it should not.
 pub trait Notify {
     /// Notifies the peer once.
     ///
@@ -37,21 +46,48 @@ pub enum Access {
     ReadWrite,
 }
 
-/// Shares pages of our memory with a peer and takes them back: grant tables under Xen, DMA addresses
-/// under virtio.
+/// Shares pages of our memory with a peer and takes them back: grant tables under Xen; under virtio
+/// with an IOMMU, mappings in the device's address space.
 ///
-/// A page is named by its guest frame number (its guest-physical address shifted right by
-/// [`XEN_PAGE_SHIFT`](crate::abi::xen::XEN_PAGE_SHIFT)).
-pub trait ShareMemory {
-    /// What the peer is given to reach the page: a grant reference under Xen, a bus address under
-    /// virtio.
+/// A page is named by the CPU's address of its first byte; the implementation turns that into what
+/// the peer is given ([`Handle`](Self::Handle)): a grant reference (whose entry holds the frame the
+/// implementation looked up, the machine frame for a Xen PV guest), or a bus address. Memory to
+/// share comes from the platform's DMA allocator; the owner keeps it allocated until the sharing has
+/// ended (`pvkit_frontends::xen::grant::Granted` owns a buffer and its handles together, so no path
+/// can free a page the peer still reaches).
+///
+/// # Safety
+///
+/// Drivers free or reuse a page as soon as [`revoke`](Self::revoke) says the sharing ended, so an
+/// implementation must:
+/// - give the peer access to the page named in [`share`](Self::share) only, with no more than the
+///   access asked for;
+/// - return `Ok` from `revoke` only once the peer can no longer read or write the page through that
+///   handle: no mapping left, no copy in progress, and none can start (a grant table clears the
+///   entry with a compare-and-exchange that fails while Xen marks it in use);
+/// - never revoke, reuse or hand out again a handle given to [`abandon`](Self::abandon).
+///
+/// An implementation that breaks these lets a peer read or write memory the guest has reused, which
+/// is memory unsafety in the guest (the XSA-396 class).
+pub unsafe trait ShareMemory {
+    /// What the peer is given to reach the page: a grant reference under Xen, a bus address for a
+    /// device.
     type Handle: Copy + Eq + core::fmt::Debug;
 
-    /// Shares page `frame` with domain `peer`.
+    /// Shares the page at `page` with domain `peer` (mechanisms with a single peer ignore it).
     ///
     /// # Errors
-    /// [`Error::GrantTableFull`](crate::Error::GrantTableFull) when no free reference is left.
-    fn share(&self, peer: DomId, frame: XenPfn, access: Access) -> Result<Self::Handle>;
+    /// [`Error::GrantTableFull`](crate::Error::GrantTableFull) when no free reference is left;
+    /// [`Error::FrameTooLarge`](crate::Error::FrameTooLarge) when the page's frame does not fit the
+    /// mechanism.
+    ///
+    /// # Safety
+    /// `page` is the first byte of one page ([`XEN_PAGE_SIZE`](crate::abi::xen::XEN_PAGE_SIZE) bytes,
+    /// aligned to it) of memory the caller owns. It stays allocated and is not used for anything else
+    /// until `revoke` returned `Ok` for the handle, or forever once the handle went to `abandon`.
+    /// While it is shared the peer may read it (and, with [`Access::ReadWrite`], write it) at any
+    /// time, so the caller touches it only through atomic or volatile accesses, or not at all.
+    unsafe fn share(&self, peer: DomId, page: NonNull<u8>, access: Access) -> Result<Self::Handle>;
 
     /// Ends the sharing of `handle`. Once this returns `Ok`, the peer can no longer map or copy the
     /// page, and the caller may reuse it.
@@ -71,11 +107,13 @@ pub trait ShareMemory {
     fn abandon(&self, still_shared: &[Self::Handle], pages: usize);
 }
 
-impl<S: ShareMemory + ?Sized> ShareMemory for &S {
+// SAFETY: forwards every call to `S`, which upholds the contract.
+unsafe impl<S: ShareMemory + ?Sized> ShareMemory for &S {
     type Handle = S::Handle;
 
-    fn share(&self, peer: DomId, frame: XenPfn, access: Access) -> Result<Self::Handle> {
-        (**self).share(peer, frame, access)
+    unsafe fn share(&self, peer: DomId, page: NonNull<u8>, access: Access) -> Result<Self::Handle> {
+        // SAFETY: the caller upholds `share`'s contract, which is the same for `S`.
+        unsafe { (**self).share(peer, page, access) }
     }
 
     fn revoke(&self, handle: Self::Handle) -> Result<()> {
@@ -93,11 +131,10 @@ impl<S: ShareMemory + ?Sized> ShareMemory for &S {
 pub mod fake {
     extern crate alloc;
 
-    use alloc::boxed::Box;
     use alloc::collections::BTreeMap;
     use alloc::vec;
     use alloc::vec::Vec;
-    use core::cell::RefCell;
+    use core::ptr::NonNull;
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use super::{Access, Notify, ShareMemory};
@@ -105,7 +142,7 @@ pub mod fake {
         GNTTAB_NR_RESERVED_ENTRIES, GTF_INVALID, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_TYPE_MASK,
         GTF_WRITING, GrantEntryV1, GrantRef,
     };
-    use crate::abi::xen::{DomId, XEN_PAGE_SIZE, XenPfn};
+    use crate::abi::xen::{DomId, XEN_PAGE_SIZE};
     use crate::{Error, Result};
 
     /// A [`Notify`] that counts notifications. It is `Sync`: a peer thread can read the count while
@@ -144,20 +181,50 @@ pub mod fake {
         }
     }
 
-    /// An in-memory version-1 grant table, playing both the granting guest ([`ShareMemory`]) and, for
-    /// tests, Xen acting for the peer (`peer_*` methods).
+    /// First stand-in frame number (frames are numbered per distinct page, from here).
+    pub const FIRST_FRAME: u32 = 0x1000;
+
+    /// An in-memory version-1 grant table over the granting side's real pages, playing both the
+    /// granting guest ([`ShareMemory`]) and Xen acting for the peer (`peer_*` methods), so a
+    /// frontend and a backend can be tested against each other without a hypervisor.
     ///
     /// Entries are real [`GrantEntryV1`]s with the real flag protocol: granting writes `domid` and
     /// `frame` and then `flags`; while the peer has a grant mapped, the entry carries
     /// [`GTF_READING`] (and [`GTF_WRITING`] for writable mappings), as Xen sets them; revoking an entry
-    /// with either flag set fails with [`Error::GrantInUse`] and leaves the grant in place. Page
-    /// contents live in a map from frame number to a 4 KiB buffer, zero until written.
+    /// with either flag set fails with [`Error::GrantInUse`] and leaves the grant in place. The frame
+    /// in an entry is a stand-in number, one per distinct page ([`frame_of`](Self::frame_of)); the
+    /// peer reaches the page itself ([`peer_map`](Self::peer_map), [`peer_read`](Self::peer_read),
+    /// [`peer_write`](Self::peer_write)), checked against the entry as Xen checks it.
     ///
-    /// References below [`GNTTAB_NR_RESERVED_ENTRIES`] are never handed out. The table is not `Sync`;
-    /// wrap it in a lock to share it between threads.
+    /// References below [`GNTTAB_NR_RESERVED_ENTRIES`] are never handed out. The table is `Sync` (a
+    /// spin lock inside): a backend thread may serve the peer side while the frontend grants.
     #[derive(Debug)]
     pub struct FakeGrantTable {
-        inner: RefCell<Inner>,
+        owner: DomId,
+        inner: spin::Mutex<Inner>,
+    }
+
+    // SAFETY: the page pointers inside are only dereferenced under the lock, for pages the granting
+    // side keeps allocated while they are granted (`share`'s contract); everything else is plain data.
+    unsafe impl Send for FakeGrantTable {}
+    // SAFETY: as above; all state is behind the lock.
+    unsafe impl Sync for FakeGrantTable {}
+
+    /// Counts of a [`FakeGrantTable`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct FakeGrantStats {
+        /// References handed out and not revoked (abandoned ones included).
+        pub active: usize,
+        /// Grants made so far.
+        pub granted: u64,
+        /// Revokes refused because the peer still held the grant.
+        pub busy_revokes: u64,
+        /// Handles given up through [`ShareMemory::abandon`].
+        pub abandoned: usize,
+        /// Pages given up with them.
+        pub abandoned_pages: usize,
+        /// Mappings the peer holds now.
+        pub peer_mappings: u64,
     }
 
     #[derive(Debug)]
@@ -167,23 +234,39 @@ pub mod fake {
         in_use: Vec<bool>,
         /// Per reference: (read-only mappings, writable mappings) the peer holds.
         maps: Vec<(u32, u32)>,
-        pages: BTreeMap<XenPfn, Box<[u8; XEN_PAGE_SIZE]>>,
-        /// (handles, pages) given up through [`ShareMemory::abandon`].
-        abandoned: (usize, usize),
+        /// Per reference: the page granted.
+        pages: Vec<Option<NonNull<u8>>>,
+        /// Stand-in frame per page address.
+        frames: BTreeMap<usize, u32>,
+        stats: FakeGrantStats,
     }
 
     impl FakeGrantTable {
-        /// A table with `entries` references in all (including the reserved ones).
+        /// A table with `entries` references in all (including the reserved ones), of a guest whose
+        /// domain id does not matter (1).
         pub fn new(entries: usize) -> Self {
+            Self::with_owner(entries, 1)
+        }
+
+        /// A table of domain `owner` (what a backend names as the granting domain, e.g. in a grant
+        /// copy: an adapter refuses other domains as Xen does with `GNTST_bad_domain`).
+        pub fn with_owner(entries: usize, owner: DomId) -> Self {
             Self {
-                inner: RefCell::new(Inner {
+                owner,
+                inner: spin::Mutex::new(Inner {
                     entries: vec![GrantEntryV1::default(); entries],
                     in_use: vec![false; entries],
                     maps: vec![(0, 0); entries],
-                    pages: BTreeMap::new(),
-                    abandoned: (0, 0),
+                    pages: vec![None; entries],
+                    frames: BTreeMap::new(),
+                    stats: FakeGrantStats::default(),
                 }),
             }
+        }
+
+        /// The granting domain.
+        pub fn owner(&self) -> DomId {
+            self.owner
         }
 
         /// The raw entry for `gref`, as the hypervisor would see it.
@@ -191,50 +274,53 @@ pub mod fake {
         /// # Errors
         /// [`Error::BadGrantRef`] if `gref` is beyond the table.
         pub fn entry(&self, gref: GrantRef) -> Result<GrantEntryV1> {
-            let inner = self.inner.borrow();
+            let inner = self.inner.lock();
             inner.index(gref).map(|i| inner.entries[i])
         }
 
-        /// Number of references currently handed out.
+        /// Number of references currently handed out (abandoned ones included).
         pub fn active(&self) -> usize {
-            self.inner.borrow().in_use.iter().filter(|&&u| u).count()
+            self.inner.lock().stats.active
         }
 
         /// (handles, pages) the granting side gave up on while the peer still held them.
         pub fn abandoned(&self) -> (usize, usize) {
-            self.inner.borrow().abandoned
+            let s = self.inner.lock().stats;
+            (s.abandoned, s.abandoned_pages)
         }
 
-        /// Writes `data` at `offset` in our own page `frame` (the granting side's direct access).
-        ///
-        /// # Panics
-        /// If `offset + data.len()` exceeds a page: that is a bug in the test, not peer behaviour.
-        pub fn write_frame(&self, frame: XenPfn, offset: usize, data: &[u8]) {
-            let mut inner = self.inner.borrow_mut();
-            let page = inner.page_mut(frame);
-            page[offset..offset + data.len()].copy_from_slice(data);
+        /// All counts.
+        pub fn stats(&self) -> FakeGrantStats {
+            self.inner.lock().stats
         }
 
-        /// Reads `buf.len()` bytes at `offset` of our own page `frame`.
-        ///
-        /// # Panics
-        /// If `offset + buf.len()` exceeds a page.
-        pub fn read_frame(&self, frame: XenPfn, offset: usize, buf: &mut [u8]) {
-            let mut inner = self.inner.borrow_mut();
-            let page = inner.page_mut(frame);
-            buf.copy_from_slice(&page[offset..offset + buf.len()]);
+        /// The stand-in frame number of the page at `page`, if it was ever granted.
+        pub fn frame_of(&self, page: *const u8) -> Option<u32> {
+            self.inner.lock().frames.get(&(page as usize)).copied()
         }
 
-        /// The peer `peer` maps grant `gref` (`GNTTABOP_map_grant_ref`): checks the grant and sets
+        /// References currently granted to `peer` (in reference order), for a test playing a
+        /// backend that looks at what it was given.
+        pub fn granted_to(&self, peer: DomId) -> Vec<GrantRef> {
+            let inner = self.inner.lock();
+            (0..inner.entries.len())
+                .filter(|&i| inner.in_use[i] && inner.entries[i].domid == peer)
+                .map(|i| i as GrantRef)
+                .collect()
+        }
+
+        /// The peer `peer` maps grant `gref` (`GNTTABOP_map_grant_ref`): checks the grant, sets
         /// [`GTF_READING`], plus [`GTF_WRITING`] for a writable mapping, until
-        /// [`peer_unmap`](Self::peer_unmap).
+        /// [`peer_unmap`](Self::peer_unmap), and returns the page. Dereferencing the pointer is the
+        /// caller's business: the page stays allocated while the mapping stands (the granting side
+        /// cannot revoke a mapped grant), and the granting side may write it concurrently.
         ///
         /// # Errors
         /// [`Error::BadGrantRef`] if `gref` is not an active grant;
         /// [`Error::GrantAccessDenied`] if it is granted to another domain, or read-only and `access`
         /// is [`Access::ReadWrite`].
-        pub fn peer_map(&self, peer: DomId, gref: GrantRef, access: Access) -> Result<()> {
-            let mut inner = self.inner.borrow_mut();
+        pub fn peer_map(&self, peer: DomId, gref: GrantRef, access: Access) -> Result<NonNull<u8>> {
+            let mut inner = self.inner.lock();
             let i = inner.check_peer(peer, gref, access)?;
             let writable = access == Access::ReadWrite;
             let (ro, rw) = &mut inner.maps[i];
@@ -244,7 +330,8 @@ pub mod fake {
                 *ro += 1;
             }
             inner.entries[i].flags |= GTF_READING | if writable { GTF_WRITING } else { 0 };
-            Ok(())
+            inner.stats.peer_mappings += 1;
+            Ok(inner.pages[i].expect("an active grant has a page"))
         }
 
         /// The peer `peer` unmaps one mapping of `gref` made with `access`; the in-use flags clear when
@@ -253,7 +340,7 @@ pub mod fake {
         /// # Errors
         /// [`Error::BadGrantRef`] if the peer holds no such mapping.
         pub fn peer_unmap(&self, peer: DomId, gref: GrantRef, access: Access) -> Result<()> {
-            let mut inner = self.inner.borrow_mut();
+            let mut inner = self.inner.lock();
             let i = inner.index(gref)?;
             if inner.entries[i].domid != peer {
                 return Err(Error::BadGrantRef { gref });
@@ -268,6 +355,7 @@ pub mod fake {
             if ro == 0 && rw == 0 {
                 inner.entries[i].flags &= !GTF_READING;
             }
+            inner.stats.peer_mappings -= 1;
             Ok(())
         }
 
@@ -278,12 +366,20 @@ pub mod fake {
         /// As [`peer_map`](Self::peer_map) with [`Access::ReadOnly`], and
         /// [`Error::GrantCopyOutOfPage`] if the range leaves the page.
         pub fn peer_read(&self, peer: DomId, gref: GrantRef, offset: usize, buf: &mut [u8]) -> Result<()> {
-            let mut inner = self.inner.borrow_mut();
+            let inner = self.inner.lock();
             let i = inner.check_peer(peer, gref, Access::ReadOnly)?;
             check_range(gref, offset, buf.len())?;
-            let frame = XenPfn::from(inner.entries[i].frame);
-            let page = inner.page_mut(frame);
-            buf.copy_from_slice(&page[offset..offset + buf.len()]);
+            let page = inner.pages[i].expect("an active grant has a page");
+            // SAFETY: the page is granted, so the granting side keeps it allocated (share's contract);
+            // the range lies inside it (checked); `buf` is ours and cannot overlap it (the page is not
+            // reachable as a Rust reference while granted).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    page.as_ptr().wrapping_add(offset),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                );
+            }
             Ok(())
         }
 
@@ -293,12 +389,14 @@ pub mod fake {
         /// As [`peer_map`](Self::peer_map) with [`Access::ReadWrite`], and
         /// [`Error::GrantCopyOutOfPage`] if the range leaves the page.
         pub fn peer_write(&self, peer: DomId, gref: GrantRef, offset: usize, data: &[u8]) -> Result<()> {
-            let mut inner = self.inner.borrow_mut();
+            let inner = self.inner.lock();
             let i = inner.check_peer(peer, gref, Access::ReadWrite)?;
             check_range(gref, offset, data.len())?;
-            let frame = XenPfn::from(inner.entries[i].frame);
-            let page = inner.page_mut(frame);
-            page[offset..offset + data.len()].copy_from_slice(data);
+            let page = inner.pages[i].expect("an active grant has a page");
+            // SAFETY: as in `peer_read`; the grant is writable (checked).
+            unsafe {
+                core::ptr::copy_nonoverlapping(data.as_ptr(), page.as_ptr().wrapping_add(offset), data.len());
+            }
             Ok(())
         }
     }
@@ -317,12 +415,6 @@ pub mod fake {
                 return Err(Error::BadGrantRef { gref });
             }
             Ok(i)
-        }
-
-        fn page_mut(&mut self, frame: XenPfn) -> &mut [u8; XEN_PAGE_SIZE] {
-            self.pages
-                .entry(frame)
-                .or_insert_with(|| Box::new([0; XEN_PAGE_SIZE]))
         }
 
         /// What Xen checks before letting `peer` use `gref` with `access`.
@@ -344,22 +436,33 @@ pub mod fake {
         }
     }
 
-    impl ShareMemory for FakeGrantTable {
+    // SAFETY: the peer reaches a page only through `peer_*`, which check that its grant is active,
+    // for that peer and with that access; `revoke` refuses while a mapping stands (copies happen under
+    // the lock, so none is in progress when it succeeds) and clears the entry, after which every
+    // `peer_*` call for it fails; abandoned references stay `in_use`, so they are never handed out or
+    // revoked again by the table.
+    unsafe impl ShareMemory for FakeGrantTable {
         type Handle = GrantRef;
 
-        fn share(&self, peer: DomId, frame: XenPfn, access: Access) -> Result<GrantRef> {
-            let mut inner = self.inner.borrow_mut();
+        /// # Panics
+        /// If `page` is not page-aligned (a bug in the caller, not peer behaviour).
+        unsafe fn share(&self, peer: DomId, page: NonNull<u8>, access: Access) -> Result<GrantRef> {
+            assert!(
+                (page.as_ptr() as usize).is_multiple_of(XEN_PAGE_SIZE),
+                "sharing {page:p}, which is not page-aligned"
+            );
+            let mut inner = self.inner.lock();
             let capacity = inner.entries.len();
             let first = GNTTAB_NR_RESERVED_ENTRIES as usize;
             let i = (first..capacity)
                 .find(|&i| !inner.in_use[i])
                 .ok_or(Error::GrantTableFull { capacity })?;
-            // A v1 entry holds a 32-bit frame number; larger frames cannot be granted this way.
-            let frame32 = u32::try_from(frame).map_err(|_| Error::FrameTooLarge { frame })?;
             let gref = GrantRef::try_from(i).map_err(|_| Error::GrantTableFull { capacity })?;
+            let next_frame = FIRST_FRAME + inner.frames.len() as u32;
+            let frame = *inner.frames.entry(page.as_ptr() as usize).or_insert(next_frame);
             let entry = &mut inner.entries[i];
             entry.domid = peer;
-            entry.frame = frame32;
+            entry.frame = frame;
             // Flags last: a real guest puts a write barrier here so Xen sees domid and frame first.
             entry.flags = GTF_PERMIT_ACCESS
                 | if access == Access::ReadOnly {
@@ -368,11 +471,14 @@ pub mod fake {
                     0
                 };
             inner.in_use[i] = true;
+            inner.pages[i] = Some(page);
+            inner.stats.active += 1;
+            inner.stats.granted += 1;
             Ok(gref)
         }
 
         fn revoke(&self, gref: GrantRef) -> Result<()> {
-            let mut inner = self.inner.borrow_mut();
+            let mut inner = self.inner.lock();
             let i = inner.index(gref)?;
             if !inner.in_use[i] {
                 return Err(Error::BadGrantRef { gref });
@@ -381,6 +487,7 @@ pub mod fake {
             // reading/writing bits set.
             let flags = inner.entries[i].flags;
             if flags & (GTF_READING | GTF_WRITING) != 0 {
+                inner.stats.busy_revokes += 1;
                 return Err(Error::GrantInUse { gref, flags });
             }
             inner.entries[i] = GrantEntryV1 {
@@ -388,23 +495,76 @@ pub mod fake {
                 ..Default::default()
             };
             inner.in_use[i] = false;
+            inner.pages[i] = None;
+            inner.stats.active -= 1;
             Ok(())
         }
 
         fn abandon(&self, still_shared: &[GrantRef], pages: usize) {
             // The references stay `in_use` (never handed out again) and keep their entries.
-            let mut inner = self.inner.borrow_mut();
-            inner.abandoned.0 += still_shared.len();
-            inner.abandoned.1 += pages;
+            let mut inner = self.inner.lock();
+            inner.stats.abandoned += still_shared.len();
+            inner.stats.abandoned_pages += pages;
         }
     }
 
     #[cfg(test)]
     mod tests {
+        use alloc::boxed::Box;
+
         use super::*;
 
         const PEER: DomId = 0;
         const OTHER: DomId = 7;
+
+        #[repr(C, align(4096))]
+        struct Page([u8; XEN_PAGE_SIZE]);
+
+        /// Pages for one test, reached only through their pointers (as a driver's shared pages
+        /// are) and freed when the test ends.
+        #[derive(Default)]
+        struct Pages(core::cell::RefCell<Vec<NonNull<Page>>>);
+
+        impl Pages {
+            fn page(&self) -> NonNull<u8> {
+                let p = NonNull::from(Box::leak(Box::new(Page([0; XEN_PAGE_SIZE]))));
+                self.0.borrow_mut().push(p);
+                p.cast()
+            }
+        }
+
+        impl Drop for Pages {
+            fn drop(&mut self) {
+                for p in self.0.take() {
+                    // SAFETY: each came from Box::leak above and is freed once, after the test's
+                    // last use of it.
+                    drop(unsafe { Box::from_raw(p.as_ptr()) });
+                }
+            }
+        }
+
+        fn share(gt: &FakeGrantTable, peer: DomId, page: NonNull<u8>, access: Access) -> Result<GrantRef> {
+            // SAFETY: the test's pages are leaked (never freed) and only touched through pointers.
+            unsafe { gt.share(peer, page, access) }
+        }
+
+        fn read_page(page: NonNull<u8>, offset: usize, buf: &mut [u8]) {
+            // SAFETY: a leaked page; the range is inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    page.as_ptr().wrapping_add(offset),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            }
+        }
+
+        fn write_page(page: NonNull<u8>, offset: usize, data: &[u8]) {
+            // SAFETY: a leaked page; the range is inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(data.as_ptr(), page.as_ptr().wrapping_add(offset), data.len())
+            }
+        }
 
         #[test]
         fn counting_notifier_counts_through_references_and_resets() {
@@ -422,8 +582,10 @@ pub mod fake {
 
         #[test]
         fn share_writes_a_real_v1_entry_and_skips_reserved_refs() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let r = gt.share(PEER, 0x1234, Access::ReadOnly).unwrap();
+            let (a, b) = (pages.page(), pages.page());
+            let r = share(&gt, PEER, a, Access::ReadOnly).unwrap();
             assert_eq!(r, GNTTAB_NR_RESERVED_ENTRIES);
             let e = gt.entry(r).unwrap();
             assert_eq!(
@@ -431,19 +593,29 @@ pub mod fake {
                 GrantEntryV1 {
                     flags: GTF_PERMIT_ACCESS | GTF_READONLY,
                     domid: PEER,
-                    frame: 0x1234
+                    frame: FIRST_FRAME
                 }
             );
-            let w = gt.share(PEER, 0x1235, Access::ReadWrite).unwrap();
+            let w = share(&gt, OTHER, b, Access::ReadWrite).unwrap();
             assert_eq!(gt.entry(w).unwrap().flags, GTF_PERMIT_ACCESS);
+            assert_eq!(gt.entry(w).unwrap().frame, FIRST_FRAME + 1);
+            assert_eq!(gt.frame_of(b.as_ptr()), Some(FIRST_FRAME + 1));
             assert_eq!(gt.active(), 2);
+            assert_eq!(gt.granted_to(OTHER), [w]);
+            assert_eq!((gt.owner(), FakeGrantTable::with_owner(16, 3).owner()), (1, 3));
+            // The same page granted again keeps its frame.
+            let again = share(&gt, PEER, a, Access::ReadWrite).unwrap();
+            assert_eq!(gt.entry(again).unwrap().frame, FIRST_FRAME);
         }
 
         #[test]
         fn revoke_while_mapped_fails_and_keeps_the_grant_until_unmapped() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let r = gt.share(PEER, 42, Access::ReadWrite).unwrap();
-            gt.peer_map(PEER, r, Access::ReadWrite).unwrap();
+            let p = pages.page();
+            let r = share(&gt, PEER, p, Access::ReadWrite).unwrap();
+            let mapped = gt.peer_map(PEER, r, Access::ReadWrite).unwrap();
+            assert_eq!(mapped, p, "the peer reaches the granted page itself");
             gt.peer_map(PEER, r, Access::ReadOnly).unwrap();
             let err = gt.revoke(r).unwrap_err();
             assert_eq!(
@@ -466,13 +638,23 @@ pub mod fake {
                 gt.peer_map(PEER, r, Access::ReadOnly),
                 Err(Error::BadGrantRef { gref: r })
             );
+            assert_eq!(
+                gt.peer_read(PEER, r, 0, &mut [0; 4]),
+                Err(Error::BadGrantRef { gref: r })
+            );
             assert_eq!(gt.revoke(r), Err(Error::BadGrantRef { gref: r }));
+            let s = gt.stats();
+            assert_eq!(
+                (s.active, s.granted, s.busy_revokes, s.peer_mappings),
+                (0, 1, 2, 0)
+            );
         }
 
         #[test]
         fn peer_access_is_checked_against_domain_and_readonly() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            let r = gt.share(PEER, 3, Access::ReadOnly).unwrap();
+            let r = share(&gt, PEER, pages.page(), Access::ReadOnly).unwrap();
             assert_eq!(
                 gt.peer_map(OTHER, r, Access::ReadOnly),
                 Err(Error::GrantAccessDenied {
@@ -506,16 +688,18 @@ pub mod fake {
         }
 
         #[test]
-        fn data_flows_between_granting_side_and_peer() {
+        fn data_flows_between_granting_side_and_peer_through_the_real_page() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(16);
-            gt.write_frame(9, 100, b"hello peer");
-            let r = gt.share(PEER, 9, Access::ReadWrite).unwrap();
+            let p = pages.page();
+            write_page(p, 100, b"hello peer");
+            let r = share(&gt, PEER, p, Access::ReadWrite).unwrap();
             let mut buf = [0u8; 10];
             gt.peer_read(PEER, r, 100, &mut buf).unwrap();
             assert_eq!(&buf, b"hello peer");
             gt.peer_write(PEER, r, 4090, b"tail!!").unwrap();
             let mut back = [0u8; 6];
-            gt.read_frame(9, 4090, &mut back);
+            read_page(p, 4090, &mut back);
             assert_eq!(&back, b"tail!!");
             assert_eq!(
                 gt.peer_write(PEER, r, 4091, b"tail!!"),
@@ -525,29 +709,59 @@ pub mod fake {
                     len: 6
                 })
             );
+            assert_eq!(
+                gt.peer_read(PEER, r, usize::MAX, &mut buf),
+                Err(Error::GrantCopyOutOfPage {
+                    gref: r,
+                    offset: usize::MAX,
+                    len: 10
+                })
+            );
         }
 
         #[test]
-        fn table_fills_up_and_revoked_refs_are_reused() {
+        fn table_fills_up_revoked_refs_are_reused_and_abandoned_ones_never() {
+            let pages = Pages::default();
             let gt = FakeGrantTable::new(GNTTAB_NR_RESERVED_ENTRIES as usize + 3);
             let refs: Vec<_> = (0..3)
-                .map(|f| gt.share(PEER, f, Access::ReadOnly).unwrap())
+                .map(|_| share(&gt, PEER, pages.page(), Access::ReadOnly).unwrap())
                 .collect();
             assert_eq!(
-                gt.share(PEER, 3, Access::ReadOnly),
+                share(&gt, PEER, pages.page(), Access::ReadOnly),
                 Err(Error::GrantTableFull { capacity: 11 })
             );
             gt.revoke(refs[1]).unwrap();
-            assert_eq!(gt.share(PEER, 4, Access::ReadOnly), Ok(refs[1]));
-            assert_eq!(gt.entry(refs[1]).unwrap().frame, 4);
+            let p = pages.page();
+            assert_eq!(share(&gt, PEER, p, Access::ReadOnly), Ok(refs[1]));
+            assert_eq!(gt.entry(refs[1]).unwrap().frame, gt.frame_of(p.as_ptr()).unwrap());
+            // A held grant given up on stays granted and out of circulation.
+            gt.peer_map(PEER, refs[0], Access::ReadOnly).unwrap();
+            assert!(gt.revoke(refs[0]).is_err());
+            gt.abandon(&refs[..1], 1);
+            assert_eq!(gt.abandoned(), (1, 1));
+            gt.revoke(refs[2]).unwrap();
+            assert_eq!(share(&gt, PEER, pages.page(), Access::ReadOnly), Ok(refs[2]));
             assert_eq!(
-                gt.share(PEER, 1 << 32, Access::ReadOnly),
+                share(&gt, PEER, pages.page(), Access::ReadOnly),
                 Err(Error::GrantTableFull { capacity: 11 })
             );
-            gt.revoke(refs[0]).unwrap();
             assert_eq!(
-                gt.share(PEER, 1 << 32, Access::ReadOnly),
-                Err(Error::FrameTooLarge { frame: 1 << 32 })
+                gt.entry(refs[0]).unwrap().flags & GTF_PERMIT_ACCESS,
+                GTF_PERMIT_ACCESS
+            );
+        }
+
+        #[test]
+        #[should_panic(expected = "not page-aligned")]
+        fn sharing_an_unaligned_address_is_a_caller_bug() {
+            let pages = Pages::default();
+            let gt = FakeGrantTable::new(16);
+            let p = pages.page();
+            let _ = share(
+                &gt,
+                PEER,
+                NonNull::new(p.as_ptr().wrapping_add(8)).unwrap(),
+                Access::ReadOnly,
             );
         }
     }

@@ -19,9 +19,10 @@ use super::ata::{self, Direction, Identify, Protocol, TaskFile};
 use super::io::Mmio;
 use crate::block::{self, BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected};
 use crate::counters::{AtomicCounters, Counters};
-use crate::dma::DmaBuf;
+use crate::dma::{DmaAllocator, DmaBuf};
 use crate::wait::{IrqAck, SharedIrqAck};
 use crate::{Error, Result};
+use ring_protocol::ring::IdSlabBox;
 
 const NAME: &str = "ahci";
 
@@ -284,8 +285,8 @@ pub struct AhciDisk<M> {
     shared: Arc<Shared<M>>,
     identify: Identify,
     mem: Memory,
-    /// The request in each slot (NCQ tag = slot).
-    slots: Vec<Option<BlockRequest>>,
+    /// The request in each slot (NCQ tag = slot), one id per command slot the drive may use.
+    requests: IdSlabBox<BlockRequest>,
     /// Slots with a command outstanding, and whether they are queued (NCQ) commands.
     active: u32,
     queued: bool,
@@ -296,14 +297,16 @@ pub struct AhciDisk<M> {
     done: VecDeque<BlockCompletion>,
     /// Set when a port restart failed: the port is stopped, every request fails.
     broken: bool,
+    dma: &'static dyn DmaAllocator,
 }
 
 impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
     /// Resets and enables the HBA behind `mmio` (its ABAR), takes the first implemented port with
     /// an ATA drive, starts it and identifies the drive. [`Error::Absent`] if no port has a drive.
     /// Interrupts are enabled at the HBA (GHC.IE and the port's PxIE). With `allow_ncq` false,
-    /// reads and writes are non-queued DMA commands, one at a time, even if NCQ is available.
-    pub fn probe(mmio: M, allow_ncq: bool) -> Result<Self> {
+    /// reads and writes are non-queued DMA commands, one at a time, even if NCQ is available. The
+    /// command list, tables and IDENTIFY buffer come from `dma`, as request buffers should.
+    pub fn probe(mmio: M, dma: &'static dyn DmaAllocator, allow_ncq: bool) -> Result<Self> {
         let init = |reason| Error::Init { device: NAME, reason };
         // An HBA reset leaves every register at its default (and the ports idle).
         mmio.write32(hba::GHC, hba::GHC_AE);
@@ -322,8 +325,8 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
             return Err(Error::Absent { device: NAME });
         };
         let slots = ((cap >> 8) & 0x1f) as usize + 1;
-        let list = DmaBuf::new(crate::dma::PAGE_SIZE)?;
-        let tables = DmaBuf::new(32 * TABLE_SIZE)?;
+        let list = DmaBuf::new(dma, crate::dma::PAGE_SIZE)?;
+        let tables = DmaBuf::new(dma, 32 * TABLE_SIZE)?;
         let needs64 = |b: &DmaBuf| b.bus_addr() + b.capacity() as u64 > 1 << 32;
         if cap & hba::CAP_S64A == 0 && (needs64(&list) || needs64(&tables)) {
             return Err(init("HBA has 32-bit DMA only and memory is above 4 GiB"));
@@ -373,12 +376,12 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
         mmio.write32(hba::GHC, hba::GHC_AE | hba::GHC_IE);
 
         let mut mem = Memory { list, tables };
-        let identify = identify_device(&shared, &mut mem)?;
+        let identify = identify_device(&shared, &mut mem, dma)?;
         let mut disk = Self {
             shared: Arc::new(shared),
             identify,
             mem,
-            slots: (0..slots).map(|_| None).collect(),
+            requests: IdSlabBox::new(0),
             active: 0,
             queued: false,
             unissued: 0,
@@ -386,6 +389,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
             ncq: false,
             done: VecDeque::new(),
             broken: false,
+            dma,
         };
         disk.ncq =
             allow_ncq && cap & hba::CAP_SNCQ != 0 && disk.identify.ncq_depth.is_some() && disk.identify.lba48;
@@ -394,7 +398,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
         } else {
             1
         };
-        disk.slots.truncate(depth);
+        disk.requests = IdSlabBox::new(depth);
         Ok(disk)
     }
 
@@ -455,7 +459,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
     }
 
     fn finish_slot(&mut self, slot: usize, result: Result<()>) {
-        if let Some(req) = self.slots[slot].take() {
+        if let Ok(req) = self.requests.remove(slot as u64) {
             self.done.push_back(BlockCompletion {
                 tag: req.tag,
                 op: req.op,
@@ -473,11 +477,11 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
         let status = self.shared.take_status();
         if status & port::IS_ERRORS != 0 {
             let tfd = self.shared.read(port::TFD);
-            for slot in 0..self.slots.len() {
+            for slot in 0..self.requests.capacity() {
                 if self.active & (1 << slot) == 0 {
                     continue;
                 }
-                let op = self.slots[slot].as_ref().map_or("command", |r| r.op.name());
+                let op = self.requests.get(slot as u64).map_or("command", |r| r.op.name());
                 // Every outstanding command ends: a queued error aborts the whole queue.
                 let error = Error::DeviceStatus {
                     device: NAME,
@@ -499,7 +503,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> AhciDisk<M> {
             // Acquire: the HBA wrote read data before clearing the slot's bit we just saw.
             fence(Ordering::Acquire);
         }
-        for slot in 0..self.slots.len() {
+        for slot in 0..self.requests.capacity() {
             if finished & (1 << slot) != 0 {
                 self.finish_slot(slot, Ok(()));
             }
@@ -543,12 +547,16 @@ impl Memory {
 }
 
 /// Issues IDENTIFY DEVICE in slot 0 of a started port and waits for its data.
-fn identify_device<M: Mmio>(s: &Shared<M>, mem: &mut Memory) -> Result<Identify> {
+fn identify_device<M: Mmio>(
+    s: &Shared<M>,
+    mem: &mut Memory,
+    dma: &'static dyn DmaAllocator,
+) -> Result<Identify> {
     let fail = Error::Init {
         device: NAME,
         reason: "IDENTIFY DEVICE failed",
     };
-    let buf = DmaBuf::new(512)?;
+    let buf = DmaBuf::new(dma, 512)?;
     mem.prepare(0, &TaskFile::identify(), false, Some(&buf))?;
     // Release: the command header and table are in memory before the HBA sees the slot's bit.
     fence(Ordering::Release);
@@ -578,7 +586,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
         BlockInfo {
             capacity_sectors: self.identify.sectors,
             sector_size: ata::SECTOR_SIZE,
-            max_in_flight: self.slots.len(),
+            max_in_flight: self.requests.capacity(),
             max_request_bytes: MAX_REQUEST_BYTES,
             read_only: false,
             flush: self.identify.flush,
@@ -601,7 +609,7 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
         let queued = self.ncq && req.op != BlockOp::Flush;
         let in_flight = self.active.count_ones() as usize;
         // Queued and non-queued commands never mix; a non-queued command runs alone.
-        let free = self.slots.iter().position(Option::is_none);
+        let free = self.requests.next_id().map(|s| s as usize);
         let slot = match free {
             Some(s) if in_flight == 0 || (queued && self.queued) => s,
             _ => {
@@ -652,7 +660,9 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
         if let Err(error) = self.mem.prepare(slot, &tf, write, data) {
             return Err(Rejected { req, error });
         }
-        self.slots[slot] = Some(req);
+        // The slot `next_id` named: nothing touched the slab since.
+        let stored = self.requests.insert(req);
+        debug_assert_eq!(stored, Ok(slot as u32));
         self.issue(slot, queued);
         Ok(())
     }
@@ -683,6 +693,10 @@ impl<M: Mmio + Clone + Send + Sync + 'static> BlockDevice for AhciDisk<M> {
 
     fn counters(&self) -> Counters {
         self.shared.counters.snapshot()
+    }
+
+    fn dma(&self) -> &'static dyn DmaAllocator {
+        self.dma
     }
 }
 

@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicU32, Ordering, fence};
 
 use super::io::Mmio;
 use crate::counters::{AtomicCounters, Counters};
-use crate::dma::DmaBuf;
+use crate::dma::{DmaAllocator, DmaBuf};
 use crate::net::{ETH_HEADER_LEN, NetDevice};
 use crate::wait::{IrqAck, SharedIrqAck};
 use crate::{Error, Result};
@@ -240,8 +240,9 @@ pub struct E1000<M> {
 
 impl<M: Mmio + Clone + Send + Sync + 'static> E1000<M> {
     /// Resets the controller behind `mmio` (BAR 0), reads the MAC from the EEPROM, sets up both
-    /// rings, enables receive and transmit and unmasks the receive and link interrupts.
-    pub fn new(mmio: M) -> Result<Self> {
+    /// rings (in memory from `dma`), enables receive and transmit and unmasks the receive and link
+    /// interrupts.
+    pub fn new(mmio: M, dma: &'static dyn DmaAllocator) -> Result<Self> {
         let init = |reason| Error::Init { device: NAME, reason };
         mmio.write32(reg::IMC, !0);
         mmio.write32(reg::CTRL, mmio.read32(reg::CTRL) | CTRL_RST);
@@ -278,10 +279,10 @@ impl<M: Mmio + Clone + Send + Sync + 'static> E1000<M> {
             (ctrl | CTRL_SLU | CTRL_ASDE) & !(CTRL_LRST | CTRL_PHY_RST),
         );
 
-        let mut rx_ring = DmaBuf::new(RING_SIZE * DESC_SIZE)?;
-        let rx_bufs = DmaBuf::new(RING_SIZE * BUF_SIZE)?;
-        let tx_ring = DmaBuf::new(RING_SIZE * DESC_SIZE)?;
-        let tx_bufs = DmaBuf::new(RING_SIZE * BUF_SIZE)?;
+        let mut rx_ring = DmaBuf::new(dma, RING_SIZE * DESC_SIZE)?;
+        let rx_bufs = DmaBuf::new(dma, RING_SIZE * BUF_SIZE)?;
+        let tx_ring = DmaBuf::new(dma, RING_SIZE * DESC_SIZE)?;
+        let tx_bufs = DmaBuf::new(dma, RING_SIZE * BUF_SIZE)?;
         for i in 0..RING_SIZE {
             let d = rx_desc(rx_bufs.bus_addr() + (i * BUF_SIZE) as u64);
             rx_ring.as_mut_slice()[i * DESC_SIZE..(i + 1) * DESC_SIZE].copy_from_slice(&d);

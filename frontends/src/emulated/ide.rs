@@ -17,6 +17,7 @@ use super::ata::{self, Direction, Identify, Protocol, TaskFile, status};
 use super::io::PortIo;
 use crate::block::{self, BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected};
 use crate::counters::{AtomicCounters, Counters};
+use crate::dma::DmaAllocator;
 use crate::wait::{IrqAck, SharedIrqAck};
 use crate::{Error, Result};
 
@@ -116,6 +117,8 @@ pub struct IdeDisk<P> {
     /// Sectors per data block set with SET MULTIPLE MODE at probe, and whether reads and writes use it.
     multiple_block: Option<usize>,
     use_multiple: bool,
+    /// Where request buffers come from (the driver moves data by PIO: it allocates nothing itself).
+    dma: &'static dyn DmaAllocator,
 }
 
 impl<P: PortIo> Shared<P> {
@@ -248,8 +251,9 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
     /// Probes `channel`: resets it, selects the drive, issues IDENTIFY DEVICE and reads the answer
     /// by PIO. [`Error::Absent`] if no controller decodes the ports (status reads 0xff) or no ATA
     /// drive answers. Leaves the drive's interrupt enabled (nIEN clear); the error status the
-    /// device reports for a failed command comes back as `(error << 8) | status`.
-    pub fn probe(io: P, channel: IdeChannel) -> Result<Self> {
+    /// device reports for a failed command comes back as `(error << 8) | status`. `dma` is the
+    /// memory request buffers come from ([`BlockDevice::dma`]).
+    pub fn probe(io: P, channel: IdeChannel, dma: &'static dyn DmaAllocator) -> Result<Self> {
         let shared = Shared {
             io,
             channel,
@@ -271,6 +275,7 @@ impl<P: PortIo + Clone + Send + Sync + 'static> IdeDisk<P> {
             width: PioWidth::Bits16,
             multiple_block: block,
             use_multiple: block.is_some(),
+            dma,
         })
     }
 
@@ -499,6 +504,10 @@ impl<P: PortIo + Clone + Send + Sync + 'static> BlockDevice for IdeDisk<P> {
 
     fn counters(&self) -> Counters {
         self.shared.counters.snapshot()
+    }
+
+    fn dma(&self) -> &'static dyn DmaAllocator {
+        self.dma
     }
 }
 

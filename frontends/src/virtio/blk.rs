@@ -3,9 +3,12 @@
 //! Each request is a three-descriptor chain (header, data, status; two for a flush) pointing into
 //! [`DmaBuf`]s: the caller's data buffer is handed to the device as is (no copy), the 16-byte
 //! headers and status bytes live in one page owned by the driver, one slot per request.
+//!
+//! Two id tables, both [`IdSlab`]s: request slots (the slot picks the header and status bytes) and
+//! descriptor heads (the token the queue library chose when the chain was added, which is what the
+//! device names in the used ring). A used entry is accepted only if its head is in flight.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 
 use bitflags::bitflags;
@@ -14,14 +17,15 @@ use ring_protocol::abi::virtio::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VirtioBlkConfig, VirtioBlkOuthdr, feature,
 };
+use ring_protocol::ring::IdSlab;
 use virtio_drivers::queue::VirtQueue;
 use zerocopy::IntoBytes;
 
-use super::VirtioHal;
 use super::transport::{VirtioPci, VirtioTransport, need_event};
+use super::{VirtioHal, VirtioPlatform};
 use crate::block::{BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected, validate};
 use crate::counters::{AtomicCounters, Counters};
-use crate::dma::DmaBuf;
+use crate::dma::{DmaAllocator, DmaBuf};
 use crate::wait::SharedIrqAck;
 use crate::{Error, Result};
 
@@ -37,7 +41,6 @@ const MAX_REQUEST_BYTES: usize = 128 * 1024;
 const HEADER_LEN: usize = size_of::<VirtioBlkOuthdr>();
 /// Offset of the status bytes in the metadata page.
 const STATUS_BASE: usize = 2048;
-const NO_SLOT: u16 = u16::MAX;
 
 /// Written before submission; a device that completes without writing the status is caught.
 const STATUS_UNSET: u8 = 0xff;
@@ -67,18 +70,19 @@ struct Slot {
     token: u16,
 }
 
-/// A virtio-blk device (over virtio-pci unless a test gives it a fake transport).
-pub struct VirtioBlk<T: VirtioTransport = VirtioPci> {
+/// A virtio-blk device on the platform `P` (over virtio-pci unless a test gives it a fake
+/// transport).
+pub struct VirtioBlk<P: VirtioPlatform, T: VirtioTransport = VirtioPci> {
     transport: T,
-    queue: VirtQueue<VirtioHal, QUEUE_SIZE>,
+    queue: VirtQueue<VirtioHal<P>, QUEUE_SIZE>,
     info: BlockInfo,
     event_idx: bool,
     /// Request headers at `slot * 16`, status bytes at `STATUS_BASE + slot`.
     meta: DmaBuf,
-    slots: Vec<Option<Slot>>,
-    /// Descriptor head (token) → slot.
-    by_token: [u16; QUEUE_SIZE],
-    in_flight: usize,
+    /// The requests in flight by slot.
+    slots: IdSlab<Slot, MAX_IN_FLIGHT>,
+    /// Descriptor head (token) in flight → its slot.
+    tokens: IdSlab<u16, QUEUE_SIZE>,
     /// Our copy of the avail index (the crate's is private): advanced on every add.
     avail_idx: u16,
     /// The avail index when the open batch started (see `BlockDevice::set_batching`).
@@ -88,17 +92,17 @@ pub struct VirtioBlk<T: VirtioTransport = VirtioPci> {
     broken: Option<Error>,
 }
 
-impl<T: VirtioTransport> core::fmt::Debug for VirtioBlk<T> {
+impl<P: VirtioPlatform, T: VirtioTransport> core::fmt::Debug for VirtioBlk<P, T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioBlk")
             .field("info", &self.info)
             .field("event_idx", &self.event_idx)
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.slots.len())
             .finish_non_exhaustive()
     }
 }
 
-impl VirtioBlk<VirtioPci> {
+impl<P: VirtioPlatform> VirtioBlk<P, VirtioPci> {
     /// Sends the request queue's interrupts to MSI-X table entry `entry` (see
     /// [`VirtioPci::use_msix`]).
     pub fn use_msix(&mut self, entry: u16) -> bool {
@@ -106,7 +110,7 @@ impl VirtioBlk<VirtioPci> {
     }
 }
 
-impl<T: VirtioTransport> VirtioBlk<T> {
+impl<P: VirtioPlatform, T: VirtioTransport> VirtioBlk<P, T> {
     /// Initialises the device behind `transport` (reset, feature negotiation, one request queue).
     pub fn new(mut transport: T) -> Result<Self> {
         let wanted = Features::SIZE_MAX
@@ -150,10 +154,9 @@ impl<T: VirtioTransport> VirtioBlk<T> {
                 flush: features.contains(Features::FLUSH),
             },
             event_idx,
-            meta: DmaBuf::new(crate::dma::PAGE_SIZE)?,
-            slots: (0..MAX_IN_FLIGHT).map(|_| None).collect(),
-            by_token: [NO_SLOT; QUEUE_SIZE],
-            in_flight: 0,
+            meta: DmaBuf::new(P::dma(), crate::dma::PAGE_SIZE)?,
+            slots: IdSlab::new(),
+            tokens: IdSlab::new(),
             avail_idx: 0,
             batch_start: None,
             counters,
@@ -172,7 +175,7 @@ impl<T: VirtioTransport> VirtioBlk<T> {
     pub fn queue_state(&self) -> alloc::string::String {
         alloc::format!(
             "in_flight={} avail_idx={} avail_event={:?} free_desc={} used_pending={} batching={}",
-            self.in_flight,
+            self.slots.len(),
             self.avail_idx,
             self.transport.avail_event(0),
             self.queue.available_desc(),
@@ -235,7 +238,7 @@ impl<T: VirtioTransport> VirtioBlk<T> {
     }
 }
 
-impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
+impl<P: VirtioPlatform, T: VirtioTransport> BlockDevice for VirtioBlk<P, T> {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -260,8 +263,8 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
                 },
             });
         }
-        let Some(slot) = self.slots.iter().position(Option::is_none) else {
-            let in_flight = self.in_flight;
+        let Some(slot) = self.slots.next_id().map(|s| s as usize) else {
+            let in_flight = self.slots.len();
             return Err(Rejected {
                 req,
                 error: Error::QueueFull {
@@ -310,7 +313,7 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
         let token = match added {
             Ok(t) => t,
             Err(virtio_drivers::Error::QueueFull) => {
-                let in_flight = self.in_flight;
+                let in_flight = self.slots.len();
                 return Err(Rejected {
                     req,
                     error: Error::QueueFull {
@@ -321,9 +324,22 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
             }
             Err(e) => return Err(Rejected { req, error: e.into() }),
         };
-        self.by_token[usize::from(token)] = slot as u16;
-        self.slots[slot] = Some(Slot { req, token });
-        self.in_flight += 1;
+        let claimed = self.tokens.insert_at(u64::from(token), slot as u16);
+        // The slot `next_id` named: nothing touched the slab since.
+        let stored = self.slots.insert(Slot { req, token });
+        debug_assert_eq!(stored, Ok(slot as u32));
+        if claimed.is_err() {
+            // The queue handed out a head already in flight: its bookkeeping is broken. The buffer
+            // stays with the slot (the device may still write it); the device is unusable.
+            let error = self.fail("queue reused a descriptor head in flight", token.into());
+            let req = BlockRequest {
+                tag: 0,
+                op,
+                sector: 0,
+                buf: DmaBuf::empty(),
+            };
+            return Err(Rejected { req, error });
+        }
         let old = self.avail_idx;
         self.avail_idx = old.wrapping_add(1);
         match self.batch_start {
@@ -353,11 +369,11 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
         let Some(token) = self.queue.peek_used() else {
             return Ok(None);
         };
-        let slot = match self.by_token.get(usize::from(token)) {
-            Some(&s) if s != NO_SLOT => usize::from(s),
-            _ => return Err(self.fail("used ring names a descriptor with no request", token.into())),
+        let Ok(slot) = self.tokens.remove(u64::from(token)) else {
+            return Err(self.fail("used ring names a descriptor with no request", token.into()));
         };
-        let Some(mut s) = self.slots[slot].take() else {
+        let slot = usize::from(slot);
+        let Ok(mut s) = self.slots.remove(slot as u64) else {
             return Err(self.fail("used ring names a free request slot", slot as u64));
         };
         debug_assert_eq!(s.token, token);
@@ -380,8 +396,6 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
                 unsafe { self.queue.pop_used(token, &[hdr], &mut [status]) }
             }
         };
-        self.by_token[usize::from(token)] = NO_SLOT;
-        self.in_flight -= 1;
         if let Err(e) = popped {
             let e = Error::Virtio(e);
             self.broken = Some(e.clone());
@@ -406,7 +420,7 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        self.slots.len()
     }
 
     fn irq_ack(&self) -> Option<SharedIrqAck> {
@@ -415,5 +429,9 @@ impl<T: VirtioTransport> BlockDevice for VirtioBlk<T> {
 
     fn counters(&self) -> Counters {
         self.counters.snapshot()
+    }
+
+    fn dma(&self) -> &'static dyn DmaAllocator {
+        P::dma()
     }
 }

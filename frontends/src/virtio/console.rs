@@ -10,6 +10,7 @@ use bitflags::bitflags;
 use ring_protocol::abi::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, feature};
 use virtio_drivers::transport::Transport;
 
+use super::VirtioPlatform;
 use super::pair::QueuePair;
 use super::transport::VirtioPci;
 use crate::console::ConsoleDevice;
@@ -42,15 +43,15 @@ struct Pending {
 }
 
 /// A virtio-console device (port 0).
-pub struct VirtioConsole {
+pub struct VirtioConsole<P: VirtioPlatform> {
     transport: VirtioPci,
-    queues: QueuePair<QUEUE_SIZE>,
+    queues: QueuePair<P, QUEUE_SIZE>,
     /// The filled receive buffer being drained (not posted meanwhile).
     pending: Option<Pending>,
     counters: Arc<AtomicCounters>,
 }
 
-impl core::fmt::Debug for VirtioConsole {
+impl<P: VirtioPlatform> core::fmt::Debug for VirtioConsole<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioConsole")
             .field("pending", &self.pending)
@@ -58,7 +59,7 @@ impl core::fmt::Debug for VirtioConsole {
     }
 }
 
-impl VirtioConsole {
+impl<P: VirtioPlatform> VirtioConsole<P> {
     /// Initialises the device and posts the receive buffers.
     pub fn new(mut transport: VirtioPci) -> Result<Self> {
         let features = transport.begin_init(Features::RING_EVENT_IDX | Features::VERSION_1);
@@ -81,7 +82,7 @@ impl VirtioConsole {
     }
 }
 
-impl ConsoleDevice for VirtioConsole {
+impl<P: VirtioPlatform> ConsoleDevice for VirtioConsole<P> {
     fn name(&self) -> &'static str {
         NAME
     }

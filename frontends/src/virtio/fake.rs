@@ -24,10 +24,28 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{Error as VirtioError, PhysAddr, Result as VirtioResult};
 use zerocopy::{FromBytes, Immutable, IntoBytes, Unaligned};
 
+use super::VirtioPlatform;
 use super::transport::VirtioTransport;
 use crate::counters::AtomicCounters;
-use crate::dma;
+use crate::dma::{self, DmaAllocator};
 use crate::wait::{IrqAck, SharedIrqAck};
+
+/// The host as a [`VirtioPlatform`]: DMA from [`dma::fake::FAKE_DMA`] (bus addresses differ from
+/// virtual ones); the fake transports have no registers to map.
+#[derive(Debug)]
+pub struct FakePlatform;
+
+// SAFETY: FAKE_DMA honours DmaAllocator's contract; mmio_phys_to_virt never returns (the fake
+// transports are not PCI devices, nothing maps their registers).
+unsafe impl VirtioPlatform for FakePlatform {
+    fn dma() -> &'static dyn DmaAllocator {
+        dma::fake::dma()
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> core::ptr::NonNull<u8> {
+        panic!("the fake platform has no device memory (asked for {paddr:#x})")
+    }
+}
 
 const F_EVENT_IDX: u64 = feature(VIRTIO_RING_F_EVENT_IDX);
 
@@ -121,8 +139,7 @@ impl FakeBlk {
     }
 
     fn ptr<T>(bus: u64) -> *mut T {
-        dma::allocator()
-            .expect("fake DMA registered")
+        dma::fake::FAKE_DMA
             .virt_address(bus)
             .expect("bus address from the fake allocator")
             .as_ptr()
@@ -592,8 +609,7 @@ mod tests {
     use crate::workload::blk::{IntegrityParams, fill_sector, integrity, integrity_extents};
     use crate::workload::mix;
 
-    fn blk(fake: FakeBlk) -> VirtioBlk<FakeBlk> {
-        dma::fake::install();
+    fn blk(fake: FakeBlk) -> VirtioBlk<FakePlatform, FakeBlk> {
         VirtioBlk::new(fake).expect("driver initialises the fake")
     }
 
@@ -646,7 +662,7 @@ mod tests {
         let mut fake = FakeBlk::new(64);
         fake.bad_used_id = Some(1000);
         let mut d = blk(fake);
-        let buf = DmaBuf::new(512).unwrap();
+        let buf = DmaBuf::new(dma::fake::dma(), 512).unwrap();
         d.submit(BlockRequest {
             tag: 1,
             op: BlockOp::Read,
@@ -657,7 +673,7 @@ mod tests {
         let e = d.poll().unwrap_err();
         assert!(matches!(e, Error::Protocol { value: 1000, .. }), "{e:?}");
         // Once broken, the driver refuses further work with the same error.
-        let buf = DmaBuf::new(512).unwrap();
+        let buf = DmaBuf::new(dma::fake::dma(), 512).unwrap();
         let r = d
             .submit(BlockRequest {
                 tag: 2,
@@ -670,8 +686,10 @@ mod tests {
     }
 
     /// Runs `batches` batches of 32 reads; returns how many completed before the device stalled.
-    fn run_batches(d: &mut VirtioBlk<FakeBlk>, batches: usize) -> usize {
-        let mut bufs: Vec<DmaBuf> = (0..32).map(|_| DmaBuf::new(512).unwrap()).collect();
+    fn run_batches(d: &mut VirtioBlk<FakePlatform, FakeBlk>, batches: usize) -> usize {
+        let mut bufs: Vec<DmaBuf> = (0..32)
+            .map(|_| DmaBuf::new(dma::fake::dma(), 512).unwrap())
+            .collect();
         let mut completed = 0;
         for b in 0..batches {
             d.set_batching(true);
@@ -722,8 +740,7 @@ mod tests {
     #[test]
     fn net_echo_through_the_real_queues_verifies_every_frame() {
         use crate::net::NetDevice;
-        dma::fake::install();
-        let mut n = crate::virtio::net::VirtioNet::new(FakeNet::new()).unwrap();
+        let mut n = crate::virtio::net::VirtioNet::<FakePlatform, _>::new(FakeNet::new()).unwrap();
         assert_eq!(n.mac(), [0x52, 0x54, 0, 0, 0, 7]);
         assert!(n.link_up());
         let r = crate::workload::net::echo(&mut n, &StepClock::new(1), 300, 8, 9).unwrap();
@@ -739,10 +756,9 @@ mod tests {
     #[test]
     fn net_received_length_past_the_buffer_is_a_protocol_error() {
         use crate::net::NetDevice;
-        dma::fake::install();
         let mut fake = FakeNet::new();
         fake.bad_rx_len = Some(4096);
-        let mut n = crate::virtio::net::VirtioNet::new(fake).unwrap();
+        let mut n = crate::virtio::net::VirtioNet::<FakePlatform, _>::new(fake).unwrap();
         let mut frame = [0u8; 60];
         frame[12] = 0x88;
         frame[13] = 0xb5;

@@ -1,6 +1,8 @@
 //! virtio frontends over modern virtio-pci, built on the `virtio-drivers` crate.
 //!
-//! - [`VirtioHal`] implements the crate's `Hal` on the platform's [`crate::dma`] allocator.
+//! - [`VirtioPlatform`] is what a kernel implements for these drivers: its DMA allocator and how
+//!   device registers are mapped. [`VirtioHal`] turns it into the crate's `Hal` (which the crate calls
+//!   without an instance, hence a type-level trait).
 //! - [`transport::VirtioPci`] wraps the crate's `PciTransport` and removes the cost of its `notify()`
 //!   (three register accesses per kick) when asked to ([`transport::NotifyMode::Cached`]).
 //! - [`blk::VirtioBlk`], [`net::VirtioNet`] and [`console::VirtioConsole`] implement this crate's
@@ -19,25 +21,52 @@ pub mod net;
 mod pair;
 pub mod transport;
 
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
-use crate::dma::{self, DmaRegion};
+use crate::dma::{DmaAllocator, DmaRegion};
 
-/// `virtio-drivers`' `Hal` on the registered [`crate::dma::DmaAllocator`].
+/// What the virtio drivers take from the platform. Type-level (no instance), because
+/// `virtio-drivers` calls its `Hal` that way; a kernel implements it on a unit type.
 ///
-/// MMIO: BARs are reached at their physical address; the PC platform maps its whole PCI memory
-/// window 1:1 (virtio-pci only exists there).
-#[derive(Debug)]
-pub struct VirtioHal;
+/// # Safety
+///
+/// The crate puts its queues in memory from [`dma`](Self::dma) and lets the device write them, and
+/// accesses device registers where [`mmio_phys_to_virt`](Self::mmio_phys_to_virt) says they are. So
+/// `dma` must return an allocator that honours [`DmaAllocator`]'s contract (the same one every
+/// time), and `mmio_phys_to_virt` must return a mapping, valid for the rest of the program, of the
+/// `size` bytes of device memory at physical address `paddr`, mapped so that volatile accesses reach
+/// the device (uncached).
+pub unsafe trait VirtioPlatform: 'static {
+    /// The DMA allocator for queues and buffers.
+    fn dma() -> &'static dyn DmaAllocator;
 
-// SAFETY: dma_alloc hands out regions from the DmaAllocator, whose contract gives zeroed,
-// page-aligned, exclusive memory; share returns the allocator's bus address of the buffer;
-// mmio_phys_to_virt returns the identity mapping the platform set up for PCI BARs.
-unsafe impl Hal for VirtioHal {
+    /// The CPU's address of the device memory at `paddr` (a BAR or a capability inside one).
+    ///
+    /// # Safety
+    /// `paddr..paddr + size` is device memory of a device the caller drives (the crate passes
+    /// capability regions of the function it was given).
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8>;
+}
+
+/// `virtio-drivers`' `Hal` on a [`VirtioPlatform`].
+pub struct VirtioHal<P>(PhantomData<P>);
+
+impl<P> core::fmt::Debug for VirtioHal<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("VirtioHal")
+    }
+}
+
+// SAFETY: dma_alloc hands out regions from the platform's DmaAllocator, whose contract gives zeroed,
+// page-aligned, exclusive memory a device reaches at the bus address returned; dma_dealloc gives back
+// exactly what dma_alloc returned; share returns the allocator's bus address of the buffer (or
+// panics); mmio_phys_to_virt is the platform's mapping (VirtioPlatform's contract).
+unsafe impl<P: VirtioPlatform> Hal for VirtioHal<P> {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        match dma::allocator().ok().and_then(|a| a.alloc_pages(pages)) {
+        match P::dma().alloc_pages(pages) {
             Some(r) => (r.bus, r.virt),
             // The crate turns a zero physical address into Error::DmaError.
             None => (0, NonNull::dangling()),
@@ -45,31 +74,26 @@ unsafe impl Hal for VirtioHal {
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        match dma::allocator() {
-            Ok(a) => {
-                // SAFETY: the crate passes back exactly what dma_alloc returned, once.
-                unsafe {
-                    a.free_pages(DmaRegion {
-                        bus: paddr,
-                        virt: vaddr,
-                        pages,
-                    })
-                };
-                0
-            }
-            Err(_) => -1,
-        }
+        // SAFETY: the crate passes back exactly what dma_alloc returned, once.
+        unsafe {
+            P::dma().free_pages(DmaRegion {
+                bus: paddr,
+                virt: vaddr,
+                pages,
+            })
+        };
+        0
     }
 
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
-        NonNull::new(paddr as *mut u8).expect("BAR at physical address 0")
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        // SAFETY: forwarded: the crate maps a region of the device it drives.
+        unsafe { P::mmio_phys_to_virt(paddr, size) }
     }
 
     unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
         let virt = buffer.as_ptr().cast::<u8>();
-        dma::allocator()
-            .ok()
-            .and_then(|a| a.bus_address(virt))
+        P::dma()
+            .bus_address(virt)
             .unwrap_or_else(|| panic!("buffer at {virt:p} is not reachable by DMA"))
     }
 

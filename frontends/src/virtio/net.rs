@@ -18,6 +18,7 @@ use ring_protocol::abi::virtio::{
 
 use zerocopy::IntoBytes;
 
+use super::VirtioPlatform;
 use super::pair::QueuePair;
 use super::transport::{VirtioPci, VirtioTransport};
 use crate::counters::{AtomicCounters, Counters};
@@ -54,16 +55,16 @@ bitflags! {
 const _: () = assert!(HDR_LEN + ETH_HEADER_LEN + MTU <= BUF_LEN);
 const _: () = assert!(RX_BUFFERS <= QUEUE_SIZE && TX_BUFFERS <= QUEUE_SIZE);
 
-/// A virtio-net device.
-pub struct VirtioNet<T: VirtioTransport = VirtioPci> {
+/// A virtio-net device on the platform `P`.
+pub struct VirtioNet<P: VirtioPlatform, T: VirtioTransport = VirtioPci> {
     transport: T,
-    queues: QueuePair<QUEUE_SIZE>,
+    queues: QueuePair<P, QUEUE_SIZE>,
     mac: [u8; 6],
     status_feature: bool,
     counters: Arc<AtomicCounters>,
 }
 
-impl<T: VirtioTransport> core::fmt::Debug for VirtioNet<T> {
+impl<P: VirtioPlatform, T: VirtioTransport> core::fmt::Debug for VirtioNet<P, T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VirtioNet")
             .field("mac", &self.mac)
@@ -72,14 +73,14 @@ impl<T: VirtioTransport> core::fmt::Debug for VirtioNet<T> {
     }
 }
 
-impl VirtioNet<VirtioPci> {
+impl<P: VirtioPlatform> VirtioNet<P, VirtioPci> {
     /// Sends both queues' interrupts to MSI-X table entry `entry` (see [`VirtioPci::use_msix`]).
     pub fn use_msix(&mut self, entry: u16) -> bool {
         self.transport.use_msix(2, entry)
     }
 }
 
-impl<T: VirtioTransport> VirtioNet<T> {
+impl<P: VirtioPlatform, T: VirtioTransport> VirtioNet<P, T> {
     /// Initialises the device and posts the receive buffers.
     pub fn new(mut transport: T) -> Result<Self> {
         let wanted = Features::MAC | Features::STATUS | Features::RING_EVENT_IDX | Features::VERSION_1;
@@ -121,7 +122,7 @@ impl<T: VirtioTransport> VirtioNet<T> {
     }
 }
 
-impl<T: VirtioTransport> NetDevice for VirtioNet<T> {
+impl<P: VirtioPlatform, T: VirtioTransport> NetDevice for VirtioNet<P, T> {
     fn name(&self) -> &'static str {
         NAME
     }

@@ -2,17 +2,19 @@
 //! virtio-console share.
 //!
 //! Queue 0 receives, queue 1 transmits. Every buffer is one descriptor; a buffer is tracked by the
-//! token it is posted under, so a completion naming any other token is refused as a protocol error
-//! (the device cannot make us touch a buffer it was not given). Kicks follow EVENT_IDX with the
+//! token (descriptor head) it is posted under, in an [`IdSlab`] per queue, so a completion naming
+//! any other token is refused as a protocol error (the device cannot make us touch a buffer it was
+//! not given). Kicks follow EVENT_IDX with the
 //! spec's wrap-safe test when the device publishes `avail_event`.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 
+use ring_protocol::ring::IdSlab;
 use virtio_drivers::queue::VirtQueue;
 
-use super::VirtioHal;
 use super::transport::{VirtioTransport, need_event};
+use super::{VirtioHal, VirtioPlatform};
 use crate::dma::DmaBuf;
 use crate::{Error, Result};
 
@@ -20,14 +22,20 @@ pub(super) const RX_QUEUE: u16 = 0;
 pub(super) const TX_QUEUE: u16 = 1;
 
 /// The two queues of a net or console device and the buffers posted on them.
-pub(super) struct QueuePair<const SIZE: usize> {
+pub(super) struct QueuePair<P: VirtioPlatform, const SIZE: usize> {
     device: &'static str,
-    rxq: VirtQueue<VirtioHal, SIZE>,
-    txq: VirtQueue<VirtioHal, SIZE>,
-    /// Receive buffers with the token they are posted under (`None` while the driver holds them).
-    rx: Vec<(Option<u16>, DmaBuf)>,
-    /// Transmit buffers with the token they are in flight under.
-    tx: Vec<(Option<u16>, DmaBuf)>,
+    rxq: VirtQueue<VirtioHal<P>, SIZE>,
+    txq: VirtQueue<VirtioHal<P>, SIZE>,
+    /// Receive buffers.
+    rx: Vec<DmaBuf>,
+    /// Token each posted receive buffer is under → its index in `rx`.
+    rx_tokens: IdSlab<usize, SIZE>,
+    /// Transmit buffers.
+    tx: Vec<DmaBuf>,
+    /// Token each transmit in flight is under → its buffer's index in `tx`.
+    tx_tokens: IdSlab<usize, SIZE>,
+    /// Indices of the transmit buffers not in flight.
+    tx_free: Vec<usize>,
     /// Our copies of the queues' avail indices (rx, tx); the crate's are private.
     avail_idx: [u16; 2],
     event_idx: bool,
@@ -35,7 +43,7 @@ pub(super) struct QueuePair<const SIZE: usize> {
     rx_len: usize,
 }
 
-impl<const SIZE: usize> QueuePair<SIZE> {
+impl<P: VirtioPlatform, const SIZE: usize> QueuePair<P, SIZE> {
     /// Sets up both queues. Call between the transport's `begin_init` and `finish_init`, then
     /// [`fill`](Self::fill) once the device is live.
     pub(super) fn new<T: VirtioTransport>(
@@ -50,7 +58,10 @@ impl<const SIZE: usize> QueuePair<SIZE> {
             rxq,
             txq,
             rx: Vec::new(),
+            rx_tokens: IdSlab::new(),
             tx: Vec::new(),
+            tx_tokens: IdSlab::new(),
+            tx_free: Vec::new(),
             avail_idx: [0; 2],
             event_idx,
             rx_len: 0,
@@ -66,11 +77,12 @@ impl<const SIZE: usize> QueuePair<SIZE> {
         len: usize,
     ) -> Result<()> {
         self.rx_len = len;
-        for _ in 0..tx {
-            self.tx.push((None, DmaBuf::new(len)?));
+        for i in 0..tx {
+            self.tx.push(DmaBuf::new(P::dma(), len)?);
+            self.tx_free.push(i);
         }
         for i in 0..rx {
-            self.rx.push((None, DmaBuf::new(len)?));
+            self.rx.push(DmaBuf::new(P::dma(), len)?);
             self.post_rx(transport, i)?;
         }
         Ok(())
@@ -107,13 +119,30 @@ impl<const SIZE: usize> QueuePair<SIZE> {
 
     /// Posts receive buffer `i` (the length given to [`fill`](Self::fill)) again.
     pub(super) fn post_rx<T: VirtioTransport>(&mut self, transport: &mut T, i: usize) -> Result<()> {
-        let buf = &mut self.rx[i].1;
+        let buf = &mut self.rx[i];
         assert!(buf.set_len(self.rx_len));
         // SAFETY: the buffer stays untouched in `rx` until pop_used with this token.
         let token = unsafe { self.rxq.add(&[], &mut [buf.as_mut_slice()]) }?;
-        self.rx[i].0 = Some(token);
+        self.claim(RX_QUEUE, token, i)?;
         self.kick(transport, RX_QUEUE);
         Ok(())
+    }
+
+    /// Records buffer `i` under `token` on `queue`. A head the queue library hands out while it is
+    /// still in flight means its bookkeeping is broken: a protocol error, the device is unusable.
+    fn claim(&mut self, queue: u16, token: u16, i: usize) -> Result<()> {
+        let tokens = if queue == RX_QUEUE {
+            &mut self.rx_tokens
+        } else {
+            &mut self.tx_tokens
+        };
+        tokens
+            .insert_at(u64::from(token), i)
+            .map_err(|_| Error::Protocol {
+                device: self.device,
+                what: "queue reused a descriptor head in flight",
+                value: token.into(),
+            })
     }
 
     /// Takes the next filled receive buffer off the queue: its index and the length the device
@@ -123,29 +152,28 @@ impl<const SIZE: usize> QueuePair<SIZE> {
         let Some(token) = self.rxq.peek_used() else {
             return Ok(None);
         };
-        let Some(i) = self.rx.iter().position(|(t, _)| *t == Some(token)) else {
+        let Ok(i) = self.rx_tokens.remove(u64::from(token)) else {
             return Err(Error::Protocol {
                 device: self.device,
                 what: "receive completion for unknown descriptor",
                 value: token.into(),
             });
         };
-        let buf = &mut self.rx[i].1;
+        let buf = &mut self.rx[i];
         // SAFETY: the same buffer that was added under this token.
         let used = unsafe { self.rxq.pop_used(token, &[], &mut [buf.as_mut_slice()]) }? as usize;
-        self.rx[i].0 = None;
         Ok(Some((i, used)))
     }
 
     /// Receive buffer `i`'s bytes.
     pub(super) fn rx_bytes(&self, i: usize) -> &[u8] {
-        self.rx[i].1.as_slice()
+        self.rx[i].as_slice()
     }
 
     /// Reclaims the transmit buffers the device is done with.
     pub(super) fn reclaim_tx(&mut self) -> Result<()> {
         while let Some(token) = self.txq.peek_used() {
-            let Some(entry) = self.tx.iter_mut().find(|(t, _)| *t == Some(token)) else {
+            let Ok(i) = self.tx_tokens.remove(u64::from(token)) else {
                 return Err(Error::Protocol {
                     device: self.device,
                     what: "transmit completion for unknown descriptor",
@@ -153,8 +181,8 @@ impl<const SIZE: usize> QueuePair<SIZE> {
                 });
             };
             // SAFETY: the same buffer slice that was added under this token.
-            unsafe { self.txq.pop_used(token, &[entry.1.as_slice()], &mut []) }?;
-            entry.0 = None;
+            unsafe { self.txq.pop_used(token, &[self.tx[i].as_slice()], &mut []) }?;
+            self.tx_free.push(i);
         }
         Ok(())
     }
@@ -167,15 +195,21 @@ impl<const SIZE: usize> QueuePair<SIZE> {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool> {
-        let Some(i) = self.tx.iter().position(|(t, _)| t.is_none()) else {
+        let Some(i) = self.tx_free.pop() else {
             return Ok(false);
         };
-        let buf = &mut self.tx[i].1;
+        let buf = &mut self.tx[i];
         assert!(buf.set_len(len));
         fill(buf.as_mut_slice());
         // SAFETY: the buffer stays untouched in `tx` until pop_used with this token.
-        let token = unsafe { self.txq.add(&[self.tx[i].1.as_slice()], &mut []) }?;
-        self.tx[i].0 = Some(token);
+        let token = match unsafe { self.txq.add(&[self.tx[i].as_slice()], &mut []) } {
+            Ok(t) => t,
+            Err(e) => {
+                self.tx_free.push(i);
+                return Err(e.into());
+            }
+        };
+        self.claim(TX_QUEUE, token, i)?;
         self.kick(transport, TX_QUEUE);
         Ok(true)
     }

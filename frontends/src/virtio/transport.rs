@@ -33,8 +33,9 @@ use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Trans
 use virtio_drivers::{PhysAddr, Result as VirtioResult};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use super::VirtioHal;
+use super::{VirtioHal, VirtioPlatform};
 use crate::counters::{AtomicCounters, TrapCounter};
+use crate::dma::DmaAllocator;
 use crate::wait::{IrqAck, SharedIrqAck};
 use crate::{Error, Result};
 
@@ -238,6 +239,8 @@ pub struct VirtioPci {
     irq: Arc<VirtioIrq>,
     counters: Arc<AtomicCounters>,
     traps: &'static dyn TrapCounter,
+    /// The platform's allocator the queues come from (to find `avail_event` from its bus address).
+    dma: &'static dyn DmaAllocator,
 }
 
 impl core::fmt::Debug for VirtioPci {
@@ -272,9 +275,10 @@ impl Drop for VirtioPci {
 }
 
 impl VirtioPci {
-    /// Opens the virtio device at `df`, whose BARs and bus mastering the platform has set up.
-    /// `device` names it in errors; every register access is counted in `traps`.
-    pub fn new<C: ConfigurationAccess + Clone>(
+    /// Opens the virtio device at `df`, whose BARs and bus mastering the platform `P` has set up
+    /// (its registers are reached through `P::mmio_phys_to_virt`). `device` names it in errors; every
+    /// register access is counted in `traps`.
+    pub fn new<P: VirtioPlatform, C: ConfigurationAccess + Clone>(
         cfg: C,
         df: DeviceFunction,
         mode: NotifyMode,
@@ -315,17 +319,15 @@ impl VirtioPci {
                 device,
                 reason: "virtio capability names an unassigned or I/O BAR",
             })?;
-            NonNull::new((base + u64::from(r.offset)) as *mut u8).ok_or(Error::Init {
-                device,
-                reason: "virtio structure at address 0",
-            })
+            // SAFETY: the capability's region inside a memory BAR of the function we drive.
+            Ok(unsafe { P::mmio_phys_to_virt(base + u64::from(r.offset), r.length as usize) })
         };
         let common_ptr = map(common, COMMON_LEN, "no common configuration capability")?;
         let notify_ptr = map(notify, 2, "no notify capability")?;
         let isr_ptr = map(isr, 1, "no ISR capability")?;
         let notify_len = notify.map_or(0, |n| n.length as usize);
 
-        let inner = PciTransport::new::<VirtioHal, C>(&mut root, df).map_err(|_| Error::Init {
+        let inner = PciTransport::new::<VirtioHal<P>, C>(&mut root, df).map_err(|_| Error::Init {
             device,
             reason: "virtio-drivers PciTransport::new failed",
         })?;
@@ -347,6 +349,7 @@ impl VirtioPci {
             }),
             counters,
             traps,
+            dma: P::dma(),
         })
     }
 
@@ -516,10 +519,7 @@ impl Transport for VirtioPci {
         {
             // Used ring: flags u16, idx u16, `size` elements of 8 bytes, then avail_event u16.
             let at = device_area + 4 + 8 * u64::from(size);
-            *slot = crate::dma::allocator()
-                .ok()
-                .and_then(|a| a.virt_address(at))
-                .map(|p| p.cast::<u16>());
+            *slot = self.dma.virt_address(at).map(|p| p.cast::<u16>());
         }
     }
 

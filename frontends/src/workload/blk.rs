@@ -3,6 +3,8 @@
 
 use alloc::vec::Vec;
 
+use ring_protocol::ring::IdSlabBox;
+
 use super::{Histogram, Observer, Perf, Report, Rng, crc32, mix};
 use crate::block::{BlockCompletion, BlockDevice, BlockOp, BlockRequest, Rejected};
 use crate::dma::DmaBuf;
@@ -30,9 +32,10 @@ struct Moved {
     bytes: u64,
 }
 
-/// Runs jobs from `next` keeping up to `qd` in flight, with buffers of `buf_bytes` from a pool.
-/// `prepare` fills a write's buffer; `check` looks at each completed request; `latency` gets each
-/// request's time from submission to the completion this loop saw.
+/// Runs jobs from `next` keeping up to `qd` in flight, with buffers of `buf_bytes` from a pool (in
+/// the device's DMA memory). Tags are [`IdSlabBox`] ids: a completion whose tag is not in flight is
+/// refused. `prepare` fills a write's buffer; `check` looks at each completed request; `latency`
+/// gets each request's time from submission to the completion this loop saw.
 #[allow(clippy::too_many_arguments, reason = "one private helper of the workloads")]
 fn pipeline(
     dev: &mut dyn BlockDevice,
@@ -45,26 +48,22 @@ fn pipeline(
     latency: &mut Histogram,
 ) -> Result<Moved> {
     let ss = dev.info().sector_size;
+    let dma = dev.dma();
     let mut pool = (0..qd)
-        .map(|_| DmaBuf::new(buf_bytes))
+        .map(|_| DmaBuf::new(dma, buf_bytes))
         .collect::<Result<Vec<_>>>()?;
     // Per tag: the job and when it was submitted (ns).
-    let mut slots: Vec<Option<(Job, u64)>> = alloc::vec![None; qd];
-    let mut in_flight = 0usize;
+    let mut slots: IdSlabBox<(Job, u64)> = IdSlabBox::new(qd);
     let mut pending: Option<Job> = None;
     let mut exhausted = false;
     let mut moved = Moved::default();
     let mut finish =
-        |c: BlockCompletion, slots: &mut Vec<Option<(Job, u64)>>, pool: &mut Vec<DmaBuf>| -> Result<()> {
-            let (job, submitted) =
-                slots
-                    .get_mut(c.tag as usize)
-                    .and_then(Option::take)
-                    .ok_or(Error::Protocol {
-                        device: "workload",
-                        what: "completion with unknown tag",
-                        value: c.tag,
-                    })?;
+        |c: BlockCompletion, slots: &mut IdSlabBox<(Job, u64)>, pool: &mut Vec<DmaBuf>| -> Result<()> {
+            let (job, submitted) = slots.remove(c.tag).map_err(|_| Error::Protocol {
+                device: "workload",
+                what: "completion with unknown tag",
+                value: c.tag,
+            })?;
             latency.record(waiter.now_ns().saturating_sub(submitted));
             c.result?;
             check(&job, c.buf.as_slice())?;
@@ -77,7 +76,7 @@ fn pipeline(
         // Fill the queue, telling the device about the new requests once at the end.
         dev.set_batching(true);
         let filled: Result<()> = 'fill: {
-            while in_flight < qd {
+            while !slots.is_full() {
                 let job = match pending.take() {
                     Some(j) => j,
                     None if exhausted => break,
@@ -102,46 +101,43 @@ fn pipeline(
                 if job.op == BlockOp::Write {
                     prepare(&job, buf.as_mut_slice());
                 }
-                let tag = slots
-                    .iter()
-                    .position(Option::is_none)
-                    .expect("free slot when in_flight < qd");
                 let submitted = waiter.now_ns();
+                // Recorded before the submit: a device may complete it at once.
+                let tag = slots.insert((job, submitted)).map_err(Error::Ring)?;
                 match dev.submit(BlockRequest {
-                    tag: tag as u64,
+                    tag: u64::from(tag),
                     op: job.op,
                     sector: job.sector,
                     buf,
                 }) {
-                    Ok(()) => {
-                        slots[tag] = Some((job, submitted));
-                        in_flight += 1;
-                    }
+                    Ok(()) => {}
                     Err(Rejected {
                         req,
                         error: Error::QueueFull { .. },
-                    }) if in_flight > 0 => {
+                    }) if slots.len() > 1 => {
+                        let _ = slots.remove(u64::from(tag));
                         if !req.buf.is_empty() || req.buf.capacity() > 0 {
                             pool.push(req.buf);
                         }
                         pending = Some(job);
                         break;
                     }
-                    Err(r) => break 'fill Err(r.error),
+                    Err(r) => {
+                        let _ = slots.remove(u64::from(tag));
+                        break 'fill Err(r.error);
+                    }
                 }
             }
             Ok(())
         };
         dev.set_batching(false);
         filled?;
-        if in_flight == 0 {
+        if slots.is_empty() {
             return Ok(moved);
         }
         let c = wait_for(waiter, COMPLETION_TIMEOUT_US, "a block completion", || dev.poll())?;
-        in_flight -= 1;
         finish(c, &mut slots, &mut pool)?;
         while let Some(c) = dev.poll()? {
-            in_flight -= 1;
             finish(c, &mut slots, &mut pool)?;
         }
     }
@@ -511,10 +507,12 @@ mod tests {
         fn counters(&self) -> Counters {
             self.disk.counters()
         }
+        fn dma(&self) -> &'static dyn crate::dma::DmaAllocator {
+            self.disk.dma()
+        }
     }
 
     fn disk() -> MemDisk {
-        crate::dma::fake::install();
         let mut d = MemDisk::new(8192, 512, 16);
         d.latency_polls = 3;
         d.lifo = true;

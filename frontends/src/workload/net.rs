@@ -1,5 +1,6 @@
 //! Net echo: frames with checksummed payloads go to a host peer that swaps the MAC addresses and
-//! sends them back; every payload is verified.
+//! sends them back; every payload is verified. [`ping`] is the other net workload: ARP and ICMP echo
+//! against a peer's own IP stack.
 //!
 //! Frame: destination [`PEER_MAC`], source = the device's MAC, EtherType [`ETHERTYPE`]; payload =
 //! sequence number (u32 LE), data length (u16 LE), data, CRC-32 (u32 LE, zlib's) of everything before
@@ -12,6 +13,8 @@ use super::{Histogram, Observer, Perf, Report, Rng, crc32};
 use crate::net::{ETH_HEADER_LEN, NetDevice};
 use crate::wait::{Waiter, wait_for};
 use crate::{Error, Result};
+
+pub mod ping;
 
 pub use ring_protocol::abi::pvkit_echo::{ETHERTYPE, PEER_MAC};
 /// Longest the workload waits for an echo.

@@ -17,14 +17,14 @@ use core::ptr::NonNull;
 
 use ring_protocol::abi::console::XenconsInterface;
 use ring_protocol::abi::event_channel::EvtchnPort;
-use ring_protocol::abi::grant_table::GrantRef;
 use ring_protocol::byte_ring::{Duplex, console_guest};
 use ring_protocol::platform::{Access, Notify};
 
-use super::blkfront::XenDeviceHost;
-use super::grant::GrantTable;
+use super::evtchn::{EventChannels, PortNotify};
+use super::grant::Granted;
 use super::xenbus::{self, XenbusDevice, XenbusState};
 use super::xenstore::{NO_TX, XenStore};
+use super::{GrantMemory, XenPlatform};
 use crate::console::ConsoleDevice;
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::{DmaBuf, PAGE_SIZE};
@@ -121,68 +121,44 @@ impl<N: Notify> ConsoleDevice for XenConsole<N> {
     }
 }
 
-/// Sends on one event channel through the platform.
-pub struct PortNotify<H: XenDeviceHost + 'static> {
-    host: &'static H,
-    port: EvtchnPort,
-}
-
-impl<H: XenDeviceHost + 'static> core::fmt::Debug for PortNotify<H> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PortNotify")
-            .field("port", &self.port)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<H: XenDeviceHost + 'static> Notify for PortNotify<H> {
-    fn notify(&self) -> ring_protocol::Result<()> {
-        self.host
-            .notify(self.port)
-            .map_err(|e| ring_protocol::Error::NotifyFailed {
-                status: match e {
-                    Error::Hypercall { rc, .. } => i32::try_from(rc).unwrap_or(i32::MIN),
-                    _ => -1,
-                },
-            })
-    }
-}
-
 /// XenStore keys of the console device.
 mod keys {
     pub const RING_REF: &str = "ring-ref";
     pub const PORT: &str = "port";
 }
 
-/// A secondary PV console (`device/console/<n>`): see the module documentation.
-pub struct SecondaryConsole<H: XenDeviceHost + 'static> {
-    host: &'static H,
-    grants: &'static GrantTable,
+/// A secondary PV console (`device/console/<n>`) over the platform `XenPlatform<G, E>`: see the
+/// module documentation.
+pub struct SecondaryConsole<G: GrantMemory, E: EventChannels + Clone> {
     dev: XenbusDevice,
-    /// The shared page; its grant; the event channel.
-    page: DmaBuf,
-    gref: GrantRef,
+    /// Declared before `page`: the ring's pointers go before its memory.
+    con: XenConsole<PortNotify<E>>,
+    /// The shared page and its grant.
+    page: Option<Granted<G>>,
+    events: E,
     port: EvtchnPort,
-    con: XenConsole<PortNotify<H>>,
 }
 
-impl<H: XenDeviceHost + 'static> core::fmt::Debug for SecondaryConsole<H> {
+impl<G: GrantMemory, E: EventChannels + Clone> core::fmt::Debug for SecondaryConsole<G, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SecondaryConsole")
             .field("dev", &self.dev)
-            .field("gref", &self.gref)
+            .field("grant", &self.page.as_ref().map(Granted::refs))
             .field("port", &self.port)
             .finish_non_exhaustive()
     }
 }
 
-impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
-    /// Connects to `dev`'s backend (every handshake step waits at most `timeout_us`).
+impl<G: GrantMemory, E: EventChannels + Clone> SecondaryConsole<G, E> {
+    /// Connects to `dev`'s backend over `platform` (every handshake step waits at most `timeout_us`).
+    ///
+    /// # Errors
+    /// A XenStore failure, [`Error::XenbusTimeout`], grant or event channel failures; the page's grant
+    /// is ended (or the page abandoned to the backend, if it keeps it) and the event channel closed.
     pub fn connect<N: Notify>(
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
-        host: &'static H,
-        grants: &'static GrantTable,
+        platform: XenPlatform<G, E>,
         dev: XenbusDevice,
         timeout_us: u64,
     ) -> Result<Self> {
@@ -195,31 +171,24 @@ impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
             |s| matches!(s, XenbusState::InitWait | XenbusState::Connected),
             timeout_us,
         )?;
-        let page = DmaBuf::new(PAGE_SIZE)?;
-        let intf = NonNull::new(page.as_ptr().cast_mut().cast::<XenconsInterface>()).expect("DMA page");
-        // SAFETY: a zeroed, page-aligned DmaBuf (larger than `XenconsInterface`) kept in `self` as
-        // long as the ring, shared only with the backend through its grant; this is its only guest
-        // end.
+        let buf = DmaBuf::new(platform.dma, PAGE_SIZE)?;
+        let intf = NonNull::new(buf.as_ptr().cast_mut().cast::<XenconsInterface>()).expect("DMA page");
+        // SAFETY: a zeroed, page-aligned DmaBuf (larger than `XenconsInterface`) that moves into the
+        // `Granted` kept in `self` (its memory does not move) as long as the ring, shared only with
+        // the backend through its grant; this is its only guest end.
         let ring = unsafe { console_guest(intf) }.map_err(Error::Ring)?;
-        let gref = grants
-            .grant(dev.backend_id, host.frame_of(page.as_ptr()), Access::ReadWrite)
-            .map_err(Error::Ring)?;
-        let port = match host.alloc_unbound(dev.backend_id) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = grants.end_access(gref);
-                return Err(e);
-            }
-        };
-        let con = XenConsole::new(ring, PortNotify { host, port });
-        let me = Self {
-            host,
-            grants,
+        let page = Granted::new(platform.grants.clone(), dev.backend_id, buf, Access::ReadWrite)
+            .map_err(|e| Error::Ring(e.error))?;
+        let port = platform.events.alloc_unbound(dev.backend_id)?;
+        let events = platform.events.clone();
+        let con = XenConsole::new(ring, PortNotify::new(platform.events, port));
+        let gref = page.refs()[0];
+        let mut me = Self {
             dev,
-            page,
-            gref,
-            port,
             con,
+            page: Some(page),
+            events,
+            port,
         };
         let d = &me.dev;
         let handshake = (|| {
@@ -231,7 +200,7 @@ impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
             xenbus::wait_backend(xs, w, d, "Connected", |s| s == XenbusState::Connected, timeout_us)?;
             xenbus::set_state(xs, w, NO_TX, d, XenbusState::Connected)?;
             let ack = me.con.irq_ack().expect("a Xen console has an interrupt hook");
-            host.bind(port, ack)
+            me.events.bind(port, ack)
         })();
         match handshake {
             Ok(()) => Ok(me),
@@ -243,14 +212,17 @@ impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
     }
 
     /// Closes the event channel and ends the page's grant; a page the backend still maps is
-    /// leaked, never reused. Returns whether it had to be kept.
-    fn release(self) -> bool {
-        self.host.close(self.port);
-        let kept = self.grants.end_access(self.gref).is_err();
-        if kept {
-            core::mem::forget(self.page);
+    /// abandoned to it (never freed or reused, counted by the grant mechanism). Returns whether it
+    /// had to be kept.
+    fn release(&mut self) -> bool {
+        self.events.close(self.port);
+        match self.page.take().map(Granted::revoke) {
+            Some(Err(held)) => {
+                drop(held);
+                true
+            }
+            _ => false,
         }
-        kept
     }
 
     /// The xenbus device.
@@ -259,10 +231,14 @@ impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
     }
 
     /// Closes the device (frontend `Closing`, backend closes, frontend `Closed`), then closes the
-    /// event channel and ends the page's grant; a page the backend still maps is leaked, never
-    /// reused. Returns the backend state seen and whether the page had to be kept.
+    /// event channel and ends the page's grant; a page the backend still maps is abandoned to it,
+    /// never reused. Returns the backend state seen and whether the page had to be kept.
+    ///
+    /// # Errors
+    /// The handshake's failure ([`Error::XenbusTimeout`] if the backend does not close); the
+    /// resources are released either way.
     pub fn disconnect<N: Notify>(
-        self,
+        mut self,
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
         timeout_us: u64,
@@ -273,7 +249,17 @@ impl<H: XenDeviceHost + 'static> SecondaryConsole<H> {
     }
 }
 
-impl<H: XenDeviceHost + 'static> ConsoleDevice for SecondaryConsole<H> {
+impl<G: GrantMemory, E: EventChannels + Clone> Drop for SecondaryConsole<G, E> {
+    /// Without [`disconnect`](Self::disconnect): closes the event channel; the page's grant ends, or
+    /// the page is abandoned to the backend if it still holds it.
+    fn drop(&mut self) {
+        if self.page.is_some() {
+            self.release();
+        }
+    }
+}
+
+impl<G: GrantMemory, E: EventChannels + Clone> ConsoleDevice for SecondaryConsole<G, E> {
     fn name(&self) -> &'static str {
         "xen-console"
     }

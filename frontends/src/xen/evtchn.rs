@@ -1,5 +1,9 @@
-//! The 2-level event-channel pending scan, as a pure function over the shared words so it can be
-//! tested on the host; the guest kernel's upcall runs it over the shared-info page.
+//! Event channels: the [`EventChannels`] trait the Xen frontends take from the platform, the
+//! [`PortNotify`] that turns one port into a ring's [`Notify`], and the 2-level pending scan, as a
+//! pure function over the shared words so it can be tested on the host (the guest kernel's upcall
+//! runs it over the shared-info page).
+//!
+//! # The scan
 //!
 //! Protocol (xen.h, `struct vcpu_info` / `struct shared_info`): Xen sets a port's bit in
 //! `evtchn_pending`, and, if the port is not masked in `evtchn_mask`, the word's bit in the vCPU's
@@ -11,6 +15,101 @@
 //! handled; unmasking them (`EVTCHNOP_unmask`) makes Xen re-raise them.
 
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use ring_protocol::abi::event_channel::EvtchnPort;
+use ring_protocol::abi::xen::DomId;
+use ring_protocol::platform::Notify;
+
+use crate::wait::SharedIrqAck;
+use crate::{Error, Result};
+
+/// Event channels as a Xen frontend uses them: one port per device, allocated for the backend's
+/// domain, notified when the frontend publishes requests, bound to the driver's [`IrqAck`] so the
+/// platform's upcall reaches it, closed at disconnect.
+///
+/// The guest kernel implements it with `EVTCHNOP_*` hypercalls and its upcall's per-port dispatch;
+/// host tests use `fake::FakeEventChannels` (feature `test-utils`).
+///
+/// # Safety
+///
+/// A safe trait: an event carries no data (the rings' indices do), so an implementation that drops,
+/// duplicates or misroutes events makes a driver slow or time out, never touch memory it should not.
+/// [`bind`](Self::bind)'s hook runs in interrupt context; the platform must call it only from there
+/// or with interrupts masked, as [`IrqAck`] expects.
+///
+/// [`IrqAck`]: crate::wait::IrqAck
+pub trait EventChannels {
+    /// Allocates a port that domain `remote` may bind (`EVTCHNOP_alloc_unbound`).
+    ///
+    /// # Errors
+    /// The platform's failure ([`Error::Hypercall`] from the guest kernel).
+    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort>;
+
+    /// Signals the remote end of `port` (`EVTCHNOP_send`).
+    ///
+    /// # Errors
+    /// As [`alloc_unbound`](Self::alloc_unbound); a closed port.
+    fn notify(&self, port: EvtchnPort) -> Result<()>;
+
+    /// Routes events on `port` to `ack` and unmasks the port.
+    ///
+    /// # Errors
+    /// As [`alloc_unbound`](Self::alloc_unbound).
+    fn bind(&self, port: EvtchnPort, ack: SharedIrqAck) -> Result<()>;
+
+    /// Unbinds and closes `port` (`EVTCHNOP_close`); its hook is never called again.
+    fn close(&self, port: EvtchnPort);
+}
+
+impl<E: EventChannels + ?Sized> EventChannels for &E {
+    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort> {
+        (**self).alloc_unbound(remote)
+    }
+
+    fn notify(&self, port: EvtchnPort) -> Result<()> {
+        (**self).notify(port)
+    }
+
+    fn bind(&self, port: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
+        (**self).bind(port, ack)
+    }
+
+    fn close(&self, port: EvtchnPort) {
+        (**self).close(port);
+    }
+}
+
+/// One port of an [`EventChannels`] as a ring's [`Notify`].
+#[derive(Debug, Clone)]
+pub struct PortNotify<E> {
+    events: E,
+    port: EvtchnPort,
+}
+
+impl<E: EventChannels> PortNotify<E> {
+    /// Notifies `port` through `events`.
+    pub fn new(events: E, port: EvtchnPort) -> Self {
+        Self { events, port }
+    }
+
+    /// The port.
+    pub fn port(&self) -> EvtchnPort {
+        self.port
+    }
+}
+
+impl<E: EventChannels> Notify for PortNotify<E> {
+    fn notify(&self) -> ring_protocol::Result<()> {
+        self.events
+            .notify(self.port)
+            .map_err(|e| ring_protocol::Error::NotifyFailed {
+                status: match e {
+                    Error::Hypercall { rc, .. } => i32::try_from(rc).unwrap_or(i32::MIN),
+                    _ => -1,
+                },
+            })
+    }
+}
 
 /// Ports in the 2-level ABI on a 64-bit guest.
 pub const NR_PORTS: usize = 64 * 64;
@@ -68,11 +167,230 @@ pub fn raise(w: PendingWords<'_>, port: u32) -> bool {
     w.upcall_pending.swap(1, Ordering::SeqCst) == 0
 }
 
-#[cfg(test)]
-mod tests {
+/// Test doubles: event channels in memory, with the peer's side (`raise`, `take_notifies`).
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fake {
+    use alloc::collections::BTreeMap;
     use alloc::vec::Vec;
 
     use super::*;
+
+    /// First port handed out.
+    pub const FIRST_PORT: EvtchnPort = 17;
+
+    #[derive(Default)]
+    struct Port {
+        remote: DomId,
+        notifies: u64,
+        raised: u64,
+        ack: Option<SharedIrqAck>,
+        closed: bool,
+    }
+
+    /// Event channels in memory. The frontend side is [`EventChannels`]; a test playing the peer (or
+    /// a real backend engine under test) reads the frontend's notifications with
+    /// [`take_notifies`](Self::take_notifies) and sends events with [`raise`](Self::raise), which
+    /// calls the hook the frontend bound, as the platform's upcall would. `Sync`: the peer may run on
+    /// another thread.
+    #[derive(Default)]
+    pub struct FakeEventChannels {
+        ports: spin::Mutex<BTreeMap<EvtchnPort, Port>>,
+    }
+
+    impl core::fmt::Debug for FakeEventChannels {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("FakeEventChannels")
+                .field("ports", &self.ports.lock().keys().collect::<Vec<_>>())
+                .finish()
+        }
+    }
+
+    impl FakeEventChannels {
+        /// No ports yet.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Every port allocated so far, closed ones included.
+        pub fn ports(&self) -> Vec<EvtchnPort> {
+            self.ports.lock().keys().copied().collect()
+        }
+
+        /// The domain `port` was allocated for.
+        pub fn remote(&self, port: EvtchnPort) -> Option<DomId> {
+            self.ports.lock().get(&port).map(|p| p.remote)
+        }
+
+        /// Notifications the frontend sent on `port` since the last call (the peer's view).
+        pub fn take_notifies(&self, port: EvtchnPort) -> u64 {
+            self.ports
+                .lock()
+                .get_mut(&port)
+                .map_or(0, |p| core::mem::take(&mut p.notifies))
+        }
+
+        /// Whether `port` has a hook bound (and is open).
+        pub fn is_bound(&self, port: EvtchnPort) -> bool {
+            self.ports.lock().get(&port).is_some_and(|p| p.ack.is_some())
+        }
+
+        /// Whether `port` was closed.
+        pub fn is_closed(&self, port: EvtchnPort) -> bool {
+            self.ports.lock().get(&port).is_some_and(|p| p.closed)
+        }
+
+        /// Ports closed so far.
+        pub fn closed(&self) -> usize {
+            self.ports.lock().values().filter(|p| p.closed).count()
+        }
+
+        /// Events raised on `port` so far (delivered or not).
+        pub fn raised(&self, port: EvtchnPort) -> u64 {
+            self.ports.lock().get(&port).map_or(0, |p| p.raised)
+        }
+
+        /// The peer signals `port`: the bound hook runs (outside the lock). Returns whether a hook
+        /// was bound to receive it.
+        pub fn raise(&self, port: EvtchnPort) -> bool {
+            let ack = {
+                let mut ports = self.ports.lock();
+                let Some(p) = ports.get_mut(&port) else {
+                    return false;
+                };
+                p.raised += 1;
+                p.ack.clone()
+            };
+            ack.is_some_and(|a| {
+                a.ack();
+                true
+            })
+        }
+
+        /// Raises every bound port (a peer answering on all its devices at once).
+        pub fn raise_all(&self) {
+            let acks: Vec<SharedIrqAck> = self
+                .ports
+                .lock()
+                .values_mut()
+                .filter_map(|p| {
+                    p.raised += u64::from(p.ack.is_some());
+                    p.ack.clone()
+                })
+                .collect();
+            for a in acks {
+                a.ack();
+            }
+        }
+    }
+
+    fn closed_port(port: EvtchnPort) -> Error {
+        Error::Hypercall {
+            op: "evtchn (fake): closed or unknown port",
+            rc: -i64::from(port),
+        }
+    }
+
+    impl EventChannels for FakeEventChannels {
+        fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort> {
+            let mut ports = self.ports.lock();
+            let port = ports.keys().next_back().map_or(FIRST_PORT, |&p| p + 1);
+            ports.insert(
+                port,
+                Port {
+                    remote,
+                    ..Port::default()
+                },
+            );
+            Ok(port)
+        }
+
+        fn notify(&self, port: EvtchnPort) -> Result<()> {
+            match self.ports.lock().get_mut(&port) {
+                Some(p) if !p.closed => {
+                    p.notifies += 1;
+                    Ok(())
+                }
+                _ => Err(closed_port(port)),
+            }
+        }
+
+        fn bind(&self, port: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
+            match self.ports.lock().get_mut(&port) {
+                Some(p) if !p.closed => {
+                    p.ack = Some(ack);
+                    Ok(())
+                }
+                _ => Err(closed_port(port)),
+            }
+        }
+
+        fn close(&self, port: EvtchnPort) {
+            if let Some(p) = self.ports.lock().get_mut(&port) {
+                p.closed = true;
+                p.ack = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use core::sync::atomic::AtomicU32;
+
+    use super::fake::{FIRST_PORT, FakeEventChannels};
+    use super::*;
+    use crate::wait::IrqAck;
+
+    #[derive(Default)]
+    struct Count(AtomicU32);
+    impl IrqAck for Count {
+        fn ack(&self) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    #[test]
+    fn fake_event_channels_deliver_both_ways_and_stop_at_close() {
+        let ev = FakeEventChannels::new();
+        let a = ev.alloc_unbound(0).unwrap();
+        let b = EventChannels::alloc_unbound(&&ev, 5).unwrap();
+        assert_eq!((a, b, ev.remote(b)), (FIRST_PORT, FIRST_PORT + 1, Some(5)));
+        let n = PortNotify::new(&ev, a);
+        n.notify().unwrap();
+        n.notify().unwrap();
+        assert_eq!(
+            (ev.take_notifies(a), ev.take_notifies(a), ev.take_notifies(b)),
+            (2, 0, 0)
+        );
+        assert!(!ev.raise(a), "nothing bound yet");
+        let hook = Arc::new(Count::default());
+        ev.bind(a, hook.clone()).unwrap();
+        assert!(ev.raise(a) && ev.is_bound(a));
+        ev.raise_all();
+        assert_eq!(hook.0.load(Ordering::Relaxed), 2);
+        ev.close(a);
+        assert!(!ev.raise(a) && ev.is_closed(a) && ev.closed() == 1);
+        assert_eq!(
+            hook.0.load(Ordering::Relaxed),
+            2,
+            "a closed port's hook is never called"
+        );
+        assert_eq!(
+            n.notify(),
+            Err(ring_protocol::Error::NotifyFailed {
+                status: -(FIRST_PORT as i32)
+            })
+        );
+        assert!(ev.bind(a, hook).is_err());
+        assert_eq!(
+            ev.raised(a),
+            4,
+            "before the bind, after it, to all, after the close"
+        );
+    }
 
     struct Shared {
         upcall: AtomicU8,

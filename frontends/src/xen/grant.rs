@@ -1,7 +1,9 @@
 //! Grant tables, version 1: the guest's side of sharing its pages with another domain.
 //!
 //! The table is an array of [`GrantEntryV1`] in frames Xen set up (`GNTTABOP_setup_table`, done by
-//! the platform, which hands the mapped array to [`GrantTable::new`]). Granting fills `frame` and
+//! the platform, which hands the mapped array to [`GrantTable::new`] together with the function that
+//! tells which frame a peer uses for a page of ours: the machine frame from the p2m list for a PV
+//! guest, the guest frame for PVH and HVM). Granting fills `frame` and
 //! `domid`, then publishes `flags` (`GTF_permit_access`, `GTF_readonly`) with a release store, so
 //! Xen never sees a half-written entry. Ending access clears `flags` with a compare-and-exchange
 //! that fails if Xen has set `GTF_reading`/`GTF_writing` (the peer has the page mapped or is copying
@@ -9,8 +11,8 @@
 //! page is never silently reused while the peer can still reach it.
 //!
 //! References `0..GNTTAB_NR_RESERVED_ENTRIES` belong to the toolstack (console, XenStore) and are
-//! never handed out. Implements [`ShareMemory`], so rings and drivers use it like any other way of
-//! sharing memory.
+//! never handed out. Implements [`ShareMemory`], which is all the drivers see of it: they are generic
+//! over the sharing mechanism, and host tests put `ring_protocol`'s fake grant table in its place.
 //!
 //! Drivers never hold a bare grant reference to memory they own: they hand the memory to a
 //! [`Granted`], which owns the pages and their grants together. Ending it gives the memory back only
@@ -62,10 +64,15 @@ struct State {
     stats: GrantStats,
 }
 
+/// Which frame a peer domain uses for the page containing the byte at the address given: the machine
+/// frame (p2m) for a PV guest, the guest frame for PVH and HVM.
+pub type FrameOf = fn(*const u8) -> XenPfn;
+
 /// A version-1 grant table.
 pub struct GrantTable {
     entries: NonNull<GrantEntryV1>,
     len: usize,
+    frame_of: FrameOf,
     state: spin::Mutex<State>,
 }
 
@@ -85,18 +92,21 @@ impl core::fmt::Debug for GrantTable {
 }
 
 impl GrantTable {
-    /// A table over `len` entries at `entries`.
+    /// A table over `len` entries at `entries`, granting the frames `frame_of` names.
     ///
     /// # Safety
     /// `entries` must point to `len` grant entries shared with Xen (or a test's stand-in), valid for the
-    /// life of the table, and no one else in this address space may grant from them.
-    pub unsafe fn new(entries: NonNull<GrantEntryV1>, len: usize) -> Self {
+    /// life of the table, and no one else in this address space may grant from them. `frame_of` must
+    /// return the frame through which the peer reaches exactly the page given (a wrong frame grants
+    /// the peer someone else's memory).
+    pub unsafe fn new(entries: NonNull<GrantEntryV1>, len: usize, frame_of: FrameOf) -> Self {
         let first = GNTTAB_NR_RESERVED_ENTRIES as usize;
         // Hand out low references first (pop from the end).
         let free: Vec<GrantRef> = (first..len).rev().map(|r| r as GrantRef).collect();
         Self {
             entries,
             len,
+            frame_of,
             state: spin::Mutex::new(State {
                 stats: GrantStats {
                     capacity: free.len(),
@@ -130,7 +140,7 @@ impl GrantTable {
     ///
     /// # Errors
     /// [`ring_protocol::Error::GrantTableFull`]; [`ring_protocol::Error::FrameTooLarge`].
-    pub fn grant(&self, peer: DomId, frame: XenPfn, access: Access) -> ring_protocol::Result<GrantRef> {
+    fn grant(&self, peer: DomId, frame: XenPfn, access: Access) -> ring_protocol::Result<GrantRef> {
         let frame32 = u32::try_from(frame).map_err(|_| ring_protocol::Error::FrameTooLarge { frame })?;
         let mut st = self.state.lock();
         let capacity = st.stats.capacity;
@@ -193,11 +203,20 @@ impl GrantTable {
     }
 }
 
-impl ShareMemory for GrantTable {
+// SAFETY: a grant names the frame `frame_of` gives for the page (constructor contract), with the
+// access asked for; `end_access` succeeds only through a compare-and-exchange of the flags to 0 that
+// fails while Xen marks the entry reading or writing, after which Xen refuses new mappings and copies
+// of it; abandoned references stay active, so they are never handed out or ended again.
+unsafe impl ShareMemory for GrantTable {
     type Handle = GrantRef;
 
-    fn share(&self, peer: DomId, frame: XenPfn, access: Access) -> ring_protocol::Result<GrantRef> {
-        self.grant(peer, frame, access)
+    unsafe fn share(
+        &self,
+        peer: DomId,
+        page: NonNull<u8>,
+        access: Access,
+    ) -> ring_protocol::Result<GrantRef> {
+        self.grant(peer, (self.frame_of)(page.as_ptr()), access)
     }
 
     fn revoke(&self, handle: GrantRef) -> ring_protocol::Result<()> {
@@ -222,7 +241,8 @@ impl ShareMemory for GrantTable {
 ///
 /// The CPU reaches the memory only through [`as_ptr`](Self::as_ptr) while it is shared (for rings,
 /// whose indices are atomics); drivers fill a buffer before sharing it and read it after taking it
-/// back. Generic over [`ShareMemory`], so the same handle serves any sharing mechanism.
+/// back. Generic over [`ShareMemory`], so the same handle serves any sharing mechanism (the guest's
+/// [`GrantTable`], `ring_protocol`'s fake one in host tests).
 #[derive(Debug)]
 pub struct Granted<S: ShareMemory> {
     sharer: S,
@@ -231,9 +251,6 @@ pub struct Granted<S: ShareMemory> {
     /// Handles not yet revoked (all of them, in page order, until a revoke partly fails).
     handles: Vec<S::Handle>,
 }
-
-/// A grant table's [`Granted`], as the Xen frontends hold them.
-pub type Grant = Granted<&'static GrantTable>;
 
 /// Why [`Granted::new`] did not share a buffer.
 #[derive(Debug)]
@@ -246,21 +263,12 @@ pub struct NotGranted {
 }
 
 impl<S: ShareMemory> Granted<S> {
-    /// Shares the pages of `buf` (those holding its `len` bytes) with `peer`; `frame_of` gives the
-    /// frame a peer uses for the page containing a byte (e.g. [`XenDeviceHost::frame_of`]).
+    /// Shares the pages of `buf` (those holding its `len` bytes) with `peer`.
     ///
     /// # Errors
     /// [`NotGranted`] with the sharing error (typically a full grant table); grants made before the
     /// failure are ended first.
-    ///
-    /// [`XenDeviceHost::frame_of`]: super::blkfront::XenDeviceHost::frame_of
-    pub fn new(
-        sharer: S,
-        peer: DomId,
-        buf: DmaBuf,
-        access: Access,
-        frame_of: impl Fn(*const u8) -> XenPfn,
-    ) -> Result<Self, NotGranted> {
+    pub fn new(sharer: S, peer: DomId, buf: DmaBuf, access: Access) -> Result<Self, NotGranted> {
         let pages = buf.len().div_ceil(PAGE_SIZE);
         let mut me = Self {
             sharer,
@@ -268,8 +276,13 @@ impl<S: ShareMemory> Granted<S> {
             handles: Vec::with_capacity(pages),
         };
         for p in 0..pages {
-            let frame = frame_of(me.as_ptr().wrapping_add(p * PAGE_SIZE));
-            match me.sharer.share(peer, frame, access) {
+            let page =
+                NonNull::new(me.as_ptr().cast_mut().wrapping_add(p * PAGE_SIZE)).expect("DMA memory at 0");
+            // SAFETY: `page` is a page-aligned page of the DmaBuf `me` owns: it stays allocated (and
+            // unused by anyone else) until `revoke` hands it back after every grant ended, or for good
+            // when the drop abandons it to the peer; `me` reaches the memory only through `as_ptr`,
+            // whose users access shared pages atomically.
+            match unsafe { me.sharer.share(peer, page, access) } {
                 Ok(h) => me.handles.push(h),
                 Err(error) => {
                     // A peer can map a grant before being told about it: the rollback may fail too,
@@ -350,7 +363,7 @@ mod tests {
         let p = NonNull::from(&mut mem[0]);
         // SAFETY: the leaked array outlives the table; the test reads it only to check what Xen would
         // see, and sets Xen's bits through atomics like Xen.
-        let t = unsafe { GrantTable::new(p, len) };
+        let t = unsafe { GrantTable::new(p, len, frame_of) };
         // SAFETY: same memory, used by the test as "Xen's view".
         let view = unsafe { core::slice::from_raw_parts(p.as_ptr(), len) };
         (t, view)
@@ -441,8 +454,7 @@ mod tests {
     }
 
     fn patterned(pages: usize) -> DmaBuf {
-        crate::dma::fake::install();
-        let mut b = DmaBuf::new(pages * PAGE_SIZE - 100).unwrap();
+        let mut b = DmaBuf::new(crate::dma::fake::dma(), pages * PAGE_SIZE - 100).unwrap();
         for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
             *x = (i * 7 % 251) as u8;
         }
@@ -454,7 +466,7 @@ mod tests {
         let (t, xen) = table(16);
         let buf = patterned(3);
         let first = buf.as_ptr();
-        let g = Granted::new(&t, 0, buf, Access::ReadWrite, frame_of).unwrap();
+        let g = Granted::new(&t, 0, buf, Access::ReadWrite).unwrap();
         let refs = g.refs().to_vec();
         assert_eq!(refs.len(), 3, "one grant per page holding bytes");
         for (i, &r) in refs.iter().enumerate() {
@@ -490,7 +502,7 @@ mod tests {
         let (t, xen) = table(16);
         let buf = patterned(2);
         let first = buf.as_ptr();
-        let g = Granted::new(&t, 4, buf, Access::ReadWrite, frame_of).unwrap();
+        let g = Granted::new(&t, 4, buf, Access::ReadWrite).unwrap();
         let held = g.refs()[0];
         t.flags(held)
             .fetch_or(GTF_READING | GTF_WRITING, Ordering::SeqCst);
@@ -520,7 +532,7 @@ mod tests {
         for r in fresh {
             t.end_access(r).unwrap();
         }
-        let g = Granted::new(&t, 4, patterned(1), Access::ReadOnly, frame_of).unwrap();
+        let g = Granted::new(&t, 4, patterned(1), Access::ReadOnly).unwrap();
         drop(g);
         assert_eq!(t.stats().leaked_pages, 2);
         assert_eq!(t.stats().active, 1);
@@ -531,12 +543,12 @@ mod tests {
         let (t, _xen) = table(10); // 2 usable refs
         let buf = patterned(3);
         let first = buf.as_ptr();
-        let NotGranted { buf, error } = Granted::new(&t, 0, buf, Access::ReadOnly, frame_of).unwrap_err();
+        let NotGranted { buf, error } = Granted::new(&t, 0, buf, Access::ReadOnly).unwrap_err();
         assert_eq!(error, ring_protocol::Error::GrantTableFull { capacity: 2 });
         assert_eq!(buf.as_ptr(), first, "the caller gets its buffer back");
         assert_eq!(t.stats().active, 0);
         // An empty buffer needs no grant at all.
-        let g = Granted::new(&t, 0, DmaBuf::empty(), Access::ReadOnly, frame_of).unwrap();
+        let g = Granted::new(&t, 0, DmaBuf::empty(), Access::ReadOnly).unwrap();
         assert!(g.refs().is_empty());
         assert!(g.revoke().unwrap().is_empty());
     }

@@ -147,9 +147,8 @@ pub fn open_ide(width: PioWidth, multiple: bool) -> Result<Opened<dyn BlockDevic
         // Compatibility mode, or no PCI controller at all (an ISA IDE): the legacy ports.
         _ => (IdeChannel::PRIMARY_MASTER, Some(IrqLine::isa(IDE_PRIMARY_IRQ))),
     };
-    super::init_dma();
     // SAFETY: the primary IDE channel's ports belong to this driver alone.
-    let mut disk = IdeDisk::probe(unsafe { PcPorts::new() }, channel)?;
+    let mut disk = IdeDisk::probe(unsafe { PcPorts::new() }, channel, super::dma())?;
     disk.set_pio_width(width);
     disk.set_multiple(multiple);
     let block = if multiple {
@@ -182,8 +181,7 @@ pub fn open_ahci(allow_ncq: bool) -> Result<Opened<dyn BlockDevice>> {
         .iter()
         .find(|d| d.class == CLASS_AHCI)
         .ok_or(absent)?;
-    super::init_dma();
-    let disk = AhciDisk::probe(memory_bar(d, 5, "ahci")?, allow_ncq)?;
+    let disk = AhciDisk::probe(memory_bar(d, 5, "ahci")?, super::dma(), allow_ncq)?;
     let label = format!(
         "pci={} sectors={} ncq={} qd={} model=\"{}\"",
         d.bdf,
@@ -205,8 +203,7 @@ pub fn open_e1000() -> Result<Opened<dyn NetDevice>> {
         .iter()
         .find(|d| (d.vendor_id, d.device_id) == E1000_ID)
         .ok_or(Error::Absent { device: "e1000" })?;
-    super::init_dma();
-    let nic = E1000::new(memory_bar(d, 0, "e1000")?)?;
+    let nic = E1000::new(memory_bar(d, 0, "e1000")?, super::dma())?;
     let m = nic.mac();
     let label = format!(
         "pci={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} link={}",

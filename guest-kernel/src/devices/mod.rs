@@ -1,8 +1,11 @@
 //! The platform side of the frontends crate's device drivers: DMA memory, the waiter, interrupt
-//! binding, and the openers that find a device on the bus and hand back a driver.
+//! binding, and the openers that find a device on the bus and hand back a driver. The kernel only
+//! implements the drivers' traits and passes the implementations in; no driver reaches a global.
 //!
 //! - [`KernelDma`]: DMA buffers from the kernel heap (identity-mapped, so bus address == virtual
-//!   address on the PC platform; drivers do not rely on that).
+//!   address on the PC platform; drivers do not rely on that), handed to every driver as [`dma()`].
+//! - [`KernelVirtio`]: the kernel as the virtio drivers' platform (that allocator, PCI BARs mapped
+//!   1:1 by platform init).
 //! - [`KernelWaiter`]: the TSC clock; in interrupt mode `idle` halts (`sti; hlt`, race-free) until an
 //!   interrupt, with the local APIC timer ticking at [`WAKE_HZ`] so timeouts are still noticed.
 //! - [`bind_irq`]: routes a device's interrupt line to a vector whose handler calls the driver's
@@ -16,7 +19,8 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 
-use pvkit_frontends::dma::{self, DmaAllocator, DmaRegion, PAGE_SIZE};
+use pvkit_frontends::dma::{DmaAllocator, DmaRegion, PAGE_SIZE};
+use pvkit_frontends::virtio::VirtioPlatform;
 use pvkit_frontends::wait::{SharedIrqAck, WaitMode, Waiter};
 
 use crate::arch::x86_64::interrupts::{self, Polarity, Trigger};
@@ -63,10 +67,26 @@ unsafe impl DmaAllocator for KernelDma {
 
 static KERNEL_DMA: KernelDma = KernelDma;
 
-/// Registers [`KernelDma`] (idempotent).
-pub fn init_dma() {
-    // A second registration fails harmlessly: it is this same allocator.
-    let _ = dma::set_allocator(&KERNEL_DMA);
+/// The kernel's DMA allocator, as drivers are given it.
+pub fn dma() -> &'static dyn DmaAllocator {
+    &KERNEL_DMA
+}
+
+/// The kernel as the virtio drivers' platform.
+#[derive(Debug)]
+pub struct KernelVirtio;
+
+// SAFETY: KERNEL_DMA honours DmaAllocator's contract (see its impl); platform init maps the whole PCI
+// memory window 1:1 and uncached (virtio-pci only exists on the PC platform), so a BAR's physical
+// address is where the CPU reaches it, for the rest of the run.
+unsafe impl VirtioPlatform for KernelVirtio {
+    fn dma() -> &'static dyn DmaAllocator {
+        &KERNEL_DMA
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: u64, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).expect("BAR at physical address 0")
+    }
 }
 
 /// Local APIC timer rate while an interrupt-mode waiter exists: the longest a missed deadline can

@@ -11,7 +11,7 @@ use pvkit_frontends::virtio::net::VirtioNet;
 use pvkit_frontends::virtio::transport::{NotifyMode, VirtioPci};
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
 
-use super::IrqLine;
+use super::{IrqLine, KernelVirtio};
 use crate::drivers::pci::{Bdf, ConfigAccess, PciDevice};
 use crate::platform::pc::{self, PortPciConfig};
 
@@ -66,7 +66,6 @@ fn transport(
     index: usize,
     mode: NotifyMode,
 ) -> Result<(VirtioPci, &'static PciDevice), Error> {
-    super::init_dma();
     let d = find(kind, index)?;
     let df = DeviceFunction {
         bus: d.bdf.bus,
@@ -74,7 +73,10 @@ fn transport(
         function: d.bdf.function,
     };
     let traps = &crate::arch::x86_64::exits::EXITS;
-    Ok((VirtioPci::new(PortCam, df, mode, kind.0, traps)?, d))
+    Ok((
+        VirtioPci::new::<KernelVirtio, _>(PortCam, df, mode, kind.0, traps)?,
+        d,
+    ))
 }
 
 /// Parses the `notify=` parameter (default exact).
@@ -129,7 +131,11 @@ pub struct Opened<D> {
 }
 
 /// Opens the `index`-th virtio-blk device (0 = first in bus order).
-pub fn open_blk(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<VirtioBlk>, Error> {
+pub fn open_blk(
+    index: usize,
+    mode: NotifyMode,
+    irq: IrqKind,
+) -> Result<Opened<VirtioBlk<KernelVirtio>>, Error> {
     let (t, d) = transport(BLK, index, mode)?;
     let mut dev = VirtioBlk::new(t)?;
     let (line, irq_name) = line_for(d, irq, || dev.use_msix(0));
@@ -143,7 +149,11 @@ pub fn open_blk(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<V
 }
 
 /// Opens the `index`-th virtio-net device.
-pub fn open_net(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<VirtioNet>, Error> {
+pub fn open_net(
+    index: usize,
+    mode: NotifyMode,
+    irq: IrqKind,
+) -> Result<Opened<VirtioNet<KernelVirtio>>, Error> {
     let (t, d) = transport(NET, index, mode)?;
     let mut dev = VirtioNet::new(t)?;
     let (line, irq_name) = line_for(d, irq, || dev.use_msix(0));
@@ -157,7 +167,11 @@ pub fn open_net(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<V
 }
 
 /// Opens the `index`-th virtio-console device (port 0).
-pub fn open_console(index: usize, mode: NotifyMode, irq: IrqKind) -> Result<Opened<VirtioConsole>, Error> {
+pub fn open_console(
+    index: usize,
+    mode: NotifyMode,
+    irq: IrqKind,
+) -> Result<Opened<VirtioConsole<KernelVirtio>>, Error> {
     let (t, d) = transport(CONSOLE, index, mode)?;
     let mut dev = VirtioConsole::new(t)?;
     let (line, irq_name) = line_for(d, irq, || dev.use_msix(0));

@@ -1,4 +1,6 @@
-//! The in-kernel test runner.
+//! The in-kernel test runner: the registry of tests ([`TESTS`]) and the loop that runs them. What
+//! needs no hardware (the command line, each test's parameters, which tests run, the result lines)
+//! is `pvkit_frontends::runner`, tested on the host.
 //!
 //! The command line names the tests (`tests=a,b`; default:
 //! [`DEFAULT_TESTS`](pvkit_frontends::workload::DEFAULT_TESTS)) and their
@@ -18,64 +20,15 @@ mod uart;
 pub mod workloads;
 mod xen;
 
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use pvkit_frontends::runner::{self, Summary, TestSpec};
+pub use pvkit_frontends::runner::{Outcome, Params};
+
 use crate::arch::x86_64::exits;
 use crate::boot::BootInfo;
-use crate::cmdline;
-
-/// What a test returns.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Passed; the text is appended to the PASS line (`key=value ...`, may be empty).
-    Pass(String),
-    /// Failed, with the reason.
-    Fail(String),
-}
-
-/// Parameters of one test, from the command line.
-#[derive(Debug)]
-pub struct Params<'a> {
-    test: &'static str,
-    items: Vec<(&'a str, &'a str)>,
-}
-
-impl Params<'_> {
-    /// The raw value of `param`, if given.
-    pub fn get(&self, param: &str) -> Option<&str> {
-        self.items
-            .iter()
-            .rev()
-            .find(|(p, _)| *p == param)
-            .map(|(_, v)| *v)
-    }
-
-    /// `param` as a number in `range`, or `default` when absent.
-    pub fn u64_in(
-        &self,
-        param: &str,
-        default: u64,
-        range: core::ops::RangeInclusive<u64>,
-    ) -> Result<u64, String> {
-        let Some(value) = self.get(param) else {
-            return Ok(default);
-        };
-        let n = cmdline::parse_u64(self.test, param, value)?;
-        if range.contains(&n) {
-            Ok(n)
-        } else {
-            Err(alloc::format!(
-                "{}.{param}={n} is outside {}..={}",
-                self.test,
-                range.start(),
-                range.end()
-            ))
-        }
-    }
-}
 
 /// A named self-test.
 #[derive(Debug)]
@@ -253,101 +206,59 @@ static CURRENT: AtomicUsize = AtomicUsize::new(NO_TEST);
 static PASSED: AtomicU32 = AtomicU32::new(0);
 static FAILED: AtomicU32 = AtomicU32::new(0);
 
-fn find(name: &str) -> Option<(usize, &'static Test)> {
-    TESTS.iter().enumerate().find(|(_, t)| t.name == name)
-}
-
 /// Parses the command line, runs the tests, prints the summary. Returns the exit code.
 pub fn run_from_cmdline(info: &BootInfo) -> u8 {
-    let line = cmdline::parse(info.cmdline);
-    let mut errors = line.errors.clone();
-    if info.cmdline_truncated {
-        errors.push(alloc::format!(
-            "command line longer than {} bytes or not UTF-8",
-            crate::boot::CMDLINE_MAX
-        ));
-    }
-    let names: &[&str] = line
-        .tests
-        .as_deref()
-        .unwrap_or(pvkit_frontends::workload::DEFAULT_TESTS);
-    let selected: Vec<(usize, &'static Test)> = names
+    let registry: Vec<TestSpec> = TESTS
         .iter()
-        .filter_map(|n| {
-            let found = find(n);
-            if found.is_none() {
-                errors.push(alloc::format!("unknown test '{n}'"));
-            }
-            found
+        .map(|t| TestSpec {
+            name: t.name,
+            params: t.params,
         })
         .collect();
-    for &(test, param, value) in &line.params {
-        match find(test) {
-            Some((_, t)) if t.params.contains(&param) => {}
-            Some(_) => errors.push(alloc::format!("unknown option '{test}.{param}={value}'")),
-            None => errors.push(alloc::format!(
-                "unknown option '{test}.{param}={value}' (no test '{test}')"
-            )),
-        }
-    }
-    if !errors.is_empty() {
-        for e in &errors {
+    let plan = runner::plan(
+        info.cmdline,
+        info.cmdline_truncated.then_some(crate::boot::CMDLINE_MAX),
+        &registry,
+        pvkit_frontends::workload::DEFAULT_TESTS,
+    );
+    if !plan.errors.is_empty() {
+        for e in &plan.errors {
             kprintln!("PVKIT ERROR {e}");
         }
-        FAILED.store(errors.len() as u32, Ordering::Relaxed);
+        FAILED.store(plan.errors.len() as u32, Ordering::Relaxed);
         return summary();
     }
 
-    for (index, test) in selected {
-        let params = Params {
-            test: test.name,
-            items: line
-                .params
-                .iter()
-                .filter(|(t, _, _)| *t == test.name)
-                .map(|&(_, p, v)| (p, v))
-                .collect(),
-        };
+    for &index in &plan.selected {
+        let test = &TESTS[index];
+        let params = plan.params(test.name);
         CURRENT.store(index, Ordering::Relaxed);
-        kprintln!("PVKIT TEST {} START", test.name);
+        kprintln!("{}", runner::start_line(test.name));
         let before = exits::snapshot();
-        let outcome = (test.run)(&params);
+        let mut outcome = (test.run)(&params);
         // A workload's PASS line carries the exits of its whole test, from after the START line to
         // before the verdict (device probe and any phases included).
-        let outcome = match outcome {
-            Outcome::Pass(kv) if test.name.contains('@') => {
-                let e = exits::fields(&exits::snapshot().since(&before));
-                Outcome::Pass(if kv.is_empty() {
-                    e
-                } else {
-                    alloc::format!("{kv} {e}")
-                })
-            }
-            other => other,
-        };
-        match outcome {
-            Outcome::Pass(kv) if kv.is_empty() => kprintln!("PVKIT TEST {} PASS", test.name),
-            Outcome::Pass(kv) => kprintln!("PVKIT TEST {} PASS {kv}", test.name),
-            Outcome::Fail(reason) => {
-                kprintln!("PVKIT TEST {} FAIL {reason}", test.name);
-                FAILED.fetch_add(1, Ordering::Relaxed);
-                CURRENT.store(NO_TEST, Ordering::Relaxed);
-                continue;
-            }
+        if test.name.contains('@') {
+            outcome = outcome.with_fields(&exits::fields(&exits::snapshot().since(&before)));
         }
-        PASSED.fetch_add(1, Ordering::Relaxed);
+        kprintln!("{}", runner::verdict_line(test.name, &outcome));
+        let tally = match outcome {
+            Outcome::Pass(_) => &PASSED,
+            Outcome::Fail(_) => &FAILED,
+        };
+        tally.fetch_add(1, Ordering::Relaxed);
         CURRENT.store(NO_TEST, Ordering::Relaxed);
     }
     summary()
 }
 
 fn summary() -> u8 {
-    let passed = PASSED.load(Ordering::Relaxed);
-    let failed = FAILED.load(Ordering::Relaxed);
-    let code = u8::from(failed > 0 || passed == 0);
-    kprintln!("PVKIT SUMMARY passed={passed} failed={failed}");
-    kprintln!("PVKIT EXIT {code}");
-    code
+    let s = Summary {
+        passed: PASSED.load(Ordering::Relaxed),
+        failed: FAILED.load(Ordering::Relaxed),
+    };
+    kprintln!("{s}");
+    s.exit_code()
 }
 
 /// Called once by `fatal` after an exception or panic: fails the running test (if any) with
@@ -357,11 +268,11 @@ pub fn report_abort(reason: fmt::Arguments<'_>) {
     if let Some(test) = TESTS.get(current) {
         crate::console::print_unlocked(format_args!("PVKIT TEST {} FAIL {reason}\n", test.name));
     }
-    let failed = FAILED.fetch_add(1, Ordering::Relaxed) + 1;
-    let passed = PASSED.load(Ordering::Relaxed);
-    crate::console::print_unlocked(format_args!(
-        "PVKIT SUMMARY passed={passed} failed={failed}\nPVKIT EXIT 1\n"
-    ));
+    let s = Summary {
+        failed: FAILED.fetch_add(1, Ordering::Relaxed) + 1,
+        passed: PASSED.load(Ordering::Relaxed),
+    };
+    crate::console::print_unlocked(format_args!("{s}\n"));
 }
 
 /// Builds an [`Outcome::Fail`] from format arguments.

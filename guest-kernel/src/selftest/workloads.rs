@@ -21,6 +21,7 @@ use pvkit_frontends::block::BlockDevice;
 use pvkit_frontends::console::ConsoleDevice;
 use pvkit_frontends::counters::Exits;
 use pvkit_frontends::net::NetDevice;
+use pvkit_frontends::runner;
 use pvkit_frontends::wait::{SharedIrqAck, WaitMode};
 use pvkit_frontends::workload::{self, Observer, PHASE_PORT, Perf, Report, defaults};
 
@@ -61,19 +62,9 @@ fn session(p: &Params<'_>, ack: Option<SharedIrqAck>, line: Option<IrqLine>) -> 
     })
 }
 
-/// A workload report's fields: `ops bytes guest_us notifies irqs copied_bytes` and the latency
-/// percentiles (`lat_p50_ns lat_p99_ns lat_max_ns`).
+/// A workload report's fields (`pvkit_frontends::runner::report_fields`).
 pub(super) fn fields(r: &Report) -> String {
-    alloc::format!(
-        "ops={} bytes={} guest_us={} notifies={} irqs={} copied_bytes={} {}",
-        r.ops,
-        r.bytes,
-        r.guest_us,
-        r.counters.notifications,
-        r.counters.interrupts,
-        r.counters.bytes_copied,
-        r.latency.fields()
-    )
+    runner::report_fields(r)
 }
 
 /// Writes phase markers (with `markers`; Xen PV has no port 0x402), measures each phase's exits
@@ -124,15 +115,10 @@ impl Observer for PerfPrinter<'_> {
     }
 
     fn perf(&mut self, perf: &Perf) {
+        let exits = exits::fields(&self.last);
         kprintln!(
-            "PVKIT PERF dev={} pattern={} qd={} mode={} {} {} {}",
-            self.dev,
-            perf.pattern,
-            perf.qd,
-            self.mode.name(),
-            fields(&perf.report),
-            exits::fields(&self.last),
-            self.label
+            "{}",
+            runner::perf_line(self.dev, perf, self.mode.name(), &exits, self.label)
         );
     }
 }
@@ -257,15 +243,10 @@ pub(super) fn net_echo_with(
             .map_err(|e| alloc::format!("packet rate: {e}"))?;
     }
     Ok(alloc::format!(
-        "{} mode={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} {label}",
+        "{} mode={} mac={} {label}",
         fields(&r),
         mode.name(),
-        mac[0],
-        mac[1],
-        mac[2],
-        mac[3],
-        mac[4],
-        mac[5]
+        runner::Mac(mac)
     ))
 }
 
@@ -315,14 +296,12 @@ pub fn console_echo(
 
 /// Parameters of the virtio block tests.
 pub const VIRTIO_BLK_PARAMS: &[&str] = &[
-    "mode", "seed", "notify", "index", "irq", "irq", "irq", "qd", "extents", "ms", "bs",
+    "mode", "seed", "notify", "index", "irq", "qd", "extents", "ms", "bs",
 ];
 /// Parameters of the virtio net test.
-pub const VIRTIO_NET_PARAMS: &[&str] = &[
-    "mode", "seed", "notify", "index", "irq", "irq", "irq", "frames", "window", "ms",
-];
+pub const VIRTIO_NET_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "irq", "frames", "window", "ms"];
 /// Parameters of the virtio console test.
-pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "irq", "irq", "irq", "bytes"];
+pub const VIRTIO_CONSOLE_PARAMS: &[&str] = &["mode", "seed", "notify", "index", "irq", "bytes"];
 
 macro_rules! open_or_fail {
     ($p:expr, $open:path) => {{

@@ -41,9 +41,7 @@ fn xen_mode(p: &Params<'_>) -> Result<WaitMode, alloc::string::String> {
     }
 }
 
-fn open_blk(
-    p: &Params<'_>,
-) -> Result<pvkit_frontends::xen::blkfront::BlkFront<xen::devices::KernelXenHost>, alloc::string::String> {
+fn open_blk(p: &Params<'_>) -> Result<xen::devices::Blk, alloc::string::String> {
     if xen::start().is_none() {
         return Err(alloc::string::String::from(
             "device xen-blk absent (not a Xen PV domain)",
@@ -58,9 +56,7 @@ fn open_blk(
     xen::devices::open_blk(index, opts)
 }
 
-fn blk_label(
-    dev: &pvkit_frontends::xen::blkfront::BlkFront<xen::devices::KernelXenHost>,
-) -> alloc::string::String {
+fn blk_label(dev: &xen::devices::Blk) -> alloc::string::String {
     let f = dev.features();
     alloc::format!(
         "ring_order={} ring_slots={} indirect_segments={} flush_cache={} barrier={} vbd={}",
@@ -266,97 +262,26 @@ pub fn console_input(p: &Params<'_>) -> Outcome {
 /// Parameters of `net-ping@xen-net`.
 pub const XEN_NET_PARAMS: &[&str] = &["ip", "peer", "count", "size", "index", "timeout_ms", "mode"];
 
-fn parse_ip(s: &str) -> Option<[u8; 4]> {
-    let mut ip = [0u8; 4];
-    let mut parts = s.split('.');
-    for b in &mut ip {
-        *b = parts.next()?.parse().ok()?;
-    }
-    parts.next().is_none().then_some(ip)
-}
-
-/// The Internet checksum of `data`.
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn arp_frame(
-    op: u16,
-    mac: [u8; 6],
-    ip: [u8; 4],
-    dst_mac: [u8; 6],
-    target_mac: [u8; 6],
-    target_ip: [u8; 4],
-) -> alloc::vec::Vec<u8> {
-    let mut f = alloc::vec::Vec::with_capacity(60);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4]);
-    f.extend_from_slice(&op.to_be_bytes());
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&target_mac);
-    f.extend_from_slice(&target_ip);
-    f.resize(60, 0);
-    f
-}
-
-fn icmp_echo(
-    mac: [u8; 6],
-    ip: [u8; 4],
-    peer_mac: [u8; 6],
-    peer: [u8; 4],
-    seq: u16,
-    payload: &[u8],
-) -> alloc::vec::Vec<u8> {
-    let mut f = alloc::vec::Vec::with_capacity(42 + payload.len());
-    f.extend_from_slice(&peer_mac);
-    f.extend_from_slice(&mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 8 + payload.len()) as u16;
-    let mut iph = [0u8; 20];
-    iph[0] = 0x45;
-    iph[2..4].copy_from_slice(&total.to_be_bytes());
-    iph[4..6].copy_from_slice(&seq.to_be_bytes());
-    iph[6] = 0x40;
-    iph[8] = 64;
-    iph[9] = 1;
-    iph[12..16].copy_from_slice(&ip);
-    iph[16..20].copy_from_slice(&peer);
-    let c = inet_checksum(&iph);
-    iph[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&iph);
-    let mut icmp = alloc::vec![8u8, 0, 0, 0, 0x70, 0x76];
-    icmp.extend_from_slice(&seq.to_be_bytes());
-    icmp.extend_from_slice(payload);
-    let c = inet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&icmp);
-    f
-}
-
-/// `net-ping@xen-net`: resolves dom0's address with ARP and sends `count` ICMP echo requests of
-/// `size` payload bytes (a per-sequence pattern) through netfront to Linux netback; dom0's own stack
-/// answers (no echo program needed). Every reply must carry the sequence number and the exact
-/// payload. ARP requests for our address are answered. Params: `ip` (10.99.0.2), `peer` (10.99.0.1),
-/// `count` (20), `size` (56, up to 1472), `timeout_ms` per reply (5000), `index`.
+/// `net-ping@xen-net`: the ping workload (`pvkit_frontends::workload::net::ping`) through netfront
+/// to Linux netback: resolves dom0's address with ARP and sends `count` ICMP echo requests of `size`
+/// payload bytes (a per-sequence pattern); dom0's own stack answers (no echo program needed). Every
+/// reply must carry the sequence number and the exact payload. ARP requests for our address are
+/// answered. Params: `ip` (10.99.0.2), `peer` (10.99.0.1), `count` (20), `size` (56, up to 1472),
+/// `timeout_ms` per reply (5000), `index`, `mode`.
 pub fn net_ping(p: &Params<'_>) -> Outcome {
-    use pvkit_frontends::net::NetDevice;
+    use pvkit_frontends::workload::net::ping::{self, PingParams, parse_ipv4};
     let run = || -> Result<alloc::string::String, alloc::string::String> {
-        let ip = parse_ip(p.get("ip").unwrap_or("10.99.0.2"))
+        let ip = parse_ipv4(p.get("ip").unwrap_or("10.99.0.2"))
             .ok_or("net-ping@xen-net.ip is not a dotted IPv4 address")?;
-        let peer = parse_ip(p.get("peer").unwrap_or("10.99.0.1"))
+        let peer = parse_ipv4(p.get("peer").unwrap_or("10.99.0.1"))
             .ok_or("net-ping@xen-net.peer is not a dotted IPv4 address")?;
-        let count = p.u64_in("count", 20, 1..=100_000)? as u16;
-        let size = p.u64_in("size", 56, 0..=1472)? as usize;
-        let timeout_us = p.u64_in("timeout_ms", 5000, 100..=600_000)? * 1000;
+        let params = PingParams {
+            ip,
+            peer,
+            count: p.u64_in("count", 20, 1..=65_535)? as u16,
+            size: p.u64_in("size", 56, 0..=ping::MAX_PAYLOAD as u64)? as usize,
+            timeout_us: p.u64_in("timeout_ms", 5000, 100..=600_000)? * 1000,
+        };
         let index = p.u64_in("index", 0, 0..=15)? as usize;
         let mode = xen_mode(p)?;
         if xen::start().is_none() {
@@ -364,120 +289,28 @@ pub fn net_ping(p: &Params<'_>) -> Outcome {
                 "device xen-net absent (not a Xen PV domain)",
             ));
         }
-        let mut dev = xen::devices::open_net(index, timeout_us.max(10_000_000))?;
-        let mac = dev.mac();
+        let mut dev = xen::devices::open_net(index, params.timeout_us.max(10_000_000))?;
         let w = XenWaiter { mode };
-        let t0 = xen::time::now_ns();
-        let mut buf = [0u8; 1600];
-        // ARP for the peer (resent every second until answered).
-        let mut peer_mac = None;
-        let mut last_arp = 0u64;
-        let deadline = t0 / 1000 + timeout_us;
-        let mut arp_answers = 0u64;
-        while peer_mac.is_none() {
-            let now = xen::time::now_ns() / 1000;
-            if now > deadline {
-                return Err(alloc::format!(
-                    "timed out after {timeout_us} us waiting for an ARP reply from the peer"
-                ));
-            }
-            if last_arp == 0 || now - last_arp > 1_000_000 {
-                dev.transmit(&arp_frame(1, mac, ip, [0xff; 6], [0; 6], peer))
-                    .map_err(|e| alloc::format!("{e}"))?;
-                last_arp = now;
-            }
-            pvkit_frontends::wait::Waiter::idle(&w, &mut || false);
-            while let Some(n) = dev.receive(&mut buf).map_err(|e| alloc::format!("{e}"))? {
-                let f = &buf[..n];
-                if n >= 42 && f[12..14] == [0x08, 0x06] {
-                    let op = u16::from_be_bytes([f[20], f[21]]);
-                    if op == 2 && f[28..32] == peer {
-                        peer_mac = Some(<[u8; 6]>::try_from(&f[22..28]).expect("6 bytes"));
-                    } else if op == 1 && f[38..42] == ip {
-                        let sha = <[u8; 6]>::try_from(&f[22..28]).expect("6 bytes");
-                        let spa = <[u8; 4]>::try_from(&f[28..32]).expect("4 bytes");
-                        dev.transmit(&arp_frame(2, mac, ip, sha, sha, spa))
-                            .map_err(|e| alloc::format!("{e}"))?;
-                        arp_answers += 1;
-                    }
-                }
-            }
-        }
-        let peer_mac = peer_mac.expect("loop ends with it");
-        let arp_us = (xen::time::now_ns() - t0) / 1000;
-        let t1 = xen::time::now_ns();
-        let mut rtt_max = 0u64;
-        for seq in 0..count {
-            let payload: alloc::vec::Vec<u8> = (0..size)
-                .map(|i| (i as u16).wrapping_mul(31).wrapping_add(seq) as u8)
-                .collect();
-            let sent = xen::time::now_ns();
-            dev.transmit(&icmp_echo(mac, ip, peer_mac, peer, seq, &payload))
-                .map_err(|e| alloc::format!("{e}"))?;
-            let got = pvkit_frontends::wait::wait_for(&w, timeout_us, "an ICMP echo reply", || {
-                while let Some(n) = dev.receive(&mut buf)? {
-                    let f = &buf[..n];
-                    if n >= 42
-                        && f[12..14] == [0x08, 0x06]
-                        && u16::from_be_bytes([f[20], f[21]]) == 1
-                        && f[38..42] == ip
-                    {
-                        let sha = <[u8; 6]>::try_from(&f[22..28]).expect("6 bytes");
-                        let spa = <[u8; 4]>::try_from(&f[28..32]).expect("4 bytes");
-                        dev.transmit(&arp_frame(2, mac, ip, sha, sha, spa))?;
-                        arp_answers += 1;
-                        continue;
-                    }
-                    if n >= 42
-                        && f[12..14] == [0x08, 0x00]
-                        && f[23] == 1
-                        && f[34] == 0
-                        && u16::from_be_bytes([f[40], f[41]]) == seq
-                    {
-                        return Ok(Some(f[42..].to_vec()));
-                    }
-                }
-                Ok(None)
-            })
-            .map_err(|e| alloc::format!("seq {seq}: {e}"))?;
-            rtt_max = rtt_max.max((xen::time::now_ns() - sent) / 1000);
-            if got.len() < size || got[..size] != payload[..] {
-                let at = got
-                    .iter()
-                    .zip(&payload)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(got.len().min(size));
-                return Err(alloc::format!(
-                    "echo reply {seq} payload differs at byte {at} (got {} bytes, sent {size})",
-                    got.len()
-                ));
-            }
-        }
-        let ping_us = (xen::time::now_ns() - t1) / 1000;
-        let c = dev.counters();
+        let mac = pvkit_frontends::net::NetDevice::mac(&dev);
+        let r = ping::ping(&mut dev, &w, &params).map_err(|e| alloc::format!("{e}"))?;
         let drops = dev.drops();
         let closed = xen::store::with(|xs| dev.disconnect(xs, &w, 5_000_000))?
             .map_err(|e| alloc::format!("disconnect: {e}"))?;
         Ok(alloc::format!(
-            "replies={count} size={size} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} peer_mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} \
-             arp_us={arp_us} ping_us={ping_us} avg_rtt_us={} max_rtt_us={rtt_max} arp_answers={arp_answers} notifies={} irqs={} \
-             copied_bytes={} rx_dropped={} mode={} closed_backend_state={} {}",
-            mac[0],
-            mac[1],
-            mac[2],
-            mac[3],
-            mac[4],
-            mac[5],
-            peer_mac[0],
-            peer_mac[1],
-            peer_mac[2],
-            peer_mac[3],
-            peer_mac[4],
-            peer_mac[5],
-            ping_us / u64::from(count),
-            c.notifications,
-            c.interrupts,
-            c.bytes_copied,
+            "replies={} size={} mac={} peer_mac={} arp_us={} ping_us={} avg_rtt_us={} max_rtt_us={} \
+             arp_answers={} notifies={} irqs={} copied_bytes={} rx_dropped={} mode={} closed_backend_state={} {}",
+            r.replies,
+            params.size,
+            pvkit_frontends::runner::Mac(mac),
+            pvkit_frontends::runner::Mac(r.peer_mac),
+            r.arp_us,
+            r.ping_us,
+            r.avg_rtt_us,
+            r.max_rtt_us,
+            r.arp_answers,
+            r.counters.notifications,
+            r.counters.interrupts,
+            r.counters.bytes_copied,
             drops.rx_errors + drops.rx_unsupported,
             mode.name(),
             closed as u8,

@@ -15,6 +15,9 @@ use pvkit_frontends::xen::console::XenConsole;
 use ring_protocol::abi::console::XenconsInterface;
 use ring_protocol::byte_ring::console_guest;
 
+use pvkit_frontends::xen::evtchn::PortNotify;
+
+use super::devices::KernelEvents;
 use super::store::EvtchnNotify;
 
 use crate::arch::x86_64::xen as hv;
@@ -50,7 +53,7 @@ pub fn init() {
         match unsafe { console_guest(NonNull::new(va as *mut XenconsInterface).expect("console page at 0")) }
         {
             Ok(ring) => Backend::Ring(RingConsole {
-                dev: XenConsole::new(ring, EvtchnNotify(s.si.console_evtchn)),
+                dev: XenConsole::new(ring, PortNotify::new(KernelEvents, s.si.console_evtchn)),
             }),
             // Nothing to report to yet: try the hypervisor console (works on debug builds of Xen).
             Err(_) => Backend::Hypervisor,
@@ -157,13 +160,15 @@ fn spin_out() -> bool {
 }
 
 /// A secondary console (`device/console/<n>`) as a workload device.
-pub type Secondary = pvkit_frontends::xen::console::SecondaryConsole<super::devices::KernelXenHost>;
+pub type Secondary = pvkit_frontends::xen::console::SecondaryConsole<
+    &'static pvkit_frontends::xen::grant::GrantTable,
+    KernelEvents,
+>;
 
 /// Opens the `index`-th secondary console of this domain (in id order: `device/console/1` first).
 pub fn open_secondary(index: usize, timeout_us: u64) -> Result<Secondary, alloc::string::String> {
     use pvkit_frontends::xen::xenbus;
-    crate::devices::init_dma();
-    let grants = super::devices::grants()?;
+    let platform = super::devices::platform()?;
     let w = super::store::XenWaiter {
         mode: pvkit_frontends::wait::WaitMode::Interrupt,
     };
@@ -174,7 +179,6 @@ pub fn open_secondary(index: usize, timeout_us: u64) -> Result<Secondary, alloc:
                 "device xen-console absent (no console {index} in XenStore device/console)"
             ));
         };
-        Secondary::connect(xs, &w, &super::devices::HOST, grants, dev, timeout_us)
-            .map_err(|e| alloc::format!("{e}"))
+        Secondary::connect(xs, &w, platform, dev, timeout_us).map_err(|e| alloc::format!("{e}"))
     })?
 }

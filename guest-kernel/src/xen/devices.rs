@@ -1,12 +1,16 @@
-//! Glue between the Xen frontends of `pvkit_frontends::xen` and this kernel: the grant table
-//! (`GNTTABOP_setup_table`, its frames mapped into a static window), the [`XenDeviceHost`]
-//! implementation (event channels, per-port interrupt hooks, pfn -> mfn) and the block opener.
+//! Glue between the Xen frontends of `pvkit_frontends::xen` and this kernel, which only implements
+//! their traits: the grant table (`GNTTABOP_setup_table`, its frames mapped into a static window,
+//! pages named by their machine frame), [`KernelEvents`] as the
+//! [`EventChannels`] (hypercalls, per-port interrupt hooks), and the openers that hand the drivers
+//! their [`XenPlatform`].
 
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use pvkit_frontends::wait::SharedIrqAck;
-use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions, XenDeviceHost};
+use pvkit_frontends::xen::XenPlatform;
+use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions};
+use pvkit_frontends::xen::evtchn::EventChannels;
 use pvkit_frontends::xen::grant::GrantTable;
 use pvkit_frontends::xen::netfront::NetFront;
 use pvkit_frontends::xen::xenbus;
@@ -49,13 +53,20 @@ fn setup_grants() -> core::result::Result<GrantTable, alloc::string::String> {
     }
     let entries = NonNull::new(base as *mut GrantEntryV1).expect("static window");
     // SAFETY: the window now maps GRANT_FRAMES grant-table frames shared with Xen, for the rest of
-    // the run; this is the only table built over them (Once).
+    // the run; this is the only table built over them (Once). `frame_of` gives the machine frame of
+    // a page (the p2m entry of its pfn), which is what a peer maps in a PV domain.
     Ok(unsafe {
         GrantTable::new(
             entries,
             GRANT_FRAMES * PAGE_SIZE / core::mem::size_of::<GrantEntryV1>(),
+            frame_of,
         )
     })
+}
+
+/// The machine frame of the page holding `virt` (virtual = pseudo-physical in this kernel).
+fn frame_of(virt: *const u8) -> XenPfn {
+    super::memory::pfn_to_mfn(virt as u64 >> 12)
 }
 
 /// The grant table (set up on first use).
@@ -93,15 +104,15 @@ fn on_device_event(port: EvtchnPort) {
     }
 }
 
-/// The kernel as a [`XenDeviceHost`].
-#[derive(Debug)]
-pub struct KernelXenHost;
+/// The kernel's event channels, as the Xen frontends take them.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelEvents;
 
 fn hc(e: hv::HypercallError) -> Error {
     Error::Hypercall { op: e.op, rc: e.rc }
 }
 
-impl XenDeviceHost for KernelXenHost {
+impl EventChannels for KernelEvents {
     fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort> {
         super::events::alloc_unbound(remote).map_err(hc)
     }
@@ -119,22 +130,27 @@ impl XenDeviceHost for KernelXenHost {
         crate::arch::without_interrupts(|| ACKS.lock().push((port, ack)));
         super::events::set_handler(port, on_device_event).map_err(hc)
     }
-
-    fn frame_of(&self, virt: *const u8) -> XenPfn {
-        super::memory::pfn_to_mfn(virt as u64 >> 12)
-    }
 }
 
-/// The host instance.
-pub static HOST: KernelXenHost = KernelXenHost;
+/// The platform the kernel's Xen frontends run on.
+pub type Platform = XenPlatform<&'static GrantTable, KernelEvents>;
+/// The kernel's block frontend.
+pub type Blk = BlkFront<&'static GrantTable, KernelEvents>;
+/// The kernel's network frontend.
+pub type Net = NetFront<&'static GrantTable, KernelEvents>;
+
+/// The grant table (set up on first use), the event channels and the DMA memory, for a frontend.
+pub fn platform() -> core::result::Result<Platform, alloc::string::String> {
+    Ok(XenPlatform {
+        grants: grants()?,
+        events: KernelEvents,
+        dma: crate::devices::dma(),
+    })
+}
 
 /// Opens the `index`-th vbd of this domain.
-pub fn open_blk(
-    index: usize,
-    opts: BlkOptions,
-) -> core::result::Result<BlkFront<KernelXenHost>, alloc::string::String> {
-    crate::devices::init_dma();
-    let grants = grants()?;
+pub fn open_blk(index: usize, opts: BlkOptions) -> core::result::Result<Blk, alloc::string::String> {
+    let platform = platform()?;
     let w = XenWaiter {
         mode: pvkit_frontends::wait::WaitMode::Interrupt,
     };
@@ -145,18 +161,14 @@ pub fn open_blk(
                 "device xen-blk absent (no vbd {index} in XenStore device/vbd)"
             ));
         };
-        BlkFront::connect(xs, &w, &HOST, grants, dev, opts)
+        BlkFront::connect(xs, &w, platform, dev, opts)
             .map_err(|e| alloc::format!("{e} (after the failed connect: {})", grant_report()))
     })?
 }
 
 /// Opens the `index`-th vif of this domain.
-pub fn open_net(
-    index: usize,
-    timeout_us: u64,
-) -> core::result::Result<NetFront<KernelXenHost>, alloc::string::String> {
-    crate::devices::init_dma();
-    let grants = grants()?;
+pub fn open_net(index: usize, timeout_us: u64) -> core::result::Result<Net, alloc::string::String> {
+    let platform = platform()?;
     let w = XenWaiter {
         mode: pvkit_frontends::wait::WaitMode::Interrupt,
     };
@@ -167,7 +179,7 @@ pub fn open_net(
                 "device xen-net absent (no vif {index} in XenStore device/vif)"
             ));
         };
-        NetFront::connect(xs, &w, &HOST, grants, dev, timeout_us)
+        NetFront::connect(xs, &w, platform, dev, timeout_us)
             .map_err(|e| alloc::format!("{e} (after the failed connect: {})", grant_report()))
     })?
 }

@@ -1,30 +1,25 @@
 //! The kernel's XenStore connection: the client from `pvkit_frontends::xen::xenstore` over the ring
 //! page and event channel named in `start_info`, plus the [`XenWaiter`] every Xen frontend waits with
 //! (Xen system time as the clock; idling blocks the vCPU until an event or a 10 ms timeout).
+//! Notifications go through the frontends' `PortNotify` on the kernel's event channels.
 
 use core::ptr::NonNull;
 
 use pvkit_frontends::wait::{WaitMode, Waiter};
+use pvkit_frontends::xen::evtchn::PortNotify;
 use pvkit_frontends::xen::xenstore::XenStore;
 use ring_protocol::abi::event_channel::EvtchnPort;
 use ring_protocol::abi::xenstore::XenstoreDomainInterface;
 use ring_protocol::byte_ring::xenstore_guest;
-use ring_protocol::platform::Notify;
 
+use super::devices::KernelEvents;
 use crate::arch::x86_64::cpu;
 
 /// Longest single sleep of [`XenWaiter::idle`].
 const IDLE_SLICE_NS: u64 = 10_000_000;
 
-/// Notifies the peer of an event channel.
-#[derive(Debug, Clone, Copy)]
-pub struct EvtchnNotify(pub EvtchnPort);
-
-impl Notify for EvtchnNotify {
-    fn notify(&self) -> ring_protocol::Result<()> {
-        super::events::send(self.0).map_err(|e| ring_protocol::Error::NotifyFailed { status: e.rc as i32 })
-    }
-}
+/// Notifies the peer of one of the kernel's event channels.
+pub type EvtchnNotify = PortNotify<KernelEvents>;
 
 /// Clock and idle for Xen frontends.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +81,7 @@ pub fn with<T>(f: impl FnOnce(&mut Client) -> T) -> Result<T, alloc::string::Str
         let port = s.si.store_evtchn;
         super::events::set_handler(port, wake)
             .map_err(|e| alloc::format!("XenStore event channel {port}: {e}"))?;
-        *guard = Some(XenStore::new(ring, EvtchnNotify(port)));
+        *guard = Some(XenStore::new(ring, PortNotify::new(KernelEvents, port)));
     }
     Ok(f(guard.as_mut().expect("connected above")))
 }

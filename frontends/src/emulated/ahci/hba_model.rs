@@ -12,7 +12,7 @@ use std::vec::Vec;
 
 use super::*;
 use crate::block::{read, write};
-use crate::dma::fake::{self as dma_fake, BUS_OFFSET};
+use crate::dma::fake::BUS_OFFSET;
 use crate::wait::fake::StepClock;
 
 const SECTORS: u64 = 4096;
@@ -255,14 +255,13 @@ impl Mmio for FakeMmio {
 }
 
 fn disk(ncq: bool) -> (AhciDisk<FakeMmio>, Rc<RefCell<Hba>>) {
-    dma_fake::install();
     let hba = Rc::new(RefCell::new(Hba::new()));
-    let disk = AhciDisk::probe(FakeMmio(hba.clone()), ncq).unwrap();
+    let disk = AhciDisk::probe(FakeMmio(hba.clone()), crate::dma::fake::dma(), ncq).unwrap();
     (disk, hba)
 }
 
 fn req(tag: u64, op: BlockOp, sector: u64, fill: u8) -> BlockRequest {
-    let mut buf = DmaBuf::new(4096).unwrap();
+    let mut buf = DmaBuf::new(crate::dma::fake::dma(), 4096).unwrap();
     buf.as_mut_slice().fill(fill);
     BlockRequest { tag, op, sector, buf }
 }

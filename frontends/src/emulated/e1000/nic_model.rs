@@ -11,7 +11,7 @@ use std::vec;
 use std::vec::Vec;
 
 use super::*;
-use crate::dma::fake::{self as dma_fake, BUS_OFFSET};
+use crate::dma::fake::BUS_OFFSET;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 
@@ -146,9 +146,8 @@ impl Mmio for FakeMmio {
 }
 
 fn nic() -> (E1000<FakeMmio>, Rc<RefCell<Nic>>) {
-    dma_fake::install();
     let model = Rc::new(RefCell::new(Nic::default()));
-    let dev = E1000::new(FakeMmio(model.clone())).unwrap();
+    let dev = E1000::new(FakeMmio(model.clone()), crate::dma::fake::dma()).unwrap();
     (dev, model)
 }
 

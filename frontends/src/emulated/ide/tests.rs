@@ -10,7 +10,6 @@ use std::vec::Vec;
 
 use super::*;
 use crate::block::{BlockDevice, flush, read, write};
-use crate::dma::fake as dma_fake;
 use crate::wait::fake::StepClock;
 
 const SECTORS: u64 = 1 << 12;
@@ -319,9 +318,13 @@ impl PortIo for FakePorts {
 }
 
 fn disk() -> (IdeDisk<FakePorts>, Rc<RefCell<Drive>>) {
-    dma_fake::install();
     let drive = Rc::new(RefCell::new(Drive::new()));
-    let disk = IdeDisk::probe(FakePorts(drive.clone()), IdeChannel::PRIMARY_MASTER).unwrap();
+    let disk = IdeDisk::probe(
+        FakePorts(drive.clone()),
+        IdeChannel::PRIMARY_MASTER,
+        crate::dma::fake::dma(),
+    )
+    .unwrap();
     (disk, drive)
 }
 
@@ -361,7 +364,7 @@ fn absent_channel_floats_high() {
         }
         fn write32_rep(&self, _: u16, _: &[u8]) {}
     }
-    let e = IdeDisk::probe(Floating, IdeChannel::PRIMARY_MASTER).unwrap_err();
+    let e = IdeDisk::probe(Floating, IdeChannel::PRIMARY_MASTER, crate::dma::fake::dma()).unwrap_err();
     assert_eq!(e, Error::Absent { device: "ide" });
 }
 
@@ -437,7 +440,7 @@ fn second_request_is_queue_full_and_out_of_range_is_rejected() {
         tag: sector,
         op: BlockOp::Read,
         sector,
-        buf: crate::dma::DmaBuf::new(512).unwrap(),
+        buf: crate::dma::DmaBuf::new(crate::dma::fake::dma(), 512).unwrap(),
     };
     disk.submit(req(0)).unwrap();
     let r = disk.submit(req(1)).unwrap_err();
@@ -456,7 +459,7 @@ fn interrupt_ack_reads_status_and_counts() {
         tag: 1,
         op: BlockOp::Read,
         sector: 3,
-        buf: crate::dma::DmaBuf::new(512).unwrap(),
+        buf: crate::dma::DmaBuf::new(crate::dma::fake::dma(), 512).unwrap(),
     })
     .unwrap();
     assert!(drive.borrow().irq);
@@ -480,10 +483,14 @@ fn thirty_two_bit_pio_moves_the_same_bytes() {
 
 #[test]
 fn multiple_mode_moves_a_block_per_interrupt() {
-    dma_fake::install();
     let drive = Rc::new(RefCell::new(Drive::new()));
     drive.borrow_mut().multiple_cap = 16;
-    let mut disk = IdeDisk::probe(FakePorts(drive.clone()), IdeChannel::PRIMARY_MASTER).unwrap();
+    let mut disk = IdeDisk::probe(
+        FakePorts(drive.clone()),
+        IdeChannel::PRIMARY_MASTER,
+        crate::dma::fake::dma(),
+    )
+    .unwrap();
     assert_eq!(disk.multiple_block(), Some(16));
     assert_eq!(drive.borrow().commands[1], (ata::cmd::SET_MULTIPLE, 0, 16));
     let clock = StepClock::new(1);

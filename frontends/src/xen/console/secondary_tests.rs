@@ -1,62 +1,38 @@
 //! The secondary console against a fake backend that echoes every byte (as pvkit's daemon does in
-//! echo mode), driven by the generic console echo workload.
+//! echo mode), driven by the generic console echo workload, over `ring_protocol`'s fake grant table
+//! and this crate's fake event channels.
 
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use core::sync::atomic::{AtomicU32, Ordering};
 
-use ring_protocol::abi::grant_table::{GTF_PERMIT_ACCESS, GrantEntryV1};
-use ring_protocol::abi::xen::{DomId, XenPfn};
+use ring_protocol::abi::grant_table::GTF_PERMIT_ACCESS;
 use ring_protocol::byte_ring::console_backend;
-use zerocopy::FromZeros;
+use ring_protocol::platform::fake::FakeGrantTable;
 
+use super::super::evtchn::fake::{FIRST_PORT, FakeEventChannels};
 use super::super::xenstore::fake::FakeXenStore;
 use super::*;
+use crate::dma::fake::FAKE_DMA;
 use crate::wait::WaitMode;
 use crate::workload::Recorder;
 
 const BE: &str = "/local/domain/0/backend/console/3/1";
 const FE: &str = "/local/domain/3/device/console/1";
+/// The backend's domain.
+const BACKEND: u16 = 0;
 
-#[derive(Default)]
-struct Host {
-    frames: spin::Mutex<Vec<usize>>,
-    ack: spin::Mutex<Option<SharedIrqAck>>,
-    closed: AtomicU32,
-}
-
-impl XenDeviceHost for Host {
-    fn alloc_unbound(&self, _: DomId) -> Result<EvtchnPort> {
-        Ok(9)
-    }
-    fn notify(&self, _: EvtchnPort) -> Result<()> {
-        Ok(())
-    }
-    fn close(&self, _: EvtchnPort) {
-        self.closed.fetch_add(1, Ordering::Relaxed);
-    }
-    fn bind(&self, _: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
-        *self.ack.lock() = Some(ack);
-        Ok(())
-    }
-    fn frame_of(&self, virt: *const u8) -> XenPfn {
-        let page = virt as usize & !(PAGE_SIZE - 1);
-        let mut f = self.frames.lock();
-        let n = f.iter().position(|&p| p == page).unwrap_or_else(|| {
-            f.push(page);
-            f.len() - 1
-        });
-        n as XenPfn + 0x3000
-    }
-}
+type Con = SecondaryConsole<&'static FakeGrantTable, &'static FakeEventChannels>;
 
 struct World {
     daemon: RefCell<FakeXenStore>,
-    host: &'static Host,
-    entries: &'static [GrantEntryV1],
+    grants: &'static FakeGrantTable,
+    events: &'static FakeEventChannels,
     ring: RefCell<Option<Duplex>>,
+    /// The page's grant while the backend maps it.
+    mapped: Cell<Option<u32>>,
+    /// Keep the page mapped after the frontend closes.
+    keep_page: Cell<bool>,
     /// Bytes read from the guest and not yet written back.
     pending: RefCell<Vec<u8>>,
     /// Flip the n-th byte echoed (a corrupting backend).
@@ -85,22 +61,30 @@ impl World {
         if self.ring.borrow().is_none() {
             if self.read_fe("state") == Some(3) && !self.silent {
                 let gref = self.read_fe("ring-ref").unwrap();
-                let e = self.entries[gref as usize];
-                assert_eq!(
-                    e.flags & GTF_PERMIT_ACCESS,
-                    GTF_PERMIT_ACCESS,
-                    "ring-ref not granted"
-                );
-                let page = self.host.frames.lock()[(e.frame - 0x3000) as usize];
-                let intf = NonNull::new(page as *mut XenconsInterface).unwrap();
-                // SAFETY: the granted console page, used by this backend end and the frontend only.
+                let page = self
+                    .grants
+                    .peer_map(BACKEND, gref, Access::ReadWrite)
+                    .expect("ring-ref granted to the backend");
+                self.mapped.set(Some(gref));
+                let intf = page.cast::<XenconsInterface>();
+                // SAFETY: the granted console page, mapped (so kept alive by the frontend) while
+                // this end exists, used by this backend end and the frontend only.
                 *self.ring.borrow_mut() = Some(unsafe { console_backend(intf) }.unwrap());
                 self.set_be_state(b"4");
             }
             return;
         }
         if self.read_fe("state") == Some(5) {
+            if !self.keep_page.get() {
+                *self.ring.borrow_mut() = None;
+                if let Some(gref) = self.mapped.take() {
+                    self.grants.peer_unmap(BACKEND, gref, Access::ReadWrite).unwrap();
+                }
+            }
             self.set_be_state(b"6");
+            return;
+        }
+        if self.read_fe("state") == Some(6) {
             return;
         }
         let mut ring = self.ring.borrow_mut();
@@ -121,10 +105,8 @@ impl World {
         let w = ring.tx.write(&pending).unwrap().bytes;
         pending.drain(..w);
         self.echoed.set(self.echoed.get() + w);
-        if (n > 0 || w > 0)
-            && let Some(a) = self.host.ack.lock().as_ref()
-        {
-            a.ack();
+        if n > 0 || w > 0 {
+            self.events.raise_all();
         }
     }
 }
@@ -156,26 +138,21 @@ impl Notify for NoKick {
     }
 }
 
-fn world(silent: bool) -> (XenStore<NoKick>, World, &'static GrantTable) {
-    crate::dma::fake::install();
+fn world(silent: bool) -> (XenStore<NoKick>, World, &'static FakeGrantTable) {
     let (mut daemon, ring) = FakeXenStore::new(3);
     daemon.external_write("device/console/1/backend", BE.as_bytes());
     daemon.external_write("device/console/1/backend-id", b"0");
     daemon.external_write(&alloc::format!("{BE}/state"), b"2");
-    let entries: &'static mut [GrantEntryV1] =
-        Box::leak(vec![GrantEntryV1::new_zeroed(); 64].into_boxed_slice());
-    let p = NonNull::from(&mut entries[0]);
-    // SAFETY: leaked table memory; the fake backend only reads it.
-    let grants: &'static GrantTable = Box::leak(Box::new(unsafe { GrantTable::new(p, 64) }));
-    // SAFETY: read-only view of the same leaked memory.
-    let view: &'static [GrantEntryV1] = unsafe { core::slice::from_raw_parts(p.as_ptr(), 64) };
+    let grants: &'static FakeGrantTable = Box::leak(Box::new(FakeGrantTable::new(64)));
     (
         XenStore::new(ring, NoKick),
         World {
             daemon: RefCell::new(daemon),
-            host: Box::leak(Box::default()),
-            entries: view,
+            grants,
+            events: Box::leak(Box::default()),
             ring: RefCell::new(None),
+            mapped: Cell::new(None),
+            keep_page: Cell::new(false),
             pending: RefCell::new(Vec::new()),
             corrupt_at: Cell::new(None),
             silent,
@@ -186,13 +163,15 @@ fn world(silent: bool) -> (XenStore<NoKick>, World, &'static GrantTable) {
     )
 }
 
-fn connect(
-    xs: &mut XenStore<NoKick>,
-    w: &World,
-    grants: &'static GrantTable,
-) -> Result<SecondaryConsole<Host>> {
+fn connect(xs: &mut XenStore<NoKick>, w: &World, grants: &'static FakeGrantTable) -> Result<Con> {
+    assert!(core::ptr::eq(grants, w.grants));
     let dev = xenbus::enumerate(xs, w, "console")?.remove(0);
-    SecondaryConsole::connect(xs, w, w.host, grants, dev, 1_000_000)
+    let platform = XenPlatform {
+        grants: w.grants,
+        events: w.events,
+        dma: crate::dma::fake::dma(),
+    };
+    SecondaryConsole::connect(xs, w, platform, dev, 1_000_000)
 }
 
 #[test]
@@ -200,7 +179,7 @@ fn the_echo_workload_runs_over_the_secondary_console() {
     let (mut xs, w, grants) = world(false);
     let mut con = connect(&mut xs, &w, grants).unwrap();
     assert_eq!(con.device().id, "1");
-    assert_eq!(w.read_fe("port"), Some(9));
+    assert_eq!(w.read_fe("port"), Some(FIRST_PORT));
     assert_eq!(
         w.read_fe("state"),
         Some(4),
@@ -208,6 +187,7 @@ fn the_echo_workload_runs_over_the_secondary_console() {
     );
     assert!(w.read_fe("ring-ref").is_some());
     assert_eq!(grants.stats().active, 1, "one page granted");
+    assert_eq!(grants.stats().peer_mappings, 1, "the backend maps it");
     let mut rec = Recorder::default();
     // 9000 bytes: more than either ring holds, many times over.
     let r = crate::workload::console::echo(&mut con, &w, 9000, 4, &mut rec).unwrap();
@@ -226,11 +206,32 @@ fn the_echo_workload_runs_over_the_secondary_console() {
     assert!(matches!(seen, XenbusState::Closing | XenbusState::Closed));
     assert!(!kept);
     assert_eq!(grants.stats().active, 0, "the page's grant ended");
-    assert_eq!(
-        w.host.closed.load(Ordering::Relaxed),
-        1,
-        "the event channel closed"
+    assert_eq!(w.events.closed(), 1, "the event channel closed");
+}
+
+#[test]
+fn xsa396_a_backend_keeping_the_page_after_close_gets_it_abandoned_not_freed() {
+    let (mut xs, w, grants) = world(false);
+    let mut con = connect(&mut xs, &w, grants).unwrap();
+    let mut rec = Recorder::default();
+    crate::workload::console::echo(&mut con, &w, 100, 1, &mut rec).unwrap();
+    w.keep_page.set(true);
+    let gref = w.mapped.get().unwrap();
+    let page = grants.peer_map(BACKEND, gref, Access::ReadWrite).unwrap();
+    grants.peer_unmap(BACKEND, gref, Access::ReadWrite).unwrap();
+    let (_, kept) = con.disconnect(&mut xs, &w, 200_000).unwrap();
+    assert!(kept, "the page had to be kept");
+    assert_eq!(grants.abandoned(), (1, 1), "abandoned and counted");
+    assert!(
+        FAKE_DMA.is_live(page.as_ptr()),
+        "never freed while the backend maps it"
     );
+    let e = grants.entry(gref).unwrap();
+    assert_eq!(
+        (e.flags & GTF_PERMIT_ACCESS, e.domid),
+        (GTF_PERMIT_ACCESS, BACKEND)
+    );
+    assert_eq!(w.events.closed(), 1);
 }
 
 #[test]
@@ -265,5 +266,5 @@ fn a_backend_that_never_connects_times_out_and_the_grant_ends() {
         other => panic!("expected a xenbus timeout, got {other:?}"),
     }
     assert_eq!(grants.stats().active, 0, "nothing stays granted");
-    assert_eq!(w.host.closed.load(Ordering::Relaxed), 1);
+    assert_eq!(w.events.closed(), 1);
 }

@@ -1,21 +1,21 @@
-//! netfront against a fake copy-mode netback that echoes every frame with the MACs swapped. Like
-//! Xen, the fake marks a grant in use (`GTF_reading`/`GTF_writing`) while it holds a mapping (the
-//! rings from connect to close); [`Mode`] turns it hostile.
+//! netfront against a fake copy-mode netback that echoes every frame with the MACs swapped, over
+//! `ring_protocol`'s fake grant table and this crate's fake event channels. Like Xen, the table marks
+//! a grant in use (`GTF_reading`/`GTF_writing`) while the backend holds a mapping (the rings from
+//! connect to close); data moves by grant copies. [`Mode`] turns it hostile.
 
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use ring_protocol::abi::grant_table::{
-    GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY, GTF_WRITING, GrantEntryV1,
-};
-use ring_protocol::abi::xen::{DomId, XenPfn};
+use ring_protocol::abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READONLY};
+use ring_protocol::platform::ShareMemory;
+use ring_protocol::platform::fake::FakeGrantTable;
 use ring_protocol::ring::BackRing;
-use zerocopy::FromZeros;
 
+use super::super::evtchn::fake::{FIRST_PORT, FakeEventChannels};
 use super::super::xenstore::fake::FakeXenStore;
 use super::*;
 use crate::dma::fake::FAKE_DMA;
@@ -24,38 +24,10 @@ use crate::wait::WaitMode;
 const BE: &str = "/local/domain/0/backend/vif/3/0";
 const FE: &str = "/local/domain/3/device/vif/0";
 const TABLE: usize = 256;
+/// The backend's domain.
+const BACKEND: u16 = 0;
 
-#[derive(Default)]
-struct Host {
-    frames: spin::Mutex<Vec<usize>>,
-    ack: spin::Mutex<Option<SharedIrqAck>>,
-    closed: spin::Mutex<u32>,
-}
-
-impl XenDeviceHost for Host {
-    fn alloc_unbound(&self, _: DomId) -> Result<EvtchnPort> {
-        Ok(9)
-    }
-    fn notify(&self, _: EvtchnPort) -> Result<()> {
-        Ok(())
-    }
-    fn close(&self, _: EvtchnPort) {
-        *self.closed.lock() += 1;
-    }
-    fn bind(&self, _: EvtchnPort, ack: SharedIrqAck) -> Result<()> {
-        *self.ack.lock() = Some(ack);
-        Ok(())
-    }
-    fn frame_of(&self, virt: *const u8) -> XenPfn {
-        let page = virt as usize & !(PAGE_SIZE - 1);
-        let mut f = self.frames.lock();
-        let n = f.iter().position(|&p| p == page).unwrap_or_else(|| {
-            f.push(page);
-            f.len() - 1
-        });
-        n as XenPfn + 0x2000
-    }
-}
+type Dev = NetFront<&'static FakeGrantTable, &'static FakeEventChannels>;
 
 type TxBack = BackRing<NetifTxRequest, NetifTxResponse>;
 type RxBack = BackRing<NetifRxRequest, NetifRxResponse>;
@@ -81,8 +53,8 @@ struct Mode {
 
 struct World {
     daemon: RefCell<FakeXenStore>,
-    host: &'static Host,
-    entries: NonNull<GrantEntryV1>,
+    grants: &'static FakeGrantTable,
+    events: &'static FakeEventChannels,
     rings: RefCell<Option<(TxBack, RxBack)>>,
     mode: Mode,
     /// Ring grants and pages while mapped.
@@ -99,45 +71,16 @@ struct World {
 }
 
 impl World {
-    fn entry(&self, gref: u32) -> GrantEntryV1 {
-        assert!((gref as usize) < TABLE, "gref {gref} beyond the table");
-        // SAFETY: inside the leaked table; a copy, read while the frontend is not running.
-        unsafe { self.entries.as_ptr().wrapping_add(gref as usize).read_volatile() }
-    }
-
-    fn flags(&self, gref: u32) -> &AtomicU16 {
-        assert!((gref as usize) < TABLE);
-        // SAFETY: `flags` is the first, 2-aligned field of an entry in the leaked table; the grant
-        // table accesses it atomically too.
-        unsafe { AtomicU16::from_ptr(self.entries.as_ptr().wrapping_add(gref as usize).cast::<u16>()) }
-    }
-
-    /// The page behind `gref`, after Xen's checks (a grant copy: no lasting mapping).
-    fn page(&self, gref: u32, write: bool) -> *mut u8 {
-        let e = self.entry(gref);
-        assert_eq!(
-            e.flags & GTF_PERMIT_ACCESS,
-            GTF_PERMIT_ACCESS,
-            "gref {gref} not granted"
-        );
-        assert!(
-            !write || e.flags & GTF_READONLY == 0,
-            "write through read-only gref {gref}"
-        );
-        self.host.frames.lock()[(e.frame - 0x2000) as usize] as *mut u8
-    }
-
     /// A lasting mapping: Xen marks the grant in use until `unmap`.
-    fn map(&self, gref: u32, write: bool) -> *mut u8 {
-        let p = self.page(gref, write);
-        let bits = GTF_READING | if write { GTF_WRITING } else { 0 };
-        self.flags(gref).fetch_or(bits, Ordering::SeqCst);
-        p
+    fn map(&self, gref: u32, access: Access) -> *mut u8 {
+        self.grants
+            .peer_map(BACKEND, gref, access)
+            .unwrap_or_else(|e| panic!("backend mapping gref {gref}: {e}"))
+            .as_ptr()
     }
 
-    fn unmap(&self, gref: u32) {
-        self.flags(gref)
-            .fetch_and(!(GTF_READING | GTF_WRITING), Ordering::SeqCst);
+    fn unmap(&self, gref: u32, access: Access) {
+        self.grants.peer_unmap(BACKEND, gref, access).unwrap();
     }
 
     fn read_fe(&self, key: &str) -> Option<u32> {
@@ -162,7 +105,7 @@ impl World {
             if !self.mode.keep_rings {
                 *self.rings.borrow_mut() = None;
                 for r in self.ring_refs.take() {
-                    self.unmap(r);
+                    self.unmap(r, Access::ReadWrite);
                 }
             }
             let d = self.daemon.borrow();
@@ -179,8 +122,8 @@ impl World {
                     self.read_fe("tx-ring-ref").unwrap(),
                     self.read_fe("rx-ring-ref").unwrap(),
                 );
-                let tx = NonNull::new(self.map(tr, true)).unwrap();
-                let rx = NonNull::new(self.map(rr, true)).unwrap();
+                let tx = NonNull::new(self.map(tr, Access::ReadWrite)).unwrap();
+                let rx = NonNull::new(self.map(rr, Access::ReadWrite)).unwrap();
                 *self.ring_refs.borrow_mut() = vec![tr, rr];
                 *self.ring_ptrs.borrow_mut() = vec![tx.as_ptr(), rx.as_ptr()];
                 if self.mode.refuse_after_map {
@@ -202,24 +145,23 @@ impl World {
             && self.held_rx.get().is_none()
             && let Some(rreq) = rx.read_request().unwrap()
         {
-            self.held_rx.set(Some((rreq.gref, self.map(rreq.gref, true))));
+            self.held_rx
+                .set(Some((rreq.gref, self.map(rreq.gref, Access::ReadWrite))));
         }
         let mut notify = false;
         let mut answered = false;
         while let Some(req) = tx.read_request().unwrap() {
             answered = true;
-            let src = if self.mode.keep_tx {
-                let p = self.map(req.gref, false);
+            if self.mode.keep_tx {
+                let p = self.map(req.gref, Access::ReadOnly);
                 self.kept_tx.borrow_mut().push((req.gref, p));
-                p
-            } else {
-                self.page(req.gref, false)
-            };
+            }
             let len = usize::from(req.size);
-            // SAFETY: the granted tx page holds `size` bytes at `offset` (within the page).
-            let at = src.wrapping_add(usize::from(req.offset));
-            // SAFETY: as above.
-            let mut frame = unsafe { core::slice::from_raw_parts(at, len) }.to_vec();
+            // A grant copy of the frame out of the tx page.
+            let mut frame = vec![0u8; len];
+            self.grants
+                .peer_read(BACKEND, req.gref, usize::from(req.offset), &mut frame)
+                .unwrap();
             let (dst, srcmac) = frame.split_at_mut(6);
             dst.swap_with_slice(&mut srcmac[..6]);
             tx.write_response(&NetifTxResponse {
@@ -230,11 +172,8 @@ impl World {
             let Some(rreq) = rx.read_request().unwrap() else {
                 panic!("no rx buffer posted")
             };
-            let to = self.page(rreq.gref, true);
-            // SAFETY: the granted rx page is a whole page; frames are at most 1514 bytes.
-            let at = to.wrapping_add(2);
-            // SAFETY: as above.
-            unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), at, len) };
+            // A grant copy into the rx page, 2 bytes in (frames are at most 1514 bytes).
+            self.grants.peer_write(BACKEND, rreq.gref, 2, &frame).unwrap();
             let id = self.bogus_rx_id.take().unwrap_or(rreq.id);
             rx.write_response(&NetifRxResponse {
                 id,
@@ -253,8 +192,8 @@ impl World {
             let rsp_prod = unsafe { AtomicU32::from_ptr(self.ring_ptrs.borrow()[0].wrapping_add(8).cast()) };
             rsp_prod.store(tx.rsp_prod_pvt() + self.mode.overrun_tx, Ordering::Release);
         }
-        if notify && let Some(a) = self.host.ack.lock().as_ref() {
-            a.ack();
+        if notify {
+            self.events.raise_all();
         }
     }
 }
@@ -286,13 +225,12 @@ impl Notify for NoKick {
     }
 }
 
-fn world(rx_copy: bool, mac: &str) -> (XenStore<NoKick>, World, &'static GrantTable) {
+fn world(rx_copy: bool, mac: &str) -> (XenStore<NoKick>, World, &'static FakeGrantTable) {
     world_with(if rx_copy { "1" } else { "" }, mac, Mode::default())
 }
 
 /// `rx_copy` is the backend's `feature-rx-copy` (empty: absent).
-fn world_with(rx_copy: &str, mac: &str, mode: Mode) -> (XenStore<NoKick>, World, &'static GrantTable) {
-    crate::dma::fake::install();
+fn world_with(rx_copy: &str, mac: &str, mode: Mode) -> (XenStore<NoKick>, World, &'static FakeGrantTable) {
     let (mut daemon, ring) = FakeXenStore::new(3);
     daemon.external_write("device/vif/0/backend", BE.as_bytes());
     daemon.external_write("device/vif/0/backend-id", b"0");
@@ -301,17 +239,13 @@ fn world_with(rx_copy: &str, mac: &str, mode: Mode) -> (XenStore<NoKick>, World,
     if !rx_copy.is_empty() {
         daemon.external_write(&alloc::format!("{BE}/feature-rx-copy"), rx_copy.as_bytes());
     }
-    let entries: &'static mut [GrantEntryV1] =
-        Box::leak(vec![GrantEntryV1::new_zeroed(); TABLE].into_boxed_slice());
-    let p = NonNull::from(&mut entries[0]);
-    // SAFETY: leaked table memory; the fake backend reads it and sets Xen's in-use bits atomically.
-    let grants: &'static GrantTable = Box::leak(Box::new(unsafe { GrantTable::new(p, TABLE) }));
+    let grants: &'static FakeGrantTable = Box::leak(Box::new(FakeGrantTable::new(TABLE)));
     (
         XenStore::new(ring, NoKick),
         World {
             daemon: RefCell::new(daemon),
-            host: Box::leak(Box::default()),
-            entries: p,
+            grants,
+            events: Box::leak(Box::default()),
             rings: RefCell::new(None),
             mode,
             ring_refs: RefCell::new(Vec::new()),
@@ -326,45 +260,56 @@ fn world_with(rx_copy: &str, mac: &str, mode: Mode) -> (XenStore<NoKick>, World,
     )
 }
 
-fn connect(xs: &mut XenStore<NoKick>, w: &World, grants: &'static GrantTable) -> Result<NetFront<Host>> {
+fn connect(xs: &mut XenStore<NoKick>, w: &World, grants: &'static FakeGrantTable) -> Result<Dev> {
+    assert!(core::ptr::eq(grants, w.grants));
     let dev = xenbus::enumerate(xs, w, "vif")?.remove(0);
-    NetFront::connect(xs, w, w.host, grants, dev, 200_000)
+    let platform = XenPlatform {
+        grants: w.grants,
+        events: w.events,
+        dma: crate::dma::fake::dma(),
+    };
+    NetFront::connect(xs, w, platform, dev, 200_000)
 }
 
-fn stats(g: &GrantTable) -> (usize, u64, u64) {
+/// (grants active, grants abandoned, pages abandoned with them).
+fn stats(g: &FakeGrantTable) -> (usize, usize, usize) {
     let s = g.stats();
-    (s.active, s.abandoned, s.leaked_pages)
+    (s.active, s.abandoned, s.abandoned_pages)
 }
 
-/// Asserts that `refs` still grant domain 0 access and are never handed out again.
-fn assert_still_granted_and_never_reused(w: &World, grants: &GrantTable, refs: &[u32]) {
+/// Asserts that `refs` still grant the backend's domain access and are never handed out again.
+fn assert_still_granted_and_never_reused(grants: &FakeGrantTable, refs: &[u32]) {
     for &r in refs {
-        let e = w.entry(r);
+        let e = grants.entry(r).unwrap();
         assert_eq!(
             (e.flags & GTF_PERMIT_ACCESS, e.domid),
-            (GTF_PERMIT_ACCESS, 0),
+            (GTF_PERMIT_ACCESS, BACKEND),
             "abandoned gref {r} still granted"
         );
     }
+    #[repr(C, align(4096))]
+    struct Page([u8; PAGE_SIZE]);
+    let page = NonNull::from(Box::leak(Box::new(Page([0; PAGE_SIZE])))).cast::<u8>();
     let mut fresh = Vec::new();
-    while let Ok(r) = grants.grant(0, 0x7777, Access::ReadOnly) {
+    // SAFETY: a leaked page, never freed; nothing reads it.
+    while let Ok(r) = unsafe { grants.share(BACKEND, page, Access::ReadOnly) } {
         assert!(!refs.contains(&r), "abandoned gref {r} handed out again");
         fresh.push(r);
     }
     for r in fresh {
-        grants.end_access(r).unwrap();
+        grants.revoke(r).unwrap();
     }
 }
 
 /// A frame to our peer.
-fn frame(dev: &NetFront<Host>, len: usize, seed: usize) -> Vec<u8> {
+fn frame(dev: &Dev, len: usize, seed: usize) -> Vec<u8> {
     let mut f: Vec<u8> = (0..len).map(|j| (j * 7 + seed) as u8).collect();
     f[..6].copy_from_slice(&crate::workload::net::PEER_MAC);
     f[6..12].copy_from_slice(&dev.mac());
     f
 }
 
-fn echo(dev: &mut NetFront<Host>, w: &World, f: &[u8]) -> Result<Vec<u8>> {
+fn echo(dev: &mut Dev, w: &World, f: &[u8]) -> Result<Vec<u8>> {
     dev.transmit(f)?;
     let mut buf = [0u8; 1600];
     let n = crate::wait::wait_for(w, 100_000, "echo", || dev.receive(&mut buf))?;
@@ -378,7 +323,7 @@ fn frames_round_trip_through_the_rings_and_buffers_are_reposted() {
     assert_eq!(dev.mac(), [0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]);
     assert_eq!(w.read_fe("request-rx-copy"), Some(1));
     assert_eq!(w.read_fe("feature-rx-notify"), Some(1));
-    assert_eq!(w.read_fe("event-channel"), Some(9));
+    assert_eq!(w.read_fe("event-channel"), Some(FIRST_PORT));
     assert_eq!(w.read_fe("state"), Some(4));
     let base_grants = grants.stats().active;
     assert_eq!(
@@ -417,7 +362,7 @@ fn frames_round_trip_through_the_rings_and_buffers_are_reposted() {
         (0, 0, 0),
         "every grant ended on disconnect, nothing leaked"
     );
-    assert_eq!(*w.host.closed.lock(), 1);
+    assert_eq!(w.events.closed(), 1);
 }
 
 #[test]
@@ -519,11 +464,11 @@ fn xsa396_rx_buffer_still_mapped_at_disconnect_is_abandoned_not_freed() {
     assert_eq!(stats(grants), (1, 1, 1), "that one page abandoned and counted");
     assert!(FAKE_DMA.is_live(page), "the writable rx page was not freed");
     assert_eq!(
-        w.entry(gref).flags & (GTF_PERMIT_ACCESS | GTF_READONLY),
+        grants.entry(gref).unwrap().flags & (GTF_PERMIT_ACCESS | GTF_READONLY),
         GTF_PERMIT_ACCESS,
         "still the writable grant it was"
     );
-    assert_still_granted_and_never_reused(&w, grants, &[gref]);
+    assert_still_granted_and_never_reused(grants, &[gref]);
     // SAFETY: the abandoned page is leaked (never freed); writing it is what the backend can still do.
     unsafe { page.write_volatile(0x5a) };
 }
@@ -553,8 +498,8 @@ fn xsa396_connect_failing_after_the_backend_mapped_the_rings_abandons_them_if_it
     for &p in w.ring_ptrs.borrow().iter() {
         assert!(FAKE_DMA.is_live(p), "a ring page was freed while mapped");
     }
-    assert_still_granted_and_never_reused(&w, grants, &refs);
-    assert_eq!(*w.host.closed.lock(), 1);
+    assert_still_granted_and_never_reused(grants, &refs);
+    assert_eq!(w.events.closed(), 1);
 
     // The same refusal from a backend that unmaps on close: nothing leaks.
     let (mut xs, w, grants) = world_with(
@@ -598,7 +543,7 @@ fn xsa396_backend_keeping_a_tx_grant_after_its_response_halts_and_the_page_is_ne
     dev.disconnect(&mut xs, &w, 200_000).unwrap();
     assert_eq!(stats(grants), (1, 1, 1));
     assert!(FAKE_DMA.is_live(page));
-    assert_still_granted_and_never_reused(&w, grants, &[gref]);
+    assert_still_granted_and_never_reused(grants, &[gref]);
 }
 
 #[test]
@@ -617,7 +562,7 @@ fn hostile_backend_that_never_connects_times_out_and_releases_everything() {
         other => panic!("expected a xenbus timeout, got {other:?}"),
     }
     assert_eq!(stats(grants), (0, 0, 0), "ring grants ended, nothing leaked");
-    assert_eq!(*w.host.closed.lock(), 1, "event channel closed");
+    assert_eq!(w.events.closed(), 1, "event channel closed");
     assert_eq!(
         w.read_fe("state"),
         Some(6),

@@ -2,7 +2,7 @@
 //!
 //! Xen (or the toolstack's domain builder) reads the notes below, loads the image at its link
 //! address (`VIRT_BASE` 0, `PADDR_OFFSET` 0: virtual = pseudo-physical), fills the hypercall page and
-//! starts [`xen_pv_start`] in 64-bit mode on its own initial page tables with `rsi` = the virtual
+//! starts `xen_pv_start` in 64-bit mode on its own initial page tables with `rsi` = the virtual
 //! address of `start_info`, `rsp` = a bootstrap stack, event upcalls masked. The kernel keeps those
 //! page tables; later mappings go through `mmu_update` (see `crate::xen::memory`).
 //!

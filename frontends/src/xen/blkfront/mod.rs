@@ -12,13 +12,16 @@
 //! (`feature-flush-cache`) or else a `WRITE_BARRIER` (`feature-barrier`). Sector numbers on the ring
 //! are in 512-byte units whatever the disk's sector size.
 //!
+//! The driver is generic over the platform ([`XenPlatform`]: a [`GrantMemory`], the
+//! [`EventChannels`], a DMA allocator); it names no global.
+//!
 //! Against a hostile backend:
-//! - Every shared page (ring, indirect pages, data) is a [`Grant`], which owns the page and its
+//! - Every shared page (ring, indirect pages, data) is a [`Granted`], which owns the page and its
 //!   grants: no path frees a page the backend can still reach. A connection that fails after the
 //!   rings were published runs the close handshake (bounded) before letting the ring go; whatever
 //!   the backend still holds then is abandoned to it and counted ([`GrantStats::leaked_pages`]).
 //! - Responses are copied out of the ring, then checked: the id must name a request in flight (an
-//!   index into the slab, checked against its bounds) and the operation must be that request's. A
+//!   [`IdSlabBox`] id, refused unless in flight) and the operation must be that request's. A
 //!   response producer index past the requests outstanding halts the ring. A backend that keeps a
 //!   grant after completing its request has broken the protocol too. Any of these halts the device:
 //!   requests still in flight come back failed (with their buffers, when their grants end), every
@@ -29,7 +32,6 @@
 //!
 //! [`GrantStats::leaked_pages`]: super::grant::GrantStats::leaked_pages
 
-use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -38,37 +40,26 @@ use ring_protocol::abi::blkif::{
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
     BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_OKAY, BLKIF_SECTOR_SIZE,
     BLKIF_SEGMENTS_PER_INDIRECT_PAGE, BlkifRequest, BlkifRequestIndirect, BlkifRequestSegment, BlkifResponse,
-    VDISK_READONLY, xenbus_keys as keys,
 };
 use ring_protocol::abi::event_channel::EvtchnPort;
-use ring_protocol::abi::xen::{DomId, XEN_IO_PROTO_ABI_X86_64, XenPfn};
 use ring_protocol::platform::{Access, Notify};
-use ring_protocol::ring::FrontRing;
+use ring_protocol::ring::{FrontRing, IdSlabBox};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::grant::{Grant, GrantTable, Granted, NotGranted};
+use super::evtchn::{EventChannels, PortNotify};
+use super::grant::{Granted, NotGranted};
 use super::xenbus::{self, XenbusDevice, XenbusState};
-use super::xenstore::{NO_TX, XenStore};
+use super::xenstore::XenStore;
+use super::{GrantMemory, XenPlatform};
 use crate::block::{BlockCompletion, BlockDevice, BlockInfo, BlockOp, BlockRequest, Rejected, validate};
 use crate::counters::{AtomicCounters, Counters};
-use crate::dma::{DmaBuf, PAGE_SIZE};
+use crate::dma::{DmaAllocator, DmaBuf, PAGE_SIZE};
 use crate::wait::{IrqAck, SharedIrqAck, Waiter, wait_for};
 use crate::{Error, Result};
 
-/// What a Xen frontend needs from its platform besides XenStore and the grant table.
-pub trait XenDeviceHost: Sync {
-    /// Allocates an event channel port `remote` may bind.
-    fn alloc_unbound(&self, remote: DomId) -> Result<EvtchnPort>;
-    /// Signals the remote end of `port`.
-    fn notify(&self, port: EvtchnPort) -> Result<()>;
-    /// Closes `port`.
-    fn close(&self, port: EvtchnPort);
-    /// Routes events on `port` to `ack` (and unmasks it).
-    fn bind(&self, port: EvtchnPort, ack: SharedIrqAck) -> Result<()>;
-    /// The frame number a peer uses for the page containing `virt` (the machine frame for a PV
-    /// guest).
-    fn frame_of(&self, virt: *const u8) -> XenPfn;
-}
+mod connect;
+#[cfg(feature = "hostile-frontend")]
+mod hostile;
 
 /// Connection options.
 #[derive(Debug, Clone, Copy)]
@@ -122,21 +113,21 @@ const DEVICE: &str = "xen-blk";
 
 /// A request's data: shared with the backend, or (a flush) kept private.
 #[derive(Debug)]
-enum Payload {
+enum Payload<G: GrantMemory> {
     Private(DmaBuf),
-    Shared(Grant),
+    Shared(Granted<G>),
 }
 
 #[derive(Debug)]
-struct InFlight {
+struct InFlight<G: GrantMemory> {
     tag: u64,
     op: BlockOp,
     /// The request's `operation` on the ring (`BLKIF_OP_INDIRECT` for an indirect one) and the
     /// operation it carries: a response must name one of them.
     wire_op: u8,
     inner_op: u8,
-    data: Payload,
-    indirect: Option<Grant>,
+    data: Payload<G>,
+    indirect: Option<Granted<G>>,
 }
 
 #[derive(Debug, Default)]
@@ -154,49 +145,37 @@ impl IrqAck for Irq {
     }
 }
 
-/// A connected block frontend.
-pub struct BlkFront<H: XenDeviceHost + 'static> {
-    host: &'static H,
-    grants: &'static GrantTable,
+/// A connected block frontend over the platform `XenPlatform<G, E>`.
+pub struct BlkFront<G: GrantMemory, E: EventChannels> {
+    platform: XenPlatform<G, E>,
     dev: XenbusDevice,
     /// Declared before `ring_mem`: the ring's pointer goes before its memory.
     ring: FrontRing<BlkifRequest, BlkifResponse>,
-    ring_mem: Option<Grant>,
+    ring_mem: Option<Granted<G>>,
     /// `None` once closed.
     port: Option<EvtchnPort>,
     info: BlockInfo,
     features: BlkFeatures,
-    slots: Vec<Option<InFlight>>,
-    free_ids: Vec<u32>,
-    in_flight: usize,
+    /// The requests in flight, by the id on the ring (one per ring slot).
+    requests: IdSlabBox<InFlight<G>>,
     batching: bool,
     unpushed: bool,
     /// Grants the backend still held when their request completed: kept (never reused), tried
     /// again at disconnect, abandoned if still held then.
-    stuck: Vec<Grant>,
+    stuck: Vec<Granted<G>>,
     /// Set once the backend broke the protocol; every later call fails with it.
     broken: Option<Error>,
     irq: Arc<Irq>,
 }
 
-impl<H: XenDeviceHost> core::fmt::Debug for BlkFront<H> {
+impl<G: GrantMemory, E: EventChannels> core::fmt::Debug for BlkFront<G, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("BlkFront")
             .field("dev", &self.dev.frontend)
             .field("features", &self.features)
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.requests.len())
             .field("broken", &self.broken)
             .finish()
-    }
-}
-
-struct PortNotify<'a, H: XenDeviceHost>(&'a H, EvtchnPort);
-
-impl<H: XenDeviceHost> Notify for PortNotify<'_, H> {
-    fn notify(&self) -> ring_protocol::Result<()> {
-        self.0
-            .notify(self.1)
-            .map_err(|_| ring_protocol::Error::NotifyFailed { status: -1 })
     }
 }
 
@@ -208,218 +187,7 @@ fn protocol(what: &'static str, value: u64) -> Error {
     }
 }
 
-/// What the backend published, bounded.
-fn negotiated(
-    sectors_512: u64,
-    sector_size: u64,
-    info: u64,
-    max_indirect: u64,
-    indirect: bool,
-) -> Result<(u64, usize, u32, u32)> {
-    if !(BLKIF_SECTOR_SIZE..=PAGE_SIZE as u64).contains(&sector_size) || !sector_size.is_power_of_two() {
-        return Err(protocol("sector-size", sector_size));
-    }
-    if sectors_512.checked_mul(BLKIF_SECTOR_SIZE).is_none() {
-        return Err(protocol("sectors (the byte size overflows 64 bits)", sectors_512));
-    }
-    let info = u32::try_from(info).map_err(|_| protocol("info", info))?;
-    // Fewer indirect segments than a direct request holds are no use (as Linux reads it).
-    let indirect_segments = if indirect && max_indirect > BLKIF_MAX_SEGMENTS_PER_REQUEST as u64 {
-        max_indirect.min(u64::from(MAX_INDIRECT)) as u32
-    } else {
-        0
-    };
-    Ok((
-        sectors_512 / (sector_size / BLKIF_SECTOR_SIZE),
-        sector_size as usize,
-        info,
-        indirect_segments,
-    ))
-}
-
-impl<H: XenDeviceHost> BlkFront<H> {
-    /// Connects to the backend of `dev`.
-    ///
-    /// # Errors
-    /// A XenStore failure; [`Error::XenbusTimeout`] if the backend does not get ready or connect in
-    /// time; [`Error::Protocol`] if it leaves the handshake or publishes a value out of bounds; grant
-    /// or event channel failures. Whatever failed, the pages shared so far are ended, or abandoned to
-    /// the backend (and counted) if it keeps holding them.
-    pub fn connect<N: Notify>(
-        xs: &mut XenStore<N>,
-        w: &dyn Waiter,
-        host: &'static H,
-        grants: &'static GrantTable,
-        dev: XenbusDevice,
-        opts: BlkOptions,
-    ) -> Result<Self> {
-        xenbus::set_state(xs, w, NO_TX, &dev, XenbusState::Initialising)?;
-        xenbus::wait_backend(
-            xs,
-            w,
-            &dev,
-            "InitWait (ready for the frontend's details)",
-            |s| matches!(s, XenbusState::InitWait | XenbusState::Connected),
-            opts.timeout_us,
-        )?;
-        let offered = xenbus::read_number(xs, w, NO_TX, &dev.be(keys::MAX_RING_PAGE_ORDER))?.unwrap_or(0);
-        let order = u32::try_from(offered)
-            .unwrap_or(u32::MAX)
-            .min(opts.max_ring_order)
-            .min(MAX_RING_ORDER);
-        let pages = 1usize << order;
-        let ring_buf = DmaBuf::new(pages * PAGE_SIZE)?;
-        let ptr = core::ptr::NonNull::new(ring_buf.as_ptr().cast_mut()).expect("DMA buffer at null");
-        // SAFETY: the ring pages are ours: a zeroed DmaBuf that moves into `ring_mem` below (its
-        // memory does not move with it) and lives as long as the ring, declared after it in `Self`.
-        // They are shared only with the backend, through grants, after this point.
-        let ring = unsafe { FrontRing::<BlkifRequest, BlkifResponse>::init(ptr, pages * PAGE_SIZE) }
-            .map_err(Error::Ring)?;
-        let ring_mem = Granted::new(grants, dev.backend_id, ring_buf, Access::ReadWrite, |p| {
-            host.frame_of(p)
-        })
-        .map_err(|e| Error::Ring(e.error))?;
-        let port = host.alloc_unbound(dev.backend_id)?;
-        let slots_n = ring.size();
-        let mut me = Self {
-            host,
-            grants,
-            dev,
-            ring,
-            ring_mem: Some(ring_mem),
-            port: Some(port),
-            info: BlockInfo {
-                capacity_sectors: 0,
-                sector_size: BLKIF_SECTOR_SIZE as usize,
-                max_in_flight: slots_n as usize,
-                max_request_bytes: 0,
-                read_only: true,
-                flush: false,
-            },
-            features: BlkFeatures {
-                ring_order: order,
-                ring_slots: slots_n,
-                indirect_segments: 0,
-                flush_cache: false,
-                barrier: false,
-                sectors_512: 0,
-                info: 0,
-            },
-            slots: (0..slots_n).map(|_| None).collect(),
-            free_ids: (0..slots_n).rev().collect(),
-            in_flight: 0,
-            batching: false,
-            unpushed: false,
-            stuck: Vec::new(),
-            broken: None,
-            irq: Arc::new(Irq::default()),
-        };
-        match me.negotiate(xs, w, opts) {
-            Ok(()) => Ok(me),
-            Err(e) => {
-                // The backend may have mapped the ring by now: close the handshake so it lets go,
-                // then end what it let go of; the drop abandons the rest.
-                let t = opts.timeout_us.min(ABORT_TIMEOUT_US);
-                let _ = xenbus::close(xs, w, &me.dev, t);
-                me.close_port();
-                me.release(w, t);
-                Err(e)
-            }
-        }
-    }
-
-    /// The connection steps from publishing the rings on.
-    fn negotiate<N: Notify>(&mut self, xs: &mut XenStore<N>, w: &dyn Waiter, opts: BlkOptions) -> Result<()> {
-        let order = self.features.ring_order;
-        let port = self.port.expect("open during connect");
-        let d = &self.dev;
-        let refs = self.ring_mem.as_ref().expect("ring during connect").refs();
-        xs.transaction(w, |xs, tx| {
-            if order == 0 {
-                xs.write(w, tx, &d.fe(keys::RING_REF), format!("{}", refs[0]).as_bytes())?;
-            } else {
-                xs.write(w, tx, &d.fe(keys::RING_PAGE_ORDER), format!("{order}").as_bytes())?;
-                for (i, r) in refs.iter().enumerate() {
-                    xs.write(
-                        w,
-                        tx,
-                        &d.fe(&format!("{}{i}", keys::RING_REF)),
-                        format!("{r}").as_bytes(),
-                    )?;
-                }
-            }
-            xs.write(w, tx, &d.fe(keys::EVENT_CHANNEL), format!("{port}").as_bytes())?;
-            xs.write(w, tx, &d.fe(keys::PROTOCOL), XEN_IO_PROTO_ABI_X86_64.as_bytes())?;
-            xenbus::set_state(xs, w, tx, d, XenbusState::Initialised)
-        })?;
-        xenbus::wait_backend_or_refuse(
-            xs,
-            w,
-            d,
-            "Connected",
-            |s| s == XenbusState::Connected,
-            |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
-            opts.timeout_us,
-        )?;
-        let sectors_512 = xs.read_u64(w, NO_TX, &d.be(keys::SECTORS))?;
-        let sector_size =
-            xenbus::read_number(xs, w, NO_TX, &d.be(keys::SECTOR_SIZE))?.unwrap_or(BLKIF_SECTOR_SIZE);
-        let info_bits = xenbus::read_number(xs, w, NO_TX, &d.be(keys::INFO))?.unwrap_or(0);
-        let flush_cache = xenbus::read_flag(xs, w, NO_TX, &d.be(keys::FEATURE_FLUSH_CACHE))?;
-        let barrier = xenbus::read_flag(xs, w, NO_TX, &d.be(keys::FEATURE_BARRIER))?;
-        let max_indirect =
-            xenbus::read_number(xs, w, NO_TX, &d.be(keys::FEATURE_MAX_INDIRECT_SEGMENTS))?.unwrap_or(0);
-        let (capacity_sectors, sector_size, info_bits, indirect_segments) =
-            negotiated(sectors_512, sector_size, info_bits, max_indirect, opts.indirect)?;
-        xenbus::set_state(xs, w, NO_TX, d, XenbusState::Connected)?;
-        self.host.bind(port, self.irq.clone())?;
-        let max_pages = if indirect_segments > 0 {
-            indirect_segments as usize
-        } else {
-            BLKIF_MAX_SEGMENTS_PER_REQUEST
-        };
-        self.info = BlockInfo {
-            capacity_sectors,
-            sector_size,
-            max_in_flight: self.ring.size() as usize,
-            max_request_bytes: max_pages * PAGE_SIZE,
-            read_only: info_bits & VDISK_READONLY != 0,
-            flush: flush_cache || barrier,
-        };
-        self.features = BlkFeatures {
-            indirect_segments,
-            flush_cache,
-            barrier,
-            sectors_512,
-            info: info_bits,
-            ..self.features
-        };
-        Ok(())
-    }
-
-    /// Robustness testing of backends only: behaves like a hostile frontend by publishing a request
-    /// producer index more than a ring's worth of slots ahead of the last response (no correct
-    /// frontend can), then notifies. A correct backend refuses the ring; this device must not be
-    /// used for I/O afterwards. Returns the index published.
-    pub fn publish_impossible_requests(&mut self) -> Result<u32> {
-        let (Some(mem), Some(port)) = (self.ring_mem.as_ref(), self.port) else {
-            return Err(protocol("ring (already disconnected)", 0));
-        };
-        let bogus = self
-            .ring
-            .req_prod_pvt()
-            .wrapping_add(self.ring.size())
-            .wrapping_add(7);
-        // SAFETY: the ring's first 4 bytes are the shared `req_prod`, 4-byte aligned at the start of
-        // our ring page, which stays allocated in `self`; the ring and the backend only access it
-        // atomically.
-        let req_prod = unsafe { core::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast_mut().cast()) };
-        // Release: like a real publication, the (garbage) index is seen after everything before it.
-        req_prod.store(bogus, core::sync::atomic::Ordering::Release);
-        PortNotify(self.host, port).notify().map_err(Error::Ring)?;
-        Ok(bogus)
-    }
-
+impl<G: GrantMemory, E: EventChannels> BlkFront<G, E> {
     /// What was negotiated.
     pub fn features(&self) -> BlkFeatures {
         self.features
@@ -428,6 +196,11 @@ impl<H: XenDeviceHost> BlkFront<H> {
     /// The xenbus device.
     pub fn device(&self) -> &XenbusDevice {
         &self.dev
+    }
+
+    /// The platform the device was opened on.
+    pub fn platform(&self) -> &XenPlatform<G, E> {
+        &self.platform
     }
 
     /// Grants the backend kept after completing their request (never reused).
@@ -447,14 +220,16 @@ impl<H: XenDeviceHost> BlkFront<H> {
 
     fn close_port(&mut self) {
         if let Some(port) = self.port.take() {
-            self.host.close(port);
+            self.platform.events.close(port);
         }
     }
 
     fn kick(&mut self) -> Result<()> {
         let port = self.port.ok_or(protocol("event channel (already closed)", 0))?;
         if self.ring.push_requests_and_check_notify().map_err(Error::Ring)? {
-            PortNotify(self.host, port).notify().map_err(Error::Ring)?;
+            PortNotify::new(&self.platform.events, port)
+                .notify()
+                .map_err(Error::Ring)?;
             self.irq.counters.notified(1);
         }
         self.unpushed = false;
@@ -469,7 +244,7 @@ impl<H: XenDeviceHost> BlkFront<H> {
         op: BlockOp,
         sector: u64,
         buf: DmaBuf,
-    ) -> Result<(BlkifRequest, InFlight), (DmaBuf, Error)> {
+    ) -> Result<(BlkifRequest, InFlight<G>), (DmaBuf, Error)> {
         let sector = sector * self.info.sector_size as u64 / BLKIF_SECTOR_SIZE;
         let (wire_op, access) = match op {
             BlockOp::Read => (BLKIF_OP_READ, Access::ReadWrite),
@@ -500,11 +275,8 @@ impl<H: XenDeviceHost> BlkFront<H> {
             }
         };
         let len = buf.len();
-        let host = self.host;
-        let data = Granted::new(self.grants, self.dev.backend_id, buf, access, |p| {
-            host.frame_of(p)
-        })
-        .map_err(|NotGranted { buf, error }| (buf, Error::Ring(error)))?;
+        let data = Granted::new(self.platform.grants.clone(), self.dev.backend_id, buf, access)
+            .map_err(|NotGranted { buf, error }| (buf, Error::Ring(error)))?;
         let segs: Vec<BlkifRequestSegment> = data
             .refs()
             .iter()
@@ -541,11 +313,14 @@ impl<H: XenDeviceHost> BlkFront<H> {
         }
         // Indirect: segment arrays in their own pages, granted read-only.
         let pages = segs.len().div_ceil(BLKIF_SEGMENTS_PER_INDIRECT_PAGE);
-        let indirect = DmaBuf::new(pages * PAGE_SIZE).and_then(|mut ind| {
+        let indirect = DmaBuf::new(self.platform.dma, pages * PAGE_SIZE).and_then(|mut ind| {
             ind.as_mut_slice()[..segs.len() * 8].copy_from_slice(segs.as_bytes());
-            Granted::new(self.grants, self.dev.backend_id, ind, Access::ReadOnly, |p| {
-                host.frame_of(p)
-            })
+            Granted::new(
+                self.platform.grants.clone(),
+                self.dev.backend_id,
+                ind,
+                Access::ReadOnly,
+            )
             .map_err(|e| Error::Ring(e.error))
         });
         let indirect = match indirect {
@@ -575,7 +350,7 @@ impl<H: XenDeviceHost> BlkFront<H> {
 
     /// Ends a request's grants. Returns its data buffer if the data grants ended, and whether every
     /// grant (indirect pages too) ended; what the backend still holds goes to `stuck`.
-    fn take_back(&mut self, f: InFlight) -> (Option<DmaBuf>, bool) {
+    fn take_back(&mut self, f: InFlight<G>) -> (Option<DmaBuf>, bool) {
         let mut all = true;
         if let Some(ind) = f.indirect {
             // An ended indirect page is freed here (dropped with its buffer).
@@ -601,12 +376,9 @@ impl<H: XenDeviceHost> BlkFront<H> {
     /// On a broken device: hands back the next request still in flight, failed with `e` (its buffer
     /// if its grants end), or returns `e` once none is left.
     fn fail_next(&mut self, e: Error) -> Result<Option<BlockCompletion>> {
-        let Some(id) = self.slots.iter().position(Option::is_some) else {
+        let Some((_, f)) = self.requests.take_first() else {
             return Err(e);
         };
-        let f = self.slots[id].take().expect("just found");
-        self.free_ids.push(id as u32);
-        self.in_flight -= 1;
         let (tag, op) = (f.tag, f.op);
         let (buf, _) = self.take_back(f);
         Ok(Some(BlockCompletion {
@@ -620,16 +392,13 @@ impl<H: XenDeviceHost> BlkFront<H> {
     /// Ends every grant still alive (ring, stuck, in flight), retrying while the backend holds some,
     /// up to `timeout_us`; the rest is abandoned to the backend (and counted) when dropped.
     fn release(&mut self, w: &dyn Waiter, timeout_us: u64) {
-        let mut held: Vec<Grant> = core::mem::take(&mut self.stuck);
-        for slot in &mut self.slots {
-            if let Some(f) = slot.take() {
-                held.extend(f.indirect);
-                if let Payload::Shared(g) = f.data {
-                    held.push(g);
-                }
+        let mut held: Vec<Granted<G>> = core::mem::take(&mut self.stuck);
+        for (_, f) in self.requests.drain() {
+            held.extend(f.indirect);
+            if let Payload::Shared(g) = f.data {
+                held.push(g);
             }
         }
-        self.in_flight = 0;
         held.extend(self.ring_mem.take());
         let _ = wait_for(w, timeout_us, "the backend to let go of its grants", || {
             held = core::mem::take(&mut held)
@@ -642,7 +411,7 @@ impl<H: XenDeviceHost> BlkFront<H> {
     }
 }
 
-impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
+impl<G: GrantMemory, E: EventChannels> BlockDevice for BlkFront<G, E> {
     fn name(&self) -> &'static str {
         DEVICE
     }
@@ -673,12 +442,12 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
                 error: Error::ReadOnly { device: DEVICE },
             });
         }
-        let Some(id) = self.free_ids.pop() else {
+        let Some(id) = self.requests.next_id() else {
             return Err(Rejected {
                 req,
                 error: Error::QueueFull {
                     device: DEVICE,
-                    in_flight: self.in_flight,
+                    in_flight: self.requests.len(),
                 },
             });
         };
@@ -686,14 +455,12 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
         let (r, mut f) = match self.build(id, op, sector, buf) {
             Ok(x) => x,
             Err((buf, error)) => {
-                self.free_ids.push(id);
                 let req = BlockRequest { tag, op, sector, buf };
                 return Err(Rejected { req, error });
             }
         };
         f.tag = tag;
         if let Err(e) = self.ring.write_request(&r) {
-            self.free_ids.push(id);
             let (buf, _) = self.take_back(f);
             let req = BlockRequest {
                 tag,
@@ -706,8 +473,9 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
                 error: Error::Ring(e),
             });
         }
-        self.slots[id as usize] = Some(f);
-        self.in_flight += 1;
+        // The id `build` wrote into the request: nothing touched the slab since `next_id`.
+        let stored = self.requests.insert(f);
+        debug_assert_eq!(stored, Ok(id));
         self.unpushed = true;
         if !self.batching {
             // A failed notification leaves the request queued; `poll` pushes and notifies again and
@@ -736,13 +504,9 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
             };
             // `rsp` is our copy: validate it before using anything in it.
             let id = rsp.id;
-            let Some(i) = usize::try_from(id)
-                .ok()
-                .filter(|&i| self.slots.get(i).is_some_and(Option::is_some))
-            else {
+            let Ok(f) = self.requests.get(id) else {
                 return self.halt(protocol("response id not in flight", id));
             };
-            let f = self.slots[i].as_ref().expect("checked");
             if rsp.operation != f.wire_op && rsp.operation != f.inner_op {
                 // Not the request this id names: the backend's ids cannot be trusted any more.
                 return self.halt(protocol(
@@ -750,9 +514,9 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
                     u64::from(rsp.operation),
                 ));
             }
-            let f = self.slots[i].take().expect("checked");
-            self.free_ids.push(i as u32);
-            self.in_flight -= 1;
+            let Ok(f) = self.requests.remove(id) else {
+                unreachable!("looked up above");
+            };
             let result = match rsp.status {
                 BLKIF_RSP_OKAY => Ok(()),
                 BLKIF_RSP_EOPNOTSUPP => Err(Error::Unsupported {
@@ -785,7 +549,7 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        self.requests.len()
     }
 
     fn set_batching(&mut self, on: bool) {
@@ -799,9 +563,13 @@ impl<H: XenDeviceHost> BlockDevice for BlkFront<H> {
     fn counters(&self) -> Counters {
         self.irq.counters.snapshot()
     }
+
+    fn dma(&self) -> &'static dyn DmaAllocator {
+        self.platform.dma
+    }
 }
 
-impl<H: XenDeviceHost> BlkFront<H> {
+impl<G: GrantMemory, E: EventChannels> BlkFront<G, E> {
     /// Disconnects: the xenbus close handshake, then the event channel is closed and every grant is
     /// ended (the ring's, and those of requests still in flight, whose buffers are freed). Grants the
     /// backend still holds are retried for up to `timeout_us`, then abandoned to it (counted in the
@@ -822,7 +590,7 @@ impl<H: XenDeviceHost> BlkFront<H> {
     }
 }
 
-impl<H: XenDeviceHost> Drop for BlkFront<H> {
+impl<G: GrantMemory, E: EventChannels> Drop for BlkFront<G, E> {
     /// Without [`disconnect`](Self::disconnect): closes the event channel; each grant ends, or its
     /// pages are abandoned to the backend if it still holds them.
     fn drop(&mut self) {

@@ -9,12 +9,15 @@
 //!
 //! Transmit copies the frame into a per-slot page granted read-only for that request and ended on
 //! the response. Receive takes a response, ends the page's grant, copies the packet out and posts the
-//! page again with a fresh grant. Ids are slot indices checked on every response; a packet spanning
+//! page again with a fresh grant. Ids come from an [`IdSlabBox`] per ring and every response's id is
+//! refused unless in flight; a packet spanning
 //! several slots (`NETRXF_more_data`, only with scatter-gather, which we do not request) or carrying
 //! extra-info slots is dropped and counted.
 //!
+//! The driver is generic over the platform ([`XenPlatform`]); it names no global.
+//!
 //! Against a hostile backend: every shared page (the two rings, each posted receive buffer, each
-//! transmit buffer in flight) is a [`Grant`] owning the page and its grant, so nothing is freed
+//! transmit buffer in flight) is a [`Granted`] owning the page and its grant, so nothing is freed
 //! while the backend can still reach it; what it keeps past disconnect is abandoned to it and
 //! counted. A response naming an id not in flight, a producer index past the requests outstanding,
 //! or a grant still held after its response halts the device: every later call fails with that
@@ -32,12 +35,14 @@ use ring_protocol::abi::netif::{
     NetifTxResponse,
 };
 use ring_protocol::platform::{Access, Notify};
-use ring_protocol::ring::FrontRing;
+use ring_protocol::ring::{FrontRing, IdSlabBox};
 
-use super::blkfront::{ABORT_TIMEOUT_US, XenDeviceHost};
-use super::grant::{Grant, GrantTable, Granted, NotGranted};
+use super::blkfront::ABORT_TIMEOUT_US;
+use super::evtchn::EventChannels;
+use super::grant::{Granted, NotGranted};
 use super::xenbus::{self, XenbusDevice, XenbusState};
 use super::xenstore::{NO_TX, XenStore};
+use super::{GrantMemory, XenPlatform};
 use crate::counters::{AtomicCounters, Counters};
 use crate::dma::{DmaBuf, PAGE_SIZE};
 use crate::net::{ETH_HEADER_LEN, NetDevice};
@@ -105,37 +110,36 @@ pub struct NetDrops {
     pub tx_errors: u64,
 }
 
-/// A connected network frontend.
-pub struct NetFront<H: XenDeviceHost + 'static> {
-    host: &'static H,
-    grants: &'static GrantTable,
+/// A connected network frontend over the platform `XenPlatform<G, E>`.
+pub struct NetFront<G: GrantMemory, E: EventChannels> {
+    platform: XenPlatform<G, E>,
     dev: XenbusDevice,
     mac: [u8; 6],
     /// Declared before `ring_pages`: the rings' pointers go before their memory.
     tx: FrontRing<NetifTxRequest, NetifTxResponse>,
     rx: FrontRing<NetifRxRequest, NetifRxResponse>,
     /// The tx and rx ring pages.
-    ring_pages: Vec<Grant>,
+    ring_pages: Vec<Granted<G>>,
     /// `None` once closed.
     port: Option<EvtchnPort>,
-    /// Per tx id: the frame's page while its request is in flight.
-    tx_busy: Vec<Option<Grant>>,
-    /// Idle tx ids with their pages.
-    tx_idle: Vec<(u16, DmaBuf)>,
-    /// Per rx id: the buffer while posted.
-    rx_posted: Vec<Option<Grant>>,
-    /// Rx ids whose page could not be granted again yet (grant table full), with their pages.
-    rx_idle: Vec<(u16, DmaBuf)>,
+    /// The transmits in flight by id: each frame's page, shared with the backend.
+    tx_busy: IdSlabBox<Granted<G>>,
+    /// Transmit pages not in flight.
+    tx_idle: Vec<DmaBuf>,
+    /// The receive buffers posted, by id.
+    rx_posted: IdSlabBox<Granted<G>>,
+    /// Receive pages that could not be granted again yet (grant table full).
+    rx_idle: Vec<DmaBuf>,
     /// Grants the backend still held after their response: kept, retried at disconnect, abandoned
     /// if still held then.
-    stuck: Vec<Grant>,
+    stuck: Vec<Granted<G>>,
     /// Set once the backend broke the protocol; every later call fails with it.
     broken: Option<Error>,
     drops: NetDrops,
     irq: Arc<Irq>,
 }
 
-impl<H: XenDeviceHost> core::fmt::Debug for NetFront<H> {
+impl<G: GrantMemory, E: EventChannels> core::fmt::Debug for NetFront<G, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("NetFront")
             .field("dev", &self.dev.frontend)
@@ -165,8 +169,8 @@ pub fn is_unicast_mac(mac: [u8; 6]) -> bool {
     mac[0] & 1 == 0 && mac != [0; 6]
 }
 
-impl<H: XenDeviceHost> NetFront<H> {
-    /// Connects to the backend of `dev`.
+impl<G: GrantMemory, E: EventChannels> NetFront<G, E> {
+    /// Connects to the backend of `dev` over `platform`.
     ///
     /// # Errors
     /// A XenStore failure, [`Error::XenbusTimeout`], [`Error::Unsupported`] if the backend cannot copy
@@ -176,8 +180,7 @@ impl<H: XenDeviceHost> NetFront<H> {
     pub fn connect<N: Notify>(
         xs: &mut XenStore<N>,
         w: &dyn Waiter,
-        host: &'static H,
-        grants: &'static GrantTable,
+        platform: XenPlatform<G, E>,
         dev: XenbusDevice,
         timeout_us: u64,
     ) -> Result<Self> {
@@ -203,8 +206,8 @@ impl<H: XenDeviceHost> NetFront<H> {
                 "mac in XenStore malformed or not unicast (length shown)",
                 mac_text.len() as u64,
             ))?;
-        let tx_buf = DmaBuf::new(PAGE_SIZE)?;
-        let rx_buf = DmaBuf::new(PAGE_SIZE)?;
+        let tx_buf = DmaBuf::new(platform.dma, PAGE_SIZE)?;
+        let rx_buf = DmaBuf::new(platform.dma, PAGE_SIZE)?;
         let tx_mem = core::ptr::NonNull::new(tx_buf.as_ptr().cast_mut()).expect("DMA page");
         let rx_mem = core::ptr::NonNull::new(rx_buf.as_ptr().cast_mut()).expect("DMA page");
         // SAFETY: each ring page is a zeroed DmaBuf that moves into `ring_pages` below (its memory
@@ -217,26 +220,24 @@ impl<H: XenDeviceHost> NetFront<H> {
             .map_err(Error::Ring)?;
         let mut ring_pages = Vec::with_capacity(2);
         for page in [tx_buf, rx_buf] {
-            let g = Granted::new(grants, dev.backend_id, page, Access::ReadWrite, |p| {
-                host.frame_of(p)
-            })
-            .map_err(|e| Error::Ring(e.error))?;
+            let g = Granted::new(platform.grants.clone(), dev.backend_id, page, Access::ReadWrite)
+                .map_err(|e| Error::Ring(e.error))?;
             ring_pages.push(g);
         }
-        let port = host.alloc_unbound(dev.backend_id)?;
+        let port = platform.events.alloc_unbound(dev.backend_id)?;
         let rx_n = RX_BUFFERS.min(rx.size() as usize);
+        let tx_n = TX_SLOTS.min(tx.size() as usize);
         let mut me = Self {
-            host,
-            grants,
+            platform,
             dev,
             mac,
             tx,
             rx,
             ring_pages,
             port: Some(port),
-            tx_busy: Vec::new(),
+            tx_busy: IdSlabBox::new(tx_n),
             tx_idle: Vec::new(),
-            rx_posted: (0..rx_n).map(|_| None).collect(),
+            rx_posted: IdSlabBox::new(rx_n),
             rx_idle: Vec::new(),
             stuck: Vec::new(),
             broken: None,
@@ -279,14 +280,12 @@ impl<H: XenDeviceHost> NetFront<H> {
             |s| matches!(s, XenbusState::Closing | XenbusState::Closed),
             timeout_us,
         )?;
-        self.host.bind(port, self.irq.clone())?;
-        let tx_n = TX_SLOTS.min(self.tx.size() as usize);
-        self.tx_busy = (0..tx_n).map(|_| None).collect();
-        for id in (0..tx_n as u16).rev() {
-            self.tx_idle.push((id, DmaBuf::new(PAGE_SIZE)?));
+        self.platform.events.bind(port, self.irq.clone())?;
+        for _ in 0..self.tx_busy.capacity() {
+            self.tx_idle.push(DmaBuf::new(self.platform.dma, PAGE_SIZE)?);
         }
-        for id in 0..self.rx_posted.len() as u16 {
-            self.post_rx(id, DmaBuf::new(PAGE_SIZE)?)?;
+        for _ in 0..self.rx_posted.capacity() {
+            self.post_rx(DmaBuf::new(self.platform.dma, PAGE_SIZE)?)?;
         }
         self.push_rx()
     }
@@ -322,33 +321,40 @@ impl<H: XenDeviceHost> NetFront<H> {
 
     fn close_port(&mut self) {
         if let Some(port) = self.port.take() {
-            self.host.close(port);
+            self.platform.events.close(port);
         }
     }
 
     fn kick(&self) -> Result<()> {
         let port = self.port.ok_or(protocol("event channel (already closed)", 0))?;
         self.irq.counters.notified(1);
-        self.host.notify(port)
+        self.platform.events.notify(port)
     }
 
-    /// Grants `page` to the backend as rx buffer `id` and queues the request; if the grant fails
-    /// the page waits in `rx_idle` for the next try.
-    fn post_rx(&mut self, id: u16, page: DmaBuf) -> Result<()> {
-        let host = self.host;
-        let g = match Granted::new(self.grants, self.dev.backend_id, page, Access::ReadWrite, |p| {
-            host.frame_of(p)
-        }) {
+    /// Grants `page` to the backend as a receive buffer under a fresh id and queues the request; if
+    /// the grant fails the page waits in `rx_idle` for the next try.
+    fn post_rx(&mut self, page: DmaBuf) -> Result<()> {
+        let g = match Granted::new(
+            self.platform.grants.clone(),
+            self.dev.backend_id,
+            page,
+            Access::ReadWrite,
+        ) {
             Ok(g) => g,
             Err(NotGranted { buf, error }) => {
                 if !buf.is_empty() {
-                    self.rx_idle.push((id, buf));
+                    self.rx_idle.push(buf);
                 }
                 return Err(Error::Ring(error));
             }
         };
         let gref = g.refs()[0];
-        self.rx_posted[usize::from(id)] = Some(g);
+        // One id per receive page, so one is free for every page in hand; ids fit netif's u16
+        // (the slab holds at most a ring's 256 slots).
+        let id = match self.rx_posted.insert(g) {
+            Ok(id) => id as u16,
+            Err(e) => return self.halt(Error::Ring(e)),
+        };
         if let Err(e) = self.rx.write_request(&NetifRxRequest { id, pad: 0, gref }) {
             return self.halt(Error::Ring(e));
         }
@@ -379,14 +385,14 @@ impl<H: XenDeviceHost> NetFront<H> {
             }
             // `rsp` is our copy: the id is checked before it names anything.
             let id = rsp.id;
-            let Some(g) = self.tx_busy.get_mut(usize::from(id)).and_then(Option::take) else {
+            let Ok(g) = self.tx_busy.remove(u64::from(id)) else {
                 return self.halt(protocol("tx response id not in flight", u64::from(id)));
             };
             if rsp.status < 0 {
                 self.drops.tx_errors += 1;
             }
             match g.revoke() {
-                Ok(page) => self.tx_idle.push((id, page)),
+                Ok(page) => self.tx_idle.push(page),
                 Err(held) => {
                     self.stuck.push(held);
                     return self.halt(protocol(
@@ -402,9 +408,9 @@ impl<H: XenDeviceHost> NetFront<H> {
     /// the backend holds some, up to `timeout_us`; the rest is abandoned to the backend (and
     /// counted) when dropped.
     fn release(&mut self, w: &dyn Waiter, timeout_us: u64) {
-        let mut held: Vec<Grant> = core::mem::take(&mut self.stuck);
-        held.extend(self.rx_posted.iter_mut().filter_map(Option::take));
-        held.extend(self.tx_busy.iter_mut().filter_map(Option::take));
+        let mut held: Vec<Granted<G>> = core::mem::take(&mut self.stuck);
+        held.extend(self.rx_posted.drain().map(|(_, g)| g));
+        held.extend(self.tx_busy.drain().map(|(_, g)| g));
         held.append(&mut self.ring_pages);
         let _ = wait_for(w, timeout_us, "the backend to let go of its grants", || {
             held = core::mem::take(&mut held)
@@ -417,7 +423,7 @@ impl<H: XenDeviceHost> NetFront<H> {
     }
 }
 
-impl<H: XenDeviceHost> NetDevice for NetFront<H> {
+impl<G: GrantMemory, E: EventChannels> NetDevice for NetFront<G, E> {
     fn name(&self) -> &'static str {
         DEVICE
     }
@@ -447,27 +453,33 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
         if self.tx_idle.is_empty() || self.tx.is_full() {
             self.reap_tx()?;
         }
-        let Some((id, mut page)) = self.tx_idle.pop() else {
+        let Some(mut page) = self.tx_idle.pop() else {
             return Err(Error::QueueFull {
                 device: DEVICE,
                 in_flight: self.tx_busy.len(),
             });
         };
         page.as_mut_slice()[..frame.len()].copy_from_slice(frame);
-        let host = self.host;
-        let g = match Granted::new(self.grants, self.dev.backend_id, page, Access::ReadOnly, |p| {
-            host.frame_of(p)
-        }) {
+        let g = match Granted::new(
+            self.platform.grants.clone(),
+            self.dev.backend_id,
+            page,
+            Access::ReadOnly,
+        ) {
             Ok(g) => g,
             Err(NotGranted { buf, error }) => {
                 if !buf.is_empty() {
-                    self.tx_idle.push((id, buf));
+                    self.tx_idle.push(buf);
                 }
                 return Err(Error::Ring(error));
             }
         };
         let gref = g.refs()[0];
-        self.tx_busy[usize::from(id)] = Some(g);
+        // A page in hand means a free id (one id per transmit page); ids fit netif's u16.
+        let id = match self.tx_busy.insert(g) {
+            Ok(id) => id as u16,
+            Err(e) => return self.halt(Error::Ring(e)),
+        };
         self.irq.counters.copied(frame.len() as u64);
         if let Err(e) = self.tx.write_request(&NetifTxRequest {
             gref,
@@ -488,8 +500,8 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
     fn receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         self.check()?;
         self.reap_tx()?;
-        if let Some((id, page)) = self.rx_idle.pop() {
-            self.post_rx(id, page)?;
+        if let Some(page) = self.rx_idle.pop() {
+            self.post_rx(page)?;
             self.push_rx()?;
         }
         loop {
@@ -504,7 +516,7 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
             };
             // `rsp` is our copy: the id is checked before it names anything.
             let id = rsp.id;
-            let Some(g) = self.rx_posted.get_mut(usize::from(id)).and_then(Option::take) else {
+            let Ok(g) = self.rx_posted.remove(u64::from(id)) else {
                 return self.halt(protocol("rx response id not posted", u64::from(id)));
             };
             let page = match g.revoke() {
@@ -536,7 +548,7 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
                 self.irq.counters.copied(len as u64);
                 Some(len)
             };
-            self.post_rx(id, page)?;
+            self.post_rx(page)?;
             self.push_rx()?;
             if result.is_some() {
                 return Ok(result);
@@ -553,7 +565,7 @@ impl<H: XenDeviceHost> NetDevice for NetFront<H> {
     }
 }
 
-impl<H: XenDeviceHost> NetFront<H> {
+impl<G: GrantMemory, E: EventChannels> NetFront<G, E> {
     /// Disconnects: the xenbus close handshake, then the event channel is closed and every grant is
     /// ended (rings, posted receive buffers, transmits in flight). Grants the backend still holds
     /// are retried for up to `timeout_us`, then abandoned to it (counted in the grant table's
@@ -574,7 +586,7 @@ impl<H: XenDeviceHost> NetFront<H> {
     }
 }
 
-impl<H: XenDeviceHost> Drop for NetFront<H> {
+impl<G: GrantMemory, E: EventChannels> Drop for NetFront<G, E> {
     /// Without [`disconnect`](Self::disconnect): closes the event channel; each grant ends, or its
     /// pages are abandoned to the backend if it still holds them.
     fn drop(&mut self) {
