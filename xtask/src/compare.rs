@@ -279,7 +279,7 @@ pub fn line(s: &Series, traced: bool) -> Vec<String> {
     l
 }
 
-/// The headers of [`line`].
+/// The headers of [`line()`].
 pub fn headers(traced: bool) -> Vec<&'static str> {
     let mut h: Vec<&str> = KEY_HEADERS.to_vec();
     h.extend(FIGURES.iter().map(|f| f.header));

@@ -357,10 +357,39 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         .args(["--external-sources", "--source-path=SCRIPTDIR"])
         .args(SHELL_PROGRAMS);
     stages.push((Group::Shellcheck, "shellcheck", sc));
-    // Every crate of the workspace and the guest kernel, documented with warnings as errors.
-    let mut doc = cargo(&["doc", "-p", "xtask", "--no-deps"]);
+    // The crates documented with warnings as errors (the host crates; the guest kernel for its
+    // target).
+    let mut doc = cargo(&[
+        "doc",
+        "-p",
+        "ring-protocol",
+        "-p",
+        "pvkit-frontends",
+        "-p",
+        "pvkit-tests",
+        "-p",
+        "xtask",
+        "--no-deps",
+    ]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
-    stages.push((Group::Docs, "docs-xtask", doc));
+    stages.push((Group::Docs, "docs-host", doc));
+    let mut doc = cargo(&[
+        "doc",
+        "-p",
+        workspace::GUEST_PACKAGE,
+        "--target",
+        workspace::GUEST_TARGET,
+        "--release",
+        "--no-deps",
+    ]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    stages.push((Group::Docs, "docs-guest", doc));
+    // The reusable crate must package and build on its own, as a user would get it.
+    stages.push((
+        Group::Docs,
+        "publish-dry-run",
+        cargo(&["publish", "--dry-run", "--allow-dirty", "-p", "ring-protocol"]),
+    ));
     stages.push((
         Group::HostTests,
         "host-tests",
