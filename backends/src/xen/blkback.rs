@@ -106,22 +106,7 @@ impl Backend for BlkBackend {
     }
 
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
-        if let Some(p) = front.get(keys::PROTOCOL)
-            && p != XEN_IO_PROTO_ABI_X86_64
-        {
-            return Err(format!(
-                "protocol {p:?} is not supported (only {XEN_IO_PROTO_ABI_X86_64})"
-            ));
-        }
-        let order = front.opt_number(keys::RING_PAGE_ORDER)?.unwrap_or(0);
-        if order > u64::from(MAX_RING_PAGE_ORDER) {
-            return Err(format!(
-                "ring-page-order {order} exceeds the offered {MAX_RING_PAGE_ORDER}"
-            ));
-        }
-        let refs = ring_refs(front, order as u32)?;
-        let port = front.number(keys::EVENT_CHANNEL)?;
-        let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+        let (refs, port) = ring_keys(front)?;
         let map = self
             .gnt
             .map(id.domid, &refs, true)
@@ -177,6 +162,28 @@ fn frontend_reads(so_far: &Frontend) -> Vec<String> {
         _ => {}
     }
     k
+}
+
+/// What `connect` takes from the frontend's keys: the ring's grant references (one per page) and
+/// the event channel, each validated.
+fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), String> {
+    if let Some(p) = front.get(keys::PROTOCOL)
+        && p != XEN_IO_PROTO_ABI_X86_64
+    {
+        return Err(format!(
+            "protocol {p:?} is not supported (only {XEN_IO_PROTO_ABI_X86_64})"
+        ));
+    }
+    let order = front.opt_number(keys::RING_PAGE_ORDER)?.unwrap_or(0);
+    if order > u64::from(MAX_RING_PAGE_ORDER) {
+        return Err(format!(
+            "ring-page-order {order} exceeds the offered {MAX_RING_PAGE_ORDER}"
+        ));
+    }
+    let refs = ring_refs(front, order as u32)?;
+    let port = front.number(keys::EVENT_CHANNEL)?;
+    let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+    Ok((refs, port))
 }
 
 /// `ring-ref`, or `ring-ref0..N` for a multi-page ring.
@@ -633,6 +640,49 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
             })
         })
         .collect()
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`, never in the default build):
+/// the engine over caller-made ring memory and grant copies, and the frontend-key parsing.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// The blkif engine of one ring (what `connect` builds once the ring is mapped), serving `ring`
+    /// from `core` with the frontend's pages reached through `gnt`.
+    ///
+    /// # Errors
+    /// The AIO context cannot be created.
+    pub fn engine(
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+        domid: DomId,
+        core: Arc<BlockCore>,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<Box<dyn Engine>, String> {
+        let engine = BlkRing::new(
+            ring,
+            domid,
+            "vbd fuzz".into(),
+            core,
+            gnt,
+            Arc::new(RateLimit::default()),
+        )?;
+        Ok(Box::new(engine))
+    }
+
+    /// The frontend keys the backend reads next, given those read so far.
+    pub fn frontend_reads(so_far: &Frontend) -> Vec<String> {
+        super::frontend_reads(so_far)
+    }
+
+    /// The ring's grant references and the event channel, from the frontend's keys (what `connect`
+    /// validates before mapping anything).
+    ///
+    /// # Errors
+    /// The refusal `connect` would log.
+    pub fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), String> {
+        super::ring_keys(front)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+//! Helpers shared by the fuzz targets: a cursor over the fuzzer's bytes and shared memory that is
+//! only ever touched atomically (as a peer in another domain would touch it), with canaries around
+//! it so that an access outside the region given to the code under test is caught.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+/// Reads values off the front of the fuzzer's input; past its end every read is zero, so each
+/// input is a complete script.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Input<'a> {
+    /// A cursor at the start of `data`.
+    pub fn new(data: &'a [u8]) -> Self {
+        Input { data }
+    }
+
+    /// Whether every byte was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Bytes left.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The next byte (0 at the end).
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    /// The next little-endian u16.
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    /// The next little-endian u32.
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    /// The next little-endian u64.
+    pub fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+    }
+
+    /// A boolean from the next byte's low bit.
+    pub fn bool(&mut self) -> bool {
+        self.u8() & 1 != 0
+    }
+
+    /// A value in `0..n` (`n > 0`) from the next byte.
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::from(self.u8()) % n
+    }
+
+    /// Up to `n` bytes (fewer at the end of the input).
+    pub fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.data.len());
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        head
+    }
+
+    /// A length byte, then that many bytes (at most `max`).
+    pub fn chunk(&mut self, max: usize) -> &'a [u8] {
+        let n = usize::from(self.u8()).min(max);
+        self.bytes(n)
+    }
+
+    /// Everything left.
+    pub fn rest(&mut self) -> &'a [u8] {
+        let r = self.data;
+        self.data = &[];
+        r
+    }
+}
+
+/// Bytes of canary before and after the region handed to the code under test.
+pub const CANARY: usize = 64;
+const CANARY_BYTE: u8 = 0xa5;
+
+/// Page-aligned memory of `len` bytes with canaries on both sides, accessed only through atomics.
+#[derive(Debug)]
+pub struct SharedMem {
+    words: Box<[AtomicU64]>,
+    len: usize,
+}
+
+impl SharedMem {
+    /// `len` bytes of zeroed memory (its start 4096-byte aligned... in practice 64: the ring code
+    /// needs 4- or 8-byte alignment, which is what is guaranteed), canaries around it.
+    pub fn new(len: usize) -> Self {
+        let total = CANARY + len.div_ceil(8) * 8 + CANARY;
+        let words: Box<[AtomicU64]> = (0..total / 8).map(|_| AtomicU64::new(0)).collect();
+        let m = SharedMem { words, len };
+        for i in 0..CANARY {
+            m.byte_raw(i).store(CANARY_BYTE, Ordering::Relaxed);
+        }
+        for i in CANARY + len..m.words.len() * 8 {
+            m.byte_raw(i).store(CANARY_BYTE, Ordering::Relaxed);
+        }
+        m
+    }
+
+    /// Length of the region.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Start of the region (8-byte aligned).
+    pub fn ptr(&self) -> NonNull<u8> {
+        let base = NonNull::from(&self.words[0]).cast::<u8>();
+        // SAFETY: CANARY bytes in, still inside the allocation of `words`.
+        unsafe { base.add(CANARY) }
+    }
+
+    fn byte_raw(&self, at: usize) -> &AtomicU8 {
+        assert!(at < self.words.len() * 8);
+        let base = NonNull::from(&self.words[0]).cast::<AtomicU8>();
+        // SAFETY: `at` is inside the allocation (asserted); AtomicU8 has alignment 1 and the
+        // memory is only ever accessed atomically.
+        unsafe { base.add(at).as_ref() }
+    }
+
+    /// The byte at offset `at` of the region.
+    pub fn byte(&self, at: usize) -> &AtomicU8 {
+        assert!(at < self.len);
+        self.byte_raw(CANARY + at)
+    }
+
+    /// The 32-bit word at byte offset `at` (4-byte aligned) of the region.
+    pub fn word(&self, at: usize) -> &AtomicU32 {
+        assert!(at.is_multiple_of(4) && at + 4 <= self.len);
+        let base = NonNull::from(&self.words[0]).cast::<u8>();
+        // SAFETY: inside the allocation (asserted), 4-byte aligned (the allocation is 8-aligned,
+        // CANARY and `at` are multiples of 4); only ever accessed atomically.
+        unsafe { base.add(CANARY + at).cast::<AtomicU32>().as_ref() }
+    }
+
+    /// The 64-bit word at byte offset `at` (8-byte aligned) of the region.
+    pub fn dword(&self, at: usize) -> &AtomicU64 {
+        assert!(at.is_multiple_of(8) && at + 8 <= self.len);
+        &self.words[(CANARY + at) / 8]
+    }
+
+    /// Panics if a canary byte changed: the code under test wrote outside its region.
+    pub fn check_canaries(&self) {
+        for i in (0..CANARY).chain(CANARY + self.len..self.words.len() * 8) {
+            assert_eq!(
+                self.byte_raw(i).load(Ordering::Relaxed),
+                CANARY_BYTE,
+                "write outside the shared region at byte {i} of the allocation"
+            );
+        }
+    }
+
+    /// A copy of `n` bytes at `at`.
+    pub fn read(&self, at: usize, n: usize) -> Vec<u8> {
+        (at..at + n)
+            .map(|i| self.byte(i).load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Writes `bytes` at `at`.
+    pub fn write(&self, at: usize, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            self.byte(at + i).store(b, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts the process's open file descriptors (to check that nothing leaks one).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+pub mod ring;
