@@ -191,3 +191,145 @@ pub fn open_fds() -> usize {
 }
 
 pub mod ring;
+
+/// The frontend's side of a Xen shared ring in [`SharedMem`], written by hand (the fuzz targets
+/// play a frontend that may break every rule): slots are written in the access sizes the ring code
+/// uses (64-bit words when the stride is a multiple of 8), indices as 32-bit words.
+#[derive(Debug)]
+pub struct RawFront<'a> {
+    /// The ring memory.
+    pub mem: &'a SharedMem,
+    /// Slots.
+    pub size: u32,
+    /// Slot stride in bytes.
+    pub stride: usize,
+    /// Next request slot to fill.
+    pub req_pvt: u32,
+    /// Next response to read.
+    pub rsp_cons: u32,
+}
+
+impl<'a> RawFront<'a> {
+    /// A front over `mem` with slots of `stride` bytes; shared header initialised (events 1).
+    pub fn new(mem: &'a SharedMem, stride: usize) -> Self {
+        let fit = (mem.len() - 64) / stride;
+        let size = 1u32 << (usize::BITS - 1 - fit.leading_zeros());
+        for at in (0..64).step_by(4) {
+            mem.word(at).store(0, Ordering::Relaxed);
+        }
+        mem.word(4).store(1, Ordering::Relaxed);
+        mem.word(12).store(1, Ordering::Relaxed);
+        RawFront {
+            mem,
+            size,
+            stride,
+            req_pvt: 0,
+            rsp_cons: 0,
+        }
+    }
+
+    fn slot_at(&self, idx: u32) -> usize {
+        64 + (idx & (self.size - 1)) as usize * self.stride
+    }
+
+    /// Writes `bytes` (at most a slot) into slot `idx`, the rest of the slot zero.
+    pub fn write_slot(&self, idx: u32, bytes: &[u8]) {
+        let at = self.slot_at(idx);
+        let mut slot = vec![0u8; self.stride];
+        let n = bytes.len().min(self.stride);
+        slot[..n].copy_from_slice(&bytes[..n]);
+        if self.stride.is_multiple_of(8) {
+            for (i, c) in slot.chunks_exact(8).enumerate() {
+                self.mem
+                    .dword(at + 8 * i)
+                    .store(u64::from_ne_bytes(c.try_into().expect("8")), Ordering::Relaxed);
+            }
+        } else {
+            for (i, c) in slot.chunks_exact(4).enumerate() {
+                self.mem
+                    .word(at + 4 * i)
+                    .store(u32::from_ne_bytes(c.try_into().expect("4")), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The first `n` bytes of slot `idx`.
+    pub fn read_slot(&self, idx: u32, n: usize) -> Vec<u8> {
+        let at = self.slot_at(idx);
+        let mut out = Vec::with_capacity(self.stride);
+        if self.stride.is_multiple_of(8) {
+            for i in 0..self.stride / 8 {
+                out.extend_from_slice(&self.mem.dword(at + 8 * i).load(Ordering::Relaxed).to_ne_bytes());
+            }
+        } else {
+            for i in 0..self.stride / 4 {
+                out.extend_from_slice(&self.mem.word(at + 4 * i).load(Ordering::Relaxed).to_ne_bytes());
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// A front over a ring already in use, at these indices (the header is left as it is).
+    pub fn resume(mem: &'a SharedMem, stride: usize, req_pvt: u32, rsp_cons: u32) -> Self {
+        let fit = (mem.len() - 64) / stride;
+        let size = 1u32 << (usize::BITS - 1 - fit.leading_zeros());
+        RawFront {
+            mem,
+            size,
+            stride,
+            req_pvt,
+            rsp_cons,
+        }
+    }
+
+    /// Queues one request (not yet published).
+    pub fn push_slot(&mut self, bytes: &[u8]) {
+        self.write_slot(self.req_pvt, bytes);
+        self.req_pvt = self.req_pvt.wrapping_add(1);
+    }
+
+    /// Publishes the queued requests.
+    pub fn publish(&self) {
+        self.mem.word(0).store(self.req_pvt, Ordering::Release);
+    }
+
+    /// Publishes any request producer index.
+    pub fn publish_raw(&self, req_prod: u32) {
+        self.mem.word(0).store(req_prod, Ordering::Release);
+    }
+
+    /// The backend's response producer index.
+    pub fn rsp_prod(&self) -> u32 {
+        self.mem.word(8).load(Ordering::Acquire)
+    }
+
+    /// Takes every published response (first `n` bytes of each); panics if the backend published
+    /// more responses than `outstanding` requests.
+    pub fn take_responses(&mut self, n: usize, outstanding: u32) -> Vec<Vec<u8>> {
+        let prod = self.rsp_prod();
+        let ahead = prod.wrapping_sub(self.rsp_cons);
+        assert!(
+            ahead <= outstanding,
+            "backend published {ahead} responses for {outstanding} outstanding requests"
+        );
+        (0..ahead)
+            .map(|_| {
+                let r = self.read_slot(self.rsp_cons, n);
+                self.rsp_cons = self.rsp_cons.wrapping_add(1);
+                r
+            })
+            .collect()
+    }
+}
+
+/// Waits up to `ms` for `fd` to become readable.
+pub fn poll_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}

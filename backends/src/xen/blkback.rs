@@ -648,8 +648,19 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 pub mod fuzzing {
     use super::*;
 
-    /// The blkif engine of one ring (what `connect` builds once the ring is mapped), serving `ring`
-    /// from `core` with the frontend's pages reached through `gnt`.
+    /// The blkif engine of one ring (what `connect` builds once the ring is mapped).
+    pub struct FuzzEngine(BlkRing);
+
+    impl std::fmt::Debug for FuzzEngine {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FuzzEngine")
+                .field("ring", &self.0.ring)
+                .field("counts", &self.0.counts)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// The engine serving `ring` from `core`, the frontend's pages reached through `gnt`.
     ///
     /// # Errors
     /// The AIO context cannot be created.
@@ -658,7 +669,7 @@ pub mod fuzzing {
         domid: DomId,
         core: Arc<BlockCore>,
         gnt: Arc<dyn GrantCopy>,
-    ) -> Result<Box<dyn Engine>, String> {
+    ) -> Result<FuzzEngine, String> {
         let engine = BlkRing::new(
             ring,
             domid,
@@ -667,7 +678,42 @@ pub mod fuzzing {
             gnt,
             Arc::new(RateLimit::default()),
         )?;
-        Ok(Box::new(engine))
+        Ok(FuzzEngine(engine))
+    }
+
+    impl FuzzEngine {
+        /// Serves whatever the ring and the AIO queue hold (as on an event).
+        ///
+        /// # Errors
+        /// The ring halted or the engine's bookkeeping broke.
+        pub fn process(&mut self) -> Result<(), String> {
+            self.0.process(&mut || Ok(()))
+        }
+
+        /// The AIO completion descriptor.
+        pub fn completion_fd(&self) -> RawFd {
+            self.0.aio.completion_fd()
+        }
+
+        /// Starts over on a fresh `ring`, keeping the AIO context (whose teardown waits for the
+        /// kernel, several milliseconds), as a reconnect would with a new engine. Refused while
+        /// the queue still holds requests.
+        ///
+        /// # Errors
+        /// Requests are still in flight.
+        pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> Result<(), String> {
+            let e = &mut self.0;
+            if e.aio.busy() > 0 || e.requests.len() != ring.size() as usize {
+                return Err("requests in flight".into());
+            }
+            e.ring = ring;
+            e.requests.iter_mut().for_each(|r| *r = None);
+            e.free = (0..e.requests.len()).rev().collect();
+            e.in_flight_bytes = 0;
+            e.deferred = None;
+            e.counts = Counts::default();
+            Ok(())
+        }
     }
 
     /// The frontend keys the backend reads next, given those read so far.
