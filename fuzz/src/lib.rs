@@ -333,3 +333,21 @@ pub fn poll_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
     // SAFETY: one valid pollfd on the stack.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
+pub mod vq;
+
+/// A block core over a fresh image of `sectors` sectors on tmpfs (the file is unlinked at once;
+/// the core keeps it open).
+pub fn image(name: &str, sectors: u64) -> std::sync::Arc<pvkit_backends::block::BlockCore> {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join(format!("pvkit-fuzz-{name}-{}.img", std::process::id()));
+    let f = std::fs::File::create(&path).expect("image");
+    f.set_len(sectors * 512).expect("image size");
+    let core = pvkit_backends::block::BlockCore::open(&path, pvkit_backends::block::BlockOptions::default())
+        .expect("open image");
+    let _ = std::fs::remove_file(&path);
+    std::sync::Arc::new(core)
+}
