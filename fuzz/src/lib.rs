@@ -351,3 +351,4 @@ pub fn image(name: &str, sectors: u64) -> std::sync::Arc<pvkit_backends::block::
     let _ = std::fs::remove_file(&path);
     std::sync::Arc::new(core)
 }
+pub mod relay;
