@@ -11,14 +11,13 @@
 #![no_main]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use pvkit_backends::block::{BlockCore, BlockOptions};
+use pvkit_backends::block::BlockCore;
 use pvkit_backends::xen::blkback::fuzzing::{self, FuzzEngine};
 use pvkit_backends::xen::gntdev::{FakeGrants, GrantCopy, GrantPiece};
-use pvkit_fuzz::{Input, RawFront, SharedMem, poll_readable};
+use pvkit_fuzz::{Input, RawFront, SharedMem, image, poll_readable};
 use ring_protocol::abi::blkif::{
     BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
     BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequest, BlkifResponse,
@@ -35,26 +34,13 @@ const HONEST_DST: u32 = 1001;
 
 fn core() -> Arc<BlockCore> {
     static CORE: OnceLock<Arc<BlockCore>> = OnceLock::new();
-    CORE.get_or_init(|| {
-        let dir = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let path = dir.join(format!("pvkit-fuzz-blkback-{}.img", std::process::id()));
-        let f = std::fs::File::create(&path).expect("image");
-        f.set_len(SECTORS * 512).expect("image size");
-        let core = BlockCore::open(&path, BlockOptions::default()).expect("open image");
-        let _ = std::fs::remove_file(&path);
-        Arc::new(core)
-    })
-    .clone()
+    CORE.get_or_init(|| image("blkback", SECTORS)).clone()
 }
 
 /// A request slot built from the input: mostly well-formed fields with hostile values.
 fn request(input: &mut Input<'_>, id: u64) -> [u8; SLOT] {
     let mut s = [0u8; SLOT];
-    if input.u8() % 8 == 0 {
+    if input.u8().is_multiple_of(8) {
         let raw = input.bytes(SLOT);
         s[..raw.len()].copy_from_slice(raw);
         return s;
@@ -84,13 +70,21 @@ fn request(input: &mut Input<'_>, id: u64) -> [u8; SLOT] {
             // flag u8, id, sector u64, nr_sectors u64
             s[1] = input.u8() & 1;
             s[16..24].copy_from_slice(&u64::from(input.u16()).to_le_bytes());
-            let n = if input.bool() { input.u64() } else { u64::from(input.u8()) };
+            let n = if input.bool() {
+                input.u64()
+            } else {
+                u64::from(input.u8())
+            };
             s[24..32].copy_from_slice(&n.to_le_bytes());
         }
         _ => {
             // nr_segments u8, handle u16, id, sector u64, seg[11] of (gref u32, first u8, last u8, pad)
             s[1] = input.u8() % 14;
-            let sector = if input.bool() { input.u64() } else { u64::from(input.u8()) };
+            let sector = if input.bool() {
+                input.u64()
+            } else {
+                u64::from(input.u8())
+            };
             s[16..24].copy_from_slice(&sector.to_le_bytes());
             for g in 0..11 {
                 let at = 24 + 8 * g;
@@ -147,7 +141,9 @@ fn serve(
             // Slots the guest never wrote were published: their ids are whatever the memory held.
             continue;
         }
-        let n = outstanding.get_mut(&r.id).unwrap_or_else(|| panic!("response to request id {} never made", r.id));
+        let n = outstanding
+            .get_mut(&r.id)
+            .unwrap_or_else(|| panic!("response to request id {} never made", r.id));
         *n -= 1;
         if *n == 0 {
             outstanding.remove(&r.id);
@@ -229,7 +225,8 @@ fuzz_target!(|data: &[u8]| {
     // (as a reconnect would), keeping the AIO context if nothing is in flight.
     RawFront::new(&r.mem, SLOT);
     // SAFETY: as in `rig`.
-    let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(r.mem.ptr(), r.mem.len()) }.expect("ring");
+    let ring =
+        unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(r.mem.ptr(), r.mem.len()) }.expect("ring");
     if r.engine.reset(ring).is_ok() {
         (r.req_pvt, r.rsp_cons) = (0, 0);
         *slot = Some(r);
@@ -265,7 +262,11 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
         match input.u8() % 6 {
             0 | 1 => {
                 if in_flight + queued < front.size {
-                    let id = if input.bool() { next_id } else { u64::from(input.u8() % 4) };
+                    let id = if input.bool() {
+                        next_id
+                    } else {
+                        u64::from(input.u8() % 4)
+                    };
                     next_id += 1;
                     let slot = request(&mut input, id);
                     let id = u64::from_le_bytes(slot[8..16].try_into().expect("8"));
@@ -294,7 +295,13 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
                 }
             }
             _ => {
-                let (_, failed) = serve(engine, &mut front, &mut outstanding, &mut in_flight, hostile_index);
+                let (_, failed) = serve(
+                    engine,
+                    &mut front,
+                    &mut outstanding,
+                    &mut in_flight,
+                    hostile_index,
+                );
                 if let Some(e) = failed {
                     assert!(hostile_index, "engine failed with honest indices: {e}");
                     assert!(e.starts_with("ring halted"), "failed other than by halting: {e}");
@@ -313,11 +320,24 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
     let (_, failed) = serve(engine, &mut front, &mut outstanding, &mut in_flight, false);
     assert_eq!(failed, None, "honest indices");
     assert_eq!(in_flight, 0, "every request answered");
-    assert!(outstanding.is_empty(), "requests without a response: {outstanding:?}");
-    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + u32::from(input.u8())) as u8).collect();
+    assert!(
+        outstanding.is_empty(),
+        "requests without a response: {outstanding:?}"
+    );
+    let pattern: Vec<u8> = (0..4096u32)
+        .map(|i| (i * 7 + u32::from(input.u8())) as u8)
+        .collect();
     grants.grant(HONEST_SRC, 0);
     grants
-        .copy_to_guest(DOMID, &[GrantPiece { gref: HONEST_SRC, offset: 0, len: 4096 }], &pattern)
+        .copy_to_guest(
+            DOMID,
+            &[GrantPiece {
+                gref: HONEST_SRC,
+                offset: 0,
+                len: 4096,
+            }],
+            &pattern,
+        )
         .expect("fill");
     grants.grant(HONEST_DST, 0);
     let rw = |op: u8, id: u64, gref: u32| {
@@ -331,7 +351,10 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
         s[29] = 7;
         s
     };
-    for (op, id, gref) in [(BLKIF_OP_WRITE, 1 << 40, HONEST_SRC), (BLKIF_OP_READ, (1 << 40) + 1, HONEST_DST)] {
+    for (op, id, gref) in [
+        (BLKIF_OP_WRITE, 1 << 40, HONEST_SRC),
+        (BLKIF_OP_READ, (1 << 40) + 1, HONEST_DST),
+    ] {
         front.push_slot(&rw(op, id, gref));
         front.publish();
         in_flight += 1;

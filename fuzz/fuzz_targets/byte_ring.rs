@@ -10,10 +10,11 @@
 #![no_main]
 
 use std::mem::offset_of;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use libfuzzer_sys::fuzz_target;
-use pvkit_fuzz::{Input, SharedMem};
+use pvkit_fuzz::{Input, SharedMem, concurrently};
 use ring_protocol::Error;
 use ring_protocol::abi::console::XenconsInterface;
 use ring_protocol::abi::xenstore::XenstoreDomainInterface;
@@ -54,7 +55,10 @@ fn layout(kind: u8) -> (usize, [Ring; 2]) {
         prod: offset_of!(XenstoreDomainInterface, rsp_prod),
         cons: offset_of!(XenstoreDomainInterface, rsp_cons),
     };
-    let (c, x) = (size_of::<XenconsInterface>(), size_of::<XenstoreDomainInterface>());
+    let (c, x) = (
+        size_of::<XenconsInterface>(),
+        size_of::<XenstoreDomainInterface>(),
+    );
     match kind % 4 {
         0 => (c, [cons_out, cons_in]),
         1 => (c, [cons_in, cons_out]),
@@ -90,19 +94,23 @@ fn overrun(prod: u32, cons: u32, size: u32) -> Option<Error> {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let kind = input.u8();
+    // Whether the concurrent phase follows the script (which runs to the end of the input).
+    let flip = input.u8();
     let (len, [tx, rx]) = layout(kind);
-    let mem = SharedMem::new(len);
+    let shared = Arc::new(SharedMem::new(len));
+    let mem: &SharedMem = &shared;
     // Initial indices, possibly inconsistent already.
     for r in [tx, rx] {
         let base = input.u32();
-        mem.word(r.prod).store(base.wrapping_add(u32::from(input.u16())), Ordering::Relaxed);
+        mem.word(r.prod)
+            .store(base.wrapping_add(u32::from(input.u16())), Ordering::Relaxed);
         mem.word(r.cons).store(base, Ordering::Relaxed);
     }
     let idx = |at: usize| mem.word(at).load(Ordering::Relaxed);
     let (tx_prod0, tx_cons0, rx_prod0, rx_cons0) = (idx(tx.prod), idx(tx.cons), idx(rx.prod), idx(rx.cons));
     // SAFETY: `mem` outlives the ends (dropped at the end of this closure, after them) and this
     // harness touches it only atomically.
-    let opened = unsafe { open(kind, &mem) };
+    let opened = unsafe { open(kind, mem) };
     let expect_open = overrun(tx_prod0, tx_cons0, tx.size).or(overrun(rx_prod0, rx_cons0, rx.size));
     let mut end = match opened {
         Ok(end) => {
@@ -199,7 +207,11 @@ fuzz_target!(|data: &[u8]| {
                             after[(prod_pvt.wrapping_add(i as u32) & (tx.size - 1)) as usize] = b;
                         }
                         for (i, &b) in after.iter().enumerate() {
-                            assert_eq!(mem.byte(tx.data + i).load(Ordering::Relaxed), b, "free space only");
+                            assert_eq!(
+                                mem.byte(tx.data + i).load(Ordering::Relaxed),
+                                b,
+                                "free space only"
+                            );
                         }
                         prod_pvt = prod_pvt.wrapping_add(n);
                         assert_eq!(idx(tx.prod), prod_pvt, "producer index published");
@@ -215,28 +227,40 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!((end.tx.halted(), end.rx.halted()), (tx_halt, rx_halt));
         mem.check_canaries();
     }
-    if input.u8() & 1 == 1 {
-        // The peer flips its indices and the bytes concurrently.
-        let done = AtomicBool::new(false);
-        let seed = input.u64() | 1;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut x = seed;
-                let mut n = 0;
-                while !done.load(Ordering::Relaxed) && n < 20_000 {
-                    n += 1;
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let v = (x >> 20) as u32;
-                    match x % 4 {
-                        0 => mem.word(rx.prod).store(idx(rx.prod).wrapping_add(v % 64), Ordering::Release),
-                        1 => mem.word(tx.cons).store(idx(tx.cons).wrapping_add(v % 64), Ordering::Release),
-                        2 if v & 0x1000 != 0 => mem.word([rx.prod, tx.cons][v as usize & 1]).store(v, Ordering::Release),
-                        _ => mem.byte(rx.data + (v % rx.size) as usize).store(v as u8, Ordering::Relaxed),
-                    }
+    if flip & 1 == 1 {
+        // The peer flips its indices and the bytes concurrently, on a schedule seeded by the input.
+        let seed = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) | 1;
+        let peer_mem = shared.clone();
+        let peer = move |stop: &std::sync::atomic::AtomicBool| {
+            let mem = &*peer_mem;
+            let idx = |at: usize| mem.word(at).load(Ordering::Relaxed);
+            let mut x = seed;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                n += 1;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let v = (x >> 20) as u32;
+                match x % 4 {
+                    0 => mem
+                        .word(rx.prod)
+                        .store(idx(rx.prod).wrapping_add(v % 64), Ordering::Release),
+                    1 => mem
+                        .word(tx.cons)
+                        .store(idx(tx.cons).wrapping_add(v % 64), Ordering::Release),
+                    2 if v & 0x1000 != 0 => mem
+                        .word([rx.prod, tx.cons][v as usize & 1])
+                        .store(v, Ordering::Release),
+                    _ => mem
+                        .byte(rx.data + (v % rx.size) as usize)
+                        .store(v as u8, Ordering::Relaxed),
                 }
-            });
+            }
+        };
+        concurrently(peer, || {
             for i in 0..300u32 {
                 if i % 2 == 0 {
                     if let Ok(t) = end.rx.read(&mut buf[..(i as usize * 7) % 4096]) {
@@ -252,9 +276,7 @@ fuzz_target!(|data: &[u8]| {
                     *h = r;
                 }
             }
-            done.store(true, Ordering::Relaxed);
         });
     }
-    drop(end);
     mem.check_canaries();
 });

@@ -49,7 +49,9 @@ fn rx_slot(id: u16, gref: u32) -> [u8; 8] {
 
 /// A frame from the sniffer to the guest (or broadcast), `len` bytes.
 fn frame_for_guest(len: usize, seed: u8, broadcast: bool) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len.max(14)).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let mut f: Vec<u8> = (0..len.max(14))
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
     f[..6].copy_from_slice(if broadcast { &[0xff; 6] } else { &GUEST });
     f[6..12].copy_from_slice(&SNIFFER);
     f
@@ -103,13 +105,13 @@ fuzz_target!(|data: &[u8]| {
 
     // Serves; checks every response and every frame that reached the switch.
     let serve = |engine: &mut Box<dyn pvkit_backends::xen::xenbus::Engine>,
-                     r: &mut Rings<'_>,
-                     tx_ids: &mut HashMap<u16, u32>,
-                     rx_grefs: &HashMap<u16, u32>,
-                     sent_to_guest: &[Vec<u8>],
-                     hostile: bool,
-                     okays: &mut usize,
-                     sniffed: &mut usize|
+                 r: &mut Rings<'_>,
+                 tx_ids: &mut HashMap<u16, u32>,
+                 rx_grefs: &HashMap<u16, u32>,
+                 sent_to_guest: &[Vec<u8>],
+                 hostile: bool,
+                 okays: &mut usize,
+                 sniffed: &mut usize|
      -> Option<String> {
         let res = engine.process(&mut || Ok(()));
         let bound = |out: u32, size: u32| if hostile { size } else { out };
@@ -117,12 +119,17 @@ fuzz_target!(|data: &[u8]| {
             r.tx_out = r.tx_out.saturating_sub(1);
             let id = u16::from_le_bytes([rsp[0], rsp[1]]);
             let status = i16::from_le_bytes([rsp[2], rsp[3]]);
-            assert!([NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_NULL].contains(&status), "tx status {status}");
+            assert!(
+                [NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_NULL].contains(&status),
+                "tx status {status}"
+            );
             if status == NETIF_RSP_OKAY {
                 *okays += 1;
             }
             if !hostile {
-                let n = tx_ids.get_mut(&id).unwrap_or_else(|| panic!("tx response to id {id} never sent"));
+                let n = tx_ids
+                    .get_mut(&id)
+                    .unwrap_or_else(|| panic!("tx response to id {id} never sent"));
                 *n -= 1;
                 if *n == 0 {
                     tx_ids.remove(&id);
@@ -133,20 +140,33 @@ fuzz_target!(|data: &[u8]| {
             r.rx_out = r.rx_out.saturating_sub(1);
             let id = u16::from_le_bytes([rsp[0], rsp[1]]);
             let status = i16::from_le_bytes([rsp[6], rsp[7]]);
-            assert!(status == NETIF_RSP_ERROR || (14..=MAX_FRAME as i16).contains(&status), "rx status {status}");
+            assert!(
+                status == NETIF_RSP_ERROR || (14..=MAX_FRAME as i16).contains(&status),
+                "rx status {status}"
+            );
             if status > 0 && !hostile {
                 let gref = rx_grefs[&id];
                 let page = grants.page(gref);
                 let got = &page[..status as usize];
-                assert!(sent_to_guest.iter().any(|f| f[..] == *got), "a frame in the guest's buffer that nobody sent it");
+                assert!(
+                    sent_to_guest.iter().any(|f| f[..] == *got),
+                    "a frame in the guest's buffer that nobody sent it"
+                );
             }
         }
         while let Some(f) = sniffer.pop() {
             *sniffed += 1;
-            assert_eq!(&f[6..12], &GUEST, "a frame from the vif with another source address");
+            assert_eq!(
+                &f[6..12],
+                &GUEST,
+                "a frame from the vif with another source address"
+            );
             assert!((14..=MAX_FRAME).contains(&f.len()), "frame of {} bytes", f.len());
         }
-        assert!(*sniffed <= *okays, "{sniffed} frames switched for {okays} packets answered OKAY");
+        assert!(
+            *sniffed <= *okays,
+            "{sniffed} frames switched for {okays} packets answered OKAY"
+        );
         res.err()
     };
 
@@ -155,17 +175,25 @@ fuzz_target!(|data: &[u8]| {
         match input.u8() % 8 {
             0 | 1 => {
                 if r.tx_out + r.tx_queued < r.tx.size {
-                    let slot = if input.u8() % 8 == 0 {
+                    let slot = if input.u8().is_multiple_of(8) {
                         let mut s = [0u8; 12];
                         let raw = input.bytes(12);
                         s[..raw.len()].copy_from_slice(raw);
                         s
                     } else {
                         let gref = u32::from(input.u8() % 12);
-                        let offset = if input.bool() { u16::from(input.u8()) } else { input.u16() };
+                        let offset = if input.bool() {
+                            u16::from(input.u8())
+                        } else {
+                            input.u16()
+                        };
                         let flags = u16::from(input.u8()) & (NETTXF_MORE_DATA | NETTXF_EXTRA_INFO | 3);
                         let id = u16::from(input.u8());
-                        let size = if input.bool() { 14 + u16::from(input.u8()) * 6 } else { input.u16() };
+                        let size = if input.bool() {
+                            14 + u16::from(input.u8()) * 6
+                        } else {
+                            input.u16()
+                        };
                         tx_slot(gref, offset, flags, id, size)
                     };
                     *tx_ids.entry(u16::from_le_bytes([slot[8], slot[9]])).or_default() += 1;
@@ -225,7 +253,10 @@ fuzz_target!(|data: &[u8]| {
                 ) {
                     assert!(hostile, "engine failed with honest indices: {e}");
                     assert!(e.starts_with("ring halted"), "failed other than by halting: {e}");
-                    assert!(engine.process(&mut || Ok(())).is_err(), "a halted ring stays halted");
+                    assert!(
+                        engine.process(&mut || Ok(())).is_err(),
+                        "a halted ring stays halted"
+                    );
                     return;
                 }
             }
@@ -239,7 +270,16 @@ fuzz_target!(|data: &[u8]| {
     r.tx_out += std::mem::take(&mut r.tx_queued);
     r.rx.publish();
     r.rx_out += std::mem::take(&mut r.rx_queued);
-    let e = serve(&mut engine, &mut r, &mut tx_ids, &rx_grefs, &sent_to_guest, false, &mut okays, &mut sniffed);
+    let e = serve(
+        &mut engine,
+        &mut r,
+        &mut tx_ids,
+        &rx_grefs,
+        &sent_to_guest,
+        false,
+        &mut okays,
+        &mut sniffed,
+    );
     assert_eq!(e, None);
     assert_eq!(r.tx_out, 0, "every transmit slot answered");
     assert!(tx_ids.is_empty(), "transmit slots without a response: {tx_ids:?}");
@@ -249,7 +289,16 @@ fuzz_target!(|data: &[u8]| {
         switch.send(sniffer_port, &f).expect("send");
         sent_to_guest.push(f);
         let before = r.rx_out;
-        let e = serve(&mut engine, &mut r, &mut tx_ids, &rx_grefs, &sent_to_guest, false, &mut okays, &mut sniffed);
+        let e = serve(
+            &mut engine,
+            &mut r,
+            &mut tx_ids,
+            &rx_grefs,
+            &sent_to_guest,
+            false,
+            &mut okays,
+            &mut sniffed,
+        );
         assert_eq!(e, None);
         if r.rx_out == before {
             break;
@@ -263,7 +312,15 @@ fuzz_target!(|data: &[u8]| {
     }
     grants.grant(200, 0);
     grants
-        .copy_to_guest(DOMID, &[GrantPiece { gref: 200, offset: 100, len: 300 }], &honest)
+        .copy_to_guest(
+            DOMID,
+            &[GrantPiece {
+                gref: 200,
+                offset: 100,
+                len: 300,
+            }],
+            &honest,
+        )
         .expect("fill");
     while sniffer.pop().is_some() {}
     let (okays_before, sniffed_before) = (okays, sniffed);
@@ -277,7 +334,16 @@ fuzz_target!(|data: &[u8]| {
     let got = sniffer.pop().expect("the honest frame reached the switch");
     assert_eq!(got, honest, "switched intact");
     sniffed += 1;
-    let e = serve(&mut engine, &mut r, &mut tx_ids, &rx_grefs, &sent_to_guest, false, &mut okays, &mut sniffed);
+    let e = serve(
+        &mut engine,
+        &mut r,
+        &mut tx_ids,
+        &rx_grefs,
+        &sent_to_guest,
+        false,
+        &mut okays,
+        &mut sniffed,
+    );
     assert_eq!(e, None);
     assert_eq!(okays, okays_before + 1, "the honest packet answered OKAY");
     assert_eq!(sniffed, sniffed_before + 1);
@@ -293,7 +359,16 @@ fuzz_target!(|data: &[u8]| {
         // Frames queued before (no buffers) come first; serve until ours lands or the queue is
         // exhausted.
         for _ in 0..300 {
-            let e = serve(&mut engine, &mut r, &mut tx_ids, &rx_grefs, &sent_to_guest, false, &mut okays, &mut sniffed);
+            let e = serve(
+                &mut engine,
+                &mut r,
+                &mut tx_ids,
+                &rx_grefs,
+                &sent_to_guest,
+                false,
+                &mut okays,
+                &mut sniffed,
+            );
             assert_eq!(e, None);
             if grants.page(201)[..200] == f[..] {
                 break;
@@ -304,7 +379,11 @@ fuzz_target!(|data: &[u8]| {
                 r.rx_out += 1;
             }
         }
-        assert_eq!(&grants.page(201)[..200], &f[..], "the honest frame landed in the posted buffer");
+        assert_eq!(
+            &grants.page(201)[..200],
+            &f[..],
+            "the honest frame landed in the posted buffer"
+        );
     }
     tm.check_canaries();
     rm.check_canaries();

@@ -232,17 +232,37 @@ fn run(data: &[u8]) {
     let mut replies = Vec::new();
     let _ = (&f_peer).read_to_end(&mut replies);
     for (_, f) in &got_fds {
-        assert!(f.len() <= MAX_FDS, "{} descriptors forwarded with one message", f.len());
+        assert!(
+            f.len() <= MAX_FDS,
+            "{} descriptors forwarded with one message",
+            f.len()
+        );
     }
     if unmodelled {
-        assert!(got.starts_with(&want), "forwarded bytes before the unmodelled message");
+        assert!(
+            got.starts_with(&want),
+            "forwarded bytes before the unmodelled message"
+        );
         assert!(replies.starts_with(&want_replies));
         return;
     }
-    assert!(got == want, "forwarded {} bytes, {} expected", got.len(), want.len());
+    assert!(
+        got == want,
+        "forwarded {} bytes, {} expected",
+        got.len(),
+        want.len()
+    );
     // Batches in order (a batch arrives with whichever read takes its message's first byte).
     let got_counts: Vec<usize> = got_fds.iter().map(|(_, f)| f.len()).collect();
     let want_counts: Vec<usize> = want_fds.iter().map(|&(_, n)| n).collect();
-    assert_eq!(got_counts, want_counts, "descriptors forwarded with their own messages");
-    assert!(replies == want_replies, "replies to the VMM: {} bytes, {} expected", replies.len(), want_replies.len());
+    assert_eq!(
+        got_counts, want_counts,
+        "descriptors forwarded with their own messages"
+    );
+    assert!(
+        replies == want_replies,
+        "replies to the VMM: {} bytes, {} expected",
+        replies.len(),
+        want_replies.len()
+    );
 }

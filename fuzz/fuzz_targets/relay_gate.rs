@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let queues = 1 + u32::from(input.u8() % 3);
     let policy = Policy {
-        protocol_features: if input.bool() { 0x1 | 0x2 | 0x8 | 0x200 } else { 0x8 },
+        protocol_features: if input.bool() {
+            0x1 | 0x2 | 0x8 | 0x200
+        } else {
+            0x8
+        },
         queues,
         max_queue_size: 256,
         allow_unsealed_memory: false,
@@ -55,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
                         u32::from_le_bytes(m.payload[0..4].try_into().expect("4")),
                         u32::from_le_bytes(m.payload[4..8].try_into().expect("4")),
                     );
-                    assert!(i >= queues || !n.is_power_of_two() || n > 256, "SET_VRING_NUM {i} {n} refused: {e}");
+                    assert!(
+                        i >= queues || !n.is_power_of_two() || n > 256,
+                        "SET_VRING_NUM {i} {n} refused: {e}"
+                    );
                 }
             }
         }

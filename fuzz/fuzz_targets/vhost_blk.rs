@@ -75,7 +75,11 @@ fuzz_target!(|data: &[u8]| {
                     1 => MEM - u64::from(input.u8()),
                     _ => DATA + u64::from(input.u16()) % (HONEST - DATA),
                 };
-                let len = if input.u8() % 4 == 0 { input.u32() } else { u32::from(input.u16() % 2048) };
+                let len = if input.u8().is_multiple_of(4) {
+                    input.u32()
+                } else {
+                    u32::from(input.u16() % 2048)
+                };
                 let flags = u16::from(input.u8()) & (F_NEXT | F_WRITE | F_INDIRECT);
                 let next = u16::from(input.u8());
                 drv.desc(i, addr, len, flags, next);
@@ -84,13 +88,21 @@ fuzz_target!(|data: &[u8]| {
                 // A request header somewhere in the data area.
                 const TYPES: [u32; 7] = [T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES, 0xdead];
                 let t = TYPES[input.below(TYPES.len())];
-                let sector = if input.bool() { u64::from(input.u8()) } else { input.u64() };
+                let sector = if input.bool() {
+                    u64::from(input.u8())
+                } else {
+                    input.u64()
+                };
                 let at = DATA + u64::from(input.u16()) % (HONEST - DATA);
                 drv.poke(at, &header(t, sector));
             }
             3 => {
                 // Raw bytes anywhere: discard segments, indirect tables, the rings themselves.
-                let at = if input.bool() { u64::from(input.u16()) } else { DATA + u64::from(input.u16()) % (HONEST - DATA) };
+                let at = if input.bool() {
+                    u64::from(input.u16())
+                } else {
+                    DATA + u64::from(input.u16()) % (HONEST - DATA)
+                };
                 let bytes = input.chunk(64);
                 drv.poke(at, bytes);
             }
@@ -99,7 +111,11 @@ fuzz_target!(|data: &[u8]| {
                 offered += 1;
             }
             5 => {
-                let idx = if input.u8() % 8 == 0 { input.u16() } else { drv.avail_idx };
+                let idx = if input.u8().is_multiple_of(8) {
+                    input.u16()
+                } else {
+                    drv.avail_idx
+                };
                 drv.publish(idx);
             }
             6 => {
@@ -122,7 +138,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 for k in 0..added.min(size) {
                     let (id, _) = drv.used(used1.wrapping_sub(1 + k));
-                    assert!(id < u32::from(size), "used element names descriptor {id} of {size}");
+                    assert!(
+                        id < u32::from(size),
+                        "used element names descriptor {id} of {size}"
+                    );
                 }
             }
         }
@@ -135,7 +154,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     // Honest requests after whatever the input did: a write, a read of the same sectors, GET_ID.
-    let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 13 + u32::from(input.u8())) as u8).collect();
+    let pattern: Vec<u8> = (0..1024u32)
+        .map(|i| (i * 13 + u32::from(input.u8())) as u8)
+        .collect();
     let hdr = HONEST;
     let buf = HONEST + 0x100;
     let status = HONEST + 0x900;
@@ -162,7 +183,11 @@ fuzz_target!(|data: &[u8]| {
         drv.publish(drv.avail_idx);
         kick(&blk);
         assert!(!blk.health().is_broken(0), "an honest request stopped the queue");
-        assert_eq!(next_used(), used0.wrapping_add(1), "one used entry for the honest request");
+        assert_eq!(
+            next_used(),
+            used0.wrapping_add(1),
+            "one used entry for the honest request"
+        );
         assert_eq!(drv.used_idx(), used0.wrapping_add(1), "the used index published");
         let (id, len) = drv.used(used0);
         let want = if t == T_OUT { 1 } else { dlen + 1 };

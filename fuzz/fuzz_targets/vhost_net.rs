@@ -48,12 +48,18 @@ fuzz_target!(|data: &[u8]| {
     let mut sent_to_guest: Vec<Vec<u8>> = Vec::new();
     let mut switched = 0u32;
     let mut tx_taken = 0u32;
-    let event = |net: &VhostNet, id: u16, drv: &[Driver<'_>; 2], switched: &mut u32, tx_taken: &mut u32, sent: &[Vec<u8>]| {
+    let event = |net: &VhostNet,
+                 id: u16,
+                 drv: &[Driver<'_>; 2],
+                 switched: &mut u32,
+                 tx_taken: &mut u32,
+                 sent: &[Vec<u8>]| {
         let broken = net.health().any_broken();
         let rounds = net.health().rounds();
         let before = [next_used(RX), next_used(TX)];
         let next0 = [vrings[RX].queue_next_avail(), vrings[TX].queue_next_avail()];
-        net.handle_event(id, EventSet::IN, &vrings, 0).expect("an event is always handled");
+        net.handle_event(id, EventSet::IN, &vrings, 0)
+            .expect("an event is always handled");
         if broken {
             assert_eq!(net.health().rounds(), rounds, "a stopped device does no work");
             assert_eq!(net.port(), None, "a stopped device is off the switch");
@@ -61,25 +67,41 @@ fuzz_target!(|data: &[u8]| {
         for q in [RX, TX] {
             let added = next_used(q).wrapping_sub(before[q]);
             let taken = vrings[q].queue_next_avail().wrapping_sub(next0[q]);
-            assert!(added <= taken, "queue {q}: {added} used entries for {taken} chains taken");
+            assert!(
+                added <= taken,
+                "queue {q}: {added} used entries for {taken} chains taken"
+            );
             if q == TX {
                 *tx_taken += u32::from(taken);
             }
             for k in 0..added.min(size) {
                 let (id, len) = drv[q].used(next_used(q).wrapping_sub(1 + k));
-                assert!(id < u32::from(size), "queue {q}: used element names descriptor {id}");
+                assert!(
+                    id < u32::from(size),
+                    "queue {q}: used element names descriptor {id}"
+                );
                 if q == RX && len != 0 {
                     let n = len as usize;
                     assert!(n > NET_HDR_LEN, "receive of {n} bytes");
-                    assert!(sent.iter().any(|f| f.len() == n - NET_HDR_LEN), "receive length {n} of no frame sent");
+                    assert!(
+                        sent.iter().any(|f| f.len() == n - NET_HDR_LEN),
+                        "receive length {n} of no frame sent"
+                    );
                 }
             }
         }
         while let Some(f) = other.pop() {
             *switched += 1;
-            assert!(f.len() <= MAX_FRAME, "a {}-byte frame reached the switch", f.len());
+            assert!(
+                f.len() <= MAX_FRAME,
+                "a {}-byte frame reached the switch",
+                f.len()
+            );
         }
-        assert!(*switched <= *tx_taken, "{switched} frames switched for {tx_taken} transmit chains");
+        assert!(
+            *switched <= *tx_taken,
+            "{switched} frames switched for {tx_taken} transmit chains"
+        );
     };
     let mut ops = 0;
     while !input.is_empty() && ops < 96 {
@@ -102,12 +124,20 @@ fuzz_target!(|data: &[u8]| {
                 drv[q].desc(i, addr, len, flags, u16::from(input.u8()));
             }
             2 => {
-                let at = if input.bool() { u64::from(input.u16()) } else { DATA + u64::from(input.u16()) % (HONEST - DATA) };
+                let at = if input.bool() {
+                    u64::from(input.u16())
+                } else {
+                    DATA + u64::from(input.u16()) % (HONEST - DATA)
+                };
                 drv[q].poke(at, input.chunk(64));
             }
             3 => drv[q].offer(u16::from(input.u8())),
             4 => {
-                let idx = if input.u8() % 8 == 0 { input.u16() } else { drv[q].avail_idx };
+                let idx = if input.u8().is_multiple_of(8) {
+                    input.u16()
+                } else {
+                    drv[q].avail_idx
+                };
                 drv[q].publish(idx);
             }
             5 => {
@@ -127,10 +157,31 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // Whatever the input left in the rings is served first (it may stop the device).
-    event(&net, TX as u16, &drv, &mut switched, &mut tx_taken, &sent_to_guest);
-    event(&net, RX_READY_EVENT, &drv, &mut switched, &mut tx_taken, &sent_to_guest);
+    event(
+        &net,
+        TX as u16,
+        &drv,
+        &mut switched,
+        &mut tx_taken,
+        &sent_to_guest,
+    );
+    event(
+        &net,
+        RX_READY_EVENT,
+        &drv,
+        &mut switched,
+        &mut tx_taken,
+        &sent_to_guest,
+    );
     if net.health().any_broken() {
-        event(&net, TX as u16, &drv, &mut switched, &mut tx_taken, &sent_to_guest);
+        event(
+            &net,
+            TX as u16,
+            &drv,
+            &mut switched,
+            &mut tx_taken,
+            &sent_to_guest,
+        );
         return;
     }
     // Entries published and not taken (an index ahead of the chains) are withdrawn.
@@ -156,9 +207,17 @@ fuzz_target!(|data: &[u8]| {
     d.offer(0);
     d.publish(d.avail_idx);
     while other.pop().is_some() {}
-    net.handle_event(TX as u16, EventSet::IN, &vrings, 0).expect("handled");
-    assert!(!net.health().any_broken(), "an honest transmit stopped the device");
-    assert_eq!(other.pop(), Some(frame), "the honest frame reached the switch intact");
+    net.handle_event(TX as u16, EventSet::IN, &vrings, 0)
+        .expect("handled");
+    assert!(
+        !net.health().any_broken(),
+        "an honest transmit stopped the device"
+    );
+    assert_eq!(
+        other.pop(),
+        Some(frame),
+        "the honest frame reached the switch intact"
+    );
     // An honest receive: one writable buffer, then a frame for the guest. Frames queued before
     // go first: keep posting until ours lands.
     let f: Vec<u8> = {
@@ -177,13 +236,19 @@ fuzz_target!(|data: &[u8]| {
         d.desc(0, HONEST + 0x400, 2048, F_WRITE, 0);
         d.offer(0);
         d.publish(d.avail_idx);
-        net.handle_event(RX_READY_EVENT, EventSet::IN, &vrings, 0).expect("handled");
-        assert!(!net.health().any_broken(), "an honest receive buffer stopped the device");
+        net.handle_event(RX_READY_EVENT, EventSet::IN, &vrings, 0)
+            .expect("handled");
+        assert!(
+            !net.health().any_broken(),
+            "an honest receive buffer stopped the device"
+        );
         if next_used(RX) == used0 {
             break;
         }
         let (_, len) = drv[RX].used(used0);
-        if len as usize == NET_HDR_LEN + f.len() && drv[RX].peek(HONEST + 0x400 + NET_HDR_LEN as u64, f.len()) == f {
+        if len as usize == NET_HDR_LEN + f.len()
+            && drv[RX].peek(HONEST + 0x400 + NET_HDR_LEN as u64, f.len()) == f
+        {
             let hdr = drv[RX].peek(HONEST + 0x400, NET_HDR_LEN);
             assert_eq!(hdr[10], 1, "num_buffers");
             landed = true;

@@ -57,7 +57,20 @@ const KEYS: [&str; 14] = [
     "ring-ref16",
 ];
 
-const VALUES: [&str; 12] = ["0", "1", "4", "5", "0x10", "4294967296", "x86_64-abi", "x86_32-abi", "", " 7\0", "-1", "18446744073709551615"];
+const VALUES: [&str; 12] = [
+    "0",
+    "1",
+    "4",
+    "5",
+    "0x10",
+    "4294967296",
+    "x86_64-abi",
+    "x86_32-abi",
+    "",
+    " 7\0",
+    "-1",
+    "18446744073709551615",
+];
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -67,15 +80,20 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(n, number_model(v), "parse_number({v:?})");
     if let Some(n) = n {
         let digits = v.trim_ascii();
-        let stripped = std::str::from_utf8(digits).expect("digits").trim_start_matches('0');
+        let stripped = std::str::from_utf8(digits)
+            .expect("digits")
+            .trim_start_matches('0');
         let want = if stripped.is_empty() { "0" } else { stripped };
         assert_eq!(n.to_string(), want, "round trip of {v:?}");
     }
-    assert_eq!(parse_flag(v), n.and_then(|n| match n {
-        0 => Some(false),
-        1 => Some(true),
-        _ => None,
-    }));
+    assert_eq!(
+        parse_flag(v),
+        n.and_then(|n| match n {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        })
+    );
     if let Some(n) = n
         && let Some(s) = XenbusState::from_number(n)
     {
@@ -84,13 +102,20 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(v) {
         if let Some(mac) = parse_mac(s) {
             let printed: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-            assert_eq!(printed.join(":"), s.trim().to_ascii_lowercase(), "MAC round trip of {s:?}");
+            assert_eq!(
+                printed.join(":"),
+                s.trim().to_ascii_lowercase(),
+                "MAC round trip of {s:?}"
+            );
             assert_eq!(is_unicast_mac(mac), mac[0] & 1 == 0 && mac != [0; 6]);
         } else {
             let t = s.trim();
             let groups: Vec<&str> = t.split(':').collect();
             assert!(
-                groups.len() != 6 || groups.iter().any(|g| g.len() != 2 || !g.bytes().all(|c| c.is_ascii_hexdigit())),
+                groups.len() != 6
+                    || groups
+                        .iter()
+                        .any(|g| g.len() != 2 || !g.bytes().all(|c| c.is_ascii_hexdigit())),
                 "a MAC refused: {s:?}"
             );
         }
@@ -110,7 +135,11 @@ fuzz_target!(|data: &[u8]| {
     let front = Frontend::from_keys(dir.clone());
     for (k, v) in &dir {
         let first = front.get(k).expect("present");
-        assert_eq!(front.number(k).ok(), backend_number_model(first), "number({k}) of {v:?}");
+        assert_eq!(
+            front.number(k).ok(),
+            backend_number_model(first),
+            "number({k}) of {v:?}"
+        );
     }
     // The rounds of reads blkback makes, as `read_front` drives them: only keys it names, at most
     // a 16-page ring's worth.
@@ -128,7 +157,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!k.is_empty() && !k.contains('/'), "key {k:?}");
             assert!(
                 ["protocol", "ring-page-order", "ring-ref", "event-channel"].contains(&k.as_str())
-                    || k.strip_prefix("ring-ref").and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| i < 16),
+                    || k.strip_prefix("ring-ref")
+                        .and_then(|i| i.parse::<u32>().ok())
+                        .is_some_and(|i| i < 16),
                 "blkback asks for {k}"
             );
             asked.push(k);
@@ -145,14 +176,31 @@ fuzz_target!(|data: &[u8]| {
         assert!(p.is_none_or(|p| p == "x86_64-abi"), "protocol {p:?} accepted");
         assert_eq!(u64::from(port), front.number("event-channel").expect("parsed"));
         for (i, r) in refs.iter().enumerate() {
-            let key = if order == 0 && front.get("ring-ref").is_some() { "ring-ref".to_string() } else { format!("ring-ref{i}") };
+            let key = if order == 0 && front.get("ring-ref").is_some() {
+                "ring-ref".to_string()
+            } else {
+                format!("ring-ref{i}")
+            };
             assert_eq!(u64::from(*r), front.number(&key).expect("parsed"), "{key}");
         }
     }
-    assert!(netback::fuzzing::frontend_reads().iter().all(|k| !k.contains('/')));
+    assert!(
+        netback::fuzzing::frontend_reads()
+            .iter()
+            .all(|k| !k.contains('/'))
+    );
     if let Ok((tx, rx, port)) = netback::fuzzing::ring_keys(&front) {
-        assert_eq!(front.opt_number("request-rx-copy"), Ok(Some(1)), "rx-copy requested");
-        assert!(front.opt_number("multi-queue-num-queues").expect("parsed").is_none_or(|n| n <= 1));
+        assert_eq!(
+            front.opt_number("request-rx-copy"),
+            Ok(Some(1)),
+            "rx-copy requested"
+        );
+        assert!(
+            front
+                .opt_number("multi-queue-num-queues")
+                .expect("parsed")
+                .is_none_or(|n| n <= 1)
+        );
         assert_eq!(u64::from(tx), front.number("tx-ring-ref").expect("parsed"));
         assert_eq!(u64::from(rx), front.number("rx-ring-ref").expect("parsed"));
         assert_eq!(u64::from(port), front.number("event-channel").expect("parsed"));

@@ -23,7 +23,12 @@ use pvkit_backends::xen::xenstore::{Access, MAX_QUEUED_EVENTS, NO_TX, XenStore};
 use pvkit_fuzz::Input;
 use ring_protocol::abi::xenstore::XsdSockmsgType as T;
 
-const PATHS: [&str; 4] = ["/local/domain/3/device/vbd/51712/state", "/local/domain/3/device/vbd/51712/state/x", "@releaseDomain", "/other"];
+const PATHS: [&str; 4] = [
+    "/local/domain/3/device/vbd/51712/state",
+    "/local/domain/3/device/vbd/51712/state/x",
+    "@releaseDomain",
+    "/other",
+];
 const TOKENS: [&str; 3] = ["fe", "release", "nobody"];
 
 /// What the client expects back from the honest daemon, per request.
@@ -72,7 +77,12 @@ impl Daemon<'_> {
             }
             4 => {
                 let name = ["ENOENT", "EAGAIN", "EACCES", "EINVAL"][i.below(4)];
-                msg(T::Error as u32, req_id, name.len() as u32 + 1, format!("{name}\0").as_bytes())
+                msg(
+                    T::Error as u32,
+                    req_id,
+                    name.len() as u32 + 1,
+                    format!("{name}\0").as_bytes(),
+                )
             }
             5 | 6 => {
                 let path = PATHS[i.below(PATHS.len())];
@@ -84,15 +94,28 @@ impl Daemon<'_> {
                 // Another type or another id.
                 self.tainted = true;
                 let p = i.chunk(16).to_vec();
-                let (t, id) = if i.bool() { (u32::from(i.u8()), req_id) } else { (ty, req_id.wrapping_add(1 + u32::from(i.u8()))) };
+                let (t, id) = if i.bool() {
+                    (u32::from(i.u8()), req_id)
+                } else {
+                    (ty, req_id.wrapping_add(1 + u32::from(i.u8())))
+                };
                 msg(t, id, p.len() as u32, &p)
             }
             8 => {
                 // A header claiming anything, with what follows.
                 self.tainted = true;
-                let len = if i.bool() { i.u32() } else { 4000 + u32::from(i.u16() % 200) };
+                let len = if i.bool() {
+                    i.u32()
+                } else {
+                    4000 + u32::from(i.u16() % 200)
+                };
                 let p = i.chunk(64).to_vec();
-                msg(u32::from(i.u8() % 24), if i.bool() { req_id } else { i.u32() }, len, &p)
+                msg(
+                    u32::from(i.u8() % 24),
+                    if i.bool() { req_id } else { i.u32() },
+                    len,
+                    &p,
+                )
             }
             _ => {
                 self.eof = true;
@@ -164,7 +187,9 @@ fn split(p: &[u8]) -> Vec<String> {
     if body.is_empty() {
         return Vec::new();
     }
-    body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+    body.split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -196,7 +221,12 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let r = xs.read(NO_TX, path);
                 if let (Ok(Some(v)), Some(h)) = (&r, honest(&xs)) {
-                    assert!(v == &h, "read returns the reply's payload ({} bytes, {} sent)", v.len(), h.len());
+                    assert!(
+                        v == &h,
+                        "read returns the reply's payload ({} bytes, {} sent)",
+                        v.len(),
+                        h.len()
+                    );
                 }
             }
             1 => {
@@ -224,13 +254,18 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(e[1..].parse::<u16>().ok(), Some(p.domid), "{p:?} from {e:?}");
                     }
                 }
-                Ok(_) | Err(Error::XenStoreProtocol(_) | Error::XenStore { .. } | Error::XenStoreIo { .. }) => {}
+                Ok(_)
+                | Err(Error::XenStoreProtocol(_) | Error::XenStore { .. } | Error::XenStoreIo { .. }) => {}
                 Err(e) => panic!("get_perms: unexpected error {e}"),
             },
             4 | 5 => {
                 let exact = c % 9 == 5;
                 ever.insert(token);
-                let r = if exact { xs.watch_exact(path, token) } else { xs.watch(path, token) };
+                let r = if exact {
+                    xs.watch_exact(path, token)
+                } else {
+                    xs.watch(path, token)
+                };
                 if r.is_ok() {
                     watched.push((path, token, exact));
                 }
@@ -244,7 +279,11 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(tx) = xs.transaction_start()
                     && let Some(h) = honest(&xs)
                 {
-                    assert_eq!(split(&h).first().and_then(|t| t.parse().ok()), Some(tx), "transaction id parsed");
+                    assert_eq!(
+                        split(&h).first().and_then(|t| t.parse().ok()),
+                        Some(tx),
+                        "transaction id parsed"
+                    );
                     let _ = xs.transaction_end(tx, c & 0x10 != 0);
                 }
             }
@@ -253,7 +292,10 @@ fuzz_target!(|data: &[u8]| {
                     && let Ok(e) = xs.next_watch_event()
                 {
                     // Only for tokens we registered.
-                    assert!(ever.contains(e.token.as_str()), "event for a token never registered: {e:?}");
+                    assert!(
+                        ever.contains(e.token.as_str()),
+                        "event for a token never registered: {e:?}"
+                    );
                 }
             }
         }

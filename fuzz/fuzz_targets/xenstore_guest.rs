@@ -57,12 +57,25 @@ fn msg(ty: u32, req_id: u32, len: u32, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-const VALUES: [&[u8]; 8] = [b"4", b"1", b"0", b"/local/domain/0/backend/vbd/3/51712", b"51712\0", b" 7 ", b"18446744073709551616", b"0x10"];
+const VALUES: [&[u8]; 8] = [
+    b"4",
+    b"1",
+    b"0",
+    b"/local/domain/0/backend/vbd/3/51712",
+    b"51712\0",
+    b" 7 ",
+    b"18446744073709551616",
+    b"0x10",
+];
 
 impl Daemon<'_> {
     fn answer(&mut self, ty: u32, req_id: u32) {
         if self.honest_mode {
-            let p: &[u8] = if ty == T::Directory as u32 { b"51712\0" } else { b"4" };
+            let p: &[u8] = if ty == T::Directory as u32 {
+                b"51712\0"
+            } else {
+                b"4"
+            };
             self.honest = Some(p.to_vec());
             self.out.extend(msg(ty, req_id, p.len() as u32, p));
             return;
@@ -70,29 +83,51 @@ impl Daemon<'_> {
         let i = &mut self.input;
         match i.u8() % 12 {
             0..=3 => {
-                let p = if i.bool() { VALUES[i.below(VALUES.len())].to_vec() } else { i.chunk(100).to_vec() };
+                let p = if i.bool() {
+                    VALUES[i.below(VALUES.len())].to_vec()
+                } else {
+                    i.chunk(100).to_vec()
+                };
                 self.honest = Some(p.clone());
                 self.out.extend(msg(ty, req_id, p.len() as u32, &p));
             }
             4 => {
                 let name = ["ENOENT", "EAGAIN", "EACCES", "EWHAT"][i.below(4)];
-                self.out.extend(msg(T::Error as u32, req_id, name.len() as u32 + 1, format!("{name}\0").as_bytes()));
+                self.out.extend(msg(
+                    T::Error as u32,
+                    req_id,
+                    name.len() as u32 + 1,
+                    format!("{name}\0").as_bytes(),
+                ));
             }
             5 | 6 => {
-                let p = if i.bool() { format!("/local/domain/3/x\0xenbus:{}\0", i.u8()) } else { String::from_utf8_lossy(i.chunk(30)).into_owned() };
-                self.out.extend(msg(T::WatchEvent as u32, 0, p.len() as u32, p.as_bytes()));
+                let p = if i.bool() {
+                    format!("/local/domain/3/x\0xenbus:{}\0", i.u8())
+                } else {
+                    String::from_utf8_lossy(i.chunk(30)).into_owned()
+                };
+                self.out
+                    .extend(msg(T::WatchEvent as u32, 0, p.len() as u32, p.as_bytes()));
                 // The answer itself comes on a later look.
                 self.answer(ty, req_id);
             }
             7 => {
                 let p = i.chunk(8).to_vec();
                 let t = if i.bool() { u32::from(i.u8() % 30) } else { ty };
-                let id = if i.bool() { req_id.wrapping_sub(u32::from(i.u8() % 3)) } else { i.u32() };
+                let id = if i.bool() {
+                    req_id.wrapping_sub(u32::from(i.u8() % 3))
+                } else {
+                    i.u32()
+                };
                 self.out.extend(msg(t, id, p.len() as u32, &p));
             }
             8 => {
                 // A header claiming anything.
-                let len = if i.bool() { i.u32() } else { 4090 + u32::from(i.u8() % 16) };
+                let len = if i.bool() {
+                    i.u32()
+                } else {
+                    4090 + u32::from(i.u8() % 16)
+                };
                 let p = i.chunk(32).to_vec();
                 if p.len() as u32 != len {
                     self.desync = true;
@@ -167,7 +202,12 @@ fuzz_target!(|data: &[u8]| {
     let mem = SharedMem::new(size_of::<XenstoreDomainInterface>());
     // SAFETY: `mem` outlives both ends (dropped after them, at the end of this closure) and is
     // accessed only through them.
-    let (guest, daemon) = unsafe { (xenstore_guest(mem.ptr().cast()), xenstore_daemon(mem.ptr().cast())) };
+    let (guest, daemon) = unsafe {
+        (
+            xenstore_guest(mem.ptr().cast()),
+            xenstore_daemon(mem.ptr().cast()),
+        )
+    };
     let w = W {
         d: RefCell::new(Daemon {
             end: daemon.expect("daemon end"),
@@ -210,7 +250,11 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 if let Ok(devs) = xenbus::enumerate(&mut xs, &w, "vbd") {
                     for d in devs {
-                        assert!(d.backend.starts_with('/') && d.backend.len() <= MAX_BACKEND_PATH && !d.backend.contains('\0'));
+                        assert!(
+                            d.backend.starts_with('/')
+                                && d.backend.len() <= MAX_BACKEND_PATH
+                                && !d.backend.contains('\0')
+                        );
                         assert!(d.backend_id < DOMID_FIRST_RESERVED);
                     }
                 }
@@ -229,7 +273,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let Some(e) = xs.halted().cloned() {
-            assert!(xs.read(&w, NO_TX, "x").is_err(), "a halted client stays halted: {e}");
+            assert!(
+                xs.read(&w, NO_TX, "x").is_err(),
+                "a halted client stays halted: {e}"
+            );
         }
     }
     // The queue holds at most 64 events, whatever was sent.
@@ -251,7 +298,10 @@ fuzz_target!(|data: &[u8]| {
     xs.set_timeout_us(100_000);
     let mut ok = false;
     for _ in 0..80 {
-        if xs.read(&w, NO_TX, "device/vbd/51712/state").is_ok_and(|v| v == b"4") {
+        if xs
+            .read(&w, NO_TX, "device/vbd/51712/state")
+            .is_ok_and(|v| v == b"4")
+        {
             ok = true;
             break;
         }

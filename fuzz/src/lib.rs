@@ -90,7 +90,7 @@ impl<'a> Input<'a> {
 pub const CANARY: usize = 64;
 const CANARY_BYTE: u8 = 0xa5;
 
-/// Page-aligned memory of `len` bytes with canaries on both sides, accessed only through atomics.
+/// 8-byte-aligned memory of `len` bytes with canaries on both sides, accessed only through atomics.
 #[derive(Debug)]
 pub struct SharedMem {
     words: Box<[AtomicU64]>,
@@ -98,8 +98,8 @@ pub struct SharedMem {
 }
 
 impl SharedMem {
-    /// `len` bytes of zeroed memory (its start 4096-byte aligned... in practice 64: the ring code
-    /// needs 4- or 8-byte alignment, which is what is guaranteed), canaries around it.
+    /// `len` bytes of zeroed memory, 8-byte aligned (what the ring code needs for its 64-bit slot
+    /// copies), canaries around it.
     pub fn new(len: usize) -> Self {
         let total = CANARY + len.div_ceil(8) * 8 + CANARY;
         let words: Box<[AtomicU64]> = (0..total / 8).map(|_| AtomicU64::new(0)).collect();
@@ -352,3 +352,51 @@ pub fn image(name: &str, sectors: u64) -> std::sync::Arc<pvkit_backends::block::
     std::sync::Arc::new(core)
 }
 pub mod relay;
+
+/// Runs `peer` on a long-lived second thread while `consumer` runs on this one: the peer starts
+/// before the consumer does and is told to stop (through the flag it is given) once the consumer
+/// is done; this returns after both. One thread for every input: spawning one per input costs more
+/// than the input, and a thread still exiting when the input ends looks like a leak to
+/// LeakSanitizer.
+pub fn concurrently(
+    peer: impl FnOnce(&std::sync::atomic::AtomicBool) + Send + 'static,
+    consumer: impl FnOnce(),
+) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex, OnceLock, mpsc};
+    type Job = (
+        Box<dyn FnOnce(&AtomicBool) + Send>,
+        Arc<AtomicBool>,
+        Arc<AtomicBool>,
+        mpsc::Sender<()>,
+    );
+    static WORKER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let worker = WORKER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (job, started, stop, done) in rx {
+                started.store(true, Ordering::Release);
+                job(&stop);
+                let _ = done.send(());
+            }
+        });
+        Mutex::new(tx)
+    });
+    let started = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = mpsc::channel();
+    worker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((Box::new(peer), started.clone(), stop.clone(), done_tx))
+        .expect("peer thread");
+    while !started.load(Ordering::Acquire) {
+        std::thread::yield_now();
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(consumer));
+    stop.store(true, Ordering::Relaxed);
+    let _ = done_rx.recv();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}

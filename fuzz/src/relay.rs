@@ -74,7 +74,10 @@ pub fn make(kind: Kind) -> OwnedFd {
         let fd = match kind {
             Kind::Eventfd => libc::eventfd(0, libc::EFD_CLOEXEC),
             Kind::Memfd { size, sealed } => {
-                let fd = libc::memfd_create(c"pvkit-fuzz".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+                let fd = libc::memfd_create(
+                    c"pvkit-fuzz".as_ptr(),
+                    libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+                );
                 assert!(fd >= 0, "memfd_create");
                 assert_eq!(libc::ftruncate(fd, size as libc::off_t), 0, "ftruncate");
                 if sealed {
@@ -97,11 +100,23 @@ pub fn make(kind: Kind) -> OwnedFd {
 /// The kinds the builder picks from.
 pub const KINDS: [Kind; 6] = [
     Kind::Eventfd,
-    Kind::Memfd { size: 0x10000, sealed: true },
-    Kind::Memfd { size: 0x100000, sealed: true },
-    Kind::Memfd { size: 0x10000, sealed: false },
+    Kind::Memfd {
+        size: 0x10000,
+        sealed: true,
+    },
+    Kind::Memfd {
+        size: 0x100000,
+        sealed: true,
+    },
+    Kind::Memfd {
+        size: 0x10000,
+        sealed: false,
+    },
     Kind::Pipe,
-    Kind::Memfd { size: 0x1000, sealed: true },
+    Kind::Memfd {
+        size: 0x1000,
+        sealed: true,
+    },
 ];
 
 /// One message as the frontend sends it.
@@ -132,13 +147,21 @@ fn u32s(v: &[u32]) -> Vec<u8> {
 
 /// A message from the input: mostly well-formed with hostile values.
 pub fn message(i: &mut Input<'_>) -> Msg {
-    let req = if i.u8() % 16 == 0 { i.u32() } else { CODES[i.below(CODES.len())] };
+    let req = if i.u8().is_multiple_of(16) {
+        i.u32()
+    } else {
+        CODES[i.below(CODES.len())]
+    };
     let flags = match i.u8() % 8 {
         0 => i.u32(),
         1..=3 => 1 | 8,
         _ => 1,
     };
-    let index = if i.u8() % 4 == 0 { i.u32() } else { u32::from(i.u8() % 3) };
+    let index = if i.u8().is_multiple_of(4) {
+        i.u32()
+    } else {
+        u32::from(i.u8() % 3)
+    };
     let payload = match req {
         SET_VRING_NUM | SET_VRING_BASE | GET_VRING_BASE | SET_VRING_ENABLE => {
             let num = match i.u8() % 4 {
@@ -149,15 +172,21 @@ pub fn message(i: &mut Input<'_>) -> Msg {
             u32s(&[index, num])
         }
         SET_VRING_ADDR => {
-            let mut p = u32s(&[index, if i.u8() % 8 == 0 { 1 } else { 0 }]);
+            let mut p = u32s(&[index, if i.u8().is_multiple_of(8) { 1 } else { 0 }]);
             for _ in 0..4 {
-                let a = if i.bool() { i.u64() } else { 0x7f00_0000_0000 + (u64::from(i.u16()) << 4) };
+                let a = if i.bool() {
+                    i.u64()
+                } else {
+                    0x7f00_0000_0000 + (u64::from(i.u16()) << 4)
+                };
                 p.extend_from_slice(&a.to_le_bytes());
             }
             p
         }
         SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => {
-            let v = u64::from(index & 0xff) | if i.bool() { 0x100 } else { 0 } | if i.u8() % 8 == 0 { i.u64() } else { 0 };
+            let v = u64::from(index & 0xff)
+                | if i.bool() { 0x100 } else { 0 }
+                | if i.u8().is_multiple_of(8) { i.u64() } else { 0 };
             v.to_le_bytes().to_vec()
         }
         SET_FEATURES | SET_PROTOCOL_FEATURES | SET_LOG_BASE => {
@@ -165,17 +194,33 @@ pub fn message(i: &mut Input<'_>) -> Msg {
             v.to_le_bytes().to_vec()
         }
         SET_MEM_TABLE => {
-            let n = if i.u8() % 8 == 0 { i.u32() } else { u32::from(i.u8() % 10) };
-            let mut p = u32s(&[n, if i.u8() % 16 == 0 { 1 } else { 0 }]);
+            let n = if i.u8().is_multiple_of(8) {
+                i.u32()
+            } else {
+                u32::from(i.u8() % 10)
+            };
+            let mut p = u32s(&[n, if i.u8().is_multiple_of(16) { 1 } else { 0 }]);
             for r in 0..(n.min(10) as u64) {
-                let gpa = if i.bool() { i.u64() } else { r * 0x10000 + (u64::from(i.u8()) << 12) };
+                let gpa = if i.bool() {
+                    i.u64()
+                } else {
+                    r * 0x10000 + (u64::from(i.u8()) << 12)
+                };
                 let size = match i.u8() % 4 {
                     0 => i.u64(),
                     1 => 0,
                     _ => 0x1000 << (i.u8() % 9),
                 };
-                let uva = if i.bool() { i.u64() } else { 0x7f00_0000_0000 + r * 0x100000 + (u64::from(i.u8()) << 12) };
-                let off = if i.bool() { i.u64() } else { u64::from(i.u8() % 4) << 12 };
+                let uva = if i.bool() {
+                    i.u64()
+                } else {
+                    0x7f00_0000_0000 + r * 0x100000 + (u64::from(i.u8()) << 12)
+                };
+                let off = if i.bool() {
+                    i.u64()
+                } else {
+                    u64::from(i.u8() % 4) << 12
+                };
                 let mut reg = Vec::with_capacity(REGION);
                 for v in [gpa, size, uva, off] {
                     reg.extend_from_slice(&v.to_le_bytes());
@@ -183,7 +228,7 @@ pub fn message(i: &mut Input<'_>) -> Msg {
                 reg.resize(REGION, 0);
                 p.extend(reg);
             }
-            if i.u8() % 16 == 0 {
+            if i.u8().is_multiple_of(16) {
                 p.truncate(p.len().saturating_sub(1 + usize::from(i.u8() % 8)));
             }
             p
@@ -196,22 +241,37 @@ pub fn message(i: &mut Input<'_>) -> Msg {
         _ => i.chunk(32).to_vec(),
     };
     let n_fds = match req {
-        SET_MEM_TABLE if i.u8() % 4 != 0 => payload.get(..4).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4"))).min(10) as usize,
-        SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR if i.u8() % 4 != 0 => usize::from(payload[1] & 1 == 0),
-        _ => usize::from(i.u8() % 16 == 0) * usize::from(i.u8() % 40),
+        SET_MEM_TABLE if !i.u8().is_multiple_of(4) => payload
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4")))
+            .min(10) as usize,
+        SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR if !i.u8().is_multiple_of(4) => {
+            usize::from(payload[1] & 1 == 0)
+        }
+        _ => usize::from(i.u8().is_multiple_of(16)) * usize::from(i.u8() % 40),
     };
     let fds = (0..n_fds)
         .map(|_| {
-            if req == SET_MEM_TABLE && i.u8() % 4 != 0 {
-                Kind::Memfd { size: 0x100000, sealed: true }
-            } else if matches!(req, SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR) && i.u8() % 4 != 0 {
+            if req == SET_MEM_TABLE && !i.u8().is_multiple_of(4) {
+                Kind::Memfd {
+                    size: 0x100000,
+                    sealed: true,
+                }
+            } else if matches!(req, SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR)
+                && !i.u8().is_multiple_of(4)
+            {
                 Kind::Eventfd
             } else {
                 KINDS[i.below(KINDS.len())]
             }
         })
         .collect();
-    Msg { req, flags, payload, fds }
+    Msg {
+        req,
+        flags,
+        payload,
+        fds,
+    }
 }
 
 /// What the gate knows of the connection, as the model tracks it.
@@ -248,19 +308,33 @@ impl Model {
             index as usize
         };
         match m.req {
-            GET_FEATURES | SET_FEATURES | SET_OWNER | 4 | GET_PROTOCOL_FEATURES | GET_QUEUE_NUM | GET_CONFIG | SET_CONFIG => {
+            GET_FEATURES
+            | SET_FEATURES
+            | SET_OWNER
+            | 4
+            | GET_PROTOCOL_FEATURES
+            | GET_QUEUE_NUM
+            | GET_CONFIG
+            | SET_CONFIG => {
                 assert!(fds.is_empty(), "request {} with descriptors", m.req);
             }
             SET_PROTOCOL_FEATURES => {
                 assert!(fds.is_empty());
                 assert_eq!(p.len(), 8);
-                assert_eq!(le64(p, 0) & !self.offered, 0, "protocol features never offered acked");
+                assert_eq!(
+                    le64(p, 0) & !self.offered,
+                    0,
+                    "protocol features never offered acked"
+                );
             }
             SET_VRING_NUM => {
                 assert!(fds.is_empty() && p.len() == 8);
                 let q = ring(le32(p, 0));
                 let n = le32(p, 4);
-                assert!(n.is_power_of_two() && n <= self.max_queue, "queue size {n} accepted");
+                assert!(
+                    n.is_power_of_two() && n <= self.max_queue,
+                    "queue size {n} accepted"
+                );
                 self.sizes[q] = n;
             }
             SET_VRING_BASE | GET_VRING_BASE | SET_VRING_ENABLE => {
@@ -282,7 +356,9 @@ impl Model {
                     let a = le64(p, at);
                     assert_eq!(a % align, 0, "ring at {a:#x} misaligned");
                     assert!(
-                        self.memory.iter().any(|&(s, l)| a >= s && a.checked_add(len).is_some_and(|e| e <= s + l)),
+                        self.memory
+                            .iter()
+                            .any(|&(s, l)| a >= s && a.checked_add(len).is_some_and(|e| e <= s + l)),
                         "ring at {a:#x} ({len} bytes) outside the memory table {:x?}",
                         self.memory
                     );

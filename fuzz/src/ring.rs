@@ -17,13 +17,14 @@
 //!    copy must not change afterwards however the memory changes; the consumer never has more
 //!    entries outstanding than the ring holds, a halt is for good, and no canary is touched.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use ring_protocol::Error;
 use ring_protocol::ring::{BackRing, FrontRing, RING_HEADER_SIZE, ring_size, slot_size};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::{Input, SharedMem};
+use crate::{Input, SharedMem, concurrently};
 
 /// An entry of eight words: slots of 32 bytes, copied in 64-bit words.
 #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +37,9 @@ pub struct Wide(pub [u32; 8]);
 pub struct Narrow(pub [u32; 3]);
 
 /// An entry type made of `WORDS` 32-bit words.
-pub trait Entry: FromBytes + IntoBytes + Immutable + Copy + std::fmt::Debug + PartialEq + Send {
+pub trait Entry:
+    FromBytes + IntoBytes + Immutable + Copy + std::fmt::Debug + PartialEq + Send + 'static
+{
     /// Words per entry.
     const WORDS: usize;
     /// The entry with these words.
@@ -298,7 +301,10 @@ pub fn run<T: Entry, S: Side<T>>(data: &[u8]) {
     let mut input = Input::new(data);
     let len = LENS[input.below(LENS.len())];
     let start = if input.bool() { input.u32() } else { 0 };
-    let mem = SharedMem::new(len);
+    // Whether the concurrent phase follows the script (decided first: the script runs to the end
+    // of the input).
+    let flip = input.u8();
+    let mem = Arc::new(SharedMem::new(len));
     let size = ring_size::<T, T>(len);
     let wide = slot_size::<T, T>().is_multiple_of(8);
     // SAFETY: `mem` outlives the ring (dropped after it, at the end of this function) and is
@@ -366,7 +372,11 @@ pub fn run<T: Entry, S: Side<T>>(data: &[u8]) {
                 let got = ring.produce(&v);
                 assert_eq!(got, expect, "produce: model {m:?}");
                 if got.is_ok() {
-                    assert_eq!(load_slot::<T>(&mem, size, wide, m.prod_pvt), words, "entry written whole");
+                    assert_eq!(
+                        load_slot::<T>(&mem, size, wide, m.prod_pvt),
+                        words,
+                        "entry written whole"
+                    );
                     m.prod_pvt = m.prod_pvt.wrapping_add(1);
                 }
             }
@@ -374,7 +384,9 @@ pub fn run<T: Entry, S: Side<T>>(data: &[u8]) {
                 let notify = input.bool();
                 let event = mem.word(S::PEER_EVENT).load(Ordering::Relaxed);
                 let (old, new) = (m.pushed, m.prod_pvt);
-                let expect = m.check().map(|()| new.wrapping_sub(event) < new.wrapping_sub(old));
+                let expect = m
+                    .check()
+                    .map(|()| new.wrapping_sub(event) < new.wrapping_sub(old));
                 if notify {
                     assert_eq!(ring.push_notify(), expect, "push and check notify");
                 } else {
@@ -382,7 +394,11 @@ pub fn run<T: Entry, S: Side<T>>(data: &[u8]) {
                 }
                 if expect.is_ok() {
                     m.pushed = new;
-                    assert_eq!(mem.word(S::OWN_PROD).load(Ordering::Relaxed), new, "index published");
+                    assert_eq!(
+                        mem.word(S::OWN_PROD).load(Ordering::Relaxed),
+                        new,
+                        "index published"
+                    );
                 }
             }
             8 => {
@@ -411,15 +427,19 @@ pub fn run<T: Entry, S: Side<T>>(data: &[u8]) {
             }
         }
         assert_eq!(ring.halted(), m.halted, "halted");
-        assert_eq!((ring.cons(), ring.prod_pvt()), (m.cons, m.prod_pvt), "private indices");
+        assert_eq!(
+            (ring.cons(), ring.prod_pvt()),
+            (m.cons, m.prod_pvt),
+            "private indices"
+        );
         // The consumer never writes the shared header's private/padding words.
         for at in (16..RING_HEADER_SIZE).step_by(4) {
             assert_eq!(mem.word(at).load(Ordering::Relaxed), 0, "header padding at {at}");
         }
         mem.check_canaries();
     }
-    if input.u8() & 1 != 0 {
-        concurrent::<T, S>(&mem, ring, size, wide, input.rest());
+    if flip & 1 != 0 {
+        concurrent::<T, S>(&mem, ring, size, wide, flip, data);
     }
     mem.check_canaries();
 }
@@ -447,10 +467,19 @@ fn validate<T: Entry>(e: &T, size: u32) -> Option<u32> {
         .then_some(slot & (size - 1))
 }
 
-fn concurrent<T: Entry, S: Side<T>>(mem: &SharedMem, mut ring: S, size: u32, wide: bool, script: &[u8]) {
+fn concurrent<T: Entry, S: Side<T>>(
+    shared: &Arc<SharedMem>,
+    mut ring: S,
+    size: u32,
+    wide: bool,
+    mode: u8,
+    data: &[u8],
+) {
+    let mem: &SharedMem = shared;
+    // Seeded by the whole input, so that every input gets its own schedule of flips.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for &b in script.iter().take(16) {
-        seed = seed.rotate_left(8) ^ u64::from(b);
+    for &b in data {
+        seed = (seed ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
     // Every slot tagged before the peer thread starts: whatever is read is a tagged word.
     for s in 0..size {
@@ -458,43 +487,44 @@ fn concurrent<T: Entry, S: Side<T>>(mem: &SharedMem, mut ring: S, size: u32, wid
             store_word::<T>(mem, size, wide, s, j, tag(s, j, 0));
         }
     }
-    let done = AtomicBool::new(false);
-    let mode = script.first().copied().unwrap_or(0);
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut rng = Rng(seed | 1);
-            let mut flips = 0u32;
-            while !done.load(Ordering::Relaxed) && flips < 20_000 {
-                flips += 1;
-                let r = rng.next();
-                match r % 8 {
-                    0 => {
-                        // Producer index: mostly plausible, sometimes wild.
-                        let cur = mem.word(S::PEER_PROD).load(Ordering::Relaxed);
-                        let v = if mode & 2 != 0 && r & 0x100 != 0 {
-                            rng.next()
-                        } else {
-                            cur.wrapping_add(rng.next() % 3)
-                        };
-                        mem.word(S::PEER_PROD).store(v, Ordering::Release);
-                    }
-                    1 => mem.word(S::PEER_EVENT).store(rng.next(), Ordering::Relaxed),
-                    _ => {
-                        let s = rng.next() % size;
-                        if wide {
-                            let j = (rng.next() as usize % (T::WORDS / 2)) * 2;
-                            let n = rng.next();
-                            let d = u64::from(tag(s, j, n)) | (u64::from(tag(s, j + 1, n >> 12)) << 32);
-                            mem.dword(slot_off::<T>(size, s) + 4 * j).store(d, Ordering::Relaxed);
-                        } else {
-                            let j = rng.next() as usize % T::WORDS;
-                            mem.word(slot_off::<T>(size, s) + 4 * j)
-                                .store(tag(s, j, rng.next()), Ordering::Relaxed);
-                        }
+    let (peer_mem, peer_prod, peer_event) = (shared.clone(), S::PEER_PROD, S::PEER_EVENT);
+    let peer = move |stop: &std::sync::atomic::AtomicBool| {
+        let mem = &*peer_mem;
+        let mut rng = Rng(seed | 1);
+        let mut flips = 0u32;
+        while !stop.load(Ordering::Relaxed) && flips < 20_000 {
+            flips += 1;
+            let r = rng.next();
+            match r % 8 {
+                0 => {
+                    // Producer index: mostly plausible, sometimes wild.
+                    let cur = mem.word(peer_prod).load(Ordering::Relaxed);
+                    let v = if mode & 2 != 0 && r & 0x100 != 0 {
+                        rng.next()
+                    } else {
+                        cur.wrapping_add(rng.next() % 3)
+                    };
+                    mem.word(peer_prod).store(v, Ordering::Release);
+                }
+                1 => mem.word(peer_event).store(rng.next(), Ordering::Relaxed),
+                _ => {
+                    let s = rng.next() % size;
+                    if wide {
+                        let j = (rng.next() as usize % (T::WORDS / 2)) * 2;
+                        let n = rng.next();
+                        let d = u64::from(tag(s, j, n)) | (u64::from(tag(s, j + 1, n >> 12)) << 32);
+                        mem.dword(slot_off::<T>(size, s) + 4 * j)
+                            .store(d, Ordering::Relaxed);
+                    } else {
+                        let j = rng.next() as usize % T::WORDS;
+                        mem.word(slot_off::<T>(size, s) + 4 * j)
+                            .store(tag(s, j, rng.next()), Ordering::Relaxed);
                     }
                 }
             }
-        });
+        }
+    };
+    concurrently(peer, || {
         let mut rng = Rng(seed.rotate_left(32) | 1);
         let mut halted = ring.halted();
         let mut kept: Vec<(T, Option<u32>)> = Vec::new();
@@ -539,9 +569,11 @@ fn concurrent<T: Entry, S: Side<T>>(mem: &SharedMem, mut ring: S, size: u32, wid
             } else {
                 ring.prod_pvt().wrapping_sub(ring.cons())
             };
-            assert!(outstanding <= size, "{outstanding} outstanding in a ring of {size}");
+            assert!(
+                outstanding <= size,
+                "{outstanding} outstanding in a ring of {size}"
+            );
         }
-        done.store(true, Ordering::Relaxed);
         // The copies taken never changed, whatever the peer did to the memory since.
         for (e, verdict) in &kept {
             assert_eq!(validate(e, size), *verdict);

@@ -47,7 +47,9 @@ impl Queue {
 
 /// Fresh zeroed guest memory (one region at 0).
 pub fn memory() -> Memory {
-    GuestMemoryAtomic::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("guest memory"))
+    GuestMemoryAtomic::new(
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM as usize)]).expect("guest memory"),
+    )
 }
 
 /// A vring over `q`, ready and enabled (as a frontend leaves it after SET_VRING_ADDR/KICK/ENABLE).
@@ -86,13 +88,17 @@ impl<'a> Driver<'a> {
         d[12..14].copy_from_slice(&flags.to_le_bytes());
         d[14..16].copy_from_slice(&next.to_le_bytes());
         let at = self.q.desc + 16 * u64::from(i % self.q.size);
-        self.mem.write_slice(&d, GuestAddress(at)).expect("descriptor in memory");
+        self.mem
+            .write_slice(&d, GuestAddress(at))
+            .expect("descriptor in memory");
     }
 
     /// Puts `head` in the next available slot (not yet published).
     pub fn offer(&mut self, head: u16) {
         let at = self.q.avail + 4 + 2 * u64::from(self.avail_idx % self.q.size);
-        self.mem.write_obj(head.to_le(), GuestAddress(at)).expect("avail ring");
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(at))
+            .expect("avail ring");
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
@@ -105,7 +111,9 @@ impl<'a> Driver<'a> {
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(self.q.used + 2)).expect("used idx")
+        self.mem
+            .read_obj(GuestAddress(self.q.used + 2))
+            .expect("used idx")
     }
 
     /// Used element `k` (modulo the ring): (descriptor head, length).
@@ -124,7 +132,9 @@ impl<'a> Driver<'a> {
     /// Reads `n` bytes.
     pub fn peek(&self, addr: u64, n: usize) -> Vec<u8> {
         let mut v = vec![0u8; n];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).expect("in memory");
+        self.mem
+            .read_slice(&mut v, GuestAddress(addr))
+            .expect("in memory");
         v
     }
 }

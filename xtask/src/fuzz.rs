@@ -33,7 +33,7 @@ pub const TARGETS: &[(&str, &[&str])] = &[
 ];
 
 /// Seconds per target in `cargo xtask test`.
-pub const SMOKE_SECONDS: u64 = 3;
+pub const SMOKE_SECONDS: u64 = 2;
 
 /// `cargo xtask fuzz` options.
 #[derive(Debug, Args)]
@@ -41,7 +41,7 @@ pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// Stop each target after this many executions instead (libFuzzer `-runs`).
+    /// Also stop each target after this many executions (libFuzzer `-runs`).
     #[arg(long)]
     pub runs: Option<u64>,
     /// libFuzzer `-fork`: worker processes per target (1 extra job at most on a shared 2-core box).
@@ -50,6 +50,10 @@ pub struct FuzzArgs {
     /// Build without optimisations (quicker to build, slower to run: what the smoke test uses).
     #[arg(long)]
     pub dev: bool,
+    /// Start from the seeds alone, into an emptied scratch corpus of its own (`corpus-fresh/`; the
+    /// one long runs grow is left alone).
+    #[arg(long)]
+    pub fresh: bool,
     /// Only list the targets.
     #[arg(long)]
     pub list: bool,
@@ -68,14 +72,22 @@ pub struct Reached {
 
 /// Parses the last libFuzzer status line (`#123 DONE cov: 45 ft: 67 ... exec/s: 89 ...`) of `log`.
 pub fn parse_status(log: &str) -> Option<Reached> {
-    let line = log.lines().rev().find(|l| l.starts_with('#') && l.contains(" cov: "))?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('#') && l.contains(" cov: "))?;
     let field = |name: &str| -> Option<u64> {
         let rest = line.split(name).nth(1)?;
         rest.split_whitespace().next()?.parse().ok()
     };
     // `-fork` prints `#123: cov: ... exec/s 89 ...` instead.
     Some(Reached {
-        execs: line[1..].split_whitespace().next()?.trim_end_matches(':').parse().ok()?,
+        execs: line[1..]
+            .split_whitespace()
+            .next()?
+            .trim_end_matches(':')
+            .parse()
+            .ok()?,
         cov: field(" cov: ")?,
         ft: field(" ft: ")?,
         exec_s: field(" exec/s: ").or_else(|| field(" exec/s ")).unwrap_or(0),
@@ -120,9 +132,14 @@ pub fn build(dev: bool) -> Result<()> {
 
 /// Runs one target; returns what it reached and whether it crashed (with the log's tail).
 fn run_one(target: &str, extra: &[&str], args: &FuzzArgs) -> Result<(Option<Reached>, Option<String>)> {
-    let corpus = out_dir().join("corpus").join(target);
+    let corpus = out_dir()
+        .join(if args.fresh { "corpus-fresh" } else { "corpus" })
+        .join(target);
     let artifacts = out_dir().join("artifacts").join(target);
     let logs = out_dir().join("logs");
+    if args.fresh && corpus.is_dir() {
+        std::fs::remove_dir_all(&corpus).with_context(|| format!("emptying {}", corpus.display()))?;
+    }
     for d in [&corpus, &artifacts, &logs] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -137,10 +154,10 @@ fn run_one(target: &str, extra: &[&str], args: &FuzzArgs) -> Result<(Option<Reac
     cmd.arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg("-print_final_stats=1")
         .args(extra);
-    match args.runs {
-        Some(n) => cmd.arg(format!("-runs={n}")),
-        None => cmd.arg(format!("-max_total_time={}", args.seconds)),
-    };
+    cmd.arg(format!("-max_total_time={}", args.seconds));
+    if let Some(n) = args.runs {
+        cmd.arg(format!("-runs={n}"));
+    }
     if args.fork > 0 {
         cmd.arg(format!("-fork={}", args.fork)).arg("-ignore_crashes=0");
     }
@@ -230,12 +247,18 @@ pub fn fuzz(args: &FuzzArgs) -> Result<i32> {
     Ok(i32::from(crashed > 0))
 }
 
-/// The `cargo xtask test` stage: this xtask's own `fuzz --dev --seconds SMOKE_SECONDS` (every
-/// target, built once, unoptimised: the build is most of the stage's time).
+/// The `cargo xtask test` stage: this xtask's own `fuzz --dev --fresh --seconds SMOKE_SECONDS`
+/// (every target, built once, unoptimised: the build is most of the stage's time; from the seeds
+/// alone, so a big corpus left by a long run does not lengthen it).
 pub fn smoke_command() -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("xtask")));
-    cmd.current_dir(workspace::root())
-        .args(["fuzz", "--dev", "--seconds", &SMOKE_SECONDS.to_string()]);
+    cmd.current_dir(workspace::root()).args([
+        "fuzz",
+        "--dev",
+        "--fresh",
+        "--seconds",
+        &SMOKE_SECONDS.to_string(),
+    ]);
     cmd
 }
 
@@ -273,9 +296,15 @@ mod tests {
     #[test]
     fn every_target_has_a_source_and_a_seed_corpus() {
         for (t, _) in TARGETS {
-            assert!(fuzz_dir().join("fuzz_targets").join(format!("{t}.rs")).is_file(), "{t}");
+            assert!(
+                fuzz_dir().join("fuzz_targets").join(format!("{t}.rs")).is_file(),
+                "{t}"
+            );
             let seeds = fuzz_dir().join("corpus").join(t);
-            assert!(std::fs::read_dir(&seeds).is_ok_and(|d| d.count() > 0), "seeds of {t}");
+            assert!(
+                std::fs::read_dir(&seeds).is_ok_and(|d| d.count() > 0),
+                "seeds of {t}"
+            );
         }
     }
 }
