@@ -22,6 +22,7 @@ mod console;
 mod costs;
 mod disk;
 mod exec;
+mod fuzz;
 mod matrix;
 mod outcome;
 mod peer;
@@ -90,6 +91,10 @@ enum Cmd {
     /// (target/xtask/report/: report.md, SVG charts, raw CSV and JSON), after the ring-protocol
     /// cargo benches. Extra arguments go to cargo bench.
     Bench(BenchArgs),
+    /// Fuzz every parser of peer input with libFuzzer (nightly, cargo-fuzz; installed on first
+    /// use): each target for --seconds from its seed corpus, then executions, coverage and crashes
+    /// per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Install what `run` and `test` need (QEMU >= 10, libxen-dev, shellcheck, nightly Miri);
     /// idempotent.
     Provision {
@@ -182,7 +187,7 @@ impl RunArgs {
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// Run only these: stage groups (fresh-clone, fmt, clippy, shellcheck, docs, host-tests, loom,
-    /// miri, matrix),
+    /// miri, fuzz, matrix),
     /// shorthands for matrix rows (qemu, xen, vhost), or matrix column filters (`env=xen-pv`,
     /// `backend=pvkit-xen|linux`, `transport=virtio`, `workload=blk-integrity`, `device=ide`,
     /// `sets=run`); filters of one column are alternatives, different columns must all match.
@@ -268,6 +273,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Run(args) => run::run(&args),
         Cmd::Test(args) => test::test(&args),
         Cmd::Bench(args) => report::bench(&args),
+        Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Provision { dry_run, simulate } => {
             provision::ensure_simulated(
                 provision::Needs {

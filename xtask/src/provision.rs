@@ -430,6 +430,49 @@ pub fn ensure_miri(dry_run: bool) -> Result<()> {
     workspace::run_visible(&mut cmd)
 }
 
+/// Installs what `cargo xtask fuzz` needs: a nightly toolchain (minimal profile) and cargo-fuzz
+/// (`cargo install cargo-fuzz --locked`), each only if missing.
+pub fn ensure_cargo_fuzz(dry_run: bool) -> Result<()> {
+    let run = |mut cmd: Command| -> Result<()> {
+        cmd.env_remove("RUSTUP_TOOLCHAIN");
+        if dry_run {
+            eprintln!(
+                "provision (dry run): would run: {}",
+                workspace::display_command(&cmd)
+            );
+            return Ok(());
+        }
+        workspace::run_visible(&mut cmd)
+    };
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .map_err(|e| anyhow::anyhow!("rustup not found ({e}); install rustup from https://rustup.rs"))?;
+    if !String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        run(cmd)?;
+    }
+    let mut probe = Command::new("cargo");
+    workspace::sanitize(&mut probe);
+    let has_fuzz = probe
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        let mut cmd = Command::new("cargo");
+        workspace::sanitize(&mut cmd);
+        cmd.args(["install", "cargo-fuzz", "--locked"]);
+        run(cmd)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ pub enum Group {
     Loom,
     /// Miri on ring-protocol
     Miri,
+    /// every libFuzzer target of `fuzz/`, a few seconds each
+    Fuzz,
     /// the guest build and the rows of the scenario matrix
     Matrix,
 }
@@ -51,6 +53,7 @@ impl Group {
         (Group::HostTests, "host-tests"),
         (Group::Loom, "loom"),
         (Group::Miri, "miri"),
+        (Group::Fuzz, "fuzz"),
         (Group::Matrix, "matrix"),
     ];
 
@@ -409,6 +412,7 @@ pub fn test(args: &TestArgs) -> Result<i32> {
     ]);
     miri.env("CARGO_TARGET_DIR", target.join("miri"));
     stages.push((Group::Miri, "miri", miri));
+    stages.push((Group::Fuzz, "fuzz", crate::fuzz::smoke_command()));
 
     for (group, name, cmd) in stages {
         if process::interrupted() {

@@ -107,22 +107,7 @@ impl Backend for BlkBackend {
     }
 
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
-        if let Some(p) = front.get(keys::PROTOCOL)
-            && p != XEN_IO_PROTO_ABI_X86_64
-        {
-            return Err(format!(
-                "protocol {p:?} is not supported (only {XEN_IO_PROTO_ABI_X86_64})"
-            ));
-        }
-        let order = front.opt_number(keys::RING_PAGE_ORDER)?.unwrap_or(0);
-        if order > u64::from(MAX_RING_PAGE_ORDER) {
-            return Err(format!(
-                "ring-page-order {order} exceeds the offered {MAX_RING_PAGE_ORDER}"
-            ));
-        }
-        let refs = ring_refs(front, order as u32)?;
-        let port = front.number(keys::EVENT_CHANNEL)?;
-        let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+        let (refs, port) = ring_keys(front)?;
         let map = self
             .gnt
             .map(id.domid, &refs, true)
@@ -178,6 +163,28 @@ fn frontend_reads(so_far: &Frontend) -> Vec<String> {
         _ => {}
     }
     k
+}
+
+/// What `connect` takes from the frontend's keys: the ring's grant references (one per page) and
+/// the event channel, each validated.
+fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), String> {
+    if let Some(p) = front.get(keys::PROTOCOL)
+        && p != XEN_IO_PROTO_ABI_X86_64
+    {
+        return Err(format!(
+            "protocol {p:?} is not supported (only {XEN_IO_PROTO_ABI_X86_64})"
+        ));
+    }
+    let order = front.opt_number(keys::RING_PAGE_ORDER)?.unwrap_or(0);
+    if order > u64::from(MAX_RING_PAGE_ORDER) {
+        return Err(format!(
+            "ring-page-order {order} exceeds the offered {MAX_RING_PAGE_ORDER}"
+        ));
+    }
+    let refs = ring_refs(front, order as u32)?;
+    let port = front.number(keys::EVENT_CHANNEL)?;
+    let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+    Ok((refs, port))
 }
 
 /// `ring-ref`, or `ring-ref0..N` for a multi-page ring.
@@ -634,6 +641,95 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
             })
         })
         .collect()
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`, never in the default build):
+/// the engine over caller-made ring memory and grant copies, and the frontend-key parsing.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// The blkif engine of one ring (what `connect` builds once the ring is mapped).
+    pub struct FuzzEngine(BlkRing);
+
+    impl std::fmt::Debug for FuzzEngine {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FuzzEngine")
+                .field("ring", &self.0.ring)
+                .field("counts", &self.0.counts)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// The engine serving `ring` from `core`, the frontend's pages reached through `gnt`.
+    ///
+    /// # Errors
+    /// The AIO context cannot be created.
+    pub fn engine(
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+        domid: DomId,
+        core: Arc<BlockCore>,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<FuzzEngine, String> {
+        let engine = BlkRing::new(
+            ring,
+            domid,
+            "vbd fuzz".into(),
+            core,
+            gnt,
+            Arc::new(RateLimit::default()),
+        )?;
+        Ok(FuzzEngine(engine))
+    }
+
+    impl FuzzEngine {
+        /// Serves whatever the ring and the AIO queue hold (as on an event).
+        ///
+        /// # Errors
+        /// The ring halted or the engine's bookkeeping broke.
+        pub fn process(&mut self) -> Result<(), String> {
+            self.0.process(&mut || Ok(()))
+        }
+
+        /// The AIO completion descriptor.
+        pub fn completion_fd(&self) -> RawFd {
+            self.0.aio.completion_fd()
+        }
+
+        /// Starts over on a fresh `ring`, keeping the AIO context (whose teardown waits for the
+        /// kernel, several milliseconds), as a reconnect would with a new engine. Refused while
+        /// the queue still holds requests.
+        ///
+        /// # Errors
+        /// Requests are still in flight.
+        pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> Result<(), String> {
+            let e = &mut self.0;
+            if e.aio.busy() > 0 || e.requests.len() != ring.size() as usize {
+                return Err("requests in flight".into());
+            }
+            e.ring = ring;
+            e.requests.iter_mut().for_each(|r| *r = None);
+            e.free = (0..e.requests.len()).rev().collect();
+            e.in_flight_bytes = 0;
+            e.deferred = None;
+            e.counts = Counts::default();
+            Ok(())
+        }
+    }
+
+    /// The frontend keys the backend reads next, given those read so far.
+    pub fn frontend_reads(so_far: &Frontend) -> Vec<String> {
+        super::frontend_reads(so_far)
+    }
+
+    /// The ring's grant references and the event channel, from the frontend's keys (what `connect`
+    /// validates before mapping anything).
+    ///
+    /// # Errors
+    /// The refusal `connect` would log.
+    pub fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), String> {
+        super::ring_keys(front)
+    }
 }
 
 #[cfg(test)]

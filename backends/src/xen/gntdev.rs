@@ -370,11 +370,12 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-pub(crate) use fake::FakeGrants;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use fake::FakeGrants;
 
-/// A frontend's granted pages in local memory, for host tests of the protocol adapters.
-#[cfg(test)]
+/// A frontend's granted pages in local memory, for host tests of the protocol adapters (and, with
+/// the `fuzzing` feature, for the fuzz targets in `fuzz/`).
+#[cfg(any(test, feature = "fuzzing"))]
 mod fake {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -389,15 +390,24 @@ mod fake {
     type Hook = Box<dyn FnMut() + Send>;
 
     /// A frontend's granted pages, in local memory.
-    pub(crate) struct FakeGrants {
+    pub struct FakeGrants {
         domid: DomId,
         pages: Mutex<HashMap<u32, Vec<u8>>>,
         on_copy_from: Mutex<Option<Hook>>,
     }
 
+    impl std::fmt::Debug for FakeGrants {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FakeGrants")
+                .field("domid", &self.domid)
+                .field("pages", &self.pages.lock().map(|p| p.len()).unwrap_or(0))
+                .finish_non_exhaustive()
+        }
+    }
+
     impl FakeGrants {
         /// No grants yet, issued by `domid`.
-        pub(crate) fn new(domid: DomId) -> Self {
+        pub fn new(domid: DomId) -> Self {
             FakeGrants {
                 domid,
                 pages: Mutex::new(HashMap::new()),
@@ -406,23 +416,23 @@ mod fake {
         }
 
         /// Runs `f` at the start of every later copy from the guest (before any byte is copied).
-        pub(crate) fn on_copy_from_guest(&self, f: impl FnMut() + Send + 'static) {
+        pub fn on_copy_from_guest(&self, f: impl FnMut() + Send + 'static) {
             *self.on_copy_from.lock().unwrap() = Some(Box::new(f));
         }
 
         /// Rewrites bytes of grant `gref`'s page (the guest changing its memory).
-        pub(crate) fn poke(&self, gref: u32, offset: usize, bytes: &[u8]) {
+        pub fn poke(&self, gref: u32, offset: usize, bytes: &[u8]) {
             self.pages.lock().unwrap().get_mut(&gref).expect("granted")[offset..offset + bytes.len()]
                 .copy_from_slice(bytes);
         }
 
         /// The current contents of grant `gref`'s page.
-        pub(crate) fn page(&self, gref: u32) -> Vec<u8> {
+        pub fn page(&self, gref: u32) -> Vec<u8> {
             self.pages.lock().unwrap()[&gref].clone()
         }
 
         /// Grants a page filled with `fill` as `gref`.
-        pub(crate) fn grant(&self, gref: u32, fill: u8) {
+        pub fn grant(&self, gref: u32, fill: u8) {
             self.pages.lock().unwrap().insert(gref, vec![fill; PAGE_SIZE]);
         }
 

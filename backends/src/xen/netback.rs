@@ -102,31 +102,11 @@ impl Backend for NetBackend {
     }
 
     fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
-        [
-            "request-rx-copy",
-            "multi-queue-num-queues",
-            "tx-ring-ref",
-            "rx-ring-ref",
-            "event-channel",
-        ]
-        .map(String::from)
-        .into()
+        frontend_reads()
     }
 
     fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
-        if front.opt_number("request-rx-copy")? != Some(1) {
-            return Err("the frontend does not request rx-copy (the only receive mode offered)".into());
-        }
-        if front.opt_number("multi-queue-num-queues")?.is_some_and(|n| n > 1) {
-            return Err("multiple queues requested, one is offered".into());
-        }
-        let gref = |key: &str| -> Result<u32, String> {
-            let v = front.number(key)?;
-            u32::try_from(v).map_err(|_| format!("{key} {v} is not a grant reference"))
-        };
-        let (tx_ref, rx_ref) = (gref("tx-ring-ref")?, gref("rx-ring-ref")?);
-        let port = front.number("event-channel")?;
-        let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+        let (tx_ref, rx_ref, port) = ring_keys(front)?;
         let tx_map = self
             .gnt
             .map(id.domid, &[tx_ref], true)
@@ -158,6 +138,38 @@ impl Backend for NetBackend {
         )?;
         Ok(Connected::new(engine, vec![tx_map, rx_map], channel))
     }
+}
+
+/// The frontend keys netif needs (all of them, whatever was read before).
+fn frontend_reads() -> Vec<String> {
+    [
+        "request-rx-copy",
+        "multi-queue-num-queues",
+        "tx-ring-ref",
+        "rx-ring-ref",
+        "event-channel",
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// What `connect` takes from the frontend's keys, validated: the transmit and receive rings' grant
+/// references and the event channel.
+fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32), String> {
+    if front.opt_number("request-rx-copy")? != Some(1) {
+        return Err("the frontend does not request rx-copy (the only receive mode offered)".into());
+    }
+    if front.opt_number("multi-queue-num-queues")?.is_some_and(|n| n > 1) {
+        return Err("multiple queues requested, one is offered".into());
+    }
+    let gref = |key: &str| -> Result<u32, String> {
+        let v = front.number(key)?;
+        u32::try_from(v).map_err(|_| format!("{key} {v} is not a grant reference"))
+    };
+    let (tx_ref, rx_ref) = (gref("tx-ring-ref")?, gref("rx-ring-ref")?);
+    let port = front.number("event-channel")?;
+    let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+    Ok((tx_ref, rx_ref, port))
 }
 
 #[derive(Debug, Default)]
@@ -508,6 +520,53 @@ pub fn fill_l4_checksum(frame: &mut [u8]) -> bool {
     }
     frame[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
     true
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`, never in the default build):
+/// the engine over caller-made rings and grant copies, and the frontend-key parsing.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// The netif engine of one vif (what `connect` builds once the rings are mapped): a port bound
+    /// to `mac` on `switch`, the frontend's pages reached through `gnt`.
+    ///
+    /// # Errors
+    /// The port or its eventfd cannot be made.
+    pub fn engine(
+        tx: BackRing<NetifTxRequest, NetifTxResponse>,
+        rx: BackRing<NetifRxRequest, NetifRxResponse>,
+        switch: Arc<Switch>,
+        mac: Mac,
+        gnt: Arc<dyn GrantCopy>,
+        domid: DomId,
+    ) -> Result<Box<dyn Engine>, String> {
+        let engine = NetRing::new(
+            tx,
+            rx,
+            switch,
+            mac,
+            gnt,
+            domid,
+            "vif fuzz".into(),
+            Arc::new(RateLimit::default()),
+        )?;
+        Ok(Box::new(engine))
+    }
+
+    /// The frontend keys the backend reads.
+    pub fn frontend_reads() -> Vec<String> {
+        super::frontend_reads()
+    }
+
+    /// The rings' grant references and the event channel, from the frontend's keys (what `connect`
+    /// validates before mapping anything).
+    ///
+    /// # Errors
+    /// The refusal `connect` would log.
+    pub fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32), String> {
+        super::ring_keys(front)
+    }
 }
 
 #[cfg(test)]

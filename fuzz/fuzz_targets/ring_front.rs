@@ -1,0 +1,15 @@
+//! `FrontRing` (the frontend's response consumer) against a hostile backend: scripted against a model
+//! of `io/ring.h`, then with a second thread flipping indices and slots (see `pvkit_fuzz::ring`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pvkit_fuzz::ring::{Narrow, Wide, run};
+use ring_protocol::ring::FrontRing;
+
+fuzz_target!(|data: &[u8]| {
+    match data.split_first() {
+        Some((k, rest)) if k & 1 == 0 => run::<Wide, FrontRing<Wide, Wide>>(rest),
+        Some((_, rest)) => run::<Narrow, FrontRing<Narrow, Narrow>>(rest),
+        None => {}
+    }
+});
