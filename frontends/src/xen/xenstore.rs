@@ -414,8 +414,12 @@ impl<N: Notify> XenStore<N> {
         let (h, reply) = match wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id))) {
             Ok(r) => r,
             Err(e) => {
-                if matches!(e, Error::Timeout { .. }) {
-                    // Its reply may still come: recognise it then instead of failing another request.
+                // The request failed before its reply came (a timeout, or a stray message the
+                // daemon sent first): its reply may still come. Recognise it then as late instead
+                // of blaming it on the next request, which would fail that one and orphan its reply
+                // in turn, so that no request ever succeeded again (found by the xenstore_guest
+                // fuzz target). A halted client has nothing more to read.
+                if self.halted.is_none() {
                     if self.abandoned.len() >= MAX_ABANDONED {
                         self.abandoned.pop_front();
                     }

@@ -379,3 +379,31 @@ fn hostile_peer_flooding_watched_nodes_cannot_grow_the_event_queue() {
         "repeats merged"
     );
 }
+
+#[test]
+fn hostile_daemon_stray_message_before_a_reply_fails_that_request_only() {
+    // A malformed watch event (no NUL between path and token) arrives before the reply to our
+    // read: that read fails, and its reply, arriving after, is taken as late, not as the answer to
+    // the next request (which would then fail and orphan its own reply, and so on for good).
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.write(&w, NO_TX, "a", b"first").unwrap();
+    let payload = b"no-separator";
+    let h = XsdSockmsg {
+        type_: XsdSockmsgType::WatchEvent as u32,
+        req_id: 0,
+        tx_id: 0,
+        len: payload.len() as u32,
+    };
+    let mut stray = vec![];
+    stray.extend_from_slice(h.as_bytes());
+    stray.extend_from_slice(payload);
+    w.daemon.borrow_mut().inject_raw(&stray);
+    let e = xs.read(&w, NO_TX, "a").unwrap_err();
+    assert!(matches!(e, Error::Protocol { .. }), "{e:?}");
+    assert!(xs.halted().is_none(), "the stream is still framed: no halt");
+    for _ in 0..3 {
+        assert_eq!(xs.read(&w, NO_TX, "a").unwrap(), b"first");
+    }
+    assert_eq!(xs.stats().late_replies, 1);
+}
