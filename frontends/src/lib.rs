@@ -14,6 +14,9 @@
 //! What drivers provide: [`block::BlockDevice`], [`net::NetDevice`], [`console::ConsoleDevice`], each
 //! with its own [`counters::Counters`] (notifications sent, interrupts handled, bytes the CPU copied).
 //!
+//! [`pci`] enumerates a PCI bus and assigns its BARs over a config-space trait, for kernels whose
+//! virtio and emulated devices sit on PCI.
+//!
 //! [`workload`] holds the workloads the guest kernel runs over those traits (integrity, throughput,
 //! echo, ping), [`runner`] the host-testable half of its test runner (command line, parameters,
 //! result lines).
@@ -34,6 +37,7 @@ pub mod dma;
 pub mod emulated;
 pub mod error;
 pub mod net;
+pub mod pci;
 pub mod platform;
 pub mod runner;
 pub mod virtio;

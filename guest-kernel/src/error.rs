@@ -41,23 +41,9 @@ pub enum Error {
     /// Mapping failed inside the `x86_64` crate for another reason.
     #[error("mapping {0:#x} failed in the page-table code")]
     MapFailed(u64),
-    /// A PCI BAR does not fit in the window left for its kind.
-    #[error("PCI {bdf} BAR{bar}: {size:#x} bytes of {kind} space do not fit (window ends at {end:#x})")]
-    PciWindowFull {
-        /// Bus:device.function, printed.
-        bdf: crate::drivers::pci::Bdf,
-        /// BAR index.
-        bar: u8,
-        /// BAR size in bytes.
-        size: u64,
-        /// "memory" or "I/O".
-        kind: &'static str,
-        /// End of the window.
-        end: u64,
-    },
-    /// More PCI buses than the 8-bit bus number allows.
-    #[error("PCI bus numbers exhausted behind bridge {0}")]
-    PciBusesExhausted(crate::drivers::pci::Bdf),
+    /// PCI enumeration failed (a BAR that does not fit, bus numbers exhausted).
+    #[error(transparent)]
+    Pci(#[from] pvkit_frontends::pci::Error),
     /// The timer calibration never saw the PIT count down.
     #[error("PIT channel 2 did not count down within {0} polls")]
     PitStuck(u64),

@@ -6,8 +6,8 @@
 //! it brings the platform up, parses the command line and runs the named self-tests, reporting
 //! `PVKIT ...` lines on the console (the contract is in `guest-kernel/README.md`).
 //!
-//! Layering: `arch` is the only place with `asm!`; `drivers` hold device logic behind small register
-//! and config-space traits; `platform` ties a boot environment to its devices; `devices` and `xen`
+//! Layering: `arch` is the only place with `asm!`; device logic lives in `pvkit_frontends` behind
+//! small register and config-space traits (PCI enumeration included), host-tested; `platform` ties a boot environment to its devices; `devices` and `xen`
 //! implement the traits of `pvkit_frontends::platform` (DMA memory, event channels, grant frames,
 //! the waiters, the virtio platform) and hand them to the drivers; `selftest` is the test runner
 //! (its command line, parameters and result lines are `pvkit_frontends::runner`, host-tested);
@@ -23,7 +23,6 @@ mod console;
 mod arch;
 mod boot;
 mod devices;
-mod drivers;
 mod error;
 mod fatal;
 mod heap;

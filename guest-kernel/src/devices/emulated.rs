@@ -24,9 +24,9 @@ use pvkit_frontends::net::NetDevice;
 use pvkit_frontends::{Error, Result};
 
 use super::IrqLine;
-use crate::drivers::pci::{BarKind, PciDevice};
 use crate::platform::pc::{self, PcPorts};
 use crate::platform::{self, Platform};
+use pvkit_frontends::pci::{BarKind, PciDevice};
 
 /// COM2: the UART offered as a console device (COM1 is the kernel's own console).
 pub const COM2_BASE: u16 = 0x2f8;

@@ -25,8 +25,8 @@ use pvkit_frontends::wait::{SharedIrqAck, WaitMode, Waiter};
 
 use crate::arch::x86_64::interrupts::{self, Polarity, Trigger};
 use crate::arch::x86_64::{apic, cpu, timer};
-use crate::drivers::pci::{BarKind, Bdf, ConfigAccess, PciDevice};
 use crate::platform::pc::{self, PortPciConfig};
+use pvkit_frontends::pci::{BarKind, Bdf, ConfigAccess, PciDevice};
 
 /// DMA memory from the kernel heap.
 #[derive(Debug)]

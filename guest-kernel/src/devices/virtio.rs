@@ -12,8 +12,8 @@ use pvkit_frontends::virtio::transport::{NotifyMode, VirtioPci};
 use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
 
 use super::{IrqLine, KernelVirtio};
-use crate::drivers::pci::{Bdf, ConfigAccess, PciDevice};
 use crate::platform::pc::{self, PortPciConfig};
+use pvkit_frontends::pci::{Bdf, ConfigAccess, PciDevice};
 
 /// virtio's PCI vendor id.
 const VIRTIO_VENDOR: u16 = 0x1af4;

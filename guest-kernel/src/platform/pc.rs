@@ -7,11 +7,11 @@
 use alloc::vec::Vec;
 
 use crate::arch::x86_64::{apic, gdt, idt, paging, pic, port};
-use crate::boot::BootInfo;
-use crate::drivers::pci::{self, Bdf, ConfigAccess, PciDevice};
+use crate::boot::{BootInfo, MemoryKind, MemoryMap};
 use crate::error::Result;
 use pvkit_frontends::emulated::io::PortIo;
 use pvkit_frontends::emulated::uart16550::{PortUart, Uart16550};
+use pvkit_frontends::pci::{self, Bdf, ConfigAccess, PciDevice};
 
 /// COM1's I/O base.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -187,13 +187,25 @@ pub fn init(info: &'static BootInfo) {
     apic::init().unwrap_or_else(|e| panic!("APIC: {e}"));
     crate::arch::x86_64::cpu::enable_interrupts();
     PCI.call_once(|| {
-        let mut window = pci::Windows::for_memory_map(&info.memory);
+        let mut window = pci::Windows::pc(top_low_ram(&info.memory));
         let found = pci::enumerate(&PortPciConfig, &mut window)?;
         if let Some(range) = window.mem_used() {
             paging::map_mmio(range.start, range.end - range.start)?;
         }
         Ok(found)
     });
+}
+
+/// The end of the highest RAM, ACPI or NVS region starting below the PCI memory window's end: PCI
+/// memory is allocated above it.
+fn top_low_ram(map: &MemoryMap) -> u64 {
+    map.regions()
+        .iter()
+        .filter(|r| matches!(r.kind, MemoryKind::Ram | MemoryKind::Acpi | MemoryKind::Nvs))
+        .filter(|r| r.start < pci::MEM_WINDOW_END)
+        .map(|r| r.end())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The PCI devices found (and configured) at boot, or why enumeration failed.

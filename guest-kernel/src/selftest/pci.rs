@@ -16,9 +16,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{Outcome, Params, fail};
 use crate::arch::x86_64::interrupts::{self, Polarity, Trigger};
-use crate::drivers::pci::{BarKind, CMD_IO, CMD_MEMORY, ConfigAccess, PciDevice};
 use crate::platform::pc::{self, PortPciConfig};
 use crate::platform::{self, Platform};
+use pvkit_frontends::pci::{BarKind, CMD_IO, CMD_MEMORY, ConfigAccess, PciDevice};
 
 const EDU: (u16, u16) = (0x1234, 0x11e8);
 const EDU_IDENT: u64 = 0x00;

@@ -1,20 +1,48 @@
-//! PCI enumeration and resource assignment.
+//! PCI enumeration and resource assignment, for kernels that find their devices on PCI.
 //!
-//! Walks every bus reachable from bus 0 (numbering bridges' secondary buses itself), records each
-//! function's ids, class and interrupt pin, sizes its BARs and assigns them from a memory window and
-//! an I/O port window (qboot assigns nothing), programs bridge windows to cover what lies behind
-//! them, then enables memory/I/O decoding and bus mastering. 64-bit BARs are placed in the 32-bit
-//! window too, so every BAR is reachable through the identity mapping.
+//! [`enumerate`] walks every bus reachable from bus 0 (numbering bridges' secondary buses itself),
+//! records each function's ids, class and interrupt pin, sizes its BARs and assigns them from a
+//! memory window and an I/O port window ([`Windows`]; firmware such as qboot assigns nothing),
+//! programs bridge windows to cover what lies behind them, then enables memory/I/O decoding and bus
+//! mastering. 64-bit BARs are placed in the 32-bit window too, so every BAR is reachable below
+//! 4 GiB.
 //!
-//! Config-space access goes through [`ConfigAccess`] (ports 0xcf8/0xcfc on the PC platform, ECAM
-//! later), so this module is pure logic.
+//! Config-space access goes through [`ConfigAccess`] (ports 0xcf8/0xcfc on a PC, or ECAM), which
+//! the kernel implements; everything else is pure logic, tested on the host against a simulated
+//! bus.
+//!
+//! Interrupts: each function's INTx pin is followed up through the standard swizzle at every bridge
+//! to the root bus ([`PciDevice::intx_root`]); which interrupt input a root-bus slot and pin reach
+//! is the platform's business (the PC's is fixed by its chipset).
 
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
-use crate::boot::{MemoryKind, MemoryMap};
-use crate::error::{Error, Result};
+/// What enumeration can fail at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A BAR does not fit in the window left for its kind.
+    #[error("PCI {bdf} BAR{bar}: {size:#x} bytes of {kind} space do not fit (window ends at {end:#x})")]
+    WindowFull {
+        /// The function.
+        bdf: Bdf,
+        /// BAR index.
+        bar: u8,
+        /// BAR size in bytes.
+        size: u64,
+        /// "memory" or "I/O".
+        kind: &'static str,
+        /// End of the window.
+        end: u64,
+    },
+    /// More buses than the 8-bit bus number allows.
+    #[error("PCI bus numbers exhausted behind bridge {0}")]
+    BusesExhausted(Bdf),
+}
+
+/// The module's result type.
+pub type Result<T> = core::result::Result<T, Error>;
 
 /// Bus, device, function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -178,17 +206,11 @@ impl Windows {
         }
     }
 
-    /// The PC windows: memory from [`MEM_WINDOW_START`] (or above RAM/ACPI below 4 GiB if that
-    /// reaches higher) to [`MEM_WINDOW_END`]; I/O ports [`IO_WINDOW`].
-    pub fn for_memory_map(map: &MemoryMap) -> Self {
-        let top_low_ram = map
-            .regions()
-            .iter()
-            .filter(|r| matches!(r.kind, MemoryKind::Ram | MemoryKind::Acpi | MemoryKind::Nvs))
-            .filter(|r| r.start < MEM_WINDOW_END)
-            .map(|r| r.end())
-            .max()
-            .unwrap_or(0);
+    /// The PC windows: memory from [`MEM_WINDOW_START`] (or from `top_low_ram`, rounded up to a
+    /// bridge window's granularity, if that is higher) to [`MEM_WINDOW_END`]; I/O ports
+    /// [`IO_WINDOW`]. `top_low_ram` is the end of the highest RAM, ACPI or NVS region that starts
+    /// below [`MEM_WINDOW_END`] (0 if none).
+    pub fn pc(top_low_ram: u64) -> Self {
         let start = MEM_WINDOW_START.max(top_low_ram.next_multiple_of(BRIDGE_MEM_ALIGN));
         Self::new(start..MEM_WINDOW_END.max(start), IO_WINDOW)
     }
@@ -382,7 +404,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
             }
             let bar = if orig & 1 == 1 {
                 let size = u64::from((!((probe & 0xffff_fffc) | 0xffff_0000)).wrapping_add(1));
-                let addr = self.windows.alloc_io(size).ok_or(Error::PciWindowFull {
+                let addr = self.windows.alloc_io(size).ok_or(Error::WindowFull {
                     bdf,
                     bar: index,
                     size,
@@ -408,7 +430,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
                     0xffff_ffff_0000_0000 | u64::from(probe & 0xffff_fff0)
                 };
                 let size = (!mask).wrapping_add(1);
-                let addr = self.windows.alloc_mem(size).ok_or(Error::PciWindowFull {
+                let addr = self.windows.alloc_mem(size).ok_or(Error::WindowFull {
                     bdf,
                     bar: index,
                     size,
@@ -441,7 +463,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
     /// Numbers the bridge's secondary bus, scans it and opens windows covering what was assigned
     /// behind it. Returns the secondary bus number.
     fn bridge(&mut self, bdf: Bdf, route: IntxRoute) -> Result<u8> {
-        let secondary = u8::try_from(self.next_bus).map_err(|_| Error::PciBusesExhausted(bdf))?;
+        let secondary = u8::try_from(self.next_bus).map_err(|_| Error::BusesExhausted(bdf))?;
         self.next_bus += 1;
         let latency = self.cfg.read32(bdf, BRIDGE_BUSES) & 0xff00_0000;
         let buses = |sub: u8| latency | u32::from(sub) << 16 | u32::from(secondary) << 8 | u32::from(bdf.bus);
@@ -453,7 +475,7 @@ impl<C: ConfigAccess> Walker<'_, C> {
         self.windows.align();
         let (mem_end, io_end) = (self.windows.mem_next, self.windows.io_next);
 
-        let subordinate = u8::try_from(self.next_bus - 1).map_err(|_| Error::PciBusesExhausted(bdf))?;
+        let subordinate = u8::try_from(self.next_bus - 1).map_err(|_| Error::BusesExhausted(bdf))?;
         self.cfg.write32(bdf, BRIDGE_BUSES, buses(subordinate));
 
         // I/O window (base > limit disables it).
@@ -487,3 +509,6 @@ impl<C: ConfigAccess> Walker<'_, C> {
         Ok(secondary)
     }
 }
+
+#[cfg(test)]
+mod tests;
