@@ -18,6 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use pvkit_backends::net::{Mac, QueuedPort, Switch};
 use pvkit_backends::xen::gntdev::{FakeGrants, GrantCopy, GrantPiece};
 use pvkit_backends::xen::netback::fuzzing;
+use pvkit_backends::xen::xenbus::CountingNotify;
 use pvkit_fuzz::{Input, RawFront, SharedMem};
 use ring_protocol::abi::netif::{
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, NetifRxRequest,
@@ -113,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                  okays: &mut usize,
                  sniffed: &mut usize|
      -> Option<String> {
-        let res = engine.process(&mut || Ok(()));
+        let res = engine.process(&CountingNotify::default());
         let bound = |out: u32, size: u32| if hostile { size } else { out };
         for rsp in r.tx.take_responses(4, bound(r.tx_out, r.tx.size)) {
             r.tx_out = r.tx_out.saturating_sub(1);
@@ -254,7 +255,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(hostile, "engine failed with honest indices: {e}");
                     assert!(e.starts_with("ring halted"), "failed other than by halting: {e}");
                     assert!(
-                        engine.process(&mut || Ok(())).is_err(),
+                        engine.process(&CountingNotify::default()).is_err(),
                         "a halted ring stays halted"
                     );
                     return;
@@ -329,7 +330,7 @@ fuzz_target!(|data: &[u8]| {
     r.tx.publish();
     r.tx_out += 1;
     // The honest frame is checked here, before `serve` drains the sniffer.
-    let res = engine.process(&mut || Ok(()));
+    let res = engine.process(&CountingNotify::default());
     assert_eq!(res, Ok(()));
     let got = sniffer.pop().expect("the honest frame reached the switch");
     assert_eq!(got, honest, "switched intact");

@@ -36,8 +36,8 @@ use pvkit_backends::xen::blkback::BlkBackend;
 use pvkit_backends::xen::console::ConsoleBackend;
 use pvkit_backends::xen::gntdev::GntDev;
 use pvkit_backends::xen::netback::{NetBackend, format_mac};
-use pvkit_backends::xen::xenbus::{Backend, DeviceId, remove_device, run_device};
-use pvkit_backends::xen::xenstore;
+use pvkit_backends::xen::xenbus::{DeviceId, remove_device, run_device};
+use pvkit_backends::xen::xenstore::{self, XenStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -195,6 +195,30 @@ fn check_macs(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// One device to serve, of any kind.
+#[derive(Debug)]
+enum Device {
+    Vbd(BlkBackend),
+    Vif(NetBackend),
+    Console(ConsoleBackend),
+}
+
+impl Device {
+    /// Runs the device's state machine (see [`run_device`]) until its domain is gone.
+    fn run(
+        &self,
+        xs: XenStore<xenstore::Connection>,
+        id: DeviceId,
+        ready: impl FnOnce(),
+    ) -> pvkit_backends::Result<()> {
+        match self {
+            Device::Vbd(be) => run_device(xs, id, be, ready),
+            Device::Vif(be) => run_device(xs, id, be, ready),
+            Device::Console(be) => run_device(xs, id, be, ready),
+        }
+    }
+}
+
 fn main() {
     pvkit_backends::vhost::init_logging();
     if let Err(e) = run() {
@@ -209,7 +233,7 @@ fn run() -> Result<()> {
         bail!("nothing to serve: give at least one --vbd, --vif or --console");
     }
     // Everything that can fail on the command line's account fails before XenStore is touched.
-    let mut devices: Vec<(DeviceId, Box<dyn Backend>)> = Vec::new();
+    let mut devices: Vec<(DeviceId, Device)> = Vec::new();
     let gnt = GntDev::open().context("the grant device (is xen-gntdev loaded?)")?;
     for v in &cli.vbd {
         let core = BlockCore::open(
@@ -228,7 +252,7 @@ fn run() -> Result<()> {
                 kind: "vbd",
                 devid: v.devid,
             },
-            Box::new(BlkBackend::new(Arc::new(core), gnt.clone())),
+            Device::Vbd(BlkBackend::new(Arc::new(core), gnt.clone())),
         ));
     }
     check_macs(&cli)?;
@@ -257,7 +281,7 @@ fn run() -> Result<()> {
                 kind: "vif",
                 devid: v.devid,
             },
-            Box::new(NetBackend::new(switch.clone(), gnt.clone(), v.mac)),
+            Device::Vif(NetBackend::new(switch.clone(), gnt.clone(), v.mac)),
         ));
     }
     for c in &cli.console {
@@ -271,7 +295,7 @@ fn run() -> Result<()> {
                 kind: "console",
                 devid: c.devid,
             },
-            Box::new(ConsoleBackend::new(gnt.clone(), sink, input, c.echo)),
+            Device::Console(ConsoleBackend::new(gnt.clone(), sink, input, c.echo)),
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -311,7 +335,7 @@ fn run() -> Result<()> {
             std::thread::Builder::new()
                 .name(format!("{}-{}", id.kind, id.devid))
                 .spawn(move || {
-                    let r = run_device(xs, id, &*be, move || {
+                    let r = be.run(xs, id, move || {
                         let _ = ready.send(());
                     });
                     if let Err(e) = &r {

@@ -32,7 +32,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
 use crate::block::{BlockCore, Data, Op, Request};
 
@@ -65,6 +65,8 @@ impl BlkBackend {
 }
 
 impl Backend for BlkBackend {
+    type Engine = BlkEngine;
+
     fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)> {
         vec![
             ("virtual-device".into(), id.devid.to_string()),
@@ -106,7 +108,7 @@ impl Backend for BlkBackend {
         frontend_reads(so_far)
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<BlkEngine>, String> {
         let (refs, port) = ring_keys(front)?;
         let map = self
             .gnt
@@ -137,7 +139,7 @@ impl Backend for BlkBackend {
             gnt,
             self.log.clone(),
         )?;
-        Ok(Connected::new(engine, vec![map], channel))
+        Ok(Connected::new(BlkEngine(engine), vec![map], channel))
     }
 }
 
@@ -269,17 +271,30 @@ struct BlkRing {
     counts: Counts,
 }
 
-impl Engine for BlkRing {
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
-        BlkRing::process(self, notify)
+/// The blkif protocol engine of one ring (its AIO queue, its buffers), independent of how the
+/// ring memory and the frontend's pages are reached.
+pub struct BlkEngine(BlkRing);
+
+impl std::fmt::Debug for BlkEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkEngine")
+            .field("ring", &self.0.ring)
+            .field("counts", &self.0.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine for BlkEngine {
+    fn process(&mut self, notify: &dyn Notify) -> Result<(), String> {
+        self.0.process(notify)
     }
 
     fn summary(&self, events: u64) -> String {
-        BlkRing::summary(self, events)
+        self.0.summary(events)
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
-        Some(self.aio.completion_fd())
+        Some(self.0.aio.completion_fd())
     }
 }
 
@@ -323,7 +338,7 @@ impl BlkRing {
     }
 
     /// Serves everything the ring and the AIO queue hold; `notify` tells the frontend.
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+    fn process(&mut self, notify: &dyn Notify) -> Result<(), String> {
         let halted = |e| format!("ring halted: {e}");
         loop {
             for done in self.aio.reap().map_err(|e| format!("AIO queue: {e}"))? {
@@ -356,7 +371,7 @@ impl BlkRing {
                 continue;
             }
             if self.ring.push_responses_and_check_notify().map_err(halted)? {
-                notify()?;
+                notify.notify().map_err(|e| format!("notify: {e}"))?;
                 self.counts.notifies += 1;
             }
             if self.deferred.is_some() {
@@ -648,6 +663,7 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     use super::*;
+    use crate::xen::xenbus::CountingNotify;
 
     /// The blkif engine of one ring (what `connect` builds once the ring is mapped).
     pub struct FuzzEngine(BlkRing);
@@ -688,7 +704,7 @@ pub mod fuzzing {
         /// # Errors
         /// The ring halted or the engine's bookkeeping broke.
         pub fn process(&mut self) -> Result<(), String> {
-            self.0.process(&mut || Ok(()))
+            self.0.process(&CountingNotify::default())
         }
 
         /// The AIO completion descriptor.
@@ -739,6 +755,7 @@ mod tests {
 
     use crate::block::BlockOptions;
     use crate::xen::gntdev::FakeGrants;
+    use crate::xen::xenbus::CountingNotify;
 
     const DOMID: DomId = 7;
 
@@ -801,7 +818,7 @@ mod tests {
             self.front.push_requests().unwrap();
             let mut out = Vec::new();
             for _ in 0..2000 {
-                self.back.process(&mut || Ok(())).unwrap();
+                self.back.process(&CountingNotify::default()).unwrap();
                 while let Some(r) = self.front.read_response().unwrap() {
                     out.push(r);
                 }
@@ -999,9 +1016,9 @@ mod tests {
         // SAFETY: req_prod is the ring's first word, accessed atomically by both rings.
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast()) };
         req_prod.store(rig.front.size() + 5, std::sync::atomic::Ordering::Release);
-        let e = rig.back.process(&mut || Ok(())).unwrap_err();
+        let e = rig.back.process(&CountingNotify::default()).unwrap_err();
         assert!(e.contains("ring halted"), "{e}");
-        assert!(rig.back.process(&mut || Ok(())).is_err(), "stays halted");
+        assert!(rig.back.process(&CountingNotify::default()).is_err(), "stays halted");
     }
 
     fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
@@ -1319,7 +1336,7 @@ mod tests {
             .inject_foreign_completion(3, Box::leak(vec![0u8; 512].into_boxed_slice()));
         let mut err = None;
         for _ in 0..2000 {
-            match rig.back.process(&mut || Ok(())) {
+            match rig.back.process(&CountingNotify::default()) {
                 Ok(()) => std::thread::sleep(std::time::Duration::from_millis(1)),
                 Err(e) => {
                     err = Some(e);
@@ -1367,7 +1384,7 @@ mod tests {
         let mut out = Vec::new();
         let mut most = 0;
         for _ in 0..5000 {
-            rig.back.process(&mut || Ok(())).unwrap();
+            rig.back.process(&CountingNotify::default()).unwrap();
             most = most.max(rig.back.in_flight_bytes);
             while let Some(r) = rig.front.read_response().unwrap() {
                 out.push(r);

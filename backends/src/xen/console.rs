@@ -31,7 +31,7 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use crate::console::ConsoleSink;
 
 /// Most echoed bytes waiting for room in the guest's `in` ring (echo mode).
@@ -65,6 +65,8 @@ impl ConsoleBackend {
 }
 
 impl Backend for ConsoleBackend {
+    type Engine = Pump;
+
     fn frontend_keys(&self, _id: &DeviceId) -> Vec<(String, String)> {
         Vec::new()
     }
@@ -77,7 +79,7 @@ impl Backend for ConsoleBackend {
         vec!["ring-ref".into(), "port".into()]
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<Pump>, String> {
         if id.devid == 0 {
             return Err("console 0 is the domain's start_info console (xenconsoled's)".into());
         }
@@ -144,8 +146,9 @@ struct Counts {
     echoed: u64,
 }
 
-/// The byte moving, apart from the event channel (so tests can drive it over a local page).
-struct Pump {
+/// The console engine: the byte moving between the shared page and the sink, apart from the event
+/// channel (so tests can drive it over a local page).
+pub struct Pump {
     ring: Duplex,
     sink: Arc<Mutex<ConsoleSink>>,
     /// Input still to send, from `input_at` (in echo mode the echoed bytes are appended).
@@ -157,6 +160,16 @@ struct Pump {
     /// Notifications sent to the frontend.
     notifies: u64,
     log: Arc<RateLimit>,
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pump")
+            .field("input_left", &(self.input.len() - self.input_at))
+            .field("echo", &self.echo)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pump {
@@ -229,7 +242,7 @@ impl Pump {
 }
 
 impl Engine for Pump {
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+    fn process(&mut self, notify: &dyn Notify) -> Result<(), String> {
         // The guest may write more while its last batch goes to the sink: go on until a round moves
         // nothing (each round frees space, so a guest waiting for it is notified in between).
         loop {
@@ -237,7 +250,7 @@ impl Engine for Pump {
             if moved == Moved::default() {
                 return Ok(());
             }
-            notify()?;
+            notify.notify().map_err(|e| format!("notify: {e}"))?;
             self.notifies += 1;
         }
     }

@@ -106,6 +106,12 @@ impl EventChannel {
     }
 }
 
+impl super::xenbus::Notify for EventChannel {
+    fn notify(&self) -> io::Result<()> {
+        EventChannel::notify(self)
+    }
+}
+
 impl AsRawFd for EventChannel {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

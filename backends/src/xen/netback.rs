@@ -39,7 +39,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 pub use crate::net::format_mac;
 use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
 
@@ -79,6 +79,8 @@ impl NetBackend {
 }
 
 impl Backend for NetBackend {
+    type Engine = NetEngine;
+
     fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)> {
         vec![
             ("handle".into(), id.devid.to_string()),
@@ -105,7 +107,7 @@ impl Backend for NetBackend {
         frontend_reads()
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<NetEngine>, String> {
         let (tx_ref, rx_ref, port) = ring_keys(front)?;
         let tx_map = self
             .gnt
@@ -115,7 +117,7 @@ impl Backend for NetBackend {
             .gnt
             .map(id.domid, &[rx_ref], true)
             .map_err(|e| format!("cannot map rx-ring-ref {rx_ref}: {e}"))?;
-        // SAFETY: each mapping lives in the same `NetRings` as its ring and is dropped after it; only
+        // SAFETY: each mapping lives in the same `NetEngines` as its ring and is dropped after it; only
         // the ring touches the memory, with atomics.
         let tx = unsafe { BackRing::<NetifTxRequest, NetifTxResponse>::new(tx_map.as_ptr(), tx_map.len()) }
             .map_err(|e| format!("tx ring unusable: {e}"))?;
@@ -126,7 +128,7 @@ impl Backend for NetBackend {
             .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
         limited_info!(self.log, device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
-        let engine = NetRing::new(
+        let engine = NetEngine::new(
             tx,
             rx,
             self.switch.clone(),
@@ -189,8 +191,9 @@ struct Counts {
 }
 
 /// The netif protocol engine of one vif (its two rings and its switch port), independent of how
-/// the rings and the frontend's pages are reached (host tests drive it on local memory).
-struct NetRing {
+/// the rings and the frontend's pages are reached (host tests drive it on local memory). Dropping
+/// it takes its port off the switch.
+pub struct NetEngine {
     tx: BackRing<NetifTxRequest, NetifTxResponse>,
     rx: BackRing<NetifRxRequest, NetifRxResponse>,
     wake: Arc<EventFd>,
@@ -206,19 +209,29 @@ struct NetRing {
     counts: Counts,
 }
 
-impl Drop for NetRing {
+impl std::fmt::Debug for NetEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetEngine")
+            .field("name", &self.name)
+            .field("port", &self.sw_port)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NetEngine {
     fn drop(&mut self) {
         let _ = self.switch.remove_port(self.sw_port);
     }
 }
 
-impl Engine for NetRing {
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
-        NetRing::process(self, notify)
+impl Engine for NetEngine {
+    fn process(&mut self, notify: &dyn Notify) -> Result<(), String> {
+        NetEngine::process(self, notify)
     }
 
     fn summary(&self, events: u64) -> String {
-        NetRing::summary(self, events)
+        NetEngine::summary(self, events)
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
@@ -226,7 +239,7 @@ impl Engine for NetRing {
     }
 }
 
-impl NetRing {
+impl NetEngine {
     #[allow(clippy::too_many_arguments)]
     fn new(
         tx: BackRing<NetifTxRequest, NetifTxResponse>,
@@ -249,7 +262,7 @@ impl NetRing {
         let sw_port = switch
             .add_port_with(queue.clone(), PortPolicy::Bound(mac))
             .map_err(|e| format!("switch port: {e}"))?;
-        Ok(NetRing {
+        Ok(NetEngine {
             tx,
             rx,
             wake,
@@ -266,7 +279,7 @@ impl NetRing {
     }
 
     /// Serves both rings and the port's queue until nothing is left; `notify` tells the frontend.
-    fn process(&mut self, notify_frontend: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+    fn process(&mut self, notify_frontend: &dyn Notify) -> Result<(), String> {
         let mut notify = false;
         loop {
             let more_tx = self.transmit(&mut notify)?;
@@ -276,7 +289,7 @@ impl NetRing {
             }
         }
         if notify {
-            notify_frontend()?;
+            notify_frontend.notify().map_err(|e| format!("notify: {e}"))?;
             self.counts.notifies += 1;
         }
         Ok(())
@@ -311,7 +324,7 @@ fn halted(e: ring_protocol::Error) -> String {
     format!("ring halted: {e}")
 }
 
-impl NetRing {
+impl NetEngine {
     /// Serves the transmit ring until empty; returns whether requests arrived after the final check.
     fn transmit(&mut self, notify: &mut bool) -> Result<bool, String> {
         while let Some(first) = self.tx.read_request().map_err(halted)? {
@@ -541,7 +554,7 @@ pub mod fuzzing {
         gnt: Arc<dyn GrantCopy>,
         domid: DomId,
     ) -> Result<Box<dyn Engine>, String> {
-        let engine = NetRing::new(
+        let engine = NetEngine::new(
             tx,
             rx,
             switch,
@@ -576,6 +589,7 @@ mod tests {
 
     use crate::net::{ETHERTYPE_PVKIT_ECHO, EchoPeer};
     use crate::xen::gntdev::FakeGrants;
+    use crate::xen::xenbus::CountingNotify;
 
     const DOMID: DomId = 3;
     const GUEST: Mac = [0, 0x16, 0x3e, 0, 0, 0x10];
@@ -586,7 +600,7 @@ mod tests {
     struct Rig {
         tx: FrontRing<NetifTxRequest, NetifTxResponse>,
         rx: FrontRing<NetifRxRequest, NetifRxResponse>,
-        back: NetRing,
+        back: NetEngine,
         grants: Arc<FakeGrants>,
         sniffer: Arc<QueuedPort>,
         echo: Arc<EchoPeer>,
@@ -611,7 +625,7 @@ mod tests {
         switch.add_port(sniffer.clone());
         let grants = Arc::new(FakeGrants::new(DOMID));
         let gnt: Arc<dyn GrantCopy> = grants.clone();
-        let back = NetRing::new(
+        let back = NetEngine::new(
             btx,
             brx,
             switch,
@@ -682,7 +696,7 @@ mod tests {
                 self.tx.write_request(s).unwrap();
             }
             self.tx.push_requests().unwrap();
-            self.back.process(&mut || Ok(())).unwrap();
+            self.back.process(&CountingNotify::default()).unwrap();
             let mut out = Vec::new();
             while let Some(r) = self.tx.read_response().unwrap() {
                 out.push((r.id, r.status));
@@ -703,7 +717,7 @@ mod tests {
                     .unwrap();
             }
             self.rx.push_requests().unwrap();
-            self.back.process(&mut || Ok(())).unwrap();
+            self.back.process(&CountingNotify::default()).unwrap();
             let mut out = Vec::new();
             while let Some(r) = self.rx.read_response().unwrap() {
                 out.push(r);
@@ -824,7 +838,7 @@ mod tests {
         // SAFETY: req_prod is the tx ring's first word, accessed atomically by both rings.
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(rig._mem.0.as_ptr().as_ptr().cast()) };
         req_prod.store(rig.tx.size() + 9, std::sync::atomic::Ordering::Release);
-        let e = rig.back.process(&mut || Ok(())).unwrap_err();
+        let e = rig.back.process(&CountingNotify::default()).unwrap_err();
         assert!(e.contains("ring halted"), "{e}");
     }
 
@@ -990,13 +1004,13 @@ mod tests {
             f[14..18].copy_from_slice(&i.to_be_bytes());
             rig.back.switch.send(sp, &f).unwrap();
             if i % 1000 == 0 {
-                rig.back.process(&mut || Ok(())).unwrap();
+                rig.back.process(&CountingNotify::default()).unwrap();
                 let mut g = f.clone();
                 g[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x55]);
                 rig.back.switch.send(sp, &g).unwrap();
             }
         }
-        rig.back.process(&mut || Ok(())).unwrap();
+        rig.back.process(&CountingNotify::default()).unwrap();
         assert_eq!(rig.back.queue.len(), PORT_QUEUE);
         assert!(rig.back.pending.is_some());
         assert_eq!(rig.back.queue.dropped(), 10_000 - PORT_QUEUE as u64 - 1);

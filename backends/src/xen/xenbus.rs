@@ -79,39 +79,54 @@ impl fmt::Display for DeviceId {
     }
 }
 
-/// A ring serving thread's work: called whenever the event channel or the extra descriptor fired.
-pub trait Rings: Send + 'static {
-    /// The device's event channel.
-    fn channel(&self) -> &EventChannel;
-    /// Another descriptor that means "work to do" (the net switch's wakeups), if any.
-    fn extra_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
-    /// Consumes whatever the rings hold. An error means the frontend broke the protocol: the rings
-    /// stop and the device is closed.
-    fn process(&mut self) -> std::result::Result<(), String>;
-    /// A one-line summary of what was served, for the log at disconnect.
-    fn summary(&self) -> String;
+/// Signalling the frontend: what an [`Engine`] calls once it published responses the frontend
+/// asked to be told about. [`EventChannel`] implements it; host tests and fuzz targets substitute
+/// their own (a counter, or the guest side's interrupt handler).
+pub trait Notify {
+    /// Sends the frontend one event.
+    fn notify(&self) -> std::io::Result<()>;
 }
 
 /// The protocol half of a connected device: what it does with its rings, apart from how they are
 /// mapped and signalled (host tests drive engines on local memory).
 pub trait Engine: Send + 'static {
     /// Serves whatever the rings hold; `notify` signals the frontend. An error means the frontend
-    /// broke the protocol.
-    fn process(
-        &mut self,
-        notify: &mut dyn FnMut() -> std::result::Result<(), String>,
-    ) -> std::result::Result<(), String>;
+    /// broke the protocol (or the engine cannot go on): the rings stop and the device is closed.
+    fn process(&mut self, notify: &dyn Notify) -> std::result::Result<(), String>;
     /// A one-line summary of what was served; `events` is how many events the frontend sent.
     fn summary(&self, events: u64) -> String;
-    /// Another descriptor that means "work to do", if any.
+    /// Another descriptor that means "work to do" (the net switch's wakeups, AIO completions), if
+    /// any.
     fn extra_fd(&self) -> Option<RawFd> {
         None
     }
 }
 
-/// A connected device: its engine, the grant mappings its rings live in and its event channel.
+/// A [`Notify`] that counts the notifications instead of sending them (host tests, fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Default)]
+pub struct CountingNotify {
+    count: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl CountingNotify {
+    /// Notifications so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Notify for CountingNotify {
+    fn notify(&self) -> std::io::Result<()> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A connected device, as [`Backend::connect`] hands it to its serving thread: the engine, the
+/// grant mappings its rings live in and its event channel.
 pub struct Connected<E> {
     /// Declared before `_maps`: the engine's rings are dropped before their memory is unmapped.
     engine: E,
@@ -129,29 +144,18 @@ impl<E> fmt::Debug for Connected<E> {
 }
 
 impl<E: Engine> Connected<E> {
-    /// Puts the pieces together for the serving thread.
-    pub fn new(engine: E, maps: Vec<GrantMapping>, channel: EventChannel) -> Box<Self> {
-        Box::new(Connected {
+    /// Puts the pieces together for the serving thread. `maps` must hold the memory of every ring
+    /// `engine` serves: they are unmapped only after the engine is dropped.
+    pub fn new(engine: E, maps: Vec<GrantMapping>, channel: EventChannel) -> Self {
+        Connected {
             engine,
             _maps: maps,
             channel,
-        })
-    }
-}
-
-impl<E: Engine> Rings for Connected<E> {
-    fn channel(&self) -> &EventChannel {
-        &self.channel
-    }
-
-    fn extra_fd(&self) -> Option<RawFd> {
-        self.engine.extra_fd()
+        }
     }
 
     fn process(&mut self) -> std::result::Result<(), String> {
-        let channel = &self.channel;
-        self.engine
-            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
+        self.engine.process(&self.channel)
     }
 
     fn summary(&self) -> String {
@@ -161,6 +165,8 @@ impl<E: Engine> Rings for Connected<E> {
 
 /// What a device kind provides to [`run_device`].
 pub trait Backend: Send + 'static {
+    /// The protocol engine a connection of this kind runs.
+    type Engine: Engine;
     /// Keys of the frontend directory besides `backend`, `backend-id` and `state`.
     fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)>;
     /// Keys of the backend directory besides `frontend`, `frontend-id`, `online` and `state`
@@ -173,7 +179,7 @@ pub trait Backend: Send + 'static {
     /// Reads the frontend's ring references and event channel from `front` (a snapshot of the keys
     /// named by [`frontend_reads`](Self::frontend_reads)) and maps the rings. An `Err` refuses the
     /// device with that reason.
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String>;
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> std::result::Result<Connected<Self::Engine>, String>;
 }
 
 /// The frontend directory's keys as read at connection time (copied once, then validated).
@@ -262,7 +268,7 @@ fn write_node<S: Read + Write>(
 }
 
 /// Writes both directories of `id` (backend state `InitWait`, frontend state `Initialising`).
-pub fn create_device<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, be: &dyn Backend) -> Result<()> {
+pub fn create_device<S: Read + Write, B: Backend>(xs: &mut XenStore<S>, id: &DeviceId, be: &B) -> Result<()> {
     let fe_dir = id.frontend();
     let be_dir = id.backend();
     let fe_perms = perms_frontend(id.domid);
@@ -325,7 +331,7 @@ fn set_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, s: XenbusStat
 
 /// Reads the frontend keys `be` names (see [`Backend::frontend_reads`]), each once, at most
 /// [`MAX_FRONTEND_READS`] of them: the snapshot `connect` validates.
-fn read_front<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, be: &dyn Backend) -> Result<Frontend> {
+fn read_front<S: Read + Write, B: Backend>(xs: &mut XenStore<S>, id: &DeviceId, be: &B) -> Result<Frontend> {
     let dir = id.frontend();
     let mut front = Frontend::default();
     let mut asked: Vec<String> = Vec::new();
@@ -372,9 +378,9 @@ struct Halted {
 }
 
 impl Serving {
-    fn start(
+    fn start<E: Engine>(
         id: &DeviceId,
-        mut rings: Box<dyn Rings>,
+        mut rings: Connected<E>,
         halted: Arc<Halted>,
         log: Arc<RateLimit>,
     ) -> std::io::Result<Serving> {
@@ -383,7 +389,7 @@ impl Serving {
         let thread = std::thread::Builder::new()
             .name(format!("{}-{}-{}", id.kind, id.domid, id.devid))
             .spawn(move || {
-                if let Err(e) = serve(&mut *rings, &stop2) {
+                if let Err(e) = serve(&mut rings, &stop2) {
                     limited_error!(log, device = %name, "frontend broke the protocol, device halted: {e}");
                     *halted.why.lock().expect("halt reason") = Some(e);
                     let _ = halted.signal.write(1);
@@ -399,23 +405,23 @@ impl Serving {
     }
 }
 
-fn serve(rings: &mut dyn Rings, stop: &EventFd) -> std::result::Result<(), String> {
+fn serve<E: Engine>(rings: &mut Connected<E>, stop: &EventFd) -> std::result::Result<(), String> {
     rings.process()?;
     loop {
         let mut extra = vec![stop.as_raw_fd()];
-        extra.extend(rings.extra_fd());
-        let ready = evtchn::wait(rings.channel(), &extra, -1).map_err(|e| format!("poll: {e}"))?;
+        extra.extend(rings.engine.extra_fd());
+        let ready = evtchn::wait(&rings.channel, &extra, -1).map_err(|e| format!("poll: {e}"))?;
         if ready.extra & 1 != 0 {
             return Ok(());
         }
         if ready.event {
             rings
-                .channel()
+                .channel
                 .ack()
                 .map_err(|e| format!("reading the event channel: {e}"))?;
         }
         if ready.extra & 2 != 0
-            && let Some(fd) = rings.extra_fd()
+            && let Some(fd) = rings.engine.extra_fd()
         {
             drain(fd);
         }
@@ -453,20 +459,20 @@ const RELEASE_TOKEN: &str = "release";
 
 /// Creates `id`'s directories and runs its state machine until the domain is gone (see the module
 /// documentation). `ready` is called once the device waits for its frontend.
-pub fn run_device<S: Read + Write + AsRawFd>(
+pub fn run_device<S: Read + Write + AsRawFd, B: Backend>(
     xs: XenStore<S>,
     id: DeviceId,
-    be: &dyn Backend,
+    be: &B,
     ready: impl FnOnce(),
 ) -> Result<()> {
     run_device_with(xs, id, be, ready, Arc::new(RateLimit::default()))
 }
 
 /// [`run_device`] with the device's log budget given (shared with whatever else logs for it).
-pub fn run_device_with<S: Read + Write + AsRawFd>(
+pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
     mut xs: XenStore<S>,
     id: DeviceId,
-    be: &dyn Backend,
+    be: &B,
     ready: impl FnOnce(),
     log: Arc<RateLimit>,
 ) -> Result<()> {
@@ -610,7 +616,20 @@ mod tests {
         got: Snapshots,
     }
 
+    /// The engine a [`Probe`] would run (it never connects).
+    struct NoEngine;
+
+    impl Engine for NoEngine {
+        fn process(&mut self, _: &dyn Notify) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        fn summary(&self, _: u64) -> String {
+            String::new()
+        }
+    }
+
     impl Backend for Probe {
+        type Engine = NoEngine;
         fn frontend_keys(&self, _: &DeviceId) -> Vec<(String, String)> {
             Vec::new()
         }
@@ -620,7 +639,7 @@ mod tests {
         fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
             vec!["ring-ref".into(), "event-channel".into()]
         }
-        fn connect(&self, _: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String> {
+        fn connect(&self, _: &DeviceId, front: &Frontend) -> std::result::Result<Connected<NoEngine>, String> {
             self.got.lock().unwrap().push(front.keys.clone());
             Err("probe: refused".into())
         }
