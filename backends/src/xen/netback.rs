@@ -37,9 +37,10 @@ use vmm_sys_util::eventfd::EventFd;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
+use super::gntdev::{GntDev, GrantCopy, GrantError, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
+use super::{Error, Result};
 pub use crate::net::format_mac;
 use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
 
@@ -107,25 +108,48 @@ impl Backend for NetBackend {
         frontend_reads()
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<NetEngine>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<NetEngine>> {
         let (tx_ref, rx_ref, port) = ring_keys(front)?;
         let tx_map = self
             .gnt
             .map(id.domid, &[tx_ref], true)
-            .map_err(|e| format!("cannot map tx-ring-ref {tx_ref}: {e}"))?;
+            .map_err(|error| Error::GrantMap {
+                what: "tx ring",
+                key: "tx-ring-ref",
+                refs: vec![tx_ref],
+                error,
+            })?;
         let rx_map = self
             .gnt
             .map(id.domid, &[rx_ref], true)
-            .map_err(|e| format!("cannot map rx-ring-ref {rx_ref}: {e}"))?;
+            .map_err(|error| Error::GrantMap {
+                what: "rx ring",
+                key: "rx-ring-ref",
+                refs: vec![rx_ref],
+                error,
+            })?;
         // SAFETY: each mapping lives in the same `NetEngines` as its ring and is dropped after it; only
         // the ring touches the memory, with atomics.
         let tx = unsafe { BackRing::<NetifTxRequest, NetifTxResponse>::new(tx_map.as_ptr(), tx_map.len()) }
-            .map_err(|e| format!("tx ring unusable: {e}"))?;
+            .map_err(|error| Error::RingUnusable {
+                what: "tx ring",
+                bytes: tx_map.len(),
+                error,
+            })?;
         // SAFETY: as above.
         let rx = unsafe { BackRing::<NetifRxRequest, NetifRxResponse>::new(rx_map.as_ptr(), rx_map.len()) }
-            .map_err(|e| format!("rx ring unusable: {e}"))?;
+            .map_err(|error| Error::RingUnusable {
+                what: "rx ring",
+                bytes: rx_map.len(),
+                error,
+            })?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
-            .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
+            .map_err(|error| Error::BindEventChannel {
+                key: "event-channel",
+                port,
+                domid: id.domid,
+                error,
+            })?;
         limited_info!(self.log, device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
         let engine = NetEngine::new(
@@ -157,20 +181,17 @@ fn frontend_reads() -> Vec<String> {
 
 /// What `connect` takes from the frontend's keys, validated: the transmit and receive rings' grant
 /// references and the event channel.
-fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32), String> {
+fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32)> {
     if front.opt_number("request-rx-copy")? != Some(1) {
-        return Err("the frontend does not request rx-copy (the only receive mode offered)".into());
+        return Err(Error::NoRxCopy);
     }
-    if front.opt_number("multi-queue-num-queues")?.is_some_and(|n| n > 1) {
-        return Err("multiple queues requested, one is offered".into());
+    if let Some(queues) = front.opt_number("multi-queue-num-queues")?
+        && queues > 1
+    {
+        return Err(Error::MultiQueue { queues });
     }
-    let gref = |key: &str| -> Result<u32, String> {
-        let v = front.number(key)?;
-        u32::try_from(v).map_err(|_| format!("{key} {v} is not a grant reference"))
-    };
-    let (tx_ref, rx_ref) = (gref("tx-ring-ref")?, gref("rx-ring-ref")?);
-    let port = front.number("event-channel")?;
-    let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+    let (tx_ref, rx_ref) = (front.grant_ref("tx-ring-ref")?, front.grant_ref("rx-ring-ref")?);
+    let port = front.port("event-channel")?;
     Ok((tx_ref, rx_ref, port))
 }
 
@@ -226,7 +247,7 @@ impl Drop for NetEngine {
 }
 
 impl Engine for NetEngine {
-    fn process(&mut self, notify: &dyn Notify) -> Result<(), String> {
+    fn process(&mut self, notify: &dyn Notify) -> Result<()> {
         NetEngine::process(self, notify)
     }
 
@@ -250,8 +271,8 @@ impl NetEngine {
         domid: DomId,
         name: String,
         log: Arc<RateLimit>,
-    ) -> Result<Self, String> {
-        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+    ) -> Result<Self> {
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?);
         let w = wake.clone();
         let queue = QueuedPort::new(
             PORT_QUEUE,
@@ -261,7 +282,7 @@ impl NetEngine {
         );
         let sw_port = switch
             .add_port_with(queue.clone(), PortPolicy::Bound(mac))
-            .map_err(|e| format!("switch port: {e}"))?;
+            .map_err(Error::SwitchPort)?;
         Ok(NetEngine {
             tx,
             rx,
@@ -279,7 +300,7 @@ impl NetEngine {
     }
 
     /// Serves both rings and the port's queue until nothing is left; `notify` tells the frontend.
-    fn process(&mut self, notify_frontend: &dyn Notify) -> Result<(), String> {
+    fn process(&mut self, notify_frontend: &dyn Notify) -> Result<()> {
         let mut notify = false;
         loop {
             let more_tx = self.transmit(&mut notify)?;
@@ -289,7 +310,7 @@ impl NetEngine {
             }
         }
         if notify {
-            notify_frontend.notify().map_err(|e| format!("notify: {e}"))?;
+            notify_frontend.notify().map_err(Error::Notify)?;
             self.counts.notifies += 1;
         }
         Ok(())
@@ -320,26 +341,56 @@ impl NetEngine {
     }
 }
 
-fn halted(e: ring_protocol::Error) -> String {
-    format!("ring halted: {e}")
+/// The error that halts `ring`.
+fn halted(ring: &'static str) -> impl Fn(ring_protocol::Error) -> Error {
+    move |error| Error::RingHalted { ring, error }
+}
+
+/// Why a transmitted packet was refused: all its slots are answered `NETIF_RSP_ERROR` and it is
+/// dropped (the ring goes on).
+#[derive(Debug, thiserror::Error)]
+enum TxRefusal {
+    #[error("packet's next slot is not on the ring")]
+    Unterminated,
+    #[error("packet spans more than {MAX_DATA_SLOTS} data slots or {MAX_EXTRA_SLOTS} extra-info slots")]
+    TooManySlots,
+    #[error("GSO extra info, but GSO was not offered")]
+    Gso,
+    #[error("multicast control extra info, but it was not offered")]
+    Multicast,
+    #[error("extra info of unknown type {0}")]
+    UnknownExtra(u8),
+    #[error("{0}-byte packet exceeds the MTU ({MAX_FRAME} bytes)")]
+    Oversize(usize),
+    #[error("{0}-byte packet is shorter than an Ethernet header")]
+    Runt(usize),
+    #[error("packet size {total} is smaller than its later slots ({rest} bytes)")]
+    LaterSlotsTooLong { total: usize, rest: usize },
+    #[error("slot {slot}: {len} bytes at offset {offset} cross the page's end")]
+    CrossesPage { slot: usize, len: usize, offset: u16 },
+    #[error(transparent)]
+    Grant(GrantError),
+    #[error(transparent)]
+    Switch(crate::Error),
 }
 
 impl NetEngine {
     /// Serves the transmit ring until empty; returns whether requests arrived after the final check.
-    fn transmit(&mut self, notify: &mut bool) -> Result<bool, String> {
-        while let Some(first) = self.tx.read_request().map_err(halted)? {
+    fn transmit(&mut self, notify: &mut bool) -> Result<bool> {
+        let halted = halted("tx ring");
+        while let Some(first) = self.tx.read_request().map_err(&halted)? {
             // Collect the packet's slots, each copied out of the ring once: data slots and
             // extra-info slots, in ring order. A chain longer than allowed is still consumed to its
             // end (at most the ring's size: the ring refuses more unanswered requests), so the
             // ring stays in step, and refused as a whole.
             let mut slots: Vec<(NetifTxRequest, bool)> = vec![(first, false)];
-            let mut problem: Option<String> = None;
+            let mut problem: Option<TxRefusal> = None;
             let mut extras = first.flags & NETTXF_EXTRA_INFO != 0;
             let mut more = first.flags & NETTXF_MORE_DATA != 0;
             let (mut data_slots, mut extra_slots) = (1usize, 0usize);
             while extras || more {
-                let Some(next) = self.tx.read_request().map_err(halted)? else {
-                    problem.get_or_insert_with(|| "packet's next slot is not on the ring".into());
+                let Some(next) = self.tx.read_request().map_err(&halted)? else {
+                    problem.get_or_insert(TxRefusal::Unterminated);
                     break;
                 };
                 if extras {
@@ -355,12 +406,7 @@ impl NetEngine {
                     slots.push((next, false));
                 }
                 if data_slots > MAX_DATA_SLOTS || extra_slots > MAX_EXTRA_SLOTS {
-                    problem.get_or_insert_with(|| {
-                        format!(
-                            "packet spans more than {MAX_DATA_SLOTS} data slots or {MAX_EXTRA_SLOTS} extra-info \
-                             slots"
-                        )
-                    });
+                    problem.get_or_insert(TxRefusal::TooManySlots);
                 }
             }
             let result = match problem {
@@ -380,51 +426,50 @@ impl NetEngine {
                     id: req.id,
                     status: if *extra { NETIF_RSP_NULL } else { status },
                 };
-                self.tx.write_response(&rsp).map_err(halted)?;
+                self.tx.write_response(&rsp).map_err(&halted)?;
             }
         }
-        *notify |= self.tx.push_responses_and_check_notify().map_err(halted)?;
-        self.tx.final_check_for_requests().map_err(halted)
+        *notify |= self.tx.push_responses_and_check_notify().map_err(&halted)?;
+        self.tx.final_check_for_requests().map_err(&halted)
     }
 
     /// Validates one packet (our copies of its slots), copies it out and sends it into the switch.
-    fn packet(&mut self, slots: &[(NetifTxRequest, bool)]) -> Result<(), String> {
+    fn packet(&mut self, slots: &[(NetifTxRequest, bool)]) -> std::result::Result<(), TxRefusal> {
         for (req, _) in slots.iter().filter(|(_, e)| *e) {
             let info = NetifExtraInfo::read_from_prefix(req.as_bytes())
                 .expect("slot holds extra info")
                 .0;
             match info.type_ {
                 XEN_NETIF_EXTRA_TYPE_HASH => {} // a hint we have no use for
-                XEN_NETIF_EXTRA_TYPE_GSO => return Err("GSO extra info, but GSO was not offered".into()),
+                XEN_NETIF_EXTRA_TYPE_GSO => return Err(TxRefusal::Gso),
                 XEN_NETIF_EXTRA_TYPE_MCAST_ADD | XEN_NETIF_EXTRA_TYPE_MCAST_DEL => {
-                    return Err("multicast control extra info, but it was not offered".into());
+                    return Err(TxRefusal::Multicast);
                 }
-                t => return Err(format!("extra info of unknown type {t}")),
+                t => return Err(TxRefusal::UnknownExtra(t)),
             }
         }
         let data: Vec<&NetifTxRequest> = slots.iter().filter(|(_, e)| !e).map(|(r, _)| r).collect();
         let total = usize::from(data[0].size);
         if total > MAX_FRAME {
             self.counts.tx_oversize += 1;
-            return Err(format!("{total}-byte packet exceeds the MTU ({MAX_FRAME} bytes)"));
+            return Err(TxRefusal::Oversize(total));
         }
         if total < ETH_HLEN {
-            return Err(format!("{total}-byte packet is shorter than an Ethernet header"));
+            return Err(TxRefusal::Runt(total));
         }
         let rest: usize = data[1..].iter().map(|r| usize::from(r.size)).sum();
         let Some(first_len) = total.checked_sub(rest) else {
-            return Err(format!(
-                "packet size {total} is smaller than its later slots ({rest} bytes)"
-            ));
+            return Err(TxRefusal::LaterSlotsTooLong { total, rest });
         };
         let mut pieces = Vec::with_capacity(data.len());
         for (i, r) in data.iter().enumerate() {
             let len = if i == 0 { first_len } else { usize::from(r.size) };
             if usize::from(r.offset) + len > PAGE_SIZE {
-                return Err(format!(
-                    "slot {i}: {len} bytes at offset {} cross the page's end",
-                    r.offset
-                ));
+                return Err(TxRefusal::CrossesPage {
+                    slot: i,
+                    len,
+                    offset: r.offset,
+                });
             }
             pieces.push(GrantPiece {
                 gref: r.gref,
@@ -436,30 +481,31 @@ impl NetEngine {
         let mut frame = vec![0u8; total];
         self.gnt
             .copy_from_guest(self.domid, &pieces, &mut frame)
-            .map_err(|e| e.to_string())?;
+            .map_err(TxRefusal::Grant)?;
         if data[0].flags & NETTXF_CSUM_BLANK != 0 && fill_l4_checksum(&mut frame) {
             self.counts.checksums_filled += 1;
         }
         self.switch
             .send(self.sw_port, &frame)
-            .map_err(|e| e.to_string())?;
+            .map_err(TxRefusal::Switch)?;
         self.counts.tx_packets += 1;
         self.counts.tx_bytes += total as u64;
         Ok(())
     }
 
     /// Moves queued frames into posted receive buffers; returns whether more work showed up.
-    fn receive(&mut self, notify: &mut bool) -> Result<bool, String> {
+    fn receive(&mut self, notify: &mut bool) -> Result<bool> {
+        let halted = halted("rx ring");
         while let Some(frame) = self.pending.take().or_else(|| self.queue.pop()) {
             if frame.len() > MAX_FRAME {
                 self.counts.rx_oversize += 1;
                 self.counts.rx_dropped += 1;
                 continue;
             }
-            let Some(req) = self.rx.read_request().map_err(halted)? else {
+            let Some(req) = self.rx.read_request().map_err(&halted)? else {
                 self.pending = Some(frame);
                 // Ask to be told when buffers are posted; if some came meanwhile, go on.
-                if self.rx.final_check_for_requests().map_err(halted)? {
+                if self.rx.final_check_for_requests().map_err(&halted)? {
                     continue;
                 }
                 break;
@@ -487,9 +533,9 @@ impl NetEngine {
                 flags: 0,
                 status,
             };
-            self.rx.write_response(&rsp).map_err(halted)?;
+            self.rx.write_response(&rsp).map_err(&halted)?;
         }
-        *notify |= self.rx.push_responses_and_check_notify().map_err(halted)?;
+        *notify |= self.rx.push_responses_and_check_notify().map_err(&halted)?;
         Ok(self.pending.is_none() && !self.queue.is_empty())
     }
 }
@@ -553,7 +599,7 @@ pub mod fuzzing {
         mac: Mac,
         gnt: Arc<dyn GrantCopy>,
         domid: DomId,
-    ) -> Result<Box<dyn Engine>, String> {
+    ) -> Result<Box<dyn Engine>> {
         let engine = NetEngine::new(
             tx,
             rx,
@@ -577,7 +623,7 @@ pub mod fuzzing {
     ///
     /// # Errors
     /// The refusal `connect` would log.
-    pub fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32), String> {
+    pub fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32)> {
         super::ring_keys(front)
     }
 }
@@ -839,7 +885,8 @@ mod tests {
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(rig._mem.0.as_ptr().as_ptr().cast()) };
         req_prod.store(rig.tx.size() + 9, std::sync::atomic::Ordering::Release);
         let e = rig.back.process(&CountingNotify::default()).unwrap_err();
-        assert!(e.contains("ring halted"), "{e}");
+        assert!(matches!(e, Error::RingHalted { ring: "tx ring", .. }), "{e}");
+        assert!(e.to_string().contains("ring halted"), "{e}");
     }
 
     fn echoed(rig: &Rig) -> u64 {

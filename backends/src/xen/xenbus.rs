@@ -35,7 +35,7 @@ use super::evtchn::{self, EventChannel};
 use super::gntdev::GrantMapping;
 use super::ratelimit::{RateLimit, limited_error, limited_info};
 use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
-use crate::Result;
+use super::{Error, Result};
 
 /// Frontend keys read per connect attempt at most (a 16-page blkif ring needs 19).
 pub const MAX_FRONTEND_READS: usize = 32;
@@ -92,7 +92,7 @@ pub trait Notify {
 pub trait Engine: Send + 'static {
     /// Serves whatever the rings hold; `notify` signals the frontend. An error means the frontend
     /// broke the protocol (or the engine cannot go on): the rings stop and the device is closed.
-    fn process(&mut self, notify: &dyn Notify) -> std::result::Result<(), String>;
+    fn process(&mut self, notify: &dyn Notify) -> Result<()>;
     /// A one-line summary of what was served; `events` is how many events the frontend sent.
     fn summary(&self, events: u64) -> String;
     /// Another descriptor that means "work to do" (the net switch's wakeups, AIO completions), if
@@ -154,7 +154,7 @@ impl<E: Engine> Connected<E> {
         }
     }
 
-    fn process(&mut self) -> std::result::Result<(), String> {
+    fn process(&mut self) -> Result<()> {
         self.engine.process(&self.channel)
     }
 
@@ -179,7 +179,7 @@ pub trait Backend: Send + 'static {
     /// Reads the frontend's ring references and event channel from `front` (a snapshot of the keys
     /// named by [`frontend_reads`](Self::frontend_reads)) and maps the rings. An `Err` refuses the
     /// device with that reason.
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> std::result::Result<Connected<Self::Engine>, String>;
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<Self::Engine>>;
 }
 
 /// The frontend directory's keys as read at connection time (copied once, then validated).
@@ -194,16 +194,37 @@ impl Frontend {
         self.keys.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    /// A required number: missing or malformed values are refused with a message naming the key.
-    pub fn number(&self, key: &str) -> std::result::Result<u64, String> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| format!("frontend key {key} is missing"))?;
-        parse_number(v).ok_or_else(|| format!("frontend key {key} = {v:?} is not a number"))
+    /// A required number: missing ([`Error::MissingKey`]) or malformed ([`Error::NotANumber`])
+    /// values are refused, naming the key.
+    pub fn number(&self, key: &str) -> Result<u64> {
+        let v = self.get(key).ok_or_else(|| Error::MissingKey { key: key.into() })?;
+        parse_number(v).ok_or_else(|| Error::NotANumber {
+            key: key.into(),
+            value: v.into(),
+        })
+    }
+
+    /// A required grant reference (a number that fits 32 bits, else [`Error::NotAGrantRef`]).
+    pub fn grant_ref(&self, key: &str) -> Result<u32> {
+        let value = self.number(key)?;
+        u32::try_from(value).map_err(|_| Error::NotAGrantRef {
+            key: key.into(),
+            value,
+        })
+    }
+
+    /// A required event channel port (a number that fits 32 bits, else
+    /// [`Error::PortOutOfRange`]).
+    pub fn port(&self, key: &str) -> Result<u32> {
+        let value = self.number(key)?;
+        u32::try_from(value).map_err(|_| Error::PortOutOfRange {
+            key: key.into(),
+            value,
+        })
     }
 
     /// An optional number (absent is `None`, malformed is refused).
-    pub fn opt_number(&self, key: &str) -> std::result::Result<Option<u64>, String> {
+    pub fn opt_number(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
             Some(_) => self.number(key).map(Some),
@@ -374,7 +395,7 @@ struct Serving {
 /// the reason, and an eventfd the control thread polls beside its XenStore connection.
 struct Halted {
     signal: EventFd,
-    why: Mutex<Option<String>>,
+    why: Mutex<Option<Error>>,
 }
 
 impl Serving {
@@ -405,20 +426,23 @@ impl Serving {
     }
 }
 
-fn serve<E: Engine>(rings: &mut Connected<E>, stop: &EventFd) -> std::result::Result<(), String> {
+fn serve<E: Engine>(rings: &mut Connected<E>, stop: &EventFd) -> Result<()> {
     rings.process()?;
     loop {
         let mut extra = vec![stop.as_raw_fd()];
         extra.extend(rings.engine.extra_fd());
-        let ready = evtchn::wait(&rings.channel, &extra, -1).map_err(|e| format!("poll: {e}"))?;
+        let ready = evtchn::wait(&rings.channel, &extra, -1).map_err(|error| Error::EventChannel {
+            what: "poll",
+            error,
+        })?;
         if ready.extra & 1 != 0 {
             return Ok(());
         }
         if ready.event {
-            rings
-                .channel
-                .ack()
-                .map_err(|e| format!("reading the event channel: {e}"))?;
+            rings.channel.ack().map_err(|error| Error::EventChannel {
+                what: "reading the event channel",
+                error,
+            })?;
         }
         if ready.extra & 2 != 0
             && let Some(fd) = rings.engine.extra_fd()
@@ -484,10 +508,7 @@ pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
     let mut state = XenbusState::InitWait;
     let mut serving: Option<Serving> = None;
     let halted = Arc::new(Halted {
-        signal: EventFd::new(libc::EFD_NONBLOCK).map_err(|error| crate::Error::XenStoreIo {
-            what: "eventfd".into(),
-            error,
-        })?,
+        signal: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
         why: Mutex::new(None),
     });
     loop {
@@ -497,8 +518,11 @@ pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
             if let Some(s) = serving.take() {
                 s.stop();
             }
-            let why = halted.why.lock().expect("halt reason").take().unwrap_or_default();
-            let msg = format!("frontend broke the ring protocol: {why}");
+            let why = halted.why.lock().expect("halt reason").take();
+            let msg = match why {
+                Some(why) => format!("frontend broke the ring protocol: {why}"),
+                None => "frontend broke the ring protocol".to_owned(),
+            };
             xs.write(NO_TX, &format!("{}/error", id.backend()), msg.as_bytes())?;
             set_state(&mut xs, &id, XenbusState::Closing)?;
             state = XenbusState::Closing;
@@ -518,7 +542,7 @@ pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
             (XenbusState::InitWait, Some(XenbusState::Initialised | XenbusState::Connected)) => {
                 let front = read_front(&mut xs, &id, be)?;
                 match be.connect(&id, &front).and_then(|r| {
-                    Serving::start(&id, r, halted.clone(), log.clone()).map_err(|e| format!("thread: {e}"))
+                    Serving::start(&id, r, halted.clone(), log.clone()).map_err(Error::Thread)
                 }) {
                     Ok(s) => {
                         serving = Some(s);
@@ -528,7 +552,7 @@ pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
                     }
                     Err(why) => {
                         limited_error!(log, device = %id, "refused: {why}");
-                        xs.write(NO_TX, &format!("{}/error", id.backend()), why.as_bytes())?;
+                        xs.write(NO_TX, &format!("{}/error", id.backend()), why.to_string().as_bytes())?;
                         set_state(&mut xs, &id, XenbusState::Closing)?;
                         state = XenbusState::Closing;
                     }
@@ -585,9 +609,21 @@ mod tests {
         assert_eq!(parse_number("-1"), None);
         assert_eq!(parse_number("eight"), None);
         let f = Frontend::from_keys(vec![("ring-ref".into(), "junk".into())]);
-        assert!(f.number("ring-ref").unwrap_err().contains("ring-ref"));
-        assert!(f.number("event-channel").unwrap_err().contains("missing"));
-        assert_eq!(f.opt_number("ring-page-order"), Ok(None));
+        let e = f.number("ring-ref").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotANumber { key, value } if key == "ring-ref" && value == "junk"),
+            "{e}"
+        );
+        let e = f.number("event-channel").unwrap_err();
+        assert!(matches!(&e, Error::MissingKey { key } if key == "event-channel"), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert_eq!(f.opt_number("ring-page-order").unwrap(), None);
+        let f = Frontend::from_keys(vec![
+            ("ring-ref".into(), "4294967296".into()),
+            ("port".into(), "0x100000000".into()),
+        ]);
+        assert!(matches!(f.grant_ref("ring-ref"), Err(Error::NotAGrantRef { value: 4294967296, .. })));
+        assert!(matches!(f.port("port"), Err(Error::PortOutOfRange { value: 4294967296, .. })));
     }
 
     #[test]
@@ -620,7 +656,7 @@ mod tests {
     struct NoEngine;
 
     impl Engine for NoEngine {
-        fn process(&mut self, _: &dyn Notify) -> std::result::Result<(), String> {
+        fn process(&mut self, _: &dyn Notify) -> Result<()> {
             Ok(())
         }
         fn summary(&self, _: u64) -> String {
@@ -639,9 +675,9 @@ mod tests {
         fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
             vec!["ring-ref".into(), "event-channel".into()]
         }
-        fn connect(&self, _: &DeviceId, front: &Frontend) -> std::result::Result<Connected<NoEngine>, String> {
+        fn connect(&self, _: &DeviceId, front: &Frontend) -> Result<Connected<NoEngine>> {
             self.got.lock().unwrap().push(front.keys.clone());
-            Err("probe: refused".into())
+            Err(Error::NoRxCopy)
         }
     }
 
