@@ -283,6 +283,28 @@ struct BlkRing {
 /// ring memory and the frontend's pages are reached.
 pub struct BlkEngine(BlkRing);
 
+impl BlkEngine {
+    /// The blkif engine of a vbd of domain `domid`: it serves `ring` (the backend end of the
+    /// frontend's ring, however its memory is reached) from `core`, reading and writing the
+    /// frontend's pages through `gnt`.
+    ///
+    /// Drive it with [`Engine::process`] whenever the frontend sent an event or
+    /// [`Engine::extra_fd`] (the AIO completion eventfd) is readable; failed requests are logged
+    /// (at a bounded rate) under the name `vbd of domain <domid>`.
+    ///
+    /// # Errors
+    /// [`Error::Aio`] if the AIO context cannot be created.
+    pub fn new(
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+        domid: DomId,
+        core: Arc<BlockCore>,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<Self, Error> {
+        let name = format!("vbd of domain {domid}");
+        BlkRing::new(ring, domid, name, core, gnt, Arc::new(RateLimit::default())).map(BlkEngine)
+    }
+}
+
 impl std::fmt::Debug for BlkEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlkEngine")
@@ -672,7 +694,7 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     use super::*;
-    use crate::xen::xenbus::CountingNotify;
+    use ring_protocol::platform::fake::CountingNotifier;
 
     /// The blkif engine of one ring (what `connect` builds once the ring is mapped).
     pub struct FuzzEngine(BlkRing);
@@ -713,7 +735,7 @@ pub mod fuzzing {
         /// # Errors
         /// The ring halted or the engine's bookkeeping broke.
         pub fn process(&mut self) -> Result<(), Error> {
-            self.0.process(&CountingNotify::default())
+            self.0.process(&CountingNotifier::new())
         }
 
         /// The AIO completion descriptor.
@@ -761,7 +783,7 @@ mod tests {
 
     use crate::block::BlockOptions;
     use crate::xen::gntdev::FakeGrants;
-    use crate::xen::xenbus::CountingNotify;
+    use ring_protocol::platform::fake::CountingNotifier;
 
     const DOMID: DomId = 7;
 
@@ -824,7 +846,7 @@ mod tests {
             self.front.push_requests().unwrap();
             let mut out = Vec::new();
             for _ in 0..2000 {
-                self.back.process(&CountingNotify::default()).unwrap();
+                self.back.process(&CountingNotifier::new()).unwrap();
                 while let Some(r) = self.front.read_response().unwrap() {
                     out.push(r);
                 }
@@ -1022,10 +1044,10 @@ mod tests {
         // SAFETY: req_prod is the ring's first word, accessed atomically by both rings.
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast()) };
         req_prod.store(rig.front.size() + 5, std::sync::atomic::Ordering::Release);
-        let e = rig.back.process(&CountingNotify::default()).unwrap_err();
+        let e = rig.back.process(&CountingNotifier::new()).unwrap_err();
         assert!(matches!(e, Error::RingHalted { ring: "ring", .. }), "{e}");
         assert!(e.to_string().starts_with("ring halted"), "{e}");
-        assert!(rig.back.process(&CountingNotify::default()).is_err(), "stays halted");
+        assert!(rig.back.process(&CountingNotifier::new()).is_err(), "stays halted");
     }
 
     fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
@@ -1343,7 +1365,7 @@ mod tests {
             .inject_foreign_completion(3, Box::leak(vec![0u8; 512].into_boxed_slice()));
         let mut err = None;
         for _ in 0..2000 {
-            match rig.back.process(&CountingNotify::default()) {
+            match rig.back.process(&CountingNotifier::new()) {
                 Ok(()) => std::thread::sleep(std::time::Duration::from_millis(1)),
                 Err(e) => {
                     err = Some(e);
@@ -1395,7 +1417,7 @@ mod tests {
         let mut out = Vec::new();
         let mut most = 0;
         for _ in 0..5000 {
-            rig.back.process(&CountingNotify::default()).unwrap();
+            rig.back.process(&CountingNotifier::new()).unwrap();
             most = most.max(rig.back.in_flight_bytes);
             while let Some(r) = rig.front.read_response().unwrap() {
                 out.push(r);

@@ -135,7 +135,7 @@ pub enum Error {
     },
     /// Sending the frontend an event failed.
     #[error("notify: {0}")]
-    Notify(io::Error),
+    Notify(ring_protocol::Error),
     /// The frontend broke a ring's protocol (an index that moved impossibly): the ring is halted
     /// for good and the device closed.
     #[error("{ring} halted: {error}")]

@@ -152,7 +152,7 @@ impl Backend for NetBackend {
             })?;
         limited_info!(self.log, device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
-        let engine = NetEngine::new(
+        let engine = NetEngine::build(
             tx,
             rx,
             self.switch.clone(),
@@ -261,8 +261,38 @@ impl Engine for NetEngine {
 }
 
 impl NetEngine {
+    /// The netif engine of one vif of domain `domid`: it serves the transmit ring `tx` and the
+    /// receive ring `rx` (the backend ends of the frontend's two rings, however their memory is
+    /// reached), sends the frontend's frames into `switch` on a new port bound to `mac` and
+    /// receives the frames the switch has for that port; the frontend's pages are read and
+    /// written through `gnt`. The port is taken off the switch when the engine is dropped.
+    ///
+    /// Drive it with [`Engine::process`] whenever the frontend sent an event or
+    /// [`Engine::extra_fd`] (the port's wakeup eventfd) is readable; refusals of single packets
+    /// are logged (at a bounded rate) under the name `vif of domain <domid>`.
+    ///
+    /// # Errors
+    /// [`Error::EventFd`] if the port's wakeup eventfd cannot be made, [`Error::SwitchPort`] if
+    /// `mac` cannot be bound (a group address, or bound to another port already).
+    pub fn new(
+        tx: BackRing<NetifTxRequest, NetifTxResponse>,
+        rx: BackRing<NetifRxRequest, NetifRxResponse>,
+        domid: DomId,
+        switch: Arc<Switch>,
+        mac: Mac,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<Self> {
+        let name = format!("vif of domain {domid}");
+        Self::build(tx, rx, switch, mac, gnt, domid, name, Arc::new(RateLimit::default()))
+    }
+
+    /// The engine's port on its switch.
+    pub fn port(&self) -> PortId {
+        self.sw_port
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    fn build(
         tx: BackRing<NetifTxRequest, NetifTxResponse>,
         rx: BackRing<NetifRxRequest, NetifRxResponse>,
         switch: Arc<Switch>,
@@ -582,36 +612,10 @@ pub fn fill_l4_checksum(frame: &mut [u8]) -> bool {
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`, never in the default build):
-/// the engine over caller-made rings and grant copies, and the frontend-key parsing.
+/// the frontend-key parsing (the engine itself is [`NetEngine::new`]).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     use super::*;
-
-    /// The netif engine of one vif (what `connect` builds once the rings are mapped): a port bound
-    /// to `mac` on `switch`, the frontend's pages reached through `gnt`.
-    ///
-    /// # Errors
-    /// The port or its eventfd cannot be made.
-    pub fn engine(
-        tx: BackRing<NetifTxRequest, NetifTxResponse>,
-        rx: BackRing<NetifRxRequest, NetifRxResponse>,
-        switch: Arc<Switch>,
-        mac: Mac,
-        gnt: Arc<dyn GrantCopy>,
-        domid: DomId,
-    ) -> Result<Box<dyn Engine>> {
-        let engine = NetEngine::new(
-            tx,
-            rx,
-            switch,
-            mac,
-            gnt,
-            domid,
-            "vif fuzz".into(),
-            Arc::new(RateLimit::default()),
-        )?;
-        Ok(Box::new(engine))
-    }
 
     /// The frontend keys the backend reads.
     pub fn frontend_reads() -> Vec<String> {
@@ -635,7 +639,7 @@ mod tests {
 
     use crate::net::{ETHERTYPE_PVKIT_ECHO, EchoPeer};
     use crate::xen::gntdev::FakeGrants;
-    use crate::xen::xenbus::CountingNotify;
+    use ring_protocol::platform::fake::CountingNotifier;
 
     const DOMID: DomId = 3;
     const GUEST: Mac = [0, 0x16, 0x3e, 0, 0, 0x10];
@@ -671,17 +675,7 @@ mod tests {
         switch.add_port(sniffer.clone());
         let grants = Arc::new(FakeGrants::new(DOMID));
         let gnt: Arc<dyn GrantCopy> = grants.clone();
-        let back = NetEngine::new(
-            btx,
-            brx,
-            switch,
-            GUEST,
-            gnt,
-            DOMID,
-            "vif test".into(),
-            Arc::new(RateLimit::default()),
-        )
-        .unwrap();
+        let back = NetEngine::new(btx, brx, DOMID, switch, GUEST, gnt).unwrap();
         Rig {
             tx,
             rx,
@@ -742,7 +736,7 @@ mod tests {
                 self.tx.write_request(s).unwrap();
             }
             self.tx.push_requests().unwrap();
-            self.back.process(&CountingNotify::default()).unwrap();
+            self.back.process(&CountingNotifier::new()).unwrap();
             let mut out = Vec::new();
             while let Some(r) = self.tx.read_response().unwrap() {
                 out.push((r.id, r.status));
@@ -763,7 +757,7 @@ mod tests {
                     .unwrap();
             }
             self.rx.push_requests().unwrap();
-            self.back.process(&CountingNotify::default()).unwrap();
+            self.back.process(&CountingNotifier::new()).unwrap();
             let mut out = Vec::new();
             while let Some(r) = self.rx.read_response().unwrap() {
                 out.push(r);
@@ -884,7 +878,7 @@ mod tests {
         // SAFETY: req_prod is the tx ring's first word, accessed atomically by both rings.
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(rig._mem.0.as_ptr().as_ptr().cast()) };
         req_prod.store(rig.tx.size() + 9, std::sync::atomic::Ordering::Release);
-        let e = rig.back.process(&CountingNotify::default()).unwrap_err();
+        let e = rig.back.process(&CountingNotifier::new()).unwrap_err();
         assert!(matches!(e, Error::RingHalted { ring: "tx ring", .. }), "{e}");
         assert!(e.to_string().contains("ring halted"), "{e}");
     }
@@ -1051,13 +1045,13 @@ mod tests {
             f[14..18].copy_from_slice(&i.to_be_bytes());
             rig.back.switch.send(sp, &f).unwrap();
             if i % 1000 == 0 {
-                rig.back.process(&CountingNotify::default()).unwrap();
+                rig.back.process(&CountingNotifier::new()).unwrap();
                 let mut g = f.clone();
                 g[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x55]);
                 rig.back.switch.send(sp, &g).unwrap();
             }
         }
-        rig.back.process(&CountingNotify::default()).unwrap();
+        rig.back.process(&CountingNotifier::new()).unwrap();
         assert_eq!(rig.back.queue.len(), PORT_QUEUE);
         assert!(rig.back.pending.is_some());
         assert_eq!(rig.back.queue.dropped(), 10_000 - PORT_QUEUE as u64 - 1);

@@ -80,12 +80,10 @@ impl fmt::Display for DeviceId {
 }
 
 /// Signalling the frontend: what an [`Engine`] calls once it published responses the frontend
-/// asked to be told about. [`EventChannel`] implements it; host tests and fuzz targets substitute
-/// their own (a counter, or the guest side's interrupt handler).
-pub trait Notify {
-    /// Sends the frontend one event.
-    fn notify(&self) -> std::io::Result<()>;
-}
+/// asked to be told about. The project's one notify trait (ring-protocol's, also implemented by the
+/// guest kernel): [`EventChannel`] implements it here; host tests and fuzz targets use
+/// `ring_protocol::platform::fake::CountingNotifier` (feature `test-utils`) or their own.
+pub use ring_protocol::platform::Notify;
 
 /// The protocol half of a connected device: what it does with its rings, apart from how they are
 /// mapped and signalled (host tests drive engines on local memory).
@@ -99,29 +97,6 @@ pub trait Engine: Send + 'static {
     /// any.
     fn extra_fd(&self) -> Option<RawFd> {
         None
-    }
-}
-
-/// A [`Notify`] that counts the notifications instead of sending them (host tests, fuzz targets).
-#[cfg(any(test, feature = "fuzzing"))]
-#[derive(Debug, Default)]
-pub struct CountingNotify {
-    count: std::sync::atomic::AtomicU64,
-}
-
-#[cfg(any(test, feature = "fuzzing"))]
-impl CountingNotify {
-    /// Notifications so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-#[cfg(any(test, feature = "fuzzing"))]
-impl Notify for CountingNotify {
-    fn notify(&self) -> std::io::Result<()> {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
     }
 }
 
