@@ -123,27 +123,6 @@ pub enum Error {
         /// The library's error.
         detail: String,
     },
-    /// XenStore answered a request with an error.
-    #[error("XenStore {op:?} of {path:?} failed: {error}")]
-    XenStore {
-        /// The request.
-        op: ring_protocol::abi::xenstore::XsdSockmsgType,
-        /// The path it was about.
-        path: String,
-        /// The error name XenStore sent (`ENOENT`, `EACCES`, `EAGAIN`...).
-        error: String,
-    },
-    /// The XenStore connection broke.
-    #[error("XenStore: {what}: {error}")]
-    XenStoreIo {
-        /// What was being done.
-        what: String,
-        /// What the OS said.
-        error: io::Error,
-    },
-    /// A XenStore message broke the protocol (bad length, unexpected reply, malformed payload).
-    #[error("XenStore protocol: {0}")]
-    XenStoreProtocol(String),
     /// The console sink could not be opened or written.
     #[error("console sink {what}: {error}")]
     Console {

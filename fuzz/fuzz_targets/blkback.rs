@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use pvkit_backends::block::BlockCore;
 use pvkit_backends::xen::blkback::fuzzing::{self, FuzzEngine};
+use pvkit_backends::xen::Error;
 use pvkit_backends::xen::gntdev::{FakeGrants, GrantCopy, GrantPiece};
 use pvkit_fuzz::{Input, RawFront, SharedMem, image, poll_readable};
 use ring_protocol::abi::blkif::{
@@ -111,7 +112,7 @@ fn serve(
     outstanding: &mut HashMap<u64, u32>,
     in_flight: &mut u32,
     hostile: bool,
-) -> (Vec<BlkifResponse>, Option<String>) {
+) -> (Vec<BlkifResponse>, Option<Error>) {
     let mut out = Vec::new();
     for round in 0..200 {
         let r = engine.process();
@@ -227,7 +228,7 @@ fuzz_target!(|data: &[u8]| {
     // SAFETY: as in `rig`.
     let ring =
         unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(r.mem.ptr(), r.mem.len()) }.expect("ring");
-    if r.engine.reset(ring).is_ok() {
+    if r.engine.reset(ring) {
         (r.req_pvt, r.rsp_cons) = (0, 0);
         *slot = Some(r);
     } else {
@@ -304,7 +305,10 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
                 );
                 if let Some(e) = failed {
                     assert!(hostile_index, "engine failed with honest indices: {e}");
-                    assert!(e.starts_with("ring halted"), "failed other than by halting: {e}");
+                    assert!(
+                        matches!(e, Error::RingHalted { .. }),
+                        "failed other than by halting: {e}"
+                    );
                     assert!(engine.process().is_err(), "a halted ring stays halted");
                     return false;
                 }
@@ -318,7 +322,7 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
     front.publish();
     in_flight += queued;
     let (_, failed) = serve(engine, &mut front, &mut outstanding, &mut in_flight, false);
-    assert_eq!(failed, None, "honest indices");
+    assert!(failed.is_none(), "honest indices: {failed:?}");
     assert_eq!(in_flight, 0, "every request answered");
     assert!(
         outstanding.is_empty(),
@@ -360,7 +364,7 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
         in_flight += 1;
         outstanding.insert(id, 1);
         let (rsp, failed) = serve(engine, &mut front, &mut outstanding, &mut in_flight, false);
-        assert_eq!(failed, None);
+        assert!(failed.is_none(), "{failed:?}");
         assert_eq!(
             rsp.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
             vec![(id, BLKIF_RSP_OKAY)],

@@ -1,4 +1,4 @@
-//! netback's netif engine (`backends/src/xen/netback.rs`, through its `fuzzing` entry point) on a
+//! netback's netif engine (`backends/src/xen/netback.rs`, `NetEngine`) on a
 //! switch port bound to the vif's MAC, over a fake grant table, against a hostile frontend:
 //! transmit slots of any values (chains, extra-info slots, sizes, offsets, grant references that do
 //! not exist), receive buffers, frames arriving for the guest, honest or impossible producer indices.
@@ -17,12 +17,14 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use pvkit_backends::net::{Mac, QueuedPort, Switch};
 use pvkit_backends::xen::gntdev::{FakeGrants, GrantCopy, GrantPiece};
-use pvkit_backends::xen::netback::fuzzing;
+use pvkit_backends::xen::netback::NetEngine;
+use pvkit_backends::xen::{Engine, Error};
 use pvkit_fuzz::{Input, RawFront, SharedMem};
 use ring_protocol::abi::netif::{
     NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, NetifRxRequest,
     NetifRxResponse, NetifTxRequest, NetifTxResponse,
 };
+use ring_protocol::platform::fake::CountingNotifier;
 use ring_protocol::ring::BackRing;
 
 const DOMID: u16 = 3;
@@ -94,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
         grants.poke(g, 0, &hdr);
     }
     let gnt: Arc<dyn GrantCopy> = grants.clone();
-    let mut engine = fuzzing::engine(tx, rx, switch.clone(), GUEST, gnt, DOMID).expect("engine");
+    let mut engine = NetEngine::new(tx, rx, DOMID, switch.clone(), GUEST, gnt).expect("engine");
     let mut tx_ids: HashMap<u16, u32> = HashMap::new();
     let mut rx_grefs: HashMap<u16, u32> = HashMap::new();
     let mut sent_to_guest: Vec<Vec<u8>> = Vec::new();
@@ -104,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ops = 0;
 
     // Serves; checks every response and every frame that reached the switch.
-    let serve = |engine: &mut Box<dyn pvkit_backends::xen::xenbus::Engine>,
+    let serve = |engine: &mut NetEngine,
                  r: &mut Rings<'_>,
                  tx_ids: &mut HashMap<u16, u32>,
                  rx_grefs: &HashMap<u16, u32>,
@@ -112,8 +114,8 @@ fuzz_target!(|data: &[u8]| {
                  hostile: bool,
                  okays: &mut usize,
                  sniffed: &mut usize|
-     -> Option<String> {
-        let res = engine.process(&mut || Ok(()));
+     -> Option<Error> {
+        let res = engine.process(&CountingNotifier::new());
         let bound = |out: u32, size: u32| if hostile { size } else { out };
         for rsp in r.tx.take_responses(4, bound(r.tx_out, r.tx.size)) {
             r.tx_out = r.tx_out.saturating_sub(1);
@@ -252,9 +254,12 @@ fuzz_target!(|data: &[u8]| {
                     &mut sniffed,
                 ) {
                     assert!(hostile, "engine failed with honest indices: {e}");
-                    assert!(e.starts_with("ring halted"), "failed other than by halting: {e}");
                     assert!(
-                        engine.process(&mut || Ok(())).is_err(),
+                        matches!(e, Error::RingHalted { .. }),
+                        "failed other than by halting: {e}"
+                    );
+                    assert!(
+                        engine.process(&CountingNotifier::new()).is_err(),
                         "a halted ring stays halted"
                     );
                     return;
@@ -280,7 +285,7 @@ fuzz_target!(|data: &[u8]| {
         &mut okays,
         &mut sniffed,
     );
-    assert_eq!(e, None);
+    assert!(e.is_none(), "{e:?}");
     assert_eq!(r.tx_out, 0, "every transmit slot answered");
     assert!(tx_ids.is_empty(), "transmit slots without a response: {tx_ids:?}");
     // Receive buffers the input posted may still be unused: fill them with frames first.
@@ -299,7 +304,7 @@ fuzz_target!(|data: &[u8]| {
             &mut okays,
             &mut sniffed,
         );
-        assert_eq!(e, None);
+        assert!(e.is_none(), "{e:?}");
         if r.rx_out == before {
             break;
         }
@@ -329,8 +334,8 @@ fuzz_target!(|data: &[u8]| {
     r.tx.publish();
     r.tx_out += 1;
     // The honest frame is checked here, before `serve` drains the sniffer.
-    let res = engine.process(&mut || Ok(()));
-    assert_eq!(res, Ok(()));
+    let res = engine.process(&CountingNotifier::new());
+    assert!(res.is_ok(), "{res:?}");
     let got = sniffer.pop().expect("the honest frame reached the switch");
     assert_eq!(got, honest, "switched intact");
     sniffed += 1;
@@ -344,7 +349,7 @@ fuzz_target!(|data: &[u8]| {
         &mut okays,
         &mut sniffed,
     );
-    assert_eq!(e, None);
+    assert!(e.is_none(), "{e:?}");
     assert_eq!(okays, okays_before + 1, "the honest packet answered OKAY");
     assert_eq!(sniffed, sniffed_before + 1);
     if r.rx_out == 0 {
@@ -369,7 +374,7 @@ fuzz_target!(|data: &[u8]| {
                 &mut okays,
                 &mut sniffed,
             );
-            assert_eq!(e, None);
+            assert!(e.is_none(), "{e:?}");
             if grants.page(201)[..200] == f[..] {
                 break;
             }

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
-use pvkit_backends::Error;
+use pvkit_backends::xen::Error;
 use pvkit_backends::xen::xenstore::{Access, MAX_QUEUED_EVENTS, NO_TX, XenStore};
 use pvkit_fuzz::Input;
 use ring_protocol::abi::xenstore::XsdSockmsgType as T;

@@ -36,8 +36,8 @@ use pvkit_backends::xen::blkback::BlkBackend;
 use pvkit_backends::xen::console::ConsoleBackend;
 use pvkit_backends::xen::gntdev::GntDev;
 use pvkit_backends::xen::netback::{NetBackend, format_mac};
-use pvkit_backends::xen::xenbus::{Backend, DeviceId, remove_device, run_device};
-use pvkit_backends::xen::xenstore;
+use pvkit_backends::xen::xenbus::{DeviceId, remove_device, run_device};
+use pvkit_backends::xen::xenstore::{self, XenStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,23 +107,44 @@ struct Console {
     echo: bool,
 }
 
-fn parse_console(s: &str) -> Result<Console, String> {
-    let (devid, log) = s.split_once(':').ok_or("expected DEVID:LOGPATH[:echo]")?;
+/// A device argument that does not parse.
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    /// Not of the form the option takes.
+    #[error("expected {0}")]
+    Form(&'static str),
+    /// A device id that is not a number.
+    #[error("{what} id {value:?} is not a number")]
+    Id { what: &'static str, value: String },
+    /// A console id Linux's frontend cannot serve.
+    #[error("console id {0} is not 1 to 9 (0 is the start_info console)")]
+    ConsoleId(u32),
+    /// A path left empty.
+    #[error("empty {0} path")]
+    EmptyPath(&'static str),
+    /// A MAC that is not six hex bytes.
+    #[error("MAC {0:?} is not six hex bytes")]
+    Mac(String),
+}
+
+fn parse_console(s: &str) -> Result<Console, ArgError> {
+    let (devid, log) = s
+        .split_once(':')
+        .ok_or(ArgError::Form("DEVID:LOGPATH[:echo]"))?;
     let (log, echo) = match log.strip_suffix(":echo") {
         Some(l) => (l, true),
         None => (log, false),
     };
-    let devid: u32 = devid
-        .parse()
-        .map_err(|_| format!("console id {devid:?} is not a number"))?;
+    let devid: u32 = devid.parse().map_err(|_| ArgError::Id {
+        what: "console",
+        value: devid.into(),
+    })?;
     // Linux's frontend reads the id from the last character of the node name and refuses 0.
     if !(1..=9).contains(&devid) {
-        return Err(format!(
-            "console id {devid} is not 1 to 9 (0 is the start_info console)"
-        ));
+        return Err(ArgError::ConsoleId(devid));
     }
     if log.is_empty() {
-        return Err("empty log path".into());
+        return Err(ArgError::EmptyPath("log"));
     }
     Ok(Console {
         devid,
@@ -132,17 +153,18 @@ fn parse_console(s: &str) -> Result<Console, String> {
     })
 }
 
-fn parse_vbd(s: &str) -> Result<Vbd, String> {
-    let (devid, rest) = s.split_once(':').ok_or("expected DEVID:PATH[:ro]")?;
-    let devid = devid
-        .parse()
-        .map_err(|_| format!("device id {devid:?} is not a number"))?;
+fn parse_vbd(s: &str) -> Result<Vbd, ArgError> {
+    let (devid, rest) = s.split_once(':').ok_or(ArgError::Form("DEVID:PATH[:ro]"))?;
+    let devid = devid.parse().map_err(|_| ArgError::Id {
+        what: "device",
+        value: devid.into(),
+    })?;
     let (path, read_only) = match rest.strip_suffix(":ro") {
         Some(p) => (p, true),
         None => (rest, false),
     };
     if path.is_empty() {
-        return Err("empty image path".into());
+        return Err(ArgError::EmptyPath("image"));
     }
     Ok(Vbd {
         devid,
@@ -151,24 +173,25 @@ fn parse_vbd(s: &str) -> Result<Vbd, String> {
     })
 }
 
-fn parse_mac(s: &str) -> Result<Mac, String> {
+fn parse_mac(s: &str) -> Result<Mac, ArgError> {
     let parts: Vec<&str> = s.split(':').collect();
     let mut mac = [0u8; 6];
     if parts.len() != 6 {
-        return Err(format!("MAC {s:?} is not six hex bytes"));
+        return Err(ArgError::Mac(s.into()));
     }
     for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| format!("MAC {s:?} is not six hex bytes"))?;
+        *m = u8::from_str_radix(p, 16).map_err(|_| ArgError::Mac(s.into()))?;
     }
     Ok(mac)
 }
 
-fn parse_vif(s: &str) -> Result<Vif, String> {
-    let (devid, mac) = s.split_once(':').ok_or("expected DEVID:MAC")?;
+fn parse_vif(s: &str) -> Result<Vif, ArgError> {
+    let (devid, mac) = s.split_once(':').ok_or(ArgError::Form("DEVID:MAC"))?;
     Ok(Vif {
-        devid: devid
-            .parse()
-            .map_err(|_| format!("device id {devid:?} is not a number"))?,
+        devid: devid.parse().map_err(|_| ArgError::Id {
+            what: "device",
+            value: devid.into(),
+        })?,
         mac: parse_mac(mac)?,
     })
 }
@@ -195,6 +218,30 @@ fn check_macs(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// One device to serve, of any kind.
+#[derive(Debug)]
+enum Device {
+    Vbd(BlkBackend),
+    Vif(NetBackend),
+    Console(ConsoleBackend),
+}
+
+impl Device {
+    /// Runs the device's state machine (see [`run_device`]) until its domain is gone.
+    fn run(
+        &self,
+        xs: XenStore<xenstore::Connection>,
+        id: DeviceId,
+        ready: impl FnOnce(),
+    ) -> pvkit_backends::xen::Result<()> {
+        match self {
+            Device::Vbd(be) => run_device(xs, id, be, ready),
+            Device::Vif(be) => run_device(xs, id, be, ready),
+            Device::Console(be) => run_device(xs, id, be, ready),
+        }
+    }
+}
+
 fn main() {
     pvkit_backends::vhost::init_logging();
     if let Err(e) = run() {
@@ -209,7 +256,7 @@ fn run() -> Result<()> {
         bail!("nothing to serve: give at least one --vbd, --vif or --console");
     }
     // Everything that can fail on the command line's account fails before XenStore is touched.
-    let mut devices: Vec<(DeviceId, Box<dyn Backend>)> = Vec::new();
+    let mut devices: Vec<(DeviceId, Device)> = Vec::new();
     let gnt = GntDev::open().context("the grant device (is xen-gntdev loaded?)")?;
     for v in &cli.vbd {
         let core = BlockCore::open(
@@ -228,7 +275,7 @@ fn run() -> Result<()> {
                 kind: "vbd",
                 devid: v.devid,
             },
-            Box::new(BlkBackend::new(Arc::new(core), gnt.clone())),
+            Device::Vbd(BlkBackend::new(Arc::new(core), gnt.clone())),
         ));
     }
     check_macs(&cli)?;
@@ -257,7 +304,7 @@ fn run() -> Result<()> {
                 kind: "vif",
                 devid: v.devid,
             },
-            Box::new(NetBackend::new(switch.clone(), gnt.clone(), v.mac)),
+            Device::Vif(NetBackend::new(switch.clone(), gnt.clone(), v.mac)),
         ));
     }
     for c in &cli.console {
@@ -271,7 +318,7 @@ fn run() -> Result<()> {
                 kind: "console",
                 devid: c.devid,
             },
-            Box::new(ConsoleBackend::new(gnt.clone(), sink, input, c.echo)),
+            Device::Console(ConsoleBackend::new(gnt.clone(), sink, input, c.echo)),
         ));
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -311,7 +358,7 @@ fn run() -> Result<()> {
             std::thread::Builder::new()
                 .name(format!("{}-{}", id.kind, id.devid))
                 .spawn(move || {
-                    let r = run_device(xs, id, &*be, move || {
+                    let r = be.run(xs, id, move || {
                         let _ = ready.send(());
                     });
                     if let Err(e) = &r {
@@ -358,7 +405,8 @@ mod tests {
         let v = parse_vbd("51712:/dev/loop0:ro").unwrap();
         assert_eq!((v.devid, v.read_only), (51712, true));
         assert_eq!(v.path, PathBuf::from("/dev/loop0"));
-        assert!(parse_vbd("xvda:/img").unwrap_err().contains("xvda"));
+        let e = parse_vbd("xvda:/img").unwrap_err();
+        assert_eq!(e.to_string(), "device id \"xvda\" is not a number");
         assert!(parse_vbd("51712:").is_err());
         let n = parse_vif("0:00:16:3e:00:00:10").unwrap();
         assert_eq!(n.mac, [0, 0x16, 0x3e, 0, 0, 0x10]);
@@ -374,7 +422,8 @@ mod tests {
             (2, PathBuf::from("/tmp/hvc2.log"), true)
         );
         assert!(parse_console("1::echo").is_err(), "echo still needs a log path");
-        assert!(parse_console("0:/tmp/x.log").unwrap_err().contains("start_info"));
+        assert!(matches!(parse_console("0:/tmp/x.log"), Err(ArgError::ConsoleId(0))));
+        assert!(parse_console("0:/tmp/x.log").unwrap_err().to_string().contains("start_info"));
         assert!(parse_console("10:/tmp/x.log").is_err());
         assert!(parse_console("1:").is_err());
         assert!(parse_console("hvc1").is_err());

@@ -32,7 +32,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
+use super::Error;
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
 use crate::block::{BlockCore, Data, Op, Request};
 
@@ -65,6 +66,8 @@ impl BlkBackend {
 }
 
 impl Backend for BlkBackend {
+    type Engine = BlkEngine;
+
     fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)> {
         vec![
             ("virtual-device".into(), id.devid.to_string()),
@@ -106,19 +109,32 @@ impl Backend for BlkBackend {
         frontend_reads(so_far)
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<BlkEngine>, Error> {
         let (refs, port) = ring_keys(front)?;
         let map = self
             .gnt
             .map(id.domid, &refs, true)
-            .map_err(|e| format!("cannot map the ring (ring-ref {refs:?}): {e}"))?;
+            .map_err(|error| Error::GrantMap {
+                what: "ring",
+                key: keys::RING_REF,
+                refs: refs.clone(),
+                error,
+            })?;
         // SAFETY: the mapping outlives the ring: here (a local declared before it, so dropped after
         // it) and then in the same `Connected` as the engine holding the ring (declared after it);
         // only the ring touches it, with atomics; the frontend is outside the Rust memory model.
         let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(map.as_ptr(), map.len()) }
-            .map_err(|e| format!("ring of {} bytes unusable: {e}", map.len()))?;
-        let channel = EventChannel::bind_interdomain(id.domid, port)
-            .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
+            .map_err(|error| Error::RingUnusable {
+                what: "ring",
+                bytes: map.len(),
+                error,
+            })?;
+        let channel = EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
+            key: keys::EVENT_CHANNEL,
+            port,
+            domid: id.domid,
+            error,
+        })?;
         limited_info!(
             self.log,
             device = %id,
@@ -137,7 +153,7 @@ impl Backend for BlkBackend {
             gnt,
             self.log.clone(),
         )?;
-        Ok(Connected::new(engine, vec![map], channel))
+        Ok(Connected::new(BlkEngine(engine), vec![map], channel))
     }
 }
 
@@ -167,37 +183,31 @@ fn frontend_reads(so_far: &Frontend) -> Vec<String> {
 
 /// What `connect` takes from the frontend's keys: the ring's grant references (one per page) and
 /// the event channel, each validated.
-fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), String> {
+fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), Error> {
     if let Some(p) = front.get(keys::PROTOCOL)
         && p != XEN_IO_PROTO_ABI_X86_64
     {
-        return Err(format!(
-            "protocol {p:?} is not supported (only {XEN_IO_PROTO_ABI_X86_64})"
-        ));
+        return Err(Error::UnsupportedProtocol { protocol: p.into() });
     }
     let order = front.opt_number(keys::RING_PAGE_ORDER)?.unwrap_or(0);
     if order > u64::from(MAX_RING_PAGE_ORDER) {
-        return Err(format!(
-            "ring-page-order {order} exceeds the offered {MAX_RING_PAGE_ORDER}"
-        ));
+        return Err(Error::RingOrder {
+            order,
+            max: MAX_RING_PAGE_ORDER,
+        });
     }
     let refs = ring_refs(front, order as u32)?;
-    let port = front.number(keys::EVENT_CHANNEL)?;
-    let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+    let port = front.port(keys::EVENT_CHANNEL)?;
     Ok((refs, port))
 }
 
 /// `ring-ref`, or `ring-ref0..N` for a multi-page ring.
-fn ring_refs(front: &Frontend, order: u32) -> Result<Vec<u32>, String> {
-    let grant = |key: &str| -> Result<u32, String> {
-        let v = front.number(key)?;
-        u32::try_from(v).map_err(|_| format!("{key} {v} is not a grant reference"))
-    };
+fn ring_refs(front: &Frontend, order: u32) -> Result<Vec<u32>, Error> {
     if order == 0 && front.get(keys::RING_REF).is_some() {
-        return Ok(vec![grant(keys::RING_REF)?]);
+        return Ok(vec![front.grant_ref(keys::RING_REF)?]);
     }
     (0..1u32 << order)
-        .map(|i| grant(&format!("{}{i}", keys::RING_REF)))
+        .map(|i| front.grant_ref(&format!("{}{i}", keys::RING_REF)))
         .collect()
 }
 
@@ -241,7 +251,7 @@ enum Refusal {
     /// Invalid or failed: `BLKIF_RSP_ERROR`, the ring goes on.
     Failed(String),
     /// The engine's own bookkeeping broke (a token in use twice): the ring halts.
-    Broken(String),
+    Broken(AioError),
 }
 
 /// The blkif protocol engine of one ring, independent of how the ring memory and the frontend's
@@ -269,17 +279,52 @@ struct BlkRing {
     counts: Counts,
 }
 
-impl Engine for BlkRing {
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
-        BlkRing::process(self, notify)
+/// The blkif protocol engine of one ring (its AIO queue, its buffers), independent of how the
+/// ring memory and the frontend's pages are reached.
+pub struct BlkEngine(BlkRing);
+
+impl BlkEngine {
+    /// The blkif engine of a vbd of domain `domid`: it serves `ring` (the backend end of the
+    /// frontend's ring, however its memory is reached) from `core`, reading and writing the
+    /// frontend's pages through `gnt`.
+    ///
+    /// Drive it with [`Engine::process`] whenever the frontend sent an event or
+    /// [`Engine::extra_fd`] (the AIO completion eventfd) is readable; failed requests are logged
+    /// (at a bounded rate) under the name `vbd of domain <domid>`.
+    ///
+    /// # Errors
+    /// [`Error::Aio`] if the AIO context cannot be created.
+    pub fn new(
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+        domid: DomId,
+        core: Arc<BlockCore>,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<Self, Error> {
+        let name = format!("vbd of domain {domid}");
+        BlkRing::new(ring, domid, name, core, gnt, Arc::new(RateLimit::default())).map(BlkEngine)
+    }
+}
+
+impl std::fmt::Debug for BlkEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlkEngine")
+            .field("ring", &self.0.ring)
+            .field("counts", &self.0.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine for BlkEngine {
+    fn process(&mut self, notify: &dyn Notify) -> Result<(), Error> {
+        self.0.process(notify)
     }
 
     fn summary(&self, events: u64) -> String {
-        BlkRing::summary(self, events)
+        self.0.summary(events)
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
-        Some(self.aio.completion_fd())
+        Some(self.0.aio.completion_fd())
     }
 }
 
@@ -303,13 +348,16 @@ impl BlkRing {
         core: Arc<BlockCore>,
         gnt: Arc<dyn GrantCopy>,
         log: Arc<RateLimit>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let ring_size = ring.size() as usize;
         Ok(BlkRing {
             ring,
             domid,
             name,
-            aio: AioQueue::new(core.clone(), ring_size).map_err(|e| format!("AIO context: {e}"))?,
+            aio: AioQueue::new(core.clone(), ring_size).map_err(|error| Error::Aio {
+                what: "context",
+                error,
+            })?,
             core,
             gnt,
             requests: (0..ring_size).map(|_| None).collect(),
@@ -323,10 +371,10 @@ impl BlkRing {
     }
 
     /// Serves everything the ring and the AIO queue hold; `notify` tells the frontend.
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
-        let halted = |e| format!("ring halted: {e}");
+    fn process(&mut self, notify: &dyn Notify) -> Result<(), Error> {
+        let halted = |error| Error::RingHalted { ring: "ring", error };
         loop {
-            for done in self.aio.reap().map_err(|e| format!("AIO queue: {e}"))? {
+            for done in self.aio.reap().map_err(|error| Error::Aio { what: "queue", error })? {
                 let rsp = self.complete(done)?;
                 self.ring.write_response(&rsp).map_err(halted)?;
             }
@@ -356,7 +404,7 @@ impl BlkRing {
                 continue;
             }
             if self.ring.push_responses_and_check_notify().map_err(halted)? {
-                notify()?;
+                notify.notify().map_err(Error::Notify)?;
                 self.counts.notifies += 1;
             }
             if self.deferred.is_some() {
@@ -391,7 +439,7 @@ impl BlkRing {
 
     /// Serves one request (our copy of its slot): `Ok(None)` if it was queued (its response
     /// comes from `complete`); `Err` if the engine cannot go on.
-    fn handle(&mut self, req: &BlkifRequest) -> Result<Option<BlkifResponse>, String> {
+    fn handle(&mut self, req: &BlkifRequest) -> Result<Option<BlkifResponse>, Error> {
         self.counts.requests += 1;
         let (id, op, result) = match req.operation {
             BLKIF_OP_DISCARD => {
@@ -429,19 +477,16 @@ impl BlkRing {
         match result {
             Ok(true) => Ok(None),
             Ok(false) => Ok(Some(self.response(id, op, Ok(())))),
-            Err(Refusal::Broken(why)) => Err(why),
+            Err(Refusal::Broken(error)) => Err(Error::Aio { what: "queue", error }),
             Err(r) => Ok(Some(self.response(id, op, Err(r)))),
         }
     }
 
     /// The response to a queued read or write that completed; a read's data is copied out first.
     /// The buffer comes back from the queue here and goes back to the pool.
-    fn complete(&mut self, done: Done) -> Result<BlkifResponse, String> {
+    fn complete(&mut self, done: Done) -> Result<BlkifResponse, Error> {
         let Some(p) = self.requests.get_mut(done.token).and_then(Option::take) else {
-            return Err(format!(
-                "AIO completed token {} with no request under it",
-                done.token
-            ));
+            return Err(Error::UnknownAioToken { token: done.token });
         };
         self.free.push(done.token);
         self.in_flight_bytes -= p.len;
@@ -469,7 +514,8 @@ impl BlkRing {
                 self.counts.failed += 1;
                 let (status, why) = match r {
                     Refusal::Unsupported(w) => (BLKIF_RSP_EOPNOTSUPP, w),
-                    Refusal::Failed(w) | Refusal::Broken(w) => (BLKIF_RSP_ERROR, w),
+                    Refusal::Failed(w) => (BLKIF_RSP_ERROR, w),
+                    Refusal::Broken(e) => (BLKIF_RSP_ERROR, e.to_string()),
                 };
                 limited_warn!(self.log, device = %self.name, id, op, "request failed: {why}");
                 status
@@ -592,7 +638,7 @@ impl BlkRing {
             self.put_buf(transfer.buf);
             return match error {
                 AioError::TokenInUse { .. } | AioError::TokenOutOfRange { .. } => {
-                    Err(Refusal::Broken(format!("AIO queue: {error}")))
+                    Err(Refusal::Broken(error))
                 }
                 _ => {
                     self.free.push(token);
@@ -648,6 +694,7 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     use super::*;
+    use ring_protocol::platform::fake::CountingNotifier;
 
     /// The blkif engine of one ring (what `connect` builds once the ring is mapped).
     pub struct FuzzEngine(BlkRing);
@@ -670,7 +717,7 @@ pub mod fuzzing {
         domid: DomId,
         core: Arc<BlockCore>,
         gnt: Arc<dyn GrantCopy>,
-    ) -> Result<FuzzEngine, String> {
+    ) -> Result<FuzzEngine, Error> {
         let engine = BlkRing::new(
             ring,
             domid,
@@ -687,8 +734,8 @@ pub mod fuzzing {
         ///
         /// # Errors
         /// The ring halted or the engine's bookkeeping broke.
-        pub fn process(&mut self) -> Result<(), String> {
-            self.0.process(&mut || Ok(()))
+        pub fn process(&mut self) -> Result<(), Error> {
+            self.0.process(&CountingNotifier::new())
         }
 
         /// The AIO completion descriptor.
@@ -697,15 +744,12 @@ pub mod fuzzing {
         }
 
         /// Starts over on a fresh `ring`, keeping the AIO context (whose teardown waits for the
-        /// kernel, several milliseconds), as a reconnect would with a new engine. Refused while
-        /// the queue still holds requests.
-        ///
-        /// # Errors
-        /// Requests are still in flight.
-        pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> Result<(), String> {
+        /// kernel, several milliseconds), as a reconnect would with a new engine. Returns whether
+        /// it did: not while the queue still holds requests, nor for a ring of another size.
+        pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> bool {
             let e = &mut self.0;
             if e.aio.busy() > 0 || e.requests.len() != ring.size() as usize {
-                return Err("requests in flight".into());
+                return false;
             }
             e.ring = ring;
             e.requests.iter_mut().for_each(|r| *r = None);
@@ -713,7 +757,7 @@ pub mod fuzzing {
             e.in_flight_bytes = 0;
             e.deferred = None;
             e.counts = Counts::default();
-            Ok(())
+            true
         }
     }
 
@@ -727,7 +771,7 @@ pub mod fuzzing {
     ///
     /// # Errors
     /// The refusal `connect` would log.
-    pub fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), String> {
+    pub fn ring_keys(front: &Frontend) -> Result<(Vec<u32>, u32), Error> {
         super::ring_keys(front)
     }
 }
@@ -739,6 +783,7 @@ mod tests {
 
     use crate::block::BlockOptions;
     use crate::xen::gntdev::FakeGrants;
+    use ring_protocol::platform::fake::CountingNotifier;
 
     const DOMID: DomId = 7;
 
@@ -801,7 +846,7 @@ mod tests {
             self.front.push_requests().unwrap();
             let mut out = Vec::new();
             for _ in 0..2000 {
-                self.back.process(&mut || Ok(())).unwrap();
+                self.back.process(&CountingNotifier::new()).unwrap();
                 while let Some(r) = self.front.read_response().unwrap() {
                     out.push(r);
                 }
@@ -999,9 +1044,10 @@ mod tests {
         // SAFETY: req_prod is the ring's first word, accessed atomically by both rings.
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(mem.as_ptr().cast()) };
         req_prod.store(rig.front.size() + 5, std::sync::atomic::Ordering::Release);
-        let e = rig.back.process(&mut || Ok(())).unwrap_err();
-        assert!(e.contains("ring halted"), "{e}");
-        assert!(rig.back.process(&mut || Ok(())).is_err(), "stays halted");
+        let e = rig.back.process(&CountingNotifier::new()).unwrap_err();
+        assert!(matches!(e, Error::RingHalted { ring: "ring", .. }), "{e}");
+        assert!(e.to_string().starts_with("ring halted"), "{e}");
+        assert!(rig.back.process(&CountingNotifier::new()).is_err(), "stays halted");
     }
 
     fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
@@ -1082,7 +1128,7 @@ mod tests {
         ]);
         assert_eq!(ring_refs(&f, 1).unwrap(), vec![8, 9]);
         let f = Frontend::from_keys(vec![("ring-ref0".into(), "8".into())]);
-        assert!(ring_refs(&f, 1).unwrap_err().contains("ring-ref1"));
+        assert!(matches!(ring_refs(&f, 1), Err(Error::MissingKey { key }) if key == "ring-ref1"));
         let f = Frontend::from_keys(vec![("ring-ref".into(), "4294967296".into())]);
         assert!(ring_refs(&f, 0).is_err());
     }
@@ -1319,7 +1365,7 @@ mod tests {
             .inject_foreign_completion(3, Box::leak(vec![0u8; 512].into_boxed_slice()));
         let mut err = None;
         for _ in 0..2000 {
-            match rig.back.process(&mut || Ok(())) {
+            match rig.back.process(&CountingNotifier::new()) {
                 Ok(()) => std::thread::sleep(std::time::Duration::from_millis(1)),
                 Err(e) => {
                     err = Some(e);
@@ -1328,7 +1374,11 @@ mod tests {
             }
         }
         let e = err.expect("the ring halts");
-        assert!(e.contains("token 3, which is not in flight"), "{e}");
+        assert!(
+            matches!(e, Error::Aio { error: AioError::UnknownToken { token: 3 }, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("token 3, which is not in flight"), "{e}");
     }
 
     /// Bytes in flight per ring are bounded: 32 indirect writes of 1 MiB (32 MiB) on a 32-slot
@@ -1367,7 +1417,7 @@ mod tests {
         let mut out = Vec::new();
         let mut most = 0;
         for _ in 0..5000 {
-            rig.back.process(&mut || Ok(())).unwrap();
+            rig.back.process(&CountingNotifier::new()).unwrap();
             most = most.max(rig.back.in_flight_bytes);
             while let Some(r) = rig.front.read_response().unwrap() {
                 out.push(r);

@@ -31,7 +31,8 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
+use super::{Error, Result};
 use crate::console::ConsoleSink;
 
 /// Most echoed bytes waiting for room in the guest's `in` ring (echo mode).
@@ -65,6 +66,8 @@ impl ConsoleBackend {
 }
 
 impl Backend for ConsoleBackend {
+    type Engine = Pump;
+
     fn frontend_keys(&self, _id: &DeviceId) -> Vec<(String, String)> {
         Vec::new()
     }
@@ -77,36 +80,45 @@ impl Backend for ConsoleBackend {
         vec!["ring-ref".into(), "port".into()]
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<Pump>> {
         if id.devid == 0 {
-            return Err("console 0 is the domain's start_info console (xenconsoled's)".into());
+            return Err(Error::StartInfoConsole);
         }
-        let gref = front.number("ring-ref")?;
-        let gref = u32::try_from(gref).map_err(|_| format!("ring-ref {gref} is not a grant reference"))?;
-        let port = front.number("port")?;
-        let port = u32::try_from(port).map_err(|_| format!("port {port} is out of range"))?;
-        let map = self
-            .gnt
-            .map(id.domid, &[gref], true)
-            .map_err(|e| format!("cannot map the console page (ring-ref {gref}): {e}"))?;
+        let gref = front.grant_ref("ring-ref")?;
+        let port = front.port("port")?;
+        let map = self.gnt.map(id.domid, &[gref], true).map_err(|error| Error::GrantMap {
+            what: "console page",
+            key: "ring-ref",
+            refs: vec![gref],
+            error,
+        })?;
         if map.len() < size_of::<XenconsInterface>() {
-            return Err(format!(
-                "mapping of {} bytes is smaller than the console page",
-                map.len()
-            ));
+            return Err(Error::MappingTooSmall {
+                what: "console page",
+                bytes: map.len(),
+                need: size_of::<XenconsInterface>(),
+            });
         }
         let intf: NonNull<XenconsInterface> = map.as_ptr().cast();
         // SAFETY: the mapping is at least one `XenconsInterface` long (checked) and page-aligned; it
         // lives in the same `ConsoleRings` as the rings (declared after them, so dropped after them);
         // only these two ring ends touch it in this process, with atomics; the frontend is outside the
         // Rust memory model.
-        let ring = unsafe { console_backend(intf) }.map_err(|e| format!("console page unusable: {e}"))?;
-        let channel = EventChannel::bind_interdomain(id.domid, port)
-            .map_err(|e| format!("cannot bind port {port} of domain {}: {e}", id.domid))?;
+        let ring = unsafe { console_backend(intf) }.map_err(|error| Error::RingUnusable {
+            what: "console page",
+            bytes: map.len(),
+            error,
+        })?;
+        let channel = EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
+            key: "port",
+            port,
+            domid: id.domid,
+            error,
+        })?;
         let input = self
             .input
             .lock()
-            .map_err(|_| "console input lock poisoned".to_owned())?
+            .map_err(|_| Error::Poisoned("console input"))?
             .take()
             .unwrap_or_default();
         limited_info!(
@@ -144,8 +156,9 @@ struct Counts {
     echoed: u64,
 }
 
-/// The byte moving, apart from the event channel (so tests can drive it over a local page).
-struct Pump {
+/// The console engine: the byte moving between the shared page and the sink, apart from the event
+/// channel (so tests can drive it over a local page).
+pub struct Pump {
     ring: Duplex,
     sink: Arc<Mutex<ConsoleSink>>,
     /// Input still to send, from `input_at` (in echo mode the echoed bytes are appended).
@@ -157,6 +170,16 @@ struct Pump {
     /// Notifications sent to the frontend.
     notifies: u64,
     log: Arc<RateLimit>,
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pump")
+            .field("input_left", &(self.input.len() - self.input_at))
+            .field("echo", &self.echo)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pump {
@@ -182,8 +205,11 @@ impl Pump {
 
     /// Moves what it can once: all of the guest's output into the sink (one write), as much input
     /// as fits into the guest's ring. An error means the frontend's indices are impossible.
-    fn step(&mut self) -> Result<Moved, String> {
-        let halted = |e| format!("console ring halted: {e}");
+    fn step(&mut self) -> Result<Moved> {
+        let halted = |error| Error::RingHalted {
+            ring: "console ring",
+            error,
+        };
         // In echo mode take only what the backlog can hold; the rest waits in the guest's ring.
         let room = if self.echo {
             ECHO_BACKLOG
@@ -205,7 +231,7 @@ impl Pump {
             let r = self
                 .sink
                 .lock()
-                .map_err(|_| "console sink lock poisoned".to_owned())?
+                .map_err(|_| Error::Poisoned("console sink"))?
                 .write(&self.buf[..out]);
             if let Err(e) = r {
                 self.counts.sink_errors += 1;
@@ -229,7 +255,7 @@ impl Pump {
 }
 
 impl Engine for Pump {
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+    fn process(&mut self, notify: &dyn Notify) -> Result<()> {
         // The guest may write more while its last batch goes to the sink: go on until a round moves
         // nothing (each round frees space, so a guest waiting for it is notified in between).
         loop {
@@ -237,7 +263,7 @@ impl Engine for Pump {
             if moved == Moved::default() {
                 return Ok(());
             }
-            notify()?;
+            notify.notify().map_err(Error::Notify)?;
             self.notifies += 1;
         }
     }
@@ -408,7 +434,8 @@ mod tests {
         // single-threaded and plays the guest writing its own index.
         unsafe { out_prod.write_volatile(5 + 4000) };
         let e = p.pump.step().unwrap_err();
-        assert!(e.contains("halted") && e.contains("4005"), "{e}");
+        assert!(matches!(e, Error::RingHalted { ring: "console ring", .. }), "{e}");
+        assert!(e.to_string().contains("4005"), "{e}");
         assert!(p.pump.step().is_err(), "stays halted");
         assert_eq!(std::fs::read(&p.log).unwrap(), b"boot\n");
     }

@@ -106,6 +106,16 @@ impl EventChannel {
     }
 }
 
+/// The ring protocol's notification, through this channel: a failed send is reported as
+/// [`NotifyFailed`](ring_protocol::Error::NotifyFailed) with the negative errno.
+impl ring_protocol::platform::Notify for EventChannel {
+    fn notify(&self) -> ring_protocol::Result<()> {
+        EventChannel::notify(self).map_err(|e| ring_protocol::Error::NotifyFailed {
+            status: -e.raw_os_error().unwrap_or(libc::EIO),
+        })
+    }
+}
+
 impl AsRawFd for EventChannel {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

@@ -368,22 +368,123 @@ mod tests {
         ));
         assert!(check_pieces(&[], 0).is_ok());
     }
+
+    /// ring-protocol's fake grant table as dom0 sees it: copies reach the granted page both ways,
+    /// and a wrong domain, a grant never issued and a write into a read-only grant are refused
+    /// with Xen's statuses.
+    #[test]
+    fn the_fake_grant_table_copies_like_xen() {
+        use ring_protocol::abi::grant_table::{GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_PERMISSION_DENIED};
+        use ring_protocol::platform::fake::FakeGrantTable;
+        use ring_protocol::platform::{Access, ShareMemory};
+        use ring_protocol::ring::SharedPages;
+
+        let table = FakeGrantTable::with_owner(64, 5);
+        let (rw_page, ro_page) = (SharedPages::new(PAGE_SIZE), SharedPages::new(PAGE_SIZE));
+        // SAFETY: both pages are page-aligned allocations that outlive the table's use here; the
+        // test touches them only through the table.
+        let rw = unsafe { table.share(BACKEND_DOMID, rw_page.as_ptr(), Access::ReadWrite) }.unwrap();
+        // SAFETY: as above.
+        let ro = unsafe { table.share(BACKEND_DOMID, ro_page.as_ptr(), Access::ReadOnly) }.unwrap();
+        let gnt: &dyn GrantCopy = &table;
+        let piece = |gref, offset, len| GrantPiece { gref, offset, len };
+        gnt.copy_to_guest(5, &[piece(rw, 4000, 96), piece(rw, 0, 4)], &[7u8; 100])
+            .unwrap();
+        let mut back = [0u8; 100];
+        gnt.copy_from_guest(5, &[piece(rw, 3998, 98), piece(rw, 0, 2)], &mut back)
+            .unwrap();
+        assert_eq!(back[..2], [0, 0]);
+        assert!(back[2..].iter().all(|&b| b == 7));
+        let status = |r: Result<(), GrantError>| match r {
+            Err(GrantError::Status { status, .. }) => status,
+            other => panic!("{other:?}"),
+        };
+        let mut buf = [0u8; 8];
+        assert_eq!(status(gnt.copy_from_guest(6, &[piece(rw, 0, 8)], &mut buf)), GNTST_BAD_DOMAIN);
+        assert_eq!(status(gnt.copy_from_guest(5, &[piece(60, 0, 8)], &mut buf)), GNTST_BAD_GNTREF);
+        assert_eq!(status(gnt.copy_to_guest(5, &[piece(ro, 0, 8)], &buf)), GNTST_PERMISSION_DENIED);
+        gnt.copy_from_guest(5, &[piece(ro, 0, 8)], &mut buf).unwrap();
+        table.revoke(rw).unwrap();
+        table.revoke(ro).unwrap();
+    }
 }
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub use fake::FakeGrants;
+#[cfg(any(test, feature = "test-utils"))]
+pub use fake::{BACKEND_DOMID, FakeGrants};
 
-/// A frontend's granted pages in local memory, for host tests of the protocol adapters (and, with
-/// the `fuzzing` feature, for the fuzz targets in `fuzz/`).
-#[cfg(any(test, feature = "fuzzing"))]
+/// A frontend's granted pages in local memory, for host tests of the protocol adapters (with the
+/// `test-utils` feature, for tests outside this crate and the fuzz targets in `fuzz/`).
+#[cfg(any(test, feature = "test-utils"))]
 mod fake {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    use ring_protocol::abi::grant_table::{GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF};
+    use ring_protocol::abi::grant_table::{
+        GNTST_BAD_COPY_ARG, GNTST_BAD_DOMAIN, GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GNTST_PERMISSION_DENIED,
+        GrantRef,
+    };
     use ring_protocol::abi::xen::DomId;
+    use ring_protocol::platform::fake::FakeGrantTable;
 
     use super::{GrantCopy, GrantError, GrantPiece, PAGE_SIZE, check_pieces};
+
+    /// The domain the backends run in (dom0), as a frontend's grants name it.
+    pub const BACKEND_DOMID: DomId = 0;
+
+    /// What Xen's grant copy would report for a refusal of ring-protocol's fake table.
+    fn table_refusal(domid: DomId, gref: GrantRef, e: &ring_protocol::Error) -> GrantError {
+        let status = match e {
+            ring_protocol::Error::BadGrantRef { .. } => GNTST_BAD_GNTREF,
+            ring_protocol::Error::GrantAccessDenied { .. } => GNTST_PERMISSION_DENIED,
+            ring_protocol::Error::GrantCopyOutOfPage { .. } => GNTST_BAD_COPY_ARG,
+            _ => GNTST_GENERAL_ERROR,
+        };
+        GrantError::Status { domid, gref, status }
+    }
+
+    /// Grant copies by dom0 ([`BACKEND_DOMID`]) against ring-protocol's in-memory grant table: the
+    /// frontend's real pages, as its grant table handed them out, checked as Xen checks them (the
+    /// granting domain must be the table's owner, each grant must be issued to dom0, writable for
+    /// copies into it). With this a host test runs a real frontend against a real engine.
+    impl GrantCopy for FakeGrantTable {
+        fn copy_from_guest(&self, domid: DomId, pieces: &[GrantPiece], dst: &mut [u8]) -> Result<(), GrantError> {
+            check_pieces(pieces, dst.len())?;
+            let mut at = 0;
+            for p in pieces {
+                let len = usize::from(p.len);
+                if domid != self.owner() {
+                    return Err(GrantError::Status {
+                        domid,
+                        gref: p.gref,
+                        status: GNTST_BAD_DOMAIN,
+                    });
+                }
+                self.peer_read(BACKEND_DOMID, p.gref, usize::from(p.offset), &mut dst[at..at + len])
+                    .map_err(|e| table_refusal(domid, p.gref, &e))?;
+                at += len;
+            }
+            Ok(())
+        }
+
+        fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
+            check_pieces(pieces, src.len())?;
+            let mut at = 0;
+            for p in pieces {
+                let len = usize::from(p.len);
+                if domid != self.owner() {
+                    return Err(GrantError::Status {
+                        domid,
+                        gref: p.gref,
+                        status: GNTST_BAD_DOMAIN,
+                    });
+                }
+                self.peer_write(BACKEND_DOMID, p.gref, usize::from(p.offset), &src[at..at + len])
+                    .map_err(|e| table_refusal(domid, p.gref, &e))?;
+                at += len;
+            }
+            Ok(())
+        }
+    }
 
     /// Something the "guest" does whenever the backend copies from it (tests of double fetches:
     /// the guest rewrites what the backend already read).

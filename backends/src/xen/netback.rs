@@ -37,9 +37,10 @@ use vmm_sys_util::eventfd::EventFd;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
-use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
+use super::gntdev::{GntDev, GrantCopy, GrantError, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
+use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
+use super::{Error, Result};
 pub use crate::net::format_mac;
 use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
 
@@ -79,6 +80,8 @@ impl NetBackend {
 }
 
 impl Backend for NetBackend {
+    type Engine = NetEngine;
+
     fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)> {
         vec![
             ("handle".into(), id.devid.to_string()),
@@ -105,28 +108,51 @@ impl Backend for NetBackend {
         frontend_reads()
     }
 
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Box<dyn Rings>, String> {
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<NetEngine>> {
         let (tx_ref, rx_ref, port) = ring_keys(front)?;
         let tx_map = self
             .gnt
             .map(id.domid, &[tx_ref], true)
-            .map_err(|e| format!("cannot map tx-ring-ref {tx_ref}: {e}"))?;
+            .map_err(|error| Error::GrantMap {
+                what: "tx ring",
+                key: "tx-ring-ref",
+                refs: vec![tx_ref],
+                error,
+            })?;
         let rx_map = self
             .gnt
             .map(id.domid, &[rx_ref], true)
-            .map_err(|e| format!("cannot map rx-ring-ref {rx_ref}: {e}"))?;
-        // SAFETY: each mapping lives in the same `NetRings` as its ring and is dropped after it; only
+            .map_err(|error| Error::GrantMap {
+                what: "rx ring",
+                key: "rx-ring-ref",
+                refs: vec![rx_ref],
+                error,
+            })?;
+        // SAFETY: each mapping lives in the same `NetEngines` as its ring and is dropped after it; only
         // the ring touches the memory, with atomics.
         let tx = unsafe { BackRing::<NetifTxRequest, NetifTxResponse>::new(tx_map.as_ptr(), tx_map.len()) }
-            .map_err(|e| format!("tx ring unusable: {e}"))?;
+            .map_err(|error| Error::RingUnusable {
+                what: "tx ring",
+                bytes: tx_map.len(),
+                error,
+            })?;
         // SAFETY: as above.
         let rx = unsafe { BackRing::<NetifRxRequest, NetifRxResponse>::new(rx_map.as_ptr(), rx_map.len()) }
-            .map_err(|e| format!("rx ring unusable: {e}"))?;
+            .map_err(|error| Error::RingUnusable {
+                what: "rx ring",
+                bytes: rx_map.len(),
+                error,
+            })?;
         let channel = EventChannel::bind_interdomain(id.domid, port)
-            .map_err(|e| format!("cannot bind event-channel {port} of domain {}: {e}", id.domid))?;
+            .map_err(|error| Error::BindEventChannel {
+                key: "event-channel",
+                port,
+                domid: id.domid,
+                error,
+            })?;
         limited_info!(self.log, device = %id, tx_ref, rx_ref, port, local_port = channel.local_port(), "rings mapped");
         let gnt: Arc<dyn GrantCopy> = self.gnt.clone();
-        let engine = NetRing::new(
+        let engine = NetEngine::build(
             tx,
             rx,
             self.switch.clone(),
@@ -155,20 +181,17 @@ fn frontend_reads() -> Vec<String> {
 
 /// What `connect` takes from the frontend's keys, validated: the transmit and receive rings' grant
 /// references and the event channel.
-fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32), String> {
+fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32)> {
     if front.opt_number("request-rx-copy")? != Some(1) {
-        return Err("the frontend does not request rx-copy (the only receive mode offered)".into());
+        return Err(Error::NoRxCopy);
     }
-    if front.opt_number("multi-queue-num-queues")?.is_some_and(|n| n > 1) {
-        return Err("multiple queues requested, one is offered".into());
+    if let Some(queues) = front.opt_number("multi-queue-num-queues")?
+        && queues > 1
+    {
+        return Err(Error::MultiQueue { queues });
     }
-    let gref = |key: &str| -> Result<u32, String> {
-        let v = front.number(key)?;
-        u32::try_from(v).map_err(|_| format!("{key} {v} is not a grant reference"))
-    };
-    let (tx_ref, rx_ref) = (gref("tx-ring-ref")?, gref("rx-ring-ref")?);
-    let port = front.number("event-channel")?;
-    let port = u32::try_from(port).map_err(|_| format!("event-channel {port} is out of range"))?;
+    let (tx_ref, rx_ref) = (front.grant_ref("tx-ring-ref")?, front.grant_ref("rx-ring-ref")?);
+    let port = front.port("event-channel")?;
     Ok((tx_ref, rx_ref, port))
 }
 
@@ -189,8 +212,9 @@ struct Counts {
 }
 
 /// The netif protocol engine of one vif (its two rings and its switch port), independent of how
-/// the rings and the frontend's pages are reached (host tests drive it on local memory).
-struct NetRing {
+/// the rings and the frontend's pages are reached (host tests drive it on local memory). Dropping
+/// it takes its port off the switch.
+pub struct NetEngine {
     tx: BackRing<NetifTxRequest, NetifTxResponse>,
     rx: BackRing<NetifRxRequest, NetifRxResponse>,
     wake: Arc<EventFd>,
@@ -206,19 +230,29 @@ struct NetRing {
     counts: Counts,
 }
 
-impl Drop for NetRing {
+impl std::fmt::Debug for NetEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetEngine")
+            .field("name", &self.name)
+            .field("port", &self.sw_port)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NetEngine {
     fn drop(&mut self) {
         let _ = self.switch.remove_port(self.sw_port);
     }
 }
 
-impl Engine for NetRing {
-    fn process(&mut self, notify: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
-        NetRing::process(self, notify)
+impl Engine for NetEngine {
+    fn process(&mut self, notify: &dyn Notify) -> Result<()> {
+        NetEngine::process(self, notify)
     }
 
     fn summary(&self, events: u64) -> String {
-        NetRing::summary(self, events)
+        NetEngine::summary(self, events)
     }
 
     fn extra_fd(&self) -> Option<RawFd> {
@@ -226,9 +260,39 @@ impl Engine for NetRing {
     }
 }
 
-impl NetRing {
+impl NetEngine {
+    /// The netif engine of one vif of domain `domid`: it serves the transmit ring `tx` and the
+    /// receive ring `rx` (the backend ends of the frontend's two rings, however their memory is
+    /// reached), sends the frontend's frames into `switch` on a new port bound to `mac` and
+    /// receives the frames the switch has for that port; the frontend's pages are read and
+    /// written through `gnt`. The port is taken off the switch when the engine is dropped.
+    ///
+    /// Drive it with [`Engine::process`] whenever the frontend sent an event or
+    /// [`Engine::extra_fd`] (the port's wakeup eventfd) is readable; refusals of single packets
+    /// are logged (at a bounded rate) under the name `vif of domain <domid>`.
+    ///
+    /// # Errors
+    /// [`Error::EventFd`] if the port's wakeup eventfd cannot be made, [`Error::SwitchPort`] if
+    /// `mac` cannot be bound (a group address, or bound to another port already).
+    pub fn new(
+        tx: BackRing<NetifTxRequest, NetifTxResponse>,
+        rx: BackRing<NetifRxRequest, NetifRxResponse>,
+        domid: DomId,
+        switch: Arc<Switch>,
+        mac: Mac,
+        gnt: Arc<dyn GrantCopy>,
+    ) -> Result<Self> {
+        let name = format!("vif of domain {domid}");
+        Self::build(tx, rx, switch, mac, gnt, domid, name, Arc::new(RateLimit::default()))
+    }
+
+    /// The engine's port on its switch.
+    pub fn port(&self) -> PortId {
+        self.sw_port
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    fn build(
         tx: BackRing<NetifTxRequest, NetifTxResponse>,
         rx: BackRing<NetifRxRequest, NetifRxResponse>,
         switch: Arc<Switch>,
@@ -237,8 +301,8 @@ impl NetRing {
         domid: DomId,
         name: String,
         log: Arc<RateLimit>,
-    ) -> Result<Self, String> {
-        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+    ) -> Result<Self> {
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?);
         let w = wake.clone();
         let queue = QueuedPort::new(
             PORT_QUEUE,
@@ -248,8 +312,8 @@ impl NetRing {
         );
         let sw_port = switch
             .add_port_with(queue.clone(), PortPolicy::Bound(mac))
-            .map_err(|e| format!("switch port: {e}"))?;
-        Ok(NetRing {
+            .map_err(Error::SwitchPort)?;
+        Ok(NetEngine {
             tx,
             rx,
             wake,
@@ -266,7 +330,7 @@ impl NetRing {
     }
 
     /// Serves both rings and the port's queue until nothing is left; `notify` tells the frontend.
-    fn process(&mut self, notify_frontend: &mut dyn FnMut() -> Result<(), String>) -> Result<(), String> {
+    fn process(&mut self, notify_frontend: &dyn Notify) -> Result<()> {
         let mut notify = false;
         loop {
             let more_tx = self.transmit(&mut notify)?;
@@ -276,7 +340,7 @@ impl NetRing {
             }
         }
         if notify {
-            notify_frontend()?;
+            notify_frontend.notify().map_err(Error::Notify)?;
             self.counts.notifies += 1;
         }
         Ok(())
@@ -307,26 +371,56 @@ impl NetRing {
     }
 }
 
-fn halted(e: ring_protocol::Error) -> String {
-    format!("ring halted: {e}")
+/// The error that halts `ring`.
+fn halted(ring: &'static str) -> impl Fn(ring_protocol::Error) -> Error {
+    move |error| Error::RingHalted { ring, error }
 }
 
-impl NetRing {
+/// Why a transmitted packet was refused: all its slots are answered `NETIF_RSP_ERROR` and it is
+/// dropped (the ring goes on).
+#[derive(Debug, thiserror::Error)]
+enum TxRefusal {
+    #[error("packet's next slot is not on the ring")]
+    Unterminated,
+    #[error("packet spans more than {MAX_DATA_SLOTS} data slots or {MAX_EXTRA_SLOTS} extra-info slots")]
+    TooManySlots,
+    #[error("GSO extra info, but GSO was not offered")]
+    Gso,
+    #[error("multicast control extra info, but it was not offered")]
+    Multicast,
+    #[error("extra info of unknown type {0}")]
+    UnknownExtra(u8),
+    #[error("{0}-byte packet exceeds the MTU ({MAX_FRAME} bytes)")]
+    Oversize(usize),
+    #[error("{0}-byte packet is shorter than an Ethernet header")]
+    Runt(usize),
+    #[error("packet size {total} is smaller than its later slots ({rest} bytes)")]
+    LaterSlotsTooLong { total: usize, rest: usize },
+    #[error("slot {slot}: {len} bytes at offset {offset} cross the page's end")]
+    CrossesPage { slot: usize, len: usize, offset: u16 },
+    #[error(transparent)]
+    Grant(GrantError),
+    #[error(transparent)]
+    Switch(crate::Error),
+}
+
+impl NetEngine {
     /// Serves the transmit ring until empty; returns whether requests arrived after the final check.
-    fn transmit(&mut self, notify: &mut bool) -> Result<bool, String> {
-        while let Some(first) = self.tx.read_request().map_err(halted)? {
+    fn transmit(&mut self, notify: &mut bool) -> Result<bool> {
+        let halted = halted("tx ring");
+        while let Some(first) = self.tx.read_request().map_err(&halted)? {
             // Collect the packet's slots, each copied out of the ring once: data slots and
             // extra-info slots, in ring order. A chain longer than allowed is still consumed to its
             // end (at most the ring's size: the ring refuses more unanswered requests), so the
             // ring stays in step, and refused as a whole.
             let mut slots: Vec<(NetifTxRequest, bool)> = vec![(first, false)];
-            let mut problem: Option<String> = None;
+            let mut problem: Option<TxRefusal> = None;
             let mut extras = first.flags & NETTXF_EXTRA_INFO != 0;
             let mut more = first.flags & NETTXF_MORE_DATA != 0;
             let (mut data_slots, mut extra_slots) = (1usize, 0usize);
             while extras || more {
-                let Some(next) = self.tx.read_request().map_err(halted)? else {
-                    problem.get_or_insert_with(|| "packet's next slot is not on the ring".into());
+                let Some(next) = self.tx.read_request().map_err(&halted)? else {
+                    problem.get_or_insert(TxRefusal::Unterminated);
                     break;
                 };
                 if extras {
@@ -342,12 +436,7 @@ impl NetRing {
                     slots.push((next, false));
                 }
                 if data_slots > MAX_DATA_SLOTS || extra_slots > MAX_EXTRA_SLOTS {
-                    problem.get_or_insert_with(|| {
-                        format!(
-                            "packet spans more than {MAX_DATA_SLOTS} data slots or {MAX_EXTRA_SLOTS} extra-info \
-                             slots"
-                        )
-                    });
+                    problem.get_or_insert(TxRefusal::TooManySlots);
                 }
             }
             let result = match problem {
@@ -367,51 +456,50 @@ impl NetRing {
                     id: req.id,
                     status: if *extra { NETIF_RSP_NULL } else { status },
                 };
-                self.tx.write_response(&rsp).map_err(halted)?;
+                self.tx.write_response(&rsp).map_err(&halted)?;
             }
         }
-        *notify |= self.tx.push_responses_and_check_notify().map_err(halted)?;
-        self.tx.final_check_for_requests().map_err(halted)
+        *notify |= self.tx.push_responses_and_check_notify().map_err(&halted)?;
+        self.tx.final_check_for_requests().map_err(&halted)
     }
 
     /// Validates one packet (our copies of its slots), copies it out and sends it into the switch.
-    fn packet(&mut self, slots: &[(NetifTxRequest, bool)]) -> Result<(), String> {
+    fn packet(&mut self, slots: &[(NetifTxRequest, bool)]) -> std::result::Result<(), TxRefusal> {
         for (req, _) in slots.iter().filter(|(_, e)| *e) {
             let info = NetifExtraInfo::read_from_prefix(req.as_bytes())
                 .expect("slot holds extra info")
                 .0;
             match info.type_ {
                 XEN_NETIF_EXTRA_TYPE_HASH => {} // a hint we have no use for
-                XEN_NETIF_EXTRA_TYPE_GSO => return Err("GSO extra info, but GSO was not offered".into()),
+                XEN_NETIF_EXTRA_TYPE_GSO => return Err(TxRefusal::Gso),
                 XEN_NETIF_EXTRA_TYPE_MCAST_ADD | XEN_NETIF_EXTRA_TYPE_MCAST_DEL => {
-                    return Err("multicast control extra info, but it was not offered".into());
+                    return Err(TxRefusal::Multicast);
                 }
-                t => return Err(format!("extra info of unknown type {t}")),
+                t => return Err(TxRefusal::UnknownExtra(t)),
             }
         }
         let data: Vec<&NetifTxRequest> = slots.iter().filter(|(_, e)| !e).map(|(r, _)| r).collect();
         let total = usize::from(data[0].size);
         if total > MAX_FRAME {
             self.counts.tx_oversize += 1;
-            return Err(format!("{total}-byte packet exceeds the MTU ({MAX_FRAME} bytes)"));
+            return Err(TxRefusal::Oversize(total));
         }
         if total < ETH_HLEN {
-            return Err(format!("{total}-byte packet is shorter than an Ethernet header"));
+            return Err(TxRefusal::Runt(total));
         }
         let rest: usize = data[1..].iter().map(|r| usize::from(r.size)).sum();
         let Some(first_len) = total.checked_sub(rest) else {
-            return Err(format!(
-                "packet size {total} is smaller than its later slots ({rest} bytes)"
-            ));
+            return Err(TxRefusal::LaterSlotsTooLong { total, rest });
         };
         let mut pieces = Vec::with_capacity(data.len());
         for (i, r) in data.iter().enumerate() {
             let len = if i == 0 { first_len } else { usize::from(r.size) };
             if usize::from(r.offset) + len > PAGE_SIZE {
-                return Err(format!(
-                    "slot {i}: {len} bytes at offset {} cross the page's end",
-                    r.offset
-                ));
+                return Err(TxRefusal::CrossesPage {
+                    slot: i,
+                    len,
+                    offset: r.offset,
+                });
             }
             pieces.push(GrantPiece {
                 gref: r.gref,
@@ -423,30 +511,31 @@ impl NetRing {
         let mut frame = vec![0u8; total];
         self.gnt
             .copy_from_guest(self.domid, &pieces, &mut frame)
-            .map_err(|e| e.to_string())?;
+            .map_err(TxRefusal::Grant)?;
         if data[0].flags & NETTXF_CSUM_BLANK != 0 && fill_l4_checksum(&mut frame) {
             self.counts.checksums_filled += 1;
         }
         self.switch
             .send(self.sw_port, &frame)
-            .map_err(|e| e.to_string())?;
+            .map_err(TxRefusal::Switch)?;
         self.counts.tx_packets += 1;
         self.counts.tx_bytes += total as u64;
         Ok(())
     }
 
     /// Moves queued frames into posted receive buffers; returns whether more work showed up.
-    fn receive(&mut self, notify: &mut bool) -> Result<bool, String> {
+    fn receive(&mut self, notify: &mut bool) -> Result<bool> {
+        let halted = halted("rx ring");
         while let Some(frame) = self.pending.take().or_else(|| self.queue.pop()) {
             if frame.len() > MAX_FRAME {
                 self.counts.rx_oversize += 1;
                 self.counts.rx_dropped += 1;
                 continue;
             }
-            let Some(req) = self.rx.read_request().map_err(halted)? else {
+            let Some(req) = self.rx.read_request().map_err(&halted)? else {
                 self.pending = Some(frame);
                 // Ask to be told when buffers are posted; if some came meanwhile, go on.
-                if self.rx.final_check_for_requests().map_err(halted)? {
+                if self.rx.final_check_for_requests().map_err(&halted)? {
                     continue;
                 }
                 break;
@@ -474,9 +563,9 @@ impl NetRing {
                 flags: 0,
                 status,
             };
-            self.rx.write_response(&rsp).map_err(halted)?;
+            self.rx.write_response(&rsp).map_err(&halted)?;
         }
-        *notify |= self.rx.push_responses_and_check_notify().map_err(halted)?;
+        *notify |= self.rx.push_responses_and_check_notify().map_err(&halted)?;
         Ok(self.pending.is_none() && !self.queue.is_empty())
     }
 }
@@ -523,36 +612,10 @@ pub fn fill_l4_checksum(frame: &mut [u8]) -> bool {
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`, never in the default build):
-/// the engine over caller-made rings and grant copies, and the frontend-key parsing.
+/// the frontend-key parsing (the engine itself is [`NetEngine::new`]).
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     use super::*;
-
-    /// The netif engine of one vif (what `connect` builds once the rings are mapped): a port bound
-    /// to `mac` on `switch`, the frontend's pages reached through `gnt`.
-    ///
-    /// # Errors
-    /// The port or its eventfd cannot be made.
-    pub fn engine(
-        tx: BackRing<NetifTxRequest, NetifTxResponse>,
-        rx: BackRing<NetifRxRequest, NetifRxResponse>,
-        switch: Arc<Switch>,
-        mac: Mac,
-        gnt: Arc<dyn GrantCopy>,
-        domid: DomId,
-    ) -> Result<Box<dyn Engine>, String> {
-        let engine = NetRing::new(
-            tx,
-            rx,
-            switch,
-            mac,
-            gnt,
-            domid,
-            "vif fuzz".into(),
-            Arc::new(RateLimit::default()),
-        )?;
-        Ok(Box::new(engine))
-    }
 
     /// The frontend keys the backend reads.
     pub fn frontend_reads() -> Vec<String> {
@@ -564,7 +627,7 @@ pub mod fuzzing {
     ///
     /// # Errors
     /// The refusal `connect` would log.
-    pub fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32), String> {
+    pub fn ring_keys(front: &Frontend) -> Result<(u32, u32, u32)> {
         super::ring_keys(front)
     }
 }
@@ -576,6 +639,7 @@ mod tests {
 
     use crate::net::{ETHERTYPE_PVKIT_ECHO, EchoPeer};
     use crate::xen::gntdev::FakeGrants;
+    use ring_protocol::platform::fake::CountingNotifier;
 
     const DOMID: DomId = 3;
     const GUEST: Mac = [0, 0x16, 0x3e, 0, 0, 0x10];
@@ -586,7 +650,7 @@ mod tests {
     struct Rig {
         tx: FrontRing<NetifTxRequest, NetifTxResponse>,
         rx: FrontRing<NetifRxRequest, NetifRxResponse>,
-        back: NetRing,
+        back: NetEngine,
         grants: Arc<FakeGrants>,
         sniffer: Arc<QueuedPort>,
         echo: Arc<EchoPeer>,
@@ -611,17 +675,7 @@ mod tests {
         switch.add_port(sniffer.clone());
         let grants = Arc::new(FakeGrants::new(DOMID));
         let gnt: Arc<dyn GrantCopy> = grants.clone();
-        let back = NetRing::new(
-            btx,
-            brx,
-            switch,
-            GUEST,
-            gnt,
-            DOMID,
-            "vif test".into(),
-            Arc::new(RateLimit::default()),
-        )
-        .unwrap();
+        let back = NetEngine::new(btx, brx, DOMID, switch, GUEST, gnt).unwrap();
         Rig {
             tx,
             rx,
@@ -682,7 +736,7 @@ mod tests {
                 self.tx.write_request(s).unwrap();
             }
             self.tx.push_requests().unwrap();
-            self.back.process(&mut || Ok(())).unwrap();
+            self.back.process(&CountingNotifier::new()).unwrap();
             let mut out = Vec::new();
             while let Some(r) = self.tx.read_response().unwrap() {
                 out.push((r.id, r.status));
@@ -703,7 +757,7 @@ mod tests {
                     .unwrap();
             }
             self.rx.push_requests().unwrap();
-            self.back.process(&mut || Ok(())).unwrap();
+            self.back.process(&CountingNotifier::new()).unwrap();
             let mut out = Vec::new();
             while let Some(r) = self.rx.read_response().unwrap() {
                 out.push(r);
@@ -824,8 +878,9 @@ mod tests {
         // SAFETY: req_prod is the tx ring's first word, accessed atomically by both rings.
         let req_prod = unsafe { std::sync::atomic::AtomicU32::from_ptr(rig._mem.0.as_ptr().as_ptr().cast()) };
         req_prod.store(rig.tx.size() + 9, std::sync::atomic::Ordering::Release);
-        let e = rig.back.process(&mut || Ok(())).unwrap_err();
-        assert!(e.contains("ring halted"), "{e}");
+        let e = rig.back.process(&CountingNotifier::new()).unwrap_err();
+        assert!(matches!(e, Error::RingHalted { ring: "tx ring", .. }), "{e}");
+        assert!(e.to_string().contains("ring halted"), "{e}");
     }
 
     fn echoed(rig: &Rig) -> u64 {
@@ -990,13 +1045,13 @@ mod tests {
             f[14..18].copy_from_slice(&i.to_be_bytes());
             rig.back.switch.send(sp, &f).unwrap();
             if i % 1000 == 0 {
-                rig.back.process(&mut || Ok(())).unwrap();
+                rig.back.process(&CountingNotifier::new()).unwrap();
                 let mut g = f.clone();
                 g[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x55]);
                 rig.back.switch.send(sp, &g).unwrap();
             }
         }
-        rig.back.process(&mut || Ok(())).unwrap();
+        rig.back.process(&CountingNotifier::new()).unwrap();
         assert_eq!(rig.back.queue.len(), PORT_QUEUE);
         assert!(rig.back.pending.is_some());
         assert_eq!(rig.back.queue.dropped(), 10_000 - PORT_QUEUE as u64 - 1);

@@ -35,7 +35,7 @@ use super::evtchn::{self, EventChannel};
 use super::gntdev::GrantMapping;
 use super::ratelimit::{RateLimit, limited_error, limited_info};
 use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
-use crate::Result;
+use super::{Error, Result};
 
 /// Frontend keys read per connect attempt at most (a 16-page blkif ring needs 19).
 pub const MAX_FRONTEND_READS: usize = 32;
@@ -79,39 +79,29 @@ impl fmt::Display for DeviceId {
     }
 }
 
-/// A ring serving thread's work: called whenever the event channel or the extra descriptor fired.
-pub trait Rings: Send + 'static {
-    /// The device's event channel.
-    fn channel(&self) -> &EventChannel;
-    /// Another descriptor that means "work to do" (the net switch's wakeups), if any.
-    fn extra_fd(&self) -> Option<std::os::fd::RawFd> {
-        None
-    }
-    /// Consumes whatever the rings hold. An error means the frontend broke the protocol: the rings
-    /// stop and the device is closed.
-    fn process(&mut self) -> std::result::Result<(), String>;
-    /// A one-line summary of what was served, for the log at disconnect.
-    fn summary(&self) -> String;
-}
+/// Signalling the frontend: what an [`Engine`] calls once it published responses the frontend
+/// asked to be told about. The project's one notify trait (ring-protocol's, also implemented by the
+/// guest kernel): [`EventChannel`] implements it here; host tests and fuzz targets use
+/// `ring_protocol::platform::fake::CountingNotifier` (feature `test-utils`) or their own.
+pub use ring_protocol::platform::Notify;
 
 /// The protocol half of a connected device: what it does with its rings, apart from how they are
 /// mapped and signalled (host tests drive engines on local memory).
 pub trait Engine: Send + 'static {
     /// Serves whatever the rings hold; `notify` signals the frontend. An error means the frontend
-    /// broke the protocol.
-    fn process(
-        &mut self,
-        notify: &mut dyn FnMut() -> std::result::Result<(), String>,
-    ) -> std::result::Result<(), String>;
+    /// broke the protocol (or the engine cannot go on): the rings stop and the device is closed.
+    fn process(&mut self, notify: &dyn Notify) -> Result<()>;
     /// A one-line summary of what was served; `events` is how many events the frontend sent.
     fn summary(&self, events: u64) -> String;
-    /// Another descriptor that means "work to do", if any.
+    /// Another descriptor that means "work to do" (the net switch's wakeups, AIO completions), if
+    /// any.
     fn extra_fd(&self) -> Option<RawFd> {
         None
     }
 }
 
-/// A connected device: its engine, the grant mappings its rings live in and its event channel.
+/// A connected device, as [`Backend::connect`] hands it to its serving thread: the engine, the
+/// grant mappings its rings live in and its event channel.
 pub struct Connected<E> {
     /// Declared before `_maps`: the engine's rings are dropped before their memory is unmapped.
     engine: E,
@@ -129,29 +119,18 @@ impl<E> fmt::Debug for Connected<E> {
 }
 
 impl<E: Engine> Connected<E> {
-    /// Puts the pieces together for the serving thread.
-    pub fn new(engine: E, maps: Vec<GrantMapping>, channel: EventChannel) -> Box<Self> {
-        Box::new(Connected {
+    /// Puts the pieces together for the serving thread. `maps` must hold the memory of every ring
+    /// `engine` serves: they are unmapped only after the engine is dropped.
+    pub fn new(engine: E, maps: Vec<GrantMapping>, channel: EventChannel) -> Self {
+        Connected {
             engine,
             _maps: maps,
             channel,
-        })
-    }
-}
-
-impl<E: Engine> Rings for Connected<E> {
-    fn channel(&self) -> &EventChannel {
-        &self.channel
+        }
     }
 
-    fn extra_fd(&self) -> Option<RawFd> {
-        self.engine.extra_fd()
-    }
-
-    fn process(&mut self) -> std::result::Result<(), String> {
-        let channel = &self.channel;
-        self.engine
-            .process(&mut || channel.notify().map_err(|e| format!("notify: {e}")))
+    fn process(&mut self) -> Result<()> {
+        self.engine.process(&self.channel)
     }
 
     fn summary(&self) -> String {
@@ -161,6 +140,8 @@ impl<E: Engine> Rings for Connected<E> {
 
 /// What a device kind provides to [`run_device`].
 pub trait Backend: Send + 'static {
+    /// The protocol engine a connection of this kind runs.
+    type Engine: Engine;
     /// Keys of the frontend directory besides `backend`, `backend-id` and `state`.
     fn frontend_keys(&self, id: &DeviceId) -> Vec<(String, String)>;
     /// Keys of the backend directory besides `frontend`, `frontend-id`, `online` and `state`
@@ -173,7 +154,7 @@ pub trait Backend: Send + 'static {
     /// Reads the frontend's ring references and event channel from `front` (a snapshot of the keys
     /// named by [`frontend_reads`](Self::frontend_reads)) and maps the rings. An `Err` refuses the
     /// device with that reason.
-    fn connect(&self, id: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String>;
+    fn connect(&self, id: &DeviceId, front: &Frontend) -> Result<Connected<Self::Engine>>;
 }
 
 /// The frontend directory's keys as read at connection time (copied once, then validated).
@@ -188,16 +169,37 @@ impl Frontend {
         self.keys.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    /// A required number: missing or malformed values are refused with a message naming the key.
-    pub fn number(&self, key: &str) -> std::result::Result<u64, String> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| format!("frontend key {key} is missing"))?;
-        parse_number(v).ok_or_else(|| format!("frontend key {key} = {v:?} is not a number"))
+    /// A required number: missing ([`Error::MissingKey`]) or malformed ([`Error::NotANumber`])
+    /// values are refused, naming the key.
+    pub fn number(&self, key: &str) -> Result<u64> {
+        let v = self.get(key).ok_or_else(|| Error::MissingKey { key: key.into() })?;
+        parse_number(v).ok_or_else(|| Error::NotANumber {
+            key: key.into(),
+            value: v.into(),
+        })
+    }
+
+    /// A required grant reference (a number that fits 32 bits, else [`Error::NotAGrantRef`]).
+    pub fn grant_ref(&self, key: &str) -> Result<u32> {
+        let value = self.number(key)?;
+        u32::try_from(value).map_err(|_| Error::NotAGrantRef {
+            key: key.into(),
+            value,
+        })
+    }
+
+    /// A required event channel port (a number that fits 32 bits, else
+    /// [`Error::PortOutOfRange`]).
+    pub fn port(&self, key: &str) -> Result<u32> {
+        let value = self.number(key)?;
+        u32::try_from(value).map_err(|_| Error::PortOutOfRange {
+            key: key.into(),
+            value,
+        })
     }
 
     /// An optional number (absent is `None`, malformed is refused).
-    pub fn opt_number(&self, key: &str) -> std::result::Result<Option<u64>, String> {
+    pub fn opt_number(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
             Some(_) => self.number(key).map(Some),
@@ -262,7 +264,7 @@ fn write_node<S: Read + Write>(
 }
 
 /// Writes both directories of `id` (backend state `InitWait`, frontend state `Initialising`).
-pub fn create_device<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, be: &dyn Backend) -> Result<()> {
+pub fn create_device<S: Read + Write, B: Backend>(xs: &mut XenStore<S>, id: &DeviceId, be: &B) -> Result<()> {
     let fe_dir = id.frontend();
     let be_dir = id.backend();
     let fe_perms = perms_frontend(id.domid);
@@ -325,7 +327,7 @@ fn set_state<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, s: XenbusStat
 
 /// Reads the frontend keys `be` names (see [`Backend::frontend_reads`]), each once, at most
 /// [`MAX_FRONTEND_READS`] of them: the snapshot `connect` validates.
-fn read_front<S: Read + Write>(xs: &mut XenStore<S>, id: &DeviceId, be: &dyn Backend) -> Result<Frontend> {
+fn read_front<S: Read + Write, B: Backend>(xs: &mut XenStore<S>, id: &DeviceId, be: &B) -> Result<Frontend> {
     let dir = id.frontend();
     let mut front = Frontend::default();
     let mut asked: Vec<String> = Vec::new();
@@ -368,13 +370,13 @@ struct Serving {
 /// the reason, and an eventfd the control thread polls beside its XenStore connection.
 struct Halted {
     signal: EventFd,
-    why: Mutex<Option<String>>,
+    why: Mutex<Option<Error>>,
 }
 
 impl Serving {
-    fn start(
+    fn start<E: Engine>(
         id: &DeviceId,
-        mut rings: Box<dyn Rings>,
+        mut rings: Connected<E>,
         halted: Arc<Halted>,
         log: Arc<RateLimit>,
     ) -> std::io::Result<Serving> {
@@ -383,7 +385,7 @@ impl Serving {
         let thread = std::thread::Builder::new()
             .name(format!("{}-{}-{}", id.kind, id.domid, id.devid))
             .spawn(move || {
-                if let Err(e) = serve(&mut *rings, &stop2) {
+                if let Err(e) = serve(&mut rings, &stop2) {
                     limited_error!(log, device = %name, "frontend broke the protocol, device halted: {e}");
                     *halted.why.lock().expect("halt reason") = Some(e);
                     let _ = halted.signal.write(1);
@@ -399,23 +401,26 @@ impl Serving {
     }
 }
 
-fn serve(rings: &mut dyn Rings, stop: &EventFd) -> std::result::Result<(), String> {
+fn serve<E: Engine>(rings: &mut Connected<E>, stop: &EventFd) -> Result<()> {
     rings.process()?;
     loop {
         let mut extra = vec![stop.as_raw_fd()];
-        extra.extend(rings.extra_fd());
-        let ready = evtchn::wait(rings.channel(), &extra, -1).map_err(|e| format!("poll: {e}"))?;
+        extra.extend(rings.engine.extra_fd());
+        let ready = evtchn::wait(&rings.channel, &extra, -1).map_err(|error| Error::EventChannel {
+            what: "poll",
+            error,
+        })?;
         if ready.extra & 1 != 0 {
             return Ok(());
         }
         if ready.event {
-            rings
-                .channel()
-                .ack()
-                .map_err(|e| format!("reading the event channel: {e}"))?;
+            rings.channel.ack().map_err(|error| Error::EventChannel {
+                what: "reading the event channel",
+                error,
+            })?;
         }
         if ready.extra & 2 != 0
-            && let Some(fd) = rings.extra_fd()
+            && let Some(fd) = rings.engine.extra_fd()
         {
             drain(fd);
         }
@@ -453,20 +458,20 @@ const RELEASE_TOKEN: &str = "release";
 
 /// Creates `id`'s directories and runs its state machine until the domain is gone (see the module
 /// documentation). `ready` is called once the device waits for its frontend.
-pub fn run_device<S: Read + Write + AsRawFd>(
+pub fn run_device<S: Read + Write + AsRawFd, B: Backend>(
     xs: XenStore<S>,
     id: DeviceId,
-    be: &dyn Backend,
+    be: &B,
     ready: impl FnOnce(),
 ) -> Result<()> {
     run_device_with(xs, id, be, ready, Arc::new(RateLimit::default()))
 }
 
 /// [`run_device`] with the device's log budget given (shared with whatever else logs for it).
-pub fn run_device_with<S: Read + Write + AsRawFd>(
+pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
     mut xs: XenStore<S>,
     id: DeviceId,
-    be: &dyn Backend,
+    be: &B,
     ready: impl FnOnce(),
     log: Arc<RateLimit>,
 ) -> Result<()> {
@@ -478,10 +483,7 @@ pub fn run_device_with<S: Read + Write + AsRawFd>(
     let mut state = XenbusState::InitWait;
     let mut serving: Option<Serving> = None;
     let halted = Arc::new(Halted {
-        signal: EventFd::new(libc::EFD_NONBLOCK).map_err(|error| crate::Error::XenStoreIo {
-            what: "eventfd".into(),
-            error,
-        })?,
+        signal: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
         why: Mutex::new(None),
     });
     loop {
@@ -491,8 +493,11 @@ pub fn run_device_with<S: Read + Write + AsRawFd>(
             if let Some(s) = serving.take() {
                 s.stop();
             }
-            let why = halted.why.lock().expect("halt reason").take().unwrap_or_default();
-            let msg = format!("frontend broke the ring protocol: {why}");
+            let why = halted.why.lock().expect("halt reason").take();
+            let msg = match why {
+                Some(why) => format!("frontend broke the ring protocol: {why}"),
+                None => "frontend broke the ring protocol".to_owned(),
+            };
             xs.write(NO_TX, &format!("{}/error", id.backend()), msg.as_bytes())?;
             set_state(&mut xs, &id, XenbusState::Closing)?;
             state = XenbusState::Closing;
@@ -512,7 +517,7 @@ pub fn run_device_with<S: Read + Write + AsRawFd>(
             (XenbusState::InitWait, Some(XenbusState::Initialised | XenbusState::Connected)) => {
                 let front = read_front(&mut xs, &id, be)?;
                 match be.connect(&id, &front).and_then(|r| {
-                    Serving::start(&id, r, halted.clone(), log.clone()).map_err(|e| format!("thread: {e}"))
+                    Serving::start(&id, r, halted.clone(), log.clone()).map_err(Error::Thread)
                 }) {
                     Ok(s) => {
                         serving = Some(s);
@@ -522,7 +527,7 @@ pub fn run_device_with<S: Read + Write + AsRawFd>(
                     }
                     Err(why) => {
                         limited_error!(log, device = %id, "refused: {why}");
-                        xs.write(NO_TX, &format!("{}/error", id.backend()), why.as_bytes())?;
+                        xs.write(NO_TX, &format!("{}/error", id.backend()), why.to_string().as_bytes())?;
                         set_state(&mut xs, &id, XenbusState::Closing)?;
                         state = XenbusState::Closing;
                     }
@@ -579,9 +584,21 @@ mod tests {
         assert_eq!(parse_number("-1"), None);
         assert_eq!(parse_number("eight"), None);
         let f = Frontend::from_keys(vec![("ring-ref".into(), "junk".into())]);
-        assert!(f.number("ring-ref").unwrap_err().contains("ring-ref"));
-        assert!(f.number("event-channel").unwrap_err().contains("missing"));
-        assert_eq!(f.opt_number("ring-page-order"), Ok(None));
+        let e = f.number("ring-ref").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotANumber { key, value } if key == "ring-ref" && value == "junk"),
+            "{e}"
+        );
+        let e = f.number("event-channel").unwrap_err();
+        assert!(matches!(&e, Error::MissingKey { key } if key == "event-channel"), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert_eq!(f.opt_number("ring-page-order").unwrap(), None);
+        let f = Frontend::from_keys(vec![
+            ("ring-ref".into(), "4294967296".into()),
+            ("port".into(), "0x100000000".into()),
+        ]);
+        assert!(matches!(f.grant_ref("ring-ref"), Err(Error::NotAGrantRef { value: 4294967296, .. })));
+        assert!(matches!(f.port("port"), Err(Error::PortOutOfRange { value: 4294967296, .. })));
     }
 
     #[test]
@@ -610,7 +627,20 @@ mod tests {
         got: Snapshots,
     }
 
+    /// The engine a [`Probe`] would run (it never connects).
+    struct NoEngine;
+
+    impl Engine for NoEngine {
+        fn process(&mut self, _: &dyn Notify) -> Result<()> {
+            Ok(())
+        }
+        fn summary(&self, _: u64) -> String {
+            String::new()
+        }
+    }
+
     impl Backend for Probe {
+        type Engine = NoEngine;
         fn frontend_keys(&self, _: &DeviceId) -> Vec<(String, String)> {
             Vec::new()
         }
@@ -620,9 +650,9 @@ mod tests {
         fn frontend_reads(&self, _: &Frontend) -> Vec<String> {
             vec!["ring-ref".into(), "event-channel".into()]
         }
-        fn connect(&self, _: &DeviceId, front: &Frontend) -> std::result::Result<Box<dyn Rings>, String> {
+        fn connect(&self, _: &DeviceId, front: &Frontend) -> Result<Connected<NoEngine>> {
             self.got.lock().unwrap().push(front.keys.clone());
-            Err("probe: refused".into())
+            Err(Error::NoRxCopy)
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ring_protocol::abi::xenstore::{XENSTORE_PAYLOAD_MAX, XsdSockmsg};
 use ring_protocol::xenstore::{self as wire, HEADER_LEN, Incoming, Request};
 
-use crate::{Error, Result};
+use super::{Error, Result};
 
 /// The kernel's xenbus device in dom0.
 pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
