@@ -13,7 +13,6 @@
 //! - [`xen`]: the Xen userspace backends: XenStore client, grant and event channel devices, the
 //!   xenbus state machine, and the blkback, netback and console adapters.
 
-pub mod aio;
 pub mod block;
 pub mod console;
 pub mod net;
@@ -79,6 +78,13 @@ pub enum Error {
         sector: u64,
         /// What the OS said.
         error: io::Error,
+    },
+    /// The asynchronous executor moves only memory the request owns ([`block::Data::Buf`]): it
+    /// keeps the buffer until the kernel is done with it.
+    #[error("{op} refused: the asynchronous executor takes only requests that own their buffer")]
+    NotOwned {
+        /// The operation.
+        op: block::OpKind,
     },
     /// The request queue is full; the caller retries after a completion.
     #[error("request queue full ({capacity} requests queued)")]

@@ -8,10 +8,12 @@
 //! Every request is copied out of the ring once and validated before anything happens (segment
 //! counts, sector ranges within a page, the indirect pages' contents, which are copied in too). Data
 //! moves with grant copies between the frontend's pages and the request's own buffer ([`IoBuf`],
-//! page-aligned `mmap`'d memory, pooled); reads and writes of one ring pass go to the image together
-//! through Linux AIO ([`crate::aio`]), which owns each buffer until the request's completion has been
-//! collected. Flushes and discards run in place. At most [`MAX_IN_FLIGHT_BYTES`] of request data are
-//! in flight per ring. A request that is invalid or whose grants Xen refuses gets `BLKIF_RSP_ERROR`
+//! page-aligned `mmap`'d memory, pooled). Every request becomes a block core request and goes
+//! through the core's asynchronous executor ([`AioQueue`]: validated, made durable and counted by
+//! the core like any other); reads and writes of one ring pass go to the image together through
+//! Linux AIO, which owns each buffer until the request's completion has been collected; flushes and
+//! discards are finished at once and answered with the next completions. At most
+//! [`MAX_IN_FLIGHT_BYTES`] of request data are in flight per ring. A request that is invalid or whose grants Xen refuses gets `BLKIF_RSP_ERROR`
 //! (unknown operations `BLKIF_RSP_EOPNOTSUPP`) and the ring goes on; failures are logged at a bounded
 //! rate. A frontend that moves the ring's indices impossibly halts this device only.
 
@@ -33,8 +35,7 @@ use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Rings};
-use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
-use crate::block::{BlockCore, Data, Op, Request};
+use crate::block::{AioQueue, BlockCore, Data, Finished, IoBuf, Op, Refused, Request};
 
 /// Largest ring offered: 2^4 pages.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
@@ -225,7 +226,8 @@ const MAX_POOLED: usize = 32;
 /// 1 MiB each: without this bound a guest could make dom0 hold 512 MiB for it.
 pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
-/// What the engine remembers of a read or write the AIO queue holds (the queue owns its buffer).
+/// What the engine keeps with a request the AIO queue holds (the queue owns the request and its
+/// buffer), handed back with its completion: what the response and a read's copy-out need.
 struct Pending {
     id: u64,
     op: u8,
@@ -240,8 +242,6 @@ enum Refusal {
     Unsupported(String),
     /// Invalid or failed: `BLKIF_RSP_ERROR`, the ring goes on.
     Failed(String),
-    /// The engine's own bookkeeping broke (a token in use twice): the ring halts.
-    Broken(String),
 }
 
 /// The blkif protocol engine of one ring, independent of how the ring memory and the frontend's
@@ -250,17 +250,14 @@ enum Refusal {
 /// Buffers: a request's data lives in an [`IoBuf`] taken from `pool` (or made for it), moved into
 /// the AIO queue with the request and moved back out with its completion; only then is it copied
 /// to the guest and returned to the pool. The engine never holds an address of memory the kernel
-/// may still write.
+/// may still write. Request ids: the AIO queue's (an id slab); the engine keeps no table of its own.
 struct BlkRing {
     ring: BackRing<BlkifRequest, BlkifResponse>,
     domid: DomId,
     name: String,
-    core: Arc<BlockCore>,
     gnt: Arc<dyn GrantCopy>,
-    aio: AioQueue,
-    /// Per AIO token: the request in flight under it.
-    requests: Vec<Option<Pending>>,
-    free: Vec<usize>,
+    /// The core's asynchronous executor on the image.
+    aio: AioQueue<Pending>,
     pool: Vec<IoBuf>,
     in_flight_bytes: usize,
     /// A request read from the ring that waits for bytes in flight to complete.
@@ -309,11 +306,8 @@ impl BlkRing {
             ring,
             domid,
             name,
-            aio: AioQueue::new(core.clone(), ring_size).map_err(|e| format!("AIO context: {e}"))?,
-            core,
+            aio: AioQueue::new(core, ring_size).map_err(|e| format!("AIO context: {e}"))?,
             gnt,
-            requests: (0..ring_size).map(|_| None).collect(),
-            free: (0..ring_size).rev().collect(),
             pool: Vec::new(),
             in_flight_bytes: 0,
             deferred: None,
@@ -327,7 +321,7 @@ impl BlkRing {
         let halted = |e| format!("ring halted: {e}");
         loop {
             for done in self.aio.reap().map_err(|e| format!("AIO queue: {e}"))? {
-                let rsp = self.complete(done)?;
+                let rsp = self.complete(done);
                 self.ring.write_response(&rsp).map_err(halted)?;
             }
             loop {
@@ -346,7 +340,7 @@ impl BlkRing {
                     self.counts.deferred += 1;
                     break;
                 }
-                if let Some(rsp) = self.handle(&req)? {
+                if let Some(rsp) = self.handle(&req) {
                     self.ring.write_response(&rsp).map_err(halted)?;
                 }
             }
@@ -389,16 +383,16 @@ impl BlkRing {
         )
     }
 
-    /// Serves one request (our copy of its slot): `Ok(None)` if it was queued (its response
-    /// comes from `complete`); `Err` if the engine cannot go on.
-    fn handle(&mut self, req: &BlkifRequest) -> Result<Option<BlkifResponse>, String> {
+    /// Serves one request (our copy of its slot): `None` if it went to the AIO queue (its
+    /// response comes from `complete`), else the error response.
+    fn handle(&mut self, req: &BlkifRequest) -> Option<BlkifResponse> {
         self.counts.requests += 1;
         let (id, op, result) = match req.operation {
             BLKIF_OP_DISCARD => {
                 let d = BlkifRequestDiscard::read_from_prefix(req.as_bytes())
                     .expect("a ring slot holds a discard")
                     .0;
-                (d.id, d.operation, self.discard(&d).map(|()| false))
+                (d.id, d.operation, self.discard(&d))
             }
             BLKIF_OP_INDIRECT => {
                 let ind = BlkifRequestIndirect::read_from_prefix(req.as_bytes())
@@ -414,10 +408,15 @@ impl BlkRing {
             }
             BLKIF_OP_FLUSH_DISKCACHE => {
                 self.counts.flushes += 1;
+                let flush = Request {
+                    op: Op::Flush,
+                    sector: 0,
+                    data: Data::None,
+                };
                 (
                     req.id,
                     req.operation,
-                    self.execute(Op::Flush, 0, Data::None).map(|_| false),
+                    self.submit(flush, req.id, req.operation, None),
                 )
             }
             other => (
@@ -426,38 +425,31 @@ impl BlkRing {
                 Err(Refusal::Unsupported(format!("operation {other} is not offered"))),
             ),
         };
-        match result {
-            Ok(true) => Ok(None),
-            Ok(false) => Ok(Some(self.response(id, op, Ok(())))),
-            Err(Refusal::Broken(why)) => Err(why),
-            Err(r) => Ok(Some(self.response(id, op, Err(r)))),
-        }
+        result.err().map(|r| self.response(id, op, Err(r)))
     }
 
-    /// The response to a queued read or write that completed; a read's data is copied out first.
-    /// The buffer comes back from the queue here and goes back to the pool.
-    fn complete(&mut self, done: Done) -> Result<BlkifResponse, String> {
-        let Some(p) = self.requests.get_mut(done.token).and_then(Option::take) else {
-            return Err(format!(
-                "AIO completed token {} with no request under it",
-                done.token
-            ));
-        };
-        self.free.push(done.token);
+    /// The response to a request the AIO queue finished (the core completed it); a read's data is
+    /// copied out first. The buffer comes back from the queue here and goes back to the pool.
+    fn complete(&mut self, done: Finished<Pending>) -> BlkifResponse {
+        let Finished { tag: p, req, result } = done;
         self.in_flight_bytes -= p.len;
-        let result = match (done.result, &p.copy_out) {
-            (Err(e), _) => Err(Refusal::Failed(e.to_string())),
-            (Ok(_), Some(pieces)) => self
+        let buf = req.data.into_buf();
+        let result = match (result, &p.copy_out, &buf) {
+            (Err(e), _, _) => Err(Refusal::Failed(e.to_string())),
+            (Ok(_), Some(pieces), Some(buf)) => self
                 .gnt
-                .copy_to_guest(self.domid, pieces, done.buf.as_slice())
+                .copy_to_guest(self.domid, pieces, buf.as_slice())
                 .map_err(|e| Refusal::Failed(format!("read data: {e}"))),
-            (Ok(_), None) => Ok(()),
+            (Ok(_), Some(_), None) => Err(Refusal::Failed("read without its buffer".into())),
+            (Ok(_), None, _) => Ok(()),
         };
-        self.put_buf(done.buf);
+        if let Some(buf) = buf {
+            self.put_buf(buf);
+        }
         if result.is_ok() {
             self.counts.bytes += p.len as u64;
         }
-        Ok(self.response(p.id, p.op, result))
+        self.response(p.id, p.op, result)
     }
 
     /// Every field written: the padding of a response is zero, never leftover memory (the
@@ -469,7 +461,7 @@ impl BlkRing {
                 self.counts.failed += 1;
                 let (status, why) = match r {
                     Refusal::Unsupported(w) => (BLKIF_RSP_EOPNOTSUPP, w),
-                    Refusal::Failed(w) | Refusal::Broken(w) => (BLKIF_RSP_ERROR, w),
+                    Refusal::Failed(w) => (BLKIF_RSP_ERROR, w),
                 };
                 limited_warn!(self.log, device = %self.name, id, op, "request failed: {why}");
                 status
@@ -484,11 +476,38 @@ impl BlkRing {
         }
     }
 
-    fn execute(&mut self, op: Op, sector: u64, data: Data) -> Result<usize, Refusal> {
-        let mut req = Request { op, sector, data };
-        self.core
-            .execute(&mut req)
-            .map_err(|e| Refusal::Failed(e.to_string()))
+    /// Hands `req` to the AIO queue with what its response needs (`copy_out`: where a read's
+    /// bytes go); its response comes from `complete`. A refusal (the core's checks, a full queue)
+    /// gives the buffer back to the pool.
+    fn submit(
+        &mut self,
+        req: Request,
+        id: u64,
+        op: u8,
+        copy_out: Option<Vec<GrantPiece>>,
+    ) -> Result<(), Refusal> {
+        let len = req.data.len();
+        match self.aio.push(
+            req,
+            Pending {
+                id,
+                op,
+                copy_out,
+                len,
+            },
+        ) {
+            Ok(_) => {
+                self.in_flight_bytes += len;
+                Ok(())
+            }
+            Err(refused) => {
+                let Refused { req, error, .. } = *refused;
+                if let Some(buf) = req.data.into_buf() {
+                    self.put_buf(buf);
+                }
+                Err(Refusal::Failed(error.to_string()))
+            }
+        }
     }
 
     fn discard(&mut self, d: &BlkifRequestDiscard) -> Result<(), Refusal> {
@@ -496,17 +515,17 @@ impl BlkRing {
             return Err(Refusal::Unsupported("secure discard is not offered".into()));
         }
         self.counts.discards += 1;
-        self.execute(
-            Op::Discard {
+        let req = Request {
+            op: Op::Discard {
                 sectors: d.nr_sectors,
             },
-            d.sector_number,
-            Data::None,
-        )
-        .map(drop)
+            sector: d.sector_number,
+            data: Data::None,
+        };
+        self.submit(req, d.id, d.operation, None)
     }
 
-    fn indirect(&mut self, ind: &BlkifRequestIndirect) -> Result<bool, Refusal> {
+    fn indirect(&mut self, ind: &BlkifRequestIndirect) -> Result<(), Refusal> {
         if ind.indirect_op != BLKIF_OP_READ && ind.indirect_op != BLKIF_OP_WRITE {
             return Err(Refusal::Failed(format!(
                 "indirect operation {} is not read or write",
@@ -560,54 +579,28 @@ impl BlkRing {
     }
 
     /// Queues a read or write of `pieces` (already validated) at `sector`; a write's data is
-    /// copied in now, a read's is copied out when it completes. `Ok(true)`: queued.
-    fn transfer(&mut self, id: u64, op: u8, sector: u64, pieces: Vec<GrantPiece>) -> Result<bool, Refusal> {
+    /// copied in now, a read's is copied out when it completes.
+    fn transfer(&mut self, id: u64, op: u8, sector: u64, pieces: Vec<GrantPiece>) -> Result<(), Refusal> {
         let len: usize = pieces.iter().map(|p| usize::from(p.len)).sum();
         let write = op == BLKIF_OP_WRITE;
-        let Some(token) = self.free.pop() else {
-            return Err(Refusal::Failed(format!(
-                "{} requests already in flight",
-                self.requests.len()
-            )));
-        };
-        let mut buf = match self.take_buf(len) {
-            Ok(b) => b,
-            Err(e) => {
-                self.free.push(token);
-                return Err(Refusal::Failed(format!("{len}-byte buffer: {e}")));
-            }
-        };
+        let mut buf = self
+            .take_buf(len)
+            .map_err(|e| Refusal::Failed(format!("{len}-byte buffer: {e}")))?;
         if write {
             self.counts.writes += 1;
             if let Err(e) = self.gnt.copy_from_guest(self.domid, &pieces, buf.as_mut_slice()) {
                 self.put_buf(buf);
-                self.free.push(token);
                 return Err(Refusal::Failed(format!("write data: {e}")));
             }
         } else {
             self.counts.reads += 1;
         }
-        if let Err(refused) = self.aio.push(token, Transfer { write, sector, buf }) {
-            let Refused { transfer, error } = *refused;
-            self.put_buf(transfer.buf);
-            return match error {
-                AioError::TokenInUse { .. } | AioError::TokenOutOfRange { .. } => {
-                    Err(Refusal::Broken(format!("AIO queue: {error}")))
-                }
-                _ => {
-                    self.free.push(token);
-                    Err(Refusal::Failed(error.to_string()))
-                }
-            };
-        }
-        self.requests[token] = Some(Pending {
-            id,
-            op,
-            copy_out: (!write).then_some(pieces),
-            len,
-        });
-        self.in_flight_bytes += len;
-        Ok(true)
+        let req = Request {
+            op: if write { Op::Write { fua: false } } else { Op::Read },
+            sector,
+            data: Data::Buf(buf),
+        };
+        self.submit(req, id, op, (!write).then_some(pieces))
     }
 }
 
@@ -704,12 +697,10 @@ pub mod fuzzing {
         /// Requests are still in flight.
         pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> Result<(), String> {
             let e = &mut self.0;
-            if e.aio.busy() > 0 || e.requests.len() != ring.size() as usize {
+            if e.aio.busy() > 0 || e.aio.depth() != ring.size() as usize {
                 return Err("requests in flight".into());
             }
             e.ring = ring;
-            e.requests.iter_mut().for_each(|r| *r = None);
-            e.free = (0..e.requests.len()).rev().collect();
             e.in_flight_bytes = 0;
             e.deferred = None;
             e.counts = Counts::default();
