@@ -1382,6 +1382,83 @@ mod tests {
         }
     }
 
+    /// blkback's reads and writes go through the core's executor, so the core's durability rule
+    /// holds for them: on a writethrough core every write is synced before its response, also
+    /// when the writes go to the kernel together (AIO) and not one by one.
+    #[test]
+    fn blkback_honours_writethrough_through_the_aio_executor() {
+        let mut rig = rig_with(
+            PAGE_SIZE,
+            2048,
+            BlockOptions {
+                writethrough: true,
+                direct: true,
+                ..Default::default()
+            },
+        );
+        for g in 0..8u32 {
+            rig.grants.grant(100 + g, g as u8 + 1);
+        }
+        let writes: Vec<BlkifRequest> = (0..8u64)
+            .map(|i| rw(i, BLKIF_OP_WRITE, i * 8, &[seg(100 + i as u32, 0, 7)]))
+            .collect();
+        assert!(rig.run(&writes).iter().all(|r| r.status == BLKIF_RSP_OKAY));
+        let s = rig.core.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(s.writes.load(Relaxed), 8);
+        assert_eq!(s.syncs.load(Relaxed), 8, "one fdatasync per write");
+        for i in 0..8u64 {
+            assert_eq!(rig.image(i * 8, 4096), vec![i as u8 + 1; 4096]);
+        }
+    }
+
+    /// The core counts what blkback served: every read, write, flush and discard, and the
+    /// requests it refused (beyond the image), next to blkback's own counts.
+    #[test]
+    fn blkback_requests_are_counted_by_the_core() {
+        let mut rig = rig();
+        rig.grants.grant(10, 0x11);
+        rig.grants.grant(11, 0);
+        let discard = {
+            let d = BlkifRequestDiscard {
+                operation: BLKIF_OP_DISCARD,
+                id: 6,
+                sector_number: 64,
+                nr_sectors: 8,
+                ..Default::default()
+            };
+            let mut slot = BlkifRequest::default();
+            slot.as_mut_bytes()[..size_of::<BlkifRequestDiscard>()].copy_from_slice(d.as_bytes());
+            slot
+        };
+        let flush = BlkifRequest {
+            operation: BLKIF_OP_FLUSH_DISKCACHE,
+            id: 5,
+            ..Default::default()
+        };
+        let rsp = rig.run(&[
+            rw(1, BLKIF_OP_WRITE, 0, &[seg(10, 0, 7)]),
+            rw(2, BLKIF_OP_WRITE, 8, &[seg(10, 0, 7), seg(10, 0, 3)]),
+            rw(3, BLKIF_OP_READ, 0, &[seg(11, 0, 7)]),
+            rw(4, BLKIF_OP_READ, 2047, &[seg(11, 0, 7)]),
+            flush,
+            discard,
+        ]);
+        let status: Vec<i16> = rsp.iter().map(|r| r.status).collect();
+        assert_eq!(status, [0, 0, 0, BLKIF_RSP_ERROR, 0, 0]);
+        let s = rig.core.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts = [&s.reads, &s.writes, &s.flushes, &s.discards, &s.errors].map(|c| c.load(Relaxed));
+        assert_eq!(
+            counts,
+            [1, 2, 1, 1, 1],
+            "reads, writes, flushes, discards, errors"
+        );
+        assert_eq!(s.syncs.load(Relaxed), 1, "the flush");
+        let c = &rig.back.counts;
+        assert_eq!((c.requests, c.failed, c.bytes), (6, 1, 4096 + 6144 + 4096));
+    }
+
     /// Many reads and writes in flight at once through `O_DIRECT` AIO, buffers recycled through
     /// the pool round after round: every read returns what the last write of its range wrote.
     #[test]
