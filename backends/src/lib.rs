@@ -1,7 +1,11 @@
 //! Host-side backends for pvkit: protocol-independent cores and thin protocol adapters.
 //!
-//! - [`block`]: the block core (an image file; read, write, flush with `fdatasync`, discard; an
-//!   `O_DIRECT` option) and [`block::BlockQueue`], its bounded request queue served by a worker pool;
+//! - [`block`]: the one block path of both block adapters. [`block::BlockCore`] (an image file;
+//!   read, write, flush with `fdatasync`, discard; `O_DIRECT` and writethrough options) validates,
+//!   makes durable and counts every request; its executors move the bytes in between: inline on
+//!   the caller's thread, a worker pool ([`block::BlockQueue`]), or Linux AIO
+//!   ([`block::AioQueue`]). vhost-user-blk and blkback only translate their protocols into core
+//!   requests and core results into responses;
 //! - [`net`]: the net core, a small L2 switch with MAC learning and flooding, guest ports and a host test
 //!   port ([`net::EchoPeer`]) that answers the guest's echo frames, ARP, ping and UDP echo;
 //! - [`console`]: a byte stream to a log file or a Unix socket;
