@@ -1,7 +1,11 @@
 //! Host-side backends for pvkit: protocol-independent cores and thin protocol adapters.
 //!
-//! - [`block`]: the block core (an image file; read, write, flush with `fdatasync`, discard; an
-//!   `O_DIRECT` option) and [`block::BlockQueue`], its bounded request queue served by a worker pool;
+//! - [`block`]: the one block path of both block adapters. [`block::BlockCore`] (an image file;
+//!   read, write, flush with `fdatasync`, discard; `O_DIRECT` and writethrough options) validates,
+//!   makes durable and counts every request; its executors move the bytes in between: inline on
+//!   the caller's thread, a worker pool ([`block::BlockQueue`]), or Linux AIO
+//!   ([`block::AioQueue`]). vhost-user-blk and blkback only translate their protocols into core
+//!   requests and core results into responses;
 //! - [`net`]: the net core, a small L2 switch with MAC learning and flooding, guest ports and a host test
 //!   port ([`net::EchoPeer`]) that answers the guest's echo frames, ARP, ping and UDP echo;
 //! - [`console`]: a byte stream to a log file or a Unix socket;
@@ -13,7 +17,6 @@
 //! - [`xen`]: the Xen userspace backends: XenStore client, grant and event channel devices, the
 //!   xenbus state machine, and the blkback, netback and console adapters.
 
-pub mod aio;
 pub mod block;
 pub mod console;
 pub mod net;
@@ -79,6 +82,13 @@ pub enum Error {
         sector: u64,
         /// What the OS said.
         error: io::Error,
+    },
+    /// The asynchronous executor moves only memory the request owns ([`block::Data::Buf`]): it
+    /// keeps the buffer until the kernel is done with it.
+    #[error("{op} refused: the asynchronous executor takes only requests that own their buffer")]
+    NotOwned {
+        /// The operation.
+        op: block::OpKind,
     },
     /// The request queue is full; the caller retries after a completion.
     #[error("request queue full ({capacity} requests queued)")]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use pvkit_backends::block::{BlockCore, BlockOptions, BlockQueue, Storage};
+use pvkit_backends::block::{BlockCore, BlockOptions, BlockQueue};
 use pvkit_backends::vhost::{self, blk::BlkConnections};
 
 #[derive(Debug, Parser)]
@@ -79,9 +79,7 @@ fn run() -> Result<()> {
     let pool = (cli.workers > 0).then(|| Arc::new(BlockQueue::new(core.clone(), cli.workers, 1024)));
     let c2 = core.clone();
     vhost::on_shutdown_signal(&cli.socket, move || {
-        if !c2.options().read_only
-            && let Err(e) = c2.storage().sync_data()
-        {
+        if let Err(e) = c2.flush() {
             tracing::error!("vhost-user-blk: final sync failed: {e}");
         }
     })?;

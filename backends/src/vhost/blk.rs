@@ -2,9 +2,12 @@
 //!
 //! A request is a descriptor chain: a 16-byte header ([`VirtioBlkOuthdr`]: type, reserved, sector,
 //! little-endian) in the driver-readable part, the data, and a one-byte status in the last,
-//! device-writable descriptor. Data moves between the image and guest memory with `preadv`/`pwritev`
-//! straight on the mapped guest pages (no bounce copy). With a worker pool the vring thread parses and
-//! queues, the workers execute and complete; without one (`workers == 0`) the vring thread executes.
+//! device-writable descriptor. Each chain becomes one block core request (read, write, flush,
+//! discard; write-zeroes punches a hole like discard) whose result becomes the status byte: the
+//! core validates, syncs and counts it. Data moves between the image and guest memory with
+//! `preadv`/`pwritev` straight on the mapped guest pages (no bounce copy). With a worker pool
+//! ([`BlockQueue`]) the vring thread parses and queues, the workers execute and complete; without one
+//! (`workers == 0`) the vring thread executes (the inline executor, [`BlockCore::execute`]).
 //!
 //! Everything in a chain is the guest's word and is bounded before it costs anything: at most
 //! [`MAX_CHAIN`] descriptors (an indirect table may claim 65535), [`SEG_MAX`] data descriptors (the
@@ -318,12 +321,15 @@ struct Pending {
 }
 
 enum Kind {
-    /// A read, write or flush, and the used length to report on success (data bytes the device
-    /// wrote, without the status byte).
+    /// A core request, and the used length to report on success (data bytes the device wrote,
+    /// without the status byte).
     Io(Request, u32),
-    Discard(Vec<(u64, u64)>),
+    /// Answered without the core: the status and the used length.
     Done(u8, u32),
 }
+
+// A discard or write-zeroes request carries one segment (advertised), so it is one core request.
+const _: () = assert!(MAX_DWZ_SEG == 1);
 
 impl VhostBlk {
     /// A backend for one connection over `core`, sharing `pool` if given; `log` limits its
@@ -450,9 +456,20 @@ impl VhostBlk {
                     // Not offered on a read-only device.
                     return Kind::Done(S_UNSUPP, 0);
                 }
-                match dwz_ranges(mem, &p.data, p.req_type == VIRTIO_BLK_T_WRITE_ZEROES) {
-                    Ok(ranges) => Kind::Discard(ranges),
-                    Err(bad) => refuse(t, bad),
+                match dwz_ranges(mem, &p.data, p.req_type == VIRTIO_BLK_T_WRITE_ZEROES).as_deref() {
+                    Ok(&[(sector, sectors)]) => Kind::Io(
+                        Request {
+                            op: Op::Discard { sectors },
+                            sector,
+                            data: Data::None,
+                        },
+                        0,
+                    ),
+                    Ok(_) => refuse(
+                        t,
+                        Bad::Unsupp("more discard/write-zeroes segments than advertised"),
+                    ),
+                    Err(&bad) => refuse(t, bad),
                 }
             }
             other => {
@@ -466,21 +483,6 @@ impl VhostBlk {
         match kind {
             Kind::Done(s, used) => (s, used),
             Kind::Io(mut req, used) => io_status(shared, core.execute(&mut req), used),
-            Kind::Discard(ranges) => {
-                // At most MAX_DWZ_SEG ranges, each at most MAX_DISCARD_SECTORS: bounded work.
-                for (sector, sectors) in ranges {
-                    let mut req = Request {
-                        op: Op::Discard { sectors },
-                        sector,
-                        data: Data::None,
-                    };
-                    if let Err(e) = core.execute(&mut req) {
-                        warn_limited!(shared.log, "vhost-user-blk: {e}");
-                        return (S_IOERR, 0);
-                    }
-                }
-                (S_OK, 0)
-            }
         }
     }
 

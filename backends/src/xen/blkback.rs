@@ -8,10 +8,12 @@
 //! Every request is copied out of the ring once and validated before anything happens (segment
 //! counts, sector ranges within a page, the indirect pages' contents, which are copied in too). Data
 //! moves with grant copies between the frontend's pages and the request's own buffer ([`IoBuf`],
-//! page-aligned `mmap`'d memory, pooled); reads and writes of one ring pass go to the image together
-//! through Linux AIO ([`crate::aio`]), which owns each buffer until the request's completion has been
-//! collected. Flushes and discards run in place. At most [`MAX_IN_FLIGHT_BYTES`] of request data are
-//! in flight per ring. A request that is invalid or whose grants Xen refuses gets `BLKIF_RSP_ERROR`
+//! page-aligned `mmap`'d memory, pooled). Every request becomes a block core request and goes
+//! through the core's asynchronous executor ([`AioQueue`]: validated, made durable and counted by
+//! the core like any other); reads and writes of one ring pass go to the image together through
+//! Linux AIO, which owns each buffer until the request's completion has been collected; flushes and
+//! discards are finished at once and answered with the next completions. At most
+//! [`MAX_IN_FLIGHT_BYTES`] of request data are in flight per ring. A request that is invalid or whose grants Xen refuses gets `BLKIF_RSP_ERROR`
 //! (unknown operations `BLKIF_RSP_EOPNOTSUPP`) and the ring goes on; failures are logged at a bounded
 //! rate. A frontend that moves the ring's indices impossibly halts this device only.
 
@@ -29,13 +31,12 @@ use ring_protocol::abi::xen::{DomId, XEN_IO_PROTO_ABI_X86_64};
 use ring_protocol::ring::BackRing;
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::Error;
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
 use super::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::Error;
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
-use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
-use crate::block::{BlockCore, Data, Op, Request};
+use crate::block::{AioQueue, BlockCore, Data, Finished, IoBuf, Op, Refused, Request};
 
 /// Largest ring offered: 2^4 pages.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
@@ -123,18 +124,20 @@ impl Backend for BlkBackend {
         // SAFETY: the mapping outlives the ring: here (a local declared before it, so dropped after
         // it) and then in the same `Connected` as the engine holding the ring (declared after it);
         // only the ring touches it, with atomics; the frontend is outside the Rust memory model.
-        let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(map.as_ptr(), map.len()) }
-            .map_err(|error| Error::RingUnusable {
+        let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(map.as_ptr(), map.len()) }.map_err(
+            |error| Error::RingUnusable {
                 what: "ring",
                 bytes: map.len(),
                 error,
+            },
+        )?;
+        let channel =
+            EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
+                key: keys::EVENT_CHANNEL,
+                port,
+                domid: id.domid,
+                error,
             })?;
-        let channel = EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
-            key: keys::EVENT_CHANNEL,
-            port,
-            domid: id.domid,
-            error,
-        })?;
         limited_info!(
             self.log,
             device = %id,
@@ -235,7 +238,8 @@ const MAX_POOLED: usize = 32;
 /// 1 MiB each: without this bound a guest could make dom0 hold 512 MiB for it.
 pub const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
-/// What the engine remembers of a read or write the AIO queue holds (the queue owns its buffer).
+/// What the engine keeps with a request the AIO queue holds (the queue owns the request and its
+/// buffer), handed back with its completion: what the response and a read's copy-out need.
 struct Pending {
     id: u64,
     op: u8,
@@ -250,8 +254,6 @@ enum Refusal {
     Unsupported(String),
     /// Invalid or failed: `BLKIF_RSP_ERROR`, the ring goes on.
     Failed(String),
-    /// The engine's own bookkeeping broke (a token in use twice): the ring halts.
-    Broken(AioError),
 }
 
 /// The blkif protocol engine of one ring, independent of how the ring memory and the frontend's
@@ -260,17 +262,14 @@ enum Refusal {
 /// Buffers: a request's data lives in an [`IoBuf`] taken from `pool` (or made for it), moved into
 /// the AIO queue with the request and moved back out with its completion; only then is it copied
 /// to the guest and returned to the pool. The engine never holds an address of memory the kernel
-/// may still write.
+/// may still write. Request ids: the AIO queue's (an id slab); the engine keeps no table of its own.
 struct BlkRing {
     ring: BackRing<BlkifRequest, BlkifResponse>,
     domid: DomId,
     name: String,
-    core: Arc<BlockCore>,
     gnt: Arc<dyn GrantCopy>,
-    aio: AioQueue,
-    /// Per AIO token: the request in flight under it.
-    requests: Vec<Option<Pending>>,
-    free: Vec<usize>,
+    /// The core's asynchronous executor on the image.
+    aio: AioQueue<Pending>,
     pool: Vec<IoBuf>,
     in_flight_bytes: usize,
     /// A request read from the ring that waits for bytes in flight to complete.
@@ -354,14 +353,11 @@ impl BlkRing {
             ring,
             domid,
             name,
-            aio: AioQueue::new(core.clone(), ring_size).map_err(|error| Error::Aio {
+            aio: AioQueue::new(core, ring_size).map_err(|error| Error::Aio {
                 what: "context",
                 error,
             })?,
-            core,
             gnt,
-            requests: (0..ring_size).map(|_| None).collect(),
-            free: (0..ring_size).rev().collect(),
             pool: Vec::new(),
             in_flight_bytes: 0,
             deferred: None,
@@ -374,8 +370,12 @@ impl BlkRing {
     fn process(&mut self, notify: &dyn Notify) -> Result<(), Error> {
         let halted = |error| Error::RingHalted { ring: "ring", error };
         loop {
-            for done in self.aio.reap().map_err(|error| Error::Aio { what: "queue", error })? {
-                let rsp = self.complete(done)?;
+            for done in self
+                .aio
+                .reap()
+                .map_err(|error| Error::Aio { what: "queue", error })?
+            {
+                let rsp = self.complete(done);
                 self.ring.write_response(&rsp).map_err(halted)?;
             }
             loop {
@@ -394,7 +394,7 @@ impl BlkRing {
                     self.counts.deferred += 1;
                     break;
                 }
-                if let Some(rsp) = self.handle(&req)? {
+                if let Some(rsp) = self.handle(&req) {
                     self.ring.write_response(&rsp).map_err(halted)?;
                 }
             }
@@ -437,16 +437,16 @@ impl BlkRing {
         )
     }
 
-    /// Serves one request (our copy of its slot): `Ok(None)` if it was queued (its response
-    /// comes from `complete`); `Err` if the engine cannot go on.
-    fn handle(&mut self, req: &BlkifRequest) -> Result<Option<BlkifResponse>, Error> {
+    /// Serves one request (our copy of its slot): `None` if it went to the AIO queue (its
+    /// response comes from `complete`), else the error response.
+    fn handle(&mut self, req: &BlkifRequest) -> Option<BlkifResponse> {
         self.counts.requests += 1;
         let (id, op, result) = match req.operation {
             BLKIF_OP_DISCARD => {
                 let d = BlkifRequestDiscard::read_from_prefix(req.as_bytes())
                     .expect("a ring slot holds a discard")
                     .0;
-                (d.id, d.operation, self.discard(&d).map(|()| false))
+                (d.id, d.operation, self.discard(&d))
             }
             BLKIF_OP_INDIRECT => {
                 let ind = BlkifRequestIndirect::read_from_prefix(req.as_bytes())
@@ -462,10 +462,15 @@ impl BlkRing {
             }
             BLKIF_OP_FLUSH_DISKCACHE => {
                 self.counts.flushes += 1;
+                let flush = Request {
+                    op: Op::Flush,
+                    sector: 0,
+                    data: Data::None,
+                };
                 (
                     req.id,
                     req.operation,
-                    self.execute(Op::Flush, 0, Data::None).map(|_| false),
+                    self.submit(flush, req.id, req.operation, None),
                 )
             }
             other => (
@@ -474,35 +479,31 @@ impl BlkRing {
                 Err(Refusal::Unsupported(format!("operation {other} is not offered"))),
             ),
         };
-        match result {
-            Ok(true) => Ok(None),
-            Ok(false) => Ok(Some(self.response(id, op, Ok(())))),
-            Err(Refusal::Broken(error)) => Err(Error::Aio { what: "queue", error }),
-            Err(r) => Ok(Some(self.response(id, op, Err(r)))),
-        }
+        result.err().map(|r| self.response(id, op, Err(r)))
     }
 
-    /// The response to a queued read or write that completed; a read's data is copied out first.
-    /// The buffer comes back from the queue here and goes back to the pool.
-    fn complete(&mut self, done: Done) -> Result<BlkifResponse, Error> {
-        let Some(p) = self.requests.get_mut(done.token).and_then(Option::take) else {
-            return Err(Error::UnknownAioToken { token: done.token });
-        };
-        self.free.push(done.token);
+    /// The response to a request the AIO queue finished (the core completed it); a read's data is
+    /// copied out first. The buffer comes back from the queue here and goes back to the pool.
+    fn complete(&mut self, done: Finished<Pending>) -> BlkifResponse {
+        let Finished { tag: p, req, result } = done;
         self.in_flight_bytes -= p.len;
-        let result = match (done.result, &p.copy_out) {
-            (Err(e), _) => Err(Refusal::Failed(e.to_string())),
-            (Ok(_), Some(pieces)) => self
+        let buf = req.data.into_buf();
+        let result = match (result, &p.copy_out, &buf) {
+            (Err(e), _, _) => Err(Refusal::Failed(e.to_string())),
+            (Ok(_), Some(pieces), Some(buf)) => self
                 .gnt
-                .copy_to_guest(self.domid, pieces, done.buf.as_slice())
+                .copy_to_guest(self.domid, pieces, buf.as_slice())
                 .map_err(|e| Refusal::Failed(format!("read data: {e}"))),
-            (Ok(_), None) => Ok(()),
+            (Ok(_), Some(_), None) => Err(Refusal::Failed("read without its buffer".into())),
+            (Ok(_), None, _) => Ok(()),
         };
-        self.put_buf(done.buf);
+        if let Some(buf) = buf {
+            self.put_buf(buf);
+        }
         if result.is_ok() {
             self.counts.bytes += p.len as u64;
         }
-        Ok(self.response(p.id, p.op, result))
+        self.response(p.id, p.op, result)
     }
 
     /// Every field written: the padding of a response is zero, never leftover memory (the
@@ -515,7 +516,6 @@ impl BlkRing {
                 let (status, why) = match r {
                     Refusal::Unsupported(w) => (BLKIF_RSP_EOPNOTSUPP, w),
                     Refusal::Failed(w) => (BLKIF_RSP_ERROR, w),
-                    Refusal::Broken(e) => (BLKIF_RSP_ERROR, e.to_string()),
                 };
                 limited_warn!(self.log, device = %self.name, id, op, "request failed: {why}");
                 status
@@ -530,11 +530,38 @@ impl BlkRing {
         }
     }
 
-    fn execute(&mut self, op: Op, sector: u64, data: Data) -> Result<usize, Refusal> {
-        let mut req = Request { op, sector, data };
-        self.core
-            .execute(&mut req)
-            .map_err(|e| Refusal::Failed(e.to_string()))
+    /// Hands `req` to the AIO queue with what its response needs (`copy_out`: where a read's
+    /// bytes go); its response comes from `complete`. A refusal (the core's checks, a full queue)
+    /// gives the buffer back to the pool.
+    fn submit(
+        &mut self,
+        req: Request,
+        id: u64,
+        op: u8,
+        copy_out: Option<Vec<GrantPiece>>,
+    ) -> Result<(), Refusal> {
+        let len = req.data.len();
+        match self.aio.push(
+            req,
+            Pending {
+                id,
+                op,
+                copy_out,
+                len,
+            },
+        ) {
+            Ok(_) => {
+                self.in_flight_bytes += len;
+                Ok(())
+            }
+            Err(refused) => {
+                let Refused { req, error, .. } = *refused;
+                if let Some(buf) = req.data.into_buf() {
+                    self.put_buf(buf);
+                }
+                Err(Refusal::Failed(error.to_string()))
+            }
+        }
     }
 
     fn discard(&mut self, d: &BlkifRequestDiscard) -> Result<(), Refusal> {
@@ -542,17 +569,17 @@ impl BlkRing {
             return Err(Refusal::Unsupported("secure discard is not offered".into()));
         }
         self.counts.discards += 1;
-        self.execute(
-            Op::Discard {
+        let req = Request {
+            op: Op::Discard {
                 sectors: d.nr_sectors,
             },
-            d.sector_number,
-            Data::None,
-        )
-        .map(drop)
+            sector: d.sector_number,
+            data: Data::None,
+        };
+        self.submit(req, d.id, d.operation, None)
     }
 
-    fn indirect(&mut self, ind: &BlkifRequestIndirect) -> Result<bool, Refusal> {
+    fn indirect(&mut self, ind: &BlkifRequestIndirect) -> Result<(), Refusal> {
         if ind.indirect_op != BLKIF_OP_READ && ind.indirect_op != BLKIF_OP_WRITE {
             return Err(Refusal::Failed(format!(
                 "indirect operation {} is not read or write",
@@ -606,54 +633,28 @@ impl BlkRing {
     }
 
     /// Queues a read or write of `pieces` (already validated) at `sector`; a write's data is
-    /// copied in now, a read's is copied out when it completes. `Ok(true)`: queued.
-    fn transfer(&mut self, id: u64, op: u8, sector: u64, pieces: Vec<GrantPiece>) -> Result<bool, Refusal> {
+    /// copied in now, a read's is copied out when it completes.
+    fn transfer(&mut self, id: u64, op: u8, sector: u64, pieces: Vec<GrantPiece>) -> Result<(), Refusal> {
         let len: usize = pieces.iter().map(|p| usize::from(p.len)).sum();
         let write = op == BLKIF_OP_WRITE;
-        let Some(token) = self.free.pop() else {
-            return Err(Refusal::Failed(format!(
-                "{} requests already in flight",
-                self.requests.len()
-            )));
-        };
-        let mut buf = match self.take_buf(len) {
-            Ok(b) => b,
-            Err(e) => {
-                self.free.push(token);
-                return Err(Refusal::Failed(format!("{len}-byte buffer: {e}")));
-            }
-        };
+        let mut buf = self
+            .take_buf(len)
+            .map_err(|e| Refusal::Failed(format!("{len}-byte buffer: {e}")))?;
         if write {
             self.counts.writes += 1;
             if let Err(e) = self.gnt.copy_from_guest(self.domid, &pieces, buf.as_mut_slice()) {
                 self.put_buf(buf);
-                self.free.push(token);
                 return Err(Refusal::Failed(format!("write data: {e}")));
             }
         } else {
             self.counts.reads += 1;
         }
-        if let Err(refused) = self.aio.push(token, Transfer { write, sector, buf }) {
-            let Refused { transfer, error } = *refused;
-            self.put_buf(transfer.buf);
-            return match error {
-                AioError::TokenInUse { .. } | AioError::TokenOutOfRange { .. } => {
-                    Err(Refusal::Broken(error))
-                }
-                _ => {
-                    self.free.push(token);
-                    Err(Refusal::Failed(error.to_string()))
-                }
-            };
-        }
-        self.requests[token] = Some(Pending {
-            id,
-            op,
-            copy_out: (!write).then_some(pieces),
-            len,
-        });
-        self.in_flight_bytes += len;
-        Ok(true)
+        let req = Request {
+            op: if write { Op::Write { fua: false } } else { Op::Read },
+            sector,
+            data: Data::Buf(buf),
+        };
+        self.submit(req, id, op, (!write).then_some(pieces))
     }
 }
 
@@ -748,12 +749,10 @@ pub mod fuzzing {
         /// it did: not while the queue still holds requests, nor for a ring of another size.
         pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> bool {
             let e = &mut self.0;
-            if e.aio.busy() > 0 || e.requests.len() != ring.size() as usize {
+            if e.aio.busy() > 0 || e.aio.depth() != ring.size() as usize {
                 return false;
             }
             e.ring = ring;
-            e.requests.iter_mut().for_each(|r| *r = None);
-            e.free = (0..e.requests.len()).rev().collect();
             e.in_flight_bytes = 0;
             e.deferred = None;
             e.counts = Counts::default();
@@ -1047,7 +1046,10 @@ mod tests {
         let e = rig.back.process(&CountingNotifier::new()).unwrap_err();
         assert!(matches!(e, Error::RingHalted { ring: "ring", .. }), "{e}");
         assert!(e.to_string().starts_with("ring halted"), "{e}");
-        assert!(rig.back.process(&CountingNotifier::new()).is_err(), "stays halted");
+        assert!(
+            rig.back.process(&CountingNotifier::new()).is_err(),
+            "stays halted"
+        );
     }
 
     fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
@@ -1375,7 +1377,13 @@ mod tests {
         }
         let e = err.expect("the ring halts");
         assert!(
-            matches!(e, Error::Aio { error: AioError::UnknownToken { token: 3 }, .. }),
+            matches!(
+                e,
+                Error::Aio {
+                    error: crate::block::AioError::UnknownToken { token: 3 },
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("token 3, which is not in flight"), "{e}");
@@ -1439,6 +1447,83 @@ mod tests {
             let img = rig.image(i * 2048 + 255 * 8, 4096);
             assert!(img.iter().all(|&b| b == 255), "request {i}'s last page");
         }
+    }
+
+    /// blkback's reads and writes go through the core's executor, so the core's durability rule
+    /// holds for them: on a writethrough core every write is synced before its response, also
+    /// when the writes go to the kernel together (AIO) and not one by one.
+    #[test]
+    fn blkback_honours_writethrough_through_the_aio_executor() {
+        let mut rig = rig_with(
+            PAGE_SIZE,
+            2048,
+            BlockOptions {
+                writethrough: true,
+                direct: true,
+                ..Default::default()
+            },
+        );
+        for g in 0..8u32 {
+            rig.grants.grant(100 + g, g as u8 + 1);
+        }
+        let writes: Vec<BlkifRequest> = (0..8u64)
+            .map(|i| rw(i, BLKIF_OP_WRITE, i * 8, &[seg(100 + i as u32, 0, 7)]))
+            .collect();
+        assert!(rig.run(&writes).iter().all(|r| r.status == BLKIF_RSP_OKAY));
+        let s = rig.core.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(s.writes.load(Relaxed), 8);
+        assert_eq!(s.syncs.load(Relaxed), 8, "one fdatasync per write");
+        for i in 0..8u64 {
+            assert_eq!(rig.image(i * 8, 4096), vec![i as u8 + 1; 4096]);
+        }
+    }
+
+    /// The core counts what blkback served: every read, write, flush and discard, and the
+    /// requests it refused (beyond the image), next to blkback's own counts.
+    #[test]
+    fn blkback_requests_are_counted_by_the_core() {
+        let mut rig = rig();
+        rig.grants.grant(10, 0x11);
+        rig.grants.grant(11, 0);
+        let discard = {
+            let d = BlkifRequestDiscard {
+                operation: BLKIF_OP_DISCARD,
+                id: 6,
+                sector_number: 64,
+                nr_sectors: 8,
+                ..Default::default()
+            };
+            let mut slot = BlkifRequest::default();
+            slot.as_mut_bytes()[..size_of::<BlkifRequestDiscard>()].copy_from_slice(d.as_bytes());
+            slot
+        };
+        let flush = BlkifRequest {
+            operation: BLKIF_OP_FLUSH_DISKCACHE,
+            id: 5,
+            ..Default::default()
+        };
+        let rsp = rig.run(&[
+            rw(1, BLKIF_OP_WRITE, 0, &[seg(10, 0, 7)]),
+            rw(2, BLKIF_OP_WRITE, 8, &[seg(10, 0, 7), seg(10, 0, 3)]),
+            rw(3, BLKIF_OP_READ, 0, &[seg(11, 0, 7)]),
+            rw(4, BLKIF_OP_READ, 2047, &[seg(11, 0, 7)]),
+            flush,
+            discard,
+        ]);
+        let status: Vec<i16> = rsp.iter().map(|r| r.status).collect();
+        assert_eq!(status, [0, 0, 0, BLKIF_RSP_ERROR, 0, 0]);
+        let s = rig.core.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts = [&s.reads, &s.writes, &s.flushes, &s.discards, &s.errors].map(|c| c.load(Relaxed));
+        assert_eq!(
+            counts,
+            [1, 2, 1, 1, 1],
+            "reads, writes, flushes, discards, errors"
+        );
+        assert_eq!(s.syncs.load(Relaxed), 1, "the flush");
+        let c = &rig.back.counts;
+        assert_eq!((c.requests, c.failed, c.bytes), (6, 1, 4096 + 6144 + 4096));
     }
 
     /// Many reads and writes in flight at once through `O_DIRECT` AIO, buffers recycled through

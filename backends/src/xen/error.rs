@@ -20,7 +20,7 @@ use ring_protocol::abi::xen::{DomId, XEN_IO_PROTO_ABI_X86_64};
 use ring_protocol::abi::xenstore::XsdSockmsgType;
 
 use super::gntdev::GrantError;
-use crate::aio::AioError;
+use crate::block::AioError;
 
 /// Everything the Xen backends, their state machine and the XenStore client can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +211,8 @@ mod tests {
             error: GrantError::Invalid("x".into()),
         };
         assert!(
-            e.to_string().starts_with("cannot map the ring (ring-ref [1234567]): "),
+            e.to_string()
+                .starts_with("cannot map the ring (ring-ref [1234567]): "),
             "{e}"
         );
         let e = Error::RingHalted {
