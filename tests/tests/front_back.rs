@@ -1,0 +1,585 @@
+//! Our frontends against our backends, with no hypervisor: the real blkfront and netfront of
+//! `pvkit-frontends` talk to the real blkback and netback engines of `pvkit-backends` over one fake
+//! grant table and fake event channels.
+//!
+//! What is real: both drivers, their rings, the engines (blkback over the block core and its AIO
+//! executor on an image file; netback on the net core's switch with its echo peer), the workloads
+//! the guest kernel runs, and the grant checks (`ring_protocol`'s fake grant table checks every
+//! access as Xen does: issued to the backend's domain, writable where written, ended only once
+//! unmapped). What plays a part: the fake XenStore daemon (the frontends' XenStore client is real),
+//! and a few lines below that play the toolstack and the backend's xenbus state machine (they map
+//! the rings the frontend published and hand them to the engine, as `xen::xenbus` does with
+//! `/dev/xen/gntdev`). Both sides run on one thread: the frontend's waiter, when the driver
+//! idles, lets XenStore and the backend take a step.
+
+use std::cell::RefCell;
+use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pvkit_backends::block::{BlockCore, BlockOptions};
+use pvkit_backends::net::{EchoPeer, Switch};
+use pvkit_backends::xen::blkback::{self, BlkEngine};
+use pvkit_backends::xen::gntdev::GrantCopy;
+use pvkit_backends::xen::netback::NetEngine;
+use pvkit_backends::xen::xenbus::Engine;
+use pvkit_frontends::block::{self, BlockDevice};
+use pvkit_frontends::net::NetDevice;
+use pvkit_frontends::wait::{WaitMode, Waiter};
+use pvkit_frontends::workload::blk::{IntegrityParams, fill_sector, integrity};
+use pvkit_frontends::workload::net::echo;
+use pvkit_frontends::workload::net::ping::{PingParams, ping};
+use pvkit_frontends::xen::XenPlatform;
+use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions};
+use pvkit_frontends::xen::evtchn::fake::FakeEventChannels;
+use pvkit_frontends::xen::netfront::NetFront;
+use pvkit_frontends::xen::xenbus;
+use pvkit_frontends::xen::xenstore::XenStore;
+use pvkit_frontends::xen::xenstore::fake::FakeXenStore;
+use ring_protocol::abi::PAGE_SIZE;
+use ring_protocol::abi::event_channel::EvtchnPort;
+use ring_protocol::abi::xen::DomId;
+use ring_protocol::platform::fake::FakeGrantTable;
+use ring_protocol::platform::{Access, Notify};
+use ring_protocol::ring::BackRing;
+
+/// The guest's domain (the grant table's owner) and the backend's.
+const GUEST: DomId = 1;
+const BACKEND: DomId = 0;
+/// Handshake and I/O timeout for the drivers.
+const TIMEOUT_US: u64 = 20_000_000;
+
+/// The shared grant table: the frontend grants through it, the engines copy through it.
+fn grant_table() -> (&'static FakeGrantTable, Arc<dyn GrantCopy>) {
+    let table = Arc::new(FakeGrantTable::with_owner(1024, GUEST));
+    let copier: Arc<dyn GrantCopy> = table.clone();
+    let leaked: &'static Arc<FakeGrantTable> = Box::leak(Box::new(table));
+    (leaked, copier)
+}
+
+fn event_channels() -> &'static FakeEventChannels {
+    Box::leak(Box::new(FakeEventChannels::new()))
+}
+
+/// The XenStore ring's notification: the fake daemon is stepped by the waiter instead.
+struct XsPolled;
+
+impl Notify for XsPolled {
+    fn notify(&self) -> ring_protocol::Result<()> {
+        Ok(())
+    }
+}
+
+/// The backend's event channel to the frontend: an event raises the frontend's port, whose hook
+/// runs as from the guest's upcall.
+struct RaisePort {
+    events: &'static FakeEventChannels,
+    port: EvtchnPort,
+}
+
+impl Notify for RaisePort {
+    fn notify(&self) -> ring_protocol::Result<()> {
+        self.events.raise(self.port);
+        Ok(())
+    }
+}
+
+/// What the waiter lets run while the driver idles.
+trait Peer {
+    fn step(&mut self, xs: &mut FakeXenStore);
+}
+
+/// The guest's clock and idle loop. Idling steps the XenStore daemon and the backend.
+struct World<P> {
+    t0: Instant,
+    daemon: RefCell<FakeXenStore>,
+    peer: RefCell<P>,
+}
+
+impl<P: Peer> Waiter for World<P> {
+    fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    fn mode(&self) -> WaitMode {
+        WaitMode::Poll
+    }
+
+    fn idle(&self, ready: &mut dyn FnMut() -> bool) -> bool {
+        if ready() {
+            return true;
+        }
+        let mut d = self.daemon.borrow_mut();
+        d.step();
+        self.peer.borrow_mut().step(&mut d);
+        d.step();
+        drop(d);
+        ready()
+    }
+}
+
+fn node(d: &FakeXenStore, path: &str) -> Option<String> {
+    d.tree
+        .get(path)
+        .map(|v| String::from_utf8(v.clone()).expect("XenStore values here are text"))
+}
+
+fn number(d: &FakeXenStore, path: &str) -> Option<u32> {
+    node(d, path).map(|v| v.parse().unwrap_or_else(|_| panic!("{path} = {v:?}")))
+}
+
+/// One backend device's part of the xenbus handshake: the backend's directory, the frontend's
+/// state, the rings mapped from the backend's domain and handed to the engine.
+struct Xenbus {
+    fe: String,
+    be: String,
+    table: &'static FakeGrantTable,
+    events: &'static FakeEventChannels,
+    /// Grants mapped for the rings while connected.
+    mapped: Vec<u32>,
+    /// The frontend's event channel while connected.
+    port: Option<EvtchnPort>,
+    /// Notifications the frontend sent.
+    kicks: u64,
+}
+
+impl Xenbus {
+    /// The toolstack's part: both directories linked, the backend's keys, state `InitWait`.
+    fn new(
+        d: &mut FakeXenStore,
+        (kind, devid): (&str, u32),
+        keys: &[(&str, String)],
+        table: &'static FakeGrantTable,
+        events: &'static FakeEventChannels,
+    ) -> Self {
+        let fe = format!("/local/domain/{GUEST}/device/{kind}/{devid}");
+        let be = format!("/local/domain/{BACKEND}/backend/{kind}/{GUEST}/{devid}");
+        d.external_write(&format!("device/{kind}/{devid}/backend"), be.as_bytes());
+        d.external_write(
+            &format!("device/{kind}/{devid}/backend-id"),
+            BACKEND.to_string().as_bytes(),
+        );
+        for (k, v) in keys {
+            d.external_write(&format!("{be}/{k}"), v.as_bytes());
+        }
+        d.external_write(&format!("{be}/state"), b"2");
+        Self {
+            fe,
+            be,
+            table,
+            events,
+            mapped: Vec::new(),
+            port: None,
+            kicks: 0,
+        }
+    }
+
+    fn fe_state(&self, d: &FakeXenStore) -> Option<u32> {
+        number(d, &format!("{}/state", self.fe))
+    }
+
+    fn set_state(&self, d: &mut FakeXenStore, state: &[u8]) {
+        d.external_write(&format!("{}/state", self.be), state);
+    }
+
+    /// Maps `refs` (contiguous pages of the frontend, as a multi-page ring is) for the backend.
+    fn map(&mut self, refs: &[u32]) -> (NonNull<u8>, usize) {
+        let pages: Vec<NonNull<u8>> = refs
+            .iter()
+            .map(|&r| {
+                self.table
+                    .peer_map(BACKEND, r, Access::ReadWrite)
+                    .unwrap_or_else(|e| panic!("ring grant {r} refused: {e}"))
+            })
+            .collect();
+        self.mapped.extend_from_slice(refs);
+        for (i, p) in pages.iter().enumerate() {
+            assert_eq!(
+                p.as_ptr() as usize,
+                pages[0].as_ptr() as usize + i * PAGE_SIZE,
+                "ring pages are one contiguous block"
+            );
+        }
+        (pages[0], refs.len() * PAGE_SIZE)
+    }
+
+    /// The frontend closes: the engine is gone, the rings are unmapped, state `Closed`.
+    fn close(&mut self, d: &mut FakeXenStore) {
+        for r in self.mapped.drain(..) {
+            self.table
+                .peer_unmap(BACKEND, r, Access::ReadWrite)
+                .expect("unmap a mapped ring grant");
+        }
+        self.port = None;
+        if node(d, &format!("{}/state", self.be)).as_deref() != Some("6") {
+            self.set_state(d, b"6");
+        }
+    }
+
+    fn notifier(&self) -> RaisePort {
+        RaisePort {
+            events: self.events,
+            port: self.port.expect("connected"),
+        }
+    }
+
+    fn take_kicks(&mut self) {
+        if let Some(p) = self.port {
+            self.kicks += self.events.take_notifies(p);
+        }
+    }
+}
+
+// ---- block --------------------------------------------------------------------------------------
+
+/// A vbd: blkback's engine on the block core, reached once the frontend is `Initialised`.
+struct Vbd {
+    bus: Xenbus,
+    core: Arc<BlockCore>,
+    gnt: Arc<dyn GrantCopy>,
+    engine: Option<BlkEngine>,
+}
+
+impl Peer for Vbd {
+    fn step(&mut self, d: &mut FakeXenStore) {
+        match self.bus.fe_state(d) {
+            Some(5 | 6) => {
+                // The engine (and its ring) goes before the ring pages are unmapped.
+                self.engine = None;
+                self.bus.close(d);
+                return;
+            }
+            Some(3) if self.engine.is_none() => {
+                let fe = self.bus.fe.clone();
+                assert_eq!(node(d, &format!("{fe}/protocol")).as_deref(), Some("x86_64-abi"));
+                let refs: Vec<u32> = match number(d, &format!("{fe}/ring-page-order")) {
+                    None | Some(0) => vec![number(d, &format!("{fe}/ring-ref")).expect("ring-ref")],
+                    Some(order) => (0..1u32 << order)
+                        .map(|i| number(d, &format!("{fe}/ring-ref{i}")).expect("ring-refN"))
+                        .collect(),
+                };
+                let port = number(d, &format!("{fe}/event-channel")).expect("event-channel");
+                let (mem, len) = self.bus.map(&refs);
+                // SAFETY: the ring pages stay mapped (granted, so allocated by the frontend) until
+                // `close`, which runs only after the engine holding this ring was dropped; both
+                // ends touch the ring with atomics.
+                let ring = unsafe { BackRing::new(mem, len) }.expect("a ring fits the pages");
+                self.engine = Some(
+                    BlkEngine::new(ring, GUEST, self.core.clone(), self.gnt.clone()).expect("AIO context"),
+                );
+                self.bus.port = Some(port);
+                self.bus.set_state(d, b"4");
+            }
+            _ => {}
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            self.bus.take_kicks();
+            engine
+                .process(&self.bus.notifier())
+                .expect("an honest frontend never halts blkback");
+        }
+    }
+}
+
+/// A guest with one vbd on a fresh image of `sectors` sectors, and the frontend's XenStore client.
+struct VbdGuest {
+    world: World<Vbd>,
+    xs: XenStore<XsPolled>,
+    img: tempfile::NamedTempFile,
+    table: &'static FakeGrantTable,
+    events: &'static FakeEventChannels,
+}
+
+fn vbd(sectors: u64, opts: BlockOptions) -> VbdGuest {
+    let img = tempfile::NamedTempFile::new().expect("temporary image");
+    img.as_file().set_len(sectors * 512).expect("image size");
+    let core = Arc::new(BlockCore::open(img.path(), opts).expect("open the image"));
+    let (table, gnt) = grant_table();
+    let events = event_channels();
+    let (mut daemon, ring) = FakeXenStore::new(GUEST);
+    let keys = [
+        ("sectors", core.capacity().to_string()),
+        ("sector-size", "512".into()),
+        ("physical-sector-size", "512".into()),
+        ("info", "0".into()),
+        ("mode", "w".into()),
+        ("feature-flush-cache", "1".into()),
+        ("feature-discard", "1".into()),
+        ("max-ring-page-order", blkback::MAX_RING_PAGE_ORDER.to_string()),
+        (
+            "feature-max-indirect-segments",
+            blkback::MAX_INDIRECT_SEGMENTS.to_string(),
+        ),
+    ];
+    let bus = Xenbus::new(&mut daemon, ("vbd", 51712), &keys, table, events);
+    let world = World {
+        t0: Instant::now(),
+        daemon: RefCell::new(daemon),
+        peer: RefCell::new(Vbd {
+            bus,
+            core,
+            gnt,
+            engine: None,
+        }),
+    };
+    VbdGuest {
+        world,
+        xs: XenStore::new(ring, XsPolled),
+        img,
+        table,
+        events,
+    }
+}
+
+impl VbdGuest {
+    fn connect(&mut self) -> BlkFront<&'static FakeGrantTable, &'static FakeEventChannels> {
+        let dev = xenbus::enumerate(&mut self.xs, &self.world, "vbd")
+            .expect("enumerate")
+            .remove(0);
+        let platform = XenPlatform {
+            grants: self.table,
+            events: self.events,
+            dma: pvkit_frontends::dma::fake::dma(),
+        };
+        let opts = BlkOptions {
+            timeout_us: TIMEOUT_US,
+            ..BlkOptions::default()
+        };
+        BlkFront::connect(&mut self.xs, &self.world, platform, dev, opts).expect("connect to blkback")
+    }
+}
+
+#[test]
+fn blkfront_over_pvkit_blkback_writes_what_reads_back_and_lands_in_the_image() {
+    let sectors = 8192; // 4 MiB
+    let mut g = vbd(sectors, BlockOptions::default());
+    let mut blk = g.connect();
+    let (world, xs, img) = (&g.world, &mut g.xs, &g.img);
+    let info = blk.info();
+    assert_eq!(info.capacity_sectors, sectors, "the capacity blkback published");
+    assert_eq!(info.sector_size, 512);
+    assert!(blk.features().ring_slots > 32, "a multi-page ring was negotiated");
+
+    // One write of each size the guest's workloads use, each read back, each on the host's image.
+    let mut at = 0u64;
+    for len in [512usize, 4096, 65536, 1 << 20] {
+        let mut data = vec![0u8; len];
+        for (i, s) in data.chunks_mut(512).enumerate() {
+            fill_sector(0x5eed, at + i as u64, s);
+        }
+        block::write(&mut blk, world, at, &data).unwrap_or_else(|e| panic!("write {len} at {at}: {e}"));
+        let back = block::read(&mut blk, world, at, len).unwrap_or_else(|e| panic!("read {len}: {e}"));
+        assert!(
+            back.as_slice() == &data[..],
+            "{len} bytes at sector {at} read back"
+        );
+        let mut on_disk = vec![0u8; len];
+        img.as_file()
+            .read_exact_at(&mut on_disk, at * 512)
+            .expect("read the image");
+        assert!(
+            on_disk == data,
+            "{len} bytes at sector {at} are in the image file"
+        );
+        at += (len / 512) as u64 + 7;
+    }
+    block::flush(&mut blk, world).expect("flush");
+
+    // The guest's integrity workload at queue depth 16: every sector's CRC checked.
+    let report = integrity(
+        &mut blk,
+        world,
+        &IntegrityParams {
+            qd: 16,
+            nonce: 7,
+            ..IntegrityParams::default()
+        },
+    )
+    .expect("integrity workload over blkback");
+    assert!(report.ops > 100, "{} requests", report.ops);
+
+    // The core saw every request the frontend made: nothing bypassed it.
+    let core = world.peer.borrow().core.clone();
+    let s = core.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(s.writes.load(Relaxed) >= 4 && s.reads.load(Relaxed) >= 4);
+    assert!(s.flushes.load(Relaxed) >= 2, "our flush and the workload's");
+    assert_eq!(s.errors.load(Relaxed), 0);
+    assert!(blk.counters().notifications > 0 && blk.counters().interrupts > 0);
+    let kicks = world.peer.borrow().bus.kicks;
+    assert_eq!(
+        kicks,
+        blk.counters().notifications,
+        "every notification the frontend counted arrived"
+    );
+
+    // Closing: the backend unmaps, every grant ends, the event channel closes.
+    blk.disconnect(xs, world, TIMEOUT_US).expect("disconnect");
+    assert_eq!(g.table.active(), 0, "every grant ended once blkback let go");
+    assert_eq!(g.events.closed(), 1, "the event channel was closed");
+}
+
+#[test]
+fn blkfront_over_a_writethrough_blkback_gets_every_write_synced() {
+    let mut g = vbd(
+        2048,
+        BlockOptions {
+            writethrough: true,
+            ..BlockOptions::default()
+        },
+    );
+    let mut blk = g.connect();
+    let world = &g.world;
+    for i in 0..10u64 {
+        block::write(&mut blk, world, i * 8, &[i as u8; 4096]).expect("write");
+    }
+    let core = world.peer.borrow().core.clone();
+    let s = core.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(s.writes.load(Relaxed), 10);
+    assert!(
+        s.syncs.load(Relaxed) >= 10,
+        "writethrough: each of blkback's writes was synced before its response ({} syncs)",
+        s.syncs.load(Relaxed)
+    );
+    blk.disconnect(&mut g.xs, world, TIMEOUT_US).expect("disconnect");
+    assert_eq!(g.table.active(), 0);
+}
+
+// ---- net ----------------------------------------------------------------------------------------
+
+const GUEST_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x00, 0x01];
+/// The address the echo workload sends to.
+const PEER_MAC: [u8; 6] = ring_protocol::abi::pvkit_echo::PEER_MAC;
+const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
+const PEER_IP: [u8; 4] = [10, 0, 2, 2];
+
+/// A vif: netback's engine on a switch port bound to the vif's MAC, the echo peer on another.
+struct Vif {
+    bus: Xenbus,
+    switch: Arc<Switch>,
+    gnt: Arc<dyn GrantCopy>,
+    engine: Option<NetEngine>,
+}
+
+impl Peer for Vif {
+    fn step(&mut self, d: &mut FakeXenStore) {
+        match self.bus.fe_state(d) {
+            Some(5 | 6) => {
+                self.engine = None;
+                self.bus.close(d);
+                return;
+            }
+            Some(4) if self.engine.is_none() => {
+                let fe = self.bus.fe.clone();
+                assert_eq!(number(d, &format!("{fe}/request-rx-copy")), Some(1));
+                let tx_ref = number(d, &format!("{fe}/tx-ring-ref")).expect("tx-ring-ref");
+                let rx_ref = number(d, &format!("{fe}/rx-ring-ref")).expect("rx-ring-ref");
+                let port = number(d, &format!("{fe}/event-channel")).expect("event-channel");
+                let (tx_mem, tx_len) = self.bus.map(&[tx_ref]);
+                let (rx_mem, rx_len) = self.bus.map(&[rx_ref]);
+                // SAFETY: as for the vbd: mapped until `close`, after the engine is dropped.
+                let tx = unsafe { BackRing::new(tx_mem, tx_len) }.expect("tx ring");
+                // SAFETY: as above.
+                let rx = unsafe { BackRing::new(rx_mem, rx_len) }.expect("rx ring");
+                let engine = NetEngine::new(tx, rx, GUEST, self.switch.clone(), GUEST_MAC, self.gnt.clone())
+                    .expect("a port bound to the vif's MAC");
+                self.engine = Some(engine);
+                self.bus.port = Some(port);
+                self.bus.set_state(d, b"4");
+            }
+            _ => {}
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            self.bus.take_kicks();
+            engine
+                .process(&self.bus.notifier())
+                .expect("an honest frontend never halts netback");
+        }
+    }
+}
+
+#[test]
+fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
+    let (table, gnt) = grant_table();
+    let events = event_channels();
+    let switch = Switch::new();
+    let peer = EchoPeer::attach(&switch, PEER_MAC, PEER_IP);
+    let (mut daemon, ring) = FakeXenStore::new(GUEST);
+    let keys = [
+        ("feature-rx-copy", "1".to_string()),
+        ("feature-rx-notify", "1".into()),
+    ];
+    let bus = Xenbus::new(&mut daemon, ("vif", 0), &keys, table, events);
+    daemon.external_write("device/vif/0/mac", b"00:16:3e:00:00:01");
+    let world = World {
+        t0: Instant::now(),
+        daemon: RefCell::new(daemon),
+        peer: RefCell::new(Vif {
+            bus,
+            switch: switch.clone(),
+            gnt,
+            engine: None,
+        }),
+    };
+    let mut xs = XenStore::new(ring, XsPolled);
+    let dev = xenbus::enumerate(&mut xs, &world, "vif")
+        .expect("enumerate")
+        .remove(0);
+    let platform = XenPlatform {
+        grants: table,
+        events,
+        dma: pvkit_frontends::dma::fake::dma(),
+    };
+    let mut net = NetFront::connect(&mut xs, &world, platform, dev, TIMEOUT_US).expect("connect to netback");
+    assert!(net.link_up());
+    assert_eq!(net.mtu(), 1500);
+
+    // The guest's echo workload: small, MTU-sized and random frames, 8 in flight, each checked.
+    let report = echo(&mut net, &world, 200, 8, 0x5eed).unwrap_or_else(|e| {
+        panic!(
+            "echo workload over netback: {e}; echo peer {:?}, switch {:?}, drops {:?}",
+            peer.stats(),
+            switch.stats(),
+            net.drops()
+        )
+    });
+    assert_eq!(report.ops, 200);
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        peer.stats().echoed.load(Relaxed),
+        200,
+        "the echo peer answered every frame"
+    );
+
+    // ARP then ICMP through the same path.
+    let p = ping(
+        &mut net,
+        &world,
+        &PingParams {
+            ip: GUEST_IP,
+            peer: PEER_IP,
+            count: 5,
+            size: 56,
+            timeout_us: TIMEOUT_US,
+        },
+    )
+    .expect("ping the echo peer");
+    assert_eq!((p.peer_mac, p.replies), (PEER_MAC, 5));
+    assert_eq!(peer.stats().icmp.load(Relaxed), 5);
+
+    // Nothing was dropped or refused on either side.
+    assert_eq!(net.drops(), Default::default(), "netfront dropped nothing");
+    let port = world.peer.borrow().engine.as_ref().expect("connected").port();
+    let counts = switch.port_counts(port).expect("the vif's port");
+    assert_eq!(counts.spoofed, 0, "every frame came from the vif's own MAC");
+    assert!(counts.frames_in >= 205, "frames from the guest: {counts:?}");
+
+    net.disconnect(&mut xs, &world, TIMEOUT_US).expect("disconnect");
+    assert_eq!(table.active(), 0, "every grant ended once netback let go");
+    assert!(
+        switch.port_counts(port).is_none(),
+        "the vif's port left the switch with its engine"
+    );
+}
