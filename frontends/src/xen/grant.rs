@@ -31,6 +31,7 @@ use ring_protocol::abi::grant_table::{
 };
 use ring_protocol::abi::xen::{DomId, XenPfn};
 use ring_protocol::platform::{Access, ShareMemory};
+use ring_protocol::ring::IdSlabBox;
 
 use crate::dma::{DmaBuf, PAGE_SIZE};
 
@@ -59,10 +60,13 @@ pub struct GrantStats {
 }
 
 struct State {
-    free: Vec<GrantRef>,
-    active: Vec<bool>,
+    /// The references in use: id `i` is grant reference `GNTTAB_NR_RESERVED_ENTRIES + i`.
+    refs: IdSlabBox<()>,
     stats: GrantStats,
 }
+
+/// Grant references below this belong to the toolstack (the console's and XenStore's pages).
+const FIRST_REF: usize = GNTTAB_NR_RESERVED_ENTRIES as usize;
 
 /// Which frame a peer domain uses for the page containing the byte at the address given: the machine
 /// frame (p2m) for a PV guest, the guest frame for PVH and HVM.
@@ -100,20 +104,17 @@ impl GrantTable {
     /// return the frame through which the peer reaches exactly the page given (a wrong frame grants
     /// the peer someone else's memory).
     pub unsafe fn new(entries: NonNull<GrantEntryV1>, len: usize, frame_of: FrameOf) -> Self {
-        let first = GNTTAB_NR_RESERVED_ENTRIES as usize;
-        // Hand out low references first (pop from the end).
-        let free: Vec<GrantRef> = (first..len).rev().map(|r| r as GrantRef).collect();
+        let refs = IdSlabBox::new(len.saturating_sub(FIRST_REF));
         Self {
             entries,
             len,
             frame_of,
             state: spin::Mutex::new(State {
                 stats: GrantStats {
-                    capacity: free.len(),
+                    capacity: refs.capacity(),
                     ..GrantStats::default()
                 },
-                free,
-                active: alloc::vec![false; len],
+                refs,
             }),
         }
     }
@@ -144,10 +145,10 @@ impl GrantTable {
         let frame32 = u32::try_from(frame).map_err(|_| ring_protocol::Error::FrameTooLarge { frame })?;
         let mut st = self.state.lock();
         let capacity = st.stats.capacity;
-        let gref = st
-            .free
-            .pop()
-            .ok_or(ring_protocol::Error::GrantTableFull { capacity })?;
+        let Ok(id) = st.refs.insert(()) else {
+            return Err(ring_protocol::Error::GrantTableFull { capacity });
+        };
+        let gref = FIRST_REF as GrantRef + id;
         let entry = self.entries.as_ptr().wrapping_add(gref as usize);
         // SAFETY: the entry is inside the table and free (flags 0): Xen ignores domid and frame until
         // flags is published below; the frame field is 4-aligned and the domid 2-aligned.
@@ -166,7 +167,6 @@ impl GrantTable {
         };
         // Release: Xen (and the peer through it) sees domid and frame before the entry becomes valid.
         self.flags(gref).store(GTF_PERMIT_ACCESS | ro, Ordering::Release);
-        st.active[gref as usize] = true;
         st.stats.active += 1;
         st.stats.granted += 1;
         Ok(gref)
@@ -179,7 +179,8 @@ impl GrantTable {
     /// [`ring_protocol::Error::BadGrantRef`] if `gref` is not an active grant of ours.
     pub fn end_access(&self, gref: GrantRef) -> ring_protocol::Result<()> {
         let mut st = self.state.lock();
-        if (gref as usize) >= self.len || !st.active[gref as usize] {
+        let id = u64::from(gref).wrapping_sub(FIRST_REF as u64);
+        if !st.refs.contains(id) {
             return Err(ring_protocol::Error::BadGrantRef { gref });
         }
         let flags = self.flags(gref);
@@ -196,9 +197,8 @@ impl GrantTable {
                 Err(now) => current = now,
             }
         }
-        st.active[gref as usize] = false;
+        st.refs.remove(id).expect("checked in flight above");
         st.stats.active -= 1;
-        st.free.push(gref);
         Ok(())
     }
 }
