@@ -31,7 +31,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
-use super::ratelimit::{RateLimit, limited_info, limited_warn};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::Error;
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
@@ -431,7 +431,7 @@ impl BlkRing {
             c.bytes,
             c.failed,
             c.deferred,
-            self.log.suppressed(),
+            self.log.suppressed_total(),
             events,
             c.notifies
         )

@@ -30,7 +30,7 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
-use super::ratelimit::{RateLimit, limited_info, limited_warn};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use super::{Error, Result};
 use crate::console::ConsoleSink;

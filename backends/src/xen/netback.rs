@@ -38,7 +38,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantError, GrantPiece, PAGE_SIZE};
-use super::ratelimit::{RateLimit, limited_info, limited_warn};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use super::{Error, Result};
 pub use crate::net::format_mac;
@@ -364,7 +364,7 @@ impl NetEngine {
             c.rx_dropped,
             c.rx_oversize,
             self.queue.dropped(),
-            self.log.suppressed(),
+            self.log.suppressed_total(),
             events,
             c.notifies
         )
