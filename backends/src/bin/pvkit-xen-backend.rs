@@ -128,9 +128,7 @@ enum ArgError {
 }
 
 fn parse_console(s: &str) -> Result<Console, ArgError> {
-    let (devid, log) = s
-        .split_once(':')
-        .ok_or(ArgError::Form("DEVID:LOGPATH[:echo]"))?;
+    let (devid, log) = s.split_once(':').ok_or(ArgError::Form("DEVID:LOGPATH[:echo]"))?;
     let (log, echo) = match log.strip_suffix(":echo") {
         Some(l) => (l, true),
         None => (log, false),
@@ -422,8 +420,16 @@ mod tests {
             (2, PathBuf::from("/tmp/hvc2.log"), true)
         );
         assert!(parse_console("1::echo").is_err(), "echo still needs a log path");
-        assert!(matches!(parse_console("0:/tmp/x.log"), Err(ArgError::ConsoleId(0))));
-        assert!(parse_console("0:/tmp/x.log").unwrap_err().to_string().contains("start_info"));
+        assert!(matches!(
+            parse_console("0:/tmp/x.log"),
+            Err(ArgError::ConsoleId(0))
+        ));
+        assert!(
+            parse_console("0:/tmp/x.log")
+                .unwrap_err()
+                .to_string()
+                .contains("start_info")
+        );
         assert!(parse_console("10:/tmp/x.log").is_err());
         assert!(parse_console("1:").is_err());
         assert!(parse_console("hvc1").is_err());

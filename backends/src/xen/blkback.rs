@@ -29,13 +29,13 @@ use ring_protocol::abi::xen::{DomId, XEN_IO_PROTO_ABI_X86_64};
 use ring_protocol::ring::BackRing;
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::Error;
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
-use crate::ratelimit::{RateLimit, limited_info, limited_warn};
-use super::Error;
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use crate::aio::{AioError, AioQueue, Done, IoBuf, Refused, Transfer};
 use crate::block::{BlockCore, Data, Op, Request};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 
 /// Largest ring offered: 2^4 pages.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
@@ -123,18 +123,20 @@ impl Backend for BlkBackend {
         // SAFETY: the mapping outlives the ring: here (a local declared before it, so dropped after
         // it) and then in the same `Connected` as the engine holding the ring (declared after it);
         // only the ring touches it, with atomics; the frontend is outside the Rust memory model.
-        let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(map.as_ptr(), map.len()) }
-            .map_err(|error| Error::RingUnusable {
+        let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(map.as_ptr(), map.len()) }.map_err(
+            |error| Error::RingUnusable {
                 what: "ring",
                 bytes: map.len(),
                 error,
+            },
+        )?;
+        let channel =
+            EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
+                key: keys::EVENT_CHANNEL,
+                port,
+                domid: id.domid,
+                error,
             })?;
-        let channel = EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
-            key: keys::EVENT_CHANNEL,
-            port,
-            domid: id.domid,
-            error,
-        })?;
         limited_info!(
             self.log,
             device = %id,
@@ -374,7 +376,11 @@ impl BlkRing {
     fn process(&mut self, notify: &dyn Notify) -> Result<(), Error> {
         let halted = |error| Error::RingHalted { ring: "ring", error };
         loop {
-            for done in self.aio.reap().map_err(|error| Error::Aio { what: "queue", error })? {
+            for done in self
+                .aio
+                .reap()
+                .map_err(|error| Error::Aio { what: "queue", error })?
+            {
                 let rsp = self.complete(done)?;
                 self.ring.write_response(&rsp).map_err(halted)?;
             }
@@ -637,9 +643,7 @@ impl BlkRing {
             let Refused { transfer, error } = *refused;
             self.put_buf(transfer.buf);
             return match error {
-                AioError::TokenInUse { .. } | AioError::TokenOutOfRange { .. } => {
-                    Err(Refusal::Broken(error))
-                }
+                AioError::TokenInUse { .. } | AioError::TokenOutOfRange { .. } => Err(Refusal::Broken(error)),
                 _ => {
                     self.free.push(token);
                     Err(Refusal::Failed(error.to_string()))
@@ -1047,7 +1051,10 @@ mod tests {
         let e = rig.back.process(&CountingNotifier::new()).unwrap_err();
         assert!(matches!(e, Error::RingHalted { ring: "ring", .. }), "{e}");
         assert!(e.to_string().starts_with("ring halted"), "{e}");
-        assert!(rig.back.process(&CountingNotifier::new()).is_err(), "stays halted");
+        assert!(
+            rig.back.process(&CountingNotifier::new()).is_err(),
+            "stays halted"
+        );
     }
 
     fn seg(gref: u32, first_sect: u8, last_sect: u8) -> BlkifRequestSegment {
@@ -1375,7 +1382,13 @@ mod tests {
         }
         let e = err.expect("the ring halts");
         assert!(
-            matches!(e, Error::Aio { error: AioError::UnknownToken { token: 3 }, .. }),
+            matches!(
+                e,
+                Error::Aio {
+                    error: AioError::UnknownToken { token: 3 },
+                    ..
+                }
+            ),
             "{e}"
         );
         assert!(e.to_string().contains("token 3, which is not in flight"), "{e}");

@@ -30,10 +30,10 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
-use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use super::{Error, Result};
 use crate::console::ConsoleSink;
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 
 /// Most echoed bytes waiting for room in the guest's `in` ring (echo mode).
 pub const ECHO_BACKLOG: usize = 64 * 1024;
@@ -86,12 +86,15 @@ impl Backend for ConsoleBackend {
         }
         let gref = front.grant_ref("ring-ref")?;
         let port = front.port("port")?;
-        let map = self.gnt.map(id.domid, &[gref], true).map_err(|error| Error::GrantMap {
-            what: "console page",
-            key: "ring-ref",
-            refs: vec![gref],
-            error,
-        })?;
+        let map = self
+            .gnt
+            .map(id.domid, &[gref], true)
+            .map_err(|error| Error::GrantMap {
+                what: "console page",
+                key: "ring-ref",
+                refs: vec![gref],
+                error,
+            })?;
         if map.len() < size_of::<XenconsInterface>() {
             return Err(Error::MappingTooSmall {
                 what: "console page",
@@ -109,12 +112,13 @@ impl Backend for ConsoleBackend {
             bytes: map.len(),
             error,
         })?;
-        let channel = EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
-            key: "port",
-            port,
-            domid: id.domid,
-            error,
-        })?;
+        let channel =
+            EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
+                key: "port",
+                port,
+                domid: id.domid,
+                error,
+            })?;
         let input = self
             .input
             .lock()
@@ -434,7 +438,16 @@ mod tests {
         // single-threaded and plays the guest writing its own index.
         unsafe { out_prod.write_volatile(5 + 4000) };
         let e = p.pump.step().unwrap_err();
-        assert!(matches!(e, Error::RingHalted { ring: "console ring", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::RingHalted {
+                    ring: "console ring",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("4005"), "{e}");
         assert!(p.pump.step().is_err(), "stays halted");
         assert_eq!(std::fs::read(&p.log).unwrap(), b"boot\n");

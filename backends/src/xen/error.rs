@@ -211,7 +211,8 @@ mod tests {
             error: GrantError::Invalid("x".into()),
         };
         assert!(
-            e.to_string().starts_with("cannot map the ring (ring-ref [1234567]): "),
+            e.to_string()
+                .starts_with("cannot map the ring (ring-ref [1234567]): "),
             "{e}"
         );
         let e = Error::RingHalted {

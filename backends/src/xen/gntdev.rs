@@ -400,9 +400,18 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let mut buf = [0u8; 8];
-        assert_eq!(status(gnt.copy_from_guest(6, &[piece(rw, 0, 8)], &mut buf)), GNTST_BAD_DOMAIN);
-        assert_eq!(status(gnt.copy_from_guest(5, &[piece(60, 0, 8)], &mut buf)), GNTST_BAD_GNTREF);
-        assert_eq!(status(gnt.copy_to_guest(5, &[piece(ro, 0, 8)], &buf)), GNTST_PERMISSION_DENIED);
+        assert_eq!(
+            status(gnt.copy_from_guest(6, &[piece(rw, 0, 8)], &mut buf)),
+            GNTST_BAD_DOMAIN
+        );
+        assert_eq!(
+            status(gnt.copy_from_guest(5, &[piece(60, 0, 8)], &mut buf)),
+            GNTST_BAD_GNTREF
+        );
+        assert_eq!(
+            status(gnt.copy_to_guest(5, &[piece(ro, 0, 8)], &buf)),
+            GNTST_PERMISSION_DENIED
+        );
         gnt.copy_from_guest(5, &[piece(ro, 0, 8)], &mut buf).unwrap();
         table.revoke(rw).unwrap();
         table.revoke(ro).unwrap();
@@ -447,7 +456,12 @@ mod fake {
     /// granting domain must be the table's owner, each grant must be issued to dom0, writable for
     /// copies into it). With this a host test runs a real frontend against a real engine.
     impl GrantCopy for FakeGrantTable {
-        fn copy_from_guest(&self, domid: DomId, pieces: &[GrantPiece], dst: &mut [u8]) -> Result<(), GrantError> {
+        fn copy_from_guest(
+            &self,
+            domid: DomId,
+            pieces: &[GrantPiece],
+            dst: &mut [u8],
+        ) -> Result<(), GrantError> {
             check_pieces(pieces, dst.len())?;
             let mut at = 0;
             for p in pieces {
@@ -459,8 +473,13 @@ mod fake {
                         status: GNTST_BAD_DOMAIN,
                     });
                 }
-                self.peer_read(BACKEND_DOMID, p.gref, usize::from(p.offset), &mut dst[at..at + len])
-                    .map_err(|e| table_refusal(domid, p.gref, &e))?;
+                self.peer_read(
+                    BACKEND_DOMID,
+                    p.gref,
+                    usize::from(p.offset),
+                    &mut dst[at..at + len],
+                )
+                .map_err(|e| table_refusal(domid, p.gref, &e))?;
                 at += len;
             }
             Ok(())

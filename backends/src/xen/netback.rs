@@ -38,11 +38,11 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantError, GrantPiece, PAGE_SIZE};
-use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use super::{Error, Result};
 pub use crate::net::format_mac;
 use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 
 /// Frames queued for a guest port before the switch drops (at most 256 x 1518 bytes).
 pub const PORT_QUEUE: usize = 256;
@@ -132,19 +132,19 @@ impl Backend for NetBackend {
         // the ring touches the memory, with atomics.
         let tx = unsafe { BackRing::<NetifTxRequest, NetifTxResponse>::new(tx_map.as_ptr(), tx_map.len()) }
             .map_err(|error| Error::RingUnusable {
-                what: "tx ring",
-                bytes: tx_map.len(),
-                error,
-            })?;
+            what: "tx ring",
+            bytes: tx_map.len(),
+            error,
+        })?;
         // SAFETY: as above.
         let rx = unsafe { BackRing::<NetifRxRequest, NetifRxResponse>::new(rx_map.as_ptr(), rx_map.len()) }
             .map_err(|error| Error::RingUnusable {
-                what: "rx ring",
-                bytes: rx_map.len(),
-                error,
-            })?;
-        let channel = EventChannel::bind_interdomain(id.domid, port)
-            .map_err(|error| Error::BindEventChannel {
+            what: "rx ring",
+            bytes: rx_map.len(),
+            error,
+        })?;
+        let channel =
+            EventChannel::bind_interdomain(id.domid, port).map_err(|error| Error::BindEventChannel {
                 key: "event-channel",
                 port,
                 domid: id.domid,
@@ -283,7 +283,16 @@ impl NetEngine {
         gnt: Arc<dyn GrantCopy>,
     ) -> Result<Self> {
         let name = format!("vif of domain {domid}");
-        Self::build(tx, rx, switch, mac, gnt, domid, name, Arc::new(RateLimit::default()))
+        Self::build(
+            tx,
+            rx,
+            switch,
+            mac,
+            gnt,
+            domid,
+            name,
+            Arc::new(RateLimit::default()),
+        )
     }
 
     /// The engine's port on its switch.

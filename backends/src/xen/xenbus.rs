@@ -33,9 +33,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::evtchn::{self, EventChannel};
 use super::gntdev::GrantMapping;
-use crate::ratelimit::{RateLimit, limited_error, limited_info};
 use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
 use super::{Error, Result};
+use crate::ratelimit::{RateLimit, limited_error, limited_info};
 
 /// Frontend keys read per connect attempt at most (a 16-page blkif ring needs 19).
 pub const MAX_FRONTEND_READS: usize = 32;
@@ -172,7 +172,9 @@ impl Frontend {
     /// A required number: missing ([`Error::MissingKey`]) or malformed ([`Error::NotANumber`])
     /// values are refused, naming the key.
     pub fn number(&self, key: &str) -> Result<u64> {
-        let v = self.get(key).ok_or_else(|| Error::MissingKey { key: key.into() })?;
+        let v = self
+            .get(key)
+            .ok_or_else(|| Error::MissingKey { key: key.into() })?;
         parse_number(v).ok_or_else(|| Error::NotANumber {
             key: key.into(),
             value: v.into(),
@@ -406,10 +408,8 @@ fn serve<E: Engine>(rings: &mut Connected<E>, stop: &EventFd) -> Result<()> {
     loop {
         let mut extra = vec![stop.as_raw_fd()];
         extra.extend(rings.engine.extra_fd());
-        let ready = evtchn::wait(&rings.channel, &extra, -1).map_err(|error| Error::EventChannel {
-            what: "poll",
-            error,
-        })?;
+        let ready = evtchn::wait(&rings.channel, &extra, -1)
+            .map_err(|error| Error::EventChannel { what: "poll", error })?;
         if ready.extra & 1 != 0 {
             return Ok(());
         }
@@ -516,9 +516,10 @@ pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
         match (state, fe) {
             (XenbusState::InitWait, Some(XenbusState::Initialised | XenbusState::Connected)) => {
                 let front = read_front(&mut xs, &id, be)?;
-                match be.connect(&id, &front).and_then(|r| {
-                    Serving::start(&id, r, halted.clone(), log.clone()).map_err(Error::Thread)
-                }) {
+                match be
+                    .connect(&id, &front)
+                    .and_then(|r| Serving::start(&id, r, halted.clone(), log.clone()).map_err(Error::Thread))
+                {
                     Ok(s) => {
                         serving = Some(s);
                         set_state(&mut xs, &id, XenbusState::Connected)?;
@@ -527,7 +528,11 @@ pub fn run_device_with<S: Read + Write + AsRawFd, B: Backend>(
                     }
                     Err(why) => {
                         limited_error!(log, device = %id, "refused: {why}");
-                        xs.write(NO_TX, &format!("{}/error", id.backend()), why.to_string().as_bytes())?;
+                        xs.write(
+                            NO_TX,
+                            &format!("{}/error", id.backend()),
+                            why.to_string().as_bytes(),
+                        )?;
                         set_state(&mut xs, &id, XenbusState::Closing)?;
                         state = XenbusState::Closing;
                     }
@@ -590,15 +595,30 @@ mod tests {
             "{e}"
         );
         let e = f.number("event-channel").unwrap_err();
-        assert!(matches!(&e, Error::MissingKey { key } if key == "event-channel"), "{e}");
+        assert!(
+            matches!(&e, Error::MissingKey { key } if key == "event-channel"),
+            "{e}"
+        );
         assert!(e.to_string().contains("missing"), "{e}");
         assert_eq!(f.opt_number("ring-page-order").unwrap(), None);
         let f = Frontend::from_keys(vec![
             ("ring-ref".into(), "4294967296".into()),
             ("port".into(), "0x100000000".into()),
         ]);
-        assert!(matches!(f.grant_ref("ring-ref"), Err(Error::NotAGrantRef { value: 4294967296, .. })));
-        assert!(matches!(f.port("port"), Err(Error::PortOutOfRange { value: 4294967296, .. })));
+        assert!(matches!(
+            f.grant_ref("ring-ref"),
+            Err(Error::NotAGrantRef {
+                value: 4294967296,
+                ..
+            })
+        ));
+        assert!(matches!(
+            f.port("port"),
+            Err(Error::PortOutOfRange {
+                value: 4294967296,
+                ..
+            })
+        ));
     }
 
     #[test]
