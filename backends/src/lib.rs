@@ -9,7 +9,8 @@
 //! - [`net`]: the net core, a small L2 switch with MAC learning and flooding, guest ports and a host test
 //!   port ([`net::EchoPeer`]) that answers the guest's echo frames, ARP, ping and UDP echo;
 //! - [`console`]: a byte stream to a log file or a Unix socket;
-//! - [`ratelimit`]: a small rate limiter for peer-triggered events (log lines), shared by the daemons;
+//! - [`ratelimit`]: the rate limiter for peer-triggered events (log lines), used by the vhost-user
+//!   daemons and the Xen backends;
 //! - [`tap`]: a Linux tap interface as a switch port (guests reach the host's network stack);
 //! - [`vhost`]: vhost-user adapters (`vhost-user-blk`, `vhost-user-net`) over rust-vmm, and the
 //!   accept/reconnect loop the daemons in `src/bin/` run.

@@ -15,8 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use pvkit_backends::block::BlockCore;
-use pvkit_backends::xen::blkback::fuzzing::{self, FuzzEngine};
 use pvkit_backends::xen::Error;
+use pvkit_backends::xen::blkback::fuzzing::{self, FuzzEngine};
 use pvkit_backends::xen::gntdev::{FakeGrants, GrantCopy, GrantPiece};
 use pvkit_fuzz::{Input, RawFront, SharedMem, image, poll_readable};
 use ring_protocol::abi::blkif::{

@@ -1,4 +1,4 @@
-//! The vhost-user relay's message reader (`backends/src/vhost/relay.rs` `relay`): one connection of
+//! The vhost-user relay's message reader (`backends/src/vhost/relay/mod.rs` `relay`): one connection of
 //! a hostile VMM over a real socket pair, messages sent in pieces (header and payload apart, or
 //! whole), descriptors attached to any piece and in any number, headers claiming any payload size,
 //! the stream ending anywhere.

@@ -1,4 +1,4 @@
-//! The vhost-user relay's gate (`backends/src/vhost/relay.rs` `Gate::new` / `Gate::check`): every
+//! The vhost-user relay's gate (`backends/src/vhost/relay/gate.rs` `Gate::new` / `Gate::check`): every
 //! message a hostile VMM could send (any request code, header flags, payload sizes and values,
 //! memory tables, ring addresses and sizes, descriptors of any kind and number), one connection's
 //! worth in sequence.

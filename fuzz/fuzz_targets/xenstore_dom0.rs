@@ -1,4 +1,4 @@
-//! The dom0 XenStore client's wire parsing (`backends/src/xen/xenstore.rs`) against a hostile
+//! The dom0 XenStore client's wire parsing (`backends/src/xen/xenstore/`) against a hostile
 //! daemon: each reply, decided by the input when the client reads, is an honest answer, an error,
 //! a watch event (for our tokens or not, for the watched node or below it), a reply of another
 //! type or id, a header claiming any length, a short message, or the end of the stream; delivered

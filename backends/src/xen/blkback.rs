@@ -34,9 +34,9 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::Error;
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantPiece, PAGE_SIZE};
-use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use crate::block::{AioQueue, BlockCore, Data, Finished, IoBuf, Op, Refused, Request};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 
 /// Largest ring offered: 2^4 pages.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
@@ -431,7 +431,7 @@ impl BlkRing {
             c.bytes,
             c.failed,
             c.deferred,
-            self.log.suppressed(),
+            self.log.suppressed_total(),
             events,
             c.notifies
         )

@@ -30,10 +30,10 @@ use ring_protocol::byte_ring::{Duplex, console_backend};
 
 use super::evtchn::EventChannel;
 use super::gntdev::GntDev;
-use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use super::{Error, Result};
 use crate::console::ConsoleSink;
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 
 /// Most echoed bytes waiting for room in the guest's `in` ring (echo mode).
 pub const ECHO_BACKLOG: usize = 64 * 1024;

@@ -12,7 +12,6 @@
 //! - [`console`]: a secondary PV console (xenbus kind `console`, id 1 and up) into a console sink,
 //!   with an input text for the guest;
 //! - [`sys`]: the ioctl layouts of the two device nodes;
-//! - [`ratelimit`]: the token bucket that bounds the log lines a guest can cause;
 //! - [`Error`]: what all of these refuse or fail at.
 //!
 //! The `pvkit-xen-backend` binary puts these together for one domain.
@@ -34,7 +33,6 @@ mod error;
 pub mod evtchn;
 pub mod gntdev;
 pub mod netback;
-pub mod ratelimit;
 pub mod sys;
 pub mod xenbus;
 pub mod xenstore;

@@ -38,11 +38,11 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::evtchn::EventChannel;
 use super::gntdev::{GntDev, GrantCopy, GrantError, GrantPiece, PAGE_SIZE};
-use super::ratelimit::{RateLimit, limited_info, limited_warn};
 use super::xenbus::{Backend, Connected, DeviceId, Engine, Frontend, Notify};
 use super::{Error, Result};
 pub use crate::net::format_mac;
 use crate::net::{ETH_DATA_LEN, ETH_HEADER_LEN, Mac, PortId, PortPolicy, QueuedPort, Switch};
+use crate::ratelimit::{RateLimit, limited_info, limited_warn};
 
 /// Frames queued for a guest port before the switch drops (at most 256 x 1518 bytes).
 pub const PORT_QUEUE: usize = 256;
@@ -373,7 +373,7 @@ impl NetEngine {
             c.rx_dropped,
             c.rx_oversize,
             self.queue.dropped(),
-            self.log.suppressed(),
+            self.log.suppressed_total(),
             events,
             c.notifies
         )

@@ -33,9 +33,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::evtchn::{self, EventChannel};
 use super::gntdev::GrantMapping;
-use super::ratelimit::{RateLimit, limited_error, limited_info};
 use super::xenstore::{Access, NO_TX, Perm, TxId, XenStore};
 use super::{Error, Result};
+use crate::ratelimit::{RateLimit, limited_error, limited_info};
 
 /// Frontend keys read per connect attempt at most (a 16-page blkif ring needs 19).
 pub const MAX_FRONTEND_READS: usize = 32;
@@ -752,7 +752,7 @@ mod tests {
         };
         let xs = store.connect();
         let stats = xs.stats();
-        let log = Arc::new(RateLimit::new(4, std::time::Duration::from_secs(3600)));
+        let log = Arc::new(RateLimit::steady(4, std::time::Duration::from_secs(3600)));
         let got = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe { got: got.clone() };
         let dev = {
@@ -794,7 +794,7 @@ mod tests {
             "only the two keys, every time"
         );
         // 30 refusals and 30 restarts: 4 lines passed, the rest counted.
-        assert_eq!(log.suppressed(), 60 - 4);
+        assert_eq!(log.suppressed_total(), 60 - 4);
         store.release_domain(7);
         dev.join().unwrap().unwrap();
     }
