@@ -21,7 +21,7 @@ use common::{
 use ::vhost::VhostBackend;
 use ::vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use ::vhost::vhost_user::{Frontend, VhostUserFrontend};
-use pvkit_backends::block::{BlockCore, BlockOptions};
+use pvkit_backends::block::{BlockCore, BlockOptions, BlockQueue};
 use pvkit_backends::ratelimit::RateLimit;
 use pvkit_backends::vhost::blk::{MAX_DISCARD_SECTORS, VhostBlk};
 use pvkit_backends::vhost::{ServeOptions, blk::BlkConnections, serve};
@@ -214,6 +214,77 @@ fn requests_hostile_chains_and_reconnect() {
     );
     drop(fe);
     server.join().unwrap().unwrap();
+}
+
+/// With a worker pool (`--workers`), every request type still goes through the block core: a
+/// writethrough core syncs the write before its status, the flush syncs, the discard punches its
+/// hole, and the core counts each one.
+#[test]
+fn pool_requests_go_through_the_core_with_writethrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, vec![0xeeu8; IMAGE_SECTORS as usize * 512]).unwrap();
+    let sock = dir.path().join("blk.sock");
+    let options = BlockOptions {
+        writethrough: true,
+        ..Default::default()
+    };
+    let core = Arc::new(BlockCore::open(&img, options).unwrap());
+    let pool = Arc::new(BlockQueue::new(core.clone(), 2, 16));
+    let (s2, c2) = (sock.clone(), core.clone());
+    let server = std::thread::spawn(move || {
+        serve(
+            "vhost-user-blk-test",
+            &s2,
+            BlkConnections {
+                core: c2,
+                pool: Some(pool),
+                queues: 1,
+            },
+            &ServeOptions {
+                max_connections: Some(1),
+                ..Default::default()
+            },
+        )
+    });
+    let mem = GuestMem::new();
+    let (fe, kick, _call) = connect_with(&sock, &mem, feature(VIRTIO_BLK_F_DISCARD));
+    let mut q = Queue::new(&mem, 0);
+    let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 11 + 5) as u8).collect();
+    mem.write(0x1000, &header(T_OUT, 4));
+    mem.write(0x2000, &pattern);
+    q.add(&[(0x1000, 16, false), (0x2000, 1024, false), (0x1800, 1, true)]);
+    q.kick(&kick);
+    q.wait_used(1);
+    mem.write(0x1010, &header(T_FLUSH, 0));
+    q.add(&[(0x1010, 16, false), (0x1801, 1, true)]);
+    mem.write(0x1020, &header(T_DISCARD, 0));
+    let discard = VirtioBlkDiscardWriteZeroes {
+        sector: Le64::new(16),
+        num_sectors: Le32::new(8),
+        flags: Le32::new(0),
+    };
+    mem.write(0x6000, discard.as_bytes());
+    q.add(&[(0x1020, 16, false), (0x6000, 16, false), (0x1802, 1, true)]);
+    mem.write(0x1030, &header(T_IN, 4));
+    q.add(&[(0x1030, 16, false), (0x3000, 1024, true), (0x1803, 1, true)]);
+    q.kick(&kick);
+    q.wait_used(3);
+    assert_eq!(mem.read(0x1800, 4), vec![S_OK; 4], "write, flush, discard, read");
+    assert_eq!(mem.read(0x3000, 1024), pattern, "read back through the pool");
+    let image = std::fs::read(&img).unwrap();
+    assert_eq!(&image[4 * 512..6 * 512], &pattern[..]);
+    assert!(image[16 * 512..24 * 512].iter().all(|&b| b == 0), "discarded");
+    let s = core.stats();
+    let counts = [&s.reads, &s.writes, &s.flushes, &s.discards, &s.syncs, &s.errors]
+        .map(|c| c.load(Ordering::Relaxed));
+    assert_eq!(
+        counts,
+        [1, 1, 1, 1, 2, 0],
+        "reads, writes, flushes, discards, syncs (the writethrough write and the flush), errors"
+    );
+    drop(fe);
+    join_within(server, Duration::from_secs(10), "the daemon").unwrap();
 }
 
 /// A daemon on a fresh image (filled with 0xee), serving `connections` connections.

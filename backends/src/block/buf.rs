@@ -6,7 +6,7 @@ use std::io;
 use std::ptr::NonNull;
 
 /// Alignment of bounce buffers used for `O_DIRECT` when the caller's memory is not aligned.
-pub(crate) const DIRECT_ALIGN: usize = 4096;
+const DIRECT_ALIGN: usize = 4096;
 
 /// Size of a page of [`IoBuf`] memory.
 const PAGE: usize = ring_protocol::abi::PAGE_SIZE;

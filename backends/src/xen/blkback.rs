@@ -13,9 +13,10 @@
 //! the core like any other); reads and writes of one ring pass go to the image together through
 //! Linux AIO, which owns each buffer until the request's completion has been collected; flushes and
 //! discards are finished at once and answered with the next completions. At most
-//! [`MAX_IN_FLIGHT_BYTES`] of request data are in flight per ring. A request that is invalid or whose grants Xen refuses gets `BLKIF_RSP_ERROR`
-//! (unknown operations `BLKIF_RSP_EOPNOTSUPP`) and the ring goes on; failures are logged at a bounded
-//! rate. A frontend that moves the ring's indices impossibly halts this device only.
+//! [`MAX_IN_FLIGHT_BYTES`] of request data are in flight per ring. A request that is invalid or
+//! whose grants Xen refuses gets `BLKIF_RSP_ERROR` (unknown operations `BLKIF_RSP_EOPNOTSUPP`) and
+//! the ring goes on; failures are logged at a bounded rate. A frontend that moves the ring's indices
+//! impossibly halts this device only.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;

@@ -189,9 +189,10 @@ impl<T> AioQueue<T> {
     }
 
     /// Takes a request (handed to the kernel by [`submit`](Self::submit)) and returns the token
-    /// it goes under (`None` for one without bytes to move, finished at once). The core validates it first. A read or write must own its buffer
-    /// ([`Data::Buf`]): the queue keeps it until `reap` returns it. A refusal (the core's, a full
-    /// queue, data the request does not own) gives the request and its tag back.
+    /// it goes under (`None` for one without bytes to move, finished at once). The core validates
+    /// it first. A read or write must own its buffer ([`Data::Buf`]): the queue keeps it until
+    /// `reap` returns it. A refusal (the core's, a full queue, data the request does not own) gives
+    /// the request and its tag back.
     pub fn push(&mut self, req: Request, tag: T) -> Result<Option<u32>, Box<Refused<T>>> {
         let refuse = |req, tag, error| Err(Box::new(Refused { req, tag, error }));
         if self.busy() >= self.depth() {
