@@ -231,43 +231,27 @@ impl Xenbus {
     }
 }
 
-// ---- block --------------------------------------------------------------------------------------
-
-/// A vbd: blkback's engine on the block core, reached once the frontend is `Initialised`.
-struct Vbd {
+/// A backend device: the xenbus handshake around an engine that `attach` builds from the rings the
+/// frontend published, once the frontend reaches state `connect_on`.
+struct Device<E> {
     bus: Xenbus,
-    core: Arc<BlockCore>,
-    gnt: Arc<dyn GrantCopy>,
-    engine: Option<BlkEngine>,
+    connect_on: u32,
+    attach: Box<dyn FnMut(&mut Xenbus, &FakeXenStore) -> E>,
+    engine: Option<E>,
 }
 
-impl Peer for Vbd {
+impl<E: Engine> Peer for Device<E> {
     fn step(&mut self, d: &mut FakeXenStore) {
         match self.bus.fe_state(d) {
             Some(5 | 6) => {
-                // The engine (and its ring) goes before the ring pages are unmapped.
+                // The engine (and its rings) goes before the ring pages are unmapped.
                 self.engine = None;
                 self.bus.close(d);
                 return;
             }
-            Some(3) if self.engine.is_none() => {
-                let fe = self.bus.fe.clone();
-                assert_eq!(node(d, &format!("{fe}/protocol")).as_deref(), Some("x86_64-abi"));
-                let refs: Vec<u32> = match number(d, &format!("{fe}/ring-page-order")) {
-                    None | Some(0) => vec![number(d, &format!("{fe}/ring-ref")).expect("ring-ref")],
-                    Some(order) => (0..1u32 << order)
-                        .map(|i| number(d, &format!("{fe}/ring-ref{i}")).expect("ring-refN"))
-                        .collect(),
-                };
-                let port = number(d, &format!("{fe}/event-channel")).expect("event-channel");
-                let (mem, len) = self.bus.map(&refs);
-                // SAFETY: the ring pages stay mapped (granted, so allocated by the frontend) until
-                // `close`, which runs only after the engine holding this ring was dropped; both
-                // ends touch the ring with atomics.
-                let ring = unsafe { BackRing::new(mem, len) }.expect("a ring fits the pages");
-                self.engine = Some(
-                    BlkEngine::new(ring, GUEST, self.core.clone(), self.gnt.clone()).expect("AIO context"),
-                );
+            Some(s) if s == self.connect_on && self.engine.is_none() => {
+                let port = number(d, &format!("{}/event-channel", self.bus.fe)).expect("event-channel");
+                self.engine = Some((self.attach)(&mut self.bus, d));
                 self.bus.port = Some(port);
                 self.bus.set_state(d, b"4");
             }
@@ -277,14 +261,40 @@ impl Peer for Vbd {
             self.bus.take_kicks();
             engine
                 .process(&self.bus.notifier())
-                .expect("an honest frontend never halts blkback");
+                .expect("an honest frontend never halts its backend");
         }
+    }
+}
+
+// ---- block --------------------------------------------------------------------------------------
+
+/// blkback's engine on `core`, over the ring the frontend published (one page or `2^order`).
+fn attach_vbd(
+    core: Arc<BlockCore>,
+    gnt: Arc<dyn GrantCopy>,
+) -> impl FnMut(&mut Xenbus, &FakeXenStore) -> BlkEngine {
+    move |bus, d| {
+        let fe = bus.fe.clone();
+        assert_eq!(node(d, &format!("{fe}/protocol")).as_deref(), Some("x86_64-abi"));
+        let refs: Vec<u32> = match number(d, &format!("{fe}/ring-page-order")) {
+            None | Some(0) => vec![number(d, &format!("{fe}/ring-ref")).expect("ring-ref")],
+            Some(order) => (0..1u32 << order)
+                .map(|i| number(d, &format!("{fe}/ring-ref{i}")).expect("ring-refN"))
+                .collect(),
+        };
+        let (mem, len) = bus.map(&refs);
+        // SAFETY: the ring pages stay mapped (granted, so allocated by the frontend) until `close`,
+        // which runs only after the engine holding this ring was dropped; both ends touch the ring
+        // with atomics.
+        let ring = unsafe { BackRing::new(mem, len) }.expect("a ring fits the pages");
+        BlkEngine::new(ring, GUEST, core.clone(), gnt.clone()).expect("AIO context")
     }
 }
 
 /// A guest with one vbd on a fresh image of `sectors` sectors, and the frontend's XenStore client.
 struct VbdGuest {
-    world: World<Vbd>,
+    world: World<Device<BlkEngine>>,
+    core: Arc<BlockCore>,
     xs: XenStore<XsPolled>,
     img: tempfile::NamedTempFile,
     table: &'static FakeGrantTable,
@@ -316,15 +326,16 @@ fn vbd(sectors: u64, opts: BlockOptions) -> VbdGuest {
     let world = World {
         t0: Instant::now(),
         daemon: RefCell::new(daemon),
-        peer: RefCell::new(Vbd {
+        peer: RefCell::new(Device {
             bus,
-            core,
-            gnt,
+            connect_on: 3,
+            attach: Box::new(attach_vbd(core.clone(), gnt)),
             engine: None,
         }),
     };
     VbdGuest {
         world,
+        core,
         xs: XenStore::new(ring, XsPolled),
         img,
         table,
@@ -400,8 +411,7 @@ fn blkfront_over_pvkit_blkback_writes_what_reads_back_and_lands_in_the_image() {
     assert!(report.ops > 100, "{} requests", report.ops);
 
     // The core saw every request the frontend made: nothing bypassed it.
-    let core = world.peer.borrow().core.clone();
-    let s = core.stats();
+    let s = g.core.stats();
     use std::sync::atomic::Ordering::Relaxed;
     assert!(s.writes.load(Relaxed) >= 4 && s.reads.load(Relaxed) >= 4);
     assert!(s.flushes.load(Relaxed) >= 2, "our flush and the workload's");
@@ -434,8 +444,7 @@ fn blkfront_over_a_writethrough_blkback_gets_every_write_synced() {
     for i in 0..10u64 {
         block::write(&mut blk, world, i * 8, &[i as u8; 4096]).expect("write");
     }
-    let core = world.peer.borrow().core.clone();
-    let s = core.stats();
+    let s = g.core.stats();
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(s.writes.load(Relaxed), 10);
     assert!(
@@ -455,48 +464,24 @@ const PEER_MAC: [u8; 6] = ring_protocol::abi::pvkit_echo::PEER_MAC;
 const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
 const PEER_IP: [u8; 4] = [10, 0, 2, 2];
 
-/// A vif: netback's engine on a switch port bound to the vif's MAC, the echo peer on another.
-struct Vif {
-    bus: Xenbus,
+/// netback's engine on `switch`, bound to the vif's MAC, over the two rings the frontend published.
+fn attach_vif(
     switch: Arc<Switch>,
     gnt: Arc<dyn GrantCopy>,
-    engine: Option<NetEngine>,
-}
-
-impl Peer for Vif {
-    fn step(&mut self, d: &mut FakeXenStore) {
-        match self.bus.fe_state(d) {
-            Some(5 | 6) => {
-                self.engine = None;
-                self.bus.close(d);
-                return;
-            }
-            Some(4) if self.engine.is_none() => {
-                let fe = self.bus.fe.clone();
-                assert_eq!(number(d, &format!("{fe}/request-rx-copy")), Some(1));
-                let tx_ref = number(d, &format!("{fe}/tx-ring-ref")).expect("tx-ring-ref");
-                let rx_ref = number(d, &format!("{fe}/rx-ring-ref")).expect("rx-ring-ref");
-                let port = number(d, &format!("{fe}/event-channel")).expect("event-channel");
-                let (tx_mem, tx_len) = self.bus.map(&[tx_ref]);
-                let (rx_mem, rx_len) = self.bus.map(&[rx_ref]);
-                // SAFETY: as for the vbd: mapped until `close`, after the engine is dropped.
-                let tx = unsafe { BackRing::new(tx_mem, tx_len) }.expect("tx ring");
-                // SAFETY: as above.
-                let rx = unsafe { BackRing::new(rx_mem, rx_len) }.expect("rx ring");
-                let engine = NetEngine::new(tx, rx, GUEST, self.switch.clone(), GUEST_MAC, self.gnt.clone())
-                    .expect("a port bound to the vif's MAC");
-                self.engine = Some(engine);
-                self.bus.port = Some(port);
-                self.bus.set_state(d, b"4");
-            }
-            _ => {}
-        }
-        if let Some(engine) = self.engine.as_mut() {
-            self.bus.take_kicks();
-            engine
-                .process(&self.bus.notifier())
-                .expect("an honest frontend never halts netback");
-        }
+) -> impl FnMut(&mut Xenbus, &FakeXenStore) -> NetEngine {
+    move |bus, d| {
+        let fe = bus.fe.clone();
+        assert_eq!(number(d, &format!("{fe}/request-rx-copy")), Some(1));
+        let tx_ref = number(d, &format!("{fe}/tx-ring-ref")).expect("tx-ring-ref");
+        let rx_ref = number(d, &format!("{fe}/rx-ring-ref")).expect("rx-ring-ref");
+        let (tx_mem, tx_len) = bus.map(&[tx_ref]);
+        let (rx_mem, rx_len) = bus.map(&[rx_ref]);
+        // SAFETY: as for the vbd: mapped until `close`, after the engine is dropped.
+        let tx = unsafe { BackRing::new(tx_mem, tx_len) }.expect("tx ring");
+        // SAFETY: as above.
+        let rx = unsafe { BackRing::new(rx_mem, rx_len) }.expect("rx ring");
+        NetEngine::new(tx, rx, GUEST, switch.clone(), GUEST_MAC, gnt.clone())
+            .expect("a port bound to the vif's MAC")
     }
 }
 
@@ -516,10 +501,10 @@ fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
     let world = World {
         t0: Instant::now(),
         daemon: RefCell::new(daemon),
-        peer: RefCell::new(Vif {
+        peer: RefCell::new(Device {
             bus,
-            switch: switch.clone(),
-            gnt,
+            connect_on: 4,
+            attach: Box::new(attach_vif(switch.clone(), gnt)),
             engine: None,
         }),
     };
