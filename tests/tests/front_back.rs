@@ -231,12 +231,15 @@ impl Xenbus {
     }
 }
 
+/// Builds a device's engine from the rings the frontend published (mapping them through the bus).
+type Attach<E> = Box<dyn FnMut(&mut Xenbus, &FakeXenStore) -> E>;
+
 /// A backend device: the xenbus handshake around an engine that `attach` builds from the rings the
 /// frontend published, once the frontend reaches state `connect_on`.
 struct Device<E> {
     bus: Xenbus,
     connect_on: u32,
-    attach: Box<dyn FnMut(&mut Xenbus, &FakeXenStore) -> E>,
+    attach: Attach<E>,
     engine: Option<E>,
 }
 
