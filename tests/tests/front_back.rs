@@ -1,9 +1,10 @@
-//! Our frontends against our backends, with no hypervisor: the real blkfront and netfront of
-//! `pvkit-frontends` talk to the real blkback and netback engines of `pvkit-backends` over one fake
-//! grant table and fake event channels.
+//! Our frontends against our backends, with no hypervisor: the real blkfront, netfront and
+//! secondary console of `pvkit-frontends` talk to the real blkback, netback and console engines of
+//! `pvkit-backends` over one fake grant table and fake event channels.
 //!
-//! What is real: both drivers, their rings, the engines (blkback over the block core and its AIO
-//! executor on an image file; netback on the net core's switch with its echo peer), the workloads
+//! What is real: the drivers, their rings, the engines (blkback over the block core and its AIO
+//! executor on an image file; netback on the net core's switch with its echo peer; the console
+//! engine echoing into a log file), the workloads
 //! the guest kernel runs, and the grant checks (`ring_protocol`'s fake grant table checks every
 //! access as Xen does: issued to the backend's domain, writable where written, ended only once
 //! unmapped). What plays a part: the fake XenStore daemon (the frontends' XenStore client is real),
@@ -15,31 +16,40 @@
 use std::cell::RefCell;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pvkit_backends::block::{BlockCore, BlockOptions};
+use pvkit_backends::console::ConsoleSink;
 use pvkit_backends::net::{EchoPeer, Switch};
+use pvkit_backends::ratelimit::RateLimit;
 use pvkit_backends::xen::blkback::{self, BlkEngine};
+use pvkit_backends::xen::console::Pump;
 use pvkit_backends::xen::gntdev::GrantCopy;
 use pvkit_backends::xen::netback::NetEngine;
 use pvkit_backends::xen::xenbus::Engine;
 use pvkit_frontends::block::{self, BlockDevice};
+use pvkit_frontends::console::ConsoleDevice;
 use pvkit_frontends::net::NetDevice;
 use pvkit_frontends::wait::{WaitMode, Waiter};
 use pvkit_frontends::workload::blk::{IntegrityParams, fill_sector, integrity};
+use pvkit_frontends::workload::console::echo as console_echo;
 use pvkit_frontends::workload::net::echo;
 use pvkit_frontends::workload::net::ping::{PingParams, ping};
+use pvkit_frontends::workload::{Recorder, Rng};
 use pvkit_frontends::xen::XenPlatform;
 use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions};
+use pvkit_frontends::xen::console::SecondaryConsole;
 use pvkit_frontends::xen::evtchn::fake::FakeEventChannels;
 use pvkit_frontends::xen::netfront::NetFront;
 use pvkit_frontends::xen::xenbus;
 use pvkit_frontends::xen::xenstore::XenStore;
 use pvkit_frontends::xen::xenstore::fake::FakeXenStore;
 use ring_protocol::abi::PAGE_SIZE;
+use ring_protocol::abi::console::XenconsInterface;
 use ring_protocol::abi::event_channel::EvtchnPort;
 use ring_protocol::abi::xen::DomId;
+use ring_protocol::byte_ring::console_backend;
 use ring_protocol::platform::fake::FakeGrantTable;
 use ring_protocol::platform::{Access, Notify};
 use ring_protocol::ring::BackRing;
@@ -239,6 +249,8 @@ type Attach<E> = Box<dyn FnMut(&mut Xenbus, &FakeXenStore) -> E>;
 struct Device<E> {
     bus: Xenbus,
     connect_on: u32,
+    /// The frontend key naming its event channel.
+    port_key: &'static str,
     attach: Attach<E>,
     engine: Option<E>,
 }
@@ -253,7 +265,8 @@ impl<E: Engine> Peer for Device<E> {
                 return;
             }
             Some(s) if s == self.connect_on && self.engine.is_none() => {
-                let port = number(d, &format!("{}/event-channel", self.bus.fe)).expect("event-channel");
+                let key = format!("{}/{}", self.bus.fe, self.port_key);
+                let port = number(d, &key).unwrap_or_else(|| panic!("{key} published"));
                 self.engine = Some((self.attach)(&mut self.bus, d));
                 self.bus.port = Some(port);
                 self.bus.set_state(d, b"4");
@@ -332,6 +345,7 @@ fn vbd(sectors: u64, opts: BlockOptions) -> VbdGuest {
         peer: RefCell::new(Device {
             bus,
             connect_on: 3,
+            port_key: "event-channel",
             attach: Box::new(attach_vbd(core.clone(), gnt)),
             engine: None,
         }),
@@ -507,6 +521,7 @@ fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
         peer: RefCell::new(Device {
             bus,
             connect_on: 4,
+            port_key: "event-channel",
             attach: Box::new(attach_vif(switch.clone(), gnt)),
             engine: None,
         }),
@@ -569,5 +584,90 @@ fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
     assert!(
         switch.port_counts(port).is_none(),
         "the vif's port left the switch with its engine"
+    );
+}
+
+// ---- console ------------------------------------------------------------------------------------
+
+/// The console engine in echo mode over the page the frontend published, its output into `log`.
+fn attach_console(log: std::path::PathBuf) -> impl FnMut(&mut Xenbus, &FakeXenStore) -> Pump {
+    move |bus, d| {
+        let gref = number(d, &format!("{}/ring-ref", bus.fe)).expect("ring-ref");
+        let (mem, _) = bus.map(&[gref]);
+        // SAFETY: the page stays mapped until `close`, after the engine is dropped; it holds a
+        // console interface (a page is larger), touched by both ends through the byte rings'
+        // atomics.
+        let ring = unsafe { console_backend(mem.cast::<XenconsInterface>()) }.expect("console page");
+        let sink = ConsoleSink::file(&log).expect("console log");
+        Pump::new(
+            ring,
+            Arc::new(Mutex::new(sink)),
+            Vec::new(),
+            true,
+            Arc::new(RateLimit::default()),
+        )
+    }
+}
+
+#[test]
+fn secondary_console_over_pvkit_console_backend_echoes_every_byte_and_logs_it() {
+    let (table, gnt) = grant_table();
+    drop(gnt); // the console page is mapped, not copied
+    let events = event_channels();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = dir.path().join("console1.log");
+    let (mut daemon, ring) = FakeXenStore::new(GUEST);
+    let bus = Xenbus::new(
+        &mut daemon,
+        ("console", 1),
+        &[("type", "ioemu".into())],
+        table,
+        events,
+    );
+    let world = World {
+        t0: Instant::now(),
+        daemon: RefCell::new(daemon),
+        peer: RefCell::new(Device {
+            bus,
+            connect_on: 3,
+            port_key: "port",
+            attach: Box::new(attach_console(log.clone())),
+            engine: None,
+        }),
+    };
+    let mut xs = XenStore::new(ring, XsPolled);
+    let dev = xenbus::enumerate(&mut xs, &world, "console")
+        .expect("enumerate")
+        .remove(0);
+    let platform = XenPlatform {
+        grants: table,
+        events,
+        dma: pvkit_frontends::dma::fake::dma(),
+    };
+    let mut con = SecondaryConsole::connect(&mut xs, &world, platform, dev, TIMEOUT_US).expect("connect");
+
+    // The guest's console workload: 8 KiB (eight times the input ring) sent and every byte of its
+    // echo checked.
+    let (bytes, seed) = (8192, 0x5eed);
+    let report = console_echo(&mut con, &world, bytes, seed, &mut Recorder::default()).expect("echo");
+    assert_eq!(
+        (report.ops, report.bytes),
+        (bytes as u64, 2 * bytes as u64),
+        "every byte echoed (bytes count both ways)"
+    );
+    assert!(con.counters().notifications > 0 && con.counters().interrupts > 0);
+
+    con.disconnect(&mut xs, &world, TIMEOUT_US).expect("disconnect");
+    assert_eq!(
+        table.active(),
+        0,
+        "the page's grant ended once the backend let go"
+    );
+    // What the guest wrote is in the backend's log, byte for byte.
+    let mut rng = Rng::new(seed);
+    let sent: Vec<u8> = (0..bytes).map(|_| rng.next_u64() as u8).collect();
+    assert!(
+        std::fs::read(&log).expect("the log") == sent,
+        "the log holds the guest's output"
     );
 }

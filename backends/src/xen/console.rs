@@ -187,7 +187,11 @@ impl std::fmt::Debug for Pump {
 }
 
 impl Pump {
-    fn new(
+    /// The console engine over `ring` (the backend end of the console page, however it is
+    /// reached): the guest's output goes to `sink`, `input` is typed into the guest's input ring,
+    /// and with `echo` every byte of output is sent back as input too. Guest-caused log lines go
+    /// through `log`. Drive it with [`Engine::process`] whenever the frontend sent an event.
+    pub fn new(
         ring: Duplex,
         sink: Arc<Mutex<ConsoleSink>>,
         input: Vec<u8>,
