@@ -82,6 +82,10 @@ struct Cli {
     /// Open images with O_DIRECT.
     #[arg(long)]
     direct: bool,
+    /// Sync every write before its response (the vbds have no volatile write cache); otherwise
+    /// writes are made durable by the frontend's flushes.
+    #[arg(long)]
+    writethrough: bool,
     /// Use xenstored's socket at this path instead of /dev/xen/xenbus.
     #[arg(long)]
     xenstore_socket: Option<PathBuf>,
@@ -262,7 +266,7 @@ fn run() -> Result<()> {
             BlockOptions {
                 read_only: v.read_only,
                 direct: cli.direct,
-                writethrough: false,
+                writethrough: cli.writethrough,
             },
         )
         .with_context(|| format!("vbd {}", v.devid))?;
