@@ -3,7 +3,7 @@
 //! daemon (its backends, its peak memory, its threads ending in time).
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -395,46 +395,9 @@ impl RawFrontend {
     }
 }
 
-/// sendmsg with SCM_RIGHTS for any number of descriptors (a Vec-sized control buffer).
+/// sendmsg with SCM_RIGHTS for any number of descriptors (a hostile VMM ignores the limit).
 pub fn send_fds(sock: &UnixStream, buf: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    if fds.is_empty() {
-        return (&*sock).write_all(buf);
-    }
-    let payload = std::mem::size_of_val(fds) as u32;
-    // SAFETY: pure computation.
-    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr().cast_mut().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: plain data, zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: the control buffer is CMSG_SPACE(payload) bytes, room for one header and the data.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: pure computation.
-    let cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
-    let header = libc::cmsghdr {
-        cmsg_len,
-        cmsg_level: libc::SOL_SOCKET,
-        cmsg_type: libc::SCM_RIGHTS,
-    };
-    // SAFETY: `cmsg` is the start of the (u64-aligned) control buffer.
-    unsafe { cmsg.write(header) };
-    // SAFETY: the data area follows the header inside the buffer.
-    let data = unsafe { libc::CMSG_DATA(cmsg) };
-    // SAFETY: the data area has room for `payload` bytes; `fds` holds them.
-    unsafe { std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, payload as usize) };
-    // SAFETY: `msg` describes live buffers and open descriptors.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    (&*sock).write_all(&buf[n as usize..])
+    pvkit_backends::vhost::relay::send_any_fds(sock, buf, fds)
 }
 
 /// A SET_MEM_TABLE payload for `regions` (gpa, size, user address, mmap offset).

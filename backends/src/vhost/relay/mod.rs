@@ -50,6 +50,9 @@ pub mod error;
 pub mod gate;
 mod wire;
 
+#[cfg(any(test, feature = "test-utils"))]
+pub use wire::send_any_fds;
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};

@@ -191,38 +191,7 @@ fn all_closed(mut r: File) -> bool {
 /// Sends `buf` with any number of descriptors (the test plays a VMM not bound by MAX_FDS).
 fn send_many(sock: &UnixStream, buf: &[u8], fds: &[OwnedFd]) {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let payload = size_of_val(raw.as_slice()) as u32;
-    // SAFETY: pure computation.
-    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr().cast_mut().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: plain data.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    m.msg_control = cbuf.as_mut_ptr().cast();
-    m.msg_controllen = space;
-    // SAFETY: the control buffer has CMSG_SPACE(payload) bytes.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&m) };
-    // SAFETY: pure computation.
-    let cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
-    let header = libc::cmsghdr {
-        cmsg_len,
-        cmsg_level: libc::SOL_SOCKET,
-        cmsg_type: libc::SCM_RIGHTS,
-    };
-    // SAFETY: as above; `cmsg` is the buffer's start.
-    unsafe { cmsg.write(header) };
-    // SAFETY: the data area has room for `payload` bytes.
-    let data = unsafe { libc::CMSG_DATA(cmsg) };
-    // SAFETY: as above.
-    unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), data, payload as usize) };
-    // SAFETY: live buffers, open descriptors.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, libc::MSG_NOSIGNAL) };
-    assert_eq!(n, buf.len() as isize);
+    wire::send_any_fds(sock, buf, &raw).expect("sendmsg");
 }
 
 #[test]

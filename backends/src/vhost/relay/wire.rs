@@ -94,9 +94,6 @@ pub(super) fn collect_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
 
 /// Sends `buf` with `fds` (at most [`MAX_FDS`]) attached to its first byte.
 pub(super) fn send_with_fds(sock: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> Result<(), RelayError> {
-    if fds.is_empty() {
-        return Ok((&*sock).write_all(buf)?);
-    }
     if fds.len() > MAX_FDS {
         return Err(Refused::TooManyFds { fds: fds.len() }.into());
     }
@@ -104,8 +101,36 @@ pub(super) fn send_with_fds(sock: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> R
     for (r, f) in raw.iter_mut().zip(fds) {
         *r = f.as_raw_fd();
     }
-    let payload = size_of_val(&raw[..fds.len()]);
     let mut cbuf = [0u64; CMSG_WORDS];
+    Ok(send_rights(sock, buf, &raw[..fds.len()], &mut cbuf)?)
+}
+
+/// Sends `buf` with any number of descriptors attached (a test playing a VMM that ignores the
+/// protocol's limit of [`MAX_FDS`]); the control buffer is sized for them.
+///
+/// # Errors
+/// What `sendmsg` or `write` said.
+#[cfg(any(test, feature = "test-utils"))]
+pub fn send_any_fds(sock: &UnixStream, buf: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    // SAFETY: pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of_val(fds) as u32) } as usize;
+    send_rights(sock, buf, fds, &mut vec![0u64; space.div_ceil(8)])
+}
+
+/// `sendmsg` of `buf` with an `SCM_RIGHTS` message carrying `fds` in `cbuf`, then the rest of
+/// `buf`.
+fn send_rights(sock: &UnixStream, buf: &[u8], fds: &[RawFd], cbuf: &mut [u64]) -> io::Result<()> {
+    if fds.is_empty() {
+        return (&*sock).write_all(buf);
+    }
+    let payload = size_of_val(fds);
+    // SAFETY: pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    assert!(
+        space <= size_of_val(cbuf),
+        "control buffer too small for {} descriptors",
+        fds.len()
+    );
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr().cast_mut().cast(),
         iov_len: buf.len(),
@@ -115,10 +140,8 @@ pub(super) fn send_with_fds(sock: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> R
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: pure computation; at most CMSG_BYTES since fds.len() <= MAX_FDS.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    debug_assert!(msg.msg_controllen <= CMSG_BYTES);
-    // SAFETY: the control buffer holds CMSG_SPACE of MAX_FDS ints, so a header fits.
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer holds CMSG_SPACE(payload) bytes (checked), so a header fits.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     // SAFETY: pure computation.
     let cmsg_len = unsafe { libc::CMSG_LEN(payload as u32) } as usize;
@@ -127,19 +150,19 @@ pub(super) fn send_with_fds(sock: &UnixStream, buf: &[u8], fds: &[OwnedFd]) -> R
         cmsg_level: libc::SOL_SOCKET,
         cmsg_type: libc::SCM_RIGHTS,
     };
-    // SAFETY: `cmsg` points at the start of `cbuf` (u64-aligned, CMSG_BYTES), room for the header.
+    // SAFETY: `cmsg` points at the start of `cbuf` (u64-aligned), room for the header.
     unsafe { cmsg.write(header) };
     // SAFETY: as above; the data area lies inside `cbuf`.
     let data = unsafe { libc::CMSG_DATA(cmsg) };
-    // SAFETY: `data` has room for `payload` bytes (CMSG_SPACE(payload) <= CMSG_BYTES, the size of
-    // `cbuf`); `raw` holds them.
-    unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), data, payload) };
-    // SAFETY: `msg` describes live buffers; the descriptors stay open (we own them) during the call.
+    // SAFETY: `data` has room for `payload` bytes (CMSG_SPACE(payload) fits `cbuf`); `fds` holds
+    // them.
+    unsafe { std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, payload) };
+    // SAFETY: `msg` describes live buffers; the caller keeps the descriptors open during the call.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
-        return Err(io::Error::last_os_error().into());
+        return Err(io::Error::last_os_error());
     }
-    Ok((&*sock).write_all(&buf[n as usize..])?)
+    (&*sock).write_all(&buf[n as usize..])
 }
 
 pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
