@@ -394,6 +394,20 @@ pub fn test(args: &TestArgs) -> Result<i32> {
         "host-tests",
         cargo(&["test", "--workspace", "--exclude", workspace::GUEST_PACKAGE]),
     ));
+    // The reusable crates' own tests, benches and examples, each built alone: in the workspace
+    // run above, features other members enable (test doubles) are unified in and could hide a
+    // target that does not build for a user of that crate.
+    for (krate, stage) in [
+        ("ring-protocol", "alone-ring-protocol"),
+        ("pvkit-frontends", "alone-pvkit-frontends"),
+        ("pvkit-backends", "alone-pvkit-backends"),
+    ] {
+        stages.push((
+            Group::HostTests,
+            stage,
+            cargo(&["build", "-p", krate, "--all-targets"]),
+        ));
+    }
     let mut loom = cargo(&["test", "-p", "ring-protocol", "--test", "loom", "--release"]);
     loom.env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", target.join("loom"));
