@@ -67,6 +67,8 @@ xen-init-dom0 >/tmp/xen-init-dom0.log 2>&1 || {
 xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console ||
     fatal "xenconsoled failed"
 read -r up _ </proc/uptime
+# From here on each scenario reports the kernel's reports of dom0 processes that crashed during it.
+dmesg -c >/dev/null 2>&1
 say "DOM0 READY uptime=$up"
 
 # Prints the domU console log with a prefix, minus carriage returns.
@@ -161,6 +163,9 @@ run_scenario() {
     dump_console "$name"
     # shellcheck disable=SC1090,SC1091 # generated per scenario
     [ -f "$dir/post" ] && . "$dir/post"
+    # dom0 programs that died of a fault while the scenario ran (the kernel names them).
+    dmesg -c 2>/dev/null | grep -E 'segfault|general protection|trap ' |
+        sed "s/^/PVKIT-XEN SCENARIO $name NOTE dom0-kernel: /"
     say "SCENARIO $name END reason=$reason run_ms=$run_ms"
 }
 
