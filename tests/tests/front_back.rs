@@ -42,7 +42,7 @@ use pvkit_frontends::xen::blkfront::{BlkFront, BlkOptions};
 use pvkit_frontends::xen::console::SecondaryConsole;
 use pvkit_frontends::xen::evtchn::fake::FakeEventChannels;
 use pvkit_frontends::xen::netfront::NetFront;
-use pvkit_frontends::xen::xenbus;
+use pvkit_frontends::xen::xenbus::{self, XenbusDevice};
 use pvkit_frontends::xen::xenstore::XenStore;
 use pvkit_frontends::xen::xenstore::fake::FakeXenStore;
 use ring_protocol::abi::PAGE_SIZE;
@@ -282,6 +282,82 @@ impl<E: Engine> Peer for Device<E> {
     }
 }
 
+/// What a guest's one device looks like to the toolstack: its kind and id, the backend's keys,
+/// keys the toolstack writes into the frontend's directory, the frontend state the backend connects
+/// at, and the frontend key naming its event channel.
+struct Spec<'a> {
+    kind: &'static str,
+    devid: u32,
+    backend_keys: &'a [(&'a str, String)],
+    frontend_keys: &'a [(&'a str, &'a str)],
+    connect_on: u32,
+    port_key: &'static str,
+}
+
+/// A guest with one device served by an engine of type `E`, and the frontend's XenStore client.
+struct Guest<E> {
+    world: World<Device<E>>,
+    xs: XenStore<XsPolled>,
+    table: &'static FakeGrantTable,
+    events: &'static FakeEventChannels,
+    kind: &'static str,
+}
+
+impl<E: Engine> Guest<E> {
+    /// The toolstack's part for `spec`; `attach` makes the engine's builder from the grant copier.
+    fn new(spec: &Spec<'_>, attach: impl FnOnce(Arc<dyn GrantCopy>) -> Attach<E>) -> Self {
+        let (table, gnt) = grant_table();
+        let events = event_channels();
+        let (mut daemon, ring) = FakeXenStore::new(GUEST);
+        let bus = Xenbus::new(
+            &mut daemon,
+            (spec.kind, spec.devid),
+            spec.backend_keys,
+            table,
+            events,
+        );
+        for (k, v) in spec.frontend_keys {
+            daemon.external_write(&format!("device/{}/{}/{k}", spec.kind, spec.devid), v.as_bytes());
+        }
+        let world = World {
+            t0: Instant::now(),
+            daemon: RefCell::new(daemon),
+            peer: RefCell::new(Device {
+                bus,
+                connect_on: spec.connect_on,
+                port_key: spec.port_key,
+                attach: attach(gnt),
+                engine: None,
+            }),
+        };
+        Guest {
+            world,
+            xs: XenStore::new(ring, XsPolled),
+            table,
+            events,
+            kind: spec.kind,
+        }
+    }
+
+    /// The device, as the frontend finds it, and the platform to open it with.
+    fn device(
+        &mut self,
+    ) -> (
+        XenbusDevice,
+        XenPlatform<&'static FakeGrantTable, &'static FakeEventChannels>,
+    ) {
+        let dev = xenbus::enumerate(&mut self.xs, &self.world, self.kind)
+            .expect("enumerate")
+            .remove(0);
+        let platform = XenPlatform {
+            grants: self.table,
+            events: self.events,
+            dma: pvkit_frontends::dma::fake::dma(),
+        };
+        (dev, platform)
+    }
+}
+
 // ---- block --------------------------------------------------------------------------------------
 
 /// blkback's engine on `core`, over the ring the frontend published (one page or `2^order`).
@@ -307,23 +383,17 @@ fn attach_vbd(
     }
 }
 
-/// A guest with one vbd on a fresh image of `sectors` sectors, and the frontend's XenStore client.
+/// A guest with one vbd on a fresh image of `sectors` sectors.
 struct VbdGuest {
-    world: World<Device<BlkEngine>>,
+    guest: Guest<BlkEngine>,
     core: Arc<BlockCore>,
-    xs: XenStore<XsPolled>,
     img: tempfile::NamedTempFile,
-    table: &'static FakeGrantTable,
-    events: &'static FakeEventChannels,
 }
 
 fn vbd(sectors: u64, opts: BlockOptions) -> VbdGuest {
     let img = tempfile::NamedTempFile::new().expect("temporary image");
     img.as_file().set_len(sectors * 512).expect("image size");
     let core = Arc::new(BlockCore::open(img.path(), opts).expect("open the image"));
-    let (table, gnt) = grant_table();
-    let events = event_channels();
-    let (mut daemon, ring) = FakeXenStore::new(GUEST);
     let keys = [
         ("sectors", core.capacity().to_string()),
         ("sector-size", "512".into()),
@@ -338,43 +408,27 @@ fn vbd(sectors: u64, opts: BlockOptions) -> VbdGuest {
             blkback::MAX_INDIRECT_SEGMENTS.to_string(),
         ),
     ];
-    let bus = Xenbus::new(&mut daemon, ("vbd", 51712), &keys, table, events);
-    let world = World {
-        t0: Instant::now(),
-        daemon: RefCell::new(daemon),
-        peer: RefCell::new(Device {
-            bus,
-            connect_on: 3,
-            port_key: "event-channel",
-            attach: Box::new(attach_vbd(core.clone(), gnt)),
-            engine: None,
-        }),
+    let spec = Spec {
+        kind: "vbd",
+        devid: 51712,
+        backend_keys: &keys,
+        frontend_keys: &[],
+        connect_on: 3,
+        port_key: "event-channel",
     };
-    VbdGuest {
-        world,
-        core,
-        xs: XenStore::new(ring, XsPolled),
-        img,
-        table,
-        events,
-    }
+    let guest = Guest::new(&spec, |gnt| Box::new(attach_vbd(core.clone(), gnt)));
+    VbdGuest { guest, core, img }
 }
 
 impl VbdGuest {
     fn connect(&mut self) -> BlkFront<&'static FakeGrantTable, &'static FakeEventChannels> {
-        let dev = xenbus::enumerate(&mut self.xs, &self.world, "vbd")
-            .expect("enumerate")
-            .remove(0);
-        let platform = XenPlatform {
-            grants: self.table,
-            events: self.events,
-            dma: pvkit_frontends::dma::fake::dma(),
-        };
+        let (dev, platform) = self.guest.device();
         let opts = BlkOptions {
             timeout_us: TIMEOUT_US,
             ..BlkOptions::default()
         };
-        BlkFront::connect(&mut self.xs, &self.world, platform, dev, opts).expect("connect to blkback")
+        let g = &mut self.guest;
+        BlkFront::connect(&mut g.xs, &g.world, platform, dev, opts).expect("connect to blkback")
     }
 }
 
@@ -383,7 +437,7 @@ fn blkfront_over_pvkit_blkback_writes_what_reads_back_and_lands_in_the_image() {
     let sectors = 8192; // 4 MiB
     let mut g = vbd(sectors, BlockOptions::default());
     let mut blk = g.connect();
-    let (world, xs, img) = (&g.world, &mut g.xs, &g.img);
+    let (world, xs, img) = (&g.guest.world, &mut g.guest.xs, &g.img);
     let info = blk.info();
     assert_eq!(info.capacity_sectors, sectors, "the capacity blkback published");
     assert_eq!(info.sector_size, 512);
@@ -443,8 +497,8 @@ fn blkfront_over_pvkit_blkback_writes_what_reads_back_and_lands_in_the_image() {
 
     // Closing: the backend unmaps, every grant ends, the event channel closes.
     blk.disconnect(xs, world, TIMEOUT_US).expect("disconnect");
-    assert_eq!(g.table.active(), 0, "every grant ended once blkback let go");
-    assert_eq!(g.events.closed(), 1, "the event channel was closed");
+    assert_eq!(g.guest.table.active(), 0, "every grant ended once blkback let go");
+    assert_eq!(g.guest.events.closed(), 1, "the event channel was closed");
 }
 
 #[test]
@@ -457,7 +511,7 @@ fn blkfront_over_a_writethrough_blkback_gets_every_write_synced() {
         },
     );
     let mut blk = g.connect();
-    let world = &g.world;
+    let world = &g.guest.world;
     for i in 0..10u64 {
         block::write(&mut blk, world, i * 8, &[i as u8; 4096]).expect("write");
     }
@@ -469,8 +523,9 @@ fn blkfront_over_a_writethrough_blkback_gets_every_write_synced() {
         "writethrough: each of blkback's writes was synced before its response ({} syncs)",
         s.syncs.load(Relaxed)
     );
-    blk.disconnect(&mut g.xs, world, TIMEOUT_US).expect("disconnect");
-    assert_eq!(g.table.active(), 0);
+    blk.disconnect(&mut g.guest.xs, world, TIMEOUT_US)
+        .expect("disconnect");
+    assert_eq!(g.guest.table.active(), 0);
 }
 
 // ---- net ----------------------------------------------------------------------------------------
@@ -504,43 +559,25 @@ fn attach_vif(
 
 #[test]
 fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
-    let (table, gnt) = grant_table();
-    let events = event_channels();
     let switch = Switch::new();
     let peer = EchoPeer::attach(&switch, PEER_MAC, PEER_IP);
-    let (mut daemon, ring) = FakeXenStore::new(GUEST);
-    let keys = [
-        ("feature-rx-copy", "1".to_string()),
-        ("feature-rx-notify", "1".into()),
-    ];
-    let bus = Xenbus::new(&mut daemon, ("vif", 0), &keys, table, events);
-    daemon.external_write("device/vif/0/mac", b"00:16:3e:00:00:01");
-    let world = World {
-        t0: Instant::now(),
-        daemon: RefCell::new(daemon),
-        peer: RefCell::new(Device {
-            bus,
-            connect_on: 4,
-            port_key: "event-channel",
-            attach: Box::new(attach_vif(switch.clone(), gnt)),
-            engine: None,
-        }),
+    let spec = Spec {
+        kind: "vif",
+        devid: 0,
+        backend_keys: &[("feature-rx-copy", "1".into()), ("feature-rx-notify", "1".into())],
+        frontend_keys: &[("mac", "00:16:3e:00:00:01")],
+        connect_on: 4,
+        port_key: "event-channel",
     };
-    let mut xs = XenStore::new(ring, XsPolled);
-    let dev = xenbus::enumerate(&mut xs, &world, "vif")
-        .expect("enumerate")
-        .remove(0);
-    let platform = XenPlatform {
-        grants: table,
-        events,
-        dma: pvkit_frontends::dma::fake::dma(),
-    };
-    let mut net = NetFront::connect(&mut xs, &world, platform, dev, TIMEOUT_US).expect("connect to netback");
+    let mut g = Guest::new(&spec, |gnt| Box::new(attach_vif(switch.clone(), gnt)));
+    let (dev, platform) = g.device();
+    let (world, xs, table) = (&g.world, &mut g.xs, g.table);
+    let mut net = NetFront::connect(xs, world, platform, dev, TIMEOUT_US).expect("connect to netback");
     assert!(net.link_up());
     assert_eq!(net.mtu(), 1500);
 
     // The guest's echo workload: small, MTU-sized and random frames, 8 in flight, each checked.
-    let report = echo(&mut net, &world, 200, 8, 0x5eed).unwrap_or_else(|e| {
+    let report = echo(&mut net, world, 200, 8, 0x5eed).unwrap_or_else(|e| {
         panic!(
             "echo workload over netback: {e}; echo peer {:?}, switch {:?}, drops {:?}",
             peer.stats(),
@@ -559,7 +596,7 @@ fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
     // ARP then ICMP through the same path.
     let p = ping(
         &mut net,
-        &world,
+        world,
         &PingParams {
             ip: GUEST_IP,
             peer: PEER_IP,
@@ -579,7 +616,7 @@ fn netfront_over_pvkit_netback_echoes_frames_and_pings_the_echo_peer() {
     assert_eq!(counts.spoofed, 0, "every frame came from the vif's own MAC");
     assert!(counts.frames_in >= 205, "frames from the guest: {counts:?}");
 
-    net.disconnect(&mut xs, &world, TIMEOUT_US).expect("disconnect");
+    net.disconnect(xs, world, TIMEOUT_US).expect("disconnect");
     assert_eq!(table.active(), 0, "every grant ended once netback let go");
     assert!(
         switch.port_counts(port).is_none(),
@@ -611,45 +648,26 @@ fn attach_console(log: std::path::PathBuf) -> impl FnMut(&mut Xenbus, &FakeXenSt
 
 #[test]
 fn secondary_console_over_pvkit_console_backend_echoes_every_byte_and_logs_it() {
-    let (table, gnt) = grant_table();
-    drop(gnt); // the console page is mapped, not copied
-    let events = event_channels();
     let dir = tempfile::tempdir().expect("temporary directory");
     let log = dir.path().join("console1.log");
-    let (mut daemon, ring) = FakeXenStore::new(GUEST);
-    let bus = Xenbus::new(
-        &mut daemon,
-        ("console", 1),
-        &[("type", "ioemu".into())],
-        table,
-        events,
-    );
-    let world = World {
-        t0: Instant::now(),
-        daemon: RefCell::new(daemon),
-        peer: RefCell::new(Device {
-            bus,
-            connect_on: 3,
-            port_key: "port",
-            attach: Box::new(attach_console(log.clone())),
-            engine: None,
-        }),
+    let spec = Spec {
+        kind: "console",
+        devid: 1,
+        backend_keys: &[("type", "ioemu".into())],
+        frontend_keys: &[],
+        connect_on: 3,
+        port_key: "port",
     };
-    let mut xs = XenStore::new(ring, XsPolled);
-    let dev = xenbus::enumerate(&mut xs, &world, "console")
-        .expect("enumerate")
-        .remove(0);
-    let platform = XenPlatform {
-        grants: table,
-        events,
-        dma: pvkit_frontends::dma::fake::dma(),
-    };
-    let mut con = SecondaryConsole::connect(&mut xs, &world, platform, dev, TIMEOUT_US).expect("connect");
+    // The console page is mapped, not copied: no grant copier.
+    let mut g = Guest::new(&spec, |_| Box::new(attach_console(log.clone())));
+    let (dev, platform) = g.device();
+    let (world, xs, table) = (&g.world, &mut g.xs, g.table);
+    let mut con = SecondaryConsole::connect(xs, world, platform, dev, TIMEOUT_US).expect("connect");
 
     // The guest's console workload: 8 KiB (eight times the input ring) sent and every byte of its
     // echo checked.
     let (bytes, seed) = (8192, 0x5eed);
-    let report = console_echo(&mut con, &world, bytes, seed, &mut Recorder::default()).expect("echo");
+    let report = console_echo(&mut con, world, bytes, seed, &mut Recorder::default()).expect("echo");
     assert_eq!(
         (report.ops, report.bytes),
         (bytes as u64, 2 * bytes as u64),
@@ -657,7 +675,7 @@ fn secondary_console_over_pvkit_console_backend_echoes_every_byte_and_logs_it() 
     );
     assert!(con.counters().notifications > 0 && con.counters().interrupts > 0);
 
-    con.disconnect(&mut xs, &world, TIMEOUT_US).expect("disconnect");
+    con.disconnect(xs, world, TIMEOUT_US).expect("disconnect");
     assert_eq!(
         table.active(),
         0,
