@@ -463,46 +463,41 @@ mod fake {
             dst: &mut [u8],
         ) -> Result<(), GrantError> {
             check_pieces(pieces, dst.len())?;
-            let mut at = 0;
-            for p in pieces {
-                let len = usize::from(p.len);
-                if domid != self.owner() {
-                    return Err(GrantError::Status {
-                        domid,
-                        gref: p.gref,
-                        status: GNTST_BAD_DOMAIN,
-                    });
-                }
-                self.peer_read(
-                    BACKEND_DOMID,
-                    p.gref,
-                    usize::from(p.offset),
-                    &mut dst[at..at + len],
-                )
-                .map_err(|e| table_refusal(domid, p.gref, &e))?;
-                at += len;
-            }
-            Ok(())
+            each_piece(self, domid, pieces, |p, at| {
+                self.peer_read(BACKEND_DOMID, p.gref, usize::from(p.offset), &mut dst[at])
+            })
         }
 
         fn copy_to_guest(&self, domid: DomId, pieces: &[GrantPiece], src: &[u8]) -> Result<(), GrantError> {
             check_pieces(pieces, src.len())?;
-            let mut at = 0;
-            for p in pieces {
-                let len = usize::from(p.len);
-                if domid != self.owner() {
-                    return Err(GrantError::Status {
-                        domid,
-                        gref: p.gref,
-                        status: GNTST_BAD_DOMAIN,
-                    });
-                }
-                self.peer_write(BACKEND_DOMID, p.gref, usize::from(p.offset), &src[at..at + len])
-                    .map_err(|e| table_refusal(domid, p.gref, &e))?;
-                at += len;
-            }
-            Ok(())
+            each_piece(self, domid, pieces, |p, at| {
+                self.peer_write(BACKEND_DOMID, p.gref, usize::from(p.offset), &src[at])
+            })
         }
+    }
+
+    /// Runs `copy` for each piece with the range of the local buffer it covers, after Xen's check
+    /// that `domid` is the granting domain; a refusal becomes the status Xen would report.
+    fn each_piece(
+        table: &FakeGrantTable,
+        domid: DomId,
+        pieces: &[GrantPiece],
+        mut copy: impl FnMut(&GrantPiece, std::ops::Range<usize>) -> ring_protocol::Result<()>,
+    ) -> Result<(), GrantError> {
+        let mut at = 0;
+        for p in pieces {
+            let len = usize::from(p.len);
+            if domid != table.owner() {
+                return Err(GrantError::Status {
+                    domid,
+                    gref: p.gref,
+                    status: GNTST_BAD_DOMAIN,
+                });
+            }
+            copy(p, at..at + len).map_err(|e| table_refusal(domid, p.gref, &e))?;
+            at += len;
+        }
+        Ok(())
     }
 
     /// Something the "guest" does whenever the backend copies from it (tests of double fetches:
