@@ -71,8 +71,6 @@ pub struct BlockCore<S: Storage = FileStorage> {
 pub struct Job<T> {
     req: Request,
     tag: T,
-    /// Data bytes to move (0 for flush and discard).
-    len: usize,
 }
 
 impl<T> fmt::Debug for Job<T> {
@@ -80,7 +78,7 @@ impl<T> fmt::Debug for Job<T> {
         f.debug_struct("Job")
             .field("op", &self.req.op)
             .field("sector", &self.req.sector)
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -112,14 +110,18 @@ impl<T> Job<T> {
         self.req.sector * SECTOR_SIZE
     }
 
-    /// Data bytes to move.
+    /// Data bytes to move (0 for flush and discard, whatever data they carry).
     pub fn len(&self) -> usize {
-        self.len
+        if self.moves_bytes() {
+            self.req.data.len()
+        } else {
+            0
+        }
     }
 
     /// Whether there are no data bytes to move.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The data as iovecs, for the executor that moves the bytes.
@@ -233,7 +235,7 @@ impl<S: Storage> BlockCore<S> {
     /// an error) gives the request and the tag back.
     pub fn prepare<T>(&self, req: Request, tag: T) -> std::result::Result<Job<T>, Box<Refused<T>>> {
         match self.validate(&req) {
-            Ok(len) => Ok(Job { req, tag, len }),
+            Ok(()) => Ok(Job { req, tag }),
             Err(error) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 Err(Box::new(Refused { req, tag, error }))
@@ -245,7 +247,8 @@ impl<S: Storage> BlockCore<S> {
     /// for a job with none): a short transfer is an error; a flush, or a write with FUA or on a
     /// writethrough core, is synced; a discard punches its hole. Counts the outcome.
     pub fn complete<T>(&self, job: Job<T>, moved: io::Result<usize>) -> Finished<T> {
-        let Job { req, tag, len } = job;
+        let len = job.len();
+        let Job { req, tag } = job;
         let result = self.finish(&req, len, moved);
         let counter = match (&result, req.op) {
             (Err(_), _) => &self.stats.errors,
@@ -282,18 +285,17 @@ impl<S: Storage> BlockCore<S> {
         .map(drop)
     }
 
-    /// The data bytes `req` moves, if the core accepts it.
-    fn validate(&self, req: &Request) -> Result<usize> {
+    /// Whether the core accepts `req`.
+    fn validate(&self, req: &Request) -> Result<()> {
         let op = req.op.kind();
         let sector = req.sector;
         match req.op {
-            Op::Flush => Ok(0),
+            Op::Flush => Ok(()),
             Op::Discard { sectors } => {
                 if self.options.read_only {
                     return Err(Error::ReadOnly { op });
                 }
-                self.check_range(op, sector, sectors)?;
-                Ok(0)
+                self.check_range(op, sector, sectors)
             }
             Op::Read | Op::Write { .. } => {
                 if op == OpKind::Write && self.options.read_only {
@@ -303,8 +305,7 @@ impl<S: Storage> BlockCore<S> {
                 if !len.is_multiple_of(SECTOR_SIZE) {
                     return Err(Error::Unaligned { op, len });
                 }
-                self.check_range(op, sector, len / SECTOR_SIZE)?;
-                Ok(req.data.len())
+                self.check_range(op, sector, len / SECTOR_SIZE)
             }
         }
     }
