@@ -9,6 +9,7 @@
 //! - [`net`]: the net core, a small L2 switch with MAC learning and flooding, guest ports and a host test
 //!   port ([`net::EchoPeer`]) that answers the guest's echo frames, ARP, ping and UDP echo;
 //! - [`console`]: a byte stream to a log file or a Unix socket;
+//! - [`crash`]: the daemons' report of a fatal signal (which thread, where), for the log;
 //! - [`ratelimit`]: the rate limiter for peer-triggered events (log lines), used by the vhost-user
 //!   daemons and the Xen backends;
 //! - [`tap`]: a Linux tap interface as a switch port (guests reach the host's network stack);
@@ -20,6 +21,7 @@
 
 pub mod block;
 pub mod console;
+pub mod crash;
 pub mod net;
 pub mod ratelimit;
 pub mod tap;

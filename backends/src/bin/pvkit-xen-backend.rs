@@ -245,6 +245,7 @@ impl Device {
 }
 
 fn main() {
+    pvkit_backends::crash::install("pvkit-xen-backend");
     pvkit_backends::vhost::init_logging();
     if let Err(e) = run() {
         eprintln!("pvkit-xen-backend: error: {e:#}");

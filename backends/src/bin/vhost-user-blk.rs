@@ -53,6 +53,7 @@ struct Cli {
 }
 
 fn main() {
+    pvkit_backends::crash::install("vhost-user-blk");
     pvkit_backends::vhost::init_logging();
     if let Err(e) = run() {
         eprintln!("vhost-user-blk: error: {e:#}");

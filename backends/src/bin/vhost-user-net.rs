@@ -59,6 +59,7 @@ fn parse_mac(s: &str) -> Result<Mac> {
 }
 
 fn main() {
+    pvkit_backends::crash::install("vhost-user-net");
     pvkit_backends::vhost::init_logging();
     if let Err(e) = run() {
         eprintln!("vhost-user-net: error: {e:#}");
