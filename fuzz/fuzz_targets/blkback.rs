@@ -16,13 +16,15 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use pvkit_backends::block::BlockCore;
 use pvkit_backends::xen::Error;
-use pvkit_backends::xen::blkback::fuzzing::{self, FuzzEngine};
+use pvkit_backends::xen::blkback::BlkEngine;
+use pvkit_backends::xen::xenbus::Engine;
 use pvkit_backends::xen::gntdev::{FakeGrants, GrantCopy, GrantPiece};
 use pvkit_fuzz::{Input, RawFront, SharedMem, image, poll_readable};
 use ring_protocol::abi::blkif::{
     BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
     BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BlkifRequest, BlkifResponse,
 };
+use ring_protocol::platform::fake::CountingNotifier;
 use ring_protocol::ring::BackRing;
 
 const DOMID: u16 = 5;
@@ -107,7 +109,7 @@ fn response(bytes: &[u8]) -> BlkifResponse {
 /// Serves until every outstanding request is answered (the AIO completions reaped) or the engine
 /// fails; returns the responses taken and the failure.
 fn serve(
-    engine: &mut FuzzEngine,
+    engine: &mut BlkEngine,
     front: &mut RawFront<'_>,
     outstanding: &mut HashMap<u64, u32>,
     in_flight: &mut u32,
@@ -115,7 +117,7 @@ fn serve(
 ) -> (Vec<BlkifResponse>, Option<Error>) {
     let mut out = Vec::new();
     for round in 0..200 {
-        let r = engine.process();
+        let r = engine.process(&CountingNotifier::new());
         // With an impossible index published the guest's count means nothing, but the backend still
         // cannot answer more than a ring's worth beyond what was taken.
         let bound = if hostile { front.size } else { *in_flight };
@@ -129,7 +131,7 @@ fn serve(
         if (*in_flight == 0 && !hostile) || (hostile && round >= 3) {
             break;
         }
-        poll_readable(engine.completion_fd(), if hostile { 0 } else { 5 });
+        poll_readable(engine.extra_fd().expect("the AIO completion fd"), if hostile { 0 } else { 5 });
     }
     for r in &out {
         assert!(
@@ -156,11 +158,11 @@ fn serve(
 /// One engine kept across inputs: creating its AIO context is cheap, but destroying one waits for
 /// the kernel (io_destroy, several milliseconds), which would make each input cost that. After an
 /// input that halted the ring or left it with an impossible index it starts over on a fresh ring
-/// (`FuzzEngine::reset`). Run with `-detect_leaks=0`: memory kept across inputs (the rig, its
+/// (`BlkEngine::restart`). Run with `-detect_leaks=0`: memory kept across inputs (the rig, its
 /// buffer pool) would make libFuzzer run LeakSanitizer's stop-the-world scan after most inputs.
 struct Rig {
     /// Declared before `mem`: the engine's ring is dropped before its memory.
-    engine: FuzzEngine,
+    engine: BlkEngine,
     grants: Arc<FakeGrants>,
     mem: Box<SharedMem>,
     req_pvt: u32,
@@ -179,7 +181,7 @@ fn rig() -> Rig {
     let ring = unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(mem.ptr(), mem.len()) }.expect("ring");
     let grants = Arc::new(FakeGrants::new(DOMID));
     let gnt: Arc<dyn GrantCopy> = grants.clone();
-    let engine = fuzzing::engine(ring, DOMID, core(), gnt).expect("engine");
+    let engine = BlkEngine::new(ring, DOMID, core(), gnt).expect("engine");
     Rig {
         engine,
         grants,
@@ -228,7 +230,7 @@ fuzz_target!(|data: &[u8]| {
     // SAFETY: as in `rig`.
     let ring =
         unsafe { BackRing::<BlkifRequest, BlkifResponse>::new(r.mem.ptr(), r.mem.len()) }.expect("ring");
-    if r.engine.reset(ring) {
+    if r.engine.restart(ring).is_ok() {
         (r.req_pvt, r.rsp_cons) = (0, 0);
         *slot = Some(r);
     } else {
@@ -309,7 +311,7 @@ fn one(data: &[u8], rig: &mut Rig) -> bool {
                         matches!(e, Error::RingHalted { .. }),
                         "failed other than by halting: {e}"
                     );
-                    assert!(engine.process().is_err(), "a halted ring stays halted");
+                    assert!(engine.process(&CountingNotifier::new()).is_err(), "a halted ring stays halted");
                     return false;
                 }
             }

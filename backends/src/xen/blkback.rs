@@ -303,6 +303,18 @@ impl BlkEngine {
         let name = format!("vbd of domain {domid}");
         BlkRing::new(ring, domid, name, core, gnt, Arc::new(RateLimit::default())).map(BlkEngine)
     }
+
+    /// Starts over on `ring`, the frontend's new ring after it reconnected, keeping the AIO
+    /// context and the buffers (an AIO context's teardown waits for the kernel). The counts start
+    /// from zero. Refused, with the ring handed back, while requests are still in flight (their
+    /// responses belong to the old ring) or when the new ring has another number of slots than
+    /// the queue's depth.
+    pub fn restart(
+        &mut self,
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+    ) -> Result<(), BackRing<BlkifRequest, BlkifResponse>> {
+        self.0.restart(ring)
+    }
 }
 
 impl std::fmt::Debug for BlkEngine {
@@ -341,6 +353,21 @@ fn request_bytes(req: &BlkifRequest) -> usize {
 }
 
 impl BlkRing {
+    /// See [`BlkEngine::restart`].
+    fn restart(
+        &mut self,
+        ring: BackRing<BlkifRequest, BlkifResponse>,
+    ) -> Result<(), BackRing<BlkifRequest, BlkifResponse>> {
+        if self.aio.busy() > 0 || self.aio.depth() != ring.size() as usize {
+            return Err(ring);
+        }
+        self.ring = ring;
+        self.in_flight_bytes = 0;
+        self.deferred = None;
+        self.counts = Counts::default();
+        Ok(())
+    }
+
     fn new(
         ring: BackRing<BlkifRequest, BlkifResponse>,
         domid: DomId,
@@ -696,70 +723,6 @@ fn segment_pieces(segs: &[BlkifRequestSegment]) -> Result<Vec<GrantPiece>, Refus
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     use super::*;
-    use ring_protocol::platform::fake::CountingNotifier;
-
-    /// The blkif engine of one ring (what `connect` builds once the ring is mapped).
-    pub struct FuzzEngine(BlkRing);
-
-    impl std::fmt::Debug for FuzzEngine {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("FuzzEngine")
-                .field("ring", &self.0.ring)
-                .field("counts", &self.0.counts)
-                .finish_non_exhaustive()
-        }
-    }
-
-    /// The engine serving `ring` from `core`, the frontend's pages reached through `gnt`.
-    ///
-    /// # Errors
-    /// The AIO context cannot be created.
-    pub fn engine(
-        ring: BackRing<BlkifRequest, BlkifResponse>,
-        domid: DomId,
-        core: Arc<BlockCore>,
-        gnt: Arc<dyn GrantCopy>,
-    ) -> Result<FuzzEngine, Error> {
-        let engine = BlkRing::new(
-            ring,
-            domid,
-            "vbd fuzz".into(),
-            core,
-            gnt,
-            Arc::new(RateLimit::default()),
-        )?;
-        Ok(FuzzEngine(engine))
-    }
-
-    impl FuzzEngine {
-        /// Serves whatever the ring and the AIO queue hold (as on an event).
-        ///
-        /// # Errors
-        /// The ring halted or the engine's bookkeeping broke.
-        pub fn process(&mut self) -> Result<(), Error> {
-            self.0.process(&CountingNotifier::new())
-        }
-
-        /// The AIO completion descriptor.
-        pub fn completion_fd(&self) -> RawFd {
-            self.0.aio.completion_fd()
-        }
-
-        /// Starts over on a fresh `ring`, keeping the AIO context (whose teardown waits for the
-        /// kernel, several milliseconds), as a reconnect would with a new engine. Returns whether
-        /// it did: not while the queue still holds requests, nor for a ring of another size.
-        pub fn reset(&mut self, ring: BackRing<BlkifRequest, BlkifResponse>) -> bool {
-            let e = &mut self.0;
-            if e.aio.busy() > 0 || e.aio.depth() != ring.size() as usize {
-                return false;
-            }
-            e.ring = ring;
-            e.in_flight_bytes = 0;
-            e.deferred = None;
-            e.counts = Counts::default();
-            true
-        }
-    }
 
     /// The frontend keys the backend reads next, given those read so far.
     pub fn frontend_reads(so_far: &Frontend) -> Vec<String> {
@@ -913,6 +876,39 @@ mod tests {
             "only the segment"
         );
         assert!(rig.back.counts.reads == 1 && rig.back.counts.writes == 2 && rig.back.counts.failed == 0);
+    }
+
+    /// A reconnecting frontend's new ring: served with the same AIO queue from zero counts; a ring
+    /// of another size is handed back.
+    #[test]
+    fn restart_serves_a_new_ring_and_hands_back_one_of_another_size() {
+        let mut rig = rig();
+        rig.grants.grant(10, 0x5a);
+        rig.grants.grant(11, 0);
+        let rsp = rig.run(&[rw(1, BLKIF_OP_WRITE, 8, &[seg(10, 0, 7)])]);
+        assert_eq!(rsp[0].status, BLKIF_RSP_OKAY);
+        let big = SharedPages::new(2 * PAGE_SIZE);
+        // SAFETY: `big` outlives the ring (dropped at the end of the test; the ring is handed back
+        // and dropped at once) and is touched only atomically.
+        let other = unsafe { BackRing::new(big.as_ptr(), big.len()) }.unwrap();
+        assert!(rig.back.restart(other).is_err(), "a ring of another size");
+        let mem = SharedPages::new(PAGE_SIZE);
+        // SAFETY: `mem` replaces the rig's ring memory and is kept in the rig, dropped after the
+        // rings over it.
+        let (front, back) = unsafe {
+            (
+                FrontRing::init(mem.as_ptr(), mem.len()).unwrap(),
+                BackRing::new(mem.as_ptr(), mem.len()).unwrap(),
+            )
+        };
+        rig.back.restart(back).unwrap();
+        rig.front = front;
+        let old_mem = std::mem::replace(&mut rig._mem, mem);
+        let rsp = rig.run(&[rw(7, BLKIF_OP_READ, 8, &[seg(11, 0, 7)])]);
+        assert_eq!((rsp[0].id, rsp[0].status), (7, BLKIF_RSP_OKAY));
+        assert_eq!(rig.grants.page(11), vec![0x5a; 4096], "the first ring's write, read on the new one");
+        assert_eq!((rig.back.counts.reads, rig.back.counts.writes), (1, 0), "counts start over");
+        drop(old_mem);
     }
 
     #[test]

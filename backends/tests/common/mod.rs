@@ -402,15 +402,7 @@ pub fn send_fds(sock: &UnixStream, buf: &[u8], fds: &[RawFd]) -> std::io::Result
 
 /// A SET_MEM_TABLE payload for `regions` (gpa, size, user address, mmap offset).
 pub fn mem_table_payload(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&(regions.len() as u32).to_le_bytes());
-    p.extend_from_slice(&0u32.to_le_bytes());
-    for &(gpa, size, uva, off) in regions {
-        for v in [gpa, size, uva, off] {
-            p.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    p
+    pvkit_backends::vhost::relay::mem_table_payload(regions)
 }
 
 /// Connects to `sock`, retrying while the server starts.

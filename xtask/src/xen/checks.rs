@@ -1,6 +1,9 @@
 //! What the report of a Xen PV row's domU must show: the guest's verdicts (through `crate::checks`)
 //! and what only dom0 can see (its counts, our daemon's log, the disk image's digest).
 
+use std::path::Path;
+use std::process::Command;
+
 use super::report::{End, ScenarioReport};
 use super::scenario::*;
 use crate::checks::{self, GuestEnd, GuestRun};
@@ -400,6 +403,53 @@ pub(super) fn check_bad_input(r: &ScenarioReport, problems: &mut Vec<String>) {
     }
 }
 
+/// Our daemon's report of a fatal signal (`pvkit_backends::crash`) among the row's `backend:`
+/// notes, with the frames in the daemon resolved on the host against `binary` (the build dom0's
+/// stripped copy came from): which signal, which thread, and the functions it was in.
+pub(super) fn crash_report(r: &ScenarioReport, binary: &Path) -> Option<String> {
+    let lines: Vec<&str> = r
+        .notes
+        .iter()
+        .filter_map(|n| n.strip_prefix("backend: "))
+        .collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("pvkit-xen-backend: fatal "))?;
+    let offsets: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| l.contains(")[0x"))
+        .filter(|l| l.contains("pvkit-xen-backend("))
+        .filter_map(|l| l.split("(+").nth(1)?.split(')').next())
+        .collect();
+    let mut out = format!("our daemon died: {}", lines[at]);
+    if offsets.is_empty() {
+        return Some(out);
+    }
+    match Command::new("addr2line")
+        .args(["-f", "-C", "-i", "-s", "-e"])
+        .arg(binary)
+        .args(&offsets)
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let frames: Vec<String> = text
+                .lines()
+                .collect::<Vec<_>>()
+                .chunks(2)
+                .map(|f| f.join(" at "))
+                .collect();
+            out.push_str(&format!("; in: {}", frames.join(" <- ")));
+        }
+        _ => out.push_str(&format!(
+            "; frames (resolve with addr2line -f -C -e {}): {}",
+            binary.display(),
+            offsets.join(" ")
+        )),
+    }
+    Some(out)
+}
+
 /// The number after `key=` in `line`.
 pub(super) fn count_in(line: &str, key: &str) -> Option<u64> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
@@ -413,6 +463,9 @@ pub(super) fn count_in(line: &str, key: &str) -> Option<u64> {
 /// What our daemon must have shown: ready before the domain ran, exit 0 after it was gone, and for
 /// each device it served a disconnect summary with work done and nothing failed.
 pub(super) fn check_backend(row: &Row, ours: &OurDevices, r: &ScenarioReport, problems: &mut Vec<String>) {
+    if let Some(crash) = crash_report(r, &super::backend_build_path()) {
+        problems.push(crash);
+    }
     if r.checks.get("backend") != Some("ready") {
         problems.push(format!(
             "our backend daemon never said ready (backend={:?})",
@@ -837,6 +890,37 @@ mod tests {
             !problems(pass(4, "xenstore", "from-dom0-n1"), false).is_empty(),
             "dom0 never wrote"
         );
+    }
+
+    /// A crash report in the daemon's log fails the row, naming the thread and the functions:
+    /// resolved here against this test binary (at the offset of `crash_report` itself), and
+    /// left as offsets when the binary cannot resolve them.
+    #[test]
+    fn a_daemon_crash_report_names_the_thread_and_the_functions() {
+        let exe = std::env::current_exe().unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let base = maps
+            .lines()
+            .find(|l| l.ends_with(exe.to_str().unwrap()))
+            .and_then(|l| usize::from_str_radix(l.split('-').next()?, 16).ok())
+            .unwrap();
+        let offset = crash_report as *const () as usize - base;
+        let log = scenario_log("c", &[], &format!(
+            "PVKIT-XEN SCENARIO c NOTE backend: INFO x: connected\n\
+             PVKIT-XEN SCENARIO c NOTE backend: pvkit-xen-backend: fatal SIGABRT (code -6) in thread \"vif-5-0\" (tid 81), sent; backtrace:\n\
+             PVKIT-XEN SCENARIO c NOTE backend: /pvkit/pvkit-xen-backend(+{offset:#x})[0x55d0c0de0000]\n\
+             PVKIT-XEN SCENARIO c NOTE backend: /lib/x86_64-linux-gnu/libc.so.6(abort+0xd3)[0x7fc5a8ba9472]\n\
+             PVKIT-XEN SCENARIO c END reason=poweroff run_ms=1\n"
+        ));
+        let h = report(&log);
+        let r = h.scenario("c").unwrap();
+        let got = crash_report(r, &exe).unwrap();
+        assert!(got.contains("in thread \"vif-5-0\""), "{got}");
+        assert!(got.contains("crash_report"), "{got}");
+        let got = crash_report(r, Path::new("/nonexistent/pvkit-xen-backend")).unwrap();
+        assert!(got.contains(&format!("{offset:#x}")), "{got}");
+        let quiet = report(&scenario_log("q", &[], "PVKIT-XEN SCENARIO q END reason=poweroff run_ms=1\n"));
+        assert_eq!(crash_report(quiet.scenario("q").unwrap(), &exe), None);
     }
 
     #[test]

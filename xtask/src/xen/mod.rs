@@ -237,20 +237,39 @@ fn build_echo(cache: &Path) -> Result<PathBuf> {
 /// then aborts with ASan's report in the daemon's log, which the report shows as `backend:` notes.
 pub const SANITIZER_ENV: &str = "PVKIT_XEN_BACKEND_SANITIZER";
 
+/// The sanitizer asked for in [`SANITIZER_ENV`], if any.
+fn sanitizer() -> Option<String> {
+    std::env::var(SANITIZER_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// The target a sanitizer build names (so that build scripts stay uninstrumented).
+const SANITIZER_HOST: &str = "x86_64-unknown-linux-gnu";
+
+/// Where cargo leaves `pvkit-xen-backend` with its debug info: the copy dom0 runs is this one
+/// stripped, so this one resolves the offsets of the daemon's crash report.
+pub fn backend_build_path() -> PathBuf {
+    match sanitizer() {
+        Some(sanitizer) => workspace::target_dir()
+            .join(format!("sanitizer-{sanitizer}"))
+            .join(SANITIZER_HOST)
+            .join("release/pvkit-xen-backend"),
+        None => workspace::target_dir().join("release/pvkit-xen-backend"),
+    }
+}
+
 /// Builds `pvkit-xen-backend` (release) and copies it without debug info into the cache (the
 /// dom0 image holds it in RAM).
 fn build_backend(cache: &Path) -> Result<PathBuf> {
     let mut cmd = workspace::cargo();
-    let built = match std::env::var(SANITIZER_ENV).ok().filter(|v| !v.is_empty()) {
+    let built = backend_build_path();
+    match sanitizer() {
         Some(sanitizer) => {
-            const HOST: &str = "x86_64-unknown-linux-gnu";
             let dir = workspace::target_dir().join(format!("sanitizer-{sanitizer}"));
             // An explicit target keeps build scripts and proc macros uninstrumented.
             cmd.args(["+nightly", "build", "-p", "pvkit-backends", "--release"])
-                .args(["--bin", "pvkit-xen-backend", "--target", HOST, "--target-dir"])
+                .args(["--bin", "pvkit-xen-backend", "--target", SANITIZER_HOST, "--target-dir"])
                 .arg(&dir)
                 .env("RUSTFLAGS", format!("-Zsanitizer={sanitizer}"));
-            dir.join(HOST).join("release/pvkit-xen-backend")
         }
         None => {
             cmd.args([
@@ -261,9 +280,8 @@ fn build_backend(cache: &Path) -> Result<PathBuf> {
                 "--bin",
                 "pvkit-xen-backend",
             ]);
-            workspace::target_dir().join("release/pvkit-xen-backend")
         }
-    };
+    }
     workspace::run_visible(&mut cmd)?;
     let out = cache.join("pvkit-xen-backend");
     match Command::new("objcopy")

@@ -51,7 +51,7 @@ pub mod gate;
 mod wire;
 
 #[cfg(any(test, feature = "test-utils"))]
-pub use wire::send_any_fds;
+pub use wire::{mem_table_payload, send_any_fds};
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;

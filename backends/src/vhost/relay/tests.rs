@@ -77,19 +77,6 @@ fn eventfd() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
-/// (gpa, size, uva, offset) regions as a SET_MEM_TABLE payload.
-fn mem_table(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&(regions.len() as u32).to_le_bytes());
-    p.extend_from_slice(&0u32.to_le_bytes());
-    for &(gpa, size, uva, off) in regions {
-        for v in [gpa, size, uva, off] {
-            p.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    p
-}
-
 fn check(gate: &mut Gate, req: FrontendReq, payload: &[u8], fds: &[OwnedFd]) -> Result<(), Refused> {
     gate.check(req as u32, FLAG_VERSION, payload, fds).map(|_| ())
 }
@@ -133,7 +120,7 @@ fn early_vring_enable_is_answered_and_replayed_after_set_features() {
 
     // SET_MEM_TABLE with a sealed memfd carries its descriptor across.
     let file = memfd(2 * MIB, true);
-    let table = msg(5, 0, &mem_table(&[(0, 2 * MIB, 0x7000_0000_0000, 0)]));
+    let table = msg(5, 0, &mem_table_payload(&[(0, 2 * MIB, 0x7000_0000_0000, 0)]));
     send_with_fds(&qemu, &table, &[file.as_fd().try_clone_to_owned().unwrap()]).unwrap();
     let (m, fds) = recv_msg(&daemon);
     assert_eq!(m, table);
@@ -204,7 +191,7 @@ fn hostile_vmm_too_many_fds() {
         let (back, daemon) = UnixStream::pair().unwrap();
         let relay = std::thread::spawn(move || relay(front, back, policy()));
         let (pipe, fds) = pipe_dups(if split { 16 } else { 29 });
-        let table = msg(5, 0, &mem_table(&[(0, MIB, 0x1000_0000, 0)]));
+        let table = msg(5, 0, &mem_table_payload(&[(0, MIB, 0x1000_0000, 0)]));
         if split {
             send_many(&qemu, &table[..HDR_LEN], &fds[..8]);
             send_many(&qemu, &table[HDR_LEN..], &fds[8..]);
@@ -267,15 +254,15 @@ fn hostile_vmm_overlapping_regions() {
     let mut gate = Gate::new(policy());
     let fds = || vec![memfd(2 * MIB, true), memfd(2 * MIB, true)];
     // Guest addresses overlap (second starts inside the first).
-    let p = mem_table(&[(0, 2 * MIB, 0x1000_0000, 0), (MIB, 2 * MIB, 0x2000_0000, 0)]);
+    let p = mem_table_payload(&[(0, 2 * MIB, 0x1000_0000, 0), (MIB, 2 * MIB, 0x2000_0000, 0)]);
     let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &fds());
     assert!(matches!(r, Err(Refused::Region { index: 1, .. })), "{r:?}");
     // VMM addresses overlap.
-    let p = mem_table(&[(0, 2 * MIB, 0x1000_0000, 0), (4 * MIB, 2 * MIB, 0x1010_0000, 0)]);
+    let p = mem_table_payload(&[(0, 2 * MIB, 0x1000_0000, 0), (4 * MIB, 2 * MIB, 0x1010_0000, 0)]);
     let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &fds());
     assert!(matches!(r, Err(Refused::Region { index: 1, .. })), "{r:?}");
     // Disjoint: accepted.
-    let p = mem_table(&[(0, 2 * MIB, 0x1000_0000, 0), (4 * MIB, 2 * MIB, 0x2000_0000, 0)]);
+    let p = mem_table_payload(&[(0, 2 * MIB, 0x1000_0000, 0), (4 * MIB, 2 * MIB, 0x2000_0000, 0)]);
     check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &fds()).unwrap();
 }
 
@@ -284,7 +271,7 @@ fn hostile_vmm_region_past_end_of_file() {
     let mut gate = Gate::new(policy());
     // 4 MiB claimed of a 2 MiB file; and a 1 MiB region at offset 1.5 MiB of it.
     for (size, off) in [(4 * MIB, 0), (MIB, 3 * MIB / 2)] {
-        let p = mem_table(&[(0, size, 0x1000_0000, off)]);
+        let p = mem_table_payload(&[(0, size, 0x1000_0000, off)]);
         let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &[memfd(2 * MIB, true)]);
         assert!(
             matches!(
@@ -304,20 +291,20 @@ fn hostile_vmm_region_past_end_of_file() {
         (0, MIB, 0, u64::MAX),
         (0, 0, 0, 0),
     ] {
-        let p = mem_table(&[(gpa, size, uva, off)]);
+        let p = mem_table_payload(&[(gpa, size, uva, off)]);
         let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &[memfd(2 * MIB, true)]);
         assert!(matches!(r, Err(Refused::Region { .. })), "{r:?}");
     }
     // A pipe is not memory.
     let (_r, mut w) = pipe_dups(1);
-    let p = mem_table(&[(0, MIB, 0x1000_0000, 0)]);
+    let p = mem_table_payload(&[(0, MIB, 0x1000_0000, 0)]);
     let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &[w.pop().unwrap()]);
     assert!(matches!(r, Err(Refused::Region { .. })), "{r:?}");
 }
 
 #[test]
 fn hostile_vmm_unsealed_memory() {
-    let p = mem_table(&[(0, MIB, 0x1000_0000, 0)]);
+    let p = mem_table_payload(&[(0, MIB, 0x1000_0000, 0)]);
     let mut gate = Gate::new(policy());
     let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &[memfd(MIB, false)]);
     assert!(matches!(r, Err(Refused::Region { .. })), "{r:?}");
@@ -335,13 +322,13 @@ fn hostile_vmm_too_many_regions_or_too_much_memory() {
         .map(|i| (i * MIB, MIB, 0x1000_0000 + i * MIB, 0))
         .collect();
     let fds: Vec<_> = (0..9).map(|_| memfd(MIB, true)).collect();
-    let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &mem_table(&regions), &fds);
+    let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &mem_table_payload(&regions), &fds);
     assert!(matches!(r, Err(Refused::Value { .. })), "{r:?}");
     // Fewer descriptors than regions.
     let r = check(
         &mut gate,
         FrontendReq::SET_MEM_TABLE,
-        &mem_table(&regions[..2]),
+        &mem_table_payload(&regions[..2]),
         &fds[..1],
     );
     assert!(matches!(r, Err(Refused::FdCount { .. })), "{r:?}");
@@ -352,7 +339,7 @@ fn hostile_vmm_too_many_regions_or_too_much_memory() {
     let r = check(
         &mut small,
         FrontendReq::SET_MEM_TABLE,
-        &mem_table(&regions[..2]),
+        &mem_table_payload(&regions[..2]),
         &fds[..2],
     );
     assert!(matches!(r, Err(Refused::Region { index: 1, .. })), "{r:?}");
@@ -429,7 +416,7 @@ fn hostile_vmm_ring_outside_memory() {
         &[],
     );
     assert!(matches!(r, Err(Refused::RingAddress { .. })), "{r:?}");
-    let p = mem_table(&[(0, MIB, base, 0)]);
+    let p = mem_table_payload(&[(0, MIB, base, 0)]);
     check(&mut gate, FrontendReq::SET_MEM_TABLE, &p, &[memfd(MIB, true)]).unwrap();
     check(&mut gate, FrontendReq::SET_VRING_NUM, &vring_state(0, 256), &[]).unwrap();
     check(

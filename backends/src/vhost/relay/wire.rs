@@ -170,6 +170,18 @@ pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// A payload as a message struct (copied: the payload has no alignment).
+/// A SET_MEM_TABLE payload for `regions`, each (guest address, size, VMM address, mmap offset):
+/// the message a test plays the VMM with, honest or not (any count, any values).
+#[cfg(any(test, feature = "test-utils"))]
+pub fn mem_table_payload(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+    use vhost::vhost_user::message::{VhostUserMemory, VhostUserMemoryRegion};
+    let mut p = VhostUserMemory::new(regions.len() as u32).as_slice().to_vec();
+    for &(gpa, size, uva, offset) in regions {
+        p.extend_from_slice(VhostUserMemoryRegion::new(gpa, size, uva, offset).as_slice());
+    }
+    p
+}
+
 pub(super) fn payload_as<T: ByteValued + Default>(req: FrontendReq, payload: &[u8]) -> Result<T, Refused> {
     if payload.len() != size_of::<T>() {
         return Err(Refused::PayloadSize {
