@@ -418,7 +418,7 @@ pub(super) fn crash_report(r: &ScenarioReport, binary: &Path) -> Option<String> 
     let offsets: Vec<&str> = lines[at + 1..]
         .iter()
         .take_while(|l| l.contains(")[0x"))
-        .filter(|l| l.contains("pvkit-xen-backend("))
+        .filter(|l| l.contains("/pvkit/pvkit-xen-backend"))
         .filter_map(|l| l.split("(+").nth(1)?.split(')').next())
         .collect();
     let mut out = format!("our daemon died: {}", lines[at]);

@@ -93,12 +93,27 @@ pub fn run_harness(
     let vmlinuz = tree.join(format!("boot/vmlinuz-{kver}"));
     let mut img = dom0::base(&tree, &kver)?;
     if bundle.specs.iter().any(|s| !s.vifs.is_empty()) {
-        let echo = build_echo(&cache)?;
+        let echo = build_helper(&cache, "echo.rs", "pvkit-echo")?;
         img.host_program(&tree, &echo, scenario::ECHO_PATH)?;
     }
+    let watch = build_helper(&cache, "fsbase.rs", "pvkit-fsbase-watch")?;
+    img.host_program(&tree, &watch, scenario::FSBASE_WATCH_PATH)?;
     if bundle.specs.iter().any(|s| s.ours.is_some()) {
         let backend = build_backend(&cache)?;
-        img.host_program(&tree, &backend, scenario::BACKEND_PATH)?;
+        if std::env::var_os(MALLOC_CHECK_ENV).is_some_and(|v| !v.is_empty()) {
+            // glibc's checking allocator under the daemon: a write past the end of a heap block
+            // aborts at the block's next free or realloc, with the daemon's crash report naming
+            // who freed it.
+            let real = format!("{}.bin", scenario::BACKEND_PATH);
+            img.host_program(&tree, &backend, &real)?;
+            img.library(&tree, "libc_malloc_debug.so.0")?;
+            let wrapper = format!(
+                "#!/bin/sh\nMALLOC_CHECK_=3 LD_PRELOAD=libc_malloc_debug.so.0 exec {real} \"$@\"\n"
+            );
+            img.add(scenario::BACKEND_PATH, 0o755, dom0::Payload::Bytes(wrapper.into_bytes()));
+        } else {
+            img.host_program(&tree, &backend, scenario::BACKEND_PATH)?;
+        }
     }
     add_bundle(&mut img, bundle, &tree, &vmlinuz)?;
     let initramfs = cache.join("dom0-initramfs.cpio");
@@ -196,35 +211,28 @@ fn add_bundle(img: &mut dom0::Image, bundle: &Bundle, tree: &Path, vmlinuz: &Pat
     Ok(())
 }
 
-/// Compiles `xtask/xen/echo.rs` (std only) with the host's `rustc` unless the binary is newer than
-/// its source.
-fn build_echo(cache: &Path) -> Result<PathBuf> {
-    let src = workspace::root().join("xtask/xen/echo.rs");
-    let out = cache.join("pvkit-echo");
+/// Compiles a dom0 helper written with std only (`xtask/xen/<file>.rs`) with the host's `rustc`
+/// into the cache as `name`, unless the binary is newer than its source.
+fn build_helper(cache: &Path, file: &str, name: &str) -> Result<PathBuf> {
+    let src = workspace::root().join("xtask/xen").join(file);
+    let out = cache.join(name);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&out).is_some() && modified(&out) >= modified(&src) {
         return Ok(out);
     }
     let mut cmd = Command::new("rustc");
-    cmd.args([
-        "--edition",
-        "2024",
-        "-O",
-        "-C",
-        "debuginfo=0",
-        "--crate-name",
-        "pvkit_echo",
-        "-o",
-    ])
-    .arg(&out)
-    .arg(&src)
-    .current_dir(workspace::root());
+    cmd.args(["--edition", "2024", "-O", "-C", "debuginfo=0", "--crate-name"])
+        .arg(name.replace('-', "_"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .current_dir(workspace::root());
     let o = cmd
         .output()
         .with_context(|| format!("running {}", workspace::display_command(&cmd)))?;
     if !o.status.success() {
         bail!(
-            "building dom0's echo peer failed: {}\n{}",
+            "building dom0's {name} failed: {}\n{}",
             workspace::display_command(&cmd),
             String::from_utf8_lossy(&o.stderr)
         );
@@ -236,6 +244,11 @@ fn build_echo(cache: &Path) -> Result<PathBuf> {
 /// `-Zsanitizer=address`, the runtime linked in): a heap overflow or use after free in the daemon
 /// then aborts with ASan's report in the daemon's log, which the report shows as `backend:` notes.
 pub const SANITIZER_ENV: &str = "PVKIT_XEN_BACKEND_SANITIZER";
+
+/// Set (to anything but empty) to run the Xen rows' `pvkit-xen-backend` under glibc's checking
+/// allocator (`libc_malloc_debug.so.0` preloaded, `MALLOC_CHECK_=3`): unlike AddressSanitizer it
+/// keeps the daemon's own allocator, its timing, and its reuse of freed memory.
+pub const MALLOC_CHECK_ENV: &str = "PVKIT_XEN_BACKEND_MALLOC_CHECK";
 
 /// The sanitizer asked for in [`SANITIZER_ENV`], if any.
 fn sanitizer() -> Option<String> {
@@ -331,6 +344,30 @@ pub fn boot_problem(h: &Harness) -> Option<String> {
     (!p.is_empty()).then(|| p.join("; "))
 }
 
+/// What dom0's FS base watcher found wrong with the platform during the boot, if anything: user
+/// threads that ran with a FS base not their own (their thread-local data, malloc's among it,
+/// read and written at another thread's or process's place), or no report from the watcher.
+pub fn platform_fault(r: &HarnessReport) -> Option<String> {
+    match r.fsbase {
+        Some((_, 0)) => None,
+        Some((checks, lost)) => Some(format!(
+            "dom0's threads ran with a FS base not their own {lost} times in {checks} checks during \
+             this boot ({}): a fault below the toolstack (Xen, dom0's kernel or QEMU's CPU emulation), \
+             which corrupts any program's thread-local data (see xtask/README.md)",
+            r.fsbase_events.first().map(String::as_str).unwrap_or("no event line")
+        )),
+        None if r.finished => Some(format!(
+            "dom0's FS base watcher gave no total ({})",
+            if r.fsbase_events.is_empty() {
+                "no line at all".to_owned()
+            } else {
+                r.fsbase_events.join("; ")
+            }
+        )),
+        None => None,
+    }
+}
+
 /// Prints the measured times of a run.
 pub fn print_timings(h: &Harness) {
     let t = &h.timings;
@@ -361,6 +398,7 @@ fn show_line(line: &str, verbose: bool) {
             || rest.contains(" END ")
             || rest.starts_with("DOM0")
             || rest.starts_with("FATAL")
+            || rest.starts_with("PLATFORM")
         {
             eprintln!("    [xen] {rest}");
         }
@@ -404,6 +442,10 @@ pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
         }
     };
     print_timings(&h);
+    let platform = platform_fault(&h.report);
+    if let Some(p) = &platform {
+        eprintln!("    xen platform: {p}");
+    }
     let boot = boot_problem(&h);
     rows.iter()
         .zip(&bundle.specs)
@@ -431,6 +473,11 @@ pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
                         _ => None,
                     };
                     cell.verdict = Verdict::from_problems(crash, &problems);
+                    if cell.verdict != Verdict::Pass
+                        && let Some(p) = &platform
+                    {
+                        cell.notes.push(format!("platform: {p}"));
+                    }
                     cell.notes.extend(
                         r.notes
                             .iter()
@@ -448,6 +495,23 @@ pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
 #[cfg(test)]
 mod tests {
     use super::echo_peer::{ETHERTYPE, echo_frame};
+
+    /// The FS base watcher's lines: a clean total is no fault, a lost one names the first event,
+    /// and a finished boot without a total is reported too.
+    #[test]
+    fn platform_fault_comes_from_the_fsbase_watcher() {
+        use super::{HarnessReport, platform_fault};
+        let clean = HarnessReport::parse("PVKIT-XEN PLATFORM fsbase checks=9000 lost=0\nPVKIT-XEN HARNESS END\n");
+        assert_eq!(platform_fault(&clean), None);
+        let lost = HarnessReport::parse(
+            "PVKIT-XEN PLATFORM fsbase-lost thread=1 want=0x7f00 got=0x4c10\n\
+             PVKIT-XEN PLATFORM fsbase checks=9000 lost=2\nPVKIT-XEN HARNESS END\n",
+        );
+        let p = platform_fault(&lost).unwrap();
+        assert!(p.contains("2 times in 9000 checks") && p.contains("got=0x4c10"), "{p}");
+        let silent = HarnessReport::parse("PVKIT-XEN HARNESS END\n");
+        assert!(platform_fault(&silent).unwrap().contains("no total"));
+    }
 
     #[test]
     fn echo_peer_speaks_the_workloads_ethertype() {

@@ -53,6 +53,10 @@ pub struct HarnessReport {
     pub fatal: Vec<String>,
     /// Lines Xen printed for a domain's `console_io` writes: `(d<id>) text`.
     pub hypervisor_lines: Vec<(u32, String)>,
+    /// What dom0's FS base watcher (`xtask/xen/fsbase.rs`) saw: its event lines, and its total
+    /// (checks, lost) once it stopped.
+    pub fsbase_events: Vec<String>,
+    pub fsbase: Option<(u64, u64)>,
 }
 
 impl HarnessReport {
@@ -100,6 +104,13 @@ impl HarnessReport {
             self.dom0_ready = up.trim().parse().ok();
         } else if rest.starts_with("HARNESS END") {
             self.finished = true;
+        } else if let Some(p) = rest.strip_prefix("PLATFORM fsbase ") {
+            let f = Fields::parse(p);
+            if let (Some(checks), Some(lost)) = (f.get_u64("checks"), f.get_u64("lost")) {
+                self.fsbase = Some((checks, lost));
+            }
+        } else if let Some(p) = rest.strip_prefix("PLATFORM ") {
+            self.fsbase_events.push(p.to_owned());
         } else if let Some(why) = rest.strip_prefix("FATAL ") {
             self.fatal.push(why.to_owned());
         } else if let Some(c) = rest.strip_prefix("CONSOLE ") {
