@@ -70,9 +70,10 @@ read -r up _ </proc/uptime
 # From here on each scenario reports the kernel's reports of dom0 processes that crashed during it.
 dmesg -c >/dev/null 2>&1
 say "DOM0 READY uptime=$up"
-# For the whole boot: do dom0's threads keep their own FS base? (PVKIT-XEN PLATFORM lines)
-/pvkit/pvkit-fsbase-watch /tmp/fsbase-stop &
-fsbase_pid=$!
+# For the whole boot: does the platform keep user programs' FS base, fresh pages and vector
+# registers? (PVKIT-XEN PLATFORM lines)
+/pvkit/pvkit-platform-watch /tmp/platform-stop &
+platform_pid=$!
 
 # Prints the domU console log with a prefix, minus carriage returns.
 dump_console() {
@@ -178,7 +179,7 @@ run_scenario() {
 while read -r name; do
     run_scenario "$name"
 done </pvkit/scenarios
-touch /tmp/fsbase-stop
-wait "$fsbase_pid" || say "PLATFORM fsbase-watch exit=$?"
+touch /tmp/platform-stop
+wait "$platform_pid" || say "PLATFORM watcher-exit status=$?"
 say "HARNESS END"
 poweroff -f

@@ -24,6 +24,11 @@ pub mod scenario;
 #[cfg(test)]
 #[path = "../../xen/echo.rs"]
 mod echo_peer;
+/// dom0's platform watcher: built into its own binary for dom0, included here for its test.
+#[cfg(test)]
+#[path = "../../xen/platform.rs"]
+#[allow(dead_code)]
+mod platform_watch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,23 +101,28 @@ pub fn run_harness(
         let echo = build_helper(&cache, "echo.rs", "pvkit-echo")?;
         img.host_program(&tree, &echo, scenario::ECHO_PATH)?;
     }
-    let watch = build_helper(&cache, "fsbase.rs", "pvkit-fsbase-watch")?;
-    img.host_program(&tree, &watch, scenario::FSBASE_WATCH_PATH)?;
+    let watch = build_helper(&cache, "platform.rs", "pvkit-platform-watch")?;
+    img.host_program(&tree, &watch, scenario::PLATFORM_WATCH_PATH)?;
     if bundle.specs.iter().any(|s| s.ours.is_some()) {
         let backend = build_backend(&cache)?;
-        if std::env::var_os(MALLOC_CHECK_ENV).is_some_and(|v| !v.is_empty()) {
-            // glibc's checking allocator under the daemon: a write past the end of a heap block
-            // aborts at the block's next free or realloc, with the daemon's crash report naming
-            // who freed it.
-            let real = format!("{}.bin", scenario::BACKEND_PATH);
-            img.host_program(&tree, &backend, &real)?;
-            img.library(&tree, "libc_malloc_debug.so.0")?;
-            let wrapper = format!(
-                "#!/bin/sh\nMALLOC_CHECK_=3 LD_PRELOAD=libc_malloc_debug.so.0 exec {real} \"$@\"\n"
-            );
-            img.add(scenario::BACKEND_PATH, 0o755, dom0::Payload::Bytes(wrapper.into_bytes()));
-        } else {
-            img.host_program(&tree, &backend, scenario::BACKEND_PATH)?;
+        match backend_env() {
+            Some(env) => {
+                // The daemon under extra settings (glibc's checking allocator, its arena count,
+                // ...): a wrapper sets them and runs the real program; preloaded libraries come
+                // from the tree.
+                let real = format!("{}.bin", scenario::BACKEND_PATH);
+                img.host_program(&tree, &backend, &real)?;
+                for lib in env
+                    .split_whitespace()
+                    .filter_map(|kv| kv.strip_prefix("LD_PRELOAD="))
+                    .flat_map(|l| l.split(':'))
+                {
+                    img.library(&tree, lib)?;
+                }
+                let wrapper = format!("#!/bin/sh\nexport {env}\nexec {real} \"$@\"\n");
+                img.add(scenario::BACKEND_PATH, 0o755, dom0::Payload::Bytes(wrapper.into_bytes()));
+            }
+            None => img.host_program(&tree, &backend, scenario::BACKEND_PATH)?,
         }
     }
     add_bundle(&mut img, bundle, &tree, &vmlinuz)?;
@@ -245,10 +255,18 @@ fn build_helper(cache: &Path, file: &str, name: &str) -> Result<PathBuf> {
 /// then aborts with ASan's report in the daemon's log, which the report shows as `backend:` notes.
 pub const SANITIZER_ENV: &str = "PVKIT_XEN_BACKEND_SANITIZER";
 
-/// Set (to anything but empty) to run the Xen rows' `pvkit-xen-backend` under glibc's checking
-/// allocator (`libc_malloc_debug.so.0` preloaded, `MALLOC_CHECK_=3`): unlike AddressSanitizer it
-/// keeps the daemon's own allocator, its timing, and its reuse of freed memory.
-pub const MALLOC_CHECK_ENV: &str = "PVKIT_XEN_BACKEND_MALLOC_CHECK";
+/// Extra environment of the Xen rows' `pvkit-xen-backend` in dom0, as `VAR=value` words, e.g.
+/// `MALLOC_CHECK_=3 LD_PRELOAD=libc_malloc_debug.so.0` (glibc's checking allocator, which unlike
+/// AddressSanitizer keeps the daemon's own allocator, timing and reuse of freed memory) or
+/// `MALLOC_ARENA_MAX=1`. Libraries named in `LD_PRELOAD` are copied from Debian's packages.
+pub const BACKEND_ENV: &str = "PVKIT_XEN_BACKEND_ENV";
+
+fn backend_env() -> Option<String> {
+    std::env::var(BACKEND_ENV)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
 
 /// The sanitizer asked for in [`SANITIZER_ENV`], if any.
 fn sanitizer() -> Option<String> {
@@ -344,24 +362,32 @@ pub fn boot_problem(h: &Harness) -> Option<String> {
     (!p.is_empty()).then(|| p.join("; "))
 }
 
-/// What dom0's FS base watcher found wrong with the platform during the boot, if anything: user
-/// threads that ran with a FS base not their own (their thread-local data, malloc's among it,
-/// read and written at another thread's or process's place), or no report from the watcher.
+/// What dom0's platform watcher found wrong during the boot, if anything: user threads that ran
+/// with a FS base not their own (their thread-local data, malloc's among it, read and written at
+/// another thread's or process's place), fresh pages that read back other bytes than written, or
+/// no report from the watcher.
 pub fn platform_fault(r: &HarnessReport) -> Option<String> {
-    match r.fsbase {
-        Some((_, 0)) => None,
-        Some((checks, lost)) => Some(format!(
-            "dom0's threads ran with a FS base not their own {lost} times in {checks} checks during \
-             this boot ({}): a fault below the toolstack (Xen, dom0's kernel or QEMU's CPU emulation), \
-             which corrupts any program's thread-local data (see xtask/README.md)",
-            r.fsbase_events.first().map(String::as_str).unwrap_or("no event line")
+    match r.platform {
+        Some(t) if t.fsbase_lost == 0 && t.fresh_bad == 0 && t.vector_bad == 0 => None,
+        Some(t) => Some(format!(
+            "during this boot dom0's threads ran with a FS base not their own {} times in {} \
+             checks, fresh pages read back wrong {} times in {} rounds, and vector registers \
+             changed across a sleep {} times in {} ({}): a fault below the toolstack (Xen, dom0's \
+             kernel or QEMU's CPU emulation) that corrupts any program (see xtask/README.md)",
+            t.fsbase_lost,
+            t.fsbase_checks,
+            t.fresh_bad,
+            t.fresh_rounds,
+            t.vector_bad,
+            t.vector_checks,
+            r.platform_events.first().map(String::as_str).unwrap_or("no event line")
         )),
         None if r.finished => Some(format!(
-            "dom0's FS base watcher gave no total ({})",
-            if r.fsbase_events.is_empty() {
+            "dom0's platform watcher gave no total ({})",
+            if r.platform_events.is_empty() {
                 "no line at all".to_owned()
             } else {
-                r.fsbase_events.join("; ")
+                r.platform_events.join("; ")
             }
         )),
         None => None,
@@ -472,12 +498,11 @@ pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
                         crate::checks::GuestEnd::Crash(why) => Some(why),
                         _ => None,
                     };
+                    // A platform that corrupts programs makes every result of the boot
+                    // meaningless, a pass included.
+                    let mut problems = problems;
+                    problems.extend(platform.iter().map(|p| format!("platform: {p}")));
                     cell.verdict = Verdict::from_problems(crash, &problems);
-                    if cell.verdict != Verdict::Pass
-                        && let Some(p) = &platform
-                    {
-                        cell.notes.push(format!("platform: {p}"));
-                    }
                     cell.notes.extend(
                         r.notes
                             .iter()
@@ -499,18 +524,32 @@ mod tests {
     /// The FS base watcher's lines: a clean total is no fault, a lost one names the first event,
     /// and a finished boot without a total is reported too.
     #[test]
-    fn platform_fault_comes_from_the_fsbase_watcher() {
+    fn platform_fault_comes_from_the_platform_watcher() {
         use super::{HarnessReport, platform_fault};
-        let clean = HarnessReport::parse("PVKIT-XEN PLATFORM fsbase checks=9000 lost=0\nPVKIT-XEN HARNESS END\n");
+        let clean = HarnessReport::parse(
+            "PVKIT-XEN PLATFORM totals fsbase_checks=9000 fsbase_lost=0 fresh_rounds=10 fresh_bad=0 vector_checks=50 vector_bad=0\nPVKIT-XEN HARNESS END\n",
+        );
         assert_eq!(platform_fault(&clean), None);
         let lost = HarnessReport::parse(
-            "PVKIT-XEN PLATFORM fsbase-lost thread=1 want=0x7f00 got=0x4c10\n\
-             PVKIT-XEN PLATFORM fsbase checks=9000 lost=2\nPVKIT-XEN HARNESS END\n",
+            "PVKIT-XEN PLATFORM vector-lost sse round=7 lane=0 want=0x7f00 got=0x4c10\n\
+             PVKIT-XEN PLATFORM totals fsbase_checks=9000 fsbase_lost=0 fresh_rounds=10 fresh_bad=0 \
+             vector_checks=50 vector_bad=2\nPVKIT-XEN HARNESS END\n",
         );
         let p = platform_fault(&lost).unwrap();
-        assert!(p.contains("2 times in 9000 checks") && p.contains("got=0x4c10"), "{p}");
+        assert!(p.contains("2 times in 50") && p.contains("got=0x4c10"), "{p}");
         let silent = HarnessReport::parse("PVKIT-XEN HARNESS END\n");
         assert!(platform_fault(&silent).unwrap().contains("no total"));
+    }
+
+    /// The watcher's register check on this host: 20 rounds (SSE and, where there is AVX, AVX)
+    /// come back unchanged, so a change in dom0 is the platform's.
+    #[test]
+    fn platform_watcher_registers_survive_sleeps_here() {
+        use super::platform_watch::{VECTOR_BAD, VECTOR_CHECKS, vectors_for};
+        use std::sync::atomic::Ordering;
+        vectors_for(20);
+        assert_eq!(VECTOR_CHECKS.load(Ordering::Relaxed), 20);
+        assert_eq!(VECTOR_BAD.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -53,10 +53,24 @@ pub struct HarnessReport {
     pub fatal: Vec<String>,
     /// Lines Xen printed for a domain's `console_io` writes: `(d<id>) text`.
     pub hypervisor_lines: Vec<(u32, String)>,
-    /// What dom0's FS base watcher (`xtask/xen/fsbase.rs`) saw: its event lines, and its total
-    /// (checks, lost) once it stopped.
-    pub fsbase_events: Vec<String>,
-    pub fsbase: Option<(u64, u64)>,
+    /// What dom0's platform watcher (`xtask/xen/platform.rs`) saw: its event lines, and its totals
+    /// once it stopped.
+    pub platform_events: Vec<String>,
+    pub platform: Option<PlatformTotals>,
+}
+
+/// The platform watcher's totals over a boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlatformTotals {
+    /// FS base checks made, and how many found a FS base not the thread's own.
+    pub fsbase_checks: u64,
+    pub fsbase_lost: u64,
+    /// Rounds of fresh pages written and read back, and words that read back wrong.
+    pub fresh_rounds: u64,
+    pub fresh_bad: u64,
+    /// Vector register patterns held across a sleep, and how many came back changed.
+    pub vector_checks: u64,
+    pub vector_bad: u64,
 }
 
 impl HarnessReport {
@@ -104,13 +118,19 @@ impl HarnessReport {
             self.dom0_ready = up.trim().parse().ok();
         } else if rest.starts_with("HARNESS END") {
             self.finished = true;
-        } else if let Some(p) = rest.strip_prefix("PLATFORM fsbase ") {
+        } else if let Some(p) = rest.strip_prefix("PLATFORM totals ") {
             let f = Fields::parse(p);
-            if let (Some(checks), Some(lost)) = (f.get_u64("checks"), f.get_u64("lost")) {
-                self.fsbase = Some((checks, lost));
-            }
+            let n = |k| f.get_u64(k).unwrap_or(0);
+            self.platform = Some(PlatformTotals {
+                fsbase_checks: n("fsbase_checks"),
+                fsbase_lost: n("fsbase_lost"),
+                fresh_rounds: n("fresh_rounds"),
+                fresh_bad: n("fresh_bad"),
+                vector_checks: n("vector_checks"),
+                vector_bad: n("vector_bad"),
+            });
         } else if let Some(p) = rest.strip_prefix("PLATFORM ") {
-            self.fsbase_events.push(p.to_owned());
+            self.platform_events.push(p.to_owned());
         } else if let Some(why) = rest.strip_prefix("FATAL ") {
             self.fatal.push(why.to_owned());
         } else if let Some(c) = rest.strip_prefix("CONSOLE ") {

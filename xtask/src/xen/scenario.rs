@@ -47,9 +47,9 @@ pub(super) const NET_PING_SIZE: u64 = 1472;
 pub(super) const GUEST_MAC: &str = "00:16:3e:00:00:10";
 /// dom0's echo peer binary.
 pub const ECHO_PATH: &str = "/pvkit/pvkit-echo";
-/// dom0's check that its threads keep their FS base (`xtask/xen/fsbase.rs`), run by `init.sh`
-/// through the whole boot.
-pub const FSBASE_WATCH_PATH: &str = "/pvkit/pvkit-fsbase-watch";
+/// dom0's check that the platform keeps user programs' FS base, fresh pages and vector registers
+/// (`xtask/xen/platform.rs`), run by `init.sh` through the whole boot.
+pub const PLATFORM_WATCH_PATH: &str = "/pvkit/pvkit-platform-watch";
 
 /// Timer parameters: not the guest's defaults, and a low rate, because a vCPU of a TCG machine on
 /// a busy host stands still for up to ~170 ms at times (seen with load 7 on 2 cores: three
