@@ -26,38 +26,35 @@ fn crash_child() {
         .unwrap();
 }
 
-fn die(mode: &str) -> (std::process::ExitStatus, String) {
+/// Runs the child dying by `mode`; checks it was killed by `signal` and returns the report's first
+/// line and all of stderr.
+fn die(mode: &str, signal: i32, name: &str) -> (String, String) {
+    use std::os::unix::process::ExitStatusExt;
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(MODE, mode)
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.signal(), Some(signal), "{:?}\n{err}", out.status);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&format!("crash-test: fatal {name}")))
+        .unwrap_or_else(|| panic!("no report:\n{err}"))
+        .to_owned();
+    assert!(line.contains("in thread \"vbd-7-51712\""), "{line}");
+    (line, err)
 }
 
 #[test]
 fn an_abort_names_its_thread_and_leaves_a_backtrace_then_still_kills() {
-    use std::os::unix::process::ExitStatusExt;
-    let (status, err) = die("abort");
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("crash-test: fatal SIGABRT"))
-        .unwrap_or_else(|| panic!("no report:\n{err}"));
-    assert!(line.contains("in thread \"vbd-7-51712\""), "{line}");
+    let (_, err) = die("abort", libc::SIGABRT, "SIGABRT");
     let frames = err.lines().filter(|l| l.contains("[0x")).count();
     assert!(frames >= 3, "{frames} frames:\n{err}");
 }
 
 #[test]
 fn a_segfault_reports_the_address_then_still_kills() {
-    use std::os::unix::process::ExitStatusExt;
-    let (status, err) = die("segv");
-    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}\n{err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("crash-test: fatal SIGSEGV"))
-        .unwrap_or_else(|| panic!("no report:\n{err}"));
+    let (line, _) = die("segv", libc::SIGSEGV, "SIGSEGV");
     assert!(line.contains("address 0x0;"), "{line}");
-    assert!(line.contains("in thread \"vbd-7-51712\""), "{line}");
 }

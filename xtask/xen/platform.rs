@@ -110,70 +110,52 @@ fn fresh_memory() {
 pub static VECTOR_CHECKS: AtomicU64 = AtomicU64::new(0);
 pub static VECTOR_BAD: AtomicU64 = AtomicU64::new(0);
 
-/// Loads a pattern into ymm0..ymm3, sleeps 1 ms in a raw `nanosleep` (the system call itself
-/// keeps vector registers; a context switch saves and restores them), and stores them back.
+/// One round of the register check: loads `$r0..$r3` from the pattern with `$mov`, sleeps 1 ms in
+/// a raw `nanosleep` (the system call keeps vector registers; a context switch saves and restores
+/// them), and stores them back into `out`; `$w` is the registers' width in bytes.
+macro_rules! hold_round {
+    ($pattern:expr, $out:expr, $mov:literal, $w:literal, $r0:tt, $r1:tt, $r2:tt, $r3:tt) => {{
+        let ts = [0i64, 1_000_000];
+        std::arch::asm!(
+            concat!($mov, " ", $r0, ", [{p}]"),
+            concat!($mov, " ", $r1, ", [{p} + ", $w, "]"),
+            concat!($mov, " ", $r2, ", [{p} + 2 * ", $w, "]"),
+            concat!($mov, " ", $r3, ", [{p} + 3 * ", $w, "]"),
+            "syscall",
+            concat!($mov, " [{o}], ", $r0),
+            concat!($mov, " [{o} + ", $w, "], ", $r1),
+            concat!($mov, " [{o} + 2 * ", $w, "], ", $r2),
+            concat!($mov, " [{o} + 3 * ", $w, "], ", $r3),
+            p = in(reg) $pattern.as_ptr(),
+            o = in(reg) $out.as_mut_ptr(),
+            inlateout("rax") 35usize => _, // nanosleep
+            in("rdi") ts.as_ptr(),
+            in("rsi") 0usize,
+            out("rcx") _,
+            out("r11") _,
+            out($r0) _,
+            out($r1) _,
+            out($r2) _,
+            out($r3) _,
+        );
+    }};
+}
+
+/// The register check on ymm0..ymm3 (the whole 128-byte arrays).
 ///
 /// # Safety
 /// The CPU must have AVX (the caller checks).
 #[target_feature(enable = "avx")]
 unsafe fn vector_round(pattern: &[u64; 16], out: &mut [u64; 16]) {
-    let ts = [0i64, 1_000_000];
-    // SAFETY: reads and writes the two 128-byte arrays given; nanosleep reads `ts`.
-    unsafe {
-        std::arch::asm!(
-            "vmovdqu ymm0, [{p}]",
-            "vmovdqu ymm1, [{p} + 32]",
-            "vmovdqu ymm2, [{p} + 64]",
-            "vmovdqu ymm3, [{p} + 96]",
-            "syscall",
-            "vmovdqu [{o}], ymm0",
-            "vmovdqu [{o} + 32], ymm1",
-            "vmovdqu [{o} + 64], ymm2",
-            "vmovdqu [{o} + 96], ymm3",
-            p = in(reg) pattern.as_ptr(),
-            o = in(reg) out.as_mut_ptr(),
-            inlateout("rax") 35usize => _, // nanosleep
-            in("rdi") ts.as_ptr(),
-            in("rsi") 0usize,
-            out("rcx") _,
-            out("r11") _,
-            out("ymm0") _,
-            out("ymm1") _,
-            out("ymm2") _,
-            out("ymm3") _,
-        );
-    }
+    // SAFETY: reads and writes the two 128-byte arrays given; nanosleep reads its timespec.
+    unsafe { hold_round!(pattern, out, "vmovdqu", "32", "ymm0", "ymm1", "ymm2", "ymm3") };
 }
 
-/// As [`vector_round`] with xmm0..xmm3 and SSE2 moves (every x86-64 CPU), in the first half of
-/// the arrays.
+/// The register check on xmm0..xmm3 with SSE2 moves (every x86-64 CPU), in the first half of the
+/// arrays.
 fn sse_round(pattern: &[u64; 16], out: &mut [u64; 16]) {
-    let ts = [0i64, 1_000_000];
-    // SAFETY: as in `vector_round`.
-    unsafe {
-        std::arch::asm!(
-            "movdqu xmm0, [{p}]",
-            "movdqu xmm1, [{p} + 16]",
-            "movdqu xmm2, [{p} + 32]",
-            "movdqu xmm3, [{p} + 48]",
-            "syscall",
-            "movdqu [{o}], xmm0",
-            "movdqu [{o} + 16], xmm1",
-            "movdqu [{o} + 32], xmm2",
-            "movdqu [{o} + 48], xmm3",
-            p = in(reg) pattern.as_ptr(),
-            o = in(reg) out.as_mut_ptr(),
-            inlateout("rax") 35usize => _, // nanosleep
-            in("rdi") ts.as_ptr(),
-            in("rsi") 0usize,
-            out("rcx") _,
-            out("r11") _,
-            out("xmm0") _,
-            out("xmm1") _,
-            out("xmm2") _,
-            out("xmm3") _,
-        );
-    }
+    // SAFETY: as in `vector_round`, 64 bytes of each.
+    unsafe { hold_round!(pattern, out, "movdqu", "16", "xmm0", "xmm1", "xmm2", "xmm3") };
     out[8..].copy_from_slice(&pattern[8..]);
 }
 
