@@ -56,12 +56,11 @@ pub fn install(program: &'static str) {
             } else {
                 0
             };
+        // SAFETY: initialises the mask of a local sigaction.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
         // SAFETY: `action` is a complete sigaction whose handler has the SA_SIGINFO signature;
-        // `old` receives the previous one. An empty mask is valid.
-        unsafe {
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(*sig, &action, old);
-        }
+        // `old` receives the previous one.
+        unsafe { libc::sigaction(*sig, &action, old) };
     }
     let _ = PREVIOUS.set(Previous(previous));
 }
@@ -106,7 +105,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     let name_len = name.iter().position(|&b| b == 0).unwrap_or(16);
     let name = std::str::from_utf8(&name[..name_len]).unwrap_or("?");
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let info = unsafe { &*info };
+    let code = info.si_code;
+    // SAFETY: reading the address field of a valid siginfo (meaningful for faults only).
+    let addr = unsafe { info.si_addr() } as usize;
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let mut line = Line { buf: [0; 256], len: 0 };
@@ -118,9 +120,9 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     );
     // A fault has an address; a sent signal (abort's) has a sender there instead.
     let _ = if code > 0 {
-        write!(line, ", address {addr:#x}; backtrace:\n")
+        writeln!(line, ", address {addr:#x}; backtrace:")
     } else {
-        write!(line, ", sent; backtrace:\n")
+        writeln!(line, ", sent; backtrace:")
     };
     write_err(&line.buf[..line.len]);
     let mut frames = [std::ptr::null_mut::<libc::c_void>(); FRAMES];

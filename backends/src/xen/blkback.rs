@@ -894,13 +894,10 @@ mod tests {
         assert!(rig.back.restart(other).is_err(), "a ring of another size");
         let mem = SharedPages::new(PAGE_SIZE);
         // SAFETY: `mem` replaces the rig's ring memory and is kept in the rig, dropped after the
-        // rings over it.
-        let (front, back) = unsafe {
-            (
-                FrontRing::init(mem.as_ptr(), mem.len()).unwrap(),
-                BackRing::new(mem.as_ptr(), mem.len()).unwrap(),
-            )
-        };
+        // rings over it; both ends touch it only atomically.
+        let front = unsafe { FrontRing::init(mem.as_ptr(), mem.len()) }.unwrap();
+        // SAFETY: as above.
+        let back = unsafe { BackRing::new(mem.as_ptr(), mem.len()) }.unwrap();
         rig.back.restart(back).unwrap();
         rig.front = front;
         let old_mem = std::mem::replace(&mut rig._mem, mem);
