@@ -17,7 +17,13 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 /// The signals reported: faults, and `abort`.
-const SIGNALS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGABRT];
+const SIGNALS: [libc::c_int; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGABRT,
+];
 
 /// Return addresses printed at most.
 const FRAMES: usize = 48;
@@ -111,7 +117,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     let addr = unsafe { info.si_addr() } as usize;
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
-    let mut line = Line { buf: [0; 256], len: 0 };
+    let mut line = Line {
+        buf: [0; 256],
+        len: 0,
+    };
     let _ = write!(
         line,
         "{}: fatal {} (code {code}) in thread {name:?} (tid {tid})",

@@ -81,7 +81,11 @@ fn fresh_memory() {
         if p as isize == -1 {
             continue;
         }
-        let start = if aligned { (p as usize).next_multiple_of(SPAN) } else { p as usize };
+        let start = if aligned {
+            (p as usize).next_multiple_of(SPAN)
+        } else {
+            p as usize
+        };
         let len = FRESH_PAGES * PAGE;
         let words = len / 8;
         let base = start as *mut u64;
@@ -169,7 +173,8 @@ fn vectors() {
 pub fn vectors_for(rounds: u64) {
     let avx = std::arch::is_x86_feature_detected!("avx");
     for round in 1..=rounds {
-        let pattern: [u64; 16] = std::array::from_fn(|i| round.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64);
+        let pattern: [u64; 16] =
+            std::array::from_fn(|i| round.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64);
         let mut out = [0u64; 16];
         if avx && round % 2 == 0 {
             // SAFETY: AVX is there (checked above).

@@ -903,8 +903,16 @@ mod tests {
         let old_mem = std::mem::replace(&mut rig._mem, mem);
         let rsp = rig.run(&[rw(7, BLKIF_OP_READ, 8, &[seg(11, 0, 7)])]);
         assert_eq!((rsp[0].id, rsp[0].status), (7, BLKIF_RSP_OKAY));
-        assert_eq!(rig.grants.page(11), vec![0x5a; 4096], "the first ring's write, read on the new one");
-        assert_eq!((rig.back.counts.reads, rig.back.counts.writes), (1, 0), "counts start over");
+        assert_eq!(
+            rig.grants.page(11),
+            vec![0x5a; 4096],
+            "the first ring's write, read on the new one"
+        );
+        assert_eq!(
+            (rig.back.counts.reads, rig.back.counts.writes),
+            (1, 0),
+            "counts start over"
+        );
         drop(old_mem);
     }
 

@@ -905,13 +905,17 @@ mod tests {
             .and_then(|l| usize::from_str_radix(l.split('-').next()?, 16).ok())
             .unwrap();
         let offset = crash_report as *const () as usize - base;
-        let log = scenario_log("c", &[], &format!(
-            "PVKIT-XEN SCENARIO c NOTE backend: INFO x: connected\n\
+        let log = scenario_log(
+            "c",
+            &[],
+            &format!(
+                "PVKIT-XEN SCENARIO c NOTE backend: INFO x: connected\n\
              PVKIT-XEN SCENARIO c NOTE backend: pvkit-xen-backend: fatal SIGABRT (code -6) in thread \"vif-5-0\" (tid 81), sent; backtrace:\n\
              PVKIT-XEN SCENARIO c NOTE backend: /pvkit/pvkit-xen-backend(+{offset:#x})[0x55d0c0de0000]\n\
              PVKIT-XEN SCENARIO c NOTE backend: /lib/x86_64-linux-gnu/libc.so.6(abort+0xd3)[0x7fc5a8ba9472]\n\
              PVKIT-XEN SCENARIO c END reason=poweroff run_ms=1\n"
-        ));
+            ),
+        );
         let h = report(&log);
         let r = h.scenario("c").unwrap();
         let got = crash_report(r, &exe).unwrap();
@@ -919,7 +923,11 @@ mod tests {
         assert!(got.contains("crash_report"), "{got}");
         let got = crash_report(r, Path::new("/nonexistent/pvkit-xen-backend")).unwrap();
         assert!(got.contains(&format!("{offset:#x}")), "{got}");
-        let quiet = report(&scenario_log("q", &[], "PVKIT-XEN SCENARIO q END reason=poweroff run_ms=1\n"));
+        let quiet = report(&scenario_log(
+            "q",
+            &[],
+            "PVKIT-XEN SCENARIO q END reason=poweroff run_ms=1\n",
+        ));
         assert_eq!(crash_report(quiet.scenario("q").unwrap(), &exe), None);
     }
 

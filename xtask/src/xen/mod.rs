@@ -120,7 +120,11 @@ pub fn run_harness(
                     img.library(&tree, lib)?;
                 }
                 let wrapper = format!("#!/bin/sh\nexport {env}\nexec {real} \"$@\"\n");
-                img.add(scenario::BACKEND_PATH, 0o755, dom0::Payload::Bytes(wrapper.into_bytes()));
+                img.add(
+                    scenario::BACKEND_PATH,
+                    0o755,
+                    dom0::Payload::Bytes(wrapper.into_bytes()),
+                );
             }
             None => img.host_program(&tree, &backend, scenario::BACKEND_PATH)?,
         }
@@ -298,7 +302,13 @@ fn build_backend(cache: &Path) -> Result<PathBuf> {
             let dir = workspace::target_dir().join(format!("sanitizer-{sanitizer}"));
             // An explicit target keeps build scripts and proc macros uninstrumented.
             cmd.args(["+nightly", "build", "-p", "pvkit-backends", "--release"])
-                .args(["--bin", "pvkit-xen-backend", "--target", SANITIZER_HOST, "--target-dir"])
+                .args([
+                    "--bin",
+                    "pvkit-xen-backend",
+                    "--target",
+                    SANITIZER_HOST,
+                    "--target-dir",
+                ])
                 .arg(&dir)
                 .env("RUSTFLAGS", format!("-Zsanitizer={sanitizer}"));
         }
@@ -380,7 +390,10 @@ pub fn platform_fault(r: &HarnessReport) -> Option<String> {
             t.fresh_rounds,
             t.vector_bad,
             t.vector_checks,
-            r.platform_events.first().map(String::as_str).unwrap_or("no event line")
+            r.platform_events
+                .first()
+                .map(String::as_str)
+                .unwrap_or("no event line")
         )),
         None if r.finished => Some(format!(
             "dom0's platform watcher gave no total ({})",

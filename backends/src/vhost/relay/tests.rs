@@ -322,7 +322,12 @@ fn hostile_vmm_too_many_regions_or_too_much_memory() {
         .map(|i| (i * MIB, MIB, 0x1000_0000 + i * MIB, 0))
         .collect();
     let fds: Vec<_> = (0..9).map(|_| memfd(MIB, true)).collect();
-    let r = check(&mut gate, FrontendReq::SET_MEM_TABLE, &mem_table_payload(&regions), &fds);
+    let r = check(
+        &mut gate,
+        FrontendReq::SET_MEM_TABLE,
+        &mem_table_payload(&regions),
+        &fds,
+    );
     assert!(matches!(r, Err(Refused::Value { .. })), "{r:?}");
     // Fewer descriptors than regions.
     let r = check(
