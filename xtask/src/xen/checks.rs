@@ -433,10 +433,12 @@ pub(super) fn crash_report(r: &ScenarioReport, binary: &Path) -> Option<String> 
     {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
+            // The report's own frame (the handler) says nothing about the crash.
             let frames: Vec<String> = text
                 .lines()
                 .collect::<Vec<_>>()
                 .chunks(2)
+                .filter(|f| !f[0].starts_with("pvkit_backends::crash::"))
                 .map(|f| f.join(" at "))
                 .collect();
             out.push_str(&format!("; in: {}", frames.join(" <- ")));
