@@ -9,9 +9,10 @@
 //! Hardening: a reply header claiming more than [`XENSTORE_PAYLOAD_MAX`] bytes halts the client (the
 //! byte stream cannot be resynchronised; every later call fails with that error); an unknown message
 //! type, a reply of another type than the request or a reply to a request we did not send is a
-//! protocol error for the request waiting; the late reply to a request that timed out is dropped
-//! (and counted). Response bytes are buffered up to one whole message at most, and at most
-//! [`MAX_QUEUED_EVENTS`] watch events wait in the queue (a repeat of a queued event is merged, the
+//! protocol error for the request waiting; a reply to an earlier request (one that timed out or
+//! failed, or a repeat) is dropped as late (and counted): request ids only go up, so it is never
+//! taken for the answer to a later one. Response bytes are buffered up to one whole message at
+//! most, and at most [`MAX_QUEUED_EVENTS`] watch events wait in the queue (a repeat of a queued event is merged, the
 //! oldest is dropped beyond that; both counted), so a peer flooding watched nodes cannot make the
 //! guest allocate without bound. The byte rings themselves halt on inconsistent indices. Every wait
 //! has a timeout.
@@ -40,8 +41,6 @@ pub const TRANSACTION_RETRIES: u32 = 16;
 pub const DEFAULT_TIMEOUT_US: u64 = 5_000_000;
 /// Watch events kept queued at most.
 pub const MAX_QUEUED_EVENTS: usize = 64;
-/// Requests that timed out whose late replies are recognised (and dropped).
-const MAX_ABANDONED: usize = 8;
 
 /// A XenStore error, by the name the daemon sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,8 +181,6 @@ pub struct XenStore<N: Notify> {
     /// Bytes read from the response ring that do not yet form a whole message.
     partial: Vec<u8>,
     events: VecDeque<WatchEvent>,
-    /// Ids of requests that timed out (their replies may still come).
-    abandoned: VecDeque<u32>,
     /// Set when the reply stream became unreadable; every later call fails with it.
     halted: Option<Error>,
     timeout_us: u64,
@@ -251,7 +248,6 @@ impl<N: Notify> XenStore<N> {
             next_req_id: 1,
             partial: Vec::new(),
             events: VecDeque::new(),
-            abandoned: VecDeque::new(),
             halted: None,
             timeout_us: DEFAULT_TIMEOUT_US,
             stats: XsStats::default(),
@@ -349,6 +345,20 @@ impl<N: Notify> XenStore<N> {
         }
     }
 
+    /// Whether `id` names a request sent before the one waiting (`waiting`, or any request sent so
+    /// far when none waits): its reply is late. Ids only go up (wrapping, never 0), so a late reply
+    /// can never be taken for the answer to a later request. Remembering only some of the requests
+    /// that failed would not do: once more of their replies arrive than are remembered, each
+    /// forgotten one fails the request waiting, whose own reply is then late in turn, and no
+    /// request ever succeeds again (found by the `xenstore_guest` fuzz target with ten timeouts in a
+    /// row).
+    fn sent_before(&self, id: u32, waiting: Option<u32>) -> bool {
+        let newest = waiting.unwrap_or(self.next_req_id);
+        // How far back `id` is; a request id is never 0, and more than 2^31 back is the future.
+        let back = newest.wrapping_sub(id);
+        id != 0 && back != 0 && back <= 1 << 31
+    }
+
     /// Takes whatever has arrived, queueing watch events; returns the reply to `req_id` if it came.
     fn pump(&mut self, req_id: Option<u32>) -> Result<Option<(XsdSockmsg, Vec<u8>)>> {
         while let Some((h, payload)) = self.try_take_message()? {
@@ -371,8 +381,7 @@ impl<N: Notify> XenStore<N> {
                     self.events.push_back(event);
                 }
                 Ok(Incoming::Reply) if Some(h.req_id) == req_id => return Ok(Some((h, payload))),
-                Ok(Incoming::Reply) if self.abandoned.contains(&h.req_id) => {
-                    self.abandoned.retain(|&id| id != h.req_id);
+                Ok(Incoming::Reply) if self.sent_before(h.req_id, req_id) => {
                     self.stats.late_replies += 1;
                 }
                 Ok(Incoming::Reply) => {
@@ -411,23 +420,9 @@ impl<N: Notify> XenStore<N> {
             other => other?,
         };
         let timeout = self.timeout_us;
-        let (h, reply) = match wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id))) {
-            Ok(r) => r,
-            Err(e) => {
-                // The request failed before its reply came (a timeout, or a stray message the
-                // daemon sent first): its reply may still come. Recognise it then as late instead
-                // of blaming it on the next request, which would fail that one and orphan its reply
-                // in turn, so that no request ever succeeded again (found by the xenstore_guest
-                // fuzz target). A halted client has nothing more to read.
-                if self.halted.is_none() {
-                    if self.abandoned.len() >= MAX_ABANDONED {
-                        self.abandoned.pop_front();
-                    }
-                    self.abandoned.push_back(req_id);
-                }
-                return Err(e);
-            }
-        };
+        // If the request fails before its reply came (a timeout, or a stray message the daemon sent
+        // first), its reply may still come: `pump` drops it then as late.
+        let (h, reply) = wait_for(waiter, timeout, "a XenStore reply", || self.pump(Some(req_id)))?;
         match wire::reply_result(&h, &reply, req.msg_type(), req_id) {
             Ok(Ok(_)) => Ok(reply),
             Ok(Err(name)) => Err(xs_err(

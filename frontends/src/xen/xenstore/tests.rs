@@ -303,6 +303,47 @@ fn hostile_daemon_late_reply_to_a_timed_out_request_is_dropped_not_taken_for_ano
     assert_eq!(xs.read(&w, NO_TX, "a").unwrap(), b"first");
 }
 
+/// Ten requests time out in a row, then the daemon answers all of them: every one of those
+/// replies is dropped as late and the next request gets its own answer. (A client that remembered
+/// only the last eight failed requests took the ninth and tenth replies as protocol errors of the
+/// requests waiting, whose replies were then late in turn, for good: the `xenstore_guest` fuzz
+/// target.)
+#[test]
+fn hostile_daemon_replies_to_many_timed_out_requests_are_all_dropped_as_late() {
+    let kicks = Kicks::default();
+    let (mut xs, w) = setup(&kicks);
+    xs.write(&w, NO_TX, "a", b"first").unwrap();
+    w.daemon.borrow_mut().dead = true;
+    xs.set_timeout_us(500);
+    for _ in 0..10 {
+        assert!(matches!(xs.read(&w, NO_TX, "a"), Err(Error::Timeout { .. })));
+    }
+    w.daemon.borrow_mut().dead = false;
+    xs.set_timeout_us(100_000);
+    assert_eq!(xs.read(&w, NO_TX, "a").unwrap(), b"first");
+    assert_eq!(xs.stats().late_replies, 10);
+    // A reply to a request never sent (a later id) is still refused.
+    let h = XsdSockmsg {
+        type_: XsdSockmsgType::Read as u32,
+        req_id: 1000,
+        tx_id: 0,
+        len: 0,
+    };
+    w.daemon.borrow_mut().inject_raw(h.as_bytes());
+    let e = xs.read(&w, NO_TX, "a").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Protocol {
+                what: "reply to an unknown request id",
+                value: 1000,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn hostile_daemon_reply_of_another_type_or_to_no_request_is_refused() {
     let kicks = Kicks::default();
