@@ -39,6 +39,11 @@ struct Daemon<'a> {
     input: Input<'a>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
+    /// Bytes of the first message in `out` already written to the ring (a message cut there by
+    /// [`Daemon::drop_pending`] breaks the framing).
+    front_written: usize,
+    /// Lengths of the messages in `out`, in order.
+    out_lens: std::collections::VecDeque<usize>,
     /// The honest payload of the reply to the request in progress, if it got one.
     honest: Option<Vec<u8>>,
     /// Framing broken (a partial message, a header claiming more than follows): a later honest
@@ -69,6 +74,23 @@ const VALUES: [&[u8]; 8] = [
 ];
 
 impl Daemon<'_> {
+    /// Queues one message (or, for raw bytes, one piece) for the ring.
+    fn send(&mut self, m: &[u8]) {
+        self.out.extend_from_slice(m);
+        self.out_lens.push_back(m.len());
+    }
+
+    /// Drops what is not written yet. A message already partly in the ring is cut: the stream is
+    /// desynchronised from then on.
+    fn drop_pending(&mut self) {
+        if self.front_written > 0 {
+            self.desync = true;
+        }
+        self.out.clear();
+        self.out_lens.clear();
+        self.front_written = 0;
+    }
+
     fn answer(&mut self, ty: u32, req_id: u32) {
         if self.honest_mode {
             let p: &[u8] = if ty == T::Directory as u32 {
@@ -77,7 +99,7 @@ impl Daemon<'_> {
                 b"4"
             };
             self.honest = Some(p.to_vec());
-            self.out.extend(msg(ty, req_id, p.len() as u32, p));
+            self.send(&msg(ty, req_id, p.len() as u32, p));
             return;
         }
         let i = &mut self.input;
@@ -89,16 +111,17 @@ impl Daemon<'_> {
                     i.chunk(100).to_vec()
                 };
                 self.honest = Some(p.clone());
-                self.out.extend(msg(ty, req_id, p.len() as u32, &p));
+                self.send(&msg(ty, req_id, p.len() as u32, &p));
             }
             4 => {
                 let name = ["ENOENT", "EAGAIN", "EACCES", "EWHAT"][i.below(4)];
-                self.out.extend(msg(
+                let m = msg(
                     T::Error as u32,
                     req_id,
                     name.len() as u32 + 1,
                     format!("{name}\0").as_bytes(),
-                ));
+                );
+                self.send(&m);
             }
             5 | 6 => {
                 let p = if i.bool() {
@@ -106,8 +129,7 @@ impl Daemon<'_> {
                 } else {
                     String::from_utf8_lossy(i.chunk(30)).into_owned()
                 };
-                self.out
-                    .extend(msg(T::WatchEvent as u32, 0, p.len() as u32, p.as_bytes()));
+                self.send(&msg(T::WatchEvent as u32, 0, p.len() as u32, p.as_bytes()));
                 // The answer itself comes on a later look.
                 self.answer(ty, req_id);
             }
@@ -119,7 +141,7 @@ impl Daemon<'_> {
                 } else {
                     i.u32()
                 };
-                self.out.extend(msg(t, id, p.len() as u32, &p));
+                self.send(&msg(t, id, p.len() as u32, &p));
             }
             8 => {
                 // A header claiming anything.
@@ -132,12 +154,13 @@ impl Daemon<'_> {
                 if p.len() as u32 != len {
                     self.desync = true;
                 }
-                self.out.extend(msg(ty, req_id, len, &p));
+                self.send(&msg(ty, req_id, len, &p));
             }
             9 => {
                 // Raw bytes.
                 self.desync = true;
-                self.out.extend_from_slice(i.chunk(40));
+                let raw = i.chunk(40).to_vec();
+                self.send(&raw);
             }
             _ => {} // Silence: the request times out (its reply may come later: a late reply).
         }
@@ -167,6 +190,15 @@ impl Daemon<'_> {
         if !self.out.is_empty() {
             let n = self.end.tx.write(&self.out).map(|t| t.bytes).unwrap_or(0);
             self.out.drain(..n);
+            // Account the written bytes to the queued messages.
+            self.front_written += n;
+            while let Some(&len) = self.out_lens.front() {
+                if self.front_written < len {
+                    break;
+                }
+                self.front_written -= len;
+                self.out_lens.pop_front();
+            }
         }
     }
 }
@@ -214,6 +246,8 @@ fuzz_target!(|data: &[u8]| {
             input,
             inbuf: Vec::new(),
             out: Vec::new(),
+            front_written: 0,
+            out_lens: std::collections::VecDeque::new(),
             honest: None,
             desync: false,
             honest_mode: false,
@@ -285,7 +319,7 @@ fuzz_target!(|data: &[u8]| {
     {
         let mut d = w.d.borrow_mut();
         d.honest_mode = true;
-        d.out.clear();
+        d.drop_pending();
     }
     while xs.next_watch_event(&w, 0).is_ok() {
         queued += 1;
