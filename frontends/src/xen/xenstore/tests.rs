@@ -47,6 +47,16 @@ impl Waiter for DaemonWaiter {
     }
 }
 
+/// A message header as a (hostile) daemon writes it, outside any transaction.
+fn header(type_: u32, req_id: u32, len: u32) -> XsdSockmsg {
+    XsdSockmsg {
+        type_,
+        req_id,
+        tx_id: 0,
+        len,
+    }
+}
+
 fn setup(kicks: &Kicks) -> (XenStore<&Kicks>, DaemonWaiter) {
     let (daemon, ring) = FakeXenStore::new(7);
     (
@@ -210,12 +220,7 @@ fn hostile_daemon_replies_are_rejected_and_silence_times_out() {
     let kicks = Kicks::default();
     let (mut xs, w) = setup(&kicks);
     // A header claiming 5000 payload bytes.
-    let h = XsdSockmsg {
-        type_: XsdSockmsgType::Read as u32,
-        req_id: 1,
-        tx_id: 0,
-        len: 5000,
-    };
+    let h = header(XsdSockmsgType::Read as u32, 1, 5000);
     w.daemon.borrow_mut().dead = false;
     w.daemon.borrow_mut().inject_raw(h.as_bytes());
     let e = xs.read(&w, NO_TX, "x").unwrap_err();
@@ -232,12 +237,7 @@ fn hostile_daemon_replies_are_rejected_and_silence_times_out() {
     );
 
     let (mut xs, w) = setup(&kicks);
-    let h = XsdSockmsg {
-        type_: XsdSockmsgType::Read as u32,
-        req_id: 99,
-        tx_id: 0,
-        len: 0,
-    };
+    let h = header(XsdSockmsgType::Read as u32, 99, 0);
     w.daemon.borrow_mut().inject_raw(h.as_bytes());
     let e = xs.read(&w, NO_TX, "x").unwrap_err();
     assert!(matches!(e, Error::Protocol { value: 99, .. }), "{e:?}");
@@ -262,12 +262,7 @@ fn hostile_daemon_replies_are_rejected_and_silence_times_out() {
 fn hostile_daemon_oversized_reply_halts_the_client_for_good() {
     let kicks = Kicks::default();
     let (mut xs, w) = setup(&kicks);
-    let h = XsdSockmsg {
-        type_: XsdSockmsgType::Read as u32,
-        req_id: 1,
-        tx_id: 0,
-        len: u32::MAX,
-    };
+    let h = header(XsdSockmsgType::Read as u32, 1, u32::MAX);
     w.daemon.borrow_mut().inject_raw(h.as_bytes());
     let e = xs.read(&w, NO_TX, "x").unwrap_err();
     assert_eq!(
@@ -323,12 +318,7 @@ fn hostile_daemon_replies_to_many_timed_out_requests_are_all_dropped_as_late() {
     assert_eq!(xs.read(&w, NO_TX, "a").unwrap(), b"first");
     assert_eq!(xs.stats().late_replies, 10);
     // A reply to a request never sent (a later id) is still refused.
-    let h = XsdSockmsg {
-        type_: XsdSockmsgType::Read as u32,
-        req_id: 1000,
-        tx_id: 0,
-        len: 0,
-    };
+    let h = header(XsdSockmsgType::Read as u32, 1000, 0);
     w.daemon.borrow_mut().inject_raw(h.as_bytes());
     let e = xs.read(&w, NO_TX, "a").unwrap_err();
     assert!(
@@ -349,12 +339,7 @@ fn hostile_daemon_reply_of_another_type_or_to_no_request_is_refused() {
     let kicks = Kicks::default();
     let (mut xs, w) = setup(&kicks);
     // Our first request has id 1; a "directory" reply to our "read".
-    let h = XsdSockmsg {
-        type_: XsdSockmsgType::Directory as u32,
-        req_id: 1,
-        tx_id: 0,
-        len: 0,
-    };
+    let h = header(XsdSockmsgType::Directory as u32, 1, 0);
     w.daemon.borrow_mut().inject_raw(h.as_bytes());
     let e = xs.read(&w, NO_TX, "x").unwrap_err();
     assert_eq!(
@@ -367,12 +352,7 @@ fn hostile_daemon_reply_of_another_type_or_to_no_request_is_refused() {
     );
     // An unknown message type.
     let (mut xs, w) = setup(&kicks);
-    let h = XsdSockmsg {
-        type_: 999,
-        req_id: 1,
-        tx_id: 0,
-        len: 3,
-    };
+    let h = header(999, 1, 3);
     let mut raw = alloc::vec::Vec::from(h.as_bytes());
     raw.extend_from_slice(b"abc");
     w.daemon.borrow_mut().inject_raw(&raw);
@@ -430,12 +410,7 @@ fn hostile_daemon_stray_message_before_a_reply_fails_that_request_only() {
     let (mut xs, w) = setup(&kicks);
     xs.write(&w, NO_TX, "a", b"first").unwrap();
     let payload = b"no-separator";
-    let h = XsdSockmsg {
-        type_: XsdSockmsgType::WatchEvent as u32,
-        req_id: 0,
-        tx_id: 0,
-        len: payload.len() as u32,
-    };
+    let h = header(XsdSockmsgType::WatchEvent as u32, 0, payload.len() as u32);
     let mut stray = vec![];
     stray.extend_from_slice(h.as_bytes());
     stray.extend_from_slice(payload);
