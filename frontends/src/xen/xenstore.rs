@@ -12,9 +12,9 @@
 //! protocol error for the request waiting; a reply to an earlier request (one that timed out or
 //! failed, or a repeat) is dropped as late (and counted): request ids only go up, so it is never
 //! taken for the answer to a later one. Response bytes are buffered up to one whole message at
-//! most, and at most [`MAX_QUEUED_EVENTS`] watch events wait in the queue (a repeat of a queued event is merged, the
-//! oldest is dropped beyond that; both counted), so a peer flooding watched nodes cannot make the
-//! guest allocate without bound. The byte rings themselves halt on inconsistent indices. Every wait
+//! most, and at most [`MAX_QUEUED_EVENTS`] watch events wait in the queue (a repeat of a queued
+//! event is merged, the oldest is dropped beyond that; both counted), so a peer flooding watched
+//! nodes cannot make the guest allocate without bound. The byte rings themselves halt on inconsistent indices. Every wait
 //! has a timeout.
 //!
 //! Transactions: [`XenStore::transaction`] runs a closure inside `XS_TRANSACTION_START` /

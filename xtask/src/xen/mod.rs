@@ -284,12 +284,16 @@ const SANITIZER_HOST: &str = "x86_64-unknown-linux-gnu";
 /// stripped, so this one resolves the offsets of the daemon's crash report.
 pub fn backend_build_path() -> PathBuf {
     match sanitizer() {
-        Some(sanitizer) => workspace::target_dir()
-            .join(format!("sanitizer-{sanitizer}"))
+        Some(sanitizer) => sanitizer_dir(&sanitizer)
             .join(SANITIZER_HOST)
             .join("release/pvkit-xen-backend"),
         None => workspace::target_dir().join("release/pvkit-xen-backend"),
     }
+}
+
+/// The target directory of a sanitizer build.
+fn sanitizer_dir(sanitizer: &str) -> PathBuf {
+    workspace::target_dir().join(format!("sanitizer-{sanitizer}"))
 }
 
 /// Builds `pvkit-xen-backend` (release) and copies it without debug info into the cache (the
@@ -299,7 +303,7 @@ fn build_backend(cache: &Path) -> Result<PathBuf> {
     let built = backend_build_path();
     match sanitizer() {
         Some(sanitizer) => {
-            let dir = workspace::target_dir().join(format!("sanitizer-{sanitizer}"));
+            let dir = sanitizer_dir(&sanitizer);
             // An explicit target keeps build scripts and proc macros uninstrumented.
             cmd.args(["+nightly", "build", "-p", "pvkit-backends", "--release"])
                 .args([
@@ -506,14 +510,13 @@ pub fn run_rows(rows: &[&Row], ctx: &crate::qemu_env::Ctx) -> Vec<CellResult> {
                         .perfs()
                         .map(crate::costs::Measure::from_perf)
                         .collect();
-                    let problems = checks::check(row, r, &nonce, bundle.slot(&spec.name));
+                    let mut problems = checks::check(row, r, &nonce, bundle.slot(&spec.name));
                     let crash = match checks::guest_end(r) {
                         crate::checks::GuestEnd::Crash(why) => Some(why),
                         _ => None,
                     };
                     // A platform that corrupts programs makes every result of the boot
                     // meaningless, a pass included.
-                    let mut problems = problems;
                     problems.extend(platform.iter().map(|p| format!("platform: {p}")));
                     cell.verdict = Verdict::from_problems(crash, &problems);
                     cell.notes.extend(
